@@ -1,0 +1,90 @@
+"""runbroker: store Bluesky runs, find them again, read them back fast.
+
+Example:
+    >>> import runbroker
+    >>> cat = runbroker.open("runs.db")          # doctest: +SKIP
+    >>> run = cat[-1]                            # doctest: +SKIP
+    >>> ds = run.primary.read()                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any, Literal
+
+from .catalog import AmbiguousUIDError, Catalog, Run
+from .documents import ConflictError, DocumentError, UnknownParentError
+from .store.sql import SchemaVersionError, SQLStore
+from .stream import Stream
+
+__all__ = [
+    "AmbiguousUIDError",
+    "Catalog",
+    "ConflictError",
+    "DocumentError",
+    "Run",
+    "SchemaVersionError",
+    "Stream",
+    "UnknownParentError",
+    "open",
+    "temp",
+]
+
+__version__ = "0.1.0"
+
+
+def open(  # noqa: A001 - mirrors builtins.open on purpose: runbroker.open("runs.db")
+    uri: str | os.PathLike,
+    *,
+    durability: Literal["batch", "event"] = "batch",
+    flush_interval: float = 0.05,
+    readonly: bool = False,
+) -> Catalog:
+    """Open (or create) a catalog.
+
+    ``uri`` is a file path (an SQLite catalog, created if missing) or a SQLAlchemy URL
+    (``sqlite:///path``). ``durability="event"`` commits every single event to disk before
+    ``insert`` returns; the default queues events for at most ``flush_interval`` seconds.
+
+    Example:
+        >>> import runbroker, tempfile, os
+        >>> cat = runbroker.open(os.path.join(tempfile.mkdtemp(), "runs.db"))
+        >>> len(cat)
+        0
+    """
+    text = os.fspath(uri)
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        if scheme.split("+")[0] not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"cannot open {text!r}: unknown scheme {scheme!r}. This version opens SQLite "
+                "files (a path or sqlite:///path)."
+            )
+        url = text
+    else:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"{text!r} is a folder; a catalog is a file such as {str(path / 'runs.db')!r}"
+            )
+        url = f"sqlite:///{path.resolve()}"
+    store = SQLStore(url, durability=durability, flush_interval=flush_interval, readonly=readonly)
+    return Catalog(store)
+
+
+def temp(**options: Any) -> Catalog:
+    """A throwaway catalog in a temporary folder, deleted when the process exits.
+
+    Example:
+        >>> cat = temp()
+        >>> len(cat)
+        0
+    """
+    folder = tempfile.mkdtemp(prefix="runbroker-")
+    cat = open(os.path.join(folder, "temp.db"), **options)
+    weakref.finalize(cat.store, shutil.rmtree, folder, True)
+    return cat

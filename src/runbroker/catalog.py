@@ -1,0 +1,379 @@
+"""The user API -- Catalog, Run and Stream -- written once over the Store protocol.
+
+Nothing here knows which database (or folder, or server) holds the runs: every call goes through
+the few methods of :class:`runbroker.store.base.Store`.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from event_model import unpack_datum_page, unpack_event_page
+
+from .queries import And, PartialUID, Query, ScanID
+from .store.base import RunRecord, Store
+from .stream import Stream
+
+__all__ = ["AmbiguousUIDError", "Catalog", "Run"]
+
+_BATCH = 500
+
+
+class AmbiguousUIDError(KeyError):
+    """A uid prefix matched more than one run. ``candidates`` lists their uids."""
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        self.prefix, self.candidates = prefix, candidates
+        super().__init__(prefix)
+
+    def __str__(self) -> str:
+        shown = "\n  ".join(self.candidates)
+        more = " (showing the first 10)" if len(self.candidates) >= 10 else ""
+        return (
+            f"uid prefix {self.prefix!r} matches several runs{more}; "
+            f"give more characters. Candidates:\n  {shown}"
+        )
+
+
+class _LookupError(KeyError):
+    """KeyError whose message prints as a sentence rather than a quoted repr."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _when(t: float | None) -> str:
+    return "?" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class Catalog:
+    """A searchable, ordered collection of runs (newest first).
+
+    Example:
+        >>> import runbroker
+        >>> cat = runbroker.temp()
+        >>> len(cat)
+        0
+        >>> cat.search(Key("sample") == "Ni")        # doctest: +SKIP
+        <Catalog 0 runs matching Key('sample') == 'Ni' in ...>
+    """
+
+    def __init__(self, store: Store, query: Query | None = None) -> None:
+        self.store = store
+        self.query = query
+
+    # -- writing
+    def insert(self, name: str, doc: dict) -> None:
+        """Store one document; use as ``RE.subscribe(cat.insert)``.
+
+        Example:
+            >>> cat = runbroker.temp()                                  # doctest: +SKIP
+            >>> RE.subscribe(cat.insert)                                # doctest: +SKIP
+        """
+        self.store.insert(name, doc)
+
+    def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
+        """Store many ``(name, doc)`` pairs in one transaction (all or none).
+
+        Example:
+            >>> cat.ingest(other_run.documents())                      # doctest: +SKIP
+        """
+        return self.store.ingest(pairs)
+
+    def flush(self) -> None:
+        """Make every inserted event visible to other processes now."""
+        self.store.flush()
+
+    def close(self) -> None:
+        """Flush and close the underlying store."""
+        self.store.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- finding
+    def search(self, query: Query) -> Catalog:
+        """A new catalog of the runs that also match ``query``; chainable.
+
+        Example:
+            >>> hits = cat.search(Key("plan_name") == "scan").search(TimeRange(since="2021"))
+        """
+        if not isinstance(query, Query):
+            raise TypeError(f"search() takes a runbroker query, not {type(query).__name__}")
+        return Catalog(self.store, query if self.query is None else And(self.query, query))
+
+    def __len__(self) -> int:
+        return self.store.count(self.query)
+
+    def _records(self) -> Iterator[RunRecord]:
+        offset = 0
+        while True:
+            batch = self.store.search(self.query, offset=offset, limit=_BATCH)
+            yield from batch
+            if len(batch) < _BATCH:
+                return
+            offset += len(batch)
+
+    def __iter__(self) -> Iterator[str]:
+        return (r.uid for r in self._records())
+
+    def keys(self) -> Iterator[str]:
+        """uids, newest run first."""
+        return iter(self)
+
+    def values(self) -> Iterator[Run]:
+        """Runs, newest first."""
+        return (Run(self.store, r) for r in self._records())
+
+    def items(self) -> Iterator[tuple[str, Run]]:
+        """``(uid, run)`` pairs, newest first."""
+        return ((r.uid, Run(self.store, r)) for r in self._records())
+
+    def __contains__(self, uid: object) -> bool:
+        return isinstance(uid, str) and self._by_uid(uid, exact=True) is not None
+
+    def __getitem__(self, key: int | str | slice) -> Any:
+        """``cat[554]`` scan_id, ``cat[-1]`` most recent, ``cat["c6b4"]`` uid or prefix."""
+        if isinstance(key, bool):
+            raise TypeError("a run is looked up by scan_id (int), recency (-N) or uid (str)")
+        if isinstance(key, int):
+            return self._by_scan_id(key) if key >= 0 else self._by_recency(key)
+        if isinstance(key, str):
+            record = self._by_uid(key, exact=False)
+            if record is None:
+                raise _LookupError(f"no run whose uid is or starts with {key!r}{self._where()}")
+            return Run(self.store, record)
+        if isinstance(key, slice):
+            return self._slice(key)
+        raise TypeError(
+            f"catalog keys are int (scan_id if >= 0, recency if < 0), str (uid or uid prefix) "
+            f"or a negative slice, not {type(key).__name__}"
+        )
+
+    def _where(self) -> str:
+        return f" among runs matching {self.query!r}" if self.query is not None else ""
+
+    def _and(self, query: Query) -> Query:
+        return query if self.query is None else And(self.query, query)
+
+    def _by_scan_id(self, scan_id: int) -> Run:
+        found = self.store.search(self._and(ScanID(scan_id)), limit=1)
+        if not found:
+            raise _LookupError(
+                f"no run with scan_id {scan_id}{self._where()} (a non-negative int is a "
+                "scan_id; use a negative int such as cat[-1] for the most recent runs)"
+            )
+        return Run(self.store, found[0])
+
+    def _by_recency(self, index: int) -> Run:
+        found = self.store.search(self.query, offset=-index - 1, limit=1)
+        if not found:
+            raise _LookupError(
+                f"no run at recency {index}: the catalog has {len(self)} runs{self._where()} "
+                "(a negative int counts back from the most recent run, cat[-1])"
+            )
+        return Run(self.store, found[0])
+
+    def _by_uid(self, key: str, exact: bool) -> RunRecord | None:
+        if not key:
+            raise _LookupError("an empty string is not a uid")
+        if self.query is None:
+            record = self.store.get_run(key)
+            if record is not None or exact:
+                return record
+        found = self.store.search(self._and(PartialUID(key)), limit=10)
+        for record in found:
+            if record.uid == key:
+                return record
+        if exact or not found:
+            return None
+        if len(found) > 1:
+            raise AmbiguousUIDError(key, [r.uid for r in found])
+        return found[0]
+
+    def _slice(self, key: slice) -> list[Run]:
+        start, stop, step = key.start, key.stop, key.step
+        if (start is not None and start >= 0) or (stop is not None and stop > 0):
+            raise TypeError(
+                "only negative (recency) slices are supported, e.g. cat[-5:]; for a range of "
+                "scan_ids use cat.search(ScanIDRange(first, last + 1))"
+            )
+        if step not in (None, 1):
+            raise TypeError("catalog slices do not take a step")
+        lo = 0 if stop is None else -stop
+        hi = None if start is None else -start
+        limit = None if hi is None else max(0, hi - lo)
+        if limit == 0:
+            return []
+        return [Run(self.store, r) for r in self.store.search(self.query, offset=lo, limit=limit)]
+
+    # -- display
+    def __repr__(self) -> str:
+        matching = f" matching {self.query!r}" if self.query is not None else ""
+        return f"<Catalog {len(self)} runs{matching} in {self.store.uri}>"
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for run in self[-10:] if len(self) else []:
+            s = run.start
+            rows.append(
+                "<tr>"
+                + "".join(
+                    f"<td>{html.escape(str(v))}</td>"
+                    for v in (
+                        s.get("scan_id", ""),
+                        run.uid[:8],
+                        s.get("plan_name", ""),
+                        _when(s.get("time")),
+                        (run.stop or {}).get("exit_status", "running"),
+                    )
+                )
+                + "</tr>"
+            )
+        head = "".join(f"<th>{h}</th>" for h in ("scan_id", "uid", "plan", "start", "status"))
+        return (
+            f"<p>{html.escape(repr(self))}</p><table><tr>{head}</tr>{''.join(rows)}</table>"
+        )
+
+
+class Run(Mapping[str, Stream]):
+    """One run: its metadata and its streams.
+
+    Example:
+        >>> run = cat[-1]                                               # doctest: +SKIP
+        >>> run.metadata["start"]["plan_name"], list(run)               # doctest: +SKIP
+        ('scan', ['primary', 'baseline'])
+        >>> run.primary.read()                                          # doctest: +SKIP
+    """
+
+    def __init__(self, store: Store, record: RunRecord) -> None:
+        self.store = store
+        self._record = record
+
+    @property
+    def uid(self) -> str:
+        """The run's uid (from the start document)."""
+        return self._record.uid
+
+    @property
+    def start(self) -> dict:
+        """The start document."""
+        return self._record.start
+
+    @property
+    def stop(self) -> dict | None:
+        """The stop document, or None while the run is going on (or if it crashed)."""
+        if self._record.stop is None:
+            fresh = self.store.get_run(self.uid)
+            if fresh is not None:
+                self._record = fresh
+        return self._record.stop
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """``{"start": ..., "stop": ..., "summary": ...}``."""
+        return {"start": self.start, "stop": self.stop, "summary": self.summary}
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """A few facts at a glance: uid, scan_id, plan, times, duration, streams."""
+        start, stop = self.start, self.stop
+        t0 = start.get("time")
+        t1 = stop.get("time") if stop else None
+        return {
+            "uid": self.uid,
+            "scan_id": start.get("scan_id"),
+            "plan_name": start.get("plan_name"),
+            "timestamp": t0,
+            "datetime": datetime.fromtimestamp(t0) if t0 is not None else None,
+            "duration": (t1 - t0) if t1 is not None and t0 is not None else None,
+            "exit_status": stop.get("exit_status") if stop else None,
+            "stream_names": list(self),
+        }
+
+    def _stream_names(self) -> list[str]:
+        names: dict[str, None] = {}
+        for d in self.store.descriptors(self.uid):
+            names[d.get("name", "primary")] = None
+        return list(names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._stream_names())
+
+    def __len__(self) -> int:
+        return len(self._stream_names())
+
+    def __getitem__(self, name: str) -> Stream:
+        names = self._stream_names()
+        if name not in names:
+            raise _LookupError(
+                f"run {self.uid[:8]} has no stream {name!r}; its streams are {names}"
+            )
+        return Stream(self.store, self.uid, name)
+
+    @property
+    def primary(self) -> Stream:
+        """The ``primary`` stream (``run["primary"]``)."""
+        return self["primary"]
+
+    @property
+    def baseline(self) -> Stream:
+        """The ``baseline`` stream (``run["baseline"]``)."""
+        return self["baseline"]
+
+    def documents(self, fill: bool = False, pages: bool = True) -> Iterator[tuple[str, dict]]:
+        """Replay the run's documents in the order they were stored.
+
+        Events come as ``event_page`` and datums as ``datum_page`` documents unless
+        ``pages=False``. Feeding the result to another catalog's ``ingest`` reproduces the run.
+
+        Example:
+            >>> runbroker.temp().ingest(run.documents())                # doctest: +SKIP
+        """
+        if fill:
+            raise NotImplementedError(
+                "fill=True needs detector-file handlers, which this version does not have yet"
+            )
+        for name, doc in self.store.documents(self.uid):
+            if pages:
+                yield name, doc
+            elif name == "event_page":
+                for ev in unpack_event_page(doc):
+                    yield "event", ev
+            elif name == "datum_page":
+                for datum in unpack_datum_page(doc):
+                    yield "datum", datum
+            else:
+                yield name, doc
+
+    def __repr__(self) -> str:
+        stop = self.stop
+        status = stop.get("exit_status", "?") if stop else "running (no stop document)"
+        end = _when(stop.get("time")) if stop else "…"
+        streams = ", ".join(self) or "none"
+        return (
+            f"<Run uid={self.uid!r} scan_id={self.start.get('scan_id')} "
+            f"plan={self.start.get('plan_name')!r} {status}\n"
+            f"  {_when(self.start.get('time'))} -- {end}\n  streams: {streams}>"
+        )
+
+    def _repr_html_(self) -> str:
+        s = self.summary
+        rows = "".join(
+            f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in s.items()
+            if k != "timestamp"
+        )
+        return f"<table>{rows}</table>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and other.uid == self.uid
+
+    def __hash__(self) -> int:
+        return hash(self.uid)

@@ -1,0 +1,801 @@
+"""Immutable, composable, serialisable queries over Bluesky runs.
+
+A *record* is a mapping ``{"start": dict, "stop": dict | None}``. Queries combine with ``&``,
+``|`` and ``~``, round-trip through :meth:`Query.to_dict`, :meth:`Query.to_json` and
+:meth:`Query.to_url`, and evaluate in pure Python with :meth:`Query.matches`. That evaluator
+is the reference semantics: any other backend (e.g. SQL) must return the same runs.
+
+>>> q = (Key("sample") == "Ni") & (Key("temp") > 300)
+>>> q.matches({"start": {"sample": "Ni", "temp": 310.5}, "stop": None})
+True
+
+Reference semantics
+-------------------
+Keys: ``"a.b"`` is field ``b`` of the dict in field ``a`` of the start document; a leading
+``start.`` or ``stop.`` segment picks the document (default start). Only nested dicts are
+walked: a path through a list or a scalar, or into a stop of None, is *missing*. Field names
+containing dots cannot be addressed.
+
+Scalar classes are str, number (int or float, never bool), bool and None. Two values are
+``scalar_equal`` when both are scalars of the same class and ``==`` (so ``1`` equals ``1.0``,
+``True`` differs from ``1`` and ``"1"`` differs from ``1``). NumPy scalars count as the
+equivalent Python scalars. Query values must be scalars; floats must be finite.
+
+- ``eq``: the value at key is scalar_equal to v. ``ne`` is exactly NOT ``eq``, so it also
+  matches runs that lack the key or hold a list/dict there.
+- ``lt le gt ge``: both numbers, or both str (code-point order); anything else, including a
+  missing key or NaN, is False.
+- ``In(key, vs)``: ``eq`` to any of vs (none: False). ``NotIn`` is exactly NOT ``In``.
+- ``Contains(key, v)``: the value is a list with an element scalar_equal to v.
+- ``Regex(key, p, case_sensitive)``: the value is a str and ``re.search(p, value)`` finds a
+  match (Python ``re`` syntax; ``re.IGNORECASE`` when not case sensitive).
+- ``KeyPresent(key)``: the key is not missing (any value, None included).
+- ``FullText(text)``: every token of text equals some token of some str value anywhere in the
+  start document (through nested dicts and lists; values only, not field names). Tokens are
+  ``re.findall(r"[^\\W_]+", s.lower())``: runs of letters and digits, like SQLite FTS5's
+  unicode61 tokenizer with diacritics kept.
+- ``TimeRange(since, until)``: start ``time`` is a number and since <= time < until; a None
+  bound is open.
+- ``ScanID(*ids)``: start ``scan_id`` is a number equal to one of ids. ``ScanIDRange(a, b)``:
+  it is a number with a <= scan_id < b.
+- ``PartialUID(*ps)``: start ``uid`` is a str starting (case sensitively) with one of ps.
+- ``And``/``Or``/``Not``: logical combination; an empty And matches every run, an empty Or none.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import operator
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from datetime import date, datetime
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+__all__ = [
+    "MISSING",
+    "And",
+    "Comparison",
+    "Contains",
+    "FullText",
+    "In",
+    "Key",
+    "KeyPresent",
+    "Not",
+    "NotIn",
+    "Or",
+    "PartialUID",
+    "Query",
+    "QueryError",
+    "Regex",
+    "ScanID",
+    "ScanIDRange",
+    "TimeRange",
+    "lookup",
+    "parse_time",
+    "scalar_equal",
+    "split_key",
+    "text_tokens",
+]
+
+_OPS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+_ORDER = {"lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge}
+_TIME_EXAMPLES = (
+    "'2021-12-06', '2021-12-06 15:46', '2021-12-06 15:46:30', '2021-12-06T15:46:30+02:00'"
+)
+
+
+class QueryError(ValueError):
+    """A query is malformed; the message names the offending key, value or field.
+
+    >>> isinstance(QueryError("bad"), ValueError)
+    True
+    """
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+#: What :func:`lookup` returns for an absent key; distinct from a stored None.
+MISSING: Any = _Missing()
+
+
+def _plain(value: Any) -> Any:
+    # NumPy scalars are not int/float/bool subclasses (except float64), so unwrap them
+    # without importing numpy just for an isinstance check.
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
+def _kind(value: Any) -> str | None:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return "str" if isinstance(value, str) else None
+
+
+def _is_number(value: Any) -> bool:
+    return _kind(_plain(value)) == "number"
+
+
+def scalar_equal(a: Any, b: Any) -> bool:
+    """True if a and b are scalars of the same class (str, number, bool, None) and equal.
+
+    >>> scalar_equal(1, 1.0), scalar_equal(True, 1), scalar_equal("1", 1)
+    (True, False, False)
+    """
+    a, b = _plain(a), _plain(b)
+    kind = _kind(a)
+    return kind is not None and kind == _kind(b) and a == b
+
+
+def _scalar(key: str, value: Any) -> str | int | float | bool | None:
+    value = _plain(value)
+    kind = _kind(value)
+    if kind is None:
+        raise QueryError(
+            f"key {key!r}: value must be a JSON scalar (str, int, float, bool or None), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise QueryError(f"key {key!r}: value must be a finite number, got {value!r}")
+    # Normalise subclasses (enums, numpy str_) so equality and JSON output are plain.
+    for plain in (bool, int, float, str):
+        if isinstance(value, plain):
+            return plain(value)
+    return None
+
+
+def split_key(key: str) -> tuple[str, tuple[str, ...]]:
+    """Split a dotted key into (document name, path within that document).
+
+    >>> split_key("sample.temp"), split_key("stop.exit_status")
+    (('start', ('sample', 'temp')), ('stop', ('exit_status',)))
+    """
+    if not isinstance(key, str) or not key:
+        raise QueryError(f"key must be a non-empty str, got {key!r}")
+    parts = key.split(".")
+    if not all(parts):
+        raise QueryError(f"key {key!r} has an empty segment")
+    if len(parts) > 1 and parts[0] in ("start", "stop"):
+        return parts[0], tuple(parts[1:])
+    return "start", tuple(parts)
+
+
+def lookup(record: Mapping[str, Any], key: str) -> Any:
+    """Return the value at a dotted key in a run record, or MISSING.
+
+    >>> lookup({"start": {"a": {"b": 1}}, "stop": None}, "a.b")
+    1
+    >>> lookup({"start": {}, "stop": None}, "stop.exit_status")
+    MISSING
+    """
+    document, path = split_key(key)
+    value = record.get(document)
+    for part in path:
+        if not isinstance(value, Mapping) or part not in value:
+            return MISSING
+        value = value[part]
+    return value
+
+
+def text_tokens(s: str) -> list[str]:
+    """Lower-cased runs of letters and digits; underscores and punctuation separate tokens.
+
+    >>> text_tokens("Ni_foil, 300K-scan")
+    ['ni', 'foil', '300k', 'scan']
+    """
+    return re.findall(r"[^\W_]+", s.lower())
+
+
+def _zone(timezone: str | None) -> ZoneInfo | None:
+    if timezone is None:
+        return None
+    try:
+        return ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as err:
+        raise QueryError(f"unknown timezone {timezone!r}; use an IANA name like 'UTC'") from err
+
+
+def parse_time(value: Any, timezone: str | None = None) -> float:
+    """Convert epoch seconds, a datetime/date or an ISO 8601 string to epoch seconds.
+
+    Naive datetimes and strings without an offset are read in ``timezone`` (an IANA name),
+    or in the machine's local timezone when it is None.
+
+    >>> parse_time("2021-12-06 15:46", timezone="UTC")
+    1638805560.0
+    """
+    value = _plain(value)
+    zone = _zone(timezone)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise QueryError(
+                f"cannot parse time {value!r}; expected epoch seconds, a datetime, "
+                f"or a string like {_TIME_EXAMPLES}"
+            ) from None
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if isinstance(value, datetime):
+        if value.tzinfo is None and zone is not None:
+            value = value.replace(tzinfo=zone)
+        return value.timestamp()
+    if _kind(value) == "number" and math.isfinite(value):
+        return float(value)
+    raise QueryError(
+        f"time must be epoch seconds, a datetime or a string like {_TIME_EXAMPLES}; "
+        f"got {type(value).__name__} {value!r}"
+    )
+
+
+_REGISTRY: dict[str, type[Query]] = {}
+
+
+class Query:
+    """Base of all queries: combine with ``&``, ``|``, ``~``; serialise; evaluate.
+
+    >>> q = ~(Key("sample") == "Ni") | ScanID(3)
+    >>> Query.from_url(q.to_url()) == q
+    True
+    """
+
+    type_tag: ClassVar[str]
+    # Name of the field filled from positional arguments (``ScanID(1, 2)``), if any.
+    _varargs: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, tag: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if tag is not None:  # private shared bases have no tag and are not deserialisable
+            cls.type_tag = tag
+            _REGISTRY[tag] = cls
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        """True if the run ``{"start": ..., "stop": ...}`` satisfies this query.
+
+        >>> ScanID(7).matches({"start": {"scan_id": 7}, "stop": None})
+        True
+        """
+        raise NotImplementedError
+
+    def __and__(self, other: Query) -> Query:
+        if not isinstance(other, Query):
+            return NotImplemented
+        return And(*_flat(self, And), *_flat(other, And))
+
+    def __or__(self, other: Query) -> Query:
+        if not isinstance(other, Query):
+            return NotImplemented
+        return Or(*_flat(self, Or), *_flat(other, Or))
+
+    def __invert__(self) -> Query:
+        return self.query if isinstance(self, Not) else Not(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict with a ``"type"`` tag; inverse of :meth:`from_dict`.
+
+        >>> (Key("a") == 1).to_dict()
+        {'type': 'comparison', 'key': 'a', 'op': 'eq', 'value': 1}
+        """
+        out: dict[str, Any] = {"type": self.type_tag}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Query):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = [v.to_dict() if isinstance(v, Query) else v for v in value]
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Query:
+        """Rebuild a query from :meth:`to_dict` output, validating it.
+
+        >>> Query.from_dict({"type": "scan_id", "scan_ids": [1, 2]})
+        ScanID(1, 2)
+        """
+        if not isinstance(data, Mapping):
+            raise QueryError(f"query must be a dict, got {type(data).__name__}")
+        tag = data.get("type")
+        if tag not in _REGISTRY:
+            raise QueryError(f"unknown query type {tag!r}; known: {sorted(_REGISTRY)}")
+        target = _REGISTRY[tag]
+        names = [f.name for f in fields(target)]  # type: ignore[arg-type]
+        extra = set(data) - {"type", *names}
+        if extra:
+            raise QueryError(f"query type {tag!r} has unknown field(s) {sorted(extra)}")
+        kwargs = {}
+        for f in fields(target):  # type: ignore[arg-type]
+            if f.name not in data:
+                raise QueryError(f"query type {tag!r} is missing field {f.name!r}")
+            value = data[f.name]
+            if f.name == "query":
+                value = Query.from_dict(value)
+            elif f.name == "queries":
+                if not isinstance(value, list | tuple):
+                    raise QueryError(f"query type {tag!r}: 'queries' must be a list")
+                value = [Query.from_dict(v) for v in value]
+            kwargs[f.name] = value
+        if target._varargs is not None:
+            values = kwargs[target._varargs]
+            if not isinstance(values, list | tuple):
+                raise QueryError(f"query type {tag!r}: {target._varargs!r} must be a list")
+            return target(*values)
+        return target(**kwargs)
+
+    def to_json(self) -> str:
+        """Compact JSON text of :meth:`to_dict`.
+
+        >>> KeyPresent("sample").to_json()
+        '{"type":"key_present","key":"sample"}'
+        """
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Query:
+        """Inverse of :meth:`to_json`.
+
+        >>> Query.from_json('{"type":"key_present","key":"sample"}')
+        KeyPresent(key='sample')
+        """
+        try:
+            data = json.loads(text)
+        except (ValueError, TypeError) as err:
+            raise QueryError(f"query is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    def to_url(self) -> str:
+        """URL-safe text: unpadded base64url of the compact JSON.
+
+        >>> KeyPresent("a").to_url()
+        'eyJ0eXBlIjoia2V5X3ByZXNlbnQiLCJrZXkiOiJhIn0'
+        """
+        return base64.urlsafe_b64encode(self.to_json().encode()).rstrip(b"=").decode("ascii")
+
+    @classmethod
+    def from_url(cls, text: str) -> Query:
+        """Inverse of :meth:`to_url`.
+
+        >>> Query.from_url('eyJ0eXBlIjoia2V5X3ByZXNlbnQiLCJrZXkiOiJhIn0')
+        KeyPresent(key='a')
+        """
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            return cls.from_json(raw.decode("utf-8"))
+        except (binascii.Error, UnicodeDecodeError, TypeError) as err:
+            raise QueryError(f"query URL text {text!r} is not valid base64url: {err}") from None
+
+
+def _flat(query: Query, kind: type[And] | type[Or]) -> tuple[Query, ...]:
+    return query.queries if type(query) is kind else (query,)
+
+
+def _check_query(query: Any, where: str) -> None:
+    if not isinstance(query, Query):
+        raise QueryError(f"{where} takes queries, got {type(query).__name__} {query!r}")
+
+
+class Key:
+    """Builder for keyed queries: comparison operators return :class:`Comparison`.
+
+    >>> Key("sample.temp") >= 300
+    Key('sample.temp') >= 300
+    >>> Key("sample").in_(["Ni", "Cu"])
+    In(key='sample', values=('Ni', 'Cu'))
+    """
+
+    __slots__ = ("key",)
+    __hash__ = None  # type: ignore[assignment]  # == builds a query, so hashing is meaningless
+
+    def __init__(self, key: str) -> None:
+        split_key(key)
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"Key({self.key!r})"
+
+    def __eq__(self, value: Any) -> Comparison:  # type: ignore[override]
+        return Comparison(self.key, "eq", value)
+
+    def __ne__(self, value: Any) -> Comparison:  # type: ignore[override]
+        return Comparison(self.key, "ne", value)
+
+    def __lt__(self, value: Any) -> Comparison:
+        return Comparison(self.key, "lt", value)
+
+    def __le__(self, value: Any) -> Comparison:
+        return Comparison(self.key, "le", value)
+
+    def __gt__(self, value: Any) -> Comparison:
+        return Comparison(self.key, "gt", value)
+
+    def __ge__(self, value: Any) -> Comparison:
+        return Comparison(self.key, "ge", value)
+
+    def in_(self, values: Iterable[Any]) -> In:
+        """``In(key, values)``."""
+        return In(self.key, values)
+
+    def not_in(self, values: Iterable[Any]) -> NotIn:
+        """``NotIn(key, values)``."""
+        return NotIn(self.key, values)
+
+    def contains(self, value: Any) -> Contains:
+        """``Contains(key, value)``."""
+        return Contains(self.key, value)
+
+    def regex(self, pattern: str, case_sensitive: bool = True) -> Regex:
+        """``Regex(key, pattern, case_sensitive)``."""
+        return Regex(self.key, pattern, case_sensitive)
+
+    def present(self) -> KeyPresent:
+        """``KeyPresent(key)``."""
+        return KeyPresent(self.key)
+
+
+@dataclass(frozen=True, repr=False)
+class Comparison(Query, tag="comparison"):
+    """``key <op> value`` with op in eq, ne, lt, le, gt, ge; usually built with :class:`Key`.
+
+    >>> Comparison("sample", "eq", "Ni") == (Key("sample") == "Ni")
+    True
+    """
+
+    key: str
+    op: str
+    value: str | int | float | bool | None
+
+    def __post_init__(self) -> None:
+        split_key(self.key)
+        if self.op not in _OPS:
+            raise QueryError(f"key {self.key!r}: unknown op {self.op!r}; use one of {list(_OPS)}")
+        object.__setattr__(self, "value", _scalar(self.key, self.value))
+
+    def __repr__(self) -> str:
+        return f"Key({self.key!r}) {_OPS[self.op]} {self.value!r}"
+
+    def __bool__(self) -> bool:
+        # Catches ``1 < Key("a") < 5`` and ``if Key("a") == 1``, which would silently
+        # drop half of the condition.
+        raise TypeError(f"{self!r} has no truth value; combine queries with & | ~")
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        value = _plain(lookup(record, self.key))
+        if self.op in ("eq", "ne"):
+            return scalar_equal(value, self.value) == (self.op == "eq")
+        kind = _kind(value)
+        if kind not in ("number", "str") or kind != _kind(self.value):
+            return False
+        return _ORDER[self.op](value, self.value)
+
+
+def _values(key: str, values: Any) -> tuple[Any, ...]:
+    if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
+        raise QueryError(f"key {key!r}: values must be a list of scalars, got {values!r}")
+    return tuple(_scalar(key, v) for v in values)
+
+
+# Shared bases stay private so that ``isinstance(q, In)`` never matches a NotIn (nor And an Or).
+@dataclass(frozen=True)
+class _Membership(Query):
+    key: str
+    values: tuple[str | int | float | bool | None, ...]
+
+    def __post_init__(self) -> None:
+        split_key(self.key)
+        object.__setattr__(self, "values", _values(self.key, self.values))
+
+    def _any_equal(self, record: Mapping[str, Any]) -> bool:
+        value = lookup(record, self.key)
+        return any(scalar_equal(value, v) for v in self.values)
+
+
+@dataclass(frozen=True)
+class In(_Membership, tag="in"):
+    """The value at key equals (scalar_equal) one of values.
+
+    >>> In("sample", ["Ni", "Cu"]).matches({"start": {"sample": "Cu"}, "stop": None})
+    True
+    """
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return self._any_equal(record)
+
+
+@dataclass(frozen=True)
+class NotIn(_Membership, tag="not_in"):
+    """Exactly NOT :class:`In`: also matches runs lacking the key.
+
+    >>> NotIn("sample", ["Ni"]).matches({"start": {}, "stop": None})
+    True
+    """
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return not self._any_equal(record)
+
+
+@dataclass(frozen=True)
+class Contains(Query, tag="contains"):
+    """The value at key is a list with an element equal (scalar_equal) to value.
+
+    >>> Contains("motors", "th").matches({"start": {"motors": ["th", "tth"]}, "stop": None})
+    True
+    """
+
+    key: str
+    value: str | int | float | bool | None
+
+    def __post_init__(self) -> None:
+        split_key(self.key)
+        object.__setattr__(self, "value", _scalar(self.key, self.value))
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        value = lookup(record, self.key)
+        return isinstance(value, list | tuple) and any(scalar_equal(v, self.value) for v in value)
+
+
+@dataclass(frozen=True)
+class Regex(Query, tag="regex"):
+    """The value at key is a str in which ``re.search(pattern)`` finds a match.
+
+    >>> Regex("sample", "^ni", case_sensitive=False).matches({"start": {"sample": "Ni"}})
+    True
+    """
+
+    key: str
+    pattern: str
+    case_sensitive: bool = True
+
+    def __post_init__(self) -> None:
+        split_key(self.key)
+        if not isinstance(self.pattern, str):
+            raise QueryError(f"key {self.key!r}: pattern must be a str, got {self.pattern!r}")
+        if not isinstance(self.case_sensitive, bool):
+            raise QueryError(f"key {self.key!r}: case_sensitive must be a bool")
+        try:
+            re.compile(self.pattern)
+        except re.error as err:
+            raise QueryError(f"key {self.key!r}: invalid regex {self.pattern!r}: {err}") from None
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        value = lookup(record, self.key)
+        flags = 0 if self.case_sensitive else re.IGNORECASE
+        return isinstance(value, str) and re.search(self.pattern, value, flags) is not None
+
+
+@dataclass(frozen=True)
+class FullText(Query, tag="full_text"):
+    """Every token of text is a token of some str value in the start document.
+
+    >>> FullText("nickel foil").matches({"start": {"notes": ["Nickel_foil!"]}, "stop": None})
+    True
+    """
+
+    text: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or not text_tokens(self.text):
+            raise QueryError(f"full-text search {self.text!r} has no letters or digits")
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        found: set[str] = set()
+        stack = [record.get("start")]
+        while stack:
+            value = stack.pop()
+            if isinstance(value, str):
+                found.update(text_tokens(value))
+            elif isinstance(value, Mapping):
+                stack.extend(value.values())
+            elif isinstance(value, list | tuple):
+                stack.extend(value)
+        return found.issuperset(text_tokens(self.text))
+
+
+@dataclass(frozen=True)
+class KeyPresent(Query, tag="key_present"):
+    """The key exists (its value may be anything, None included).
+
+    >>> KeyPresent("stop.exit_status").matches({"start": {}, "stop": None})
+    False
+    """
+
+    key: str
+
+    def __post_init__(self) -> None:
+        split_key(self.key)
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return lookup(record, self.key) is not MISSING
+
+
+@dataclass(frozen=True, repr=False)
+class TimeRange(Query, tag="time_range"):
+    """Start ``time`` in [since, until); bounds are resolved to epoch seconds by parse_time.
+
+    >>> q = TimeRange(since="2021-12-06", timezone="UTC")
+    >>> q, q.since
+    (TimeRange(since='2021-12-06 00:00:00+00:00', until=None, timezone='UTC'), 1638748800.0)
+    """
+
+    since: float | None = None
+    until: float | None = None
+    timezone: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.timezone is not None and not isinstance(self.timezone, str):
+            raise QueryError(f"timezone must be an IANA name str, got {self.timezone!r}")
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, parse_time(value, self.timezone))
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise QueryError(f"{self!r}: since is after until")
+
+    def _show(self, t: float | None) -> str:
+        if t is None:
+            return "None"
+        try:
+            zone = _zone(self.timezone)
+            text = datetime.fromtimestamp(t, zone).astimezone(zone).isoformat(" ")
+        except (OverflowError, OSError, ValueError):
+            return repr(t)
+        # Show the readable form only if it parses back to exactly the same float.
+        return repr(text) if parse_time(text) == t else repr(t)
+
+    def __repr__(self) -> str:
+        since, until = self._show(self.since), self._show(self.until)
+        return f"TimeRange(since={since}, until={until}, timezone={self.timezone!r})"
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        t = _plain(lookup(record, "time"))
+        return (
+            _is_number(t)
+            and (self.since is None or self.since <= t)
+            and (self.until is None or t < self.until)
+        )
+
+
+def _int(value: Any, what: str) -> int:
+    value = _plain(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise QueryError(f"{what} must be an int, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True, init=False, repr=False)
+class ScanID(Query, tag="scan_id"):
+    """Start ``scan_id`` equals one of the given ints.
+
+    >>> ScanID(3, 4).matches({"start": {"scan_id": 4}, "stop": None})
+    True
+    """
+
+    _varargs = "scan_ids"
+    scan_ids: tuple[int, ...]
+
+    def __init__(self, *scan_ids: int) -> None:
+        if not scan_ids:
+            raise QueryError("ScanID needs at least one scan id")
+        object.__setattr__(self, "scan_ids", tuple(_int(s, "scan id") for s in scan_ids))
+
+    def __repr__(self) -> str:
+        return f"ScanID({', '.join(map(repr, self.scan_ids))})"
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        scan_id = _plain(lookup(record, "scan_id"))
+        return _is_number(scan_id) and scan_id in self.scan_ids
+
+
+@dataclass(frozen=True)
+class ScanIDRange(Query, tag="scan_id_range"):
+    """Start ``scan_id`` in [start_id, end_id), like databroker's ``ScanIDRange``.
+
+    >>> ScanIDRange(10, 20).matches({"start": {"scan_id": 20}, "stop": None})
+    False
+    """
+
+    start_id: int
+    end_id: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start_id", _int(self.start_id, "start_id"))
+        object.__setattr__(self, "end_id", _int(self.end_id, "end_id"))
+        if self.start_id > self.end_id:
+            raise QueryError(f"ScanIDRange start_id {self.start_id} > end_id {self.end_id}")
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        scan_id = _plain(lookup(record, "scan_id"))
+        return _is_number(scan_id) and self.start_id <= scan_id < self.end_id
+
+
+@dataclass(frozen=True, init=False, repr=False)
+class PartialUID(Query, tag="partial_uid"):
+    """Start ``uid`` begins with one of the given non-empty prefixes.
+
+    >>> PartialUID("a1b2").matches({"start": {"uid": "a1b2c3"}, "stop": None})
+    True
+    """
+
+    _varargs = "prefixes"
+    prefixes: tuple[str, ...]
+
+    def __init__(self, *prefixes: str) -> None:
+        if not prefixes or not all(isinstance(p, str) and p for p in prefixes):
+            raise QueryError(f"PartialUID needs non-empty str prefixes, got {prefixes!r}")
+        object.__setattr__(self, "prefixes", tuple(str(p) for p in prefixes))
+
+    def __repr__(self) -> str:
+        return f"PartialUID({', '.join(map(repr, self.prefixes))})"
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        uid = lookup(record, "uid")
+        return isinstance(uid, str) and uid.startswith(self.prefixes)
+
+
+@dataclass(frozen=True, init=False, repr=False)
+class _Combination(Query):
+    _varargs = "queries"
+    queries: tuple[Query, ...]
+
+    def __init__(self, *queries: Query) -> None:
+        for q in queries:
+            _check_query(q, type(self).__name__)
+        object.__setattr__(self, "queries", queries)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self.queries))})"
+
+
+@dataclass(frozen=True, init=False, repr=False)
+class And(_Combination, tag="and"):
+    """All sub-queries match (an empty And matches every run).
+
+    >>> And(ScanID(1), PartialUID("ab")) == (ScanID(1) & PartialUID("ab"))
+    True
+    """
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return all(q.matches(record) for q in self.queries)
+
+
+@dataclass(frozen=True, init=False, repr=False)
+class Or(_Combination, tag="or"):
+    """Any sub-query matches (an empty Or matches no run).
+
+    >>> Or(ScanID(1), ScanID(2)) == (ScanID(1) | ScanID(2))
+    True
+    """
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return any(q.matches(record) for q in self.queries)
+
+
+@dataclass(frozen=True, repr=False)
+class Not(Query, tag="not"):
+    """The sub-query does not match.
+
+    >>> Not(ScanID(1)) == ~ScanID(1)
+    True
+    """
+
+    query: Query
+
+    def __post_init__(self) -> None:
+        _check_query(self.query, "Not")
+
+    def __repr__(self) -> str:
+        return f"Not({self.query!r})"
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return not self.query.matches(record)

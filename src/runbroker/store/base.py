@@ -1,0 +1,82 @@
+"""The narrow Store protocol that the user API (``runbroker.catalog``) is written against.
+
+Every storage backend -- SQLite, PostgreSQL, a folder of files, an HTTP client -- implements
+these few methods and nothing else, so the catalog behaves the same over each of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..queries import Query
+
+__all__ = ["Columns", "PageInfo", "RunRecord", "Store"]
+
+Columns = dict[str, "np.ndarray | list"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run's header: its uid, start document and stop document (``None`` while running)."""
+
+    uid: str
+    start: dict
+    stop: dict | None
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    """Where a block of a stream's events lives, without its data.
+
+    ``n`` events of ``descriptor`` whose seq_nums lie in ``[seq_min, seq_max]``.
+    """
+
+    id: int
+    descriptor: str
+    n: int
+    seq_min: int
+    seq_max: int
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the catalog needs from storage. Runs are ordered newest first: (time, uid) desc."""
+
+    uri: str
+
+    def insert(self, name: str, doc: dict) -> None:
+        """Validate and store one document (readers see it within 100 ms)."""
+
+    def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
+        """Store many documents at once, atomically; return how many were given."""
+
+    def flush(self) -> None:
+        """Make everything inserted so far visible to other processes now."""
+
+    def close(self) -> None:
+        """Flush and release connections."""
+
+    def search(self, query: Query | None, *, offset: int = 0, limit: int | None = None) -> list[RunRecord]:
+        """Runs matching ``query``, newest first, from ``offset``, at most ``limit``."""
+
+    def count(self, query: Query | None) -> int:
+        """How many runs match ``query``."""
+
+    def get_run(self, uid: str) -> RunRecord | None:
+        """The run with exactly this uid, or None."""
+
+    def descriptors(self, run_uid: str) -> list[dict]:
+        """The run's descriptor documents in the order they were stored."""
+
+    def pages(self, descriptor_uids: list[str]) -> list[PageInfo]:
+        """Pages of these descriptors, grouped by descriptor in the given order, by seq_min."""
+
+    def read_pages(self, page_ids: list[int], columns: list[str] | None) -> list[Columns]:
+        """Decoded columns of each page (all when ``columns`` is None), in the given order."""
+
+    def documents(self, run_uid: str) -> Iterator[tuple[str, Any]]:
+        """The run's documents in the order they were stored; events come as event pages."""

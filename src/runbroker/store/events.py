@@ -1,0 +1,242 @@
+"""Turn events and event pages of one descriptor into column pages, checking them on the way.
+
+This is storage-independent: any store that keeps events column-wise can use it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..documents import ConflictError, DocumentError, to_builtin
+from .pages import concat_columns, to_column
+
+__all__ = ["Batch", "DescriptorState", "canonical", "event_from_columns", "page_from_columns"]
+
+MAX_EVENTS_PER_PAGE = 4096
+MAX_BYTES_PER_PAGE = 8 * 2**20
+
+
+def canonical(doc: Any) -> bytes:
+    """A byte string equal for two documents exactly when they mean the same thing.
+
+    Ints and floats of equal value compare equal (1 == 1.0), NaN equals NaN, key order and
+    numpy-vs-list do not matter.
+
+    Example:
+        >>> canonical({"a": 1, "b": [float("nan")]}) == canonical({"b": [math.nan], "a": 1.0})
+        True
+    """
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): norm(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            return v
+        if isinstance(v, (int, float)):
+            return "nan" if math.isnan(v) else float(v)
+        return v
+
+    return orjson.dumps(norm(to_builtin(doc)), option=orjson.OPT_SORT_KEYS)
+
+
+@dataclass
+class Batch:
+    """Columns of a block of events, ready to be stored as one page."""
+
+    n: int
+    seq_min: int
+    seq_max: int
+    data: dict[str, np.ndarray | list]
+    extra: dict[str, np.ndarray | list]
+
+
+@dataclass
+class DescriptorState:
+    """What a writer remembers about one descriptor: its fields and its unflushed events."""
+
+    id: int
+    uid: str
+    run_id: int
+    run_uid: str
+    fields: tuple[str, ...]
+    seq_max: int
+    max_events: int = MAX_EVENTS_PER_PAGE
+    pending: list[dict] = field(default_factory=list)
+    pending_seqs: dict[int, dict] = field(default_factory=dict)
+    since: float = 0.0
+    small_pages: int = 0
+
+    @classmethod
+    def from_descriptor(
+        cls, id: int, run_id: int, run_uid: str, doc: dict, seq_max: int
+    ) -> DescriptorState:
+        """Build the state of a stored descriptor.
+
+        Example:
+            >>> d = {"uid": "d1", "data_keys": {"x": {"shape": [], "dtype": "number"}}}
+            >>> DescriptorState.from_descriptor(1, 1, "r1", d, 0).fields
+            ('x',)
+        """
+        data_keys = doc["data_keys"]
+        per_event = 16
+        for dk in data_keys.values():
+            shape = [s for s in (dk.get("shape") or []) if s]
+            per_event += 8 * int(np.prod(shape)) if shape else 8
+        max_events = max(1, min(MAX_EVENTS_PER_PAGE, MAX_BYTES_PER_PAGE // per_event))
+        return cls(id, doc["uid"], run_id, run_uid, tuple(data_keys), seq_max, max_events)
+
+    def check_keys(self, name: str, uid: Any, doc: dict) -> None:
+        """Refuse data/timestamps/filled keys that the descriptor does not declare."""
+        for part in ("data", "timestamps", "filled"):
+            extra = set(doc.get(part) or ()).difference(self.fields)
+            if extra:
+                raise DocumentError(
+                    name,
+                    uid,
+                    f"{part}.{sorted(extra)[0]}",
+                    f"field not declared in descriptor {self.uid!r} "
+                    f"(declared: {', '.join(self.fields)})",
+                )
+
+    def add(self, doc: dict) -> bool:
+        """Queue one event; return False if it is an exact repeat of a queued one."""
+        seq = doc["seq_num"]
+        if seq in self.pending_seqs:
+            if canonical(self.pending_seqs[seq]) == canonical(doc):
+                return False
+            raise ConflictError(
+                "event",
+                doc["uid"],
+                "seq_num",
+                f"seq_num {seq} of descriptor {self.uid!r} was already given by event "
+                f"{self.pending_seqs[seq]['uid']!r} with different content",
+            )
+        if not self.pending:
+            self.since = time.monotonic()
+        self.pending.append(doc)
+        self.pending_seqs[seq] = doc
+        return True
+
+    def take(self) -> Batch | None:
+        """Columns of the queued events (and forget them), or None if nothing is queued."""
+        events, self.pending, self.pending_seqs = self.pending, [], {}
+        if not events:
+            return None
+        seqs = np.fromiter((e["seq_num"] for e in events), dtype=np.int64, count=len(events))
+        data: dict[str, np.ndarray | list] = {
+            "time": np.fromiter((e["time"] for e in events), dtype=np.float64, count=len(events)),
+            "seq_num": seqs,
+        }
+        extra: dict[str, np.ndarray | list] = {"uid": [e["uid"] for e in events]}
+        datas = [e["data"] for e in events]
+        stamps = [e["timestamps"] for e in events]
+        for f in self.fields:
+            data["d:" + f] = to_column([d.get(f) for d in datas])
+            extra["t:" + f] = to_column([t.get(f) for t in stamps])
+        if any("filled" in e for e in events):
+            fills = [e.get("filled") or {} for e in events]
+            for f in {k for fill in fills for k in fill}:
+                extra["f:" + f] = [fill.get(f) for fill in fills]
+        return Batch(len(events), int(seqs.min()), int(seqs.max()), data, extra)
+
+    def page_batch(self, doc: dict) -> Batch:
+        """Columns of an event_page document, after checking its columns line up."""
+        uids = doc["uid"]
+        n = len(uids)
+
+        def col(part: str, f: str) -> Any:
+            values = doc[part].get(f)
+            if values is None:
+                return [None] * n
+            if len(values) != n:
+                raise DocumentError(
+                    "event_page",
+                    uids,
+                    f"{part}.{f}",
+                    f"has {len(values)} values but the page has {n} uids",
+                )
+            return to_column(values)
+
+        for key in ("time", "seq_num"):
+            if len(doc[key]) != n:
+                raise DocumentError(
+                    "event_page", uids, key, f"has {len(doc[key])} values but the page has {n} uids"
+                )
+        seqs = np.asarray(doc["seq_num"], dtype=np.int64)
+        data: dict[str, Any] = {"time": np.asarray(doc["time"], dtype=np.float64), "seq_num": seqs}
+        extra: dict[str, Any] = {"uid": list(uids)}
+        for f in self.fields:
+            data["d:" + f] = col("data", f)
+            extra["t:" + f] = col("timestamps", f)
+        for f, values in (doc.get("filled") or {}).items():
+            extra["f:" + f] = list(values)
+        return Batch(n, int(seqs.min()), int(seqs.max()), data, extra)
+
+
+def merge_batches(parts: list[tuple[dict, dict, int]]) -> tuple[dict, dict]:
+    """Concatenate the (data, extra) columns of several pages into one page's columns."""
+    out = []
+    for which in (0, 1):
+        names: dict[str, None] = {}
+        for p in parts:
+            names.update(dict.fromkeys(p[which]))
+        lengths = [p[2] for p in parts]
+        out.append(
+            {name: concat_columns([p[which].get(name) for p in parts], lengths) for name in names}
+        )
+    return out[0], out[1]
+
+
+def _value(col: np.ndarray | list, i: int) -> Any:
+    v = col[i]
+    return v.tolist() if isinstance(v, (np.ndarray, np.generic)) else v
+
+
+def event_from_columns(descriptor: str, data: dict, extra: dict, i: int) -> dict:
+    """Rebuild the i-th event of a page from its decoded columns."""
+    ev = {
+        "uid": extra["uid"][i],
+        "time": float(data["time"][i]),
+        "seq_num": int(data["seq_num"][i]),
+        "descriptor": descriptor,
+        "data": {k[2:]: _value(v, i) for k, v in data.items() if k.startswith("d:")},
+        "timestamps": {k[2:]: _value(v, i) for k, v in extra.items() if k.startswith("t:")},
+    }
+    filled = {k[2:]: v[i] for k, v in extra.items() if k.startswith("f:")}
+    if filled:
+        ev["filled"] = filled
+    return ev
+
+
+def page_from_columns(descriptor: str, data: dict, extra: dict) -> dict:
+    """Rebuild an event_page document from a page's decoded columns.
+
+    Example:
+        >>> cols = {"time": np.zeros(1), "seq_num": np.ones(1, int), "d:x": np.ones(1)}
+        >>> page_from_columns("d1", cols, {"uid": ["e1"], "t:x": np.zeros(1)})["data"]
+        {'x': [1.0]}
+    """
+
+    def as_list(v: np.ndarray | list) -> list:
+        return v.tolist() if isinstance(v, np.ndarray) else list(v)
+
+    page = {
+        "uid": list(extra["uid"]),
+        "time": as_list(data["time"]),
+        "seq_num": as_list(data["seq_num"]),
+        "descriptor": descriptor,
+        "data": {k[2:]: as_list(v) for k, v in data.items() if k.startswith("d:")},
+        "timestamps": {k[2:]: as_list(v) for k, v in extra.items() if k.startswith("t:")},
+    }
+    filled = {k[2:]: list(v) for k, v in extra.items() if k.startswith("f:")}
+    if filled:
+        page["filled"] = filled
+    return page

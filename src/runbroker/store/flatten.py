@@ -1,0 +1,94 @@
+"""Flatten start/stop documents into indexable (key, value) rows.
+
+The rows follow the reference semantics of :mod:`runbroker.queries`: nested dicts give dotted
+keys, every value gets a row at its own key (``elem`` false), and each scalar element of a list
+gets one more row at the list's key (``elem`` true) so that ``Contains`` is an index lookup too.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+__all__ = ["flatten", "fulltext", "scalar_row"]
+
+Row = tuple[str, bool, str, float | None, str | None]
+
+
+def scalar_row(value: Any) -> tuple[str, float | None, str | None] | None:
+    """``(typ, num, txt)`` for a JSON scalar, or None for containers.
+
+    Example:
+        >>> scalar_row(True), scalar_row(2), scalar_row("a"), scalar_row(None)
+        (('b', 1.0, None), ('n', 2.0, None), ('s', None, 'a'), ('z', None, None))
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None:
+        return ("z", None, None)
+    if isinstance(value, bool):
+        return ("b", float(value), None)
+    if isinstance(value, (int, float)):
+        num = float(value)
+        # NaN never compares equal; storing NULL keeps SQL and Python in agreement.
+        return ("n", None if math.isnan(num) else num, None)
+    if isinstance(value, str):
+        return ("s", None, value)
+    return None
+
+
+def flatten(prefix: str, doc: dict) -> Iterator[Row]:
+    """Rows for every nested key of ``doc``, keys prefixed by ``prefix`` (``"start"``/``"stop"``).
+
+    Example:
+        >>> list(flatten("start", {"a": {"b": [1, "x"]}}))[-2:]
+        [('start.a.b', True, 'n', 1.0, None), ('start.a.b', True, 's', None, 'x')]
+    """
+    for key, value in doc.items():
+        path = f"{prefix}.{key}"
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        row = scalar_row(value)
+        if row is not None:
+            yield (path, False, *row)
+        elif isinstance(value, dict):
+            yield (path, False, "d", None, None)
+            yield from flatten(path, value)
+        elif isinstance(value, (list, tuple)):
+            yield (path, False, "l", None, None)
+            for item in value:
+                item_row = scalar_row(item)
+                if item_row is not None:
+                    yield (path, True, *item_row)
+        else:
+            yield (path, False, "s", None, str(value))
+
+
+_TOKEN = re.compile(r"[^\W_]+")
+
+
+def fulltext(doc: Any) -> str:
+    """All string values of ``doc`` (recursively), lower-cased and tokenised, space-joined.
+
+    Example:
+        >>> fulltext({"plan_name": "rel_scan", "sample": {"name": "Ni-foil"}})
+        'rel scan ni foil'
+    """
+    words: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            words.extend(_TOKEN.findall(value.lower()))
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+
+    walk(doc)
+    return " ".join(words)

@@ -1,0 +1,118 @@
+"""One SQLAlchemy Core schema for every SQL database runbroker stores runs in.
+
+Event data never gets a row per event: ``pages`` holds one row per block of events of one
+descriptor, with the block's columns encoded by :mod:`runbroker.store.pages`. ``meta`` is a
+flattened, indexed view of each run's start and stop documents so that any metadata query is
+an index lookup inside the database. Every row that is replayed by ``documents()`` carries
+``ord``, its position in the run's insertion order.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+info = Table(
+    "runbroker_info",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("uid", String(128), nullable=False, unique=True),
+    Column("time", Float, nullable=False),
+    Column("scan_id", Float),
+    Column("start", LargeBinary, nullable=False),
+    Column("stop", LargeBinary),
+    Column("next_ord", BigInteger, nullable=False, default=1),
+    Index("ix_runs_time_uid", "time", "uid"),
+    Index("ix_runs_scan_id", "scan_id", "time", "uid"),
+)
+
+descriptors = Table(
+    "descriptors",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("uid", String(128), nullable=False, unique=True),
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False, index=True),
+    Column("ord", BigInteger, nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+)
+
+pages = Table(
+    "pages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("descriptor_id", Integer, ForeignKey("descriptors.id"), nullable=False),
+    Column("run_id", Integer, nullable=False),
+    Column("ord", BigInteger, nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("seq_min", BigInteger, nullable=False),
+    Column("seq_max", BigInteger, nullable=False),
+    # Columns read by stream.read(): time, seq_num and the data fields.
+    Column("data", LargeBinary, nullable=False),
+    # Columns only replay needs: uids, per-field timestamps, filled flags.
+    Column("extra", LargeBinary, nullable=False),
+    Index("ix_pages_descriptor", "descriptor_id", "seq_min"),
+    Index("ix_pages_run_ord", "run_id", "ord"),
+)
+
+# resource, stream_resource, stream_datum and datum_page documents, stored whole.
+documents = Table(
+    "documents",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("uid", String(128), nullable=True, unique=True),
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("ord", BigInteger, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Index("ix_documents_run_ord", "run_id", "ord"),
+)
+
+# One row per datum so that datum ids are unique and can be resolved without a scan.
+datums = Table(
+    "datums",
+    metadata,
+    Column("datum_id", String(256), primary_key=True),
+    Column("document_id", Integer, ForeignKey("documents.id"), nullable=False),
+    Column("resource", String(128), nullable=False),
+)
+
+# Flattened start/stop metadata: one row per (nested) key, and one per list element.
+meta = Table(
+    "meta",
+    metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("key", String(512), nullable=False),
+    Column("elem", Boolean, nullable=False),
+    # s(tring) n(umber) b(ool) z(null) l(ist) d(ict)
+    Column("typ", String(1), nullable=False),
+    Column("num", Float),
+    Column("txt", Text),
+    Index("ix_meta_txt", "key", "txt", "run_id"),
+    Index("ix_meta_num", "key", "num", "run_id"),
+    Index("ix_meta_run", "run_id"),
+)

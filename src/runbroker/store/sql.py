@@ -1,0 +1,773 @@
+"""The SQL store: runs in SQLite (the embedded default) or any SQLAlchemy database.
+
+Writes go through one connection guarded by a lock. Single events are queued per descriptor
+and written as column pages when a page fills up, when any other document arrives, or at the
+latest ``flush_interval`` seconds after they were inserted (a background thread sees to it), so
+another process sees an event within ``flush_interval`` + a few ms. A crash can lose only the
+events still queued: never anything older than that. ``durability="event"`` commits every
+event on its own, with ``synchronous=FULL`` on SQLite.
+"""
+
+from __future__ import annotations
+
+import atexit
+import heapq
+import re
+import threading
+import time
+import weakref
+from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from event_model import pack_datum_page, unpack_datum_page, unpack_event_page
+from sqlalchemy import Connection, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy.engine import Engine
+
+from ..documents import ConflictError, DocumentError, UnknownParentError, validate
+from ..queries import Query
+from . import pages as codec
+from .base import PageInfo, RunRecord
+from .events import Batch, DescriptorState, canonical, event_from_columns, merge_batches
+from .events import page_from_columns
+from .flatten import flatten, fulltext
+from .schema import SCHEMA_VERSION, datums, descriptors, documents, info, meta, metadata, pages
+from .schema import runs
+from .sqlquery import compile_query
+
+__all__ = ["SQLStore", "SchemaVersionError"]
+
+_JSON = orjson.OPT_SERIALIZE_NUMPY
+# A descriptor's pages are merged once this many small ones have piled up (slow live runs).
+_COMPACT_AFTER = 32
+
+
+class SchemaVersionError(RuntimeError):
+    """The catalog was written by a different schema version than this runbroker uses."""
+
+
+def _dumps(doc: Any) -> bytes:
+    return orjson.dumps(doc, option=_JSON)
+
+
+@lru_cache(maxsize=256)
+def _regex(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
+
+
+def _regexp(pattern: str, value: Any) -> bool:
+    return isinstance(value, str) and _regex(pattern).search(value) is not None
+
+
+class SQLStore:
+    """Runs in a SQL database. Use :func:`runbroker.open` rather than this class directly.
+
+    Example:
+        >>> store = SQLStore("sqlite://")          # in memory
+        >>> store.count(None)
+        0
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        durability: Literal["batch", "event"] = "batch",
+        flush_interval: float = 0.05,
+        readonly: bool = False,
+    ) -> None:
+        self.uri = uri
+        self.durability = durability
+        self.flush_interval = flush_interval
+        self.readonly = readonly
+        self.dialect = uri.split(":", 1)[0].split("+", 1)[0]
+        self._lock = threading.RLock()
+        self._states: dict[str, DescriptorState] = {}
+        self._run_ids: dict[str, int] = {}
+        self._closed = False
+        self._flush_error: Exception | None = None
+        self._engine = self._make_engine(uri, writer=False)
+        self._wengine = self._engine if uri == "sqlite://" else self._make_engine(uri, writer=True)
+        self._wconn: Connection | None = None
+        self._init_schema()
+        self._wake = threading.Event()
+        self._flusher: threading.Thread | None = None
+        ref = weakref.ref(self)
+        atexit.register(lambda: (s := ref()) is not None and s.close())
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _make_engine(self, uri: str, writer: bool) -> Engine:
+        if self.dialect != "sqlite":
+            return create_engine(uri, pool_pre_ping=True)
+        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 60}}
+        if uri == "sqlite://":
+            from sqlalchemy.pool import StaticPool
+
+            kwargs["poolclass"] = StaticPool
+        engine = create_engine(uri, **kwargs)
+        sync = "FULL" if self.durability == "event" else "NORMAL"
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy's begin hook (below) decide how transactions start.
+            dbapi_conn.isolation_level = None
+            dbapi_conn.create_function("regexp", 2, _regexp, deterministic=True)
+            cur = dbapi_conn.cursor()
+            if uri != "sqlite://":
+                cur.execute("PRAGMA journal_mode=WAL")
+            for pragma in (
+                f"synchronous={sync}",
+                "busy_timeout=60000",
+                "cache_size=-65536",
+                "mmap_size=1073741824",
+                "temp_store=MEMORY",
+            ):
+                cur.execute(f"PRAGMA {pragma}")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            # Writers take the write lock up front so two writers never deadlock on upgrade.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+        return engine
+
+    def _init_schema(self) -> None:
+        if self.dialect == "sqlite" and self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        with self._wengine.begin() as conn:
+            version = None
+            if conn.dialect.has_table(conn, "runbroker_info"):
+                version = conn.execute(
+                    select(info.c.value).where(info.c.key == "schema_version")
+                ).scalar()
+            if version is None:
+                metadata.create_all(conn)
+                if self.dialect == "sqlite":
+                    conn.exec_driver_sql(
+                        "CREATE VIRTUAL TABLE IF NOT EXISTS runs_fts USING fts5("
+                        "content, tokenize='unicode61 remove_diacritics 0')"
+                    )
+                conn.execute(insert(info).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(version) != SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.uri} has catalog schema version {version}, this runbroker uses "
+                    f"{SCHEMA_VERSION}. Run `runbroker db upgrade {self.uri}` to upgrade it."
+                )
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def insert(self, name: str, doc: dict) -> None:
+        """Validate and store one document. See the module docstring for visibility."""
+        doc = validate(name, doc)
+        with self._lock:
+            if self._flush_error is not None:
+                err, self._flush_error = self._flush_error, None
+                raise RuntimeError(f"queued events could not be written to {self.uri}") from err
+            if name == "event":
+                self._insert_event(doc)
+                return
+            self._flush_locked()
+            try:
+                with self._transaction() as conn:
+                    self._write(conn, name, doc)
+            except BaseException:
+                # The transaction was rolled back: forget ids it may have cached.
+                self._run_ids.clear()
+                raise
+
+    def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
+        """Store many documents in one transaction: all of them, or none if one is refused."""
+        count = 0
+        with self._lock:
+            self._flush_locked()
+            with self._transaction() as conn:
+                try:
+                    for name, doc in pairs:
+                        doc = validate(name, doc)
+                        if name == "event":
+                            state = self._state(conn, doc["descriptor"], "event", doc["uid"])
+                            self._queue_event(conn, state, doc)
+                            if len(state.pending) >= state.max_events:
+                                self._write_batch(conn, state, state.take())
+                        else:
+                            self._flush_states(conn)
+                            self._write(conn, name, doc)
+                        count += 1
+                    self._flush_states(conn)
+                except BaseException:
+                    # Queued events belong to the transaction being rolled back.
+                    for state in self._states.values():
+                        state.take()
+                    self._states.clear()
+                    self._run_ids.clear()
+                    raise
+        return count
+
+    def flush(self) -> None:
+        """Write every queued event now."""
+        with self._lock:
+            self._flush_locked()
+
+    def close(self) -> None:
+        """Flush queued events and release the database."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._wake.set()
+        with self._lock:
+            if self._wconn is not None:
+                self._wconn.close()
+                self._wconn = None
+        self._engine.dispose()
+        self._wengine.dispose()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        if self.readonly:
+            raise PermissionError(f"{self.uri} is opened read-only")
+        if self._wconn is None:
+            self._wconn = self._wengine.connect()
+        with self._wconn.begin():
+            yield self._wconn
+
+    def _insert_event(self, doc: dict) -> None:
+        state = self._states.get(doc["descriptor"])
+        if state is None:
+            with self._wengine.connect() as conn:
+                state = self._state(conn, doc["descriptor"], "event", doc["uid"])
+        queued = self._queue_event(None, state, doc)
+        if not queued:
+            return
+        if self.durability == "event" or len(state.pending) >= state.max_events:
+            with self._transaction() as conn:
+                self._write_batch(conn, state, state.take())
+        else:
+            self._ensure_flusher()
+
+    def _queue_event(self, conn: Connection | None, state: DescriptorState, doc: dict) -> bool:
+        state.check_keys("event", doc["uid"], doc)
+        seq = doc["seq_num"]
+        if seq <= state.seq_max and seq not in state.pending_seqs:
+            # Possibly a repeat of a stored event: compare with it.
+            stored = self._stored_event(conn, state, seq)
+            if stored is not None:
+                if canonical(stored) == canonical(doc):
+                    return False
+                raise ConflictError(
+                    "event",
+                    doc["uid"],
+                    "seq_num",
+                    f"descriptor {state.uid!r} already has an event with seq_num {seq} "
+                    f"(uid {stored['uid']!r}) with different content",
+                )
+        return state.add(doc)
+
+    def _stored_event(self, conn: Connection | None, state: DescriptorState, seq: int) -> Any:
+        def find(c: Connection) -> Any:
+            rows = c.execute(
+                select(pages.c.data, pages.c.extra).where(
+                    pages.c.descriptor_id == state.id,
+                    pages.c.seq_min <= seq,
+                    pages.c.seq_max >= seq,
+                )
+            ).all()
+            for data_blob, extra_blob in rows:
+                data, extra = codec.decode(data_blob), codec.decode(extra_blob)
+                hits = (data["seq_num"] == seq).nonzero()[0]
+                if len(hits):
+                    return event_from_columns(state.uid, data, extra, int(hits[0]))
+            return None
+
+        if conn is not None:
+            return find(conn)
+        with self._engine.connect() as c:
+            return find(c)
+
+    def _state(self, conn: Connection, uid: str, name: str, child: Any) -> DescriptorState:
+        state = self._states.get(uid)
+        if state is not None:
+            return state
+        row = conn.execute(
+            select(descriptors.c.id, descriptors.c.run_id, descriptors.c.body, runs.c.uid)
+            .join(runs, runs.c.id == descriptors.c.run_id)
+            .where(descriptors.c.uid == uid)
+        ).first()
+        if row is None:
+            raise UnknownParentError(
+                name,
+                child,
+                "descriptor",
+                f"refers to descriptor {uid!r}, which is not in this catalog "
+                "(insert the descriptor before its events)",
+            )
+        seq_max = conn.execute(
+            select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == row.id)
+        ).scalar()
+        state = DescriptorState.from_descriptor(
+            row.id, row.run_id, row.uid, orjson.loads(row.body), seq_max or 0
+        )
+        self._states[uid] = state
+        return state
+
+    def _flush_locked(self) -> None:
+        if any(s.pending for s in self._states.values()):
+            with self._transaction() as conn:
+                self._flush_states(conn)
+
+    def _flush_states(self, conn: Connection) -> None:
+        for state in self._states.values():
+            if state.pending:
+                self._write_batch(conn, state, state.take())
+
+    def _next_ord(self, conn: Connection, run_id: int, count: int = 1) -> int:
+        return conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(next_ord=runs.c.next_ord + count)
+            .returning(runs.c.next_ord)
+        ).scalar_one() - count
+
+    def _write_batch(self, conn: Connection, state: DescriptorState, batch: Batch | None) -> None:
+        if batch is None:
+            return
+        conn.execute(
+            insert(pages).values(
+                descriptor_id=state.id,
+                run_id=state.run_id,
+                ord=self._next_ord(conn, state.run_id),
+                n=batch.n,
+                seq_min=batch.seq_min,
+                seq_max=batch.seq_max,
+                data=codec.encode(batch.data),
+                extra=codec.encode(batch.extra),
+            )
+        )
+        state.seq_max = max(state.seq_max, batch.seq_max)
+        if batch.n < state.max_events:
+            state.small_pages += 1
+            if state.small_pages >= _COMPACT_AFTER:
+                self._compact(conn, state)
+
+    def _compact(self, conn: Connection, state: DescriptorState) -> None:
+        """Merge a descriptor's small pages (left by slow live runs) into full ones."""
+        rows = conn.execute(
+            select(pages.c.id, pages.c.ord, pages.c.n, pages.c.data, pages.c.extra)
+            .where(pages.c.descriptor_id == state.id, pages.c.n < state.max_events)
+            .order_by(pages.c.seq_min, pages.c.id)
+        ).all()
+        groups: list[list[Any]] = [[]]
+        for row in rows:
+            if groups[-1] and sum(r.n for r in groups[-1]) + row.n > state.max_events:
+                groups.append([])
+            groups[-1].append(row)
+        for group in groups:
+            if len(group) < 2:
+                continue
+            parts = [(codec.decode(r.data), codec.decode(r.extra), r.n) for r in group]
+            data, extra = merge_batches(parts)
+            seqs = data["seq_num"]
+            conn.execute(delete(pages).where(pages.c.id.in_([r.id for r in group])))
+            conn.execute(
+                insert(pages).values(
+                    descriptor_id=state.id,
+                    run_id=state.run_id,
+                    ord=min(r.ord for r in group),
+                    n=sum(r.n for r in group),
+                    seq_min=int(min(seqs)),
+                    seq_max=int(max(seqs)),
+                    data=codec.encode(data),
+                    extra=codec.encode(extra),
+                )
+            )
+        state.small_pages = 0
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = threading.Thread(
+                target=_flush_loop, args=(weakref.ref(self),), name="runbroker-flush", daemon=True
+            )
+            self._flusher.start()
+        self._wake.set()
+
+    def _run_id(self, conn: Connection, uid: str, name: str, child: Any) -> int:
+        run_id = self._run_ids.get(uid)
+        if run_id is None:
+            run_id = conn.execute(select(runs.c.id).where(runs.c.uid == uid)).scalar()
+            if run_id is None:
+                raise UnknownParentError(
+                    name,
+                    child,
+                    "run_start",
+                    f"refers to run {uid!r}, which is not in this catalog "
+                    "(insert its start document first)",
+                )
+            self._run_ids[uid] = run_id
+        return run_id
+
+    def _write(self, conn: Connection, name: str, doc: dict) -> None:
+        """Store one non-event document inside the caller's transaction."""
+        if name == "start":
+            self._write_start(conn, doc)
+        elif name == "stop":
+            self._write_stop(conn, doc)
+        elif name == "descriptor":
+            self._write_descriptor(conn, doc)
+        elif name == "event_page":
+            self._write_event_page(conn, doc)
+        elif name in ("datum", "datum_page"):
+            self._write_datums(conn, name, doc)
+        else:
+            self._write_document(conn, name, doc)
+
+    def _same_or_conflict(self, name: str, doc: dict, stored: bytes | None, key: str) -> bool:
+        """True if ``doc`` repeats the stored one; raise if it differs from it."""
+        if stored is None:
+            return False
+        if canonical(orjson.loads(stored)) == canonical(doc):
+            return True
+        raise ConflictError(
+            name, doc.get(key), key, "a different document with this uid is already stored"
+        )
+
+    def _write_start(self, conn: Connection, doc: dict) -> None:
+        stored = conn.execute(select(runs.c.start).where(runs.c.uid == doc["uid"])).scalar()
+        if self._same_or_conflict("start", doc, stored, "uid"):
+            return
+        scan_id = doc.get("scan_id")
+        if isinstance(scan_id, bool) or not isinstance(scan_id, (int, float)):
+            scan_id = None
+        run_id = conn.execute(
+            insert(runs)
+            .values(
+                uid=doc["uid"], time=doc["time"], scan_id=scan_id, start=_dumps(doc), next_ord=1
+            )
+            .returning(runs.c.id)
+        ).scalar_one()
+        self._index(conn, run_id, "start", doc)
+        if self.dialect == "sqlite":
+            conn.exec_driver_sql(
+                "INSERT INTO runs_fts(rowid, content) VALUES (?, ?)", (run_id, fulltext(doc))
+            )
+        self._run_ids[doc["uid"]] = run_id
+
+    def _index(self, conn: Connection, run_id: int, prefix: str, doc: dict) -> None:
+        rows = [
+            {"run_id": run_id, "key": k, "elem": e, "typ": t, "num": n, "txt": s}
+            for k, e, t, n, s in flatten(prefix, doc)
+        ]
+        if rows:
+            conn.execute(insert(meta), rows)
+
+    def _write_stop(self, conn: Connection, doc: dict) -> None:
+        run_id = self._run_id(conn, doc["run_start"], "stop", doc["uid"])
+        stored = conn.execute(select(runs.c.stop).where(runs.c.id == run_id)).scalar()
+        if self._same_or_conflict("stop", doc, stored, "uid"):
+            return
+        conn.execute(update(runs).where(runs.c.id == run_id).values(stop=_dumps(doc)))
+        self._index(conn, run_id, "stop", doc)
+
+    def _write_descriptor(self, conn: Connection, doc: dict) -> None:
+        stored = conn.execute(
+            select(descriptors.c.body).where(descriptors.c.uid == doc["uid"])
+        ).scalar()
+        if self._same_or_conflict("descriptor", doc, stored, "uid"):
+            return
+        run_id = self._run_id(conn, doc["run_start"], "descriptor", doc["uid"])
+        conn.execute(
+            insert(descriptors).values(
+                uid=doc["uid"],
+                run_id=run_id,
+                ord=self._next_ord(conn, run_id),
+                name=doc.get("name", "primary"),
+                time=doc["time"],
+                body=_dumps(doc),
+            )
+        )
+
+    def _write_event_page(self, conn: Connection, doc: dict) -> None:
+        state = self._state(conn, doc["descriptor"], "event_page", doc["uid"])
+        state.check_keys("event_page", doc["uid"], doc)
+        batch = state.page_batch(doc)
+        if batch.seq_min <= state.seq_max:
+            # Overlaps stored events: keep only the new ones, refuse changed ones.
+            events = list(unpack_event_page(doc))
+            fresh = [e for e in events if self._queue_event(conn, state, e)]
+            if len(fresh) != len(events):
+                state.take()
+                if fresh:
+                    for e in fresh:
+                        state.add(e)
+                    self._write_batch(conn, state, state.take())
+                return
+            state.take()
+        self._write_batch(conn, state, batch)
+
+    def _write_datums(self, conn: Connection, name: str, doc: dict) -> None:
+        page = doc if name == "datum_page" else pack_datum_page(doc)
+        resource = conn.execute(
+            select(documents.c.run_id).where(
+                documents.c.uid == page["resource"], documents.c.kind == "resource"
+            )
+        ).scalar()
+        if resource is None:
+            raise UnknownParentError(
+                name,
+                doc["datum_id"],
+                "resource",
+                f"refers to resource {page['resource']!r}, which is not in this catalog",
+            )
+        ids = page["datum_id"]
+        existing = dict(
+            conn.execute(
+                select(datums.c.datum_id, documents.c.body)
+                .join(documents, documents.c.id == datums.c.document_id)
+                .where(datums.c.datum_id.in_(ids))
+            ).all()
+        )
+        if existing:
+            singles = list(unpack_datum_page(page))
+            for d in singles:
+                if d["datum_id"] in existing:
+                    old = next(
+                        x
+                        for x in unpack_datum_page(orjson.loads(existing[d["datum_id"]]))
+                        if x["datum_id"] == d["datum_id"]
+                    )
+                    if canonical(old) != canonical(d):
+                        raise ConflictError(
+                            name, d["datum_id"], "datum_id", "a different datum is stored"
+                        )
+            fresh = [d for d in singles if d["datum_id"] not in existing]
+            if not fresh:
+                return
+            page = {
+                "resource": page["resource"],
+                "datum_id": [d["datum_id"] for d in fresh],
+                "datum_kwargs": {
+                    k: [d["datum_kwargs"][k] for d in fresh] for k in page["datum_kwargs"]
+                },
+            }
+        doc_id = conn.execute(
+            insert(documents)
+            .values(
+                uid=None,
+                run_id=resource,
+                ord=self._next_ord(conn, resource),
+                kind="datum_page",
+                body=_dumps(page),
+            )
+            .returning(documents.c.id)
+        ).scalar_one()
+        conn.execute(
+            insert(datums),
+            [{"datum_id": i, "document_id": doc_id, "resource": page["resource"]} for i in ids],
+        )
+
+    def _write_document(self, conn: Connection, name: str, doc: dict) -> None:
+        """resource, stream_resource and stream_datum: stored whole."""
+        stored = conn.execute(
+            select(documents.c.body).where(documents.c.uid == doc["uid"])
+        ).scalar()
+        if self._same_or_conflict(name, doc, stored, "uid"):
+            return
+        if name == "stream_datum":
+            run_id = conn.execute(
+                select(documents.c.run_id).where(
+                    documents.c.uid == doc["stream_resource"],
+                    documents.c.kind == "stream_resource",
+                )
+            ).scalar()
+            if run_id is None:
+                raise UnknownParentError(
+                    name,
+                    doc["uid"],
+                    "stream_resource",
+                    f"refers to stream_resource {doc['stream_resource']!r}, "
+                    "which is not in this catalog",
+                )
+            if doc.get("descriptor"):
+                self._state(conn, doc["descriptor"], name, doc["uid"])
+        else:
+            if "run_start" not in doc:
+                raise DocumentError(
+                    name, doc["uid"], "run_start", "is required to attach it to a run"
+                )
+            run_id = self._run_id(conn, doc["run_start"], name, doc["uid"])
+        conn.execute(
+            insert(documents).values(
+                uid=doc["uid"],
+                run_id=run_id,
+                ord=self._next_ord(conn, run_id),
+                kind=name,
+                body=_dumps(doc),
+            )
+        )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read(self) -> Any:
+        return self._engine.connect()
+
+    def search(
+        self, query: Query | None, *, offset: int = 0, limit: int | None = None
+    ) -> list[RunRecord]:
+        """Runs matching ``query``, newest first."""
+        stmt = (
+            select(runs.c.uid, runs.c.start, runs.c.stop)
+            .where(compile_query(query, self.dialect))
+            .order_by(runs.c.time.desc(), runs.c.uid.desc())
+            .offset(offset)
+        )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            RunRecord(uid, orjson.loads(start), orjson.loads(stop) if stop else None)
+            for uid, start, stop in rows
+        ]
+
+    def count(self, query: Query | None) -> int:
+        """How many runs match ``query``."""
+        stmt = select(func.count()).select_from(runs).where(compile_query(query, self.dialect))
+        with self._read() as conn:
+            return conn.execute(stmt).scalar_one()
+
+    def get_run(self, uid: str) -> RunRecord | None:
+        """The run with exactly this uid."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(runs.c.start, runs.c.stop).where(runs.c.uid == uid)
+            ).first()
+        if row is None:
+            return None
+        return RunRecord(uid, orjson.loads(row.start), orjson.loads(row.stop) if row.stop else None)
+
+    def descriptors(self, run_uid: str) -> list[dict]:
+        """The run's descriptors in stored order."""
+        self._flush_if_pending()
+        with self._read() as conn:
+            bodies = conn.execute(
+                select(descriptors.c.body)
+                .join(runs, runs.c.id == descriptors.c.run_id)
+                .where(runs.c.uid == run_uid)
+                .order_by(descriptors.c.ord)
+            ).scalars()
+            return [orjson.loads(b) for b in bodies]
+
+    def pages(self, descriptor_uids: list[str]) -> list[PageInfo]:
+        """Pages of these descriptors, in descriptor order then seq order."""
+        self._flush_if_pending()
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    descriptors.c.uid, pages.c.id, pages.c.n, pages.c.seq_min, pages.c.seq_max
+                )
+                .join(descriptors, descriptors.c.id == pages.c.descriptor_id)
+                .where(descriptors.c.uid.in_(descriptor_uids))
+                .order_by(pages.c.seq_min, pages.c.id)
+            ).all()
+        rank = {u: i for i, u in enumerate(descriptor_uids)}
+        out = [PageInfo(r.id, r.uid, r.n, r.seq_min, r.seq_max) for r in rows]
+        out.sort(key=lambda p: rank[p.descriptor])  # stable: keeps seq order inside
+        return out
+
+    def read_pages(self, page_ids: list[int], columns: list[str] | None) -> list[dict]:
+        """Decoded data columns of each page, in the order of ``page_ids``."""
+        extra = columns is None or any(c == "uid" or c[:2] in ("t:", "f:") for c in columns)
+        cols = [pages.c.id, pages.c.data] + ([pages.c.extra] if extra else [])
+        found: dict[int, dict] = {}
+        with self._read() as conn:
+            for i in range(0, len(page_ids), 500):
+                chunk = page_ids[i : i + 500]
+                for row in conn.execute(select(*cols).where(pages.c.id.in_(chunk))):
+                    decoded = codec.decode(row[1], columns)
+                    if extra:
+                        decoded.update(codec.decode(row[2], columns))
+                    found[row[0]] = decoded
+        return [found[i] for i in page_ids]
+
+    def documents(self, run_uid: str) -> Iterator[tuple[str, Any]]:
+        """Stored documents of a run in insertion order (events as event_page)."""
+        self._flush_if_pending()
+        with self._read() as conn:
+            row = conn.execute(
+                select(runs.c.id, runs.c.start, runs.c.stop).where(runs.c.uid == run_uid)
+            ).first()
+            if row is None:
+                raise KeyError(run_uid)
+            run_id = row.id
+            yield "start", orjson.loads(row.start)
+            desc = conn.execute(
+                select(descriptors.c.ord, descriptors.c.uid, descriptors.c.body)
+                .where(descriptors.c.run_id == run_id)
+                .order_by(descriptors.c.ord)
+            ).all()
+            streams = [(o, "descriptor", body) for o, _uid, body in desc]
+            docs = conn.execute(
+                select(documents.c.ord, documents.c.kind, documents.c.body)
+                .where(documents.c.run_id == run_id)
+                .order_by(documents.c.ord)
+            ).all()
+            page_rows = conn.execute(
+                select(pages.c.ord, descriptors.c.uid, pages.c.data, pages.c.extra)
+                .join(descriptors, descriptors.c.id == pages.c.descriptor_id)
+                .where(pages.c.run_id == run_id)
+                .order_by(pages.c.ord)
+            )
+            events = (
+                (o, "event_page", (d, data, extra)) for o, d, data, extra in page_rows
+            )
+            merged = heapq.merge(
+                ((o, k, b) for o, k, b in streams),
+                ((o, k, b) for o, k, b in docs),
+                events,
+                key=lambda item: item[0],
+            )
+            for _, kind, body in merged:
+                if kind == "event_page":
+                    d, data, extra = body
+                    yield kind, page_from_columns(d, codec.decode(data), codec.decode(extra))
+                else:
+                    yield kind, orjson.loads(body)
+            if row.stop:
+                yield "stop", orjson.loads(row.stop)
+
+    def _flush_if_pending(self) -> None:
+        # Reads in the writing process see its own queued events.
+        if self._states and any(s.pending for s in self._states.values()):
+            self.flush()
+
+    def __repr__(self) -> str:
+        return f"SQLStore({self.uri!r})"
+
+
+def _flush_loop(ref: weakref.ref) -> None:
+    """Background flusher: write queued events once they are ``flush_interval`` old."""
+    while True:
+        store = ref()
+        if store is None or store._closed:
+            return
+        wake, interval = store._wake, store.flush_interval
+        with store._lock:
+            oldest = min((s.since for s in store._states.values() if s.pending), default=None)
+            now = time.monotonic()
+            if oldest is not None and now - oldest >= interval:
+                try:
+                    store._flush_locked()
+                except Exception as exc:  # keep the flusher alive; the next insert re-raises
+                    store._flush_error = exc
+                oldest = None
+        del store
+        if oldest is None:
+            wake.wait(interval / 2)
+            wake.clear()
+        else:
+            time.sleep(max(0.0, interval - (now - oldest)) + 0.001)
+

@@ -1,0 +1,161 @@
+"""Compile :mod:`runbroker.queries` objects into SQL over the ``runs`` and ``meta`` tables.
+
+Each query type becomes an indexed condition inside the database; nothing is filtered in
+Python. The semantics are those of ``Query.matches`` (the reference), which the tests check
+against this compiler on generated runs and queries.
+"""
+
+from __future__ import annotations
+
+from functools import singledispatch
+from typing import Any
+
+from sqlalchemy import and_, exists, false, not_, or_, select, text, true
+from sqlalchemy.sql.elements import ColumnElement
+
+from .. import queries as q
+from .flatten import scalar_row
+from .schema import meta, runs
+
+__all__ = ["compile_query"]
+
+_MAX_CHAR = "\U0010ffff"
+
+
+def _meta_exists(key: str, *conds: Any) -> ColumnElement[bool]:
+    doc, path = q.split_key(key)
+    return exists(
+        select(1).where(meta.c.run_id == runs.c.id, meta.c.key == ".".join((doc, *path)), *conds)
+    )
+
+
+def _scalar_conds(value: Any, elem: bool) -> list[Any]:
+    typ, num, txt = scalar_row(value)  # type: ignore[misc]
+    conds: list[Any] = [meta.c.elem.is_(elem), meta.c.typ == typ]
+    if typ == "s":
+        conds.append(meta.c.txt == txt)
+    elif typ in "nb":
+        if num is None:  # NaN equals nothing
+            return [false()]
+        conds.append(meta.c.num == num)
+    return conds
+
+
+@singledispatch
+def compile_query(query: Any, dialect: str = "sqlite") -> ColumnElement[bool]:
+    """A SQL condition on ``runs`` that is true for the runs ``query`` matches.
+
+    Example:
+        >>> str(compile_query(q.ScanID(3)))
+        'runs.scan_id IN (__[POSTCOMPILE_scan_id_1])'
+    """
+    raise TypeError(f"cannot search with {query!r}: not a runbroker query")
+
+
+@compile_query.register
+def _(query: None, dialect: str = "sqlite") -> ColumnElement[bool]:
+    return true()
+
+
+@compile_query.register
+def _(query: q.Comparison, dialect: str = "sqlite") -> ColumnElement[bool]:
+    if query.op == "eq":
+        return _meta_exists(query.key, *_scalar_conds(query.value, False))
+    if query.op == "ne":
+        return not_(_meta_exists(query.key, *_scalar_conds(query.value, False)))
+    typ, num, txt = scalar_row(query.value)  # type: ignore[misc]
+    if typ == "n":
+        column = meta.c.num
+        bound: Any = num
+    elif typ == "s":
+        column, bound = meta.c.txt, txt
+    else:  # ordering is only defined between numbers and between strings
+        return false()
+    if bound is None:
+        return false()
+    op = {"lt": column < bound, "le": column <= bound, "gt": column > bound, "ge": column >= bound}
+    return _meta_exists(query.key, meta.c.elem.is_(False), meta.c.typ == typ, op[query.op])
+
+
+@compile_query.register
+def _(query: q.In, dialect: str = "sqlite") -> ColumnElement[bool]:
+    if not query.values:
+        return false()
+    return or_(*(compile_query(q.Key(query.key) == v, dialect) for v in query.values))
+
+
+@compile_query.register
+def _(query: q.NotIn, dialect: str = "sqlite") -> ColumnElement[bool]:
+    return not_(compile_query(q.In(query.key, query.values), dialect))
+
+
+@compile_query.register
+def _(query: q.Contains, dialect: str = "sqlite") -> ColumnElement[bool]:
+    return _meta_exists(query.key, *_scalar_conds(query.value, True))
+
+
+@compile_query.register
+def _(query: q.KeyPresent, dialect: str = "sqlite") -> ColumnElement[bool]:
+    return _meta_exists(query.key, meta.c.elem.is_(False))
+
+
+@compile_query.register
+def _(query: q.Regex, dialect: str = "sqlite") -> ColumnElement[bool]:
+    flags = "" if query.case_sensitive else "(?i)"
+    if dialect == "sqlite":
+        # The regexp() function is registered on every SQLite connection (Python's re).
+        match = meta.c.txt.op("REGEXP")(flags + query.pattern)
+    else:
+        match = meta.c.txt.op("~" if query.case_sensitive else "~*")(query.pattern)
+    return _meta_exists(query.key, meta.c.elem.is_(False), meta.c.typ == "s", match)
+
+
+@compile_query.register
+def _(query: q.FullText, dialect: str = "sqlite") -> ColumnElement[bool]:
+    tokens = q.text_tokens(query.text)
+    if dialect == "sqlite":
+        phrase = " AND ".join('"' + t.replace('"', '""') + '"' for t in tokens)
+        sub = text("SELECT rowid FROM runs_fts WHERE runs_fts MATCH :fts").bindparams(fts=phrase)
+        return runs.c.id.in_(sub)
+    raise NotImplementedError(f"FullText is not available on {dialect}")
+
+
+@compile_query.register
+def _(query: q.TimeRange, dialect: str = "sqlite") -> ColumnElement[bool]:
+    conds = []
+    if query.since is not None:
+        conds.append(runs.c.time >= query.since)
+    if query.until is not None:
+        conds.append(runs.c.time < query.until)
+    return and_(true(), *conds)
+
+
+@compile_query.register
+def _(query: q.ScanID, dialect: str = "sqlite") -> ColumnElement[bool]:
+    return runs.c.scan_id.in_([float(s) for s in query.scan_ids])
+
+
+@compile_query.register
+def _(query: q.ScanIDRange, dialect: str = "sqlite") -> ColumnElement[bool]:
+    return and_(runs.c.scan_id >= query.start_id, runs.c.scan_id < query.end_id)
+
+
+@compile_query.register
+def _(query: q.PartialUID, dialect: str = "sqlite") -> ColumnElement[bool]:
+    # A range on the uid index: anchored prefix match without a scan.
+    return or_(*(and_(runs.c.uid >= p, runs.c.uid < p + _MAX_CHAR) for p in query.prefixes))
+
+
+@compile_query.register
+def _(query: q.And, dialect: str = "sqlite") -> ColumnElement[bool]:
+    return and_(true(), *(compile_query(sub, dialect) for sub in query.queries))
+
+
+@compile_query.register
+def _(query: q.Or, dialect: str = "sqlite") -> ColumnElement[bool]:
+    return or_(false(), *(compile_query(sub, dialect) for sub in query.queries))
+
+
+@compile_query.register
+def _(query: q.Not, dialect: str = "sqlite") -> ColumnElement[bool]:
+    return not_(compile_query(query.query, dialect))

@@ -1,0 +1,373 @@
+"""A stream of a run (``primary``, ``baseline`` ...) read as xarray, pandas, numpy or dask.
+
+Reading plans pages, not events: the store says which pages hold the stream, one query fetches
+their blobs, and each field is one ``np.concatenate``. Events that arrived out of seq_num order
+are put back in order; several descriptors in one stream (configuration changed mid-run) are
+joined in the order they were declared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .store.base import Columns, PageInfo, Store
+from .store.pages import concat_columns
+
+__all__ = ["Stream"]
+
+_DTYPES = {"number": "float64", "integer": "int64", "boolean": "bool"}
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Pages read together: consecutive pages of one descriptor whose seq ranges overlap."""
+
+    pages: tuple[PageInfo, ...]
+    start: int  # position of the chunk's first event in the stream
+    n: int
+
+
+def _plan(infos: list[PageInfo]) -> list[_Chunk]:
+    chunks: list[list[PageInfo]] = []
+    for p in infos:
+        last = chunks[-1][-1] if chunks else None
+        if last is not None and last.descriptor == p.descriptor and p.seq_min <= last.seq_max:
+            chunks[-1].append(p)  # out-of-order arrival: sort these events together
+        else:
+            chunks.append([p])
+    out, pos = [], 0
+    for pages in chunks:
+        n = sum(p.n for p in pages)
+        out.append(_Chunk(tuple(pages), pos, n))
+        pos += n
+    return out
+
+
+def _finish(values: np.ndarray | list, data_key: Mapping[str, Any]) -> np.ndarray:
+    """Give a column the dtype its descriptor declares (or a sensible inferred one)."""
+    declared = data_key.get("dtype_numpy")
+    dtype = np.dtype(declared) if declared else None
+    if dtype is not None and dtype.kind in "USO" and dtype.itemsize == 0 and dtype.kind != "O":
+        dtype = None  # "<U0": a string of unknown length, let numpy size it
+    if isinstance(values, np.ndarray):
+        if dtype is not None and dtype.kind in "biufc" and values.dtype != dtype:
+            return values.astype(dtype)
+        return values
+    n = len(values)
+    kind = data_key.get("dtype")
+    numeric = kind in _DTYPES or (dtype is not None and dtype.kind in "biufc")
+    if numeric and any(v is None for v in values):
+        # Missing readings become NaN in a numeric column, as xarray users expect.
+        return np.array([np.nan if v is None else v for v in values], dtype="float64")
+    shape = data_key.get("shape") or []
+    if any(s is None for s in shape) or (values and isinstance(values[0], list)):
+        try:
+            arr = np.array(values, dtype=dtype) if dtype is not None else np.array(values)
+            if arr.dtype != object:
+                return arr
+        except (ValueError, TypeError):
+            pass
+        out = np.empty(n, dtype=object)  # ragged: one array per event
+        out[:] = [np.asarray(v) if v is not None else None for v in values]
+        return out
+    try:
+        if any(v is None for v in values):
+            raise TypeError
+        return np.array(values, dtype=dtype) if dtype is not None else np.array(values)
+    except (ValueError, TypeError):
+        out = np.empty(n, dtype=object)
+        out[:] = values
+        return out
+
+
+def _empty(data_key: Mapping[str, Any]) -> np.ndarray:
+    shape = [s for s in (data_key.get("shape") or []) if s is not None]
+    if len(shape) != len(data_key.get("shape") or []):
+        return np.empty(0, dtype=object)
+    declared = data_key.get("dtype_numpy")
+    dtype = declared or _DTYPES.get(data_key.get("dtype", ""), "float64")
+    if data_key.get("dtype") == "string" and not declared:
+        dtype = "<U1"
+    return np.empty((0, *shape), dtype=dtype)
+
+
+class Stream:
+    """One named stream of a run.
+
+    Example:
+        >>> ds = run.primary.read()                          # doctest: +SKIP
+        >>> ds = run.primary.read(["motor", "det"])          # doctest: +SKIP
+        >>> df = run.primary.to_pandas()                     # doctest: +SKIP
+    """
+
+    def __init__(self, store: Store, run_uid: str, name: str) -> None:
+        self.store = store
+        self.run_uid = run_uid
+        self.name = name
+
+    @property
+    def descriptors(self) -> list[dict]:
+        """This stream's descriptor documents, oldest first."""
+        return [
+            d for d in self.store.descriptors(self.run_uid) if d.get("name", "primary") == self.name
+        ]
+
+    @cached_property
+    def _descriptors(self) -> list[dict]:
+        return self.descriptors
+
+    @property
+    def data_keys(self) -> dict[str, dict]:
+        """Field name -> data key (dtype, shape, units, source ...), over all descriptors."""
+        out: dict[str, dict] = {}
+        for d in self._descriptors:
+            for k, v in d["data_keys"].items():
+                out.setdefault(k, v)
+        return out
+
+    @property
+    def fields(self) -> list[str]:
+        """Names of the stream's data fields."""
+        return list(self.data_keys)
+
+    def _chunks(self) -> list[_Chunk]:
+        return _plan(self.store.pages([d["uid"] for d in self._descriptors]))
+
+    def __len__(self) -> int:
+        return sum(c.n for c in self._chunks())
+
+    def _check_fields(self, fields: Sequence[str] | str | None) -> list[str]:
+        known = self.data_keys
+        if fields is None:
+            return list(known)
+        if isinstance(fields, str):
+            fields = [fields]
+        unknown = [f for f in fields if f not in known]
+        if unknown:
+            raise KeyError(
+                f"stream {self.name!r} has no field {unknown[0]!r}; its fields are {list(known)}"
+            )
+        return list(fields)
+
+    def _columns(self, chunks: list[_Chunk], names: list[str]) -> dict[str, Any]:
+        """Read columns of these chunks, each chunk in seq_num order, joined."""
+        ids = [p.id for c in chunks for p in c.pages]
+        decoded = iter(self.store.read_pages(ids, ["seq_num", *names]) if ids else [])
+        parts: dict[str, list] = {n: [] for n in ["seq_num", *names]}
+        lengths = []
+        for chunk in chunks:
+            cols: list[Columns] = [next(decoded) for _ in chunk.pages]
+            joined = {
+                n: concat_columns([c.get(n) for c in cols], [p.n for p in chunk.pages])
+                for n in parts
+            }
+            seq = np.asarray(joined["seq_num"])
+            if len(seq) > 1 and not (np.diff(seq) > 0).all():
+                order = np.argsort(seq, kind="stable")
+                joined = {
+                    n: v[order] if isinstance(v, np.ndarray) else [v[i] for i in order]
+                    for n, v in joined.items()
+                }
+            for n, v in joined.items():
+                parts[n].append(v)
+            lengths.append(chunk.n)
+        return {n: concat_columns(v, lengths) for n, v in parts.items()}
+
+    def _select(self, events: slice | None) -> tuple[list[_Chunk], slice]:
+        chunks = self._chunks()
+        if events is None:
+            return chunks, slice(None)
+        total = sum(c.n for c in chunks)
+        lo, hi, step = events.indices(total)
+        if step != 1:
+            raise ValueError("events= takes a contiguous range, e.g. slice(100, 200)")
+        hi = max(lo, hi)
+        picked = [c for c in chunks if c.start < hi and c.start + c.n > lo]
+        base = picked[0].start if picked else 0
+        return picked, slice(lo - base, hi - base)
+
+    def read(
+        self, fields: Sequence[str] | str | None = None, *, events: slice | None = None
+    ) -> xr.Dataset:
+        """The stream as an ``xarray.Dataset`` with dimension ``time``.
+
+        ``fields`` picks a subset; ``events=slice(a, b)`` reads only events a..b-1.
+
+        Example:
+            >>> ds = run.primary.read(["det"], events=slice(0, 10))      # doctest: +SKIP
+        """
+        names = self._check_fields(fields)
+        chunks, window = self._select(events)
+        return self._read_chunks(chunks, names, window)
+
+    def _read_chunks(
+        self, chunks: list[_Chunk], names: list[str], window: slice = slice(None)
+    ) -> xr.Dataset:
+        cols = self._columns(chunks, ["time", *("d:" + f for f in names)])
+        return self._dataset(cols, names, window)
+
+    def _dataset(self, cols: dict[str, Any], names: list[str], window: slice) -> xr.Dataset:
+        keys = self.data_keys
+        n = len(cols["seq_num"])
+        time = np.asarray(cols["time"], dtype="float64") if n else np.empty(0)
+        variables = {}
+        for f in names:
+            dk = keys[f]
+            values = cols.get("d:" + f)
+            arr = _finish(values, dk) if n else _empty(dk)
+            arr = arr[window]
+            dims = list(dk.get("dims") or [])
+            if len(dims) != arr.ndim - 1:
+                dims = [f"{f}_dim_{i}" for i in range(arr.ndim - 1)]
+            attrs = {"units": dk.get("units"), "source": dk.get("source"), "object_name": None}
+            for d in self._descriptors:
+                for obj, obj_fields in (d.get("object_keys") or {}).items():
+                    if f in obj_fields:
+                        attrs["object_name"] = obj
+            variables[f] = xr.Variable(
+                ("time", *dims), arr, attrs={k: v for k, v in attrs.items() if v is not None}
+            )
+        seq = np.asarray(cols["seq_num"], dtype="int64") if n else np.empty(0, "int64")
+        coords = {"time": time[window], "seq_num": ("time", seq[window])}
+        return xr.Dataset(variables, coords=coords, attrs={"stream": self.name, "uid": self.run_uid})
+
+    def timestamps(self, fields: Sequence[str] | str | None = None) -> xr.Dataset:
+        """Per-reading timestamps of each field (seconds since the epoch), dimension ``time``.
+
+        Example:
+            >>> run.primary.timestamps(["det"])["det"].values        # doctest: +SKIP
+        """
+        names = self._check_fields(fields)
+        cols = self._columns(self._chunks(), ["time", *("t:" + f for f in names)])
+        time = np.asarray(cols["time"], dtype="float64")
+        return xr.Dataset(
+            {
+                f: ("time", _finish(cols.get("t:" + f, []), {"dtype": "number"}))
+                for f in names
+            },
+            coords={"time": time},
+        )
+
+    def to_pandas(self, fields: Sequence[str] | str | None = None) -> pd.DataFrame:
+        """A ``DataFrame`` indexed by event time; array fields become object columns.
+
+        Example:
+            >>> run.primary.to_pandas()[["motor", "det"]].head()     # doctest: +SKIP
+        """
+        ds = self.read(fields)
+        data: dict[str, Any] = {"seq_num": ds["seq_num"].values}
+        for name, var in ds.data_vars.items():
+            data[str(name)] = var.values if var.ndim == 1 else list(var.values)
+        return pd.DataFrame(data, index=pd.Index(ds["time"].values, name="time"))
+
+    def to_dask(self, fields: Sequence[str] | str | None = None) -> xr.Dataset:
+        """A lazy ``xarray.Dataset`` backed by dask arrays, one chunk per group of pages.
+
+        Nothing is read until ``.compute()``; each chunk reads its own pages from the store.
+
+        Example:
+            >>> ds = run.primary.to_dask(); ds["det"].mean().compute()   # doctest: +SKIP
+        """
+        import dask
+        import dask.array as da
+
+        names = self._check_fields(fields)
+        chunks = self._chunks()
+        if not chunks:
+            return self.read(names)
+        first = self._read_chunks(chunks[:1], names)
+        arrays: dict[str, list] = {f: [] for f in [*names, "time", "seq_num"]}
+        for i, chunk in enumerate(chunks):
+            piece = (
+                dask.delayed(first)
+                if i == 0
+                else dask.delayed(_read_chunk)(self.store, self.run_uid, self.name, chunk, names)
+            )
+            for f in arrays:
+                template = first[f]
+                arrays[f].append(
+                    da.from_delayed(
+                        dask.delayed(_values)(piece, f),
+                        shape=(chunk.n, *template.shape[1:]),
+                        dtype=template.dtype,
+                    )
+                )
+        data_vars = {
+            f: (first[f].dims, da.concatenate(arrays[f]), first[f].attrs) for f in names
+        }
+        coords = {
+            "time": ("time", da.concatenate(arrays["time"]).compute()),
+            "seq_num": ("time", da.concatenate(arrays["seq_num"])),
+        }
+        return xr.Dataset(data_vars, coords=coords, attrs=first.attrs)
+
+    def iter_chunks(
+        self, fields: Sequence[str] | str | None = None, size: int = 100_000
+    ) -> Iterator[xr.Dataset]:
+        """Read the stream piece by piece, about ``size`` events at a time.
+
+        Example:
+            >>> for ds in run.primary.iter_chunks(size=10_000):      # doctest: +SKIP
+            ...     total += ds["det"].sum()
+        """
+        names = self._check_fields(fields)
+        group: list[_Chunk] = []
+        for chunk in self._chunks():
+            group.append(chunk)
+            if sum(c.n for c in group) >= size:
+                yield self._read_chunks(group, names)
+                group = []
+        if group:
+            yield self._read_chunks(group, names)
+
+    @property
+    def config(self) -> Mapping[str, xr.Dataset]:
+        """Configuration readings per device: ``stream.config["det"]`` is a Dataset over time.
+
+        Each event gets the configuration of the descriptor it was recorded under.
+
+        Example:
+            >>> run.primary.config["det"]["det_exposure"].values     # doctest: +SKIP
+        """
+        descs = self._descriptors
+        counts: dict[str, int] = {}
+        for chunk in self._chunks():
+            for p in chunk.pages:
+                counts[p.descriptor] = counts.get(p.descriptor, 0) + p.n
+        times = self.read([]).time.values
+        out: dict[str, xr.Dataset] = {}
+        devices = dict.fromkeys(dev for d in descs for dev in d.get("configuration") or {})
+        for dev in devices:
+            fields: dict[str, list] = {}
+            dks: dict[str, dict] = {}
+            for d in descs:
+                conf = (d.get("configuration") or {}).get(dev) or {}
+                n = counts.get(d["uid"], 0)
+                for k in conf.get("data") or {}:
+                    fields.setdefault(k, [])
+                    dks.setdefault(k, (conf.get("data_keys") or {}).get(k, {}))
+                for k in fields:
+                    fields[k].extend([(conf.get("data") or {}).get(k)] * n)
+            out[dev] = xr.Dataset(
+                {k: ("time", _finish(v, dks[k])) for k, v in fields.items()},
+                coords={"time": times},
+            )
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.name!r} of run {self.run_uid[:8]}: fields {self.fields}>"
+
+
+def _read_chunk(store: Store, run_uid: str, name: str, chunk: _Chunk, names: list[str]) -> Any:
+    return Stream(store, run_uid, name)._read_chunks([chunk], names)
+
+
+def _values(ds: xr.Dataset, name: str) -> np.ndarray:
+    return np.asarray(ds[name].values)
