@@ -198,6 +198,7 @@ def test_url_is_unpadded_base64url_of_compact_json():
     ("data", "needle"),
     [
         ({"type": "bogus"}, "'bogus'"),
+        ({"type": ["and"]}, "['and']"),
         ({"key": "a"}, "None"),
         ({"type": "comparison", "key": "a", "op": "eq"}, "'value'"),
         ({"type": "key_present"}, "'key'"),
@@ -216,6 +217,12 @@ def test_from_dict_rejects_bad_input(data, needle):
     with pytest.raises(QueryError) as info:
         Query.from_dict(data)
     assert needle in str(info.value)
+
+
+def test_from_dict_fills_in_defaults_for_optional_fields():
+    assert Query.from_dict({"type": "regex", "key": "a", "pattern": "x"}) == Regex("a", "x")
+    assert Query.from_dict({"type": "time_range", "since": 5}) == TimeRange(since=5)
+    assert Query.from_dict({"type": "time_range"}) == TimeRange()
 
 
 @pytest.mark.parametrize("text", ["{", "[1", "not json", b"\xff"])
@@ -493,6 +500,7 @@ def test_contains():
     assert q.matches(run({"motors": ["tth", "th"]}))
     assert not q.matches(run({"motors": ["tth"]}))
     assert not q.matches(run({"motors": "th"}))  # a str is not a list
+    assert not Contains("s", "t").matches(run({"s": "t"}))
     assert not q.matches(run({"motors": {"th": 1}}))
     assert not q.matches(run({}))
     assert Contains("l", 1).matches(run({"l": [1.0]}))
@@ -599,6 +607,7 @@ def test_partial_uid():
     assert PartialUID("abc").matches(run({"uid": "abc123"}))
     assert PartialUID("zz", "ab").matches(run({"uid": "abc123"}))
     assert not PartialUID("ABC").matches(run({"uid": "abc123"}))
+    assert not PartialUID("abc").matches(run({"uid": "ABC123"}))
     assert not PartialUID("bc").matches(run({"uid": "abc123"}))
     assert not PartialUID("1").matches(run({"uid": 1}))
     assert not PartialUID("a").matches(run({}))
@@ -702,6 +711,12 @@ def test_parse_time_rejects_bad_strings_with_examples(bad):
 def test_parse_time_rejects_other_types(bad):
     with pytest.raises(QueryError, match=re.escape(repr(bad))):
         parse_time(bad)
+
+
+def test_parse_time_out_of_range_is_a_query_error(local_tz):
+    # Naive local times go through the C library, which cannot reach year 1.
+    with pytest.raises(QueryError, match="out of range"):
+        parse_time("0001-01-01")
 
 
 def test_unknown_timezone():

@@ -51,6 +51,7 @@ import math
 import operator
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import MISSING as _NO_DEFAULT
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any, ClassVar
@@ -231,7 +232,10 @@ def parse_time(value: Any, timezone: str | None = None) -> float:
     if isinstance(value, datetime):
         if value.tzinfo is None and zone is not None:
             value = value.replace(tzinfo=zone)
-        return value.timestamp()
+        try:
+            return value.timestamp()
+        except (OverflowError, OSError, ValueError) as err:  # e.g. year 1 in a +hh zone
+            raise QueryError(f"time {value!r} is out of range: {err}") from None
     if _kind(value) == "number" and math.isfinite(value):
         return float(value)
     raise QueryError(
@@ -308,7 +312,7 @@ class Query:
         if not isinstance(data, Mapping):
             raise QueryError(f"query must be a dict, got {type(data).__name__}")
         tag = data.get("type")
-        if tag not in _REGISTRY:
+        if not isinstance(tag, str) or tag not in _REGISTRY:
             raise QueryError(f"unknown query type {tag!r}; known: {sorted(_REGISTRY)}")
         target = _REGISTRY[tag]
         names = [f.name for f in fields(target)]  # type: ignore[arg-type]
@@ -318,7 +322,9 @@ class Query:
         kwargs = {}
         for f in fields(target):  # type: ignore[arg-type]
             if f.name not in data:
-                raise QueryError(f"query type {tag!r} is missing field {f.name!r}")
+                if f.default is _NO_DEFAULT:
+                    raise QueryError(f"query type {tag!r} is missing field {f.name!r}")
+                continue  # hand-written dicts may leave out fields that have defaults
             value = data[f.name]
             if f.name == "query":
                 value = Query.from_dict(value)

@@ -33,6 +33,10 @@ def canonical(doc: Any) -> bytes:
         True
     """
 
+    if isinstance(doc, dict) and doc.get("filled") == {}:
+        # An empty "filled" says nothing; replayed events leave it out.
+        doc = {k: v for k, v in doc.items() if k != "filled"}
+
     def norm(v: Any) -> Any:
         if isinstance(v, dict):
             return {str(k): norm(x) for k, x in v.items()}
@@ -57,10 +61,24 @@ class Batch:
     data: dict[str, np.ndarray | list]
     extra: dict[str, np.ndarray | list]
 
+    @property
+    def nbytes(self) -> int:
+        """Approximate memory held by the batch (arrays only; lists count 64 bytes a value)."""
+        return sum(
+            c.nbytes if isinstance(c, np.ndarray) else 64 * len(c)
+            for cols in (self.data, self.extra)
+            for c in cols.values()
+        )
+
 
 @dataclass
 class DescriptorState:
-    """What a writer remembers about one descriptor: its fields and its unflushed events."""
+    """What a writer remembers about one descriptor: its fields and its queued events.
+
+    Single events wait in ``pending``; event pages (and pending events that preceded them)
+    wait as ready-made batches in ``ready``. ``seq_max`` covers stored and queued events, so
+    an event at or below it may repeat an earlier one and must be checked.
+    """
 
     id: int
     uid: str
@@ -71,6 +89,9 @@ class DescriptorState:
     max_events: int = MAX_EVENTS_PER_PAGE
     pending: list[dict] = field(default_factory=list)
     pending_seqs: dict[int, dict] = field(default_factory=dict)
+    ready: list[Batch] = field(default_factory=list)
+    queued: int = 0
+    queued_bytes: int = 0
     since: float = 0.0
     small_pages: int = 0
 
@@ -106,6 +127,11 @@ class DescriptorState:
                     f"(declared: {', '.join(self.fields)})",
                 )
 
+    def _touch(self, n: int) -> None:
+        if not self.queued:
+            self.since = time.monotonic()
+        self.queued += n
+
     def add(self, doc: dict) -> bool:
         """Queue one event; return False if it is an exact repeat of a queued one."""
         seq = doc["seq_num"]
@@ -119,17 +145,37 @@ class DescriptorState:
                 f"seq_num {seq} of descriptor {self.uid!r} was already given by event "
                 f"{self.pending_seqs[seq]['uid']!r} with different content",
             )
-        if not self.pending:
-            self.since = time.monotonic()
+        self._touch(1)
         self.pending.append(doc)
         self.pending_seqs[seq] = doc
+        self.seq_max = max(self.seq_max, seq)
+        if len(self.pending) >= self.max_events:
+            self._cut()
         return True
 
-    def take(self) -> Batch | None:
-        """Columns of the queued events (and forget them), or None if nothing is queued."""
+    def add_batch(self, batch: Batch) -> None:
+        """Queue a page's worth of columns, after any single events queued before it."""
+        self._cut()
+        self._touch(batch.n)
+        self.ready.append(batch)
+        self.queued_bytes += batch.nbytes
+        self.seq_max = max(self.seq_max, batch.seq_max)
+
+    def _cut(self) -> None:
         events, self.pending, self.pending_seqs = self.pending, [], {}
-        if not events:
-            return None
+        if events:
+            batch = self._columns(events)
+            self.ready.append(batch)
+            self.queued_bytes += batch.nbytes
+
+    def take(self) -> list[Batch]:
+        """Every queued batch, oldest first, and forget them."""
+        self._cut()
+        out, self.ready = self.ready, []
+        self.queued = self.queued_bytes = 0
+        return out
+
+    def _columns(self, events: list[dict]) -> Batch:
         seqs = np.fromiter((e["seq_num"] for e in events), dtype=np.int64, count=len(events))
         data: dict[str, np.ndarray | list] = {
             "time": np.fromiter((e["time"] for e in events), dtype=np.float64, count=len(events)),

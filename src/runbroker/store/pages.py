@@ -50,8 +50,17 @@ def to_column(values: Sequence[Any]) -> np.ndarray | list:
         >>> to_column(["a", "bc"])
         ['a', 'bc']
     """
-    if values and isinstance(values[0], str):
+    if not values:
+        return np.empty(0)
+    first = values[0]
+    if isinstance(first, str):
         return list(values)
+    if type(first) is float:
+        # The common case (readings are floats): fromiter is the fastest exact conversion.
+        try:
+            return np.fromiter(values, dtype=np.float64, count=len(values))
+        except (TypeError, ValueError):
+            pass  # None, strings or arrays further down: let the general path decide
     try:
         arr = np.asarray(values)
     except (ValueError, TypeError):

@@ -1,0 +1,51 @@
+"""Run the benchmarks: ``python -m benchmarks`` (all) or ``python -m benchmarks b2 [b3 ...]``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from .common import CORES, Result, print_summary, write_json
+
+BENCHMARKS = {"b1": "b1_ingest", "b2": "b2_read", "b3": "b3_search"}
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print("benchmarks:", ", ".join(f"{k} ({v})" for k, v in BENCHMARKS.items()))
+        return 0
+    wanted = []
+    for arg in argv or list(BENCHMARKS):
+        key = arg.lower().split("_", 1)[0]
+        if key not in BENCHMARKS:
+            print(f"unknown benchmark {arg!r}; choose from {', '.join(BENCHMARKS)}")
+            return 2
+        wanted.append(key)
+    print(f"runbroker benchmarks {' '.join(wanted)} on {CORES} cores", flush=True)
+    t0 = time.perf_counter()
+    results: list[Result] = []
+    crashed = []
+    for key in wanted:
+        module = importlib.import_module(f".{BENCHMARKS[key]}", __package__)
+        try:
+            results.extend(module.run())
+        except Exception:
+            traceback.print_exc()
+            crashed.append(key)
+    wall = time.perf_counter() - t0
+    print_summary(results)
+    write_json(RESULTS, results, wanted, wall)
+    print(f"wrote {RESULTS} ({wall:.0f} s)")
+    if crashed:
+        print(f"benchmarks that crashed: {', '.join(crashed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
