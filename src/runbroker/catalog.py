@@ -13,7 +13,7 @@ from typing import Any
 
 from event_model import unpack_datum_page, unpack_event_page
 
-from .queries import And, PartialUID, Query, ScanID
+from .queries import And, Key, PartialUID, Query, ScanID
 from .store.base import RunRecord, Store
 from .stream import Stream
 
@@ -185,13 +185,13 @@ class Catalog:
             raise _LookupError("an empty string is not a uid")
         if self.query is None:
             record = self.store.get_run(key)
-            if record is not None or exact:
-                return record
+        else:
+            exact_hit = self.store.search(self._and(Key("uid") == key), limit=1)
+            record = exact_hit[0] if exact_hit else None
+        if record is not None or exact:
+            return record
         found = self.store.search(self._and(PartialUID(key)), limit=10)
-        for record in found:
-            if record.uid == key:
-                return record
-        if exact or not found:
+        if not found:
             return None
         if len(found) > 1:
             raise AmbiguousUIDError(key, [r.uid for r in found])
@@ -237,9 +237,7 @@ class Catalog:
                 + "</tr>"
             )
         head = "".join(f"<th>{h}</th>" for h in ("scan_id", "uid", "plan", "start", "status"))
-        return (
-            f"<p>{html.escape(repr(self))}</p><table><tr>{head}</tr>{''.join(rows)}</table>"
-        )
+        return f"<p>{html.escape(repr(self))}</p><table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 class Run(Mapping[str, Stream]):

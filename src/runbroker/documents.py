@@ -103,13 +103,13 @@ def validate(name: str, doc: Any) -> dict:
         >>> validate("stop", {"uid": "s1", "run_start": "r1", "time": 0.0, "exit_status": "success"})
         {'uid': 's1', 'run_start': 'r1', 'time': 0.0, 'exit_status': 'success'}
     """
+    if not isinstance(doc, Mapping):
+        raise DocumentError(str(name), None, None, f"expected a dict, got {type(doc).__name__}")
+    uid = doc.get(_ID_KEY.get(name, "uid"), doc.get("uid", doc.get("datum_id")))
     if name not in DOCUMENT_NAMES:
         raise DocumentError(
-            str(name), None, None, f"unknown document type; expected one of {DOCUMENT_NAMES}"
+            str(name), uid, None, f"unknown document type; expected one of {DOCUMENT_NAMES}"
         )
-    if not isinstance(doc, Mapping):
-        raise DocumentError(name, None, None, f"expected a dict, got {type(doc).__name__}")
-    uid = doc.get(_ID_KEY.get(name, "uid"))
     validator = _validator(name)
     try:
         if validator.is_valid(doc):

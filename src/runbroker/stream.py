@@ -36,12 +36,14 @@ class _Chunk:
 
 def _plan(infos: list[PageInfo]) -> list[_Chunk]:
     chunks: list[list[PageInfo]] = []
+    top = 0  # highest seq_num in the current chunk
     for p in infos:
-        last = chunks[-1][-1] if chunks else None
-        if last is not None and last.descriptor == p.descriptor and p.seq_min <= last.seq_max:
+        if chunks and chunks[-1][-1].descriptor == p.descriptor and p.seq_min <= top:
             chunks[-1].append(p)  # out-of-order arrival: sort these events together
+            top = max(top, p.seq_max)
         else:
             chunks.append([p])
+            top = p.seq_max
     out, pos = [], 0
     for pages in chunks:
         n = sum(p.n for p in pages)
@@ -54,6 +56,9 @@ def _finish(values: np.ndarray | list, data_key: Mapping[str, Any]) -> np.ndarra
     """Give a column the dtype its descriptor declares (or a sensible inferred one)."""
     declared = data_key.get("dtype_numpy")
     dtype = np.dtype(declared) if declared else None
+    if dtype is None and data_key.get("dtype") == "number":
+        # "number" means float even when a device happened to report whole numbers.
+        dtype = np.dtype("float64")
     if dtype is not None and dtype.kind in "USO" and dtype.itemsize == 0 and dtype.kind != "O":
         dtype = None  # "<U0": a string of unknown length, let numpy size it
     if isinstance(values, np.ndarray):
@@ -158,27 +163,27 @@ class Stream:
 
     def _columns(self, chunks: list[_Chunk], names: list[str]) -> dict[str, Any]:
         """Read columns of these chunks, each chunk in seq_num order, joined."""
-        ids = [p.id for c in chunks for p in c.pages]
-        decoded = iter(self.store.read_pages(ids, ["seq_num", *names]) if ids else [])
-        parts: dict[str, list] = {n: [] for n in ["seq_num", *names]}
-        lengths = []
-        for chunk in chunks:
-            cols: list[Columns] = [next(decoded) for _ in chunk.pages]
-            joined = {
-                n: concat_columns([c.get(n) for c in cols], [p.n for p in chunk.pages])
-                for n in parts
-            }
-            seq = np.asarray(joined["seq_num"])
-            if len(seq) > 1 and not (np.diff(seq) > 0).all():
-                order = np.argsort(seq, kind="stable")
-                joined = {
-                    n: v[order] if isinstance(v, np.ndarray) else [v[i] for i in order]
-                    for n, v in joined.items()
-                }
-            for n, v in joined.items():
-                parts[n].append(v)
-            lengths.append(chunk.n)
-        return {n: concat_columns(v, lengths) for n, v in parts.items()}
+        pages = [p for c in chunks for p in c.pages]
+        # seq_num is only read when some events arrived out of order and must be sorted.
+        unsorted = any(len(c.pages) > 1 or not c.pages[0].ordered for c in chunks)
+        wanted = ["seq_num", *names] if unsorted else names
+        decoded = self.store.read_pages([p.id for p in pages], wanted) if pages else []
+        lengths = [p.n for p in pages]
+        cols = {n: concat_columns([d.get(n) for d in decoded], lengths) for n in wanted}
+        if not unsorted:
+            return cols
+        seq = np.asarray(cols.pop("seq_num"), dtype=np.int64)
+        starts = np.cumsum([0] + [c.n for c in chunks], dtype=np.int64)
+        order = np.concatenate(
+            [
+                lo + np.argsort(seq[lo:hi], kind="stable")
+                for lo, hi in zip(starts[:-1], starts[1:], strict=True)
+            ]
+        )
+        return {
+            n: v[order] if isinstance(v, np.ndarray) else [v[i] for i in order]
+            for n, v in cols.items()
+        }
 
     def _select(self, events: slice | None) -> tuple[list[_Chunk], slice]:
         chunks = self._chunks()
@@ -215,7 +220,7 @@ class Stream:
 
     def _dataset(self, cols: dict[str, Any], names: list[str], window: slice) -> xr.Dataset:
         keys = self.data_keys
-        n = len(cols["seq_num"])
+        n = len(cols["time"])
         time = np.asarray(cols["time"], dtype="float64") if n else np.empty(0)
         variables = {}
         for f in names:
@@ -234,9 +239,10 @@ class Stream:
             variables[f] = xr.Variable(
                 ("time", *dims), arr, attrs={k: v for k, v in attrs.items() if v is not None}
             )
-        seq = np.asarray(cols["seq_num"], dtype="int64") if n else np.empty(0, "int64")
-        coords = {"time": time[window], "seq_num": ("time", seq[window])}
-        return xr.Dataset(variables, coords=coords, attrs={"stream": self.name, "uid": self.run_uid})
+        coords = {"time": time[window]}
+        return xr.Dataset(
+            variables, coords=coords, attrs={"stream": self.name, "uid": self.run_uid}
+        )
 
     def timestamps(self, fields: Sequence[str] | str | None = None) -> xr.Dataset:
         """Per-reading timestamps of each field (seconds since the epoch), dimension ``time``.
@@ -248,10 +254,7 @@ class Stream:
         cols = self._columns(self._chunks(), ["time", *("t:" + f for f in names)])
         time = np.asarray(cols["time"], dtype="float64")
         return xr.Dataset(
-            {
-                f: ("time", _finish(cols.get("t:" + f, []), {"dtype": "number"}))
-                for f in names
-            },
+            {f: ("time", _finish(cols.get("t:" + f, []), {"dtype": "number"})) for f in names},
             coords={"time": time},
         )
 
@@ -262,7 +265,7 @@ class Stream:
             >>> run.primary.to_pandas()[["motor", "det"]].head()     # doctest: +SKIP
         """
         ds = self.read(fields)
-        data: dict[str, Any] = {"seq_num": ds["seq_num"].values}
+        data: dict[str, Any] = {}
         for name, var in ds.data_vars.items():
             data[str(name)] = var.values if var.ndim == 1 else list(var.values)
         return pd.DataFrame(data, index=pd.Index(ds["time"].values, name="time"))
@@ -283,7 +286,7 @@ class Stream:
         if not chunks:
             return self.read(names)
         first = self._read_chunks(chunks[:1], names)
-        arrays: dict[str, list] = {f: [] for f in [*names, "time", "seq_num"]}
+        arrays: dict[str, list] = {f: [] for f in [*names, "time"]}
         for i, chunk in enumerate(chunks):
             piece = (
                 dask.delayed(first)
@@ -299,12 +302,9 @@ class Stream:
                         dtype=template.dtype,
                     )
                 )
-        data_vars = {
-            f: (first[f].dims, da.concatenate(arrays[f]), first[f].attrs) for f in names
-        }
+        data_vars = {f: (first[f].dims, da.concatenate(arrays[f]), first[f].attrs) for f in names}
         coords = {
             "time": ("time", da.concatenate(arrays["time"]).compute()),
-            "seq_num": ("time", da.concatenate(arrays["seq_num"])),
         }
         return xr.Dataset(data_vars, coords=coords, attrs=first.attrs)
 

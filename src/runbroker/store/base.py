@@ -32,7 +32,8 @@ class RunRecord:
 class PageInfo:
     """Where a block of a stream's events lives, without its data.
 
-    ``n`` events of ``descriptor`` whose seq_nums lie in ``[seq_min, seq_max]``.
+    ``n`` events of ``descriptor`` whose seq_nums lie in ``[seq_min, seq_max]``, stored in
+    increasing seq_num order when ``ordered``.
     """
 
     id: int
@@ -40,6 +41,7 @@ class PageInfo:
     n: int
     seq_min: int
     seq_max: int
+    ordered: bool = True
 
 
 @runtime_checkable
@@ -60,7 +62,9 @@ class Store(Protocol):
     def close(self) -> None:
         """Flush and release connections."""
 
-    def search(self, query: Query | None, *, offset: int = 0, limit: int | None = None) -> list[RunRecord]:
+    def search(
+        self, query: Query | None, *, offset: int = 0, limit: int | None = None
+    ) -> list[RunRecord]:
         """Runs matching ``query``, newest first, from ``offset``, at most ``limit``."""
 
     def count(self, query: Query | None) -> int:

@@ -18,8 +18,8 @@ from .pages import concat_columns, to_column
 
 __all__ = ["Batch", "DescriptorState", "canonical", "event_from_columns", "page_from_columns"]
 
-MAX_EVENTS_PER_PAGE = 4096
-MAX_BYTES_PER_PAGE = 8 * 2**20
+MAX_EVENTS_PER_PAGE = 131072
+MAX_BYTES_PER_PAGE = 16 * 2**20
 
 
 def canonical(doc: Any) -> bytes:
@@ -62,6 +62,12 @@ class Batch:
     extra: dict[str, np.ndarray | list]
 
     @property
+    def ordered(self) -> bool:
+        """True when seq_nums strictly increase through the batch."""
+        seqs = self.data["seq_num"]
+        return bool(len(seqs) < 2 or (np.diff(seqs) > 0).all())
+
+    @property
     def nbytes(self) -> int:
         """Approximate memory held by the batch (arrays only; lists count 64 bytes a value)."""
         return sum(
@@ -94,6 +100,9 @@ class DescriptorState:
     queued_bytes: int = 0
     since: float = 0.0
     small_pages: int = 0
+    # uids of events written through this state: refuses an event uid reused with another
+    # seq_num. Held only while the run is being written (dropped at its stop).
+    uids: set[str] = field(default_factory=set)
 
     @classmethod
     def from_descriptor(
@@ -145,6 +154,15 @@ class DescriptorState:
                 f"seq_num {seq} of descriptor {self.uid!r} was already given by event "
                 f"{self.pending_seqs[seq]['uid']!r} with different content",
             )
+        if doc["uid"] in self.uids:
+            raise ConflictError(
+                "event",
+                doc["uid"],
+                "uid",
+                f"this uid was already used by another event of descriptor {self.uid!r} "
+                f"(seq_num {seq} is new)",
+            )
+        self.uids.add(doc["uid"])
         self._touch(1)
         self.pending.append(doc)
         self.pending_seqs[seq] = doc
@@ -155,6 +173,19 @@ class DescriptorState:
 
     def add_batch(self, batch: Batch) -> None:
         """Queue a page's worth of columns, after any single events queued before it."""
+        uids = batch.extra["uid"]
+        if not self.uids.isdisjoint(uids):
+            reused = next(u for u in uids if u in self.uids)
+            raise ConflictError(
+                "event_page",
+                uids,
+                "uid",
+                f"event uid {reused!r} was already used by another event of "
+                f"descriptor {self.uid!r}",
+            )
+        if len(set(uids)) != len(uids):
+            raise DocumentError("event_page", uids, "uid", "the same uid appears twice")
+        self.uids.update(uids)
         self._cut()
         self._touch(batch.n)
         self.ready.append(batch)
@@ -169,11 +200,20 @@ class DescriptorState:
             self.queued_bytes += batch.nbytes
 
     def take(self) -> list[Batch]:
-        """Every queued batch, oldest first, and forget them."""
+        """Every queued batch, oldest first, joined into as few pages as fit, and forget them.
+
+        Fewer, bigger pages are what make reads fast: a stream is then a few blobs.
+        """
         self._cut()
-        out, self.ready = self.ready, []
+        ready, self.ready = self.ready, []
         self.queued = self.queued_bytes = 0
-        return out
+        groups: list[list[Batch]] = []
+        for batch in ready:
+            if groups and sum(b.n for b in groups[-1]) + batch.n <= self.max_events:
+                groups[-1].append(batch)
+            else:
+                groups.append([batch])
+        return [group[0] if len(group) == 1 else _join(group) for group in groups]
 
     def _columns(self, events: list[dict]) -> Batch:
         seqs = np.fromiter((e["seq_num"] for e in events), dtype=np.int64, count=len(events))
@@ -225,6 +265,17 @@ class DescriptorState:
         for f, values in (doc.get("filled") or {}).items():
             extra["f:" + f] = list(values)
         return Batch(n, int(seqs.min()), int(seqs.max()), data, extra)
+
+
+def _join(batches: list[Batch]) -> Batch:
+    data, extra = merge_batches([(b.data, b.extra, b.n) for b in batches])
+    return Batch(
+        sum(b.n for b in batches),
+        min(b.seq_min for b in batches),
+        max(b.seq_max for b in batches),
+        data,
+        extra,
+    )
 
 
 def merge_batches(parts: list[tuple[dict, dict, int]]) -> tuple[dict, dict]:

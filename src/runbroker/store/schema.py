@@ -71,6 +71,8 @@ pages = Table(
     Column("n", Integer, nullable=False),
     Column("seq_min", BigInteger, nullable=False),
     Column("seq_max", BigInteger, nullable=False),
+    # True when the page's seq_nums strictly increase: readers then need not sort it.
+    Column("ordered", Boolean, nullable=False),
     # Columns read by stream.read(): time, seq_num and the data fields.
     Column("data", LargeBinary, nullable=False),
     # Columns only replay needs: uids, per-field timestamps, filled flags.

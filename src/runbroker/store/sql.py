@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import orjson
 from event_model import pack_datum_page, unpack_datum_page, unpack_event_page
 from sqlalchemy import Connection, create_engine, delete, event, func, insert, select, text, update
@@ -273,14 +274,19 @@ class SQLStore:
             return
         # The page overlaps events seen before: keep the new ones, refuse changed ones.
         events = list(unpack_event_page(doc))
-        fresh = [e for e in events if self._is_new(conn, state, e)]
+        fresh = [e for e in events if self._is_new(conn, state, e, page=doc)]
         if len(fresh) == len(events):
             state.add_batch(batch)
         for e in fresh if len(fresh) != len(events) else ():
             state.add(e)
 
-    def _is_new(self, conn: Connection | None, state: DescriptorState, doc: dict) -> bool:
-        """False if ``doc`` repeats a stored event; raise if it contradicts one."""
+    def _is_new(
+        self, conn: Connection | None, state: DescriptorState, doc: dict, page: Any = None
+    ) -> bool:
+        """False if ``doc`` repeats a stored event; raise if it contradicts one.
+
+        ``page`` is the event_page the event came in, named in the error if there is one.
+        """
         # Everything queued must be in the database before we can compare with it.
         if conn is None:
             self._flush_locked()
@@ -293,11 +299,12 @@ class SQLStore:
         if canonical(stored) == canonical(doc):
             return False
         raise ConflictError(
-            "event",
-            doc["uid"],
+            "event" if page is None else "event_page",
+            doc["uid"] if page is None else page["uid"],
             "seq_num",
             f"descriptor {state.uid!r} already has an event with seq_num {seq} "
-            f"(uid {stored['uid']!r}) with different content",
+            f"(uid {stored['uid']!r}) with different content"
+            + ("" if page is None else f" than event {doc['uid']!r} of this page"),
         )
 
     def _stored_event(self, conn: Connection | None, state: DescriptorState, seq: int) -> Any:
@@ -368,6 +375,7 @@ class SQLStore:
                         "n": batch.n,
                         "seq_min": batch.seq_min,
                         "seq_max": batch.seq_max,
+                        "ordered": batch.ordered,
                         "data": codec.encode(batch.data),
                         "extra": codec.encode(batch.extra),
                     }
@@ -381,45 +389,63 @@ class SQLStore:
                 self._compact(conn, state)
 
     def _next_ord(self, conn: Connection, run_id: int, count: int = 1) -> int:
-        return conn.execute(
-            update(runs)
-            .where(runs.c.id == run_id)
-            .values(next_ord=runs.c.next_ord + count)
-            .returning(runs.c.next_ord)
-        ).scalar_one() - count
+        return (
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(next_ord=runs.c.next_ord + count)
+                .returning(runs.c.next_ord)
+            ).scalar_one()
+            - count
+        )
 
-    def _compact(self, conn: Connection, state: DescriptorState) -> None:
-        """Merge a descriptor's small pages (left by slow live runs) into bigger ones."""
-        rows = conn.execute(
-            select(pages.c.id, pages.c.ord, pages.c.n, pages.c.data, pages.c.extra)
-            .where(pages.c.descriptor_id == state.id, pages.c.n < state.max_events // 8)
+    def _compact(self, conn: Connection, state: DescriptorState, below: int | None = None) -> None:
+        """Merge runs of consecutive pages smaller than ``below`` events into bigger pages.
+
+        Live runs write a small page per flush; merging them keeps reads to a few blobs.
+        """
+        below = state.max_events // 8 if below is None else below
+        listing = conn.execute(
+            select(pages.c.id, pages.c.n)
+            .where(pages.c.descriptor_id == state.id)
             .order_by(pages.c.seq_min, pages.c.id)
         ).all()
         groups: list[list[Any]] = [[]]
-        for row in rows:
-            if groups[-1] and sum(r.n for r in groups[-1]) + row.n > state.max_events:
+        for row in listing:
+            fits = sum(r.n for r in groups[-1]) + row.n <= state.max_events
+            if row.n >= below or not fits:
                 groups.append([])
-            groups[-1].append(row)
+            if row.n < below:
+                groups[-1].append(row)
         for group in groups:
-            if len(group) < 2:
-                continue
-            parts = [(codec.decode(r.data), codec.decode(r.extra), r.n) for r in group]
-            data, extra = merge_batches(parts)
-            seqs = data["seq_num"]
-            conn.execute(delete(pages).where(pages.c.id.in_([r.id for r in group])))
-            conn.execute(
-                insert(pages).values(
-                    descriptor_id=state.id,
-                    run_id=state.run_id,
-                    ord=min(r.ord for r in group),
-                    n=sum(r.n for r in group),
-                    seq_min=int(min(seqs)),
-                    seq_max=int(max(seqs)),
-                    data=codec.encode(data),
-                    extra=codec.encode(extra),
-                )
-            )
+            if len(group) > 1:
+                self._merge_pages(conn, state, [r.id for r in group])
         state.small_pages = 0
+
+    def _merge_pages(self, conn: Connection, state: DescriptorState, ids: list[int]) -> None:
+        rows = conn.execute(
+            select(pages.c.ord, pages.c.n, pages.c.data, pages.c.extra)
+            .where(pages.c.id.in_(ids))
+            .order_by(pages.c.seq_min, pages.c.id)
+        ).all()
+        data, extra = merge_batches(
+            [(codec.decode(r.data), codec.decode(r.extra), r.n) for r in rows]
+        )
+        seqs = np.asarray(data["seq_num"])
+        conn.execute(delete(pages).where(pages.c.id.in_(ids)))
+        conn.execute(
+            insert(pages).values(
+                descriptor_id=state.id,
+                run_id=state.run_id,
+                ord=min(r.ord for r in rows),
+                n=len(seqs),
+                seq_min=int(seqs.min()),
+                seq_max=int(seqs.max()),
+                ordered=bool((np.diff(seqs) > 0).all()),
+                data=codec.encode(data),
+                extra=codec.encode(extra),
+            )
+        )
 
     def _ensure_flusher(self) -> None:
         if self._flusher is None or not self._flusher.is_alive():
@@ -503,6 +529,20 @@ class SQLStore:
             return
         conn.execute(update(runs).where(runs.c.id == run_id).values(stop=_dumps(doc)))
         self._index(conn, run_id, "stop", doc)
+        # The run is complete: forget its writing state and lay each stream out in as few
+        # pages as possible for reading.
+        fragmented = conn.execute(
+            select(descriptors.c.uid)
+            .join(pages, pages.c.descriptor_id == descriptors.c.id)
+            .where(descriptors.c.run_id == run_id)
+            .group_by(descriptors.c.uid)
+            .having(func.count() > 1)
+        ).scalars()
+        for uid in list(fragmented):
+            state = self._state(conn, uid, "stop", doc["uid"])
+            self._compact(conn, state, below=state.max_events)
+        for uid in [u for u, s in self._states.items() if s.run_id == run_id and not s.queued]:
+            del self._states[uid]
 
     def _write_descriptor(self, conn: Connection, doc: dict) -> None:
         stored = conn.execute(
@@ -656,9 +696,7 @@ class SQLStore:
     def get_run(self, uid: str) -> RunRecord | None:
         """The run with exactly this uid."""
         with self._read() as conn:
-            row = conn.execute(
-                select(runs.c.start, runs.c.stop).where(runs.c.uid == uid)
-            ).first()
+            row = conn.execute(select(runs.c.start, runs.c.stop).where(runs.c.uid == uid)).first()
         if row is None:
             return None
         return RunRecord(uid, orjson.loads(row.start), orjson.loads(row.stop) if row.stop else None)
@@ -681,14 +719,19 @@ class SQLStore:
         with self._read() as conn:
             rows = conn.execute(
                 select(
-                    descriptors.c.uid, pages.c.id, pages.c.n, pages.c.seq_min, pages.c.seq_max
+                    descriptors.c.uid,
+                    pages.c.id,
+                    pages.c.n,
+                    pages.c.seq_min,
+                    pages.c.seq_max,
+                    pages.c.ordered,
                 )
                 .join(descriptors, descriptors.c.id == pages.c.descriptor_id)
                 .where(descriptors.c.uid.in_(descriptor_uids))
                 .order_by(pages.c.seq_min, pages.c.id)
             ).all()
         rank = {u: i for i, u in enumerate(descriptor_uids)}
-        out = [PageInfo(r.id, r.uid, r.n, r.seq_min, r.seq_max) for r in rows]
+        out = [PageInfo(r.id, r.uid, r.n, r.seq_min, r.seq_max, bool(r.ordered)) for r in rows]
         out.sort(key=lambda p: rank[p.descriptor])  # stable: keeps seq order inside
         return out
 
@@ -735,9 +778,7 @@ class SQLStore:
                 .where(pages.c.run_id == run_id)
                 .order_by(pages.c.ord)
             )
-            events = (
-                (o, "event_page", (d, data, extra)) for o, d, data, extra in page_rows
-            )
+            events = ((o, "event_page", (d, data, extra)) for o, d, data, extra in page_rows)
             merged = heapq.merge(
                 ((o, k, b) for o, k, b in streams),
                 ((o, k, b) for o, k, b in docs),
@@ -784,4 +825,3 @@ def _flush_loop(ref: weakref.ref) -> None:
             wake.clear()
         else:
             time.sleep(max(0.0, interval - (now - oldest)) + 0.001)
-
