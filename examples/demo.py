@@ -13,14 +13,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # no screen needed
 
-import matplotlib.pyplot as plt  # noqa: E402
-from bluesky import RunEngine  # noqa: E402
-from bluesky.plans import count, grid_scan, rel_scan, scan  # noqa: E402
-from bluesky.preprocessors import SupplementalData  # noqa: E402
-from ophyd.sim import det, det4, motor, motor1, motor2, noisy_det  # noqa: E402
+import matplotlib.pyplot as plt
+from bluesky import RunEngine
+from bluesky.plans import count, grid_scan, rel_scan, scan
+from bluesky.preprocessors import SupplementalData
+from ophyd.sim import det, det4, motor, motor1, motor2, noisy_det
 
-import runbroker  # noqa: E402
-from runbroker.queries import FullText, Key, TimeRange  # noqa: E402
+import runbroker
+from runbroker.queries import FullText, Key, TimeRange
 
 OUT = Path("demo-output")
 
@@ -51,8 +51,10 @@ def main() -> None:
     print(f"\nSearch Key('sample.name') == 'Cu' & temp >= 300: {len(hits)} runs")
     print("  scan_ids:", [run.start["scan_id"] for run in hits.values()])
     today = cat.search(TimeRange(since=time.strftime("%Y-%m-%d")))
-    print(f"  TimeRange(since=today): {len(today)} runs;",
-          f"FullText('foil'): {len(cat.search(FullText('foil')))} run")
+    print(
+        f"  TimeRange(since=today): {len(today)} runs;",
+        f"FullText('foil'): {len(cat.search(FullText('foil')))} run",
+    )
 
     run = cat[2]
     print(f"\n{run!r}")

@@ -2,9 +2,9 @@
 
 Example:
     >>> import runbroker
-    >>> cat = runbroker.open("runs.db")          # doctest: +SKIP
-    >>> run = cat[-1]                            # doctest: +SKIP
-    >>> ds = run.primary.read()                  # doctest: +SKIP
+    >>> cat = runbroker.temp()                   # or runbroker.open("runs.db")
+    >>> len(cat)
+    0
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def open(  # noqa: A001 - mirrors builtins.open on purpose: runbroker.open("runs.db")
+def open(
     uri: str | os.PathLike,
     *,
     durability: Literal["batch", "event"] = "batch",

@@ -17,9 +17,9 @@ from event_model import DocumentNames, schemas
 
 __all__ = [
     "DOCUMENT_NAMES",
+    "ConflictError",
     "DocumentError",
     "UnknownParentError",
-    "ConflictError",
     "describe",
     "to_builtin",
     "validate",
@@ -53,7 +53,7 @@ class DocumentError(ValueError):
 
     Example:
         >>> try:
-        ...     validate("stop", {"uid": "s1"})
+        ...     validate("stop", {"uid": "s1", "time": 0.0, "exit_status": "success"})
         ... except DocumentError as err:
         ...     print(err.name, err.uid, err.key)
         stop s1 run_start
@@ -100,8 +100,9 @@ def validate(name: str, doc: Any) -> dict:
     values they stand for; the returned document is the one given, not a copy.
 
     Example:
-        >>> validate("stop", {"uid": "s1", "run_start": "r1", "time": 0.0, "exit_status": "success"})
-        {'uid': 's1', 'run_start': 'r1', 'time': 0.0, 'exit_status': 'success'}
+        >>> stop = {"uid": "s1", "run_start": "r1", "time": 0.0, "exit_status": "success"}
+        >>> validate("stop", stop) is stop
+        True
     """
     if not isinstance(doc, Mapping):
         raise DocumentError(str(name), None, None, f"expected a dict, got {type(doc).__name__}")

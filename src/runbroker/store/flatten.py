@@ -16,26 +16,27 @@ import numpy as np
 
 __all__ = ["flatten", "fulltext", "scalar_row"]
 
-Row = tuple[str, bool, str, float | None, str | None]
+Row = tuple[str, bool, str, int | float | None, str | None]
 
 
-def scalar_row(value: Any) -> tuple[str, float | None, str | None] | None:
+def scalar_row(value: Any) -> tuple[str, int | float | None, str | None] | None:
     """``(typ, num, txt)`` for a JSON scalar, or None for containers.
 
     Example:
         >>> scalar_row(True), scalar_row(2), scalar_row("a"), scalar_row(None)
-        (('b', 1.0, None), ('n', 2.0, None), ('s', None, 'a'), ('z', None, None))
+        (('b', 1, None), ('n', 2, None), ('s', None, 'a'), ('z', None, None))
     """
     if isinstance(value, np.generic):
         value = value.item()
     if value is None:
         return ("z", None, None)
     if isinstance(value, bool):
-        return ("b", float(value), None)
-    if isinstance(value, (int, float)):
-        num = float(value)
+        return ("b", int(value), None)
+    if isinstance(value, int):
+        return ("n", value, None)
+    if isinstance(value, float):
         # NaN never compares equal; storing NULL keeps SQL and Python in agreement.
-        return ("n", None if math.isnan(num) else num, None)
+        return ("n", None if math.isnan(value) else value, None)
     if isinstance(value, str):
         return ("s", None, value)
     return None
@@ -46,7 +47,7 @@ def flatten(prefix: str, doc: dict) -> Iterator[Row]:
 
     Example:
         >>> list(flatten("start", {"a": {"b": [1, "x"]}}))[-2:]
-        [('start.a.b', True, 'n', 1.0, None), ('start.a.b', True, 's', None, 'x')]
+        [('start.a.b', True, 'n', 1, None), ('start.a.b', True, 's', None, 'x')]
     """
     for key, value in doc.items():
         path = f"{prefix}.{key}"

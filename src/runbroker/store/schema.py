@@ -9,6 +9,8 @@ an index lookup inside the database. Every row that is replayed by ``documents()
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -19,12 +21,31 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     String,
     Table,
     Text,
+    TypeDecorator,
 )
 
 SCHEMA_VERSION = 1
+
+
+class ExactNumber(TypeDecorator):
+    """A NUMERIC column whose values reach the driver untouched, so integers stay exact.
+
+    SQLAlchemy's own Numeric turns bound ints into floats, and 2**53 + 1 would equal 2**53.
+    """
+
+    impl = Numeric
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> None:
+        return None
+
+    def result_processor(self, dialect: Any, coltype: Any) -> None:
+        return None
+
 
 metadata = MetaData()
 
@@ -112,7 +133,8 @@ meta = Table(
     Column("elem", Boolean, nullable=False),
     # s(tring) n(umber) b(ool) z(null) l(ist) d(ict)
     Column("typ", String(1), nullable=False),
-    Column("num", Float),
+    # NUMERIC, not FLOAT: integers stay exact integers (2**53 + 1 is not 2**53).
+    Column("num", ExactNumber()),
     Column("txt", Text),
     Index("ix_meta_txt", "key", "txt", "run_id"),
     Index("ix_meta_num", "key", "num", "run_id"),

@@ -16,8 +16,8 @@ import re
 import threading
 import time
 import weakref
-from contextlib import contextmanager
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -25,18 +25,32 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 from event_model import pack_datum_page, unpack_datum_page, unpack_event_page
-from sqlalchemy import Connection, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import Connection, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from ..documents import ConflictError, DocumentError, UnknownParentError, validate
 from ..queries import Query
 from . import pages as codec
 from .base import PageInfo, RunRecord
-from .events import Batch, DescriptorState, canonical, event_from_columns, merge_batches
-from .events import page_from_columns
+from .events import (
+    DescriptorState,
+    canonical,
+    event_from_columns,
+    merge_batches,
+    page_from_columns,
+)
 from .flatten import flatten, fulltext
-from .schema import SCHEMA_VERSION, datums, descriptors, documents, info, meta, metadata, pages
-from .schema import runs
+from .schema import (
+    SCHEMA_VERSION,
+    datums,
+    descriptors,
+    documents,
+    info,
+    meta,
+    metadata,
+    pages,
+    runs,
+)
 from .sqlquery import compile_query
 
 __all__ = ["SQLStore", "SchemaVersionError"]
@@ -263,9 +277,7 @@ class SQLStore:
         state.check_keys(name, uid, doc)
         if name == "event":
             seq = doc["seq_num"]
-            if seq > state.seq_max or seq in state.pending_seqs:
-                state.add(doc)
-            elif self._is_new(conn, state, doc):
+            if seq > state.seq_max or seq in state.pending_seqs or self._is_new(conn, state, doc):
                 state.add(doc)
             return
         batch = state.page_batch(doc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import singledispatch
 from typing import Any
 
-from sqlalchemy import and_, exists, false, not_, or_, select, text, true
+from sqlalchemy import and_, bindparam, exists, false, not_, or_, select, text, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from .. import queries as q
@@ -46,8 +46,8 @@ def compile_query(query: Any, dialect: str = "sqlite") -> ColumnElement[bool]:
     """A SQL condition on ``runs`` that is true for the runs ``query`` matches.
 
     Example:
-        >>> str(compile_query(q.ScanID(3)))
-        'runs.scan_id IN (__[POSTCOMPILE_scan_id_1])'
+        >>> print(compile_query(q.ScanIDRange(1, 3)))
+        runs.scan_id IS NOT NULL AND runs.scan_id >= :scan_id_1 AND runs.scan_id < :scan_id_2
     """
     raise TypeError(f"cannot search with {query!r}: not a runbroker query")
 
@@ -115,7 +115,10 @@ def _(query: q.FullText, dialect: str = "sqlite") -> ColumnElement[bool]:
     tokens = q.text_tokens(query.text)
     if dialect == "sqlite":
         phrase = " AND ".join('"' + t.replace('"', '""') + '"' for t in tokens)
-        sub = text("SELECT rowid FROM runs_fts WHERE runs_fts MATCH :fts").bindparams(fts=phrase)
+        # unique=True: two FullText queries in one statement must not share a parameter.
+        sub = text("SELECT rowid FROM runs_fts WHERE runs_fts MATCH :fts").bindparams(
+            bindparam("fts", phrase, unique=True)
+        )
         return runs.c.id.in_(sub)
     raise NotImplementedError(f"FullText is not available on {dialect}")
 
@@ -132,12 +135,15 @@ def _(query: q.TimeRange, dialect: str = "sqlite") -> ColumnElement[bool]:
 
 @compile_query.register
 def _(query: q.ScanID, dialect: str = "sqlite") -> ColumnElement[bool]:
-    return runs.c.scan_id.in_([float(s) for s in query.scan_ids])
+    # "IS NOT NULL" keeps the condition two-valued, so that Not() of it is exact.
+    return and_(runs.c.scan_id.is_not(None), runs.c.scan_id.in_([float(s) for s in query.scan_ids]))
 
 
 @compile_query.register
 def _(query: q.ScanIDRange, dialect: str = "sqlite") -> ColumnElement[bool]:
-    return and_(runs.c.scan_id >= query.start_id, runs.c.scan_id < query.end_id)
+    return and_(
+        runs.c.scan_id.is_not(None), runs.c.scan_id >= query.start_id, runs.c.scan_id < query.end_id
+    )
 
 
 @compile_query.register

@@ -1,0 +1,45 @@
+"""Names the docstring examples in src/ use, so that every example really runs.
+
+``cat`` holds two runs recorded by a real RunEngine with ophyd's simulated devices: a
+``count`` of ``det`` (with a baseline) and a ``scan`` of ``det`` against ``motor``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _pytest.doctest import DoctestItem
+
+import runbroker
+from runbroker import queries
+
+
+@pytest.fixture(scope="session")
+def _doc_names() -> dict:
+    from bluesky import RunEngine
+    from bluesky.plans import count, scan
+    from bluesky.preprocessors import SupplementalData
+    from ophyd.sim import det, motor, motor1
+
+    cat = runbroker.temp()
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(cat.insert)
+    RE.preprocessors.append(SupplementalData(baseline=[motor1]))
+    RE(count([det], 3), sample="Ni")
+    RE.preprocessors.clear()
+    RE(scan([det], motor, -1, 1, 5), sample={"name": "Cu", "temp": 300})
+    return dict(
+        np=np,
+        runbroker=runbroker,
+        cat=cat,
+        RE=RunEngine({}, call_returns_result=False),
+        run=cat[-1],
+        other_run=cat[-2],
+        **{name: getattr(queries, name) for name in queries.__all__},
+    )
+
+
+@pytest.fixture(autouse=True)
+def _doctest_names(request: pytest.FixtureRequest) -> None:
+    if isinstance(request.node, DoctestItem):
+        request.getfixturevalue("doctest_namespace").update(request.getfixturevalue("_doc_names"))

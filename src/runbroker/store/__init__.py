@@ -1,0 +1,1 @@
+"""Storage backends behind the one Store protocol (:mod:`runbroker.store.base`)."""
