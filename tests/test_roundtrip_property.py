@@ -54,8 +54,10 @@ json_scalar = (
 )
 json_value = st.recursive(
     json_scalar,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(["k", "v", "ü", "x_1"]), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["k", "v", "ü", "x_1"]), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 metadata = st.dictionaries(md_key, json_value, max_size=5)
@@ -90,7 +92,9 @@ def generated_runs(draw):
     docs = [("start", bundle.start_doc)]
     expected: dict[str, dict] = {}
     stream_names = draw(
-        st.lists(st.sampled_from(["primary", "baseline", "aux"]), min_size=1, max_size=3, unique=True)
+        st.lists(
+            st.sampled_from(["primary", "baseline", "aux"]), min_size=1, max_size=3, unique=True
+        )
     )
     for stream in stream_names:
         fields = draw(
@@ -103,7 +107,7 @@ def generated_runs(draw):
         )
         keys = {f: data_key(kind) for f, kind in fields.items()}
         columns: dict[str, list] = {f: [] for f in fields}
-        columns["seq_num"] = []
+        columns["time"] = []
         for _ in range(draw(st.integers(1, 2))):
             desc = bundle.compose_descriptor(name=stream, data_keys=keys)
             docs.append(("descriptor", desc.descriptor_doc))
@@ -115,7 +119,7 @@ def generated_runs(draw):
                 events.append(ev)
                 for f in fields:
                     columns[f].append(data[f])
-                columns["seq_num"].append(ev["seq_num"])
+                columns["time"].append(ev["time"])
             if draw(st.booleans()):
                 docs.extend(("event", ev) for ev in events)
             else:
@@ -126,16 +130,18 @@ def generated_runs(draw):
                     i += size
         expected[stream] = {"fields": fields, "columns": columns}
     if draw(st.booleans()):
-        docs.append(("stop", bundle.compose_stop(exit_status=draw(st.sampled_from(["success", "fail"])))))
+        docs.append(
+            ("stop", bundle.compose_stop(exit_status=draw(st.sampled_from(["success", "fail"]))))
+        )
     mode = draw(st.sampled_from(["insert", "ingest"]))
     return docs, expected, mode
 
 
 def _check_stream(ds, spec):
     cols = spec["columns"]
-    n = len(cols["seq_num"])
+    n = len(cols["time"])
     assert ds.sizes["time"] == n
-    assert ds["seq_num"].values.tolist() == cols["seq_num"]
+    assert ds["time"].values.tolist() == cols["time"]
     for field, kind in spec["fields"].items():
         got = ds[field]
         if kind == "number":
@@ -268,16 +274,16 @@ def leaf_queries():
         ),
         st.builds(KeyPresent, query_key),
         st.builds(
-            lambda a, b: TimeRange(since=a, until=b)
-            if a is None or b is None or a <= b
-            else TimeRange(since=b, until=a),
+            lambda a, b: (
+                TimeRange(since=a, until=b)
+                if a is None or b is None or a <= b
+                else TimeRange(since=b, until=a)
+            ),
             st.none() | st.sampled_from([0.0, 1.0, 2.0, 3.5, 5.0]),
             st.none() | st.sampled_from([1.0, 2.0, 3.5, 11.0]),
         ),
         st.lists(st.integers(0, 6), min_size=1, max_size=3).map(lambda ids: ScanID(*ids)),
-        st.tuples(st.integers(0, 6), st.integers(0, 6)).map(
-            lambda p: ScanIDRange(min(p), max(p))
-        ),
+        st.tuples(st.integers(0, 6), st.integers(0, 6)).map(lambda p: ScanIDRange(min(p), max(p))),
         st.lists(st.text("ab", min_size=1, max_size=3), min_size=1, max_size=2).map(
             lambda ps: PartialUID(*ps)
         ),
@@ -373,3 +379,20 @@ def test_large_integers_compare_exactly():
     _agree(records, Comparison("n", "ge", big + 1))
     _agree(records, In("n", [big + 1]))
     _agree(records, Contains("n", big + 1))
+
+
+def test_several_full_text_queries_in_one_search():
+    records = _records(
+        {"plan_name": "scan", "sample": "Ni"},
+        {"plan_name": "scan", "sample": "Cu"},
+        {"plan_name": "count", "sample": "Ni"},
+    )
+    _agree(records, And(FullText("ni"), FullText("scan")))
+    _agree(records, And(FullText("scan"), FullText("ni")))
+    _agree(records, Or(FullText("cu"), FullText("count")))
+    _agree(records, And(FullText("count"), Not(FullText("ni"))))
+    cat = _load(records)
+    try:
+        assert list(cat.search(FullText("ni")).search(FullText("scan"))) == ["run0"]
+    finally:
+        cat.close()
