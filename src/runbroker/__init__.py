@@ -71,6 +71,8 @@ def open(
             raise IsADirectoryError(
                 f"{text!r} is a folder; a catalog is a file such as {str(path / 'runs.db')!r}"
             )
+        if readonly and not path.exists():
+            raise FileNotFoundError(f"no catalog at {text!r} (opening read-only creates none)")
         url = f"sqlite:///{path.resolve()}"
     store = SQLStore(url, durability=durability, flush_interval=flush_interval, readonly=readonly)
     return Catalog(store)

@@ -1,0 +1,76 @@
+"""The ``runbroker`` command: look into a catalog from a shell.
+
+Example:
+    $ runbroker ls runs.db -n 5
+    $ runbroker ls runs.db --query '{"type": "key_present", "key": "sample"}'
+    $ runbroker show runs.db -1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from itertools import islice
+
+from . import open as open_catalog
+from .queries import Query, QueryError
+
+
+def _ls(args: argparse.Namespace) -> int:
+    cat = open_catalog(args.uri, readonly=True)
+    if args.query:
+        cat = cat.search(Query.from_json(args.query))
+    print(f"{len(cat)} runs in {args.uri}")
+    for run in islice(cat.values(), args.n):
+        start, stop = run.start, run.stop
+        when = datetime.fromtimestamp(start["time"]).strftime("%Y-%m-%d %H:%M:%S")
+        status = stop.get("exit_status", "?") if stop else "running"
+        print(
+            f"{start.get('scan_id', ''):>6}  {run.uid[:8]}  {when}  "
+            f"{start.get('plan_name', ''):<16} {status}"
+        )
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    cat = open_catalog(args.uri, readonly=True)
+    key: int | str = int(args.key) if args.key.lstrip("-").isdigit() else args.key
+    run = cat[key]
+    print(repr(run))
+    print(json.dumps(run.start, indent=2, default=str))
+    for name in run:
+        print(run[name].read())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``runbroker`` command.
+
+    Example (from Python; the shell form is ``runbroker ls runs.db -n 5``):
+        >>> main(["ls", "/no/such/catalog.db"])
+        1
+    """
+    parser = argparse.ArgumentParser(prog="runbroker", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("ls", help="list runs, newest first")
+    ls.add_argument("uri", help="catalog file or URL")
+    ls.add_argument("-n", type=int, default=20, help="how many runs to list (default 20)")
+    ls.add_argument("--query", help="a query in its JSON form (Query.to_json())")
+    ls.set_defaults(func=_ls)
+    show = sub.add_parser("show", help="metadata and data of one run")
+    show.add_argument("uri", help="catalog file or URL")
+    show.add_argument("key", help="scan_id, -N (recency), uid or uid prefix")
+    show.set_defaults(func=_show)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (KeyError, QueryError, ValueError, FileNotFoundError) as err:
+        print(f"runbroker: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

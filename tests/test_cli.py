@@ -1,0 +1,59 @@
+"""The runbroker command, run as a real subprocess against a catalog a RunEngine filled."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from bluesky.plans import count, scan
+from ophyd.sim import det, motor
+
+from runbroker.queries import Key
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "runbroker.cli", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_ls_lists_runs_newest_first_and_filters(catalog, RE, tmp_path):
+    RE(count([det], 2), sample="Ni")
+    RE(scan([det], motor, -1, 1, 3), sample="Cu")
+    catalog.flush()
+    path = catalog.store.uri.removeprefix("sqlite:///")
+    out = _run("ls", path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"2 runs in {path}"
+    assert "scan" in lines[1] and "count" in lines[2]
+    assert catalog[-1].uid[:8] in lines[1]
+    filtered = _run("ls", path, "--query", (Key("sample") == "Ni").to_json())
+    assert filtered.stdout.splitlines()[0] == f"1 runs in {path}"
+    assert "count" in filtered.stdout and " scan " not in filtered.stdout
+
+
+def test_show_prints_metadata_and_data(catalog, RE):
+    RE(scan([det], motor, -1, 1, 3), sample="Cu")
+    catalog.flush()
+    path = catalog.store.uri.removeprefix("sqlite:///")
+    out = _run("show", path, "-1")
+    assert out.returncode == 0, out.stderr
+    assert catalog[-1].uid in out.stdout
+    assert '"sample": "Cu"' in out.stdout
+    assert "motor" in out.stdout and "time: 3" in out.stdout
+
+
+def test_errors_are_one_readable_line(catalog, RE, tmp_path):
+    RE(count([det], 1))
+    catalog.flush()
+    path = catalog.store.uri.removeprefix("sqlite:///")
+    missing = _run("show", path, "999")
+    assert missing.returncode == 1
+    assert "no run with scan_id 999" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    nothing = _run("ls", str(tmp_path / "absent.db"))
+    assert nothing.returncode == 1 and "no catalog at" in nothing.stderr
+    assert not (tmp_path / "absent.db").exists()
+    bad = _run("ls", path, "--query", '{"type": "nonsense"}')
+    assert bad.returncode == 1 and "nonsense" in bad.stderr
