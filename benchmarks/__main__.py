@@ -8,7 +8,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .common import CORES, Result, print_summary, write_json
+from .common import CORES, Result, busy, print_summary, write_json
 
 BENCHMARKS = {"b1": "b1_ingest", "b2": "b2_read", "b3": "b3_search"}
 RESULTS = Path(__file__).with_name("results.json")
@@ -26,7 +26,12 @@ def main(argv: list[str]) -> int:
             print(f"unknown benchmark {arg!r}; choose from {', '.join(BENCHMARKS)}")
             return 2
         wanted.append(key)
-    print(f"runbroker benchmarks {' '.join(wanted)} on {CORES} cores", flush=True)
+    busy_at_start = busy()
+    print(
+        f"runbroker benchmarks {' '.join(wanted)} on {CORES} cores"
+        + ("" if busy_at_start is None else f" ({busy_at_start:.0f}% busy before starting)"),
+        flush=True,
+    )
     t0 = time.perf_counter()
     results: list[Result] = []
     crashed = []
@@ -39,7 +44,7 @@ def main(argv: list[str]) -> int:
             crashed.append(key)
     wall = time.perf_counter() - t0
     print_summary(results)
-    write_json(RESULTS, results, wanted, wall)
+    write_json(RESULTS, results, wanted, wall, busy_at_start)
     print(f"wrote {RESULTS} ({wall:.0f} s)")
     if crashed:
         print(f"benchmarks that crashed: {', '.join(crashed)}")

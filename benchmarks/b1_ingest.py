@@ -213,8 +213,10 @@ def bench_visibility(folder: Path) -> Result:
         time.sleep(0.02)
     next_t = time.perf_counter()
     for e in events[slow : slow + steady]:
-        while time.perf_counter() < next_t:
-            pass
+        # Sleep (releasing the GIL, as a RunEngine waiting on hardware does) until due.
+        wait = next_t - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
         sent[i] = time.perf_counter()
         cat.insert("event", e)
         i += 1
@@ -263,7 +265,7 @@ def bench_visibility(folder: Path) -> Result:
 # -- event pages -------------------------------------------------------------------------------
 
 
-def bench_pages(folder: Path) -> Result:
+def bench_pages(folder: Path) -> list[Result]:
     run, desc = new_run()
     n = N_PAGES * PAGE_SIZE
     with timed() as t:
@@ -271,29 +273,50 @@ def bench_pages(folder: Path) -> Result:
     compose_rate = n / t[0]
     pairs = [("event_page", p) for p in pages]
     jsonl_rate = n / best([_jsonl(folder / "p.jsonl", pairs) for _ in range(REPEATS)])
-    elapsed = []
+    queued, end_to_end = [], []
     for i in range(REPEATS):
         cat = _fresh(folder, f"pages{i}")
         cat.insert("start", run.start_doc)
         cat.insert("descriptor", desc.descriptor_doc)
-        with timed() as t:
-            for p in pages:
-                cat.insert("event_page", p)
-        elapsed.append(t[0])
+        insert = cat.insert
+        t0 = time.perf_counter()
+        for p in pages:
+            insert("event_page", p)
+        t1 = time.perf_counter()
+        cat.flush()
+        t2 = time.perf_counter()
+        queued.append(t1 - t0)
+        end_to_end.append(t2 - t0)
+        assert len(cat[run.start_doc["uid"]].primary) == n
         cat.close()
-    return print_result(
-        Result(
-            "B1",
-            f"insert(event_page of {PAGE_SIZE:,}), {N_PAGES} pages",
-            n / best(elapsed),
-            "events/s",
-            jsonl_rate,
-            "JSON lines",
-            target=TARGET_PAGE_EVENTS,
-            extra_baselines={"compose (dict construction)": compose_rate},
-            note=f"best of {REPEATS}; each insert() commits its page",
-        )
-    )
+    base = {"compose (dict construction)": compose_rate}
+    return [
+        print_result(
+            Result(
+                "B1",
+                f"insert(event_page of {PAGE_SIZE:,}), {N_PAGES} pages",
+                n / best(queued),
+                "events/s",
+                jsonl_rate,
+                "JSON lines",
+                target=TARGET_PAGE_EVENTS,
+                extra_baselines=base,
+                note=f"best of {REPEATS}; time until the last insert() returns",
+            )
+        ),
+        print_result(
+            Result(
+                "B1",
+                "insert(event_page) end-to-end incl. final flush",
+                n / best(end_to_end),
+                "events/s",
+                jsonl_rate,
+                "JSON lines",
+                extra_baselines=base,
+                note=f"best of {REPEATS}; inserts + flush() so every event is on disk",
+            )
+        ),
+    ]
 
 
 # -- many small runs ---------------------------------------------------------------------------
@@ -346,6 +369,6 @@ def run() -> list[Result]:
         results = bench_events(folder)
         results.append(bench_durable(folder))
         results.append(bench_visibility(folder))
-        results.append(bench_pages(folder))
+        results.extend(bench_pages(folder))
         results.append(bench_small_runs(folder))
     return results

@@ -128,8 +128,38 @@ def fmt_ratio(r: float | None) -> str:
     return f"{r:.3g}x"
 
 
-def section(title: str) -> None:
+def load() -> float | None:
+    """1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy(interval: float = 0.3) -> float | None:
+    """Percent of all cores busy over ``interval`` seconds while the benchmarks are idle.
+
+    Measured between benchmarks, so it is what other processes use (psutil, a dev
+    dependency; None without it).
+    """
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.cpu_percent(interval=interval)
+
+
+def section(title: str) -> float | None:
+    """Print a benchmark's heading and warn if other processes keep the CPU busy."""
     print(f"\n=== {title}  (cores: {CORES}) ===", flush=True)
+    pct = busy()
+    if pct is not None and pct > 20:
+        print(
+            f"  warning: other processes keep {pct:.0f}% of the {CORES} cores busy; "
+            "the figures below will be noisy",
+            flush=True,
+        )
+    return pct
 
 
 def print_result(r: Result) -> Result:
@@ -189,13 +219,21 @@ def machine() -> dict[str, Any]:
         "numpy": np.__version__,
         "event_model": event_model.__version__,
         "runbroker": getattr(runbroker, "__version__", "?"),
+        "load_average_1min": load(),
     }
 
 
-def write_json(path: Path, results: Sequence[Result], selected: Sequence[str], wall: float) -> None:
+def write_json(
+    path: Path,
+    results: Sequence[Result],
+    selected: Sequence[str],
+    wall: float,
+    busy_at_start: float | None = None,
+) -> None:
     payload = {
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
+        "cpu_busy_percent_at_start": busy_at_start,
         "benchmarks": list(selected),
         "wall_seconds": round(wall, 1),
         "results": [r.to_dict() for r in results],
