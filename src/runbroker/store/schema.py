@@ -65,7 +65,6 @@ runs = Table(
     Column("scan_id", Float),
     Column("start", LargeBinary, nullable=False),
     Column("stop", LargeBinary),
-    Column("next_ord", BigInteger, nullable=False, default=1),
     Index("ix_runs_time_uid", "time", "uid"),
     Index("ix_runs_scan_id", "scan_id", "time", "uid"),
 )

@@ -17,7 +17,6 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +24,17 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 from event_model import pack_datum_page, unpack_datum_page, unpack_event_page
-from sqlalchemy import Connection, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Engine
 
 from ..documents import ConflictError, DocumentError, UnknownParentError, validate
@@ -61,6 +70,13 @@ _COMPACT_AFTER = 32
 # Queued events are written at the latest when this many (or this many bytes) wait.
 _FLUSH_EVENTS = 100_000
 _FLUSH_BYTES = 64 * 2**20
+
+
+_INSERT_PAGE = insert(pages)
+_MAX_ORDS = [
+    select(func.max(t.c.ord)).where(t.c.run_id == bindparam("run_id"))
+    for t in (descriptors, pages, documents)
+]
 
 
 class SchemaVersionError(RuntimeError):
@@ -107,6 +123,9 @@ class SQLStore:
         self._run_ids: dict[str, int] = {}
         self._closed = False
         self._flush_error: Exception | None = None
+        self._ords: dict[int, int] = {}
+        # When the oldest write of the open transaction happened (None: nothing pending).
+        self._dirty_since: float | None = None
         self._engine = self._make_engine(uri, writer=False)
         self._wengine = self._engine if uri == "sqlite://" else self._make_engine(uri, writer=True)
         self._wconn: Connection | None = None
@@ -152,8 +171,10 @@ class SQLStore:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
-            # Writers take the write lock up front so two writers never deadlock on upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+            # Writers take the write lock up front so two writers never deadlock on upgrade;
+            # readers run each statement in autocommit (a single SELECT is consistent).
+            if writer or uri == "sqlite://":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
 
@@ -188,55 +209,72 @@ class SQLStore:
         with self._lock:
             if self._flush_error is not None:
                 err, self._flush_error = self._flush_error, None
-                raise RuntimeError(f"queued events could not be written to {self.uri}") from err
+                raise RuntimeError(f"queued documents could not be written to {self.uri}") from err
+            conn = self._conn()
             if name in ("event", "event_page"):
-                self._queue(None, name, doc)
-                if self.durability == "event" or self._queue_full():
-                    self._flush_locked()
-                else:
-                    self._ensure_flusher()
-                return
-            self._flush_locked()
-            try:
-                with self._transaction() as conn:
+                self._queue(conn, name, doc)
+            else:
+                self._flush_states(conn)
+                savepoint = conn.begin_nested()
+                try:
                     self._write(conn, name, doc)
-            except BaseException:
-                # The transaction was rolled back: forget ids it may have cached.
-                self._run_ids.clear()
-                raise
+                except BaseException:
+                    # Undo this document only; earlier ones in the open transaction stay.
+                    savepoint.rollback()
+                    self._ords.clear()
+                    raise
+                savepoint.commit()
+            if self._dirty_since is None:
+                self._dirty_since = time.monotonic()
+            if (
+                self.durability == "event"
+                or self._queue_full()
+                or time.monotonic() - self._dirty_since >= self.flush_interval
+            ):
+                self._commit_locked()
+            else:
+                self._ensure_flusher()
 
     def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
-        """Store many documents in one transaction: all of them, or none if one is refused."""
+        """Store many documents at once: all of them, or none if one is refused.
+
+        The documents are committed before ``ingest`` returns.
+        """
         count = 0
         with self._lock:
-            self._flush_locked()
-            with self._transaction() as conn:
-                try:
-                    for name, doc in pairs:
-                        doc = validate(name, doc)
-                        if name in ("event", "event_page"):
-                            self._queue(conn, name, doc)
-                            if self._queue_full():
-                                self._flush_states(conn)
-                        else:
+            conn = self._conn()
+            self._flush_states(conn)
+            savepoint = conn.begin_nested()
+            try:
+                for name, doc in pairs:
+                    doc = validate(name, doc)
+                    if name in ("event", "event_page"):
+                        self._queue(conn, name, doc)
+                        if self._queue_full():
                             self._flush_states(conn)
-                            self._write(conn, name, doc)
-                        count += 1
-                    self._flush_states(conn)
-                except BaseException:
-                    # Queued events belong to the transaction being rolled back.
-                    self._states.clear()
-                    self._run_ids.clear()
-                    raise
+                    else:
+                        self._flush_states(conn)
+                        self._write(conn, name, doc)
+                    count += 1
+                self._flush_states(conn)
+            except BaseException:
+                savepoint.rollback()
+                # Cached states may describe what was just rolled back: reload them later.
+                self._states.clear()
+                self._run_ids.clear()
+                self._ords.clear()
+                raise
+            savepoint.commit()
+            self._commit_locked()
         return count
 
     def flush(self) -> None:
-        """Write every queued event now."""
+        """Commit everything inserted so far, making it visible to other processes."""
         with self._lock:
-            self._flush_locked()
+            self._commit_locked()
 
     def close(self) -> None:
-        """Flush queued events and release the database."""
+        """Commit what is pending and release the database."""
         if self._closed:
             return
         self.flush()
@@ -249,14 +287,37 @@ class SQLStore:
         self._engine.dispose()
         self._wengine.dispose()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
+    def _conn(self) -> Connection:
+        """The write connection, inside the open (group-commit) transaction."""
         if self.readonly:
             raise PermissionError(f"{self.uri} is opened read-only")
         if self._wconn is None:
             self._wconn = self._wengine.connect()
-        with self._wconn.begin():
-            yield self._wconn
+        if not self._wconn.in_transaction():
+            self._wconn.begin()
+        return self._wconn
+
+    def _pending(self) -> bool:
+        return (self._wconn is not None and self._wconn.in_transaction()) or any(
+            s.queued for s in self._states.values()
+        )
+
+    def _commit_locked(self) -> None:
+        if not self._pending():
+            return
+        conn = self._conn()
+        try:
+            self._flush_states(conn)
+            conn.commit()
+        except BaseException:
+            if conn.in_transaction():
+                conn.rollback()
+            self._states.clear()
+            self._run_ids.clear()
+            self._ords.clear()
+            raise
+        finally:
+            self._dirty_since = None
 
     def _queue_full(self) -> bool:
         return (
@@ -264,16 +325,12 @@ class SQLStore:
             or sum(s.queued_bytes for s in self._states.values()) >= _FLUSH_BYTES
         )
 
-    def _queue(self, conn: Connection | None, name: str, doc: dict) -> None:
+    def _queue(self, conn: Connection, name: str, doc: dict) -> None:
         """Check an event or event page against its descriptor and queue it for writing."""
         uid = doc["uid"]
-        state = self._states.get(doc["descriptor"])
-        if state is None:
-            if conn is None:
-                with self._wengine.connect() as c:
-                    state = self._state(c, doc["descriptor"], name, uid)
-            else:
-                state = self._state(conn, doc["descriptor"], name, uid)
+        state = self._states.get(doc["descriptor"]) or self._state(
+            conn, doc["descriptor"], name, uid
+        )
         state.check_keys(name, uid, doc)
         if name == "event":
             seq = doc["seq_num"]
@@ -293,17 +350,14 @@ class SQLStore:
             state.add(e)
 
     def _is_new(
-        self, conn: Connection | None, state: DescriptorState, doc: dict, page: Any = None
+        self, conn: Connection, state: DescriptorState, doc: dict, page: Any = None
     ) -> bool:
         """False if ``doc`` repeats a stored event; raise if it contradicts one.
 
         ``page`` is the event_page the event came in, named in the error if there is one.
         """
         # Everything queued must be in the database before we can compare with it.
-        if conn is None:
-            self._flush_locked()
-        else:
-            self._flush_states(conn)
+        self._flush_states(conn)
         seq = doc["seq_num"]
         stored = self._stored_event(conn, state, seq)
         if stored is None:
@@ -319,26 +373,20 @@ class SQLStore:
             + ("" if page is None else f" than event {doc['uid']!r} of this page"),
         )
 
-    def _stored_event(self, conn: Connection | None, state: DescriptorState, seq: int) -> Any:
-        def find(c: Connection) -> Any:
-            rows = c.execute(
-                select(pages.c.data, pages.c.extra).where(
-                    pages.c.descriptor_id == state.id,
-                    pages.c.seq_min <= seq,
-                    pages.c.seq_max >= seq,
-                )
-            ).all()
-            for data_blob, extra_blob in rows:
-                data, extra = codec.decode(data_blob), codec.decode(extra_blob)
-                hits = (data["seq_num"] == seq).nonzero()[0]
-                if len(hits):
-                    return event_from_columns(state.uid, data, extra, int(hits[0]))
-            return None
-
-        if conn is not None:
-            return find(conn)
-        with self._engine.connect() as c:
-            return find(c)
+    def _stored_event(self, conn: Connection, state: DescriptorState, seq: int) -> Any:
+        rows = conn.execute(
+            select(pages.c.data, pages.c.extra).where(
+                pages.c.descriptor_id == state.id,
+                pages.c.seq_min <= seq,
+                pages.c.seq_max >= seq,
+            )
+        ).all()
+        for data_blob, extra_blob in rows:
+            data, extra = codec.decode(data_blob), codec.decode(extra_blob)
+            hits = (data["seq_num"] == seq).nonzero()[0]
+            if len(hits):
+                return event_from_columns(state.uid, data, extra, int(hits[0]))
+        return None
 
     def _state(self, conn: Connection, uid: str, name: str, child: Any) -> DescriptorState:
         state = self._states.get(uid)
@@ -366,24 +414,18 @@ class SQLStore:
         self._states[uid] = state
         return state
 
-    def _flush_locked(self) -> None:
-        if any(s.queued for s in self._states.values()):
-            with self._transaction() as conn:
-                self._flush_states(conn)
-
     def _flush_states(self, conn: Connection) -> None:
+        """Write every queued event into the open transaction, as column pages."""
         rows = []
         for state in self._states.values():
-            batches = state.take()
-            if not batches:
+            if not state.queued:
                 continue
-            first = self._next_ord(conn, state.run_id, len(batches))
-            for i, batch in enumerate(batches):
+            for batch in state.take():
                 rows.append(
                     {
                         "descriptor_id": state.id,
                         "run_id": state.run_id,
-                        "ord": first + i,
+                        "ord": self._next_ord(conn, state.run_id),
                         "n": batch.n,
                         "seq_min": batch.seq_min,
                         "seq_max": batch.seq_max,
@@ -395,21 +437,18 @@ class SQLStore:
                 if batch.n < state.max_events // 8:
                     state.small_pages += 1
         if rows:
-            conn.execute(insert(pages), rows)
+            conn.execute(_INSERT_PAGE, rows)
         for state in self._states.values():
             if state.small_pages >= _COMPACT_AFTER:
                 self._compact(conn, state)
 
-    def _next_ord(self, conn: Connection, run_id: int, count: int = 1) -> int:
-        return (
-            conn.execute(
-                update(runs)
-                .where(runs.c.id == run_id)
-                .values(next_ord=runs.c.next_ord + count)
-                .returning(runs.c.next_ord)
-            ).scalar_one()
-            - count
-        )
+    def _next_ord(self, conn: Connection, run_id: int) -> int:
+        """The next position in the run's replay order (kept in memory while writing)."""
+        last = self._ords.get(run_id)
+        if last is None:
+            last = max(conn.execute(q, {"run_id": run_id}).scalar() or 0 for q in _MAX_ORDS)
+        self._ords[run_id] = last + 1
+        return last + 1
 
     def _compact(self, conn: Connection, state: DescriptorState, below: int | None = None) -> None:
         """Merge runs of consecutive pages smaller than ``below`` events into bigger pages.
@@ -514,9 +553,7 @@ class SQLStore:
             scan_id = None
         run_id = conn.execute(
             insert(runs)
-            .values(
-                uid=doc["uid"], time=doc["time"], scan_id=scan_id, start=_dumps(doc), next_ord=1
-            )
+            .values(uid=doc["uid"], time=doc["time"], scan_id=scan_id, start=_dumps(doc))
             .returning(runs.c.id)
         ).scalar_one()
         self._index(conn, run_id, "start", doc)
@@ -563,8 +600,9 @@ class SQLStore:
         if self._same_or_conflict("descriptor", doc, stored, "uid"):
             return
         run_id = self._run_id(conn, doc["run_start"], "descriptor", doc["uid"])
-        conn.execute(
-            insert(descriptors).values(
+        descriptor_id = conn.execute(
+            insert(descriptors)
+            .values(
                 uid=doc["uid"],
                 run_id=run_id,
                 ord=self._next_ord(conn, run_id),
@@ -572,6 +610,11 @@ class SQLStore:
                 time=doc["time"],
                 body=_dumps(doc),
             )
+            .returning(descriptors.c.id)
+        ).scalar_one()
+        # Its events come next: know the descriptor without reading it back.
+        self._states[doc["uid"]] = DescriptorState.from_descriptor(
+            descriptor_id, run_id, doc["run_start"], doc, 0
         )
 
     def _write_datums(self, conn: Connection, name: str, doc: dict) -> None:
@@ -684,6 +727,7 @@ class SQLStore:
         self, query: Query | None, *, offset: int = 0, limit: int | None = None
     ) -> list[RunRecord]:
         """Runs matching ``query``, newest first."""
+        self._flush_if_pending()
         stmt = (
             select(runs.c.uid, runs.c.start, runs.c.stop)
             .where(compile_query(query, self.dialect))
@@ -701,12 +745,14 @@ class SQLStore:
 
     def count(self, query: Query | None) -> int:
         """How many runs match ``query``."""
+        self._flush_if_pending()
         stmt = select(func.count()).select_from(runs).where(compile_query(query, self.dialect))
         with self._read() as conn:
             return conn.execute(stmt).scalar_one()
 
     def get_run(self, uid: str) -> RunRecord | None:
         """The run with exactly this uid."""
+        self._flush_if_pending()
         with self._read() as conn:
             row = conn.execute(select(runs.c.start, runs.c.stop).where(runs.c.uid == uid)).first()
         if row is None:
@@ -807,8 +853,8 @@ class SQLStore:
                 yield "stop", orjson.loads(row.stop)
 
     def _flush_if_pending(self) -> None:
-        # Reads in the writing process see its own queued events.
-        if self._states and any(s.queued for s in self._states.values()):
+        # Reads in the writing process see its own pending writes.
+        if self._dirty_since is not None:
             self.flush()
 
     def __repr__(self) -> str:
@@ -816,24 +862,28 @@ class SQLStore:
 
 
 def _flush_loop(ref: weakref.ref) -> None:
-    """Background flusher: write queued events once they are ``flush_interval`` old."""
+    """Background committer: commit pending writes once they are half a flush interval old.
+
+    Committing at half the interval leaves room for a busy GIL, so that other processes see
+    every document within ``flush_interval`` plus the commit itself.
+    """
     while True:
         store = ref()
         if store is None or store._closed:
             return
-        wake, interval = store._wake, store.flush_interval
+        wake, half = store._wake, store.flush_interval / 2
         with store._lock:
-            oldest = min((s.since for s in store._states.values() if s.queued), default=None)
+            since = store._dirty_since
             now = time.monotonic()
-            if oldest is not None and now - oldest >= interval:
+            if since is not None and now - since >= half:
                 try:
-                    store._flush_locked()
-                except Exception as exc:  # keep the flusher alive; the next insert re-raises
+                    store._commit_locked()
+                except Exception as exc:  # keep the committer alive; the next insert re-raises
                     store._flush_error = exc
-                oldest = None
+                since = None
         del store
-        if oldest is None:
-            wake.wait(interval / 2)
+        if since is None:
+            wake.wait(half)
             wake.clear()
         else:
-            time.sleep(max(0.0, interval - (now - oldest)) + 0.001)
+            time.sleep(max(0.0, half - (now - since)) + 0.001)
