@@ -100,6 +100,7 @@ class DescriptorState:
     queued_bytes: int = 0
     since: float = 0.0
     small_pages: int = 0
+    pages_written: int = 0
     # uids of events written through this state: refuses an event uid reused with another
     # seq_num. Held only while the run is being written (dropped at its stop).
     uids: set[str] = field(default_factory=set)

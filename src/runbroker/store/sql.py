@@ -49,6 +49,7 @@ from .events import (
     page_from_columns,
 )
 from .flatten import flatten, fulltext
+from .prepared import Prepared
 from .schema import (
     SCHEMA_VERSION,
     datums,
@@ -72,7 +73,31 @@ _FLUSH_EVENTS = 100_000
 _FLUSH_BYTES = 64 * 2**20
 
 
-_INSERT_PAGE = insert(pages)
+_PAGE_KEYS = [
+    "descriptor_id",
+    "run_id",
+    "ord",
+    "n",
+    "seq_min",
+    "seq_max",
+    "ordered",
+    "data",
+    "extra",
+]
+_INSERT_PAGE = Prepared(insert(pages), _PAGE_KEYS)
+_START_OF = Prepared(select(runs.c.start).where(runs.c.uid == bindparam("uid")))
+_INSERT_RUN = Prepared(insert(runs).returning(runs.c.id), ["uid", "time", "scan_id", "start"])
+_INSERT_META = Prepared(insert(meta), ["run_id", "key", "elem", "typ", "num", "txt"])
+_RUN_ID = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
+_STOP_OF = Prepared(select(runs.c.stop).where(runs.c.id == bindparam("rid")))
+_SET_STOP = Prepared(
+    update(runs).where(runs.c.id == bindparam("rid")).values(stop=bindparam("new_stop"))
+)
+_DESCRIPTOR_OF = Prepared(select(descriptors.c.body).where(descriptors.c.uid == bindparam("uid")))
+_INSERT_DESCRIPTOR = Prepared(
+    insert(descriptors).returning(descriptors.c.id),
+    ["uid", "run_id", "ord", "name", "time", "body"],
+)
 _MAX_ORDS = [
     select(func.max(t.c.ord)).where(t.c.run_id == bindparam("run_id"))
     for t in (descriptors, pages, documents)
@@ -215,15 +240,17 @@ class SQLStore:
                 self._queue(conn, name, doc)
             else:
                 self._flush_states(conn)
-                savepoint = conn.begin_nested()
+                raw = conn.connection.driver_connection  # type: ignore[union-attr]
+                raw.execute("SAVEPOINT rb_document")
                 try:
                     self._write(conn, name, doc)
                 except BaseException:
                     # Undo this document only; earlier ones in the open transaction stay.
-                    savepoint.rollback()
+                    raw.execute("ROLLBACK TO rb_document")
+                    raw.execute("RELEASE rb_document")
                     self._ords.clear()
                     raise
-                savepoint.commit()
+                raw.execute("RELEASE rb_document")
             if self._dirty_since is None:
                 self._dirty_since = time.monotonic()
             if (
@@ -434,10 +461,11 @@ class SQLStore:
                         "extra": codec.encode(batch.extra),
                     }
                 )
+                state.pages_written += 1
                 if batch.n < state.max_events // 8:
                     state.small_pages += 1
         if rows:
-            conn.execute(_INSERT_PAGE, rows)
+            _INSERT_PAGE.executemany(conn, rows)
         for state in self._states.values():
             if state.small_pages >= _COMPACT_AFTER:
                 self._compact(conn, state)
@@ -509,7 +537,8 @@ class SQLStore:
     def _run_id(self, conn: Connection, uid: str, name: str, child: Any) -> int:
         run_id = self._run_ids.get(uid)
         if run_id is None:
-            run_id = conn.execute(select(runs.c.id).where(runs.c.uid == uid)).scalar()
+            row = _RUN_ID.execute(conn, {"uid": uid}).fetchone()
+            run_id = row[0] if row else None
             if run_id is None:
                 raise UnknownParentError(
                     name,
@@ -545,23 +574,21 @@ class SQLStore:
         )
 
     def _write_start(self, conn: Connection, doc: dict) -> None:
-        stored = conn.execute(select(runs.c.start).where(runs.c.uid == doc["uid"])).scalar()
-        if self._same_or_conflict("start", doc, stored, "uid"):
+        stored = _START_OF.execute(conn, {"uid": doc["uid"]}).fetchone()
+        if self._same_or_conflict("start", doc, stored and stored[0], "uid"):
             return
         scan_id = doc.get("scan_id")
         if isinstance(scan_id, bool) or not isinstance(scan_id, (int, float)):
             scan_id = None
-        run_id = conn.execute(
-            insert(runs)
-            .values(uid=doc["uid"], time=doc["time"], scan_id=scan_id, start=_dumps(doc))
-            .returning(runs.c.id)
-        ).scalar_one()
+        params = {"uid": doc["uid"], "time": doc["time"], "scan_id": scan_id, "start": _dumps(doc)}
+        run_id = _INSERT_RUN.execute(conn, params).fetchone()[0]
         self._index(conn, run_id, "start", doc)
         if self.dialect == "sqlite":
-            conn.exec_driver_sql(
+            conn.connection.driver_connection.execute(  # type: ignore[union-attr]
                 "INSERT INTO runs_fts(rowid, content) VALUES (?, ?)", (run_id, fulltext(doc))
             )
         self._run_ids[doc["uid"]] = run_id
+        self._ords[run_id] = 0  # a new run: nothing to look up
 
     def _index(self, conn: Connection, run_id: int, prefix: str, doc: dict) -> None:
         rows = [
@@ -569,49 +596,39 @@ class SQLStore:
             for k, e, t, n, s in flatten(prefix, doc)
         ]
         if rows:
-            conn.execute(insert(meta), rows)
+            _INSERT_META.executemany(conn, rows)
 
     def _write_stop(self, conn: Connection, doc: dict) -> None:
         run_id = self._run_id(conn, doc["run_start"], "stop", doc["uid"])
-        stored = conn.execute(select(runs.c.stop).where(runs.c.id == run_id)).scalar()
-        if self._same_or_conflict("stop", doc, stored, "uid"):
+        stored = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
+        if self._same_or_conflict("stop", doc, stored and stored[0], "uid"):
             return
-        conn.execute(update(runs).where(runs.c.id == run_id).values(stop=_dumps(doc)))
+        _SET_STOP.execute(conn, {"rid": run_id, "new_stop": _dumps(doc)})
         self._index(conn, run_id, "stop", doc)
-        # The run is complete: forget its writing state and lay each stream out in as few
-        # pages as possible for reading.
-        fragmented = conn.execute(
-            select(descriptors.c.uid)
-            .join(pages, pages.c.descriptor_id == descriptors.c.id)
-            .where(descriptors.c.run_id == run_id)
-            .group_by(descriptors.c.uid)
-            .having(func.count() > 1)
-        ).scalars()
-        for uid in list(fragmented):
-            state = self._state(conn, uid, "stop", doc["uid"])
-            self._compact(conn, state, below=state.max_events)
-        for uid in [u for u, s in self._states.items() if s.run_id == run_id and not s.queued]:
-            del self._states[uid]
+        # The run is complete: lay each stream it wrote out in as few pages as possible for
+        # reading, and forget what was kept in memory to write it.
+        for uid, state in list(self._states.items()):
+            if state.run_id == run_id:
+                if state.pages_written > 1:
+                    self._compact(conn, state, below=state.max_events)
+                del self._states[uid]
+        self._run_ids.pop(doc["run_start"], None)
+        self._ords.pop(run_id, None)
 
     def _write_descriptor(self, conn: Connection, doc: dict) -> None:
-        stored = conn.execute(
-            select(descriptors.c.body).where(descriptors.c.uid == doc["uid"])
-        ).scalar()
-        if self._same_or_conflict("descriptor", doc, stored, "uid"):
+        stored = _DESCRIPTOR_OF.execute(conn, {"uid": doc["uid"]}).fetchone()
+        if self._same_or_conflict("descriptor", doc, stored and stored[0], "uid"):
             return
         run_id = self._run_id(conn, doc["run_start"], "descriptor", doc["uid"])
-        descriptor_id = conn.execute(
-            insert(descriptors)
-            .values(
-                uid=doc["uid"],
-                run_id=run_id,
-                ord=self._next_ord(conn, run_id),
-                name=doc.get("name", "primary"),
-                time=doc["time"],
-                body=_dumps(doc),
-            )
-            .returning(descriptors.c.id)
-        ).scalar_one()
+        params = {
+            "uid": doc["uid"],
+            "run_id": run_id,
+            "ord": self._next_ord(conn, run_id),
+            "name": doc.get("name", "primary"),
+            "time": doc["time"],
+            "body": _dumps(doc),
+        }
+        descriptor_id = _INSERT_DESCRIPTOR.execute(conn, params).fetchone()[0]
         # Its events come next: know the descriptor without reading it back.
         self._states[doc["uid"]] = DescriptorState.from_descriptor(
             descriptor_id, run_id, doc["run_start"], doc, 0
