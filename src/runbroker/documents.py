@@ -117,9 +117,20 @@ def validate(name: str, doc: Any) -> dict:
             return doc  # type: ignore[return-value]
         target = doc
     except ValueError:
-        # jsonschema-rs does not know numpy types; judge the JSON equivalent instead.
-        target = to_builtin(doc)
-        if validator.is_valid(target):
+        # jsonschema-rs does not know numpy types; judge an equivalent JSON view instead.
+        # Arrays usually sit at the top two levels (event pages); look only there first.
+        target = {
+            k: {kk: _array_view(vv) for kk, vv in v.items()}
+            if isinstance(v, dict)
+            else _array_view(v)
+            for k, v in doc.items()
+        }
+        try:
+            ok = validator.is_valid(target)
+        except ValueError:
+            target = _schema_view(doc)
+            ok = validator.is_valid(target)
+        if ok:
             return doc  # type: ignore[return-value]
     errors = sorted(validator.iter_errors(target), key=lambda e: _KIND_RANK.get(e.kind.name, 5))
     err = errors[0]
@@ -131,6 +142,32 @@ def validate(name: str, doc: Any) -> dict:
         path.append(",".join(map(str, kind.unexpected)))
     reason = err.message.splitlines()[0]
     raise DocumentError(name, uid, ".".join(path) or None, reason)
+
+
+# One element stands for a whole numeric array: every element has the same JSON type, so the
+# schema's verdict is the same, without converting a million numbers to Python objects.
+_REPRESENTATIVE = {"f": 0.0, "i": 0, "u": 0, "b": False}
+
+
+def _array_view(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, np.generic)):
+        return _schema_view(value)
+    return value
+
+
+def _schema_view(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _schema_view(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_schema_view(v) for v in value]
+    if isinstance(value, np.ndarray):
+        rep = _REPRESENTATIVE.get(value.dtype.kind)
+        if rep is not None and value.ndim == 1:
+            return [rep] if value.size else []
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def to_builtin(value: Any) -> Any:

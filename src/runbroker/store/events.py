@@ -101,8 +101,8 @@ class DescriptorState:
     since: float = 0.0
     small_pages: int = 0
     pages_written: int = 0
-    # uids of events written through this state: refuses an event uid reused with another
-    # seq_num. Held only while the run is being written (dropped at its stop).
+    # uids of single events written through this state: refuses an event uid reused with
+    # another seq_num. Held only while the run is being written (dropped at its stop).
     uids: set[str] = field(default_factory=set)
 
     @classmethod
@@ -174,19 +174,8 @@ class DescriptorState:
 
     def add_batch(self, batch: Batch) -> None:
         """Queue a page's worth of columns, after any single events queued before it."""
-        uids = batch.extra["uid"]
-        if not self.uids.isdisjoint(uids):
-            reused = next(u for u in uids if u in self.uids)
-            raise ConflictError(
-                "event_page",
-                uids,
-                "uid",
-                f"event uid {reused!r} was already used by another event of "
-                f"descriptor {self.uid!r}",
-            )
-        if len(set(uids)) != len(uids):
-            raise DocumentError("event_page", uids, "uid", "the same uid appears twice")
-        self.uids.update(uids)
+        # Pages are keyed by seq_num only: checking every uid of a page against every uid
+        # seen would cost a third of the page's ingest time.
         self._cut()
         self._touch(batch.n)
         self.ready.append(batch)

@@ -11,7 +11,9 @@ The header maps each column name to ``[codec, dtype, shape, offset, nbytes]``:
 
 * ``raw``  numeric or boolean ndarray, C-ordered bytes (scalars per event: shape ``(n,)``);
 * ``zstd`` the same, zstd-compressed: used for per-event arrays (images), where it pays;
-* ``json`` a JSON list of per-event values: strings, ragged arrays, mixed or missing values.
+* ``json`` a JSON list of per-event values: strings, ragged arrays, mixed or missing values;
+* ``const`` a numeric column whose values are all equal: one value is stored;
+* ``same`` a numeric column equal to an earlier column of the page (timestamps often are).
 
 Decoding a numeric column is ``np.frombuffer`` on a slice: zero copies until concatenation.
 """
@@ -50,6 +52,10 @@ def to_column(values: Sequence[Any]) -> np.ndarray | list:
         >>> to_column(["a", "bc"])
         ['a', 'bc']
     """
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind in "biufc":
+            return values
+        return values.tolist()
     if not values:
         return np.empty(0)
     first = values[0]
@@ -81,10 +87,24 @@ def encode(columns: Mapping[str, np.ndarray | list]) -> bytes:
     header: dict[str, list] = {}
     buffers: list[bytes | memoryview] = []
     offset = 0
+    seen: dict[tuple, tuple[str, np.ndarray]] = {}
     for name, col in columns.items():
-        if isinstance(col, np.ndarray) and col.dtype.kind in "biufc":
+        if isinstance(col, np.ndarray) and col.dtype.kind in "biufc" and col.size:
             col = np.ascontiguousarray(col)
-            buf: bytes | memoryview = memoryview(col).cast("B")
+            flat = col.reshape(-1)
+            # Cheap tests first: most columns differ in their first or last value.
+            key = (col.dtype.str, col.shape, flat[0].tobytes(), flat[-1].tobytes())
+            if key in seen and np.array_equal(seen[key][1], col):
+                header[name] = ["same", col.dtype.str, list(col.shape), seen[key][0], 0]
+                continue
+            seen[key] = (name, col)
+            if col.ndim == 1 and flat[0] == flat[-1] and (flat == flat[0]).all():
+                buf: bytes | memoryview = flat[:1].tobytes()
+                header[name] = ["const", col.dtype.str, list(col.shape), offset, len(buf)]
+                buffers.append(buf)
+                offset += len(buf)
+                continue
+            buf = memoryview(col).cast("B")
             codec = "raw"
             if col.ndim > 1 and col.nbytes >= _COMPRESS_MIN_BYTES:
                 packed = _zc.compress(buf)
@@ -116,7 +136,13 @@ def decode(blob: bytes, names: Iterable[str] | None = None) -> dict[str, np.ndar
     out: dict[str, np.ndarray | list] = {}
     for name in wanted:
         codec, dtype, shape, offset, nbytes = header[name]
+        if codec == "same":
+            codec, dtype, shape, offset, nbytes = header[offset]
         start = base + offset
+        if codec == "const":
+            value = np.frombuffer(blob, dtype=dtype, count=1, offset=start)
+            out[name] = np.full(shape, value[0], dtype=dtype)
+            continue
         if codec == "json":
             out[name] = orjson.loads(memoryview(blob)[start : start + nbytes])
             continue
