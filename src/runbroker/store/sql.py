@@ -745,14 +745,21 @@ class SQLStore:
     ) -> list[RunRecord]:
         """Runs matching ``query``, newest first."""
         self._flush_if_pending()
-        stmt = (
-            select(runs.c.uid, runs.c.start, runs.c.stop)
+        # Order and cut on (time, uid, id) alone, then fetch the documents of the survivors:
+        # sorting thousands of hits never drags their start documents along.
+        ids = (
+            select(runs.c.id)
             .where(compile_query(query, self.dialect))
             .order_by(runs.c.time.desc(), runs.c.uid.desc())
             .offset(offset)
         )
         if limit is not None:
-            stmt = stmt.limit(limit)
+            ids = ids.limit(limit)
+        stmt = (
+            select(runs.c.uid, runs.c.start, runs.c.stop)
+            .where(runs.c.id.in_(ids))
+            .order_by(runs.c.time.desc(), runs.c.uid.desc())
+        )
         with self._read() as conn:
             rows = conn.execute(stmt).all()
         return [
