@@ -19,7 +19,8 @@ from .stream import Stream
 
 __all__ = ["AmbiguousUIDError", "Catalog", "Run"]
 
-_BATCH = 500
+_FIRST_BATCH = 100
+_MAX_BATCH = 10_000
 
 
 class AmbiguousUIDError(KeyError):
@@ -115,13 +116,15 @@ class Catalog:
         return self.store.count(self.query)
 
     def _records(self) -> Iterator[RunRecord]:
-        offset = 0
+        # Small first batch (people often look at the first few), growing after that.
+        offset, size = 0, _FIRST_BATCH
         while True:
-            batch = self.store.search(self.query, offset=offset, limit=_BATCH)
+            batch = self.store.search(self.query, offset=offset, limit=size)
             yield from batch
-            if len(batch) < _BATCH:
+            if len(batch) < size:
                 return
             offset += len(batch)
+            size = min(2 * size, _MAX_BATCH)
 
     def __iter__(self) -> Iterator[str]:
         return (r.uid for r in self._records())

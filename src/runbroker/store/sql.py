@@ -61,13 +61,16 @@ from .schema import (
     pages,
     runs,
 )
-from .sqlquery import compile_query
+from .sqlquery import compile_query, is_common
 
 __all__ = ["SQLStore", "SchemaVersionError"]
 
 _JSON = orjson.OPT_SERIALIZE_NUMPY
 # A descriptor's pages are merged once this many small ones have piled up (slow live runs).
 _COMPACT_AFTER = 32
+# A metadata value held by at least this many runs is "common": a search for the newest
+# hits then walks runs by time instead of collecting every hit first.
+_COMMON = 2000
 # Queued events are written at the latest when this many (or this many bytes) wait.
 _FLUSH_EVENTS = 100_000
 _FLUSH_BYTES = 64 * 2**20
@@ -745,11 +748,22 @@ class SQLStore:
     ) -> list[RunRecord]:
         """Runs matching ``query``, newest first."""
         self._flush_if_pending()
+        with self._read() as conn:
+
+            def common(rows: Any) -> bool:
+                probe = select(func.count()).select_from(rows.limit(_COMMON).subquery())
+                return conn.execute(probe).scalar_one() >= _COMMON
+
+            token = is_common.set(common if limit is not None and limit <= _COMMON else None)
+            try:
+                where = compile_query(query, self.dialect)
+            finally:
+                is_common.reset(token)
         # Order and cut on (time, uid, id) alone, then fetch the documents of the survivors:
         # sorting thousands of hits never drags their start documents along.
         ids = (
             select(runs.c.id)
-            .where(compile_query(query, self.dialect))
+            .where(where)
             .order_by(runs.c.time.desc(), runs.c.uid.desc())
             .offset(offset)
         )

@@ -7,26 +7,42 @@ against this compiler on generated runs and queries.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from functools import singledispatch
 from typing import Any
 
-from sqlalchemy import and_, bindparam, false, not_, or_, select, text, true
+from sqlalchemy import Select, and_, bindparam, exists, false, not_, or_, select, text, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from .. import queries as q
 from .flatten import scalar_row
 from .schema import meta, runs
 
-__all__ = ["compile_query"]
+__all__ = ["compile_query", "is_common"]
 
 _MAX_CHAR = "\U0010ffff"
 
 
+# Set while compiling a search that wants only its first hits: tells whether a metadata
+# test matches many runs (see _meta_exists).
+is_common: ContextVar[Callable[[Select], bool] | None] = ContextVar("is_common", default=None)
+
+
 def _meta_exists(key: str, *conds: Any) -> ColumnElement[bool]:
-    # "id IN (index range)" rather than a correlated EXISTS: SQLite then reads the matching
-    # runs from the index instead of testing every run, which is what makes rare values fast.
+    """Runs having a metadata row at ``key`` that satisfies ``conds``.
+
+    Two equivalent SQL forms, each fast in its own case: ``id IN (index range)`` reads the
+    matching runs straight from the index (rare values, and counting), while a correlated
+    EXISTS lets a newest-first search walk the time index and stop after its first hits
+    (values shared by many runs).
+    """
     doc, path = q.split_key(key)
-    return runs.c.id.in_(select(meta.c.run_id).where(meta.c.key == ".".join((doc, *path)), *conds))
+    rows = select(meta.c.run_id).where(meta.c.key == ".".join((doc, *path)), *conds)
+    common = is_common.get()
+    if common is not None and common(rows):
+        return exists(rows.where(meta.c.run_id == runs.c.id))
+    return runs.c.id.in_(rows)
 
 
 def _scalar_conds(value: Any, elem: bool) -> list[Any]:
