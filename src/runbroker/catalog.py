@@ -302,9 +302,9 @@ class Run(Mapping[str, Stream]):
             "stream_names": list(self),
         }
 
-    def _stream_names(self) -> list[str]:
+    def _stream_names(self, descriptors: list[dict] | None = None) -> list[str]:
         names: dict[str, None] = {}
-        for d in self.store.descriptors(self.uid):
+        for d in self.store.descriptors(self.uid) if descriptors is None else descriptors:
             names[d.get("name", "primary")] = None
         return list(names)
 
@@ -315,12 +315,14 @@ class Run(Mapping[str, Stream]):
         return len(self._stream_names())
 
     def __getitem__(self, name: str) -> Stream:
-        names = self._stream_names()
+        descriptors = self.store.descriptors(self.uid)
+        names = self._stream_names(descriptors)
         if name not in names:
             raise _LookupError(
                 f"run {self.uid[:8]} has no stream {name!r}; its streams are {names}"
             )
-        return Stream(self.store, self.uid, name)
+        mine = [d for d in descriptors if d.get("name", "primary") == name]
+        return Stream(self.store, self.uid, name, mine)
 
     @property
     def primary(self) -> Stream:

@@ -112,27 +112,27 @@ def validate(name: str, doc: Any) -> dict:
             str(name), uid, None, f"unknown document type; expected one of {DOCUMENT_NAMES}"
         )
     validator = _validator(name)
-    try:
-        if validator.is_valid(doc):
-            return doc  # type: ignore[return-value]
-        target = doc
-    except ValueError:
-        # jsonschema-rs does not know numpy types; judge an equivalent JSON view instead.
-        # Arrays usually sit at the top two levels (event pages); look only there first.
-        target = {
+    # jsonschema-rs does not know numpy types (it refuses them or calls them invalid), so a
+    # document that fails is judged again on JSON views of it: first one that converts only
+    # the top two levels, where event pages keep their arrays, then a full one.
+    views = (
+        lambda: doc,
+        lambda: {
             k: {kk: _array_view(vv) for kk, vv in v.items()}
             if isinstance(v, dict)
             else _array_view(v)
             for k, v in doc.items()
-        }
+        },
+        lambda: _schema_view(doc),
+    )
+    for view in views:
         try:
-            ok = validator.is_valid(target)
+            if validator.is_valid(view()):
+                return doc  # type: ignore[return-value]
         except ValueError:
-            target = _schema_view(doc)
-            ok = validator.is_valid(target)
-        if ok:
-            return doc  # type: ignore[return-value]
-    errors = sorted(validator.iter_errors(target), key=lambda e: _KIND_RANK.get(e.kind.name, 5))
+            continue
+    found = list(validator.iter_errors(_schema_view(doc)))
+    errors = sorted(found, key=lambda e: _KIND_RANK.get(e.kind.name, 5))
     err = errors[0]
     path = [str(p) for p in err.instance_path]
     kind = err.kind

@@ -127,10 +127,15 @@ class Stream:
         (5, 3)
     """
 
-    def __init__(self, store: Store, run_uid: str, name: str) -> None:
+    def __init__(
+        self, store: Store, run_uid: str, name: str, descriptors: list[dict] | None = None
+    ) -> None:
         self.store = store
         self.run_uid = run_uid
         self.name = name
+        if descriptors is not None:
+            # The caller just read them: spare a query (a read is only a few of them).
+            self.__dict__["_descriptors"] = descriptors
 
     @property
     def descriptors(self) -> list[dict]:

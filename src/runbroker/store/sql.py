@@ -107,6 +107,23 @@ _MAX_ORDS = [
 ]
 
 
+# Reads behind stream.read(): one statement per descriptor or page, run on the cursor.
+_DESCRIPTORS_OF_RUN = Prepared(
+    select(descriptors.c.body)
+    .join(runs, runs.c.id == descriptors.c.run_id)
+    .where(runs.c.uid == bindparam("uid"))
+    .order_by(descriptors.c.ord)
+)
+_PAGES_OF_DESCRIPTOR = Prepared(
+    select(pages.c.id, pages.c.n, pages.c.seq_min, pages.c.seq_max, pages.c.ordered)
+    .join(descriptors, descriptors.c.id == pages.c.descriptor_id)
+    .where(descriptors.c.uid == bindparam("uid"))
+    .order_by(pages.c.seq_min, pages.c.id)
+)
+_PAGE_DATA = Prepared(select(pages.c.data).where(pages.c.id == bindparam("id")))
+_PAGE_BLOBS = Prepared(select(pages.c.data, pages.c.extra).where(pages.c.id == bindparam("id")))
+
+
 class SchemaVersionError(RuntimeError):
     """The catalog was written by a different schema version than this runbroker uses."""
 
@@ -173,6 +190,9 @@ class SQLStore:
             from sqlalchemy.pool import StaticPool
 
             kwargs["poolclass"] = StaticPool
+        if not writer:
+            # Reads run in autocommit, so a returned connection has nothing to roll back.
+            kwargs["pool_reset_on_return"] = None
         engine = create_engine(uri, **kwargs)
         sync = "FULL" if self.durability == "event" else "NORMAL"
 
@@ -801,50 +821,32 @@ class SQLStore:
         """The run's descriptors in stored order."""
         self._flush_if_pending()
         with self._read() as conn:
-            bodies = conn.execute(
-                select(descriptors.c.body)
-                .join(runs, runs.c.id == descriptors.c.run_id)
-                .where(runs.c.uid == run_uid)
-                .order_by(descriptors.c.ord)
-            ).scalars()
-            return [orjson.loads(b) for b in bodies]
+            rows = _DESCRIPTORS_OF_RUN.execute(conn, {"uid": run_uid}).fetchall()
+        return [orjson.loads(b) for (b,) in rows]
 
     def pages(self, descriptor_uids: list[str]) -> list[PageInfo]:
         """Pages of these descriptors, in descriptor order then seq order."""
         self._flush_if_pending()
+        out = []
         with self._read() as conn:
-            rows = conn.execute(
-                select(
-                    descriptors.c.uid,
-                    pages.c.id,
-                    pages.c.n,
-                    pages.c.seq_min,
-                    pages.c.seq_max,
-                    pages.c.ordered,
-                )
-                .join(descriptors, descriptors.c.id == pages.c.descriptor_id)
-                .where(descriptors.c.uid.in_(descriptor_uids))
-                .order_by(pages.c.seq_min, pages.c.id)
-            ).all()
-        rank = {u: i for i, u in enumerate(descriptor_uids)}
-        out = [PageInfo(r.id, r.uid, r.n, r.seq_min, r.seq_max, bool(r.ordered)) for r in rows]
-        out.sort(key=lambda p: rank[p.descriptor])  # stable: keeps seq order inside
+            for uid in descriptor_uids:
+                rows = _PAGES_OF_DESCRIPTOR.execute(conn, {"uid": uid}).fetchall()
+                out.extend(PageInfo(i, uid, n, lo, hi, bool(o)) for i, n, lo, hi, o in rows)
         return out
 
     def read_pages(self, page_ids: list[int], columns: list[str] | None) -> list[dict]:
         """Decoded data columns of each page, in the order of ``page_ids``."""
         extra = columns is None or any(c == "uid" or c[:2] in ("t:", "f:") for c in columns)
-        cols = [pages.c.id, pages.c.data] + ([pages.c.extra] if extra else [])
-        found: dict[int, dict] = {}
+        statement = _PAGE_BLOBS if extra else _PAGE_DATA
+        out = []
         with self._read() as conn:
-            for i in range(0, len(page_ids), 500):
-                chunk = page_ids[i : i + 500]
-                for row in conn.execute(select(*cols).where(pages.c.id.in_(chunk))):
-                    decoded = codec.decode(row[1], columns)
-                    if extra:
-                        decoded.update(codec.decode(row[2], columns))
-                    found[row[0]] = decoded
-        return [found[i] for i in page_ids]
+            for page_id in page_ids:
+                blobs = statement.execute(conn, {"id": page_id}).fetchone()
+                decoded = codec.decode(blobs[0], columns)
+                if extra:
+                    decoded.update(codec.decode(blobs[1], columns))
+                out.append(decoded)
+        return out
 
     def documents(self, run_uid: str) -> Iterator[tuple[str, Any]]:
         """Stored documents of a run in insertion order (events as event_page)."""
