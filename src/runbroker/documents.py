@@ -163,6 +163,8 @@ def _schema_view(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         rep = _REPRESENTATIVE.get(value.dtype.kind)
         if rep is not None and value.ndim == 1:
+            if rep == 0.0 and not np.all(np.mod(value, 1) == 0):
+                rep = 0.5  # JSON Schema counts 2.0 as an integer, but not 2.5
             return [rep] if value.size else []
         return value.tolist()
     if isinstance(value, np.generic):
