@@ -71,6 +71,9 @@ _COMPACT_AFTER = 32
 # A metadata value held by at least this many runs is "common": a search for the newest
 # hits then walks runs by time instead of collecting every hit first.
 _COMMON = 2000
+# WAL sizes that start a background checkpoint, and a blocking one.
+_WAL_BACKGROUND = 64 * 2**20
+_WAL_BLOCKING = 512 * 2**20
 # Queued events are written at the latest when this many (or this many bytes) wait.
 _FLUSH_EVENTS = 100_000
 _FLUSH_BYTES = 64 * 2**20
@@ -177,6 +180,10 @@ class SQLStore:
         self._init_schema()
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._wal = (
+            Path(uri.removeprefix("sqlite:///") + "-wal") if uri.startswith("sqlite:///") else None
+        )
+        self._checkpoint_due = False
         ref = weakref.ref(self)
         atexit.register(lambda: (s := ref()) is not None and s.close())
 
@@ -213,6 +220,9 @@ class SQLStore:
                 "cache_size=-65536",
                 "mmap_size=1073741824",
                 "temp_store=MEMORY",
+                # Checkpoints (copying the WAL into the database, with fsync) are run by
+                # the committer thread, beside ingest, instead of inside a commit.
+                "wal_autocheckpoint=0",
             ):
                 cur.execute(f"PRAGMA {pragma}")
             cur.close()
@@ -279,7 +289,7 @@ class SQLStore:
             if (
                 self.durability == "event"
                 or self._queue_full()
-                or time.monotonic() - self._dirty_since >= self.flush_interval
+                or time.monotonic() - self._dirty_since >= self.flush_interval / 2
             ):
                 self._commit_locked()
             else:
@@ -330,6 +340,8 @@ class SQLStore:
         self.flush()
         self._closed = True
         self._wake.set()
+        if self._wal is not None and not self.readonly:
+            self._checkpoint("PASSIVE")
         with self._lock:
             if self._wconn is not None:
                 self._wconn.close()
@@ -359,6 +371,7 @@ class SQLStore:
         try:
             self._flush_states(conn)
             conn.commit()
+            self._after_commit()
         except BaseException:
             if conn.in_transaction():
                 conn.rollback()
@@ -548,6 +561,25 @@ class SQLStore:
                 extra=codec.encode(extra),
             )
         )
+
+    def _after_commit(self) -> None:
+        """Keep the WAL bounded: checkpoint beside ingest, or right now if it grew large."""
+        if self._wal is None:
+            return
+        try:
+            size = self._wal.stat().st_size
+        except FileNotFoundError:
+            return
+        if size >= _WAL_BLOCKING:
+            # Ingest outran the background checkpoints: catch up before writing more.
+            self._checkpoint("RESTART")
+        elif size >= _WAL_BACKGROUND:
+            self._checkpoint_due = True
+            self._ensure_flusher()
+
+    def _checkpoint(self, mode: str) -> None:
+        with self._engine.connect() as conn:
+            conn.exec_driver_sql(f"PRAGMA wal_checkpoint({mode})")
 
     def _ensure_flusher(self) -> None:
         if self._flusher is None or not self._flusher.is_alive():
@@ -921,6 +953,10 @@ def _flush_loop(ref: weakref.ref) -> None:
                 except Exception as exc:  # keep the committer alive; the next insert re-raises
                     store._flush_error = exc
                 since = None
+        if store._checkpoint_due:
+            # Outside the lock: inserts and commits go on while the WAL is copied.
+            store._checkpoint_due = False
+            store._checkpoint("PASSIVE")
         del store
         if since is None:
             wake.wait(half)
