@@ -326,11 +326,13 @@ def compose_pages(
     fields: Sequence[str] = FIELDS,
     columns: dict[str, np.ndarray] | None = None,
     seed: int = 0,
+    numpy: bool = False,
 ) -> Iterator[dict]:
     """``event_page`` documents holding ``n`` events, ``page_size`` per page.
 
     ``columns`` (field -> array of length n, plus optional ``"time"``) fixes the values;
-    otherwise they are random floats.
+    otherwise they are random floats. ``numpy=True`` gives numpy arrays instead of lists (as
+    flyers whose ``collect_pages`` returns arrays produce).
     """
     if columns is None:
         rng = np.random.default_rng(seed)
@@ -341,11 +343,11 @@ def compose_pages(
     compose = desc.compose_event_page
     for lo in range(0, n, page_size):
         hi = min(n, lo + page_size)
-        t = times[lo:hi].tolist()
+        t = times[lo:hi] if numpy else times[lo:hi].tolist()
         yield compose(
-            data={f: columns[f][lo:hi].tolist() for f in fields},
+            data={f: columns[f][lo:hi] if numpy else columns[f][lo:hi].tolist() for f in fields},
             timestamps={f: t for f in fields},
-            seq_num=list(range(lo + 1, hi + 1)),
+            seq_num=np.arange(lo + 1, hi + 1) if numpy else list(range(lo + 1, hi + 1)),
             time=t,
             validate=False,
         )

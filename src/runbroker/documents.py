@@ -118,7 +118,7 @@ def validate(name: str, doc: Any) -> dict:
     views = (
         lambda: doc,
         lambda: {
-            k: {kk: _array_view(vv) for kk, vv in v.items()}
+            k: {kk: _array_view(vv, exact=False) for kk, vv in v.items()}
             if isinstance(v, dict)
             else _array_view(v)
             for k, v in doc.items()
@@ -149,7 +149,11 @@ def validate(name: str, doc: Any) -> dict:
 _REPRESENTATIVE = {"f": 0.0, "i": 0, "u": 0, "b": False}
 
 
-def _array_view(value: Any) -> Any:
+def _array_view(value: Any, exact: bool = True) -> Any:
+    # Second-level arrays (an event page's data and timestamps columns) have no item type in
+    # any event-model schema, so any representative will do there.
+    if not exact and isinstance(value, np.ndarray) and value.ndim == 1 and value.size:
+        return [0.0] if value.dtype.kind in "fiub" else value.tolist()
     if isinstance(value, (np.ndarray, np.generic)):
         return _schema_view(value)
     return value
