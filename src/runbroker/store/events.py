@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,6 +281,35 @@ def merge_batches(parts: list[tuple[dict, dict, int]]) -> tuple[dict, dict]:
             {name: concat_columns([p[which].get(name) for p in parts], lengths) for name in names}
         )
     return out[0], out[1]
+
+
+def rechunk(parts: Iterable[tuple[dict, dict, int]], size: int) -> Iterator[tuple[dict, dict]]:
+    """Join consecutive pages' columns and cut them into pages of exactly ``size`` events.
+
+    Replayed documents then do not depend on how the events happened to be split into pages
+    when they were stored (which depends on commit timing).
+
+    Example:
+        >>> part = ({"x": np.arange(3)}, {"uid": ["a", "b", "c"]}, 3)
+        >>> [d["x"].tolist() for d, _ in rechunk([part, part], 4)]
+        [[0, 1, 2, 0], [1, 2]]
+    """
+    held: list[tuple[dict, dict, int]] = []
+    count = 0
+    for part in parts:
+        held.append(part)
+        count += part[2]
+        while count >= size:
+            data, extra = merge_batches(held)
+            yield _cut(data, 0, size), _cut(extra, 0, size)
+            count -= size
+            held = [(_cut(data, size, None), _cut(extra, size, None), count)] if count else []
+    if held:
+        yield merge_batches(held)
+
+
+def _cut(columns: dict, lo: int, hi: int | None) -> dict:
+    return {k: v[lo:hi] for k, v in columns.items()}
 
 
 def _value(col: np.ndarray | list, i: int) -> Any:

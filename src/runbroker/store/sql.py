@@ -18,6 +18,7 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,11 +43,13 @@ from ..queries import Query
 from . import pages as codec
 from .base import PageInfo, RunRecord
 from .events import (
+    MAX_EVENTS_PER_PAGE,
     DescriptorState,
     canonical,
     event_from_columns,
     merge_batches,
     page_from_columns,
+    rechunk,
 )
 from .flatten import flatten, fulltext
 from .prepared import Prepared
@@ -915,12 +918,15 @@ class SQLStore:
                 events,
                 key=lambda item: item[0],
             )
-            for _, kind, body in merged:
-                if kind == "event_page":
-                    d, data, extra = body
-                    yield kind, page_from_columns(d, codec.decode(data), codec.decode(extra))
-                else:
-                    yield kind, orjson.loads(body)
+            for (kind, descriptor), items in groupby(merged, key=_replay_key):
+                if kind != "event_page":
+                    for _, _, body in items:
+                        yield kind, orjson.loads(body)
+                    continue
+                # Consecutive pages of one descriptor replay as evenly cut pages.
+                parts = (_decoded_page(body[1], body[2]) for _, _, body in items)
+                for data, extra in rechunk(parts, MAX_EVENTS_PER_PAGE):
+                    yield kind, page_from_columns(descriptor, data, extra)
             if row.stop:
                 yield "stop", orjson.loads(row.stop)
 
@@ -931,6 +937,16 @@ class SQLStore:
 
     def __repr__(self) -> str:
         return f"SQLStore({self.uri!r})"
+
+
+def _decoded_page(data_blob: bytes, extra_blob: bytes) -> tuple[dict, dict, int]:
+    data = codec.decode(data_blob)
+    return data, codec.decode(extra_blob), len(data["time"])
+
+
+def _replay_key(item: tuple[int, str, Any]) -> tuple[str, str | None]:
+    kind = item[1]
+    return (kind, item[2][0]) if kind == "event_page" else (kind, None)
 
 
 def _flush_loop(ref: weakref.ref) -> None:
