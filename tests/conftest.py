@@ -6,6 +6,8 @@ the whole API suite then runs against it.
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,12 +15,33 @@ import pytest
 
 import runbroker
 
-STORES = ["sqlite"]
+STORES = ["sqlite", "postgresql"]
+_schemas = itertools.count()
 
 
-def _open(kind: str, folder: Path) -> runbroker.Catalog:
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database: the test cluster (started once) or $RUNBROKER_TEST_POSTGRES."""
+    from pgcluster import ENV, Cluster
+
+    if os.environ.get(ENV):
+        yield os.environ[ENV]
+        return
+    cluster = Cluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+def _open(kind: str, folder: Path, request: pytest.FixtureRequest) -> runbroker.Catalog:
     if kind == "sqlite":
         return runbroker.open(folder / "runs.db")
+    if kind == "postgresql":
+        from pgcluster import new_schema
+
+        base = request.getfixturevalue("postgres_url")
+        return runbroker.open(new_schema(base, f"t{os.getpid()}_{next(_schemas)}"))
     raise ValueError(kind)
 
 
@@ -28,14 +51,16 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_catalog(store_kind: str, tmp_path: Path) -> Iterator[Callable[[], runbroker.Catalog]]:
+def make_catalog(
+    store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], runbroker.Catalog]]:
     """Factory for fresh, empty catalogs of the parametrised store kind."""
     made: list[runbroker.Catalog] = []
 
     def make() -> runbroker.Catalog:
         folder = tmp_path / f"cat{len(made)}"
         folder.mkdir()
-        cat = _open(store_kind, folder)
+        cat = _open(store_kind, folder, request)
         made.append(cat)
         return cat
 

@@ -3,16 +3,18 @@ returns exactly the runs that the reference ``Query.matches`` accepts."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import string
-import tempfile
-from pathlib import Path
 
 import numpy as np
+import pytest
 from event_model import compose_run, pack_event_page
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import runbroker
+from pgcluster import new_schema
 from runbroker.queries import (
     And,
     Comparison,
@@ -33,8 +35,24 @@ from runbroker.queries import (
 SETTINGS = settings(
     deadline=None,
     max_examples=60,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    # open_empty is a factory: every example asks it for a fresh, empty catalog.
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
+_schemas = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_empty(request):
+    """Factory of fresh, empty catalogs of each store kind (the same semantics everywhere)."""
+    if request.param == "sqlite":
+        return lambda: runbroker.open("sqlite://")
+    base = request.getfixturevalue("postgres_url")
+    return lambda: runbroker.open(new_schema(base, f"p{os.getpid()}_{next(_schemas)}"))
+
 
 # Text that JSON can carry (no lone surrogates) and that numpy's fixed-width str keeps
 # (no NUL characters, which numpy strips from the end of strings).
@@ -161,39 +179,38 @@ def _check_stream(ds, spec):
 
 @SETTINGS
 @given(generated_runs())
-def test_generated_runs_round_trip(run):
+def test_generated_runs_round_trip(open_empty, run):
     docs, expected, mode = run
-    with tempfile.TemporaryDirectory() as folder:
-        first = runbroker.open(Path(folder) / "a.db")
-        second = runbroker.open(Path(folder) / "b.db")
-        try:
-            if mode == "insert":
-                for name, doc in docs:
-                    first.insert(name, doc)
-            else:
-                assert first.ingest(docs) == len(docs)
-            start = docs[0][1]
-            original = first[start["uid"]]
-            assert original.metadata["start"] == start
-            stop = docs[-1][1] if docs[-1][0] == "stop" else None
-            assert original.metadata["stop"] == stop
-            assert list(original) == list(expected)
-            for stream, spec in expected.items():
-                _check_stream(original[stream].read(), spec)
+    first = open_empty()
+    second = open_empty()
+    try:
+        if mode == "insert":
+            for name, doc in docs:
+                first.insert(name, doc)
+        else:
+            assert first.ingest(docs) == len(docs)
+        start = docs[0][1]
+        original = first[start["uid"]]
+        assert original.metadata["start"] == start
+        stop = docs[-1][1] if docs[-1][0] == "stop" else None
+        assert original.metadata["stop"] == stop
+        assert list(original) == list(expected)
+        for stream, spec in expected.items():
+            _check_stream(original[stream].read(), spec)
 
-            second.ingest(original.documents())
-            copy = second[start["uid"]]
-            assert copy.metadata["start"] == original.metadata["start"]
-            assert copy.metadata["stop"] == original.metadata["stop"]
-            for stream in expected:
-                assert copy[stream].descriptors == original[stream].descriptors
-                a, b = original[stream].read(), copy[stream].read()
-                assert a.identical(b), stream
-                assert a.equals(b)
-            assert list(copy.documents()) == list(original.documents())
-        finally:
-            first.close()
-            second.close()
+        second.ingest(original.documents())
+        copy = second[start["uid"]]
+        assert copy.metadata["start"] == original.metadata["start"]
+        assert copy.metadata["stop"] == original.metadata["stop"]
+        for stream in expected:
+            assert copy[stream].descriptors == original[stream].descriptors
+            a, b = original[stream].read(), copy[stream].read()
+            assert a.identical(b), stream
+            assert a.equals(b)
+        assert list(copy.documents()) == list(original.documents())
+    finally:
+        first.close()
+        second.close()
 
 
 # ---------------------------------------------------------------- search agrees with matches()
@@ -306,8 +323,8 @@ def _ordered(records):
     return [r["start"]["uid"] for r in by_key]
 
 
-def _load(records):
-    cat = runbroker.open("sqlite://")
+def _load(records, open_empty):
+    cat = open_empty()
     for record in records:
         cat.insert("start", record["start"])
         if record["stop"] is not None:
@@ -317,8 +334,8 @@ def _load(records):
 
 @SETTINGS
 @given(generated_catalog_records(), st.lists(queries, min_size=1, max_size=8))
-def test_sql_search_agrees_with_reference_matches(records, qs):
-    cat = _load(records)
+def test_sql_search_agrees_with_reference_matches(open_empty, records, qs):
+    cat = _load(records, open_empty)
     try:
         assert list(cat) == _ordered(records)
         for q in qs:
@@ -332,8 +349,8 @@ def test_sql_search_agrees_with_reference_matches(records, qs):
 
 @SETTINGS
 @given(generated_catalog_records(), queries, queries)
-def test_chained_search_is_and(records, q1, q2):
-    cat = _load(records)
+def test_chained_search_is_and(open_empty, records, q1, q2):
+    cat = _load(records, open_empty)
     try:
         want = _ordered([r for r in records if q1.matches(r) and q2.matches(r)])
         assert list(cat.search(q1).search(q2)) == want
@@ -348,8 +365,8 @@ def test_chained_search_is_and(records, q1, q2):
 # ---------------------------------------------------------------- found discrepancies, pinned
 
 
-def _agree(records, query):
-    cat = _load(records)
+def _agree(records, query, open_empty):
+    cat = _load(records, open_empty)
     try:
         assert list(cat.search(query)) == _ordered([r for r in records if query.matches(r)])
     finally:
@@ -364,34 +381,34 @@ def _records(*metadatas):
     return out
 
 
-def test_not_scan_id_includes_runs_without_scan_id():
+def test_not_scan_id_includes_runs_without_scan_id(open_empty):
     records = _records({"scan_id": 1}, {}, {"scan_id": 2})
-    _agree(records, Not(ScanID(1)))
-    _agree(records, Not(ScanIDRange(0, 2)))
-    _agree(records, Not(And(ScanID(1), ScanID(1))))
+    _agree(records, Not(ScanID(1)), open_empty)
+    _agree(records, Not(ScanIDRange(0, 2)), open_empty)
+    _agree(records, Not(And(ScanID(1), ScanID(1))), open_empty)
 
 
-def test_large_integers_compare_exactly():
+def test_large_integers_compare_exactly(open_empty):
     big = 2**53
     records = _records({"n": big}, {"n": big + 1}, {"n": big + 2})
-    _agree(records, Comparison("n", "eq", big + 1))
-    _agree(records, Comparison("n", "lt", big + 1))
-    _agree(records, Comparison("n", "ge", big + 1))
-    _agree(records, In("n", [big + 1]))
-    _agree(records, Contains("n", big + 1))
+    _agree(records, Comparison("n", "eq", big + 1), open_empty)
+    _agree(records, Comparison("n", "lt", big + 1), open_empty)
+    _agree(records, Comparison("n", "ge", big + 1), open_empty)
+    _agree(records, In("n", [big + 1]), open_empty)
+    _agree(records, Contains("n", big + 1), open_empty)
 
 
-def test_several_full_text_queries_in_one_search():
+def test_several_full_text_queries_in_one_search(open_empty):
     records = _records(
         {"plan_name": "scan", "sample": "Ni"},
         {"plan_name": "scan", "sample": "Cu"},
         {"plan_name": "count", "sample": "Ni"},
     )
-    _agree(records, And(FullText("ni"), FullText("scan")))
-    _agree(records, And(FullText("scan"), FullText("ni")))
-    _agree(records, Or(FullText("cu"), FullText("count")))
-    _agree(records, And(FullText("count"), Not(FullText("ni"))))
-    cat = _load(records)
+    _agree(records, And(FullText("ni"), FullText("scan")), open_empty)
+    _agree(records, And(FullText("scan"), FullText("ni")), open_empty)
+    _agree(records, Or(FullText("cu"), FullText("count")), open_empty)
+    _agree(records, And(FullText("count"), Not(FullText("ni"))), open_empty)
+    cat = _load(records, open_empty)
     try:
         assert list(cat.search(FullText("ni")).search(FullText("scan"))) == ["run0"]
     finally:

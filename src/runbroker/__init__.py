@@ -64,7 +64,8 @@ def open(
                 f"cannot open {text!r}: unknown scheme {scheme!r}. This version opens SQLite "
                 "files (a path or sqlite:///path)."
             )
-        url = text
+        # The psycopg (3) driver is the one runbroker installs for PostgreSQL.
+        url = text.replace("postgresql://", "postgresql+psycopg://", 1)
     else:
         path = Path(text).expanduser()
         if path.is_dir():

@@ -30,6 +30,10 @@ from sqlalchemy import (
 
 SCHEMA_VERSION = 1
 
+# Text compared with < and > (uids, metadata strings) sorts by code point in every database,
+# as the query semantics say; PostgreSQL would otherwise follow the server's locale.
+OrderedText = Text().with_variant(Text(collation="C"), "postgresql")
+
 
 class ExactNumber(TypeDecorator):
     """A NUMERIC column whose values reach the driver untouched, so integers stay exact.
@@ -60,7 +64,12 @@ runs = Table(
     "runs",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("uid", String(128), nullable=False, unique=True),
+    Column(
+        "uid",
+        String(128).with_variant(String(128, collation="C"), "postgresql"),
+        nullable=False,
+        unique=True,
+    ),
     Column("time", Float, nullable=False),
     Column("scan_id", Float),
     Column("start", LargeBinary, nullable=False),
@@ -134,7 +143,7 @@ meta = Table(
     Column("typ", String(1), nullable=False),
     # NUMERIC, not FLOAT: integers stay exact integers (2**53 + 1 is not 2**53).
     Column("num", ExactNumber()),
-    Column("txt", Text),
+    Column("txt", OrderedText),
     # Covering indexes: an equality or range test on a key never touches the table.
     Index("ix_meta_txt", "key", "txt", "typ", "elem", "run_id"),
     Index("ix_meta_num", "key", "num", "typ", "elem", "run_id"),

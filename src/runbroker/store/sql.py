@@ -34,6 +34,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -128,6 +129,26 @@ _PAGES_OF_DESCRIPTOR = Prepared(
 )
 _PAGE_DATA = Prepared(select(pages.c.data).where(pages.c.id == bindparam("id")))
 _PAGE_BLOBS = Prepared(select(pages.c.data, pages.c.extra).where(pages.c.id == bindparam("id")))
+
+
+# Full-text search: SQLite's FTS5, PostgreSQL's text search over the same word list.
+_FULLTEXT_DDL = {
+    "sqlite": [
+        "CREATE VIRTUAL TABLE IF NOT EXISTS runs_fts USING fts5("
+        "content, tokenize='unicode61 remove_diacritics 0')"
+    ],
+    "postgresql": [
+        "CREATE TABLE IF NOT EXISTS runs_fts (run_id INTEGER PRIMARY KEY, content TEXT)",
+        "CREATE INDEX IF NOT EXISTS ix_runs_fts ON runs_fts "
+        "USING GIN (to_tsvector('simple', content))",
+    ],
+}
+_INSERT_FULLTEXT = {
+    "sqlite": Prepared(text("INSERT INTO runs_fts(rowid, content) VALUES (:run_id, :content)")),
+    "postgresql": Prepared(
+        text("INSERT INTO runs_fts(run_id, content) VALUES (:run_id, :content)")
+    ),
+}
 
 
 class SchemaVersionError(RuntimeError):
@@ -250,11 +271,8 @@ class SQLStore:
                 ).scalar()
             if version is None:
                 metadata.create_all(conn)
-                if self.dialect == "sqlite":
-                    conn.exec_driver_sql(
-                        "CREATE VIRTUAL TABLE IF NOT EXISTS runs_fts USING fts5("
-                        "content, tokenize='unicode61 remove_diacritics 0')"
-                    )
+                for ddl in _FULLTEXT_DDL.get(self.dialect, ()):
+                    conn.exec_driver_sql(ddl)
                 conn.execute(insert(info).values(key="schema_version", value=str(SCHEMA_VERSION)))
             elif int(version) != SCHEMA_VERSION:
                 raise SchemaVersionError(
@@ -641,10 +659,7 @@ class SQLStore:
         params = {"uid": doc["uid"], "time": doc["time"], "scan_id": scan_id, "start": _dumps(doc)}
         run_id = _INSERT_RUN.execute(conn, params).fetchone()[0]
         self._index(conn, run_id, "start", doc)
-        if self.dialect == "sqlite":
-            conn.connection.driver_connection.execute(  # type: ignore[union-attr]
-                "INSERT INTO runs_fts(rowid, content) VALUES (?, ?)", (run_id, fulltext(doc))
-            )
+        _INSERT_FULLTEXT[self.dialect].execute(conn, {"run_id": run_id, "content": fulltext(doc)})
         self._run_ids[doc["uid"]] = run_id
         self._ords[run_id] = 0  # a new run: nothing to look up
 

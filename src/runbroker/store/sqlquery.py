@@ -129,14 +129,19 @@ def _(query: q.Regex, dialect: str = "sqlite") -> ColumnElement[bool]:
 @compile_query.register
 def _(query: q.FullText, dialect: str = "sqlite") -> ColumnElement[bool]:
     tokens = q.text_tokens(query.text)
+    # unique=True: two FullText queries in one statement must not share a parameter.
     if dialect == "sqlite":
         phrase = " AND ".join('"' + t.replace('"', '""') + '"' for t in tokens)
-        # unique=True: two FullText queries in one statement must not share a parameter.
         sub = text("SELECT rowid FROM runs_fts WHERE runs_fts MATCH :fts").bindparams(
             bindparam("fts", phrase, unique=True)
         )
-        return runs.c.id.in_(sub)
-    raise NotImplementedError(f"FullText is not available on {dialect}")
+    else:
+        phrase = " & ".join("'" + t.replace("'", "''") + "'" for t in tokens)
+        sub = text(
+            "SELECT run_id FROM runs_fts "
+            "WHERE to_tsvector('simple', content) @@ to_tsquery('simple', :fts)"
+        ).bindparams(bindparam("fts", phrase, unique=True))
+    return runs.c.id.in_(sub)
 
 
 @compile_query.register

@@ -1,0 +1,98 @@
+"""A throwaway PostgreSQL cluster for the tests: initdb + pg_ctl in a temporary folder.
+
+Set ``RUNBROKER_TEST_POSTGRES`` to a SQLAlchemy URL (``postgresql+psycopg://user@host/db``)
+to use an existing server instead; each test then gets its own schema in that database.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import psycopg
+
+ENV = "RUNBROKER_TEST_POSTGRES"
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
+    )
+    if found is None:
+        raise RuntimeError(
+            f"PostgreSQL's {name} is not installed (Debian: apt-get install postgresql); "
+            f"or set {ENV} to the URL of an existing server"
+        )
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """Start with :meth:`start`, which returns the URL of an empty database; then :meth:`stop`.
+
+    PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres`` user.
+    """
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="runbroker-pg-"))
+        self.port = _free_port()
+        self.user: str | None = "postgres" if os.geteuid() == 0 else None
+
+    def _run(self, *args: str) -> None:
+        cmd = list(args)
+        if self.user:
+            cmd = ["runuser", "-u", self.user, "--", *cmd]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
+
+    def start(self) -> str:
+        data, sock = self.folder / "data", self.folder / "sock"
+        sock.mkdir()
+        if self.user:
+            shutil.chown(self.folder, self.user)
+            shutil.chown(sock, self.user)
+            self.folder.chmod(0o755)
+        self._run(
+            _binary("initdb"), "-D", str(data), "-U", "runbroker", "--auth=trust",
+            "-E", "UTF8", "--locale=C.UTF-8",
+        )  # fmt: skip
+        options = (
+            f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._run(
+            _binary("pg_ctl"), "-D", str(data), "-o", options,
+            "-l", str(self.folder / "log"), "-w", "start",
+        )  # fmt: skip
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="runbroker", dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute("CREATE DATABASE runbroker_test")
+        return f"postgresql+psycopg://runbroker@127.0.0.1:{self.port}/runbroker_test"
+
+    def stop(self) -> None:
+        try:
+            self._run(_binary("pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop")
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def new_schema(url: str, name: str) -> str:
+    """Create schema ``name`` in the database at ``url``; return a URL that uses it."""
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{name}"
