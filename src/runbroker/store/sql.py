@@ -261,6 +261,11 @@ class SQLStore:
         return engine
 
     def _init_schema(self) -> None:
+        if self.readonly:
+            # A reader (a dask worker, a second process) only checks what it finds.
+            with self._engine.connect() as conn:
+                self._check_version(conn, None)
+            return
         if self.dialect == "sqlite" and self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         with self._wengine.begin() as conn:
@@ -274,11 +279,25 @@ class SQLStore:
                 for ddl in _FULLTEXT_DDL.get(self.dialect, ()):
                     conn.exec_driver_sql(ddl)
                 conn.execute(insert(info).values(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(version) != SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"{self.uri} has catalog schema version {version}, this runbroker uses "
-                    f"{SCHEMA_VERSION}. Run `runbroker db upgrade {self.uri}` to upgrade it."
-                )
+            else:
+                self._check_version(conn, version)
+
+    def _check_version(self, conn: Connection, version: Any) -> None:
+        if version is None:
+            if not conn.dialect.has_table(conn, "runbroker_info"):
+                raise SchemaVersionError(f"{self.uri} is not a runbroker catalog")
+            version = conn.execute(
+                select(info.c.value).where(info.c.key == "schema_version")
+            ).scalar()
+        if int(version) != SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.uri} has catalog schema version {version}, this runbroker uses "
+                f"{SCHEMA_VERSION}. Run `runbroker db upgrade {self.uri}` to upgrade it."
+            )
+
+    def __reduce__(self) -> tuple:
+        # Sent to another process (a dask worker): it opens the same catalog to read.
+        return (_reader_for, (self.uri,))
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -952,6 +971,17 @@ class SQLStore:
 
     def __repr__(self) -> str:
         return f"SQLStore({self.uri!r})"
+
+
+_readers: dict[str, SQLStore] = {}
+
+
+def _reader_for(uri: str) -> SQLStore:
+    """One read-only store per catalog per process, shared by the tasks that need it."""
+    store = _readers.get(uri)
+    if store is None or store._closed:
+        store = _readers[uri] = SQLStore(uri, readonly=True)
+    return store
 
 
 def _decoded_page(data_blob: bytes, extra_blob: bytes) -> tuple[dict, dict, int]:
