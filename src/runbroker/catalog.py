@@ -46,6 +46,11 @@ class _LookupError(KeyError):
         return str(self.args[0])
 
 
+class NoStreamError(_LookupError, AttributeError):
+    """A run has no stream of that name: a KeyError for ``run[name]``, an AttributeError for
+    ``run.baseline`` (so that ``getattr(run, "baseline", None)`` works)."""
+
+
 def _when(t: float | None) -> str:
     return "?" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -117,13 +122,15 @@ class Catalog:
 
     def _records(self) -> Iterator[RunRecord]:
         # Small first batch (people often look at the first few), growing after that.
-        offset, size = 0, _FIRST_BATCH
+        # Each batch continues after the last run seen, so runs added meanwhile (newer ones,
+        # at the front) neither shift the batches nor show up twice.
+        before, size = None, _FIRST_BATCH
         while True:
-            batch = self.store.search(self.query, offset=offset, limit=size)
+            batch = self.store.search(self.query, limit=size, before=before)
             yield from batch
             if len(batch) < size:
                 return
-            offset += len(batch)
+            before = (batch[-1].start["time"], batch[-1].uid)
             size = min(2 * size, _MAX_BATCH)
 
     def __iter__(self) -> Iterator[str]:
@@ -318,7 +325,7 @@ class Run(Mapping[str, Stream]):
         descriptors = self.store.descriptors(self.uid)
         names = self._stream_names(descriptors)
         if name not in names:
-            raise _LookupError(
+            raise NoStreamError(
                 f"run {self.uid[:8]} has no stream {name!r}; its streams are {names}"
             )
         mine = [d for d in descriptors if d.get("name", "primary") == name]

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .store.base import PageInfo, Store
+from .store.base import PageGone, PageInfo, Store
 from .store.pages import concat_columns
 
 __all__ = ["Stream"]
@@ -182,17 +182,25 @@ class Stream:
         return list(fields)
 
     def _columns(self, chunks: list[_Chunk], names: list[str]) -> dict[str, Any]:
-        """Read columns of these chunks, each chunk in seq_num order, joined."""
+        """Read columns of these chunks, each chunk in seq_num order, joined, with seq_num."""
         pages = [p for c in chunks for p in c.pages]
-        # seq_num is only read when some events arrived out of order and must be sorted.
+        # seq_num is only read when it cannot be known from the page list: events that
+        # arrived out of order (to be sorted), or gaps in the numbering.
         unsorted = any(len(c.pages) > 1 or not c.pages[0].ordered for c in chunks)
-        wanted = ["seq_num", *names] if unsorted else names
+        counted = all(p.seq_max - p.seq_min + 1 == p.n for p in pages)
+        wanted = ["seq_num", *names] if unsorted or not counted else names
         decoded = self.store.read_pages([p.id for p in pages], wanted) if pages else []
         lengths = [p.n for p in pages]
         cols = {n: concat_columns([d.get(n) for d in decoded], lengths) for n in wanted}
+        if "seq_num" not in cols:
+            cols["seq_num"] = (
+                np.concatenate([np.arange(p.seq_min, p.seq_max + 1) for p in pages])
+                if pages
+                else np.empty(0, np.int64)
+            )
         if not unsorted:
             return cols
-        seq = np.asarray(cols.pop("seq_num"), dtype=np.int64)
+        seq = np.asarray(cols["seq_num"], dtype=np.int64)
         starts = np.cumsum([0] + [c.n for c in chunks], dtype=np.int64)
         order = np.concatenate(
             [lo + np.argsort(seq[lo:hi], kind="stable") for lo, hi in itertools.pairwise(starts)]
@@ -227,8 +235,16 @@ class Stream:
             2
         """
         names = self._check_fields(fields)
-        chunks, window = self._select(events)
-        return self._read_chunks(chunks, names, window)
+        for attempt in range(3):
+            chunks, window = self._select(events)
+            try:
+                return self._read_chunks(chunks, names, window)
+            except PageGone:
+                # The writer merged pages meanwhile (a finished run being laid out): events
+                # keep their positions, so plan again and read.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _read_chunks(
         self, chunks: list[_Chunk], names: list[str], window: slice = slice(None)
@@ -246,16 +262,21 @@ class Stream:
             values = cols.get("d:" + f)
             arr = _finish(values, dk) if n else _empty(dk)
             arr = arr[window]
-            attrs = {"units": dk.get("units"), "source": dk.get("source")}
-            for d in self._descriptors:
-                for obj, obj_fields in (d.get("object_keys") or {}).items():
-                    if f in obj_fields:
-                        attrs["object_name"] = obj
-            variables[f] = _variable(f, arr, dk, attrs)
-        coords = {"time": time[window]}
+            variables[f] = _variable(f, arr, dk, self._attrs(f))
+        seq = np.asarray(cols["seq_num"], dtype=np.int64)
+        coords = {"time": time[window], "seq_num": ("time", seq[window])}
         return xr.Dataset(
             variables, coords=coords, attrs={"stream": self.name, "uid": self.run_uid}
         )
+
+    def _attrs(self, field: str) -> dict[str, Any]:
+        dk = self.data_keys[field]
+        attrs = {"units": dk.get("units"), "source": dk.get("source")}
+        for d in self._descriptors:
+            for obj, obj_fields in (d.get("object_keys") or {}).items():
+                if field in obj_fields:
+                    attrs["object_name"] = obj
+        return attrs
 
     def timestamps(self, fields: Sequence[str] | str | None = None) -> xr.Dataset:
         """Per-reading timestamps of each field (seconds since the epoch), dimension ``time``.
@@ -302,28 +323,35 @@ class Stream:
         chunks = self._chunks()
         if not chunks:
             return self.read(names)
-        first = self._read_chunks(chunks[:1], names)
-        arrays: dict[str, list] = {f: [] for f in [*names, "time"]}
-        for i, chunk in enumerate(chunks):
-            piece = (
-                dask.delayed(first)
-                if i == 0
-                else dask.delayed(_read_chunk)(self.store, self.run_uid, self.name, chunk, names)
-            )
-            for f in arrays:
-                template = first[f]
-                arrays[f].append(
-                    da.from_delayed(
-                        dask.delayed(_values)(piece, f),
-                        shape=(chunk.n, *template.shape[1:]),
-                        dtype=template.dtype,
-                    )
+        keys = self.data_keys
+        specs = {f: _spec(keys[f]) for f in names}
+        # Only the index (time, seq_num) is read now, and the small scalar columns whose dtype
+        # depends on their values: integers/booleans (float if a reading is missing, as in
+        # read()) and strings (their width), so that compute() gives what read() gives.
+        probe = [f for f in names if specs[f][0].kind in "iubO" and not specs[f][1]]
+        index = self._columns(chunks, ["time", *("d:" + f for f in probe)])
+        for f in probe:
+            specs[f] = (_finish(index["d:" + f], keys[f]).dtype, ())
+        data_vars = {}
+        for f in names:
+            dtype, shape = specs[f]
+            parts = [
+                da.from_delayed(
+                    dask.delayed(_read_field)(self.store, self.run_uid, self.name, chunk, f, dtype),
+                    shape=(chunk.n, *shape),
+                    dtype=dtype,
                 )
-        data_vars = {f: (first[f].dims, da.concatenate(arrays[f]), first[f].attrs) for f in names}
+                for chunk in chunks
+            ]
+            template = _variable(f, np.empty((0, *shape), dtype), keys[f], self._attrs(f))
+            data_vars[f] = (template.dims, da.concatenate(parts), template.attrs)
         coords = {
-            "time": ("time", da.concatenate(arrays["time"]).compute()),
+            "time": np.asarray(index["time"], dtype="float64"),
+            "seq_num": ("time", np.asarray(index["seq_num"], dtype=np.int64)),
         }
-        return xr.Dataset(data_vars, coords=coords, attrs=first.attrs)
+        return xr.Dataset(
+            data_vars, coords=coords, attrs={"stream": self.name, "uid": self.run_uid}
+        )
 
     def iter_chunks(
         self, fields: Sequence[str] | str | None = None, size: int = 100_000
@@ -383,9 +411,32 @@ class Stream:
         return f"<Stream {self.name!r} of run {self.run_uid[:8]}: fields {self.fields}>"
 
 
-def _read_chunk(store: Store, run_uid: str, name: str, chunk: _Chunk, names: list[str]) -> Any:
-    return Stream(store, run_uid, name)._read_chunks([chunk], names)
+def _spec(data_key: Mapping[str, Any]) -> tuple[np.dtype, tuple[int, ...]]:
+    """dtype and per-event shape a field will have, from its descriptor alone."""
+    shape = data_key.get("shape") or []
+    if any(s is None for s in shape):
+        return np.dtype(object), ()
+    declared = np.dtype(data_key["dtype_numpy"]) if data_key.get("dtype_numpy") else None
+    if declared is not None and declared.kind not in "USO":
+        return declared, tuple(shape)
+    # Strings (whose width only the data tells) are objects, in every chunk alike.
+    if data_key.get("dtype") == "string" or declared is not None:
+        return np.dtype(object), tuple(shape)
+    kind = data_key.get("dtype")
+    return np.dtype(_DTYPES.get(kind, "float64")), tuple(shape)
 
 
-def _values(ds: xr.Dataset, name: str) -> np.ndarray:
-    return np.asarray(ds[name].values)
+def _read_field(
+    store: Store, run_uid: str, name: str, chunk: _Chunk, field: str, dtype: np.dtype
+) -> np.ndarray:
+    stream = Stream(store, run_uid, name)
+    try:
+        values = stream._read_chunks([chunk], [field])[field].values
+    except PageGone:  # pages merged since to_dask() planned: same events, same positions
+        window = slice(chunk.start, chunk.start + chunk.n)
+        values = stream.read([field], events=window)[field].values
+    if dtype.kind in "OU":
+        return values.astype(dtype)
+    if dtype.kind in "iub" and values.dtype.kind == "f" and np.isnan(values).any():
+        return values  # missing readings: NaN needs a float column, as read() gives
+    return values.astype(dtype, copy=False)

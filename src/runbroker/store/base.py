@@ -14,9 +14,13 @@ import numpy as np
 
 from ..queries import Query
 
-__all__ = ["Columns", "PageInfo", "RunRecord", "Store"]
+__all__ = ["Columns", "PageGone", "PageInfo", "RunRecord", "Store"]
 
 Columns = dict[str, "np.ndarray | list"]
+
+
+class PageGone(LookupError):
+    """A page listed by ``Store.pages`` was merged away before it was read; list again."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,18 @@ class Store(Protocol):
         """Flush and release connections."""
 
     def search(
-        self, query: Query | None, *, offset: int = 0, limit: int | None = None
+        self,
+        query: Query | None,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[RunRecord]:
-        """Runs matching ``query``, newest first, from ``offset``, at most ``limit``."""
+        """Runs matching ``query``, newest first, from ``offset``, at most ``limit``.
+
+        ``before=(time, uid)`` starts after that run in this order (stable paging while
+        runs are being added).
+        """
 
     def count(self, query: Query | None) -> int:
         """How many runs match ``query``."""
@@ -80,7 +93,10 @@ class Store(Protocol):
         """Pages of these descriptors, grouped by descriptor in the given order, by seq_min."""
 
     def read_pages(self, page_ids: list[int], columns: list[str] | None) -> list[Columns]:
-        """Decoded columns of each page (all when ``columns`` is None), in the given order."""
+        """Decoded columns of each page (all when ``columns`` is None), in the given order.
+
+        Raises :class:`PageGone` if a page no longer exists (merged by a writer).
+        """
 
     def documents(self, run_uid: str) -> Iterator[tuple[str, Any]]:
         """The run's documents in the order they were stored; events come as event pages."""

@@ -62,6 +62,21 @@ class Batch:
     data: dict[str, np.ndarray | list]
     extra: dict[str, np.ndarray | list]
 
+    def keep(self, mask: np.ndarray) -> Batch | None:
+        """The events where ``mask`` is true, or None if there are none."""
+        if not mask.any():
+            return None
+
+        def pick(col: np.ndarray | list) -> np.ndarray | list:
+            if isinstance(col, np.ndarray):
+                return col[mask]
+            return [v for v, m in zip(col, mask, strict=True) if m]
+
+        data = {k: pick(v) for k, v in self.data.items()}
+        seqs = data["seq_num"]
+        extra = {k: pick(v) for k, v in self.extra.items()}
+        return Batch(int(mask.sum()), int(seqs.min()), int(seqs.max()), data, extra)
+
     @property
     def ordered(self) -> bool:
         """True when seq_nums strictly increase through the batch."""
@@ -102,6 +117,9 @@ class DescriptorState:
     since: float = 0.0
     small_pages: int = 0
     pages_written: int = 0
+    # Highest seq_num this writer knows to be in the database; a higher one found there at
+    # flush time means another writer wrote this descriptor too.
+    flushed_max: int = -1
     # uids of single events written through this state: refuses an event uid reused with
     # another seq_num. Held only while the run is being written (dropped at its stop).
     uids: set[str] = field(default_factory=set)
@@ -123,7 +141,10 @@ class DescriptorState:
             shape = [s for s in (dk.get("shape") or []) if s]
             per_event += 8 * int(np.prod(shape)) if shape else 8
         max_events = max(1, min(MAX_EVENTS_PER_PAGE, MAX_BYTES_PER_PAGE // per_event))
-        return cls(id, doc["uid"], run_id, run_uid, tuple(data_keys), seq_max, max_events)
+        return cls(
+            id, doc["uid"], run_id, run_uid, tuple(data_keys), seq_max, max_events,
+            flushed_max=seq_max,
+        )  # fmt: skip
 
     def check_keys(self, name: str, uid: Any, doc: dict) -> None:
         """Refuse data/timestamps/filled keys that the descriptor does not declare."""
@@ -165,6 +186,8 @@ class DescriptorState:
                 f"(seq_num {seq} is new)",
             )
         self.uids.add(doc["uid"])
+        # Keep what the event says now: the caller may change its dicts or arrays later.
+        doc = dict(doc, data=_own(doc["data"]), timestamps=dict(doc["timestamps"]))
         self._touch(1)
         self.pending.append(doc)
         self.pending_seqs[seq] = doc
@@ -172,6 +195,21 @@ class DescriptorState:
         if len(self.pending) >= self.max_events:
             self._cut()
         return True
+
+    def add_from_page(self, page: dict, events: list[dict]) -> None:
+        """Queue these events of ``page`` (already checked against the store): all or none."""
+        uids = [e["uid"] for e in events]
+        reused = [u for u in uids if u in self.uids]
+        if reused or len(set(uids)) != len(uids):
+            raise ConflictError(
+                "event_page",
+                page["uid"],
+                "uid",
+                f"event uid {(reused or uids)[0]!r} was already used by another event of "
+                f"descriptor {self.uid!r}",
+            )
+        for e in events:
+            self.add(e)
 
     def add_batch(self, batch: Batch) -> None:
         """Queue a page's worth of columns, after any single events queued before it."""
@@ -224,10 +262,12 @@ class DescriptorState:
                 extra["f:" + f] = [fill.get(f) for fill in fills]
         return Batch(len(events), int(seqs.min()), int(seqs.max()), data, extra)
 
-    def page_batch(self, doc: dict) -> Batch:
+    def page_batch(self, doc: dict) -> Batch | None:
         """Columns of an event_page document, after checking its columns line up."""
         uids = doc["uid"]
         n = len(uids)
+        if n == 0:
+            return None
 
         def col(part: str, f: str) -> Any:
             values = doc[part].get(f)
@@ -240,22 +280,34 @@ class DescriptorState:
                     f"{part}.{f}",
                     f"has {len(values)} values but the page has {n} uids",
                 )
-            return to_column(values)
+            column = to_column(values)
+            # The caller may reuse its buffers (flyers do): keep our own copy.
+            return column.copy() if column is values else column
 
         for key in ("time", "seq_num"):
             if len(doc[key]) != n:
                 raise DocumentError(
                     "event_page", uids, key, f"has {len(doc[key])} values but the page has {n} uids"
                 )
-        seqs = np.asarray(doc["seq_num"], dtype=np.int64)
-        data: dict[str, Any] = {"time": np.asarray(doc["time"], dtype=np.float64), "seq_num": seqs}
+        seqs = np.array(doc["seq_num"], dtype=np.int64)
+        if len(np.unique(seqs)) != n:
+            raise DocumentError("event_page", uids, "seq_num", "the same seq_num appears twice")
+        data: dict[str, Any] = {"time": np.array(doc["time"], dtype=np.float64), "seq_num": seqs}
         extra: dict[str, Any] = {"uid": list(uids)}
         for f in self.fields:
             data["d:" + f] = col("data", f)
             extra["t:" + f] = col("timestamps", f)
         for f, values in (doc.get("filled") or {}).items():
+            if len(values) != n:
+                raise DocumentError(
+                    "event_page", uids, f"filled.{f}", f"has {len(values)} values, not {n}"
+                )
             extra["f:" + f] = list(values)
         return Batch(n, int(seqs.min()), int(seqs.max()), data, extra)
+
+
+def _own(values: dict) -> dict:
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in values.items()}
 
 
 def _join(batches: list[Batch]) -> Batch:

@@ -33,7 +33,8 @@ def scalar_row(value: Any) -> tuple[str, int | float | None, str | None] | None:
     if isinstance(value, bool):
         return ("b", int(value), None)
     if isinstance(value, int):
-        return ("n", value, None)
+        # Databases hold 64-bit integers; beyond that, compare as a float.
+        return ("n", value if -(2**63) <= value < 2**63 else float(value), None)
     if isinstance(value, float):
         # NaN never compares equal; storing NULL keeps SQL and Python in agreement.
         return ("n", None if math.isnan(value) else value, None)
@@ -50,6 +51,8 @@ def flatten(prefix: str, doc: dict) -> Iterator[Row]:
         [('start.a.b', True, 'n', 1, None), ('start.a.b', True, 's', None, 'x')]
     """
     for key, value in doc.items():
+        if "." in str(key):
+            continue  # a dotted field name cannot be addressed by a query key (see queries)
         path = f"{prefix}.{key}"
         if isinstance(value, np.ndarray):
             value = value.tolist()

@@ -28,10 +28,11 @@ import numpy as np
 import orjson
 import zstandard
 
+from . import jsoncodec
+
 __all__ = ["MISSING_VALUE", "concat_columns", "decode", "encode", "to_column"]
 
 _HEADER = struct.Struct("<I")
-_JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 # Arrays smaller than this gain too little from compression to pay for it.
 _COMPRESS_MIN_BYTES = 4096
 _zc = zstandard.ZstdCompressor(level=1)
@@ -111,8 +112,11 @@ def encode(columns: Mapping[str, np.ndarray | list]) -> bytes:
                 if len(packed) < 0.9 * col.nbytes:
                     buf, codec = packed, "zstd"
             header[name] = [codec, col.dtype.str, list(col.shape), offset, len(buf)]
+        elif name == "uid":  # strings, as the schema requires: no need to look for NaN
+            buf = orjson.dumps(col)
+            header[name] = ["json", None, [len(col)], offset, len(buf)]
         else:
-            buf = orjson.dumps(col, option=_JSON_OPTS)
+            buf = jsoncodec.dumps(col)
             header[name] = ["json", None, [len(col)], offset, len(buf)]
         buffers.append(buf)
         offset += len(buf)
@@ -144,7 +148,7 @@ def decode(blob: bytes, names: Iterable[str] | None = None) -> dict[str, np.ndar
             out[name] = np.full(shape, value[0], dtype=dtype)
             continue
         if codec == "json":
-            out[name] = orjson.loads(memoryview(blob)[start : start + nbytes])
+            out[name] = jsoncodec.loads(memoryview(blob)[start : start + nbytes])
             continue
         if codec == "zstd":
             raw: Any = _zd.decompress(blob[start : start + nbytes])

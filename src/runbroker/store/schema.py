@@ -71,7 +71,7 @@ runs = Table(
         unique=True,
     ),
     Column("time", Float, nullable=False),
-    Column("scan_id", Float),
+    Column("scan_id", ExactNumber()),
     Column("start", LargeBinary, nullable=False),
     Column("stop", LargeBinary),
     Index("ix_runs_time_uid", "time", "uid"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import heapq
+import math
 import re
 import threading
 import time
@@ -23,10 +24,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import orjson
 from event_model import pack_datum_page, unpack_datum_page, unpack_event_page
 from sqlalchemy import (
     Connection,
+    and_,
     bindparam,
     create_engine,
     delete,
@@ -35,14 +36,16 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Engine
 
 from ..documents import ConflictError, DocumentError, UnknownParentError, validate
 from ..queries import Query
+from . import jsoncodec
 from . import pages as codec
-from .base import PageInfo, RunRecord
+from .base import PageGone, PageInfo, RunRecord
 from .events import (
     MAX_EVENTS_PER_PAGE,
     DescriptorState,
@@ -69,12 +72,13 @@ from .sqlquery import compile_query, is_common
 
 __all__ = ["SQLStore", "SchemaVersionError"]
 
-_JSON = orjson.OPT_SERIALIZE_NUMPY
 # A descriptor's pages are merged once this many small ones have piled up (slow live runs).
 _COMPACT_AFTER = 32
 # A metadata value held by at least this many runs is "common": a search for the newest
 # hits then walks runs by time instead of collecting every hit first.
 _COMMON = 2000
+# Runs whose writing state is kept in memory at most (beyond, idle ones are forgotten).
+_MAX_CACHED = 256
 # WAL sizes that start a background checkpoint, and a blocking one.
 _WAL_BACKGROUND = 64 * 2**20
 _WAL_BLOCKING = 512 * 2**20
@@ -94,6 +98,7 @@ _PAGE_KEYS = [
     "data",
     "extra",
 ]
+_MAX_SEQ = select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == bindparam("d"))
 _INSERT_PAGE = Prepared(insert(pages), _PAGE_KEYS)
 _START_OF = Prepared(select(runs.c.start).where(runs.c.uid == bindparam("uid")))
 _INSERT_RUN = Prepared(insert(runs).returning(runs.c.id), ["uid", "time", "scan_id", "start"])
@@ -155,8 +160,8 @@ class SchemaVersionError(RuntimeError):
     """The catalog was written by a different schema version than this runbroker uses."""
 
 
-def _dumps(doc: Any) -> bytes:
-    return orjson.dumps(doc, option=_JSON)
+_dumps = jsoncodec.dumps
+_loads = jsoncodec.loads
 
 
 @lru_cache(maxsize=256)
@@ -195,6 +200,7 @@ class SQLStore:
         self._run_ids: dict[str, int] = {}
         self._closed = False
         self._flush_error: Exception | None = None
+        self._deferred_error: Exception | None = None
         self._ords: dict[int, int] = {}
         # When the oldest write of the open transaction happened (None: nothing pending).
         self._dirty_since: float | None = None
@@ -268,6 +274,12 @@ class SQLStore:
             return
         if self.dialect == "sqlite" and self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if self.uri != "sqlite://":
+            # An existing catalog opens without waiting for a writer's transaction.
+            with self._engine.connect() as conn:
+                if conn.dialect.has_table(conn, "runbroker_info"):
+                    self._check_version(conn, None)
+                    return
         with self._wengine.begin() as conn:
             version = None
             if conn.dialect.has_table(conn, "runbroker_info"):
@@ -305,6 +317,8 @@ class SQLStore:
         """Validate and store one document. See the module docstring for visibility."""
         doc = validate(name, doc)
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self.uri} is closed: open the catalog again to insert")
             if self._flush_error is not None:
                 err, self._flush_error = self._flush_error, None
                 raise RuntimeError(f"queued documents could not be written to {self.uri}") from err
@@ -324,8 +338,6 @@ class SQLStore:
                     self._ords.clear()
                     raise
                 raw.execute("RELEASE rb_document")
-            if self._dirty_since is None:
-                self._dirty_since = time.monotonic()
             if (
                 self.durability == "event"
                 or self._queue_full()
@@ -397,6 +409,10 @@ class SQLStore:
             self._wconn = self._wengine.connect()
         if not self._wconn.in_transaction():
             self._wconn.begin()
+            # Even a transaction that ends up empty (a refused document) holds the write
+            # lock: commit it on the usual schedule.
+            self._dirty_since = time.monotonic()
+            self._ensure_flusher()
         return self._wconn
 
     def _pending(self) -> bool:
@@ -412,6 +428,10 @@ class SQLStore:
             self._flush_states(conn)
             conn.commit()
             self._after_commit()
+            self._prune()
+            if self._deferred_error is not None:
+                error, self._deferred_error = self._deferred_error, None
+                raise error
         except BaseException:
             if conn.in_transaction():
                 conn.rollback()
@@ -441,6 +461,8 @@ class SQLStore:
                 state.add(doc)
             return
         batch = state.page_batch(doc)
+        if batch is None:
+            return  # an empty page: nothing to store
         if batch.seq_min > state.seq_max:
             state.add_batch(batch)
             return
@@ -449,8 +471,8 @@ class SQLStore:
         fresh = [e for e in events if self._is_new(conn, state, e, page=doc)]
         if len(fresh) == len(events):
             state.add_batch(batch)
-        for e in fresh if len(fresh) != len(events) else ():
-            state.add(e)
+        else:
+            state.add_from_page(doc, fresh)
 
     def _is_new(
         self, conn: Connection, state: DescriptorState, doc: dict, page: Any = None
@@ -512,7 +534,7 @@ class SQLStore:
             select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == row.id)
         ).scalar()
         state = DescriptorState.from_descriptor(
-            row.id, row.run_id, row.uid, orjson.loads(row.body), seq_max or 0
+            row.id, row.run_id, row.uid, _loads(row.body), seq_max or 0
         )
         self._states[uid] = state
         return state
@@ -520,10 +542,19 @@ class SQLStore:
     def _flush_states(self, conn: Connection) -> None:
         """Write every queued event into the open transaction, as column pages."""
         rows = []
-        for state in self._states.values():
+        for state in sorted(self._states.values(), key=lambda s: s.id):
             if not state.queued:
                 continue
-            for batch in state.take():
+            batches = state.take()
+            if self.dialect == "postgresql":
+                # Writers of one descriptor take turns, so the check below sees every page.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (state.id,))
+            stored_max = conn.execute(_MAX_SEQ, {"d": state.id}).scalar() or 0
+            if stored_max > state.flushed_max:
+                # Another writer (process or catalog object) wrote this descriptor meanwhile.
+                batches = self._drop_repeats(conn, state, batches, stored_max)
+            for batch in batches:
+                state.flushed_max = max(state.flushed_max, batch.seq_max)
                 rows.append(
                     {
                         "descriptor_id": state.id,
@@ -545,6 +576,39 @@ class SQLStore:
         for state in self._states.values():
             if state.small_pages >= _COMPACT_AFTER:
                 self._compact(conn, state)
+
+    def _drop_repeats(
+        self, conn: Connection, state: DescriptorState, batches: list, stored_max: int
+    ) -> list:
+        """Leave out queued events another writer already stored; keep refusals for later.
+
+        An identical event is a repeat (a retried RunEngine). A different one with a stored
+        seq_num cannot be refused by ``insert`` any more (it returned): it is not stored,
+        and the ConflictError is raised by the next ``flush``/``insert``.
+        """
+        kept = []
+        for batch in batches:
+            seqs = np.asarray(batch.data["seq_num"])
+            mask = np.ones(batch.n, dtype=bool)
+            for i in np.nonzero(seqs <= stored_max)[0]:
+                stored = self._stored_event(conn, state, int(seqs[i]))
+                if stored is None:
+                    continue
+                mask[i] = False
+                mine = event_from_columns(state.uid, batch.data, batch.extra, int(i))
+                if canonical(stored) != canonical(mine) and self._deferred_error is None:
+                    self._deferred_error = ConflictError(
+                        "event",
+                        mine["uid"],
+                        "seq_num",
+                        f"another writer stored seq_num {int(seqs[i])} of descriptor "
+                        f"{state.uid!r} (uid {stored['uid']!r}) with different content; "
+                        "this event was not stored",
+                    )
+            kept_batch = batch if mask.all() else batch.keep(mask)
+            if kept_batch is not None:
+                kept.append(kept_batch)
+        return kept
 
     def _next_ord(self, conn: Connection, run_id: int) -> int:
         """The next position in the run's replay order (kept in memory while writing)."""
@@ -592,7 +656,8 @@ class SQLStore:
             insert(pages).values(
                 descriptor_id=state.id,
                 run_id=state.run_id,
-                ord=min(r.ord for r in rows),
+                # The last position of the group: every datum the events need comes before.
+                ord=max(r.ord for r in rows),
                 n=len(seqs),
                 seq_min=int(seqs.min()),
                 seq_max=int(seqs.max()),
@@ -601,6 +666,18 @@ class SQLStore:
                 extra=codec.encode(extra),
             )
         )
+
+    def _prune(self) -> None:
+        """Bound what is kept in memory for runs that never stop (crashes, late events)."""
+        if len(self._states) > _MAX_CACHED:
+            idle = [u for u, s in self._states.items() if not s.queued]
+            for uid in idle[: len(self._states) - _MAX_CACHED // 2]:
+                del self._states[uid]
+        if len(self._run_ids) > _MAX_CACHED:
+            self._run_ids.clear()
+        if len(self._ords) > _MAX_CACHED:
+            live = {s.run_id for s in self._states.values()}
+            self._ords = {r: o for r, o in self._ords.items() if r in live}
 
     def _after_commit(self) -> None:
         """Keep the WAL bounded: checkpoint beside ingest, or right now if it grew large."""
@@ -662,7 +739,7 @@ class SQLStore:
         """True if ``doc`` repeats the stored one; raise if it differs from it."""
         if stored is None:
             return False
-        if canonical(orjson.loads(stored)) == canonical(doc):
+        if canonical(_loads(stored)) == canonical(doc):
             return True
         raise ConflictError(
             name, doc.get(key), key, "a different document with this uid is already stored"
@@ -673,8 +750,13 @@ class SQLStore:
         if self._same_or_conflict("start", doc, stored and stored[0], "uid"):
             return
         scan_id = doc.get("scan_id")
-        if isinstance(scan_id, bool) or not isinstance(scan_id, (int, float)):
+        if isinstance(scan_id, np.generic):
+            scan_id = scan_id.item()
+        usable = isinstance(scan_id, (int, float)) and not isinstance(scan_id, bool)
+        if not usable or (isinstance(scan_id, float) and not math.isfinite(scan_id)):
             scan_id = None
+        elif isinstance(scan_id, int) and not -(2**63) <= scan_id < 2**63:
+            scan_id = float(scan_id)
         params = {"uid": doc["uid"], "time": doc["time"], "scan_id": scan_id, "start": _dumps(doc)}
         run_id = _INSERT_RUN.execute(conn, params).fetchone()[0]
         self._index(conn, run_id, "start", doc)
@@ -741,6 +823,11 @@ class SQLStore:
                 f"refers to resource {page['resource']!r}, which is not in this catalog",
             )
         ids = page["datum_id"]
+        if len(set(ids)) != len(ids):
+            repeated = next(i for i in ids if ids.count(i) > 1)
+            raise DocumentError(
+                name, ids, "datum_id", f"datum_id {repeated!r} appears twice in the page"
+            )
         existing = dict(
             conn.execute(
                 select(datums.c.datum_id, documents.c.body)
@@ -754,7 +841,7 @@ class SQLStore:
                 if d["datum_id"] in existing:
                     old = next(
                         x
-                        for x in unpack_datum_page(orjson.loads(existing[d["datum_id"]]))
+                        for x in unpack_datum_page(_loads(existing[d["datum_id"]]))
                         if x["datum_id"] == d["datum_id"]
                     )
                     if canonical(old) != canonical(d):
@@ -784,7 +871,10 @@ class SQLStore:
         ).scalar_one()
         conn.execute(
             insert(datums),
-            [{"datum_id": i, "document_id": doc_id, "resource": page["resource"]} for i in ids],
+            [
+                {"datum_id": i, "document_id": doc_id, "resource": page["resource"]}
+                for i in page["datum_id"]
+            ],
         )
 
     def _write_document(self, conn: Connection, name: str, doc: dict) -> None:
@@ -833,7 +923,12 @@ class SQLStore:
         return self._engine.connect()
 
     def search(
-        self, query: Query | None, *, offset: int = 0, limit: int | None = None
+        self,
+        query: Query | None,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[RunRecord]:
         """Runs matching ``query``, newest first."""
         self._flush_if_pending()
@@ -850,6 +945,8 @@ class SQLStore:
                 is_common.reset(token)
         # Order and cut on (time, uid, id) alone, then fetch the documents of the survivors:
         # sorting thousands of hits never drags their start documents along.
+        if before is not None:
+            where = and_(where, tuple_(runs.c.time, runs.c.uid) < tuple_(*before))
         ids = (
             select(runs.c.id)
             .where(where)
@@ -866,7 +963,7 @@ class SQLStore:
         with self._read() as conn:
             rows = conn.execute(stmt).all()
         return [
-            RunRecord(uid, orjson.loads(start), orjson.loads(stop) if stop else None)
+            RunRecord(uid, _loads(start), _loads(stop) if stop else None)
             for uid, start, stop in rows
         ]
 
@@ -884,14 +981,14 @@ class SQLStore:
             row = conn.execute(select(runs.c.start, runs.c.stop).where(runs.c.uid == uid)).first()
         if row is None:
             return None
-        return RunRecord(uid, orjson.loads(row.start), orjson.loads(row.stop) if row.stop else None)
+        return RunRecord(uid, _loads(row.start), _loads(row.stop) if row.stop else None)
 
     def descriptors(self, run_uid: str) -> list[dict]:
         """The run's descriptors in stored order."""
         self._flush_if_pending()
         with self._read() as conn:
             rows = _DESCRIPTORS_OF_RUN.execute(conn, {"uid": run_uid}).fetchall()
-        return [orjson.loads(b) for (b,) in rows]
+        return [_loads(b) for (b,) in rows]
 
     def pages(self, descriptor_uids: list[str]) -> list[PageInfo]:
         """Pages of these descriptors, in descriptor order then seq order."""
@@ -911,6 +1008,8 @@ class SQLStore:
         with self._read() as conn:
             for page_id in page_ids:
                 blobs = statement.execute(conn, {"id": page_id}).fetchone()
+                if blobs is None:
+                    raise PageGone(f"page {page_id} of {self.uri} was merged; list pages again")
                 decoded = codec.decode(blobs[0], columns)
                 if extra:
                     decoded.update(codec.decode(blobs[1], columns))
@@ -927,7 +1026,7 @@ class SQLStore:
             if row is None:
                 raise KeyError(run_uid)
             run_id = row.id
-            yield "start", orjson.loads(row.start)
+            yield "start", _loads(row.start)
             desc = conn.execute(
                 select(descriptors.c.ord, descriptors.c.uid, descriptors.c.body)
                 .where(descriptors.c.run_id == run_id)
@@ -955,14 +1054,14 @@ class SQLStore:
             for (kind, descriptor), items in groupby(merged, key=_replay_key):
                 if kind != "event_page":
                     for _, _, body in items:
-                        yield kind, orjson.loads(body)
+                        yield kind, _loads(body)
                     continue
                 # Consecutive pages of one descriptor replay as evenly cut pages.
                 parts = (_decoded_page(body[1], body[2]) for _, _, body in items)
                 for data, extra in rechunk(parts, MAX_EVENTS_PER_PAGE):
                     yield kind, page_from_columns(descriptor, data, extra)
             if row.stop:
-                yield "stop", orjson.loads(row.stop)
+                yield "stop", _loads(row.stop)
 
     def _flush_if_pending(self) -> None:
         # Reads in the writing process see its own pending writes.

@@ -157,7 +157,7 @@ def _(query: q.TimeRange, dialect: str = "sqlite") -> ColumnElement[bool]:
 @compile_query.register
 def _(query: q.ScanID, dialect: str = "sqlite") -> ColumnElement[bool]:
     # "IS NOT NULL" keeps the condition two-valued, so that Not() of it is exact.
-    return and_(runs.c.scan_id.is_not(None), runs.c.scan_id.in_([float(s) for s in query.scan_ids]))
+    return and_(runs.c.scan_id.is_not(None), runs.c.scan_id.in_(list(query.scan_ids)))
 
 
 @compile_query.register

@@ -1,4 +1,4 @@
-"""Review findings: each test shows one defect (it fails on the reviewed code).
+"""Robustness: data loss, concurrency, validation holes and consistency found in review.
 
 Documents are real event-model documents (``event_model.compose_run``) or come from a bluesky
 RunEngine with ophyd's simulated devices. Every test uses its own catalog file.
@@ -319,7 +319,8 @@ def test_insert_after_close_is_refused_or_committed(tmp_path):
     assert _committed_runs(path) == 1
 
 
-def test_readonly_open_does_not_wait_for_a_writers_transaction(tmp_path):
+@pytest.mark.parametrize("readonly", [True, False], ids=["readonly", "default"])
+def test_opening_does_not_wait_for_a_writers_transaction(tmp_path, readonly):
     path = tmp_path / "runs.db"
     writer = runbroker.open(path)
     writer.insert("start", compose_run(metadata={"scan_id": 1}).start_doc)
@@ -336,7 +337,7 @@ def test_readonly_open_does_not_wait_for_a_writers_transaction(tmp_path):
     result: dict = {}
 
     def reader():
-        cat = runbroker.open(path, readonly=True)
+        cat = runbroker.open(path, readonly=readonly)  # a reader in another process
         result["len"] = len(cat)
         cat.close()
 
@@ -345,8 +346,9 @@ def test_readonly_open_does_not_wait_for_a_writers_transaction(tmp_path):
         opener = threading.Thread(target=reader, daemon=True)
         opener.start()
         opener.join(2.0)
-        # _init_schema runs BEGIN IMMEDIATE even for readonly=True: opening blocks for as
-        # long as any writer holds a transaction (busy_timeout is 60 s).
+        # _init_schema runs BEGIN IMMEDIATE on an existing catalog (fixed for readonly=True
+        # in e2fc708): opening blocks for as long as any writer holds a transaction
+        # (busy_timeout is 60 s), e.g. during another process's ingest().
         assert result.get("len") == 1
     finally:
         release.set()
@@ -365,8 +367,10 @@ def test_reader_racing_a_compaction_reads_the_stream(tmp_path, monkeypatch):
     stream = reader[-1].primary
     read_pages = reader.store.read_pages
 
+    stop = bundle.compose_stop()
+
     def racing(page_ids, columns):
-        writer.insert("stop", bundle.compose_stop())  # compacts the stream's pages
+        writer.insert("stop", stop)  # compacts the stream's pages (a repeat is a no-op)
         writer.flush()
         return read_pages(page_ids, columns)
 

@@ -1,0 +1,68 @@
+"""JSON for stored documents: fast (orjson) and lossless (NaN, infinities, huge ints).
+
+orjson writes NaN and infinities as ``null`` and refuses integers beyond 64 bits. Such values
+are rare in documents but must come back as they went in, so documents holding them are
+written by the standard library instead, which spells them ``NaN``/``Infinity`` and keeps
+big integers; reading falls back the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+
+__all__ = ["dumps", "loads"]
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY
+_INT64 = 2**63
+
+
+def _unusual(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, int):
+        return not -_INT64 <= value < _INT64
+    if isinstance(value, dict):
+        return any(_unusual(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_unusual(v) for v in value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fc":
+        return not bool(np.isfinite(value).all())
+    if isinstance(value, np.floating):
+        return not math.isfinite(float(value))
+    return False
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def dumps(value: Any) -> bytes:
+    """Encode ``value``; NaN, infinities and big integers survive.
+
+    Example:
+        >>> loads(dumps({"a": float("nan"), "b": 2**70}))["b"] == 2**70
+        True
+    """
+    if _unusual(value):
+        return json.dumps(value, default=_plain, allow_nan=True).encode()
+    return orjson.dumps(value, option=_OPTS)
+
+
+def loads(data: bytes | memoryview | str) -> Any:
+    """Decode what :func:`dumps` wrote.
+
+    Example:
+        >>> loads(b"[1, 2]")
+        [1, 2]
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(bytes(data))
