@@ -104,12 +104,11 @@ def validate(name: str, doc: Any) -> dict:
         >>> validate("stop", stop) is stop
         True
     """
-    if not isinstance(doc, Mapping):
+    if type(doc) is not dict and not isinstance(doc, Mapping):
         raise DocumentError(str(name), None, None, f"expected a dict, got {type(doc).__name__}")
-    uid = doc.get(_ID_KEY.get(name, "uid"), doc.get("uid", doc.get("datum_id")))
     if name not in DOCUMENT_NAMES:
         raise DocumentError(
-            str(name), uid, None, f"unknown document type; expected one of {DOCUMENT_NAMES}"
+            str(name), _uid(name, doc), None, f"unknown document type; expected {DOCUMENT_NAMES}"
         )
     validator = _validator(name)
     if name == "event_page":
@@ -145,12 +144,16 @@ def validate(name: str, doc: Any) -> dict:
     elif kind.name in ("unevaluatedProperties", "additionalProperties"):
         path.append(",".join(map(str, kind.unexpected)))
     reason = err.message.splitlines()[0]
-    raise DocumentError(name, uid, ".".join(path) or None, reason)
+    raise DocumentError(name, _uid(name, doc), ".".join(path) or None, reason)
 
 
 # One element stands for a whole numeric array: every element has the same JSON type, so the
 # schema's verdict is the same, without converting a million numbers to Python objects.
 _REPRESENTATIVE = {"f": 0.0, "i": 0, "u": 0, "b": False}
+
+
+def _uid(name: str, doc: Mapping) -> Any:
+    return doc.get(_ID_KEY.get(name, "uid"), doc.get("uid", doc.get("datum_id")))
 
 
 def _page_skeleton(doc: Mapping) -> dict | None:

@@ -22,6 +22,13 @@ _INT64 = 2**63
 
 
 def _unusual(value: Any) -> bool:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:  # the common leaves, decided first
+        return False
+    if kind is dict:
+        return any(_unusual(v) for v in value.values())
+    if kind is list:
+        return any(_unusual(v) for v in value)
     if isinstance(value, float):
         return not math.isfinite(value)
     if isinstance(value, int):

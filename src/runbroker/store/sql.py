@@ -201,6 +201,8 @@ class SQLStore:
         self._closed = False
         self._flush_error: Exception | None = None
         self._deferred_error: Exception | None = None
+        self._last_queued: DescriptorState | None = None
+        self._txn_descriptors: set[int] = set()  # descriptors inserted in the open transaction
         self._ords: dict[int, int] = {}
         # When the oldest write of the open transaction happened (None: nothing pending).
         self._dirty_since: float | None = None
@@ -338,14 +340,14 @@ class SQLStore:
                     self._ords.clear()
                     raise
                 raw.execute("RELEASE rb_document")
+            # The committer thread (woken when the transaction began) commits on time; commit
+            # here if it is held up, if durability asks, or if the queue has grown large.
             if (
                 self.durability == "event"
                 or self._queue_full()
-                or time.monotonic() - self._dirty_since >= self.flush_interval / 2
+                or time.monotonic() - self._dirty_since >= self.flush_interval / 4
             ):
                 self._commit_locked()
-            else:
-                self._ensure_flusher()
 
     def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
         """Store many documents at once: all of them, or none if one is refused.
@@ -427,6 +429,7 @@ class SQLStore:
         try:
             self._flush_states(conn)
             conn.commit()
+            self._txn_descriptors.clear()
             self._after_commit()
             self._prune()
             if self._deferred_error is not None:
@@ -435,6 +438,7 @@ class SQLStore:
         except BaseException:
             if conn.in_transaction():
                 conn.rollback()
+            self._txn_descriptors.clear()
             self._states.clear()
             self._run_ids.clear()
             self._ords.clear()
@@ -443,9 +447,11 @@ class SQLStore:
             self._dirty_since = None
 
     def _queue_full(self) -> bool:
-        return (
-            sum(s.queued for s in self._states.values()) >= _FLUSH_EVENTS
-            or sum(s.queued_bytes for s in self._states.values()) >= _FLUSH_BYTES
+        # Checked against the descriptor last queued to (cheap on every insert); a few
+        # descriptors filling at once stay bounded by a small multiple of the limits.
+        state = self._last_queued
+        return state is not None and (
+            state.queued >= _FLUSH_EVENTS or state.queued_bytes >= _FLUSH_BYTES
         )
 
     def _queue(self, conn: Connection, name: str, doc: dict) -> None:
@@ -455,6 +461,7 @@ class SQLStore:
             conn, doc["descriptor"], name, uid
         )
         state.check_keys(name, uid, doc)
+        self._last_queued = state
         if name == "event":
             seq = doc["seq_num"]
             if seq > state.seq_max or seq in state.pending_seqs or self._is_new(conn, state, doc):
@@ -546,10 +553,12 @@ class SQLStore:
             if not state.queued:
                 continue
             batches = state.take()
-            if self.dialect == "postgresql":
+            # A descriptor inserted in this transaction is unknown to every other writer.
+            foreign = state.id not in self._txn_descriptors
+            if foreign and self.dialect == "postgresql":
                 # Writers of one descriptor take turns, so the check below sees every page.
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (state.id,))
-            stored_max = conn.execute(_MAX_SEQ, {"d": state.id}).scalar() or 0
+            stored_max = (conn.execute(_MAX_SEQ, {"d": state.id}).scalar() or 0) if foreign else 0
             if stored_max > state.flushed_max:
                 # Another writer (process or catalog object) wrote this descriptor meanwhile.
                 batches = self._drop_repeats(conn, state, batches, stored_max)
@@ -803,6 +812,7 @@ class SQLStore:
             "body": _dumps(doc),
         }
         descriptor_id = _INSERT_DESCRIPTOR.execute(conn, params).fetchone()[0]
+        self._txn_descriptors.add(descriptor_id)
         # Its events come next: know the descriptor without reading it back.
         self._states[doc["uid"]] = DescriptorState.from_descriptor(
             descriptor_id, run_id, doc["run_start"], doc, 0
@@ -1103,7 +1113,7 @@ def _flush_loop(ref: weakref.ref) -> None:
         store = ref()
         if store is None or store._closed:
             return
-        wake, half = store._wake, store.flush_interval / 2
+        wake, half = store._wake, store.flush_interval / 4
         with store._lock:
             since = store._dirty_since
             now = time.monotonic()
