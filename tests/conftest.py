@@ -22,7 +22,7 @@ _schemas = itertools.count()
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL database: the test cluster (started once) or $RUNBROKER_TEST_POSTGRES."""
-    from pgcluster import ENV, Cluster
+    from runbroker.testing.postgres import ENV, Cluster
 
     if os.environ.get(ENV):
         yield os.environ[ENV]
@@ -38,7 +38,7 @@ def _open(kind: str, folder: Path, request: pytest.FixtureRequest) -> runbroker.
     if kind == "sqlite":
         return runbroker.open(folder / "runs.db")
     if kind == "postgresql":
-        from pgcluster import new_schema
+        from runbroker.testing.postgres import new_schema
 
         base = request.getfixturevalue("postgres_url")
         return runbroker.open(new_schema(base, f"t{os.getpid()}_{next(_schemas)}"))

@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import runbroker
-from pgcluster import new_schema
 from runbroker.queries import (
     And,
     Comparison,
@@ -31,6 +30,7 @@ from runbroker.queries import (
     ScanIDRange,
     TimeRange,
 )
+from runbroker.testing.postgres import new_schema
 
 SETTINGS = settings(
     deadline=None,

@@ -1,6 +1,6 @@
 """A throwaway PostgreSQL cluster for the tests: initdb + pg_ctl in a temporary folder.
 
-Set ``RUNBROKER_TEST_POSTGRES`` to a SQLAlchemy URL (``postgresql+psycopg://user@host/db``)
+Used by runbroker's own tests and benchmarks. Set ``RUNBROKER_TEST_POSTGRES`` to a SQLAlchemy URL (``postgresql+psycopg://user@host/db``)
 to use an existing server instead; each test then gets its own schema in that database.
 """
 

@@ -1,0 +1,1 @@
+"""Helpers for testing with runbroker: a throwaway PostgreSQL cluster (``postgres``)."""
