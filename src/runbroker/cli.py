@@ -46,6 +46,21 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_mongo(args: argparse.Namespace) -> int:
+    from .importers import import_mongo
+
+    report = import_mongo(
+        args.source,
+        args.dest,
+        query=json.loads(args.query) if args.query else None,
+        progress=not args.quiet,
+        batch_events=args.batch_events,
+        strict=args.strict,
+    )
+    print(report)
+    return 2 if report.failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``runbroker`` command.
 
@@ -64,10 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("uri", help="catalog file or URL")
     show.add_argument("key", help="scan_id, -N (recency), uid or uid prefix")
     show.set_defaults(func=_show)
+    imp = sub.add_parser("import", help="copy runs from a databroker MongoDB (mongodb://host/db)")
+    imp.add_argument("source", help="mongodb://host:27017/dbname")
+    imp.add_argument("dest", help="catalog file or URL (created if missing)")
+    imp.add_argument("--query", help='MongoDB filter on run_start, as JSON: {"plan_name": "scan"}')
+    imp.add_argument("--batch-events", type=int, default=10_000, help="events per page")
+    imp.add_argument("--strict", action="store_true", help="stop at the first refused document")
+    imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(func=_import_mongo)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, QueryError, ValueError, FileNotFoundError) as err:
+    except (KeyError, QueryError, ValueError, FileNotFoundError, ImportError) as err:
         print(f"runbroker: {err}", file=sys.stderr)
         return 1
 

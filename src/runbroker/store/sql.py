@@ -101,17 +101,36 @@ _PAGE_KEYS = [
 _MAX_SEQ = select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == bindparam("d"))
 _INSERT_PAGE = Prepared(insert(pages), _PAGE_KEYS)
 _START_OF = Prepared(select(runs.c.start).where(runs.c.uid == bindparam("uid")))
-_INSERT_RUN = Prepared(insert(runs).returning(runs.c.id), ["uid", "time", "scan_id", "start"])
+# "ON CONFLICT DO NOTHING" (same syntax in SQLite and PostgreSQL): when two writers store the
+# same run at once (a retried RunEngine), the second finds the first's row -- after waiting for
+# its commit -- and compares, instead of failing on the unique index.
+_INSERT_RUN = Prepared(
+    text(
+        "INSERT INTO runs (uid, time, scan_id, start) VALUES (:uid, :time, :scan_id, :start) "
+        "ON CONFLICT (uid) DO NOTHING RETURNING id"
+    )
+)
 _INSERT_META = Prepared(insert(meta), ["run_id", "key", "elem", "typ", "num", "txt"])
 _RUN_ID = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
 _STOP_OF = Prepared(select(runs.c.stop).where(runs.c.id == bindparam("rid")))
 _SET_STOP = Prepared(
-    update(runs).where(runs.c.id == bindparam("rid")).values(stop=bindparam("new_stop"))
+    update(runs)
+    .where(runs.c.id == bindparam("rid"), runs.c.stop.is_(None))
+    .values(stop=bindparam("new_stop"))
 )
 _DESCRIPTOR_OF = Prepared(select(descriptors.c.body).where(descriptors.c.uid == bindparam("uid")))
 _INSERT_DESCRIPTOR = Prepared(
-    insert(descriptors).returning(descriptors.c.id),
-    ["uid", "run_id", "ord", "name", "time", "body"],
+    text(
+        "INSERT INTO descriptors (uid, run_id, ord, name, time, body) "
+        "VALUES (:uid, :run_id, :ord, :name, :time, :body) "
+        "ON CONFLICT (uid) DO NOTHING RETURNING id"
+    )
+)
+_INSERT_DOCUMENT = Prepared(
+    text(
+        "INSERT INTO documents (uid, run_id, ord, kind, body) "
+        "VALUES (:uid, :run_id, :ord, :kind, :body) ON CONFLICT (uid) DO NOTHING"
+    )
 )
 _MAX_ORDS = [
     select(func.max(t.c.ord)).where(t.c.run_id == bindparam("run_id"))
@@ -767,7 +786,12 @@ class SQLStore:
         elif isinstance(scan_id, int) and not -(2**63) <= scan_id < 2**63:
             scan_id = float(scan_id)
         params = {"uid": doc["uid"], "time": doc["time"], "scan_id": scan_id, "start": _dumps(doc)}
-        run_id = _INSERT_RUN.execute(conn, params).fetchone()[0]
+        row = _INSERT_RUN.execute(conn, params).fetchone()
+        if row is None:  # another writer stored it meanwhile
+            stored = _START_OF.execute(conn, {"uid": doc["uid"]}).fetchone()
+            self._same_or_conflict("start", doc, stored[0], "uid")
+            return
+        run_id = row[0]
         self._index(conn, run_id, "start", doc)
         _INSERT_FULLTEXT[self.dialect].execute(conn, {"run_id": run_id, "content": fulltext(doc)})
         self._run_ids[doc["uid"]] = run_id
@@ -786,7 +810,11 @@ class SQLStore:
         stored = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
         if self._same_or_conflict("stop", doc, stored and stored[0], "uid"):
             return
-        _SET_STOP.execute(conn, {"rid": run_id, "new_stop": _dumps(doc)})
+        if _SET_STOP.execute(conn, {"rid": run_id, "new_stop": _dumps(doc)}).rowcount == 0:
+            # Another writer stored a stop meanwhile.
+            stored = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
+            self._same_or_conflict("stop", doc, stored[0], "uid")
+            return
         self._index(conn, run_id, "stop", doc)
         # The run is complete: lay each stream it wrote out in as few pages as possible for
         # reading, and forget what was kept in memory to write it.
@@ -811,7 +839,12 @@ class SQLStore:
             "time": doc["time"],
             "body": _dumps(doc),
         }
-        descriptor_id = _INSERT_DESCRIPTOR.execute(conn, params).fetchone()[0]
+        row = _INSERT_DESCRIPTOR.execute(conn, params).fetchone()
+        if row is None:  # another writer stored it meanwhile
+            stored = _DESCRIPTOR_OF.execute(conn, {"uid": doc["uid"]}).fetchone()
+            self._same_or_conflict("descriptor", doc, stored[0], "uid")
+            return
+        descriptor_id = row[0]
         self._txn_descriptors.add(descriptor_id)
         # Its events come next: know the descriptor without reading it back.
         self._states[doc["uid"]] = DescriptorState.from_descriptor(
@@ -917,15 +950,18 @@ class SQLStore:
                     name, doc["uid"], "run_start", "is required to attach it to a run"
                 )
             run_id = self._run_id(conn, doc["run_start"], name, doc["uid"])
-        conn.execute(
-            insert(documents).values(
-                uid=doc["uid"],
-                run_id=run_id,
-                ord=self._next_ord(conn, run_id),
-                kind=name,
-                body=_dumps(doc),
-            )
-        )
+        params = {
+            "uid": doc["uid"],
+            "run_id": run_id,
+            "ord": self._next_ord(conn, run_id),
+            "kind": name,
+            "body": _dumps(doc),
+        }
+        if _INSERT_DOCUMENT.execute(conn, params).rowcount == 0:  # another writer was first
+            stored = conn.execute(
+                select(documents.c.body).where(documents.c.uid == doc["uid"])
+            ).scalar()
+            self._same_or_conflict(name, doc, stored, "uid")
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -1,0 +1,432 @@
+"""Copy runs from a databroker MongoDB (the ``mongo_normalized`` layout) into a catalog.
+
+databroker kept one MongoDB document per event-model document, in six collections:
+``run_start``, ``run_stop``, ``event_descriptor``, ``event``, ``resource`` and ``datum``.
+:func:`import_mongo` reads them run by run and stores each run with one
+:meth:`runbroker.Catalog.ingest` call, so a run is copied whole or not at all and an
+interrupted import, started again, copies only the runs still missing.
+
+Example (``mongomock`` stands in for a MongoDB server here):
+    >>> import mongomock
+    >>> db = mongomock.MongoClient()["databroker"]
+    >>> start = {"uid": "r1", "time": 1.0, "plan_name": "count", "scan_id": 1}
+    >>> _ = db["run_start"].insert_one(start)
+    >>> _ = db["run_stop"].insert_one(
+    ...     {"uid": "s1", "run_start": "r1", "time": 2.0, "exit_status": "success"}
+    ... )
+    >>> cat = runbroker.temp()
+    >>> print(import_mongo(db, cat, progress=False))
+    copied 1 run (2 documents), skipped 0 already in the catalog, 0 failed
+    >>> cat["r1"].start["plan_name"]
+    'count'
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from event_model import pack_datum_page, pack_event_page
+
+from ..catalog import Catalog
+from ..documents import DocumentError
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
+
+__all__ = ["ImportReport", "import_mongo"]
+
+# The collections of databroker's mongo_normalized layout that hold a run's documents.
+COLLECTIONS = ("run_start", "run_stop", "event_descriptor", "event", "resource", "datum")
+
+# Projection that leaves out MongoDB's own ``_id``: it is no part of the event-model document
+# (and an ObjectId cannot be stored as JSON).
+_NO_ID = {"_id": False}
+
+
+@dataclass
+class ImportReport:
+    """What :func:`import_mongo` did.
+
+    ``copied`` and ``skipped`` count runs (skipped: already in the catalog); ``failed`` lists
+    ``(uid, message)`` for each run whose documents the catalog refused (nothing of those runs
+    was stored); ``documents`` counts the documents stored (event and datum pages count once).
+
+    Example:
+        >>> report = ImportReport(copied=2, skipped=1, documents=40)
+        >>> report.failed.append(("0b1c2d3e-aaaa", "Invalid descriptor document ..."))
+        >>> print(report)
+        copied 2 runs (40 documents), skipped 1 already in the catalog, 1 failed:
+          0b1c2d3e-aaaa: Invalid descriptor document ...
+    """
+
+    copied: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    documents: int = 0
+
+    def __str__(self) -> str:
+        runs = "run" if self.copied == 1 else "runs"
+        text = (
+            f"copied {self.copied} {runs} ({self.documents} documents), "
+            f"skipped {self.skipped} already in the catalog, {len(self.failed)} failed"
+        )
+        if self.failed:
+            text += ":" + "".join(f"\n  {uid}: {message}" for uid, message in self.failed)
+        return text
+
+
+def import_mongo(
+    source: Database | str,
+    catalog: Catalog | str | os.PathLike,
+    *,
+    query: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    batch_events: int = 10_000,
+    strict: bool = False,
+) -> ImportReport:
+    """Copy the runs of a databroker MongoDB into ``catalog``, oldest first.
+
+    ``source`` is a pymongo ``Database`` or a URL naming one, ``mongodb://host/dbname``.
+    ``catalog`` is a :class:`runbroker.Catalog` or a path/URL given to :func:`runbroker.open`
+    (that catalog is closed again at the end). ``query`` is a MongoDB filter on the
+    ``run_start`` collection, e.g. ``{"plan_name": "scan"}`` or
+    ``{"time": {"$gte": 1.6e9}}``: only matching runs are copied.
+
+    A run whose uid is already in the catalog is skipped, so running the same import again
+    after an interruption copies only what is missing. Each run is stored in one transaction.
+    Events are read per descriptor in batches of ``batch_events``, sorted by ``seq_num``, and
+    stored as event pages; datums are stored as datum pages. Lower ``batch_events`` if events
+    hold large inline arrays (images), to bound the memory one batch takes.
+
+    Documents written by old databroker versions may lack keys that event-model now requires.
+    These are filled in, and nothing else is changed:
+
+    - a resource without ``run_start`` gets the uid of the run being copied. A resource is part
+      of a run either by its ``run_start`` or because the run's events point at its datums
+      (older resources were found only that way, and are found that way here too);
+    - a resource without ``path_semantics`` gets ``"posix"`` (event-model's default), without
+      ``root`` gets ``""`` and without ``resource_kwargs`` gets ``{}``;
+    - an event without ``filled`` (or with fewer keys in it than the other events of its
+      batch) gets ``False`` for the missing keys: data in MongoDB was never filled.
+
+    A run with a document the catalog still refuses is left out and listed in
+    ``report.failed`` with the error message; the import goes on with the next run. With
+    ``strict=True`` the first such error is raised instead (the run is not stored). Errors of
+    MongoDB itself (connection lost) always stop the import.
+
+    Example:
+        >>> import mongomock
+        >>> db = mongomock.MongoClient()["databroker"]
+        >>> for uid, plan in [("a1", "count"), ("b2", "scan")]:
+        ...     _ = db["run_start"].insert_one({"uid": uid, "time": 1.0, "plan_name": plan})
+        >>> cat = runbroker.temp()
+        >>> import_mongo(db, cat, query={"plan_name": "scan"}, progress=False).copied
+        1
+        >>> report = import_mongo(db, cat, progress=False)  # copies only what is missing
+        >>> report.copied, report.skipped
+        (1, 1)
+
+        With a server, name the database in the URL:
+
+        >>> import_mongo("mongodb://localhost:27017/metadatastore", "runs.db")  # doctest: +SKIP
+    """
+    if batch_events < 1:
+        raise ValueError(f"batch_events must be at least 1, not {batch_events}")
+    db, client = _open_source(source)
+    try:
+        if isinstance(catalog, Catalog):
+            return _import(db, catalog, dict(query or {}), progress, batch_events, strict)
+        with _open_catalog(catalog) as cat:
+            return _import(db, cat, dict(query or {}), progress, batch_events, strict)
+    finally:
+        if client is not None:
+            client.close()
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+def _open_catalog(target: str | os.PathLike) -> Catalog:
+    from .. import open as open_catalog
+
+    return open_catalog(target)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, fit for an error message."""
+    return re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url)
+
+
+def _open_source(source: Any) -> tuple[Any, Any]:
+    """``(database, client we opened or None)``."""
+    if not isinstance(source, str):
+        if not hasattr(source, "list_collection_names"):
+            raise TypeError(
+                "source must be a pymongo Database or a mongodb:// URL naming one, "
+                f"not {type(source).__name__}"
+            )
+        _check_layout(source)
+        return source, None
+    if not source.startswith(("mongodb://", "mongodb+srv://")):
+        raise ValueError(f"{_redact(source)!r} is not a MongoDB URL (mongodb://host/dbname)")
+    try:
+        import pymongo
+        from pymongo.errors import ConfigurationError
+    except ImportError as err:
+        raise ImportError(
+            "importing from MongoDB needs pymongo: pip install 'runbroker[mongo]'"
+        ) from err
+    client = pymongo.MongoClient(source)
+    try:
+        db = client.get_default_database()
+    except ConfigurationError:
+        client.close()
+        raise ValueError(
+            f"{_redact(source)!r} names no database: put it in the path, as in "
+            "mongodb://host:27017/metadatastore"
+        ) from None
+    try:
+        _check_layout(db)
+    except BaseException:
+        client.close()
+        raise
+    return db, client
+
+
+def _check_layout(db: Any) -> None:
+    # MongoDB answers queries on a database that does not exist with nothing at all, so a
+    # misspelt name would "import" zero runs without a word. Say so instead.
+    if "run_start" not in db.list_collection_names():
+        raise ValueError(
+            f"database {db.name!r} has no run_start collection: is it a databroker "
+            f"(mongo_normalized) database? Expected collections: {', '.join(COLLECTIONS)}"
+        )
+
+
+# -- copying ---------------------------------------------------------------------------------
+
+
+def _import(
+    db: Any,
+    cat: Catalog,
+    query: dict[str, Any],
+    progress: bool,
+    batch_events: int,
+    strict: bool,
+) -> ImportReport:
+    # uid lookups must see every run of the catalog, not only those of a search result.
+    present = cat if cat.query is None else Catalog(cat.store)
+    # The list of runs is read first, whole (two small fields per run), and sorted here:
+    # a cursor held open for the hours a large import takes would time out on the server,
+    # and sorting here needs no index on run_start.time.
+    report = ImportReport()
+    heads: list[tuple[float, str]] = []
+    for head in db["run_start"].find(query, {"uid": True, "time": True}):
+        uid, time = head.get("uid"), head.get("time")
+        if not isinstance(uid, str):
+            report.failed.append((f"_id {head.get('_id')}", "run_start document without a uid"))
+            continue
+        heads.append((time if isinstance(time, (int, float)) else 0.0, uid))
+    heads.sort()
+    bar = _progress_bar(len(heads)) if progress else None
+    try:
+        for _time, uid in heads:
+            if uid in present:
+                report.skipped += 1
+            else:
+                _copy_run(db, cat, uid, batch_events, strict, report)
+            if bar is not None:
+                bar.set_postfix(
+                    copied=report.copied,
+                    skipped=report.skipped,
+                    failed=len(report.failed),
+                    refresh=False,
+                )
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+    return report
+
+
+def _progress_bar(total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="run", desc="import")
+
+
+def _copy_run(
+    db: Any, cat: Catalog, uid: str, batch_events: int, strict: bool, report: ImportReport
+) -> None:
+    start = db["run_start"].find_one({"uid": uid}, _NO_ID)
+    if start is None:  # deleted since the list of runs was read
+        return
+    try:
+        report.documents += cat.ingest(_RunReader(db, _strip(start), batch_events).documents())
+    except (ValueError, TypeError) as err:
+        # DocumentError (a ValueError) is the catalog refusing a document; a TypeError is a
+        # value it cannot store at all (say, a BSON type with no JSON form). MongoDB's own
+        # errors are neither, and stop the import.
+        if strict:
+            err.add_note(f"while importing run {uid!r} (nothing of that run was stored)")
+            raise
+        message = str(err) if isinstance(err, DocumentError) else f"{type(err).__name__}: {err}"
+        report.failed.append((uid, message))
+    else:
+        report.copied += 1
+
+
+def _strip(doc: dict) -> dict:
+    doc.pop("_id", None)
+    return doc
+
+
+class _RunReader:
+    """One run's documents from MongoDB, each parent before its children.
+
+    Order: start, descriptors, the run's resources each followed by its datums, then each
+    descriptor's events in pages (preceded by any resource first met through their datum ids),
+    stop last.
+    """
+
+    def __init__(self, db: Any, start: dict, batch_events: int) -> None:
+        self.db = db
+        self.start = start
+        self.uid: str = start["uid"]
+        self.batch = batch_events
+        self.resources: set[str] = set()  # uids of the resources already handed on
+
+    def documents(self) -> Iterator[tuple[str, dict]]:
+        yield "start", self.start
+        descriptors = [
+            _strip(d) for d in self.db["event_descriptor"].find({"run_start": self.uid}, _NO_ID)
+        ]
+        descriptors.sort(key=lambda d: (d.get("time", 0.0), d.get("uid", "")))
+        for descriptor in descriptors:
+            yield "descriptor", descriptor
+        for resource in self.db["resource"].find({"run_start": self.uid}, _NO_ID):
+            yield from self._resource(_strip(resource))
+        for descriptor in descriptors:
+            yield from self._events(descriptor)
+        stop = self.db["run_stop"].find_one({"run_start": self.uid}, _NO_ID)
+        if stop is not None:
+            yield "stop", _strip(stop)
+
+    # -- resources and datums
+
+    def _resource(self, resource: dict) -> Iterator[tuple[str, dict]]:
+        if resource.get("uid") in self.resources:
+            return
+        # Old databroker documents predate these keys; see import_mongo's docstring.
+        if not resource.get("run_start"):
+            resource["run_start"] = self.uid
+        resource.setdefault("path_semantics", "posix")
+        resource.setdefault("root", "")
+        resource.setdefault("resource_kwargs", {})
+        self.resources.add(resource.get("uid"))
+        yield "resource", resource
+        datums = self.db["datum"].find({"resource": resource.get("uid")}, _NO_ID)
+        yield from self._datum_pages(datums)
+
+    def _datum_pages(self, datums: Any) -> Iterator[tuple[str, dict]]:
+        page: list[dict] = []
+        for datum in datums:
+            _strip(datum)
+            # One page holds datums with the same datum_kwargs keys (columns of equal length).
+            if page and (
+                len(page) >= self.batch
+                or datum.get("datum_kwargs", {}).keys() != page[0].get("datum_kwargs", {}).keys()
+            ):
+                yield "datum_page", _pack("datum", pack_datum_page, page)
+                page = []
+            page.append(datum)
+        if page:
+            yield "datum_page", _pack("datum", pack_datum_page, page)
+
+    def _orphan_resources(self, events: list[dict], external: list[str]) -> Iterator[Any]:
+        """Resources, not yet handed on, whose datums these events point at.
+
+        Old resources carry no ``run_start``; the events' datum ids are the only link to them.
+        """
+        wanted: set[str] = set()
+        for event in events:
+            data = event.get("data", {})
+            for key in external:
+                value = data.get(key)
+                if isinstance(value, str):
+                    wanted.add(value)
+        # ophyd names datums "<resource uid>/<n>": those of known resources need no query.
+        unknown = [d for d in wanted if d.rpartition("/")[0] not in self.resources]
+        if not unknown:
+            return
+        owners = {
+            d["resource"]
+            for d in self.db["datum"].find(
+                {"datum_id": {"$in": unknown}}, {"_id": False, "resource": True}
+            )
+            if "resource" in d
+        } - self.resources
+        if owners:
+            for resource in self.db["resource"].find({"uid": {"$in": sorted(owners)}}, _NO_ID):
+                yield from self._resource(_strip(resource))
+
+    # -- events
+
+    def _events(self, descriptor: dict) -> Iterator[tuple[str, dict]]:
+        external = [
+            key
+            for key, data_key in descriptor.get("data_keys", {}).items()
+            if isinstance(data_key, Mapping) and data_key.get("external")
+        ]
+        cursor = (
+            self.db["event"]
+            .find({"descriptor": descriptor.get("uid")}, _NO_ID)
+            .sort("seq_num", 1)
+            .batch_size(min(self.batch, 100_000))
+        )
+        # Without it a real server refuses to sort more than 100 MB of events in memory
+        # (32 MB before MongoDB 4.4) when there is no (descriptor, seq_num) index.
+        cursor = cursor.allow_disk_use(True)
+        batch: list[dict] = []
+        for event in cursor:
+            batch.append(_strip(event))
+            if len(batch) >= self.batch:
+                yield from self._event_page(batch, external)
+                batch = []
+        if batch:
+            yield from self._event_page(batch, external)
+
+    def _event_page(self, events: list[dict], external: list[str]) -> Iterator[tuple[str, dict]]:
+        if external:
+            yield from self._orphan_resources(events, external)
+        _fill_filled(events)
+        yield "event_page", _pack("event", pack_event_page, events)
+
+
+def _fill_filled(events: list[dict]) -> None:
+    """Give every event of a page the same ``filled`` keys (the page has one column per key)."""
+    keys: set[str] = set()
+    for event in events:
+        keys.update(event.get("filled") or ())
+    if not keys:
+        return
+    for event in events:
+        filled = event.get("filled") or {}
+        if filled.keys() != keys:
+            # Data stored in MongoDB is a datum id, never the filled-in array.
+            event["filled"] = {key: filled.get(key, False) for key in keys}
+
+
+def _pack(kind: str, pack: Any, docs: list[dict]) -> dict:
+    """``pack(*docs)``, with a missing key reported as the catalog reports refused documents."""
+    try:
+        return pack(*docs)
+    except KeyError as err:
+        key = str(err.args[0])
+        id_key = "datum_id" if kind == "datum" else "uid"
+        bad = next((d for d in docs if key not in d), docs[0])
+        raise DocumentError(kind, bad.get(id_key), key, f"{key!r} is a required property") from None

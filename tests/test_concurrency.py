@@ -1,0 +1,105 @@
+"""Many writers and readers at once on one catalog (PostgreSQL and SQLite).
+
+Four writer processes each store runs of their own and, all at the same time, one shared run
+(as four retries of one RunEngine would); four reader processes search and read throughout.
+Afterwards every document must be there exactly once, and the shared run exactly once.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import numpy as np
+from event_model import compose_run
+
+import runbroker
+
+WRITERS, READERS, OWN_RUNS, EVENTS = 4, 4, 2, 60
+KEYS = {"x": {"dtype": "number", "shape": [], "source": "sim:x"}}
+
+
+def _run_docs(scan_id: int) -> list[tuple[str, dict]]:
+    bundle = compose_run(metadata={"scan_id": scan_id, "sample": f"s{scan_id}"})
+    desc = bundle.compose_descriptor(name="primary", data_keys=KEYS)
+    docs = [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc)]
+    for i in range(EVENTS):
+        event = desc.compose_event(data={"x": scan_id + i / 1000}, timestamps={"x": 0.0})
+        docs.append(("event", event))
+    docs.append(("stop", bundle.compose_stop()))
+    return docs
+
+
+def _writer(uri: str, runs: list[list[tuple[str, dict]]], shared, barrier, errors) -> None:
+    try:
+        cat = runbroker.open(uri)
+        for docs in runs:
+            for name, doc in docs:
+                cat.insert(name, doc)
+        # All writers at once, interleaved document by document: the shared run.
+        barrier.wait(60)
+        for name, doc in shared:
+            cat.insert(name, doc)
+            time.sleep(0.001)
+        cat.close()
+    except Exception as exc:  # reported to the test, which fails with it
+        errors.put(f"writer: {exc!r}")
+
+
+def _reader(uri: str, stop, errors) -> None:
+    try:
+        cat = runbroker.open(uri, readonly=True)
+        while not stop.is_set():
+            for run in cat.values():
+                if "primary" not in run:
+                    continue
+                seq = run.primary.read()["seq_num"].values
+                if len(seq) > EVENTS or len(set(seq.tolist())) != len(seq):
+                    errors.put(f"reader saw {len(seq)} events, repeats in {run.uid}")
+                if (np.diff(seq) <= 0).any():
+                    errors.put(f"reader saw events out of order in {run.uid}")
+            len(cat.search(runbroker.queries.Key("sample") == "s1"))
+        cat.close()
+    except Exception as exc:
+        errors.put(f"reader: {exc!r}")
+
+
+def test_four_writers_four_readers_and_a_run_written_four_times(catalog):
+    uri = catalog.store.uri
+    catalog.flush()
+    ctx = mp.get_context("spawn")
+    own = [[_run_docs(100 * w + k) for k in range(OWN_RUNS)] for w in range(WRITERS)]
+    shared = _run_docs(999)
+    errors, stop, barrier = ctx.Queue(), ctx.Event(), ctx.Barrier(WRITERS)
+    readers = [ctx.Process(target=_reader, args=(uri, stop, errors)) for _ in range(READERS)]
+    writers = [
+        ctx.Process(target=_writer, args=(uri, own[w], shared, barrier, errors))
+        for w in range(WRITERS)
+    ]
+    for p in readers + writers:
+        p.start()
+    for p in writers:
+        p.join(180)
+    stop.set()
+    for p in readers:
+        p.join(60)
+    problems = []
+    while not errors.empty():
+        problems.append(errors.get())
+    assert not problems, problems
+    assert all(p.exitcode == 0 for p in readers + writers)
+
+    expected = [docs for runs in own for docs in runs] + [shared]
+    assert len(catalog) == len(expected)
+    for docs in expected:
+        start = docs[0][1]
+        run = catalog[start["uid"]]
+        assert run.start == start
+        assert run.stop == docs[-1][1]
+        ds = run.primary.read()
+        events = [d for n, d in docs if n == "event"]
+        assert ds["seq_num"].values.tolist() == [e["seq_num"] for e in events]
+        assert ds["x"].values.tolist() == [e["data"]["x"] for e in events]
+        replayed = list(run.documents(pages=False))
+        assert [d["uid"] for n, d in replayed if n == "event"] == [e["uid"] for e in events]
+        assert sum(n == "descriptor" for n, _ in replayed) == 1
