@@ -13,6 +13,9 @@ from _pytest.doctest import DoctestItem
 import runbroker
 from runbroker import queries
 
+# Alembic's environment and revision scripts only run inside alembic.
+collect_ignore_glob = ["src/runbroker/store/migrations/*"]
+
 
 @pytest.fixture(scope="session")
 def _doc_names() -> dict:

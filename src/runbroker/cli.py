@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from itertools import islice
+from pathlib import Path
 
 from . import open as open_catalog
 from .queries import Query, QueryError
@@ -44,6 +45,23 @@ def _show(args: argparse.Namespace) -> int:
     for name in run:
         print(run[name].read())
     return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from .store.migrations import upgrade
+
+    revision = upgrade(_url(args.uri))
+    print(f"{args.uri} is at schema revision {revision}")
+    return 0
+
+
+def _url(uri: str) -> str:
+    if "://" in uri:
+        return uri.replace("postgresql://", "postgresql+psycopg://", 1)
+    path = Path(uri).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no catalog at {uri!r}")
+    return f"sqlite:///{path.resolve()}"
 
 
 def _import_mongo(args: argparse.Namespace) -> int:
@@ -79,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("uri", help="catalog file or URL")
     show.add_argument("key", help="scan_id, -N (recency), uid or uid prefix")
     show.set_defaults(func=_show)
+    db = sub.add_parser("db", help="catalog maintenance").add_subparsers(dest="db", required=True)
+    up = db.add_parser("upgrade", help="upgrade a catalog's schema in place (back it up first)")
+    up.add_argument("uri", help="catalog file or URL")
+    up.set_defaults(func=_db_upgrade)
     imp = sub.add_parser("import", help="copy runs from a databroker MongoDB (mongodb://host/db)")
     imp.add_argument("source", help="mongodb://host:27017/dbname")
     imp.add_argument("dest", help="catalog file or URL (created if missing)")

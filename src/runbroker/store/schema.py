@@ -28,7 +28,9 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
-SCHEMA_VERSION = 1
+# Bumped by each migration in store/migrations/versions (which also records it in
+# runbroker_info), so that opening a catalog needs no alembic machinery.
+SCHEMA_VERSION = 2
 
 # Text compared with < and > (uids, metadata strings) sorts by code point in every database,
 # as the query semantics say; PostgreSQL would otherwise follow the server's locale.
@@ -74,7 +76,9 @@ runs = Table(
     Column("scan_id", ExactNumber()),
     Column("start", LargeBinary, nullable=False),
     Column("stop", LargeBinary),
+    Column("stop_time", Float),
     Index("ix_runs_time_uid", "time", "uid"),
+    Index("ix_runs_stop_time", "stop_time"),
     Index("ix_runs_scan_id", "scan_id", "time", "uid"),
 )
 

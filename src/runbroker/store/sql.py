@@ -43,7 +43,7 @@ from sqlalchemy.engine import Engine
 
 from ..documents import ConflictError, DocumentError, UnknownParentError, validate
 from ..queries import Query
-from . import jsoncodec
+from . import jsoncodec, migrations
 from . import pages as codec
 from .base import PageGone, PageInfo, RunRecord
 from .events import (
@@ -116,7 +116,7 @@ _STOP_OF = Prepared(select(runs.c.stop).where(runs.c.id == bindparam("rid")))
 _SET_STOP = Prepared(
     update(runs)
     .where(runs.c.id == bindparam("rid"), runs.c.stop.is_(None))
-    .values(stop=bindparam("new_stop"))
+    .values(stop=bindparam("new_stop"), stop_time=bindparam("new_time"))
 )
 _DESCRIPTOR_OF = Prepared(select(descriptors.c.body).where(descriptors.c.uid == bindparam("uid")))
 _INSERT_DESCRIPTOR = Prepared(
@@ -312,6 +312,8 @@ class SQLStore:
                 for ddl in _FULLTEXT_DDL.get(self.dialect, ()):
                     conn.exec_driver_sql(ddl)
                 conn.execute(insert(info).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                if self.uri != "sqlite://":
+                    migrations.stamp_head(conn)
             else:
                 self._check_version(conn, version)
 
@@ -322,10 +324,16 @@ class SQLStore:
             version = conn.execute(
                 select(info.c.value).where(info.c.key == "schema_version")
             ).scalar()
-        if int(version) != SCHEMA_VERSION:
+        if int(version) < SCHEMA_VERSION:
             raise SchemaVersionError(
-                f"{self.uri} has catalog schema version {version}, this runbroker uses "
-                f"{SCHEMA_VERSION}. Run `runbroker db upgrade {self.uri}` to upgrade it."
+                f"{self.uri} has catalog schema version {version}, older than the version "
+                f"{SCHEMA_VERSION} this runbroker uses. Upgrade it in place (back it up first) "
+                f"with:  runbroker db upgrade {self.uri}"
+            )
+        if int(version) > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.uri} has catalog schema version {version}, newer than the version "
+                f"{SCHEMA_VERSION} this runbroker understands: upgrade runbroker."
             )
 
     def __reduce__(self) -> tuple:
@@ -810,7 +818,8 @@ class SQLStore:
         stored = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
         if self._same_or_conflict("stop", doc, stored and stored[0], "uid"):
             return
-        if _SET_STOP.execute(conn, {"rid": run_id, "new_stop": _dumps(doc)}).rowcount == 0:
+        params = {"rid": run_id, "new_stop": _dumps(doc), "new_time": doc["time"]}
+        if _SET_STOP.execute(conn, params).rowcount == 0:
             # Another writer stored a stop meanwhile.
             stored = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
             self._same_or_conflict("stop", doc, stored[0], "uid")
