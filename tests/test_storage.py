@@ -165,3 +165,16 @@ def test_searches_agree_whichever_plan_is_chosen(catalog, shared):
         assert list(hits)[: len(want)] == want
         negated = catalog.search(Not(query))
         assert len(negated) == n - len(want)
+
+
+def test_pool_sizes_reach_the_postgresql_engine(postgres_url):
+    """Pool sizes are a PostgreSQL setting (SQLite files need no pool): so this test is."""
+    from runbroker.testing.postgres import new_schema
+
+    cat = runbroker.open(new_schema(postgres_url, "pool_test"), pool_size=2, max_overflow=1)
+    try:
+        assert cat.store._engine.pool.size() == 2
+        assert cat.store._engine.pool._max_overflow == 1
+        assert len(cat) == 0
+    finally:
+        cat.close()

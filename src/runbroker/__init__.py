@@ -43,12 +43,16 @@ def open(
     durability: Literal["batch", "event"] = "batch",
     flush_interval: float = 0.05,
     readonly: bool = False,
+    pool_size: int = 5,
+    max_overflow: int = 10,
 ) -> Catalog:
     """Open (or create) a catalog.
 
     ``uri`` is a file path (an SQLite catalog, created if missing) or a SQLAlchemy URL
     (``sqlite:///path``). ``durability="event"`` commits every single event to disk before
     ``insert`` returns; the default queues events for at most ``flush_interval`` seconds.
+    ``pool_size`` and ``max_overflow`` size each process's connection pool to a server
+    database (PostgreSQL).
 
     Example:
         >>> import runbroker, tempfile, os
@@ -75,7 +79,14 @@ def open(
         if readonly and not path.exists():
             raise FileNotFoundError(f"no catalog at {text!r} (opening read-only creates none)")
         url = f"sqlite:///{path.resolve()}"
-    store = SQLStore(url, durability=durability, flush_interval=flush_interval, readonly=readonly)
+    store = SQLStore(
+        url,
+        durability=durability,
+        flush_interval=flush_interval,
+        readonly=readonly,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+    )
     return Catalog(store)
 
 

@@ -208,8 +208,11 @@ class SQLStore:
         durability: Literal["batch", "event"] = "batch",
         flush_interval: float = 0.05,
         readonly: bool = False,
+        pool_size: int = 5,
+        max_overflow: int = 10,
     ) -> None:
         self.uri = uri
+        self.pool_size, self.max_overflow = pool_size, max_overflow
         self.durability = durability
         self.flush_interval = flush_interval
         self.readonly = readonly
@@ -242,7 +245,9 @@ class SQLStore:
 
     def _make_engine(self, uri: str, writer: bool) -> Engine:
         if self.dialect != "sqlite":
-            return create_engine(uri, pool_pre_ping=True)
+            # Each process keeps a small pool: many stateless processes share one server.
+            pool = {"pool_size": self.pool_size, "max_overflow": self.max_overflow}
+            return create_engine(uri, pool_pre_ping=True, **pool)
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 60}}
         if uri == "sqlite://":
             from sqlalchemy.pool import StaticPool
