@@ -10,7 +10,13 @@ from pathlib import Path
 
 from .common import CORES, Result, busy, print_summary, write_json
 
-BENCHMARKS = {"b1": "b1_ingest", "b2": "b2_read", "b3": "b3_search"}
+BENCHMARKS = {
+    "b1": "b1_ingest",
+    "b2": "b2_read",
+    "b3": "b3_search",
+    "b7": "b7_postgres",
+    "b8": "b8_writers",
+}
 RESULTS = Path(__file__).with_name("results.json")
 
 

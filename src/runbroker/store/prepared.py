@@ -37,9 +37,14 @@ class Prepared:
         ('1',)
     """
 
-    def __init__(self, statement: ClauseElement, keys: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, statement: ClauseElement, keys: Sequence[str] | None = None, binary: bool = False
+    ) -> None:
         self.statement = statement
         self.keys = list(keys) if keys is not None else None
+        # PostgreSQL (psycopg) sends results as text unless asked: blobs would come hex-coded,
+        # twice their size, and be decoded in Python.
+        self.binary = binary
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
 
     def _sql(self, conn: Connection) -> tuple[str, tuple[str, ...] | None]:
@@ -58,7 +63,10 @@ class Prepared:
         """Run once; returns the DBAPI cursor (``fetchone()``/``fetchall()`` for results)."""
         sql, order = self._sql(conn)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute(sql, self._args(order, params))
+        if self.binary and conn.dialect.name == "postgresql":
+            cursor.execute(sql, self._args(order, params), binary=True)
+        else:
+            cursor.execute(sql, self._args(order, params))
         return cursor
 
     def executemany(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:

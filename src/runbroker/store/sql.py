@@ -151,8 +151,10 @@ _PAGES_OF_DESCRIPTOR = Prepared(
     .where(descriptors.c.uid == bindparam("uid"))
     .order_by(pages.c.seq_min, pages.c.id)
 )
-_PAGE_DATA = Prepared(select(pages.c.data).where(pages.c.id == bindparam("id")))
-_PAGE_BLOBS = Prepared(select(pages.c.data, pages.c.extra).where(pages.c.id == bindparam("id")))
+_PAGE_DATA = Prepared(select(pages.c.data).where(pages.c.id == bindparam("id")), binary=True)
+_PAGE_BLOBS = Prepared(
+    select(pages.c.data, pages.c.extra).where(pages.c.id == bindparam("id")), binary=True
+)
 
 
 # Full-text search: SQLite's FTS5, PostgreSQL's text search over the same word list.
@@ -165,6 +167,9 @@ _FULLTEXT_DDL = {
         "CREATE TABLE IF NOT EXISTS runs_fts (run_id INTEGER PRIMARY KEY, content TEXT)",
         "CREATE INDEX IF NOT EXISTS ix_runs_fts ON runs_fts "
         "USING GIN (to_tsvector('simple', content))",
+        # Page blobs are numbers that do not compress: spare PostgreSQL from trying.
+        "ALTER TABLE pages ALTER COLUMN data SET STORAGE EXTERNAL, "
+        "ALTER COLUMN extra SET STORAGE EXTERNAL",
     ],
 }
 _INSERT_FULLTEXT = {
@@ -307,6 +312,9 @@ class SQLStore:
                     self._check_version(conn, None)
                     return
         with self._wengine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Processes creating one catalog at once take turns (the check comes after).
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7250104)")
             version = None
             if conn.dialect.has_table(conn, "runbroker_info"):
                 version = conn.execute(
