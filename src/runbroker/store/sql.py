@@ -795,9 +795,7 @@ class SQLStore:
         )
 
     def _write_start(self, conn: Connection, doc: dict) -> None:
-        stored = _START_OF.execute(conn, {"uid": doc["uid"]}).fetchone()
-        if self._same_or_conflict("start", doc, stored and stored[0], "uid"):
-            return
+        # No look-up first: the insert itself finds a stored copy (ON CONFLICT), see below.
         scan_id = doc.get("scan_id")
         if isinstance(scan_id, np.generic):
             scan_id = scan_id.item()
@@ -808,7 +806,7 @@ class SQLStore:
             scan_id = float(scan_id)
         params = {"uid": doc["uid"], "time": doc["time"], "scan_id": scan_id, "start": _dumps(doc)}
         row = _INSERT_RUN.execute(conn, params).fetchone()
-        if row is None:  # another writer stored it meanwhile
+        if row is None:  # stored before (a repeat, or another writer at the same time)
             stored = _START_OF.execute(conn, {"uid": doc["uid"]}).fetchone()
             self._same_or_conflict("start", doc, stored[0], "uid")
             return
@@ -849,9 +847,6 @@ class SQLStore:
         self._ords.pop(run_id, None)
 
     def _write_descriptor(self, conn: Connection, doc: dict) -> None:
-        stored = _DESCRIPTOR_OF.execute(conn, {"uid": doc["uid"]}).fetchone()
-        if self._same_or_conflict("descriptor", doc, stored and stored[0], "uid"):
-            return
         run_id = self._run_id(conn, doc["run_start"], "descriptor", doc["uid"])
         params = {
             "uid": doc["uid"],
@@ -862,7 +857,7 @@ class SQLStore:
             "body": _dumps(doc),
         }
         row = _INSERT_DESCRIPTOR.execute(conn, params).fetchone()
-        if row is None:  # another writer stored it meanwhile
+        if row is None:  # stored before (a repeat, or another writer at the same time)
             stored = _DESCRIPTOR_OF.execute(conn, {"uid": doc["uid"]}).fetchone()
             self._same_or_conflict("descriptor", doc, stored[0], "uid")
             return
