@@ -6,7 +6,6 @@ This is storage-independent: any store that keeps events column-wise can use it.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,7 +113,6 @@ class DescriptorState:
     ready: list[Batch] = field(default_factory=list)
     queued: int = 0
     queued_bytes: int = 0
-    since: float = 0.0
     small_pages: int = 0
     pages_written: int = 0
     # Highest seq_num this writer knows to be in the database; a higher one found there at
@@ -168,8 +166,6 @@ class DescriptorState:
                 )
 
     def _touch(self, n: int) -> None:
-        if not self.queued:
-            self.since = time.monotonic()
         self.queued += n
 
     def add(self, doc: dict) -> bool:

@@ -784,6 +784,25 @@ class SQLStore:
         else:
             self._write_document(conn, name, doc)
 
+    def _insert_new(
+        self,
+        conn: Connection,
+        name: str,
+        doc: dict,
+        insert_new: Prepared,
+        params: dict,
+        stored_body: Prepared,
+    ) -> int | None:
+        """Insert (ON CONFLICT DO NOTHING) and return the new row id, or None if a copy was
+        stored before -- a repeat, or another writer at the same time -- after checking that
+        it is the same document (ConflictError otherwise)."""
+        row = insert_new.execute(conn, params).fetchone()
+        if row is not None:
+            return row[0]
+        stored = stored_body.execute(conn, {"uid": doc["uid"]}).fetchone()
+        self._same_or_conflict(name, doc, stored[0], "uid")
+        return None
+
     def _same_or_conflict(self, name: str, doc: dict, stored: bytes | None, key: str) -> bool:
         """True if ``doc`` repeats the stored one; raise if it differs from it."""
         if stored is None:
@@ -805,12 +824,9 @@ class SQLStore:
         elif isinstance(scan_id, int) and not -(2**63) <= scan_id < 2**63:
             scan_id = float(scan_id)
         params = {"uid": doc["uid"], "time": doc["time"], "scan_id": scan_id, "start": _dumps(doc)}
-        row = _INSERT_RUN.execute(conn, params).fetchone()
-        if row is None:  # stored before (a repeat, or another writer at the same time)
-            stored = _START_OF.execute(conn, {"uid": doc["uid"]}).fetchone()
-            self._same_or_conflict("start", doc, stored[0], "uid")
+        run_id = self._insert_new(conn, "start", doc, _INSERT_RUN, params, _START_OF)
+        if run_id is None:
             return
-        run_id = row[0]
         self._index(conn, run_id, "start", doc)
         _INSERT_FULLTEXT[self.dialect].execute(conn, {"run_id": run_id, "content": fulltext(doc)})
         self._run_ids[doc["uid"]] = run_id
@@ -856,12 +872,11 @@ class SQLStore:
             "time": doc["time"],
             "body": _dumps(doc),
         }
-        row = _INSERT_DESCRIPTOR.execute(conn, params).fetchone()
-        if row is None:  # stored before (a repeat, or another writer at the same time)
-            stored = _DESCRIPTOR_OF.execute(conn, {"uid": doc["uid"]}).fetchone()
-            self._same_or_conflict("descriptor", doc, stored[0], "uid")
+        descriptor_id = self._insert_new(
+            conn, "descriptor", doc, _INSERT_DESCRIPTOR, params, _DESCRIPTOR_OF
+        )
+        if descriptor_id is None:
             return
-        descriptor_id = row[0]
         self._txn_descriptors.add(descriptor_id)
         # Its events come next: know the descriptor without reading it back.
         self._states[doc["uid"]] = DescriptorState.from_descriptor(
