@@ -11,8 +11,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from event_model import unpack_datum_page, unpack_event_page
 
+from .assets import Assets, external_kind
 from .queries import And, Key, PartialUID, Query, ScanID
 from .store.base import RunRecord, Store
 from .stream import Stream
@@ -67,9 +69,13 @@ class Catalog:
         0
     """
 
-    def __init__(self, store: Store, query: Query | None = None) -> None:
+    def __init__(
+        self, store: Store, query: Query | None = None, *, assets: Assets | None = None
+    ) -> None:
         self.store = store
         self.query = query
+        # How detector files are found and read (handlers, root_map); shared by searches.
+        self.assets = assets if assets is not None else Assets()
 
     # -- writing
     def insert(self, name: str, doc: dict) -> None:
@@ -115,7 +121,11 @@ class Catalog:
         """
         if not isinstance(query, Query):
             raise TypeError(f"search() takes a runbroker query, not {type(query).__name__}")
-        return Catalog(self.store, query if self.query is None else And(self.query, query))
+        return Catalog(
+            self.store,
+            query if self.query is None else And(self.query, query),
+            assets=self.assets,
+        )
 
     def __len__(self) -> int:
         return self.store.count(self.query)
@@ -142,11 +152,11 @@ class Catalog:
 
     def values(self) -> Iterator[Run]:
         """Runs, newest first."""
-        return (Run(self.store, r) for r in self._records())
+        return (Run(self.store, r, self.assets) for r in self._records())
 
     def items(self) -> Iterator[tuple[str, Run]]:
         """``(uid, run)`` pairs, newest first."""
-        return ((r.uid, Run(self.store, r)) for r in self._records())
+        return ((r.uid, Run(self.store, r, self.assets)) for r in self._records())
 
     def __contains__(self, uid: object) -> bool:
         return isinstance(uid, str) and self._by_uid(uid, exact=True) is not None
@@ -161,7 +171,7 @@ class Catalog:
             record = self._by_uid(key, exact=False)
             if record is None:
                 raise _LookupError(f"no run whose uid is or starts with {key!r}{self._where()}")
-            return Run(self.store, record)
+            return Run(self.store, record, self.assets)
         if isinstance(key, slice):
             return self._slice(key)
         raise TypeError(
@@ -182,7 +192,7 @@ class Catalog:
                 f"no run with scan_id {scan_id}{self._where()} (a non-negative int is a "
                 "scan_id; use a negative int such as cat[-1] for the most recent runs)"
             )
-        return Run(self.store, found[0])
+        return Run(self.store, found[0], self.assets)
 
     def _by_recency(self, index: int) -> Run:
         found = self.store.search(self.query, offset=-index - 1, limit=1)
@@ -191,7 +201,7 @@ class Catalog:
                 f"no run at recency {index}: the catalog has {len(self)} runs{self._where()} "
                 "(a negative int counts back from the most recent run, cat[-1])"
             )
-        return Run(self.store, found[0])
+        return Run(self.store, found[0], self.assets)
 
     def _by_uid(self, key: str, exact: bool) -> RunRecord | None:
         if not key:
@@ -224,7 +234,10 @@ class Catalog:
         limit = None if hi is None else max(0, hi - lo)
         if limit == 0:
             return []
-        return [Run(self.store, r) for r in self.store.search(self.query, offset=lo, limit=limit)]
+        return [
+            Run(self.store, r, self.assets)
+            for r in self.store.search(self.query, offset=lo, limit=limit)
+        ]
 
     # -- display
     def __repr__(self) -> str:
@@ -264,9 +277,10 @@ class Run(Mapping[str, Stream]):
         3
     """
 
-    def __init__(self, store: Store, record: RunRecord) -> None:
+    def __init__(self, store: Store, record: RunRecord, assets: Assets | None = None) -> None:
         self.store = store
         self._record = record
+        self.assets = assets if assets is not None else Assets()
 
     @property
     def uid(self) -> str:
@@ -329,7 +343,7 @@ class Run(Mapping[str, Stream]):
                 f"run {self.uid[:8]} has no stream {name!r}; its streams are {names}"
             )
         mine = [d for d in descriptors if d.get("name", "primary") == name]
-        return Stream(self.store, self.uid, name, mine)
+        return Stream(self.store, self.uid, name, mine, self.assets)
 
     @property
     def primary(self) -> Stream:
@@ -346,6 +360,8 @@ class Run(Mapping[str, Stream]):
 
         Events come as ``event_page`` and datums as ``datum_page`` documents unless
         ``pages=False``. Feeding the result to another catalog's ``ingest`` reproduces the run.
+        ``fill=True`` puts the detector data from files into the events (as numpy arrays,
+        marked ``filled``), reading each file's share of a page at once.
 
         Example:
             >>> copy = runbroker.temp()
@@ -353,11 +369,12 @@ class Run(Mapping[str, Stream]):
             >>> copy[-1].primary.read().identical(run.primary.read())
             True
         """
-        if fill:
-            raise NotImplementedError(
-                "fill=True needs detector-file handlers, which this version does not have yet"
-            )
+        descriptors: dict[str, dict] = {}
         for name, doc in self.store.documents(self.uid):
+            if name == "descriptor":
+                descriptors[doc["uid"]] = doc
+            elif name == "event_page" and fill:
+                doc = self._filled(doc, descriptors[doc["descriptor"]])
             if pages:
                 yield name, doc
             elif name == "event_page":
@@ -368,6 +385,24 @@ class Run(Mapping[str, Stream]):
                     yield "datum", datum
             else:
                 yield name, doc
+
+    def _filled(self, page: dict, descriptor: dict) -> dict:
+        external = {
+            k: dk
+            for k, dk in descriptor["data_keys"].items()
+            if external_kind(dk) == "datum" and k in page["data"]
+        }
+        if not external:
+            return page
+        data, filled = dict(page["data"]), dict(page.get("filled") or {})
+        seq = np.asarray(page["seq_num"], dtype=np.int64)
+        for key, dk in external.items():
+            plan = self.assets.plan(
+                self.store, self.uid, key, dk, list(data[key]), seq, [descriptor["uid"]]
+            )
+            data[key] = self.assets.read_plan(self.uid, key, dk, plan, len(seq))
+            filled[key] = [True] * len(seq)
+        return {**page, "data": data, "filled": filled}
 
     def __repr__(self) -> str:
         stop = self.stop

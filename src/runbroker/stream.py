@@ -18,12 +18,17 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .assets import Assets, external_kind
 from .store.base import PageGone, PageInfo, Store
 from .store.pages import concat_columns
 
 __all__ = ["Stream"]
 
 _DTYPES = {"number": "float64", "integer": "int64", "boolean": "bool"}
+# Catalogs made without a configuration read files as the documents locate them.
+_DEFAULT_ASSETS = Assets()
+# Size of one lazy piece of detector data: big enough to amortise a task, small enough to fit.
+_DASK_CHUNK_BYTES = 128 * 2**20
 
 
 @dataclass(frozen=True)
@@ -128,11 +133,17 @@ class Stream:
     """
 
     def __init__(
-        self, store: Store, run_uid: str, name: str, descriptors: list[dict] | None = None
+        self,
+        store: Store,
+        run_uid: str,
+        name: str,
+        descriptors: list[dict] | None = None,
+        assets: Assets | None = None,
     ) -> None:
         self.store = store
         self.run_uid = run_uid
         self.name = name
+        self.assets = assets if assets is not None else _DEFAULT_ASSETS
         if descriptors is not None:
             # The caller just read them: spare a query (a read is only a few of them).
             self.__dict__["_descriptors"] = descriptors
@@ -224,11 +235,17 @@ class Stream:
         return picked, slice(lo - base, hi - base)
 
     def read(
-        self, fields: Sequence[str] | str | None = None, *, events: slice | None = None
+        self,
+        fields: Sequence[str] | str | None = None,
+        *,
+        events: slice | None = None,
+        fill: bool = True,
     ) -> xr.Dataset:
         """The stream as an ``xarray.Dataset`` with dimension ``time``.
 
-        ``fields`` picks a subset; ``events=slice(a, b)`` reads only events a..b-1.
+        ``fields`` picks a subset; ``events=slice(a, b)`` reads only events a..b-1. Detector
+        data kept in files is read from them; ``fill=False`` gives the references instead
+        (datum ids, or ``<stream_resource uid>/<row>``).
 
         Example:
             >>> run.primary.read(["det"], events=slice(1, 3)).sizes["time"]
@@ -238,7 +255,7 @@ class Stream:
         for attempt in range(3):
             chunks, window = self._select(events)
             try:
-                return self._read_chunks(chunks, names, window)
+                return self._read_chunks(chunks, names, window, fill)
             except PageGone:
                 # The writer merged pages meanwhile (a finished run being laid out): events
                 # keep their positions, so plan again and read.
@@ -247,27 +264,54 @@ class Stream:
         raise AssertionError("unreachable")
 
     def _read_chunks(
-        self, chunks: list[_Chunk], names: list[str], window: slice = slice(None)
+        self,
+        chunks: list[_Chunk],
+        names: list[str],
+        window: slice = slice(None),
+        fill: bool = True,
     ) -> xr.Dataset:
         cols = self._columns(chunks, ["time", *("d:" + f for f in names)])
-        return self._dataset(cols, names, window)
+        return self._dataset(cols, names, window, fill)
 
-    def _dataset(self, cols: dict[str, Any], names: list[str], window: slice) -> xr.Dataset:
+    def _dataset(
+        self, cols: dict[str, Any], names: list[str], window: slice, fill: bool = True
+    ) -> xr.Dataset:
         keys = self.data_keys
         n = len(cols["time"])
         time = np.asarray(cols["time"], dtype="float64") if n else np.empty(0)
+        seq = np.asarray(cols["seq_num"], dtype=np.int64)
         variables = {}
         for f in names:
             dk = keys[f]
             values = cols.get("d:" + f)
-            arr = _finish(values, dk) if n else _empty(dk)
-            arr = arr[window]
+            if external_kind(dk):
+                arr = self._external(f, values, seq, window, fill)
+            else:
+                arr = _finish(values, dk) if n else _empty(dk)
+                arr = arr[window]
             variables[f] = _variable(f, arr, dk, self._attrs(f))
-        seq = np.asarray(cols["seq_num"], dtype=np.int64)
         coords = {"time": time[window], "seq_num": ("time", seq[window])}
         return xr.Dataset(
             variables, coords=coords, attrs={"stream": self.name, "uid": self.run_uid}
         )
+
+    def _external(
+        self, field: str, values: Any, seq: np.ndarray, window: slice, fill: bool
+    ) -> np.ndarray:
+        """A field whose data lives in detector files: filled, or its references."""
+        dk = self.data_keys[field]
+        refs = list(values[window]) if values is not None else None
+        seq = seq[window]
+        plan = self.assets.plan(
+            self.store, self.run_uid, field, dk, refs, seq, [d["uid"] for d in self._descriptors]
+        )
+        if not fill:
+            if external_kind(dk) == "stream":
+                return self.assets.references(plan, len(seq))
+            out = np.empty(len(seq), dtype=object)
+            out[:] = refs if refs is not None else [None] * len(seq)
+            return out
+        return self.assets.read_plan(self.run_uid, field, dk, plan, len(seq))
 
     def _attrs(self, field: str) -> dict[str, Any]:
         dk = self.data_keys[field]
@@ -328,21 +372,32 @@ class Stream:
         # Only the index (time, seq_num) is read now, and the small scalar columns whose dtype
         # depends on their values: integers/booleans (float if a reading is missing, as in
         # read()) and strings (their width), so that compute() gives what read() gives.
-        probe = [f for f in names if specs[f][0].kind in "iubO" and not specs[f][1]]
-        index = self._columns(chunks, ["time", *("d:" + f for f in probe)])
+        external = [f for f in names if external_kind(keys[f])]
+        probe = [
+            f for f in names if specs[f][0].kind in "iubO" and not specs[f][1] and f not in external
+        ]
+        refs = [f for f in external if external_kind(keys[f]) == "datum"]
+        index = self._columns(chunks, ["time", *("d:" + f for f in probe + refs)])
         for f in probe:
             specs[f] = (_finish(index["d:" + f], keys[f]).dtype, ())
+        seq = np.asarray(index["seq_num"], dtype=np.int64)
         data_vars = {}
         for f in names:
+            if f in external:
+                parts = self._external_parts(f, index.get("d:" + f), seq, specs)
+            else:
+                dtype, shape = specs[f]
+                parts = [
+                    da.from_delayed(
+                        dask.delayed(_read_field)(
+                            self.store, self.run_uid, self.name, chunk, f, dtype
+                        ),
+                        shape=(chunk.n, *shape),
+                        dtype=dtype,
+                    )
+                    for chunk in chunks
+                ]
             dtype, shape = specs[f]
-            parts = [
-                da.from_delayed(
-                    dask.delayed(_read_field)(self.store, self.run_uid, self.name, chunk, f, dtype),
-                    shape=(chunk.n, *shape),
-                    dtype=dtype,
-                )
-                for chunk in chunks
-            ]
             template = _variable(f, np.empty((0, *shape), dtype), keys[f], self._attrs(f))
             data_vars[f] = (template.dims, da.concatenate(parts), template.attrs)
         coords = {
@@ -352,6 +407,56 @@ class Stream:
         return xr.Dataset(
             data_vars, coords=coords, attrs={"stream": self.name, "uid": self.run_uid}
         )
+
+    def _external_parts(
+        self, field: str, refs: Any, seq: np.ndarray, specs: dict[str, tuple[np.dtype, tuple]]
+    ) -> list:
+        """Lazy pieces of a file-backed field: one per stretch of events in one file, cut to
+        about ``_DASK_CHUNK_BYTES``; planning reads the references, never the pixels."""
+        import dask
+        import dask.array as da
+
+        dk = self.data_keys[field]
+        refs = list(refs) if refs is not None else None
+        descriptors = [d["uid"] for d in self._descriptors]
+        plan = self.assets.plan(self.store, self.run_uid, field, dk, refs, seq, descriptors)
+        dtype, shape = specs[field]
+        if dtype.kind == "O" or not dk.get("dtype_numpy") or not shape:
+            # The descriptor does not say: read the first event to learn dtype and shape.
+            first = self.assets.fill(
+                self.store,
+                self.run_uid,
+                field,
+                dk,
+                refs[:1] if refs else None,
+                seq[:1],
+                descriptors,
+            )
+            dtype, shape = first.dtype, first.shape[1:]
+            specs[field] = (dtype, shape)
+        owner = np.full(len(seq), -1, dtype=np.int64)
+        for i, (_, positions, _) in enumerate(plan):
+            owner[positions] = i
+        cuts = [0, *(np.flatnonzero(np.diff(owner)) + 1).tolist(), len(seq)]
+        per_event = max(1, int(np.prod(shape)) * dtype.itemsize)
+        step = max(1, _DASK_CHUNK_BYTES // per_event)
+        parts = []
+        for lo, hi in itertools.pairwise(cuts):
+            for a in range(lo, hi, step):
+                b = min(hi, a + step)
+                task = dask.delayed(_fill_field)(
+                    self.assets,
+                    self.store,
+                    self.run_uid,
+                    field,
+                    dk,
+                    refs[a:b] if refs is not None else None,
+                    seq[a:b],
+                    descriptors,
+                    dtype,
+                )
+                parts.append(da.from_delayed(task, shape=(b - a, *shape), dtype=dtype))
+        return parts
 
     def iter_chunks(
         self, fields: Sequence[str] | str | None = None, size: int = 100_000
@@ -424,6 +529,21 @@ def _spec(data_key: Mapping[str, Any]) -> tuple[np.dtype, tuple[int, ...]]:
         return np.dtype(object), tuple(shape)
     kind = data_key.get("dtype")
     return np.dtype(_DTYPES.get(kind, "float64")), tuple(shape)
+
+
+def _fill_field(
+    assets: Assets,
+    store: Store,
+    run_uid: str,
+    field: str,
+    data_key: Mapping[str, Any],
+    refs: list | None,
+    seq: np.ndarray,
+    descriptors: list[str],
+    dtype: np.dtype,
+) -> np.ndarray:
+    values = assets.fill(store, run_uid, field, data_key, refs, seq, descriptors)
+    return values.astype(dtype, copy=False)
 
 
 def _read_field(

@@ -100,3 +100,9 @@ class Store(Protocol):
 
     def documents(self, run_uid: str) -> Iterator[tuple[str, Any]]:
         """The run's documents in the order they were stored; events come as event pages."""
+
+    def assets(self, run_uid: str) -> list[tuple[str, dict]]:
+        """The run's ``resource``, ``stream_resource`` and ``stream_datum`` documents."""
+
+    def datums(self, datum_ids: list[str]) -> dict[str, tuple[str, dict]]:
+        """datum_id -> (resource uid, datum_kwargs) for those of ``datum_ids`` stored."""

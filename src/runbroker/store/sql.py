@@ -1141,6 +1141,42 @@ class SQLStore:
             if row.stop:
                 yield "stop", _loads(row.stop)
 
+    def assets(self, run_uid: str) -> list[tuple[str, dict]]:
+        """The run's resource, stream_resource and stream_datum documents, in stored order."""
+        self._flush_if_pending()
+        with self._read() as conn:
+            rows = conn.execute(
+                select(documents.c.kind, documents.c.body)
+                .join(runs, runs.c.id == documents.c.run_id)
+                .where(runs.c.uid == run_uid, documents.c.kind.in_(_ASSET_KINDS))
+                .order_by(documents.c.ord)
+            ).all()
+        return [(kind, _loads(body)) for kind, body in rows]
+
+    def datums(self, datum_ids: list[str]) -> dict[str, tuple[str, dict]]:
+        """datum_id -> (resource uid, datum_kwargs), one query per thousand ids."""
+        self._flush_if_pending()
+        wanted = set(datum_ids)
+        out: dict[str, tuple[str, dict]] = {}
+        with self._read() as conn:
+            for i in range(0, len(datum_ids), 1000):
+                bodies = conn.execute(
+                    select(documents.c.body)
+                    .where(
+                        documents.c.id.in_(
+                            select(datums.c.document_id)
+                            .where(datums.c.datum_id.in_(datum_ids[i : i + 1000]))
+                            .distinct()
+                        )
+                    )
+                ).scalars()
+                for body in bodies:
+                    page = _loads(body)
+                    for datum in unpack_datum_page(page):
+                        if datum["datum_id"] in wanted:
+                            out[datum["datum_id"]] = (datum["resource"], datum["datum_kwargs"])
+        return out
+
     def _flush_if_pending(self) -> None:
         # Reads in the writing process see its own pending writes.
         if self._dirty_since is not None:
@@ -1150,6 +1186,7 @@ class SQLStore:
         return f"SQLStore({self.uri!r})"
 
 
+_ASSET_KINDS = ("resource", "stream_resource", "stream_datum")
 _readers: dict[str, SQLStore] = {}
 
 

@@ -1,0 +1,22 @@
+"""Detector files: handlers and readers, ``root_map``, filling, and writers for derived data.
+
+Example:
+    >>> from runbroker.assets import Registry
+    >>> Registry().handler("AD_TIFF").__name__
+    'ADTIFFHandler'
+"""
+
+from .filling import Assets, ExternalDataError, external_kind
+from .paths import UnsafePathError
+from .registry import HandlerNotFoundError, Registry, register_handler, register_reader
+
+__all__ = [
+    "Assets",
+    "ExternalDataError",
+    "HandlerNotFoundError",
+    "Registry",
+    "UnsafePathError",
+    "external_kind",
+    "register_handler",
+    "register_reader",
+]

@@ -1,0 +1,176 @@
+"""Which class reads which kind of file: handlers by ``spec``, stream readers by mimetype.
+
+Where a class comes from, first match wins:
+
+1. the catalog's own configuration (``runbroker.open(..., handlers={"SPEC": cls})``);
+2. :func:`register_handler` / :func:`register_reader` in this process;
+3. the ``runbroker.handlers`` / ``runbroker.readers`` entry-point groups of installed packages;
+4. runbroker's built-in classes;
+5. the ``databroker.handlers`` entry-point group, so handler packages written for databroker work.
+
+A class may be given as an object or as an import string ``"package.module:ClassName"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+from .handlers import BUILTIN_HANDLERS
+from .readers import BUILTIN_READERS
+
+__all__ = [
+    "HandlerNotFoundError",
+    "Registry",
+    "register_handler",
+    "register_reader",
+]
+
+_registered: dict[str, dict[str, Any]] = {"handlers": {}, "readers": {}}
+_lock = threading.Lock()
+
+
+class HandlerNotFoundError(LookupError):
+    """No handler is known for a resource's ``spec`` (or no reader for a mimetype)."""
+
+
+def normalise_mimetype(mimetype: str) -> str:
+    """Mimetypes compare without case or spaces.
+
+    Example:
+        >>> normalise_mimetype("multipart/related; type=image/TIFF")
+        'multipart/related;type=image/tiff'
+    """
+    return mimetype.replace(" ", "").lower()
+
+
+def register_handler(spec: str, handler: type | str, *, overwrite: bool = False) -> None:
+    """Make ``handler`` read resources of ``spec`` in every catalog of this process.
+
+    Example:
+        >>> from runbroker.assets.handlers import NpyHandler
+        >>> register_handler("MY_NPY", NpyHandler)
+        >>> Registry().handler("MY_NPY") is NpyHandler
+        True
+    """
+    _register("handlers", spec, handler, overwrite)
+
+
+def register_reader(mimetype: str, reader: type | str, *, overwrite: bool = False) -> None:
+    """Make ``reader`` read ``stream_resource`` documents of ``mimetype`` in this process.
+
+    Example:
+        >>> from runbroker.assets.readers import NpyReader
+        >>> register_reader("application/x-my-npy", NpyReader)
+    """
+    _register("readers", normalise_mimetype(mimetype), reader, overwrite)
+
+
+def _register(kind: str, key: str, cls: type | str, overwrite: bool) -> None:
+    with _lock:
+        known = _registered[kind].get(key)
+        if known is not None and known is not cls and not overwrite:
+            raise ValueError(
+                f"{key!r} already has {kind[:-1]} {_name(known)}; pass overwrite=True to replace it"
+            )
+        _registered[kind][key] = cls
+
+
+def _name(cls: Any) -> str:
+    if isinstance(cls, str):
+        return cls
+    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', repr(cls))}"
+
+
+def _load(cls: type | str, where: str) -> type:
+    if not isinstance(cls, str):
+        return cls
+    module, _, attr = cls.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split(".") if attr else []:
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise HandlerNotFoundError(f"cannot import {cls!r} ({where}): {exc}") from exc
+    return obj
+
+
+def _entry_point(group: str, name: str, normalise: Any = None) -> type | None:
+    for ep in entry_points(group=group):
+        key = normalise(ep.name) if normalise else ep.name
+        if key == name:
+            try:
+                return ep.load()
+            except Exception as exc:
+                raise HandlerNotFoundError(
+                    f"the {group!r} entry point {ep.name!r} = {ep.value!r} failed to load: {exc}"
+                ) from exc
+    return None
+
+
+class Registry:
+    """The handlers and readers one catalog uses: its own choices over the process-wide ones.
+
+    Example:
+        >>> Registry().handler("AD_HDF5").__name__
+        'ADHDF5Handler'
+        >>> Registry().handler("NO_SUCH_SPEC")
+        Traceback (most recent call last):
+        ...
+        runbroker.assets.registry.HandlerNotFoundError: no handler for spec 'NO_SUCH_SPEC'. ...
+    """
+
+    def __init__(
+        self,
+        handlers: Mapping[str, type | str] | None = None,
+        readers: Mapping[str, type | str] | None = None,
+    ) -> None:
+        self.handlers = dict(handlers or {})
+        self.readers = {normalise_mimetype(k): v for k, v in (readers or {}).items()}
+
+    def handler(self, spec: str) -> type:
+        """The handler class for resources of ``spec``."""
+        if spec in self.handlers:
+            return _load(self.handlers[spec], f"the catalog's handler for {spec!r}")
+        if spec in _registered["handlers"]:
+            return _load(_registered["handlers"][spec], f"the registered handler for {spec!r}")
+        found = _entry_point("runbroker.handlers", spec)
+        if found is None:
+            found = BUILTIN_HANDLERS.get(spec) or _entry_point("databroker.handlers", spec)
+        if found is None:
+            known = sorted({*BUILTIN_HANDLERS, *_registered["handlers"], *self.handlers})
+            raise HandlerNotFoundError(
+                f"no handler for spec {spec!r}. Register one with "
+                f"runbroker.register_handler({spec!r}, HandlerClass), through the "
+                "'runbroker.handlers' entry-point group of a package, or per catalog with "
+                f"runbroker.open(uri, handlers={{{spec!r}: HandlerClass}}). "
+                f"Known specs: {', '.join(known)}"
+            )
+        return found
+
+    def reader(self, mimetype: str) -> type:
+        """The reader class for ``stream_resource`` documents of ``mimetype``."""
+        key = normalise_mimetype(mimetype)
+        if key in self.readers:
+            return _load(self.readers[key], f"the catalog's reader for {mimetype!r}")
+        if key in _registered["readers"]:
+            return _load(_registered["readers"][key], f"the registered reader for {mimetype!r}")
+        found = _entry_point("runbroker.readers", key, normalise_mimetype)
+        if found is None:
+            found = BUILTIN_READERS.get(key)
+        if found is None:
+            known = sorted({*BUILTIN_READERS, *_registered["readers"], *self.readers})
+            raise HandlerNotFoundError(
+                f"no reader for mimetype {mimetype!r}. Register one with "
+                f"runbroker.register_reader({mimetype!r}, ReaderClass), through the "
+                "'runbroker.readers' entry-point group of a package, or per catalog with "
+                f"runbroker.open(uri, readers={{{mimetype!r}: ReaderClass}}). "
+                f"Known mimetypes: {', '.join(known)}"
+            )
+        return found
+
+    def __reduce__(self) -> tuple:
+        return (Registry, (self.handlers, self.readers))
