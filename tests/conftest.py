@@ -10,6 +10,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,14 +35,16 @@ def postgres_url() -> Iterator[str]:
         cluster.stop()
 
 
-def _open(kind: str, folder: Path, request: pytest.FixtureRequest) -> runbroker.Catalog:
+def _open(
+    kind: str, folder: Path, request: pytest.FixtureRequest, **options: Any
+) -> runbroker.Catalog:
     if kind == "sqlite":
-        return runbroker.open(folder / "runs.db")
+        return runbroker.open(folder / "runs.db", **options)
     if kind == "postgresql":
         from runbroker.testing.postgres import new_schema
 
         base = request.getfixturevalue("postgres_url")
-        return runbroker.open(new_schema(base, f"t{os.getpid()}_{next(_schemas)}"))
+        return runbroker.open(new_schema(base, f"t{os.getpid()}_{next(_schemas)}"), **options)
     raise ValueError(kind)
 
 
@@ -53,14 +56,15 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def make_catalog(
     store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[Callable[[], runbroker.Catalog]]:
-    """Factory for fresh, empty catalogs of the parametrised store kind."""
+) -> Iterator[Callable[..., runbroker.Catalog]]:
+    """Factory for fresh, empty catalogs of the parametrised store kind (options go to
+    ``runbroker.open``)."""
     made: list[runbroker.Catalog] = []
 
-    def make() -> runbroker.Catalog:
+    def make(**options: Any) -> runbroker.Catalog:
         folder = tmp_path / f"cat{len(made)}"
         folder.mkdir()
-        cat = _open(store_kind, folder, request)
+        cat = _open(store_kind, folder, request, **options)
         made.append(cat)
         return cat
 
