@@ -7,6 +7,7 @@ the few methods of :class:`runbroker.store.base.Store`.
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 from event_model import unpack_datum_page, unpack_event_page
 
 from .assets import Assets, external_kind
+from .derived import derived_from, save_derived
 from .queries import And, Key, PartialUID, Query, ScanID
 from .store.base import RunRecord, Store
 from .stream import Stream
@@ -95,6 +97,56 @@ class Catalog:
             True
         """
         return self.store.ingest(pairs)
+
+    def save_derived(
+        self,
+        data: Mapping[str, Mapping[str, Any]],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        parents: Iterable[Run | str] = (),
+        inputs: Iterable[str | os.PathLike] = (),
+        code: Mapping[str, Any] | None = None,
+        waive_provenance: str | None = None,
+        directory: str | os.PathLike | None = None,
+        writer: str | type = "HDF5",
+    ) -> Run:
+        """Store analysis results as a new run, traceable to what produced it.
+
+        ``data`` maps stream names to fields; each field's first axis is the events (a scalar
+        is one event). Per-event values of more than 64 elements are written to files by
+        ``writer`` (``"HDF5"``, ``"AD_HDF5"``, ``"AD_TIFF"``, ``"NPY"``, ``"NPY_SEQ"``,
+        ``"TIFF_SERIES"``) in ``directory`` (default: ``derived/`` beside an SQLite
+        catalog); smaller ones go into the events. Provenance is required: ``parents``
+        (runs or uids) and/or ``inputs`` (files), and ``code`` with ``name`` and
+        ``version``. ``waive_provenance="why"`` stores data without it, saying why.
+
+        Example:
+            >>> import numpy as np
+            >>> results = runbroker.temp()
+            >>> _ = results.ingest(run.documents())
+            >>> parent = results[run.uid]
+            >>> curve = results.save_derived(
+            ...     {"primary": {"q": np.linspace(0.1, 1, 5), "I": np.arange(5.0)}},
+            ...     metadata={"sample": "Ni"},
+            ...     parents=[parent],
+            ...     code={"name": "reduce", "version": "1.2", "url": "https://example.org"},
+            ... )
+            >>> curve.primary.read()["I"].values.tolist()
+            [0.0, 1.0, 2.0, 3.0, 4.0]
+            >>> curve.parents == [parent], list(parent.derived) == [curve.uid]
+            (True, True)
+        """
+        return save_derived(
+            self,
+            data,
+            metadata=metadata,
+            parents=parents,
+            inputs=inputs,
+            code=code,
+            waive_provenance=waive_provenance,
+            directory=directory,
+            writer=writer,
+        )
 
     def flush(self) -> None:
         """Make every inserted event visible to other processes now."""
@@ -344,6 +396,28 @@ class Run(Mapping[str, Stream]):
             )
         mine = [d for d in descriptors if d.get("name", "primary") == name]
         return Stream(self.store, self.uid, name, mine, self.assets)
+
+    @property
+    def parents(self) -> list[Run]:
+        """The runs this run was derived from (its ``provenance.parents``), oldest first.
+
+        Example:
+            >>> run.parents
+            []
+        """
+        uids = ((self.start.get("provenance") or {}).get("parents")) or []
+        found = [self.store.get_run(uid) for uid in uids]
+        return [Run(self.store, r, self.assets) for r in found if r is not None]
+
+    @property
+    def derived(self) -> Catalog:
+        """The runs derived from this one, as a catalog (newest first).
+
+        Example:
+            >>> len(other_run.derived)
+            0
+        """
+        return Catalog(self.store, derived_from(self), assets=self.assets)
 
     @property
     def primary(self) -> Stream:
