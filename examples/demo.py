@@ -21,6 +21,7 @@ from ophyd.sim import det, det4, motor, motor1, motor2, noisy_det
 
 import runbroker
 from runbroker.queries import FullText, Key, TimeRange
+from runbroker.testing.detectors import ADHDF5Detector
 
 OUT = Path("demo-output")
 
@@ -66,6 +67,25 @@ def main() -> None:
     plt.title(f"scan {run.start['scan_id']} ({run.uid[:8]})")
     plt.savefig(OUT / "scan.png", dpi=100)
     print(f"\nSaved the plot to {OUT / 'scan.png'} and the catalog to {OUT / 'runs.db'}")
+
+    print("\nDetector images kept in files (the area-detector HDF5 layout):")
+    camera = ADHDF5Detector("cam", OUT / "data", shape=(64, 64))
+    RE(count([camera], num=3), sample="Ni foil")
+    raw = cat[-1]
+    images = raw.primary.read()["cam_image"]
+    print(f"  {dict(images.sizes)} {images.dtype}, read from {camera.files_written[0]}")
+    corrected = raw.primary.to_dask()["cam_image"].data.astype("float32") - 100.0
+    derived = cat.save_derived(
+        {"primary": {"corrected": corrected.compute()}},
+        metadata={"sample": "Ni foil"},
+        parents=[raw],
+        code={"name": "demo-dark-subtraction", "version": runbroker.__version__},
+    )
+    print(
+        f"  derived run {derived.uid[:8]} (files under {OUT / 'derived'}) from "
+        f"{[p.uid[:8] for p in derived.parents]}; runs derived from the raw run: "
+        f"{[uid[:8] for uid in raw.derived]}"
+    )
     cat.close()
 
 
