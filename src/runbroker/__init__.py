@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,7 @@ def open(
     readonly: bool = False,
     pool_size: int = 5,
     max_overflow: int = 10,
+    indexes: Iterable[str] = (),
 ) -> Catalog:
     """Open (or create) a catalog.
 
@@ -52,7 +54,9 @@ def open(
     (``sqlite:///path``). ``durability="event"`` commits every single event to disk before
     ``insert`` returns; the default queues events for at most ``flush_interval`` seconds.
     ``pool_size`` and ``max_overflow`` size each process's connection pool to a server
-    database (PostgreSQL).
+    database (PostgreSQL). ``indexes`` names metadata keys (``"sample"``, ``"proposal_id"``)
+    to give an index of their own (see ``docs/catalog.md``): missing ones are created, ones
+    that exist cost nothing; a read-only open refuses with the command that creates them.
 
     Example:
         >>> import runbroker, tempfile, os
@@ -87,6 +91,12 @@ def open(
         pool_size=pool_size,
         max_overflow=max_overflow,
     )
+    if indexes:
+        try:
+            store.create_index(*indexes)
+        except BaseException:
+            store.close()
+            raise
     return Catalog(store)
 
 

@@ -2,6 +2,7 @@
 
 Example:
     $ runbroker ls runs.db -n 5
+    $ runbroker db index runs.db sample proposal_id
     $ runbroker ls runs.db --query '{"type": "key_present", "key": "sample"}'
     $ runbroker show runs.db -1
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from . import open as open_catalog
 from .queries import Query, QueryError
+from .store.sql import SchemaVersionError, SQLStore
 
 
 def _ls(args: argparse.Namespace) -> int:
@@ -52,6 +54,26 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
     revision = upgrade(_url(args.uri))
     print(f"{args.uri} is at schema revision {revision}")
+    return 0
+
+
+def _db_index(args: argparse.Namespace) -> int:
+    if not args.keys and not args.list:
+        raise ValueError("name the metadata keys to index, or give --list")
+    url = _url(args.uri)
+    # Opened read-only first: what is not a catalog is refused before anything is written.
+    store = SQLStore(url, readonly=True)
+    try:
+        if args.keys:
+            store.close()
+            store = SQLStore(url)
+            made = store.create_index(*args.keys)
+            print(f"indexed in {args.uri}: {', '.join(made)}" if made else "already indexed")
+        if args.list:
+            for key in store.indexed_keys():
+                print(key)
+    finally:
+        store.close()
     return 0
 
 
@@ -101,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     up = db.add_parser("upgrade", help="upgrade a catalog's schema in place (back it up first)")
     up.add_argument("uri", help="catalog file or URL")
     up.set_defaults(func=_db_upgrade)
+    ix = db.add_parser("index", help="give metadata keys an index of their own (see --list)")
+    ix.add_argument("uri", help="catalog file or URL")
+    ix.add_argument("keys", nargs="*", metavar="KEY", help="query keys: sample, sample.name")
+    ix.add_argument("--list", action="store_true", help="list the keys indexed")
+    ix.set_defaults(func=_db_index)
     imp = sub.add_parser("import", help="copy runs from a databroker MongoDB (mongodb://host/db)")
     imp.add_argument("source", help="mongodb://host:27017/dbname")
     imp.add_argument("dest", help="catalog file or URL (created if missing)")
@@ -112,7 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, QueryError, ValueError, FileNotFoundError, ImportError) as err:
+    except (
+        KeyError,
+        QueryError,
+        ValueError,
+        FileNotFoundError,
+        ImportError,
+        SchemaVersionError,
+        PermissionError,
+    ) as err:
         print(f"runbroker: {err}", file=sys.stderr)
         return 1
 

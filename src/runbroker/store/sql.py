@@ -43,7 +43,7 @@ from sqlalchemy.engine import Engine
 
 from ..documents import ConflictError, DocumentError, UnknownParentError, validate
 from ..queries import Query
-from . import jsoncodec, migrations
+from . import jsoncodec, keyindex, migrations
 from . import pages as codec
 from .base import PageGone, PageInfo, RunRecord
 from .events import (
@@ -68,7 +68,7 @@ from .schema import (
     pages,
     runs,
 )
-from .sqlquery import compile_query, is_common
+from .sqlquery import SQLiteCompiler, compile_query, indexed, is_common
 
 __all__ = ["SQLStore", "SchemaVersionError"]
 
@@ -237,6 +237,8 @@ class SQLStore:
         self._wengine = self._engine if uri == "sqlite://" else self._make_engine(uri, writer=True)
         self._wconn: Connection | None = None
         self._init_schema()
+        with self._engine.connect() as conn:
+            self._indexed = frozenset(keyindex.recorded(conn))
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
         self._wal = (
@@ -262,6 +264,7 @@ class SQLStore:
             # Reads run in autocommit, so a returned connection has nothing to roll back.
             kwargs["pool_reset_on_return"] = None
         engine = create_engine(uri, **kwargs)
+        engine.dialect.statement_compiler = SQLiteCompiler  # renders INDEXED BY
         sync = "FULL" if self.durability == "event" else "NORMAL"
 
         @event.listens_for(engine, "connect")
@@ -352,6 +355,63 @@ class SQLStore:
     def __reduce__(self) -> tuple:
         # Sent to another process (a dask worker): it opens the same catalog to read.
         return (_reader_for, (self.uri,))
+
+    # -- indexes on chosen metadata keys ---------------------------------------------------
+
+    def indexed_keys(self) -> list[str]:
+        """The metadata keys that have an index of their own (see :meth:`create_index`).
+
+        Example:
+            >>> SQLStore("sqlite://").indexed_keys()
+            []
+        """
+        return sorted(keyindex.user_key(k) for k in self._indexed)
+
+    def create_index(self, *keys: str) -> list[str]:
+        """Give each metadata key (a query key: ``"sample"``, ``"sample.name"``) an index of
+        its own, unless it has one; return the keys indexed now that were not before.
+
+        Building an index holds up writers to the catalog until it is done. A catalog
+        opened read-only raises :class:`PermissionError` if a key lacks its index.
+
+        Example:
+            >>> store = SQLStore("sqlite://")
+            >>> store.create_index("sample", "proposal_id"), store.create_index("sample")
+            (['proposal_id', 'sample'], [])
+            >>> store.indexed_keys()
+            ['proposal_id', 'sample']
+        """
+        missing = sorted({keyindex.meta_key(k) for k in keys} - self._indexed)
+        if not missing:
+            return []
+        if self.readonly:
+            names = " ".join(repr(keyindex.user_key(k)) for k in missing)
+            raise PermissionError(
+                f"{self.uri} is opened read-only and has no index on {names}; create it with:  "
+                f"runbroker db index {self.uri} {names}"
+            )
+        with self._lock:
+            self._commit_locked()
+            conn = self._conn()
+            try:
+                now = keyindex.create(conn, missing)
+                conn.commit()
+            except BaseException:
+                if conn.in_transaction():
+                    conn.rollback()
+                raise
+            finally:
+                self._dirty_since = None
+            self._indexed = frozenset(now)
+        return sorted(keyindex.user_key(k) for k in missing)
+
+    def _compile(self, query: Query | None) -> Any:
+        """``query`` as a condition on ``runs``, using this catalog's per-key indexes."""
+        token = indexed.set(self._indexed)
+        try:
+            return compile_query(query, self.dialect)
+        finally:
+            indexed.reset(token)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -1018,7 +1078,7 @@ class SQLStore:
 
             token = is_common.set(common if limit is not None and limit <= _COMMON else None)
             try:
-                where = compile_query(query, self.dialect)
+                where = self._compile(query)
             finally:
                 is_common.reset(token)
         # Order and cut on (time, uid, id) alone, then fetch the documents of the survivors:
@@ -1048,7 +1108,7 @@ class SQLStore:
     def count(self, query: Query | None) -> int:
         """How many runs match ``query``."""
         self._flush_if_pending()
-        stmt = select(func.count()).select_from(runs).where(compile_query(query, self.dialect))
+        stmt = select(func.count()).select_from(runs).where(self._compile(query))
         with self._read() as conn:
             return conn.execute(stmt).scalar_one()
 

@@ -13,13 +13,15 @@ from functools import singledispatch
 from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, exists, false, not_, or_, select, text, true
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler as SQLiteBaseCompiler
 from sqlalchemy.sql.elements import ColumnElement
 
 from .. import queries as q
 from .flatten import scalar_row
+from .keyindex import index_name, meta_key
 from .schema import meta, runs
 
-__all__ = ["compile_query", "is_common"]
+__all__ = ["SQLiteCompiler", "compile_query", "indexed", "is_common"]
 
 _MAX_CHAR = "\U0010ffff"
 
@@ -27,18 +29,39 @@ _MAX_CHAR = "\U0010ffff"
 # Set while compiling a search that wants only its first hits: tells whether a metadata
 # test matches many runs (see _meta_exists).
 is_common: ContextVar[Callable[[Select], bool] | None] = ContextVar("is_common", default=None)
+# Set while compiling for a catalog: the meta keys that have an index of their own there.
+indexed: ContextVar[frozenset[str]] = ContextVar("indexed", default=frozenset())
 
 
-def _meta_exists(key: str, *conds: Any, dialect: str = "sqlite") -> ColumnElement[bool]:
-    """Runs having a metadata row at ``key`` that satisfies ``conds``.
+class SQLiteCompiler(SQLiteBaseCompiler):
+    """SQLAlchemy's SQLite compiler, plus table hints (``INDEXED BY``), which it drops."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
+def _meta_exists(
+    key: str, *conds: Any, dialect: str = "sqlite", column: str = "txt"
+) -> ColumnElement[bool]:
+    """Runs having a metadata row at ``key`` that satisfies ``conds`` (on ``column``).
 
     Two equivalent SQL forms, each fast in its own case: ``id IN (index range)`` reads the
     matching runs straight from the index (rare values, and counting), while a correlated
     EXISTS lets a newest-first search walk the time index and stop after its first hits
     (values shared by many runs).
     """
-    doc, path = q.split_key(key)
-    rows = select(meta.c.run_id).where(meta.c.key == ".".join((doc, *path)), *conds)
+    stored = meta_key(key)
+    # The key goes into the SQL as a literal (escaped by SQLAlchemy): only then can the
+    # planner match it to a per-key partial index -- a bound parameter matches none in a
+    # PostgreSQL generic plan, nor in SQLite.
+    rows = select(meta.c.run_id).where(
+        meta.c.key == bindparam(None, stored, type_=meta.c.key.type, literal_execute=True),
+        *conds,
+    )
+    if dialect == "sqlite" and stored in indexed.get():
+        # SQLite's planner ranks the covering (key, value) index as high as the key's own
+        # index, which is smaller: name the latter.
+        rows = rows.with_hint(meta, f"INDEXED BY {index_name(stored, column)}", "sqlite")
     common = is_common.get()
     if common is not None and common(rows):
         probe = rows.where(meta.c.run_id == runs.c.id)
@@ -50,16 +73,19 @@ def _meta_exists(key: str, *conds: Any, dialect: str = "sqlite") -> ColumnElemen
     return runs.c.id.in_(rows)
 
 
-def _scalar_conds(value: Any, elem: bool) -> list[Any]:
+def _value_exists(key: str, value: Any, elem: bool, dialect: str) -> ColumnElement[bool]:
+    """Runs whose ``key`` equals ``value`` (``elem``: has it as a list element)."""
     typ, num, txt = scalar_row(value)  # type: ignore[misc]
     conds: list[Any] = [meta.c.elem.is_(elem), meta.c.typ == typ]
     if typ == "s":
         conds.append(meta.c.txt == txt)
     elif typ in "nb":
         if num is None:  # NaN equals nothing
-            return [false()]
-        conds.append(meta.c.num == num)
-    return conds
+            conds = [false()]
+        else:
+            conds.append(meta.c.num == num)
+    column = "num" if typ in "nb" else "txt"
+    return _meta_exists(key, *conds, dialect=dialect, column=column)
 
 
 @singledispatch
@@ -81,9 +107,9 @@ def _(query: None, dialect: str = "sqlite") -> ColumnElement[bool]:
 @compile_query.register
 def _(query: q.Comparison, dialect: str = "sqlite") -> ColumnElement[bool]:
     if query.op == "eq":
-        return _meta_exists(query.key, *_scalar_conds(query.value, False), dialect=dialect)
+        return _value_exists(query.key, query.value, False, dialect)
     if query.op == "ne":
-        return not_(_meta_exists(query.key, *_scalar_conds(query.value, False), dialect=dialect))
+        return not_(_value_exists(query.key, query.value, False, dialect))
     typ, num, txt = scalar_row(query.value)  # type: ignore[misc]
     if typ == "n":
         column = meta.c.num
@@ -96,7 +122,12 @@ def _(query: q.Comparison, dialect: str = "sqlite") -> ColumnElement[bool]:
         return false()
     op = {"lt": column < bound, "le": column <= bound, "gt": column > bound, "ge": column >= bound}
     return _meta_exists(
-        query.key, meta.c.elem.is_(False), meta.c.typ == typ, op[query.op], dialect=dialect
+        query.key,
+        meta.c.elem.is_(False),
+        meta.c.typ == typ,
+        op[query.op],
+        dialect=dialect,
+        column=column.name,
     )
 
 
@@ -114,7 +145,7 @@ def _(query: q.NotIn, dialect: str = "sqlite") -> ColumnElement[bool]:
 
 @compile_query.register
 def _(query: q.Contains, dialect: str = "sqlite") -> ColumnElement[bool]:
-    return _meta_exists(query.key, *_scalar_conds(query.value, True), dialect=dialect)
+    return _value_exists(query.key, query.value, True, dialect)
 
 
 @compile_query.register
