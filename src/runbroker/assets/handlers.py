@@ -254,9 +254,10 @@ class TIFFSeriesHandler(Handler):
     Example:
         >>> import tifffile, tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "stack.tiff")
-        >>> tifffile.imwrite(path, np.arange(16, dtype="u2").reshape(4, 2, 2))
+        >>> frames = np.arange(24, dtype="u2").reshape(4, 2, 3)
+        >>> tifffile.imwrite(path, frames, photometric="minisblack")
         >>> TIFFSeriesHandler(path)(point_number=3).tolist()
-        [[12, 13], [14, 15]]
+        [[18, 19, 20], [21, 22, 23]]
     """
 
     specs = frozenset({"TIFF_SERIES"})
