@@ -13,11 +13,21 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from .assets import (
+    Assets,
+    ExternalDataError,
+    HandlerNotFoundError,
+    Registry,
+    UnsafePathError,
+    register_handler,
+    register_reader,
+)
 from .catalog import AmbiguousUIDError, Catalog, Run
+from .derived import ProvenanceError, derived_from
 from .documents import ConflictError, DocumentError, UnknownParentError
 from .store.sql import SchemaVersionError, SQLStore
 from .stream import Stream
@@ -27,11 +37,18 @@ __all__ = [
     "Catalog",
     "ConflictError",
     "DocumentError",
+    "ExternalDataError",
+    "HandlerNotFoundError",
+    "ProvenanceError",
     "Run",
     "SchemaVersionError",
     "Stream",
     "UnknownParentError",
+    "UnsafePathError",
+    "derived_from",
     "open",
+    "register_handler",
+    "register_reader",
     "temp",
 ]
 
@@ -47,6 +64,9 @@ def open(
     pool_size: int = 5,
     max_overflow: int = 10,
     indexes: Iterable[str] = (),
+    root_map: Mapping[str, str] | None = None,
+    handlers: Mapping[str, type | str] | None = None,
+    readers: Mapping[str, type | str] | None = None,
 ) -> Catalog:
     """Open (or create) a catalog.
 
@@ -57,6 +77,11 @@ def open(
     database (PostgreSQL). ``indexes`` names metadata keys (``"sample"``, ``"proposal_id"``)
     to give an index of their own (see ``docs/catalog.md``): missing ones are created, ones
     that exist cost nothing; a read-only open refuses with the command that creates them.
+
+    Detector files: ``root_map`` maps roots recorded in resource documents to where the files
+    are now (``{"/nsls2/data": "/mnt/copy"}``); relative roots are taken from the catalog's
+    folder. ``handlers`` (by spec) and ``readers`` (by mimetype) add or replace the classes
+    that read them, as classes or ``"module:Class"`` strings.
 
     Example:
         >>> import runbroker, tempfile, os
@@ -83,6 +108,10 @@ def open(
         if readonly and not path.exists():
             raise FileNotFoundError(f"no catalog at {text!r} (opening read-only creates none)")
         url = f"sqlite:///{path.resolve()}"
+    base = None if "://" in text else str(Path(url.removeprefix("sqlite:///")).parent)
+    if text.startswith("sqlite:///"):
+        base = str(Path(text.removeprefix("sqlite:///")).resolve().parent)
+    assets = Assets(Registry(handlers, readers), dict(root_map or {}), base)
     store = SQLStore(
         url,
         durability=durability,
@@ -97,7 +126,7 @@ def open(
         except BaseException:
             store.close()
             raise
-    return Catalog(store)
+    return Catalog(store, assets=assets)
 
 
 def temp(**options: Any) -> Catalog:

@@ -1221,8 +1221,7 @@ class SQLStore:
         with self._read() as conn:
             for i in range(0, len(datum_ids), 1000):
                 bodies = conn.execute(
-                    select(documents.c.body)
-                    .where(
+                    select(documents.c.body).where(
                         documents.c.id.in_(
                             select(datums.c.document_id)
                             .where(datums.c.datum_id.in_(datum_ids[i : i + 1000]))
