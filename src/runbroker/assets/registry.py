@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 _registered: dict[str, dict[str, Any]] = {"handlers": {}, "readers": {}}
+_WORDS = {"handlers": ("handler", "spec"), "readers": ("reader", "mimetype")}
 _lock = threading.Lock()
 
 
@@ -133,42 +134,35 @@ class Registry:
 
     def handler(self, spec: str) -> type:
         """The handler class for resources of ``spec``."""
-        if spec in self.handlers:
-            return _load(self.handlers[spec], f"the catalog's handler for {spec!r}")
-        if spec in _registered["handlers"]:
-            return _load(_registered["handlers"][spec], f"the registered handler for {spec!r}")
-        found = _entry_point("runbroker.handlers", spec)
-        if found is None:
-            found = BUILTIN_HANDLERS.get(spec) or _entry_point("databroker.handlers", spec)
-        if found is None:
-            known = sorted({*BUILTIN_HANDLERS, *_registered["handlers"], *self.handlers})
-            raise HandlerNotFoundError(
-                f"no handler for spec {spec!r}. Register one with "
-                f"runbroker.register_handler({spec!r}, HandlerClass), through the "
-                "'runbroker.handlers' entry-point group of a package, or per catalog with "
-                f"runbroker.open(uri, handlers={{{spec!r}: HandlerClass}}). "
-                f"Known specs: {', '.join(known)}"
-            )
-        return found
+        return self._find("handlers", spec, spec, BUILTIN_HANDLERS, "databroker.handlers")
 
     def reader(self, mimetype: str) -> type:
         """The reader class for ``stream_resource`` documents of ``mimetype``."""
         key = normalise_mimetype(mimetype)
-        if key in self.readers:
-            return _load(self.readers[key], f"the catalog's reader for {mimetype!r}")
-        if key in _registered["readers"]:
-            return _load(_registered["readers"][key], f"the registered reader for {mimetype!r}")
-        found = _entry_point("runbroker.readers", key, normalise_mimetype)
+        return self._find("readers", key, mimetype, BUILTIN_READERS, None)
+
+    def _find(
+        self, kind: str, key: str, shown: str, builtin: Mapping[str, type], compat: str | None
+    ) -> type:
+        noun, what = _WORDS[kind]
+        own = getattr(self, kind)
+        if key in own:
+            return _load(own[key], f"the catalog's {noun} for {shown!r}")
+        if key in _registered[kind]:
+            return _load(_registered[kind][key], f"the registered {noun} for {shown!r}")
+        normalise = normalise_mimetype if kind == "readers" else None
+        found = _entry_point(f"runbroker.{kind}", key, normalise)
         if found is None:
-            found = BUILTIN_READERS.get(key)
+            found = builtin.get(key) or (_entry_point(compat, key) if compat else None)
         if found is None:
-            known = sorted({*BUILTIN_READERS, *_registered["readers"], *self.readers})
+            known = sorted({*builtin, *_registered[kind], *own})
+            cls = f"{noun.capitalize()}Class"
             raise HandlerNotFoundError(
-                f"no reader for mimetype {mimetype!r}. Register one with "
-                f"runbroker.register_reader({mimetype!r}, ReaderClass), through the "
-                "'runbroker.readers' entry-point group of a package, or per catalog with "
-                f"runbroker.open(uri, readers={{{mimetype!r}: ReaderClass}}). "
-                f"Known mimetypes: {', '.join(known)}"
+                f"no {noun} for {what} {shown!r}. Register one with "
+                f"runbroker.register_{noun}({shown!r}, {cls}), through the "
+                f"'runbroker.{kind}' entry-point group of a package, or per catalog with "
+                f"runbroker.open(uri, {kind}={{{shown!r}: {cls}}}). "
+                f"Known {what}s: {', '.join(known)}"
             )
         return found
 
