@@ -115,6 +115,9 @@ class DescriptorState:
     queued_bytes: int = 0
     small_pages: int = 0
     pages_written: int = 0
+    # When this descriptor last had an event queued (a counter of the writer's): pages are
+    # given their replay positions in this order, so a replayed run replays the same way.
+    arrival: int = 0
     # Highest seq_num this writer knows to be in the database; a higher one found there at
     # flush time means another writer wrote this descriptor too.
     flushed_max: int = -1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import heapq
+import itertools
 import math
 import re
 import threading
@@ -229,6 +230,7 @@ class SQLStore:
         self._flush_error: Exception | None = None
         self._deferred_error: Exception | None = None
         self._last_queued: DescriptorState | None = None
+        self._arrivals = itertools.count(1)
         self._txn_descriptors: set[int] = set()  # descriptors inserted in the open transaction
         self._ords: dict[int, int] = {}
         # When the oldest write of the open transaction happened (None: nothing pending).
@@ -562,6 +564,7 @@ class SQLStore:
         )
         state.check_keys(name, uid, doc)
         self._last_queued = state
+        state.arrival = next(self._arrivals)
         if name == "event":
             seq = doc["seq_num"]
             if seq > state.seq_max or seq in state.pending_seqs or self._is_new(conn, state, doc):
@@ -648,7 +651,8 @@ class SQLStore:
 
     def _flush_states(self, conn: Connection) -> None:
         """Write every queued event into the open transaction, as column pages."""
-        rows = []
+        taken = []
+        # Descriptors in id order: writers that lock several of them never wait in a circle.
         for state in sorted(self._states.values(), key=lambda s: s.id):
             if not state.queued:
                 continue
@@ -662,6 +666,11 @@ class SQLStore:
             if stored_max > state.flushed_max:
                 # Another writer (process or catalog object) wrote this descriptor meanwhile.
                 batches = self._drop_repeats(conn, state, batches, stored_max)
+            taken.append((state, batches))
+        rows = []
+        # Replay positions follow arrival (the descriptor whose events came last goes last),
+        # not flush timing: a run copied from its replay replays identically.
+        for state, batches in sorted(taken, key=lambda t: t[0].arrival):
             for batch in batches:
                 state.flushed_max = max(state.flushed_max, batch.seq_max)
                 rows.append(
