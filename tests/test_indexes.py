@@ -182,12 +182,11 @@ def test_keys_with_dots_and_quotes_are_indexed_and_found(indexed_catalog):
     assert cat.store.indexed_keys() == ["it's", "sample", "sample.name", "temperature"]
 
 
+@pytest.mark.parametrize("indexed_catalog", ["postgresql"], indirect=True)  # PostgreSQL's cache
 def test_postgresql_generic_plans_use_the_index(indexed_catalog):
     """A statement prepared once and run many times (psycopg prepares after five runs) gets
     a plan made without its parameter values: the key, inlined, still matches the index."""
     store = indexed_catalog.store
-    if store.dialect != "postgresql":
-        pytest.skip("plan caching is PostgreSQL's")
     with _statements() as seen:
         len(indexed_catalog.search(Key("sample") == "sample3"))
     sql, params = next((s, p) for s, p in seen if "FROM meta" in s)
