@@ -417,3 +417,24 @@ def test_stream_resource_uri_cannot_climb(catalog, tmp_path):
     catalog.insert("stop", run.compose_stop())
     with pytest.raises(UnsafePathError, match=r"'\.\.'"):
         catalog[-1].primary.read()
+
+
+def test_lazy_chunks_pickle_to_other_processes(catalog, RE, tmp_path):
+    # dask.distributed ships each task pickled: the store and the file configuration travel,
+    # open files do not.
+    import pickle
+
+    det = _detector("hdf5", tmp_path / "data")
+    RE(count([det], 4))
+    catalog[-1].primary.read()  # leaves the file open in this catalog's cache
+    lazy = pickle.loads(pickle.dumps(catalog[-1].primary.to_dask()["det_image"].data))
+    np.testing.assert_array_equal(lazy.compute(scheduler="sync"), _expected(4))
+
+
+def test_a_missing_stream_reader_names_the_mimetype(make_catalog, RE, tmp_path):
+    cat = make_catalog(readers={"application/x-hdf5": "no_such_module:Reader"})
+    RE.subscribe(cat.insert)
+    RE(count([_detector("stream", tmp_path / "data")], 2))
+    with pytest.raises(HandlerNotFoundError, match="no_such_module:Reader"):
+        cat[-1].primary.read()
+    assert cat[-1].primary.read(["det_stats_total"])["det_stats_total"].shape == (2,)

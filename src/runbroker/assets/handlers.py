@@ -137,8 +137,10 @@ class HDF5DatasetHandler(Handler):
         points = np.array([kw.get("point_number", 0) for kw in datum_kwargs], dtype=np.int64)
         rows = (points[:, None] * fpp + np.arange(fpp)).ravel()
         ds = self._dataset
-        if self._is_swmr():
-            ds.refresh()  # a file still being written: see its latest frames
+        if len(rows) and rows.max() >= ds.shape[0] and self._is_swmr():
+            # A file still being written: look for the newer frames. Only then -- a refresh
+            # while another handle of this process has the file open confuses HDF5's cache.
+            ds.refresh()
         if len(rows) and rows.max() >= ds.shape[0]:
             raise IndexError(
                 f"{self.full_path}:{self.dataset_name} has {ds.shape[0]} frames; "
