@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 _registered: dict[str, dict[str, Any]] = {"handlers": {}, "readers": {}}
+_generation = [0]  # bumped by every registration: cached lookups are then redone
 _WORDS = {"handlers": ("handler", "spec"), "readers": ("reader", "mimetype")}
 _lock = threading.Lock()
 
@@ -78,6 +79,7 @@ def _register(kind: str, key: str, cls: type | str, overwrite: bool) -> None:
                 f"{key!r} already has {kind[:-1]} {_name(known)}; pass overwrite=True to replace it"
             )
         _registered[kind][key] = cls
+        _generation[0] += 1
 
 
 def _name(cls: Any) -> str:
@@ -130,16 +132,28 @@ class Registry:
         readers: Mapping[str, type | str] | None = None,
     ) -> None:
         self.handlers = dict(handlers or {})
+        self._found: dict[tuple[str, str], tuple[int, type]] = {}
         self.readers = {normalise_mimetype(k): v for k, v in (readers or {}).items()}
 
     def handler(self, spec: str) -> type:
         """The handler class for resources of ``spec``."""
-        return self._find("handlers", spec, spec, BUILTIN_HANDLERS, "databroker.handlers")
+        return self._cached("handlers", spec, spec, BUILTIN_HANDLERS, "databroker.handlers")
 
     def reader(self, mimetype: str) -> type:
         """The reader class for ``stream_resource`` documents of ``mimetype``."""
         key = normalise_mimetype(mimetype)
-        return self._find("readers", key, mimetype, BUILTIN_READERS, None)
+        return self._cached("readers", key, mimetype, BUILTIN_READERS, None)
+
+    def _cached(
+        self, kind: str, key: str, shown: str, builtin: Mapping[str, type], compat: str | None
+    ) -> type:
+        # Scanning installed packages' entry points takes milliseconds: once per class and
+        # registry, again only after a process-wide registration changed what wins.
+        found = self._found.get((kind, key))
+        if found is None or found[0] != _generation[0]:
+            found = (_generation[0], self._find(kind, key, shown, builtin, compat))
+            self._found[(kind, key)] = found
+        return found[1]
 
     def _find(
         self, kind: str, key: str, shown: str, builtin: Mapping[str, type], compat: str | None
