@@ -108,9 +108,9 @@ def open(
         if readonly and not path.exists():
             raise FileNotFoundError(f"no catalog at {text!r} (opening read-only creates none)")
         url = f"sqlite:///{path.resolve()}"
-    base = None if "://" in text else str(Path(url.removeprefix("sqlite:///")).parent)
-    if text.startswith("sqlite:///"):
-        base = str(Path(text.removeprefix("sqlite:///")).resolve().parent)
+    # Relative resource roots are taken from the folder of an SQLite catalog's file.
+    sqlite_file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    base = str(Path(sqlite_file).resolve().parent) if sqlite_file else None
     assets = Assets(Registry(handlers, readers), dict(root_map or {}), base)
     store = SQLStore(
         url,

@@ -471,10 +471,9 @@ class Run(Mapping[str, Stream]):
         data, filled = dict(page["data"]), dict(page.get("filled") or {})
         seq = np.asarray(page["seq_num"], dtype=np.int64)
         for key, dk in external.items():
-            plan = self.assets.plan(
+            data[key] = self.assets.fill(
                 self.store, self.uid, key, dk, list(data[key]), seq, [descriptor["uid"]]
             )
-            data[key] = self.assets.read_plan(self.uid, key, dk, plan, len(seq))
             filled[key] = [True] * len(seq)
         return {**page, "data": data, "filled": filled}
 

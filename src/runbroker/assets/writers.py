@@ -120,6 +120,7 @@ class ADHDF5Writer(HDF5Writer):
     spec = "AD_HDF5"
 
     def __init__(self, root: str, resource_path: str, frame_per_point: int = 1) -> None:
+        _one_frame_per_point(frame_per_point)
         super().__init__(root, resource_path)
         self.resource_kwargs = {"frame_per_point": 1}
 
@@ -147,6 +148,7 @@ class ADTIFFWriter(Writer):
         frame_per_point: int = 1,
     ) -> None:
         relative_part(filename, "filename")
+        _one_frame_per_point(frame_per_point)
         super().__init__(
             root, resource_path, template=template, filename=filename, frame_per_point=1
         )
@@ -249,6 +251,14 @@ class TIFFSeriesWriter(Writer):
 
     def close(self) -> None:
         self._tiff.close()
+
+
+def _one_frame_per_point(frame_per_point: int) -> None:
+    # The handler's kwarg is accepted for symmetry; each payload is written as one frame.
+    if frame_per_point != 1:
+        raise ValueError(
+            f"writers write one frame per point, not frame_per_point={frame_per_point}"
+        )
 
 
 WRITERS: dict[str, type[Writer]] = {
