@@ -45,4 +45,6 @@ def _doc_names() -> dict:
 @pytest.fixture(autouse=True)
 def _doctest_names(request: pytest.FixtureRequest) -> None:
     if isinstance(request.node, DoctestItem):
-        request.getfixturevalue("doctest_namespace").update(request.getfixturevalue("_doc_names"))
+        names = request.getfixturevalue("doctest_namespace")
+        names.update(request.getfixturevalue("_doc_names"))
+        names["tmp_path"] = request.getfixturevalue("tmp_path")  # a fresh folder per example

@@ -87,3 +87,109 @@ def RE(catalog: runbroker.Catalog):
     engine = RunEngine({}, call_returns_result=False)
     engine.subscribe(catalog.insert)
     return engine
+
+
+# -- runs for the export tests -------------------------------------------------------------
+
+
+def _tomo_plan(cam: Any, theta: Any, angles: list[float]) -> Any:
+    """Darks, flats, then projections over ``theta``: the streams a tomography scan has."""
+    import bluesky.plan_stubs as bps
+
+    yield from bps.open_run(md={"plan_name": "tomo_scan", "sample": "rock", "motors": ["theta"]})
+    yield from bps.stage(cam)
+    for stream in ("dark", "flat"):
+        for _ in range(2):
+            yield from bps.trigger_and_read([cam], name=stream)
+    for angle in angles:
+        yield from bps.mv(theta, angle)
+        yield from bps.trigger_and_read([cam, theta])
+    yield from bps.unstage(cam)
+    yield from bps.close_run()
+
+
+def _two_descriptor_documents() -> list[tuple[str, dict]]:
+    """One ``primary`` stream declared twice (configuration changed mid-run), as documents:
+    a modern RunEngine cannot emit this, older data has it."""
+    from event_model import compose_run
+
+    bundle = compose_run(metadata={"scan_id": 901, "plan_name": "reconfigured", "sample": "Si"})
+    docs: list[tuple[str, dict]] = [("start", bundle.start_doc)]
+    keys = {
+        "x": {"source": "sim", "dtype": "number", "shape": []},
+        "I0": {"source": "sim", "dtype": "integer", "shape": []},
+    }
+    seq = 0
+    for gain in (1, 10):
+        desc = bundle.compose_descriptor(
+            name="primary",
+            data_keys=keys,
+            configuration={"I0": {"data": {"I0_gain": gain}, "timestamps": {"I0_gain": 0.0}}},
+            object_keys={"x": ["x"], "I0": ["I0"]},
+        )
+        docs.append(("descriptor", desc.descriptor_doc))
+        for _ in range(3):
+            seq += 1
+            ev = desc.compose_event(
+                data={"x": 0.5 * seq, "I0": 100 * gain + seq},
+                timestamps={"x": 1.0 + seq, "I0": 1.0 + seq},
+                seq_num=seq,
+            )
+            docs.append(("event", ev))
+    docs.append(("stop", bundle.compose_stop()))
+    return docs
+
+
+@pytest.fixture(scope="session")
+def export_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A SQLite catalog of runs that exercise every exporter (built once, never modified).
+
+    Keys: ``scalar`` (a scan of two detectors over a motor, with a baseline), ``grid`` (a 3x4
+    grid scan), ``inline_image`` (2-D images kept in the events), ``file_image`` (an area
+    detector writing HDF5 files), ``tomo`` (dark, flat and projection streams over ``theta``
+    from an HDF5 area detector) and ``two_descriptors`` (one stream, two descriptors); plus
+    ``catalog`` and ``folder`` (where the catalog and the detector files live).
+    """
+    import numpy as np
+    from bluesky import RunEngine
+    from bluesky.plans import count, grid_scan, scan
+    from bluesky.preprocessors import SupplementalData
+    from ophyd.sim import SynAxis, SynSignal, det1, det2, det4, motor, motor1, motor2
+
+    from runbroker.testing.detectors import ADHDF5Detector
+
+    folder = tmp_path_factory.mktemp("export_runs")
+    cat = runbroker.open(folder / "runs.db")
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(cat.insert)
+    runs: dict[str, Any] = {"catalog": cat, "folder": folder}
+
+    RE.preprocessors.append(SupplementalData(baseline=[motor1, motor2]))
+    RE(scan([det1, det2], motor, -1, 1, 7), sample="Fe foil", proposal_id="p-1234")
+    runs["scalar"] = cat[-1]
+    RE.preprocessors.clear()
+
+    RE(grid_scan([det4], motor1, -1, 1, 3, motor2, -2, 2, 4), sample="grid")
+    runs["grid"] = cat[-1]
+
+    frames = iter(range(1_000_000))
+    cam = SynSignal(
+        name="inline_cam",
+        func=lambda: (np.arange(20, dtype="uint16").reshape(4, 5) * next(frames)),
+    )
+    RE(count([cam, det1], 3), sample="inline")
+    runs["inline_image"] = cat[-1]
+
+    adet = ADHDF5Detector("adet", folder / "detector", shape=(6, 8))
+    RE(scan([adet], motor, 0, 1, 4), sample="files")
+    runs["file_image"] = cat[-1]
+
+    tomo_cam = ADHDF5Detector("tomocam", folder / "tomo", shape=(5, 7))
+    theta = SynAxis(name="theta")
+    RE(_tomo_plan(tomo_cam, theta, [0.0, 45.0, 90.0, 135.0, 180.0]))
+    runs["tomo"] = cat[-1]
+
+    cat.ingest(_two_descriptor_documents())
+    runs["two_descriptors"] = cat[-1]
+    yield runs
+    cat.close()

@@ -10,6 +10,7 @@ import html
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,6 +148,43 @@ class Catalog:
             directory=directory,
             writer=writer,
         )
+
+    def export(
+        self,
+        format: str,
+        directory: str | os.PathLike[str],
+        *,
+        progress: bool = False,
+        **options: Any,
+    ) -> list[Path]:
+        """Export every run of this catalog (or of a search) into ``directory``.
+
+        ``progress=True`` shows a bar counting events. Options as for ``Run.export``.
+
+        Example:
+            >>> files = cat.search(Key("sample") == "Ni").export("jsonl", tmp_path)
+            >>> len(files)
+            1
+        """
+        from .export import export_run
+
+        runs = list(self.values())
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            total = sum(sum((r.stop or {}).get("num_events", {}).values()) for r in runs)
+            bar = tqdm(total=total or None, unit="event", desc=f"export {format}")
+        files: list[Path] = []
+        try:
+            for run in runs:
+                files += export_run(
+                    run, format, directory, progress=bar.update if bar else None, **options
+                )
+        finally:
+            if bar is not None:
+                bar.close()
+        return files
 
     def flush(self) -> None:
         """Make every inserted event visible to other processes now."""
@@ -429,11 +467,15 @@ class Run(Mapping[str, Stream]):
         """The ``baseline`` stream (``run["baseline"]``)."""
         return self["baseline"]
 
-    def documents(self, fill: bool = False, pages: bool = True) -> Iterator[tuple[str, dict]]:
+    def documents(
+        self, fill: bool = False, pages: bool = True, arrays: bool = False
+    ) -> Iterator[tuple[str, dict]]:
         """Replay the run's documents in the order they were stored.
 
         Events come as ``event_page`` and datums as ``datum_page`` documents unless
-        ``pages=False``. Feeding the result to another catalog's ``ingest`` reproduces the run.
+        ``pages=False``. Page columns are lists, or numpy arrays in their stored dtype with
+        ``arrays=True`` (faster, and exact for images kept in the events). Feeding the result
+        to another catalog's ``ingest`` reproduces the run.
         ``fill=True`` puts the detector data from files into the events (as numpy arrays,
         marked ``filled``), reading each file's share of a page at once.
 
@@ -444,7 +486,7 @@ class Run(Mapping[str, Stream]):
             True
         """
         descriptors: dict[str, dict] = {}
-        for name, doc in self.store.documents(self.uid):
+        for name, doc in self.store.documents(self.uid, arrays):
             if name == "descriptor":
                 descriptors[doc["uid"]] = doc
             elif name == "event_page" and fill:
@@ -459,6 +501,21 @@ class Run(Mapping[str, Stream]):
                     yield "datum", datum
             else:
                 yield name, doc
+
+    def export(self, format: str, directory: str | os.PathLike[str], **options: Any) -> list[Path]:
+        """Write this run in ``format`` (``csv``, ``json``, ``jsonl``, ``msgpack``, ``spec``,
+        ``hdf5``, ``nexus``, ``dx``, ``tiff``) into ``directory``; return the files written.
+
+        Options: ``template`` (file names, see ``docs/export.md``), ``overwrite``, and those
+        of the format. Detector data in files is read for the formats that need pixels.
+
+        Example:
+            >>> [p.name for p in run.export("jsonl", tmp_path, template="scan{scan_id}")]
+            ['scan2.jsonl']
+        """
+        from .export import export_run
+
+        return export_run(self, format, directory, **options)
 
     def _filled(self, page: dict, descriptor: dict) -> dict:
         external = {

@@ -58,7 +58,7 @@ def _plan(infos: list[PageInfo]) -> list[_Chunk]:
     return out
 
 
-def _finish(values: np.ndarray | list, data_key: Mapping[str, Any]) -> np.ndarray:
+def as_column(values: np.ndarray | list, data_key: Mapping[str, Any]) -> np.ndarray:
     """Give a column the dtype its descriptor declares (or a sensible inferred one)."""
     declared = data_key.get("dtype_numpy")
     dtype = np.dtype(declared) if declared else None
@@ -287,7 +287,7 @@ class Stream:
             if external_kind(dk):
                 arr = self._external(f, values, seq, window, fill)
             else:
-                arr = _finish(values, dk) if n else _empty(dk)
+                arr = as_column(values, dk) if n else _empty(dk)
                 arr = arr[window]
             variables[f] = _variable(f, arr, dk, self._attrs(f))
         coords = {"time": time[window], "seq_num": ("time", seq[window])}
@@ -333,7 +333,7 @@ class Stream:
         cols = self._columns(self._chunks(), ["time", *("t:" + f for f in names)])
         time = np.asarray(cols["time"], dtype="float64")
         return xr.Dataset(
-            {f: ("time", _finish(cols.get("t:" + f, []), {"dtype": "number"})) for f in names},
+            {f: ("time", as_column(cols.get("t:" + f, []), {"dtype": "number"})) for f in names},
             coords={"time": time},
         )
 
@@ -379,7 +379,7 @@ class Stream:
         refs = [f for f in external if external_kind(keys[f]) == "datum"]
         index = self._columns(chunks, ["time", *("d:" + f for f in probe + refs)])
         for f in probe:
-            specs[f] = (_finish(index["d:" + f], keys[f]).dtype, ())
+            specs[f] = (as_column(index["d:" + f], keys[f]).dtype, ())
         seq = np.asarray(index["seq_num"], dtype=np.int64)
         data_vars = {}
         for f in names:
@@ -507,7 +507,7 @@ class Stream:
                 for k in fields:
                     fields[k].extend([(conf.get("data") or {}).get(k)] * n)
             out[dev] = xr.Dataset(
-                {k: _variable(k, _finish(v, dks[k]), dks[k], {}) for k, v in fields.items()},
+                {k: _variable(k, as_column(v, dks[k]), dks[k], {}) for k, v in fields.items()},
                 coords={"time": times},
             )
         return out

@@ -98,8 +98,9 @@ class Store(Protocol):
         Raises :class:`PageGone` if a page no longer exists (merged by a writer).
         """
 
-    def documents(self, run_uid: str) -> Iterator[tuple[str, Any]]:
-        """The run's documents in the order they were stored; events come as event pages."""
+    def documents(self, run_uid: str, arrays: bool = False) -> Iterator[tuple[str, Any]]:
+        """The run's documents in the order they were stored; events come as event pages,
+        their columns as lists (or as the numpy arrays stored, with ``arrays=True``)."""
 
     def assets(self, run_uid: str) -> list[tuple[str, dict]]:
         """The run's ``resource``, ``stream_resource`` and ``stream_datum`` documents."""

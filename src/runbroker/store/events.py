@@ -394,8 +394,9 @@ def event_from_columns(descriptor: str, data: dict, extra: dict, i: int) -> dict
     return ev
 
 
-def page_from_columns(descriptor: str, data: dict, extra: dict) -> dict:
-    """Rebuild an event_page document from a page's decoded columns.
+def page_from_columns(descriptor: str, data: dict, extra: dict, arrays: bool = False) -> dict:
+    """Rebuild an event_page document from a page's decoded columns (as lists, or as the
+    arrays they are with ``arrays=True``).
 
     Example:
         >>> cols = {"time": np.zeros(1), "seq_num": np.ones(1, int), "d:x": np.ones(1)}
@@ -403,8 +404,10 @@ def page_from_columns(descriptor: str, data: dict, extra: dict) -> dict:
         {'x': [1.0]}
     """
 
-    def as_list(v: np.ndarray | list) -> list:
-        return v.tolist() if isinstance(v, np.ndarray) else list(v)
+    def as_list(v: np.ndarray | list) -> list | np.ndarray:
+        if isinstance(v, np.ndarray):
+            return v if arrays else v.tolist()
+        return list(v)
 
     page = {
         "uid": list(extra["uid"]),

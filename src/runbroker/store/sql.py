@@ -1163,7 +1163,7 @@ class SQLStore:
                 out.append(decoded)
         return out
 
-    def documents(self, run_uid: str) -> Iterator[tuple[str, Any]]:
+    def documents(self, run_uid: str, arrays: bool = False) -> Iterator[tuple[str, Any]]:
         """Stored documents of a run in insertion order (events as event_page)."""
         self._flush_if_pending()
         with self._read() as conn:
@@ -1206,7 +1206,7 @@ class SQLStore:
                 # Consecutive pages of one descriptor replay as evenly cut pages.
                 parts = (_decoded_page(body[1], body[2]) for _, _, body in items)
                 for data, extra in rechunk(parts, MAX_EVENTS_PER_PAGE):
-                    yield kind, page_from_columns(descriptor, data, extra)
+                    yield kind, page_from_columns(descriptor, data, extra, arrays)
             if row.stop:
                 yield "stop", _loads(row.stop)
 

@@ -1,0 +1,183 @@
+"""Export runs to the files other software reads, live or after the fact.
+
+One ``Exporter`` class per format consumes one run's documents. The same class serves both
+modes:
+
+- after the fact: ``run.export("nexus", "out/")``, ``cat.export(...)`` or
+  ``runbroker export runs.db out/ --format nexus``;
+- live: ``RE.subscribe(runbroker.export.live("spec", "out/"))`` routes each run to its own
+  exporter, so files grow while the scan runs.
+
+Example:
+    >>> files = run.export("csv", tmp_path)
+    >>> sorted(p.suffix for p in files)
+    ['.csv', '.csv', '.json']
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .base import Exporter, ExportError, Page
+from .live import LiveExport
+from .naming import DEFAULT_TEMPLATE, TemplateError, render, safe_name
+
+if TYPE_CHECKING:
+    from ..catalog import Run
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "FORMATS",
+    "ExportError",
+    "Exporter",
+    "LiveExport",
+    "Page",
+    "TemplateError",
+    "export_run",
+    "exporter",
+    "live",
+    "read_documents",
+    "register_exporter",
+    "render",
+    "safe_name",
+]
+
+#: Format name -> exporter class (``"module:Class"`` until first used, to keep imports light).
+FORMATS: dict[str, str | type[Exporter]] = {
+    "csv": "runbroker.export.csv:CSVExporter",
+    "json": "runbroker.export.jsondoc:JSONExporter",
+    "jsonl": "runbroker.export.jsondoc:JSONLinesExporter",
+    "msgpack": "runbroker.export.jsondoc:MsgpackExporter",
+    "spec": "runbroker.export.spec:SpecExporter",
+    "hdf5": "runbroker.export.hdf5:HDF5Exporter",
+    "nexus": "runbroker.export.nexus:NeXusExporter",
+    "dx": "runbroker.export.dx:DataExchangeExporter",
+    "tiff": "runbroker.export.tiff:TIFFExporter",
+}
+
+#: File suffix -> ``"module:function"`` reading an export back as ``(name, doc)`` pairs.
+READERS: dict[str, str] = {
+    ".jsonl": "runbroker.export.jsondoc:read_jsonl",
+    ".msgpack": "runbroker.export.jsondoc:read_msgpack",
+    ".h5": "runbroker.export.hdf5:read_documents",
+    ".hdf5": "runbroker.export.hdf5:read_documents",
+}
+
+
+def _load(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def register_exporter(name: str, cls: type[Exporter] | str) -> None:
+    """Make a format known to ``run.export`` and ``runbroker export`` (class or ``"mod:Class"``).
+
+    Example:
+        >>> class Null(Exporter):
+        ...     format = "null"
+        >>> register_exporter("null", Null)
+        >>> exporter("null", tmp_path).format
+        'null'
+    """
+    FORMATS[name] = cls
+
+
+def exporter_class(format: str) -> type[Exporter]:
+    """The exporter class of ``format``; the error lists the formats there are."""
+    try:
+        cls = FORMATS[format]
+    except KeyError:
+        raise ExportError(
+            f"no export format {format!r}; choose one of {', '.join(sorted(FORMATS))}"
+        ) from None
+    if isinstance(cls, str):
+        cls = FORMATS[format] = _load(cls)
+    return cls
+
+
+def exporter(format: str, directory: str | os.PathLike[str], **options: Any) -> Exporter:
+    """A new exporter of ``format`` writing into ``directory`` (for one run).
+
+    Options common to every format: ``template`` (file names), ``overwrite`` (replace
+    existing files), ``assets`` (where detector files are, as a catalog's ``Assets``).
+    Each format documents its own.
+
+    Example:
+        >>> exporter("spec", tmp_path, template="{start[scan_id]:04d}").format
+        'spec'
+    """
+    return exporter_class(format)(directory, **options)
+
+
+def live(format: str, directory: str | os.PathLike[str], **options: Any) -> LiveExport:
+    """A RunEngine subscriber giving each run its own exporter of ``format``.
+
+    Example:
+        >>> export = live("csv", tmp_path)
+        >>> token = RE.subscribe(export)
+        >>> RE(count([det], 3))  # doctest: +SKIP
+        >>> export.files  # every file written so far  # doctest: +SKIP
+    """
+    cls = exporter_class(format)
+    return LiveExport(lambda: cls(directory, **options))
+
+
+def export_run(
+    run: Run,
+    format: str,
+    directory: str | os.PathLike[str],
+    *,
+    progress: Callable[[int], None] | None = None,
+    **options: Any,
+) -> list[Path]:
+    """Write ``run`` in ``format`` into ``directory``; return the files written.
+
+    ``progress`` is called with the number of events in each page consumed.
+
+    Example:
+        >>> [p.name for p in export_run(run, "jsonl", tmp_path, template="{scan_id}")]
+        ['1.jsonl']
+    """
+    options.setdefault("assets", run.assets)
+    exp = exporter(format, directory, **options)
+    try:
+        for name, doc in run.documents(arrays=True):
+            exp(name, doc)
+            if progress is not None and name == "event_page":
+                progress(len(doc["seq_num"]))
+    finally:
+        files = exp.close()
+    return files
+
+
+def read_documents(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict]]:
+    """The documents of an export (JSON Lines, msgpack or raw HDF5), to ingest again.
+
+    Example:
+        >>> n = runbroker.temp().ingest(read_documents(files[0]))  # doctest: +SKIP
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
+        raise ExportError(
+            f"{path}: cannot ingest {suffix or 'a file without suffix'}; runbroker reads back "
+            f"{', '.join(sorted(READERS))} exports"
+        )
+    return _load(READERS[suffix])(path)
+
+
+def export_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The files ``runbroker ingest`` reads from ``paths`` (folders are searched, sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in READERS))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return out
