@@ -175,7 +175,7 @@ def export_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     frames = iter(range(1_000_000))
     cam = SynSignal(
         name="inline_cam",
-        func=lambda: (np.arange(20, dtype="uint16").reshape(4, 5) * next(frames)),
+        func=lambda: np.arange(20, dtype="uint16").reshape(4, 5) * next(frames),
     )
     RE(count([cam, det1], 3), sample="inline")
     runs["inline_image"] = cat[-1]
