@@ -5,6 +5,8 @@ Example:
     $ runbroker db index runs.db sample proposal_id
     $ runbroker ls runs.db --query '{"type": "key_present", "key": "sample"}'
     $ runbroker show runs.db -1
+    $ runbroker export runs.db out/ --format nexus --uid 3f2a9c1e-...
+    $ runbroker ingest copy.db out/
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 from . import open as open_catalog
-from .queries import Query, QueryError
+from .catalog import Catalog
+from .queries import In, Query, QueryError
 from .store.sql import SchemaVersionError, SQLStore
 
 
@@ -101,6 +105,67 @@ def _import_mongo(args: argparse.Namespace) -> int:
     return 2 if report.failed else 0
 
 
+def _selected(args: argparse.Namespace) -> Catalog:
+    cat = open_catalog(args.uri, readonly=True)
+    if args.query:
+        cat = cat.search(Query.from_json(args.query))
+    if args.uid:
+        cat = cat.search(In("uid", args.uid))
+    return cat
+
+
+def _options(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {pair!r}: write it as KEY=VALUE, e.g. arrays=skip")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text  # a bare word is a string
+    return out
+
+
+def _export(args: argparse.Namespace) -> int:
+    cat = _selected(args)
+    if len(cat) == 0:
+        raise ValueError(f"no run in {args.uri} matches; nothing exported")
+    options = _options(args.option)
+    if args.template:
+        options["template"] = args.template
+    files = cat.export(
+        args.format, args.dest, progress=not args.quiet, overwrite=args.overwrite, **options
+    )
+    print(f"exported {len(cat)} run(s) as {args.format}: {len(files)} file(s) in {args.dest}")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .export import export_files, read_documents
+
+    files = export_files(args.files)
+    if not files:
+        raise FileNotFoundError(f"no .jsonl, .msgpack or .h5 export in {' '.join(args.files)}")
+    cat = open_catalog(args.uri)
+    failed = 0
+    try:
+        for path in tqdm(files, unit="file", disable=args.quiet):
+            try:
+                cat.ingest(read_documents(path))
+            except (ValueError, KeyError, OSError) as err:
+                failed += 1
+                print(f"runbroker: {path}: {err}", file=sys.stderr)
+                if args.strict:
+                    return 1
+    finally:
+        cat.close()
+    print(f"ingested {len(files) - failed} of {len(files)} file(s) into {args.uri}")
+    return 2 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``runbroker`` command.
 
@@ -136,6 +201,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     imp.add_argument("--strict", action="store_true", help="stop at the first refused document")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_import_mongo)
+    exp = sub.add_parser("export", help="write runs to files: csv, json, spec, hdf5, nexus, ...")
+    exp.add_argument("uri", help="catalog file or URL")
+    exp.add_argument("dest", help="folder to write into (created if missing)")
+    exp.add_argument("-f", "--format", required=True, help="csv, json, jsonl, msgpack, spec, ...")
+    exp.add_argument("--query", help="export the runs matching this query (its JSON form)")
+    exp.add_argument("--uid", nargs="+", help="export these runs (full uids)")
+    exp.add_argument("--template", help='file names, e.g. "{start[scan_id]:05d}-{stream}"')
+    exp.add_argument("--overwrite", action="store_true", help="replace files that exist")
+    exp.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the format (value as JSON or a bare word), e.g. -o arrays=summary",
+    )
+    exp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    exp.set_defaults(func=_export)
+    ing = sub.add_parser("ingest", help="read .jsonl, .msgpack and .h5 exports into a catalog")
+    ing.add_argument("uri", help="catalog file or URL (created if missing)")
+    ing.add_argument("files", nargs="+", metavar="FILE", help="export files or folders of them")
+    ing.add_argument("--strict", action="store_true", help="stop at the first file refused")
+    ing.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ing.set_defaults(func=_ingest)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -146,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         FileNotFoundError,
         ImportError,
         SchemaVersionError,
-        PermissionError,
+        OSError,
     ) as err:
         print(f"runbroker: {err}", file=sys.stderr)
         return 1

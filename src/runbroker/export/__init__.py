@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -149,9 +150,12 @@ def export_run(
             exp(name, doc)
             if progress is not None and name == "event_page":
                 progress(len(doc["seq_num"]))
-    finally:
-        files = exp.close()
-    return files
+    except BaseException:
+        # Close what was written (marked incomplete), but report the first error, not a later one.
+        with contextlib.suppress(Exception):
+            exp.close()
+        raise
+    return exp.close()
 
 
 def read_documents(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict]]:

@@ -98,6 +98,7 @@ class Exporter:
         self.files: list[Path] = []
         self._seen = SeenAssets()
         self._closed = False
+        self._started = False  # start() succeeded, so finish() has files to close
 
     # -- what formats override --------------------------------------------------------------
 
@@ -132,6 +133,7 @@ class Exporter:
                 )
             self.start_doc = doc
             self.start(doc)
+            self._started = True
             return
         if not self.start_doc:
             raise ExportError(f"{name} document arrived before any start document")
@@ -159,7 +161,7 @@ class Exporter:
         """
         if not self._closed:
             self._closed = True
-            if self.start_doc:
+            if self._started:
                 self.finish(complete=self.stop_doc is not None)
         return list(self.files)
 

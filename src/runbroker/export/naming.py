@@ -74,9 +74,8 @@ def render(
         'Fe_baseline_img_00003'
     """
     extra = {"stream": stream, "field": field, "index": index}
-    named = {n for _, n, _, _ in string.Formatter().parse(template) if n}
-    roots = {re.split(r"[.\[]", n, maxsplit=1)[0] for n in named}
     try:
+        named = {n for _, n, _, _ in string.Formatter().parse(template) if n}
         text = template.format(**_fields(start), **extra)
     except KeyError as exc:
         raise TemplateError(
@@ -86,6 +85,7 @@ def render(
         ) from None
     except (ValueError, IndexError, TypeError, AttributeError) as exc:
         raise TemplateError(f"file-name template {template!r}: {exc}") from None
+    roots = {re.split(r"[.\[]", n, maxsplit=1)[0] for n in named}
     for key in ("stream", "field"):
         if extra[key] is not None and key not in roots:
             text += f"_{extra[key]}"
