@@ -15,12 +15,12 @@ import pytest
 from bluesky import RunEngine
 from bluesky.plans import count, scan
 from event_model import compose_run
-from ophyd.sim import det1, motor
+from ophyd.sim import motor
 
 import runbroker
 from runbroker.export import (
-    ExportError,
     Exporter,
+    ExportError,
     Page,
     TemplateError,
     exporter,
