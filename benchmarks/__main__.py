@@ -18,6 +18,7 @@ BENCHMARKS = {
     "b6": "b5_detector:run_b6",
     "b7": "b7_postgres",
     "b8": "b8_writers",
+    "b13": "b13_export",
 }
 RESULTS = Path(__file__).with_name("results.json")
 
