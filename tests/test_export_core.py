@@ -250,3 +250,26 @@ def test_catalog_export_writes_every_run_with_a_progress_bar(export_runs, tmp_pa
     files = cat.export("probe", tmp_path, progress=True)
     assert len(files) == len(cat)
     assert "event" in capsys.readouterr().err
+
+
+def test_a_failing_live_export_does_not_stop_the_run(tmp_path):
+    """The experiment matters more than its export: the error is kept, the scan goes on."""
+    from bluesky.plans import count
+    from ophyd.sim import det
+
+    catalog = runbroker.temp()
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(catalog.insert)
+    (tmp_path / "taken.txt").write_text("precious")
+    router = live("probe", tmp_path, template="taken")
+    RE.subscribe(router)
+    RE(count([det], 3))
+    RE(count([det], 2))
+    assert len(catalog) == 2 and catalog[-1].primary.read().sizes["time"] == 2
+    assert len(router.errors) == 2
+    assert all(isinstance(e, FileExistsError) for _, e in router.errors)
+    assert (tmp_path / "taken.txt").read_text() == "precious"
+    strict = live("probe", tmp_path, template="taken", strict=True)
+    RE.subscribe(strict)
+    with pytest.raises(FileExistsError):
+        RE(count([det], 1))

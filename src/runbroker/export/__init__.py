@@ -114,8 +114,13 @@ def exporter(format: str, directory: str | os.PathLike[str], **options: Any) -> 
     return exporter_class(format)(directory, **options)
 
 
-def live(format: str, directory: str | os.PathLike[str], **options: Any) -> LiveExport:
+def live(
+    format: str, directory: str | os.PathLike[str], *, strict: bool = False, **options: Any
+) -> LiveExport:
     """A RunEngine subscriber giving each run its own exporter of ``format``.
+
+    A failing export is logged and kept in ``.errors`` without stopping the RunEngine, unless
+    ``strict=True`` is passed.
 
     Example:
         >>> export = live("csv", tmp_path)
@@ -124,7 +129,7 @@ def live(format: str, directory: str | os.PathLike[str], **options: Any) -> Live
         >>> export.files  # every file written so far  # doctest: +SKIP
     """
     cls = exporter_class(format)
-    return LiveExport(lambda: cls(directory, **options))
+    return LiveExport(lambda: cls(directory, **options), strict=strict)
 
 
 def export_run(
