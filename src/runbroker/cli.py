@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -166,6 +167,45 @@ def _ingest(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def _catalogs_list(args: argparse.Namespace) -> int:
+    from .config import NamedCatalogs, search_path
+
+    entries = NamedCatalogs().entries()
+    for name, entry in sorted(entries.items()):
+        print(f"{name:<20} {entry.uri}" + (f"  ({entry.source})" if args.verbose else ""))
+    if args.verbose or not entries:
+        print("searched, first wins: " + os.pathsep.join(map(str, search_path())))
+    return 0
+
+
+def _catalogs_add(args: argparse.Namespace) -> int:
+    from .config import NamedCatalogs
+
+    options: dict[str, Any] = _options(args.option)
+    if args.root_map:
+        options["root_map"] = dict(_pair(p, "--root-map") for p in args.root_map)
+    if args.index:
+        options["indexes"] = args.index
+    entry = NamedCatalogs().add(args.name, args.uri, **options)
+    print(f"added {entry.name}: {entry.uri} ({entry.source})")
+    return 0
+
+
+def _pair(text: str, flag: str) -> tuple[str, str]:
+    old, sep, new = text.partition("=")
+    if not sep or not old or not new:
+        raise ValueError(f"{flag} {text!r}: write it as OLD=NEW")
+    return old, new
+
+
+def _catalogs_remove(args: argparse.Namespace) -> int:
+    from .config import NamedCatalogs
+
+    path = NamedCatalogs().remove(args.name)
+    print(f"removed {args.name} ({path})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``runbroker`` command.
 
@@ -225,6 +265,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ing.add_argument("--strict", action="store_true", help="stop at the first file refused")
     ing.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ing.set_defaults(func=_ingest)
+    cats = sub.add_parser("catalogs", help="catalogs known by name (runbroker.catalog[NAME])")
+    cats_sub = cats.add_subparsers(dest="catalogs", required=True)
+    cl = cats_sub.add_parser("list", help="names and where they point")
+    cl.add_argument("-v", "--verbose", action="store_true", help="also the files that say so")
+    cl.set_defaults(func=_catalogs_list)
+    ca = cats_sub.add_parser("add", help="name a catalog, for this user")
+    ca.add_argument("name", help="the name: letters, digits, - and _")
+    ca.add_argument("uri", help="SQLite file, folder, or postgresql://... URL")
+    ca.add_argument("--root-map", action="append", metavar="OLD=NEW", help="detector file roots")
+    ca.add_argument("--index", action="append", metavar="KEY", help="a metadata key to index")
+    ca.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE")
+    ca.set_defaults(func=_catalogs_add)
+    cr = cats_sub.add_parser("remove", help="forget a name added with `catalogs add`")
+    cr.add_argument("name")
+    cr.set_defaults(func=_catalogs_remove)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
