@@ -167,6 +167,27 @@ def _ingest(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def _copy(args: argparse.Namespace) -> int:
+    from .transfer import copy_catalog
+
+    source = open_catalog(args.source, readonly=True)
+    dest = open_catalog(args.dest)
+    try:
+        report = copy_catalog(
+            source,
+            dest,
+            query=Query.from_json(args.query) if args.query else None,
+            uids=args.uid,
+            progress=not args.quiet,
+            strict=args.strict,
+        )
+    finally:
+        dest.close()
+        source.close()
+    print(report)
+    return 2 if report.failed else 0
+
+
 def _catalogs_list(args: argparse.Namespace) -> int:
     from .config import NamedCatalogs, search_path
 
@@ -265,6 +286,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ing.add_argument("--strict", action="store_true", help="stop at the first file refused")
     ing.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ing.set_defaults(func=_ingest)
+    cp = sub.add_parser("copy", help="copy runs between catalogs, skipping those present")
+    cp.add_argument("source", help="catalog file or URL to copy from")
+    cp.add_argument("dest", help="catalog file or URL to copy into (created if missing)")
+    cp.add_argument("--query", help="copy the runs matching this query (its JSON form)")
+    cp.add_argument("--uid", nargs="+", help="copy these runs (full uids)")
+    cp.add_argument("--strict", action="store_true", help="stop at the first run refused")
+    cp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    cp.set_defaults(func=_copy)
     cats = sub.add_parser("catalogs", help="catalogs known by name (runbroker.catalog[NAME])")
     cats_sub = cats.add_subparsers(dest="catalogs", required=True)
     cl = cats_sub.add_parser("list", help="names and where they point")

@@ -26,13 +26,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from event_model import pack_datum_page, pack_event_page
 
 from ..catalog import Catalog
 from ..documents import DocumentError
+from ..transfer import CopyReport, copy_runs
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -47,36 +48,8 @@ COLLECTIONS = ("run_start", "run_stop", "event_descriptor", "event", "resource",
 _NO_ID = {"_id": False}
 
 
-@dataclass
-class ImportReport:
-    """What :func:`import_mongo` did.
-
-    ``copied`` and ``skipped`` count runs (skipped: already in the catalog); ``failed`` lists
-    ``(uid, message)`` for each run whose documents the catalog refused (nothing of those runs
-    was stored); ``documents`` counts the documents stored (event and datum pages count once).
-
-    Example:
-        >>> report = ImportReport(copied=2, skipped=1, documents=40)
-        >>> report.failed.append(("0b1c2d3e-aaaa", "Invalid descriptor document ..."))
-        >>> print(report)
-        copied 2 runs (40 documents), skipped 1 already in the catalog, 1 failed:
-          0b1c2d3e-aaaa: Invalid descriptor document ...
-    """
-
-    copied: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    documents: int = 0
-
-    def __str__(self) -> str:
-        runs = "run" if self.copied == 1 else "runs"
-        text = (
-            f"copied {self.copied} {runs} ({self.documents} documents), "
-            f"skipped {self.skipped} already in the catalog, {len(self.failed)} failed"
-        )
-        if self.failed:
-            text += ":" + "".join(f"\n  {uid}: {message}" for uid, message in self.failed)
-        return text
+#: What an import did (the report every copy gives).
+ImportReport = CopyReport
 
 
 def import_mongo(
@@ -218,8 +191,6 @@ def _import(
     batch_events: int,
     strict: bool,
 ) -> ImportReport:
-    # uid lookups must see every run of the catalog, not only those of a search result.
-    present = cat if cat.query is None else Catalog(cat.store)
     # The list of runs is read first, whole (two small fields per run), and sorted here:
     # a cursor held open for the hours a large import takes would time out on the server,
     # and sorting here needs no index on run_start.time.
@@ -232,52 +203,17 @@ def _import(
             continue
         heads.append((time if isinstance(time, (int, float)) else 0.0, uid))
     heads.sort()
-    bar = _progress_bar(len(heads)) if progress else None
-    try:
-        for _time, uid in heads:
-            if uid in present:
-                report.skipped += 1
-            else:
-                _copy_run(db, cat, uid, batch_events, strict, report)
-            if bar is not None:
-                bar.set_postfix(
-                    copied=report.copied,
-                    skipped=report.skipped,
-                    failed=len(report.failed),
-                    refresh=False,
-                )
-                bar.update()
-    finally:
-        if bar is not None:
-            bar.close()
-    return report
+    runs = ((uid, partial(_run_documents, db, uid, batch_events)) for _time, uid in heads)
+    return copy_runs(
+        runs, cat, total=len(heads), progress=progress, strict=strict, desc="import", report=report
+    )
 
 
-def _progress_bar(total: int) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="run", desc="import")
-
-
-def _copy_run(
-    db: Any, cat: Catalog, uid: str, batch_events: int, strict: bool, report: ImportReport
-) -> None:
+def _run_documents(db: Any, uid: str, batch_events: int) -> Iterator[tuple[str, dict]] | None:
     start = db["run_start"].find_one({"uid": uid}, _NO_ID)
     if start is None:  # deleted since the list of runs was read
-        return
-    try:
-        report.documents += cat.ingest(_RunReader(db, _strip(start), batch_events).documents())
-    except (ValueError, TypeError) as err:
-        # DocumentError (a ValueError) is the catalog refusing a document; a TypeError is a
-        # value it cannot store at all (say, a BSON type with no JSON form). MongoDB's own
-        # errors are neither, and stop the import.
-        if strict:
-            err.add_note(f"while importing run {uid!r} (nothing of that run was stored)")
-            raise
-        message = str(err) if isinstance(err, DocumentError) else f"{type(err).__name__}: {err}"
-        report.failed.append((uid, message))
-    else:
-        report.copied += 1
+        return None
+    return _RunReader(db, _strip(start), batch_events).documents()
 
 
 def _strip(doc: dict) -> dict:

@@ -1,0 +1,165 @@
+"""Copying runs into a catalog: the one loop that ``runbroker copy``, ``import``, ``ingest``
+of exports and (un)packing share.
+
+Each run is stored with one :meth:`Catalog.ingest` call, so it is copied whole or not at all;
+a run whose uid the destination already has is skipped, so a copy started again after an
+interruption copies only what is missing; a run the destination refuses is reported and the
+others go on, unless ``strict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .documents import DocumentError
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
+    from .queries import Query
+
+__all__ = ["CopyReport", "copy_catalog", "copy_runs"]
+
+#: A run's documents, produced only when the run is to be copied (None: it vanished).
+Documents = Callable[[], Iterable[tuple[str, dict]] | None]
+
+
+@dataclass
+class CopyReport:
+    """What a copy did.
+
+    ``copied`` and ``skipped`` count runs (skipped: already in the destination); ``failed``
+    lists ``(uid, message)`` for each run the destination refused (nothing of those runs was
+    stored); ``documents`` counts the documents stored (event and datum pages count once).
+
+    Example:
+        >>> report = CopyReport(copied=2, skipped=1, documents=40)
+        >>> report.failed.append(("0b1c2d3e-aaaa", "Invalid descriptor document ..."))
+        >>> print(report)
+        copied 2 runs (40 documents), skipped 1 already in the catalog, 1 failed:
+          0b1c2d3e-aaaa: Invalid descriptor document ...
+    """
+
+    copied: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    documents: int = 0
+
+    def __str__(self) -> str:
+        runs = "run" if self.copied == 1 else "runs"
+        text = (
+            f"copied {self.copied} {runs} ({self.documents} documents), "
+            f"skipped {self.skipped} already in the catalog, {len(self.failed)} failed"
+        )
+        if self.failed:
+            text += ":" + "".join(f"\n  {uid}: {message}" for uid, message in self.failed)
+        return text
+
+
+def copy_runs(
+    runs: Iterable[tuple[str, Documents]],
+    dest: Catalog,
+    *,
+    total: int | None = None,
+    progress: bool = True,
+    strict: bool = False,
+    desc: str = "copy",
+    report: CopyReport | None = None,
+) -> CopyReport:
+    """Store each ``(uid, documents)`` of ``runs`` in ``dest`` unless it is there already.
+
+    ``documents`` is called only for runs to copy. ``DocumentError``, ``ValueError`` and
+    ``TypeError`` (a value the destination cannot store) are the destination refusing a run:
+    reported in ``failed``, or raised with ``strict=True``. Other errors (a lost connection)
+    stop the copy.
+
+    Example:
+        >>> dest = runbroker.temp()
+        >>> print(copy_runs([(run.uid, run.documents)], dest, progress=False))
+        copied 1 run (4 documents), skipped 0 already in the catalog, 0 failed
+    """
+    from .catalog import Catalog
+
+    # uid look-ups must see every run of the destination, not only those of a search result.
+    present = dest if dest.query is None else Catalog(dest.store)
+    report = report if report is not None else CopyReport()
+    bar = _bar(total, desc) if progress else None
+    try:
+        for uid, documents in runs:
+            if uid in present:
+                report.skipped += 1
+            else:
+                _copy_one(uid, documents, dest, strict, report)
+            if bar is not None:
+                bar.set_postfix(
+                    copied=report.copied,
+                    skipped=report.skipped,
+                    failed=len(report.failed),
+                    refresh=False,
+                )
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+    return report
+
+
+def _copy_one(
+    uid: str, documents: Documents, dest: Catalog, strict: bool, report: CopyReport
+) -> None:
+    try:
+        docs = documents()
+        if docs is None:  # gone from the source since the list of runs was read
+            return
+        report.documents += dest.ingest(docs)
+    except (ValueError, TypeError) as err:
+        if strict:
+            err.add_note(f"while copying run {uid!r} (nothing of that run was stored)")
+            raise
+        message = str(err) if isinstance(err, DocumentError) else f"{type(err).__name__}: {err}"
+        report.failed.append((uid, message))
+    else:
+        report.copied += 1
+
+
+def _bar(total: int | None, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="run", desc=desc)
+
+
+def copy_catalog(
+    source: Catalog,
+    dest: Catalog,
+    *,
+    query: Query | None = None,
+    uids: Iterable[str] | None = None,
+    progress: bool = True,
+    strict: bool = False,
+) -> CopyReport:
+    """Copy the runs of ``source`` (those matching ``query``, or listed in ``uids``) into
+    ``dest``, oldest first, skipping those ``dest`` has.
+
+    Documents are copied as they are: detector files stay where their resources point
+    (``runbroker pack`` moves files too).
+
+    Example:
+        >>> laptop = runbroker.temp()
+        >>> print(copy_catalog(cat, laptop, query=Key("sample") == "Ni", progress=False))
+        copied 1 run (6 documents), skipped 0 already in the catalog, 0 failed
+    """
+    from .queries import In
+
+    if query is not None:
+        source = source.search(query)
+    if uids is not None:
+        source = source.search(In("uid", list(uids)))
+    chosen = list(source.values())[::-1]  # the catalog lists newest first
+    return copy_runs(
+        ((run.uid, run.documents) for run in chosen),
+        dest,
+        total=len(chosen),
+        progress=progress,
+        strict=strict,
+    )

@@ -1,0 +1,75 @@
+"""``runbroker copy`` and ``copy_catalog``: selected runs between any two stores, skipping those
+present, a refused run reported without stopping the others. The destination is the
+parametrised store (SQLite, PostgreSQL); the source an SQLite file, as on a laptop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bluesky import RunEngine
+from bluesky.plans import count, scan
+from event_model import compose_run
+from ophyd.sim import det, motor
+
+import runbroker
+from runbroker.cli import main
+from runbroker.queries import Key
+from runbroker.transfer import copy_catalog
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> runbroker.Catalog:
+    cat = runbroker.open(tmp_path / "facility.db")
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(cat.insert)
+    for sample in ("Fe", "Cu", "Fe"):
+        RE(scan([det], motor, -1, 1, 4), sample=sample)
+    RE(count([det], 2), sample="Ni")
+    cat.flush()
+    yield cat
+    cat.close()
+
+
+def test_selected_runs_are_copied_once_and_read_the_same(source, catalog):
+    report = copy_catalog(source, catalog, query=Key("sample") == "Fe", progress=False)
+    assert (report.copied, report.skipped, report.failed) == (2, 0, [])
+    assert sorted(catalog) == sorted(source.search(Key("sample") == "Fe"))
+    again = copy_catalog(source, catalog, progress=False)
+    assert (again.copied, again.skipped) == (2, 2)
+    assert len(catalog) == 4
+    for uid in source:
+        assert catalog[uid].primary.read().identical(source[uid].primary.read())
+    # Oldest first, so scan_ids keep their order in the destination.
+    assert [catalog[uid].start["scan_id"] for uid in list(catalog)[::-1]] == [1, 2, 3, 4]
+
+
+def test_a_refused_run_is_reported_and_the_others_go_on(source, catalog):
+    victim = source[-2]
+    desc = next(d for n, d in victim.documents() if n == "descriptor")
+    # The destination already holds another run whose descriptor has the same uid.
+    other = compose_run(metadata={"scan_id": 99})
+    catalog.ingest(
+        [
+            ("start", other.start_doc),
+            ("descriptor", {**desc, "run_start": other.start_doc["uid"]}),
+            ("stop", other.compose_stop()),
+        ]
+    )
+    report = copy_catalog(source, catalog, progress=False)
+    assert report.copied == 3 and [uid for uid, _ in report.failed] == [victim.uid]
+    assert desc["uid"] in report.failed[0][1]
+    assert victim.uid not in catalog
+    with pytest.raises(ValueError, match="while copying run"):
+        copy_catalog(source, catalog, uids=[victim.uid], progress=False, strict=True)
+
+
+def test_cli_copy_by_query_and_uid(source, tmp_path, capsys):
+    dest = tmp_path / "laptop.db"
+    query = (Key("sample") == "Cu").to_json()
+    assert main(["copy", str(tmp_path / "facility.db"), str(dest), "--query", query, "-q"]) == 0
+    assert "copied 1 run" in capsys.readouterr().out
+    ni = source.search(Key("sample") == "Ni")
+    assert main(["copy", str(tmp_path / "facility.db"), str(dest), "--uid", *ni, "-q"]) == 0
+    laptop = runbroker.open(dest, readonly=True)
+    assert sorted(r.start["sample"] for r in laptop.values()) == ["Cu", "Ni"]
