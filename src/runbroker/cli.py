@@ -143,28 +143,26 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .export import export_files, read_documents
+    from .export import export_files, run_of_export
+    from .transfer import copy_runs
 
     files = export_files(args.files)
     if not files:
         raise FileNotFoundError(f"no .jsonl, .msgpack or .h5 export in {' '.join(args.files)}")
     cat = open_catalog(args.uri)
-    failed = 0
     try:
-        for path in tqdm(files, unit="file", disable=args.quiet):
-            try:
-                cat.ingest(read_documents(path))
-            except (ValueError, KeyError, OSError) as err:
-                failed += 1
-                print(f"runbroker: {path}: {err}", file=sys.stderr)
-                if args.strict:
-                    return 1
+        report = copy_runs(
+            (run_of_export(path) for path in files),
+            cat,
+            total=len(files),
+            progress=not args.quiet,
+            strict=args.strict,
+            desc="ingest",
+        )
     finally:
         cat.close()
-    print(f"ingested {len(files) - failed} of {len(files)} file(s) into {args.uri}")
-    return 2 if failed else 0
+    print(report)
+    return 2 if report.failed else 0
 
 
 def _copy(args: argparse.Namespace) -> int:

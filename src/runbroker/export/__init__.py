@@ -44,6 +44,7 @@ __all__ = [
     "read_documents",
     "register_exporter",
     "render",
+    "run_of_export",
     "safe_name",
 ]
 
@@ -177,6 +178,25 @@ def read_documents(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict]]:
             f"{', '.join(sorted(READERS))} exports"
         )
     return _load(READERS[suffix])(path)
+
+
+def run_of_export(path: str | os.PathLike[str]) -> tuple[str, Callable[[], Iterator]]:
+    """``(uid, documents)`` of the run in an export file, for ``transfer.copy_runs``.
+
+    Only the first document is read here; an unreadable file gives its name in the error.
+    """
+    docs = read_documents(path)
+    try:
+        name, start = next(iter(docs))
+    except StopIteration:
+        raise ExportError(f"{path}: empty, no documents to ingest") from None
+    finally:
+        close = getattr(docs, "close", None)
+        if close is not None:
+            close()
+    if name != "start":
+        raise ExportError(f"{path}: starts with a {name} document, not the run's start")
+    return start["uid"], lambda: read_documents(path)
 
 
 def export_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
