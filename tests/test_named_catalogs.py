@@ -109,7 +109,7 @@ def test_cli_add_is_seen_at_once_by_a_new_process(places, tmp_path, capsys):
         [
             sys.executable,
             "-c",
-            "from runbroker.config import NamedCatalogs as N; print(len(N()['45id']))",
+            "import runbroker; print(len(runbroker.catalog['45id']))",
         ],
         capture_output=True,
         text=True,
@@ -127,3 +127,13 @@ def test_remove_refuses_a_catalog_it_did_not_add(places, tmp_path, capsys):
     (places["site"] / "site.yml").write_text(f"shared: {tmp_path / 'x.db'}\n")
     assert main(["catalogs", "remove", "shared"]) == 1
     assert "site.yml" in capsys.readouterr().err
+
+
+def test_runbroker_catalog_is_the_named_catalogs(places, tmp_path):
+    db = _catalog_with(tmp_path / "runs.db", 3)
+    places["extra"].write_text(f"45id: {db}\n")
+    assert list(runbroker.catalog) == ["45id"]
+    assert len(runbroker.catalog["45id"]) == 3
+    from runbroker.catalog import Run  # the module is still importable by name
+
+    assert isinstance(runbroker.catalog["45id"][-1], Run)

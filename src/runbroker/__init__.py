@@ -27,6 +27,7 @@ from .assets import (
     register_reader,
 )
 from .catalog import AmbiguousUIDError, Catalog, Run
+from .config import NamedCatalogs
 from .derived import ProvenanceError, derived_from
 from .documents import ConflictError, DocumentError, UnknownParentError
 from .store.sql import SchemaVersionError, SQLStore
@@ -45,6 +46,7 @@ __all__ = [
     "Stream",
     "UnknownParentError",
     "UnsafePathError",
+    "catalog",
     "derived_from",
     "open",
     "register_handler",
@@ -53,6 +55,11 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+#: Catalogs by name, as configured (``runbroker.catalog["45id"]``, ``list(runbroker.catalog)``;
+#: see ``runbroker.config``). The name is databroker's; it hides the ``runbroker.catalog``
+#: submodule as an attribute only: ``from runbroker.catalog import Run`` still works.
+catalog: NamedCatalogs = NamedCatalogs()
 
 
 def open(
