@@ -144,20 +144,30 @@ def _export(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     from .export import export_files, run_of_export
-    from .transfer import copy_runs
+    from .transfer import CopyReport, copy_runs
 
     files = export_files(args.files)
     if not files:
         raise FileNotFoundError(f"no .jsonl, .msgpack or .h5 export in {' '.join(args.files)}")
+    report = CopyReport()
+    runs = []
+    for path in files:
+        try:
+            runs.append(run_of_export(path))
+        except (ValueError, KeyError, OSError) as err:
+            if args.strict:
+                raise
+            report.failed.append((str(path), str(err)))
     cat = open_catalog(args.uri)
     try:
-        report = copy_runs(
-            (run_of_export(path) for path in files),
+        copy_runs(
+            runs,
             cat,
-            total=len(files),
+            total=len(runs),
             progress=not args.quiet,
             strict=args.strict,
             desc="ingest",
+            report=report,
         )
     finally:
         cat.close()
