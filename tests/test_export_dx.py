@@ -208,10 +208,10 @@ def test_tomography_reader_expectations(export_runs: dict[str, Any], tmp_path: P
     run = export_runs["tomo"]
     path = _export(run, tmp_path)
     with h5py.File(path, "r") as f:
-        tomo = f["/".join(["exchange", "data"])][()]
-        flat = f["/".join(["exchange", "data_white"])][()]
-        dark = f["/".join(["exchange", "data_dark"])][()]
-        theta = f["/".join(["exchange", "theta"])][()] * np.pi / 180.0
+        tomo = f["exchange/data"][()]
+        flat = f["exchange/data_white"][()]
+        dark = f["exchange/data_dark"][()]
+        theta = f["exchange/theta"][()] * np.pi / 180.0
     n_theta = len(run.primary.read()["theta"])
     assert tomo.ndim == 3 and tomo.shape == (n_theta, 5, 7)
     assert flat.shape[1:] == dark.shape[1:] == tomo.shape[1:]
