@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from . import export  # runbroker.export.live(...) without a second import
 from .assets import (
     Assets,
     ExternalDataError,
@@ -48,6 +49,7 @@ __all__ = [
     "UnsafePathError",
     "catalog",
     "derived_from",
+    "export",
     "open",
     "register_handler",
     "register_reader",
