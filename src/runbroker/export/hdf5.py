@@ -103,6 +103,7 @@ class HDF5Exporter(Exporter):
         self._by_name: dict[str, _Group] = {}
         self._layouts: dict[tuple, _Group] = {}
         self._assets: list[bytes] = []
+        self._cache: dict[str, dict[str, _Column]] = {}  # group -> dataset path -> column
 
     # -- the document stream ----------------------------------------------------------------
 
@@ -142,26 +143,40 @@ class HDF5Exporter(Exporter):
 
     def event_page(self, page: Page) -> None:
         group = self._groups[page.descriptor["uid"]]
-        h5 = self._structure(group, page)
-        g = h5[group.name]
+        self._structure(group, page)
         n, k = group.rows, len(page)
-        index = group.descriptors.index(page.descriptor["uid"])
-        _append(g["time"], n, page.time)
-        _append(g["seq_num"], n, page.seq_num)
-        _append(g["uid"], n, np.asarray(page.uid, dtype=object))
-        _append(g["descriptor"], n, np.full(k, index, dtype=np.int32))
-        data, stamps = g["data"], g["timestamps"]
+        values: dict[str, Any] = {
+            "time": page.time,
+            "seq_num": page.seq_num,
+            "uid": page.uid,
+            "descriptor": np.full(k, group.descriptors.index(page.descriptor["uid"]), "i4"),
+        }
         for key, ds_name in group.fields.items():
             if key not in page.data:
                 raise ExportError(
                     f"run {self.uid}, stream {group.stream!r}: field {key!r} is missing from "
                     f"events {page.seq_num[0]}..{page.seq_num[-1]} but earlier events have it"
                 )
-            ds = data[ds_name]
-            _append(ds, n, _for_dataset(ds, page.data[key]))
-            _append(stamps[ds_name], n, page.timestamps.get(key, page.time))
+            values[f"data/{ds_name}"] = page.data[key]
+            values[f"timestamps/{ds_name}"] = page.timestamps.get(key, page.time)
+        # Every column is checked before any is written, so that the rows stay aligned.
+        while True:
+            columns = self._columns(group)
+            ready, widen = {}, {}
+            for path, v in values.items():
+                arr, dtype = columns[path].prepare(v, f"run {self.uid}, {group.name}/{path}")
+                if dtype is not None:
+                    widen[path] = dtype
+                ready[path] = arr
+            if not widen:
+                break
+            for path, dtype in widen.items():
+                self._widen(group, path, dtype)
+        for path, arr in ready.items():
+            columns[path].append(n, arr)
         group.rows = n + k
-        h5.flush()
+        assert self._h5 is not None
+        self._h5.flush()
 
     def finish(self, complete: bool) -> None:
         if self._h5 is None:
@@ -180,6 +195,41 @@ class HDF5Exporter(Exporter):
                 self._h5.close()
                 self._h5 = None
 
+    def _columns(self, group: _Group) -> dict[str, _Column]:
+        """The group's datasets, looked up once (h5py lookups cost more than small writes)."""
+        assert self._h5 is not None
+        cols = self._cache.get(group.name)
+        if cols is None:
+            g = self._h5[group.name]
+            cols = {p: _Column(g[p]) for p in ("time", "seq_num", "uid", "descriptor")}
+            for part in ("data", "timestamps"):
+                for name, ds in g[part].items():
+                    cols[f"{part}/{name}"] = _Column(ds)
+            self._cache[group.name] = cols
+        return cols
+
+    def _widen(self, group: _Group, path: str, dtype: Any) -> None:
+        """Recreate a dataset with a dtype that holds both its rows and new ones (integers
+        that became floats when a reading was missing; uids that are not 36 ASCII
+        characters)."""
+        h5 = self._writable()
+        g = h5[group.name]
+        old = g[path]
+        rows = old.asstr()[...] if old.dtype.kind == "S" else old[...]
+        attrs, chunks = dict(old.attrs), old.chunks
+        compression = old.compression
+        shape, maxshape = old.shape, old.maxshape
+        del g[path]
+        new = g.create_dataset(
+            path, shape, maxshape=maxshape, dtype=dtype, chunks=chunks, compression=compression
+        )
+        if len(rows):
+            new[...] = rows
+        new.attrs.update(attrs)
+        self._cache.clear()
+        if self.swmr:
+            h5.swmr_mode = True
+
     # -- structure (created outside SWMR mode) ----------------------------------------------
 
     def _writable(self) -> h5py.File:
@@ -188,6 +238,7 @@ class HDF5Exporter(Exporter):
         if self._h5.swmr_mode:
             self._h5.close()
             self._h5 = h5py.File(self.path, "r+", libver="latest")
+            self._cache.clear()
         return self._h5
 
     def _structure(self, group: _Group, page: Page) -> h5py.File:
@@ -219,13 +270,15 @@ class HDF5Exporter(Exporter):
         if group.name not in h5:
             g = h5.create_group(group.name)
             g.attrs["stream"] = group.stream
+            # uuid4 uids, the usual ones, fit 36 ASCII characters.
+            uid = h5py.string_dtype("ascii", 36)
             for name, dtype in (
                 ("time", "f8"),
                 ("seq_num", "i8"),
-                ("uid", _STR),
+                ("uid", uid),
                 ("descriptor", "i4"),
             ):
-                rows = 1024 if name == "uid" else _CHUNK_BYTES // 8
+                rows = 2048 if name == "uid" else _CHUNK_BYTES // 8
                 g.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(rows,))
             g.create_group("data")
             g.create_group("timestamps")
@@ -294,18 +347,60 @@ def _h5name(name: str) -> str:
     return out if out not in ("", ".", "..") else f"_{out}"
 
 
-def _append(ds: h5py.Dataset, n: int, values: np.ndarray) -> None:
-    ds.resize(n + len(values), axis=0)
-    ds[n:] = values
+class _Column:
+    """One dataset that pages are appended to, written through h5py's low-level API."""
 
+    __slots__ = ("ds", "dtype", "encoding", "shape")
 
-def _for_dataset(ds: h5py.Dataset, column: Any) -> np.ndarray:
-    encoding = ds.attrs.get("encoding")
-    if encoding == "json":
-        return np.asarray([dumps(v).decode() for v in column], dtype=object)
-    if encoding == "str":
-        return np.asarray([v if isinstance(v, str) else str(v) for v in column], dtype=object)
-    return np.asarray(column)
+    def __init__(self, ds: h5py.Dataset) -> None:
+        self.ds = ds
+        self.dtype = ds.dtype
+        self.shape = ds.shape[1:]
+        encoding = ds.attrs.get("encoding")
+        if encoding is None and self.dtype.kind == "O":
+            encoding = "str"
+        self.encoding = encoding
+
+    def prepare(self, values: Any, where: str) -> tuple[np.ndarray, Any]:
+        """``values`` as this dataset stores them, or a dtype the dataset must become."""
+        if self.encoding == "json":
+            return np.asarray([dumps(v).decode() for v in values], dtype=object), None
+        if self.encoding == "str":
+            return np.asarray([v if isinstance(v, str) else str(v) for v in values], "O"), None
+        if self.dtype.kind == "S":  # event uids, fixed width
+            width = self.dtype.itemsize
+            if max(map(len, values), default=0) <= width:
+                try:
+                    return np.asarray(values, dtype=self.dtype), None
+                except UnicodeEncodeError:
+                    pass
+            return np.asarray(values, dtype=object), _STR
+        arr = np.asarray(values)
+        if arr.shape[1:] != self.shape:
+            raise ExportError(
+                f"{where}: events of shape {arr.shape[1:]} after events of shape {self.shape}"
+            )
+        if arr.dtype == self.dtype:
+            return np.ascontiguousarray(arr), None
+        if arr.dtype.kind not in "biufc":
+            raise ExportError(f"{where}: values of dtype {arr.dtype} after {self.dtype} ones")
+        if np.can_cast(arr.dtype, self.dtype, "safe"):
+            return np.ascontiguousarray(arr, dtype=self.dtype), None
+        return arr, np.promote_types(arr.dtype, self.dtype)
+
+    def append(self, n: int, arr: np.ndarray) -> None:
+        k = len(arr)
+        if arr.dtype.kind == "O":  # variable-length strings: h5py converts them
+            self.ds.resize(n + k, axis=0)
+            self.ds[n:] = arr
+            return
+        dsid = self.ds.id
+        dsid.set_extent((n + k, *self.shape))
+        if not k:
+            return
+        space = dsid.get_space()
+        space.select_hyperslab((n, *(0,) * len(self.shape)), (k, *self.shape))
+        dsid.write(h5py.h5s.create_simple(arr.shape), space, arr)
 
 
 def _configuration(group: h5py.Group, index: int, desc: Mapping[str, Any]) -> None:
