@@ -465,12 +465,7 @@ def read_documents(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict]]:
         True
     """
     path = Path(path)
-    try:
-        h5 = h5py.File(path, "r", swmr=True)
-    except FileNotFoundError:
-        raise
-    except OSError as err:
-        raise ExportError(f"{path}: cannot be read as HDF5 ({_reason(err)})") from None
+    h5 = _open(path)
     with h5:
         attrs = h5.attrs
         if attrs.get("runbroker_export") != "hdf5":
@@ -483,7 +478,7 @@ def read_documents(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict]]:
             stop = json.loads(attrs["stop"])
             descriptors = json.loads(attrs["descriptors"])
             groups = json.loads(attrs["groups"])
-        except (KeyError, ValueError) as err:
+        except (KeyError, ValueError, OSError, RuntimeError) as err:
             raise ExportError(
                 f"{path}: damaged run metadata in the root attributes ({err})"
             ) from None
@@ -504,6 +499,23 @@ def read_documents(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict]]:
             yield from _pages(path, h5[name])
         if stop is not None:
             yield "stop", stop
+
+
+def _open(path: Path) -> h5py.File:
+    # A plain open checks the file's length against what HDF5 wrote (a SWMR open does not);
+    # a file a writer holds in SWMR mode opens only for SWMR reading.
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        reason = _reason(err)
+        if "not an HDF5" in reason or "truncated" in reason:
+            raise ExportError(f"{path}: cannot be read as HDF5 ({reason})") from None
+    try:
+        return h5py.File(path, "r", swmr=True)
+    except OSError as err:
+        raise ExportError(f"{path}: cannot be read as HDF5 ({_reason(err)})") from None
 
 
 def _reason(err: OSError) -> str:
@@ -541,7 +553,7 @@ def _pages(path: Path, g: h5py.Group) -> Iterator[tuple[str, dict]]:
             key = ds.attrs.get("field", name)
             data[key] = _column(ds, n)
             stamps[key] = g["timestamps"][name][:n]
-    except (KeyError, ValueError, OSError) as err:
+    except (KeyError, ValueError, OSError, RuntimeError) as err:
         raise ExportError(f"{path}: group {g.name} is damaged or incomplete ({err})") from None
     cuts = [0, *(np.flatnonzero(np.diff(index)) + 1).tolist(), n]
     for a, b in itertools.pairwise(cuts):

@@ -1,0 +1,319 @@
+"""Raw HDF5 export: read by h5py and silx, live through SWMR from another process, and
+re-ingested into a fresh catalog with identical reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import silx.io
+from bluesky import RunEngine
+from bluesky.plans import count, scan
+from bluesky.preprocessors import SupplementalData
+from event_model import compose_run
+from ophyd.sim import SynSignal, det1, motor, motor1
+
+import runbroker
+from runbroker.export import ExportError, exporter, live
+from runbroker.export.hdf5 import read_documents
+from runbroker.testing.detectors import ADHDF5Detector
+
+RUNS = ["scalar", "grid", "inline_image", "file_image", "tomo", "two_descriptors"]
+
+
+def _assert_same_run(copy: runbroker.Catalog, run: Any) -> None:
+    again = copy[run.uid]
+    assert list(again) == list(run)
+    for stream in run:
+        got, expected = again[stream].read(), run[stream].read()
+        assert got.identical(expected), stream
+        assert {k: v.dtype for k, v in got.variables.items()} == {
+            k: v.dtype for k, v in expected.variables.items()
+        }, stream
+        assert again[stream].timestamps().identical(run[stream].timestamps()), stream
+    assert again.stop == run.stop
+
+
+def _check_file(path: Path, run: Any) -> None:
+    """Every stream's rows in the file equal ``read()``, dtype included."""
+    with h5py.File(path, "r") as f:
+        assert f.attrs["uid"] == run.uid
+        assert bool(f.attrs["complete"]) is True
+        assert json.loads(f.attrs["start"])["uid"] == run.uid
+        assert json.loads(f.attrs["stop"]) == run.stop
+        for stream in run:
+            ds = run[stream].read()
+            g = f[stream]
+            assert g.attrs["stream"] == stream
+            assert np.array_equal(g["time"][()], ds["time"].values)
+            assert np.array_equal(g["seq_num"][()], ds["seq_num"].values)
+            stamps = run[stream].timestamps()
+            for field in ds.data_vars:
+                stored = g["data"][field]
+                assert stored.attrs["field"] == field
+                assert stored.dtype == ds[field].dtype, field
+                assert np.array_equal(stored[()], ds[field].values), field
+                assert np.array_equal(g["timestamps"][field][()], stamps[field].values)
+            uids = [d["uid"] for d in run[stream]._descriptors]
+            assert json.loads(g.attrs["descriptors"]) == uids
+
+
+@pytest.mark.parametrize("key", RUNS)
+def test_h5py_reads_what_read_gives(export_runs: dict, key: str, tmp_path: Path) -> None:
+    run = export_runs[key]
+    (path,) = run.export("hdf5", tmp_path)
+    assert path.suffix == ".h5"
+    _check_file(path, run)
+
+
+def test_silx_opens_the_file(export_runs: dict, tmp_path: Path) -> None:
+    run = export_runs["tomo"]
+    (path,) = run.export("hdf5", tmp_path)
+    expected = run.primary.read()
+    with silx.io.open(str(path)) as f:
+        assert silx.io.is_group(f["primary/data"])
+        assert np.array_equal(f["primary/data/tomocam_image"][()], expected["tomocam_image"])
+        assert np.array_equal(f["primary/data/theta"][()], expected["theta"].values)
+        assert set(f) == {"dark", "flat", "primary"}
+
+
+@pytest.mark.parametrize("fill", [True, False])
+@pytest.mark.parametrize("key", RUNS)
+def test_round_trip_gives_identical_reads(
+    export_runs: dict, key: str, fill: bool, tmp_path: Path
+) -> None:
+    run = export_runs[key]
+    (path,) = run.export("hdf5", tmp_path, fill=fill)
+    docs = list(read_documents(path))
+    names = [name for name, _ in docs]
+    assert names[0] == "start" and names[-1] == "stop"
+    external = key in ("file_image", "tomo")
+    assert ("resource" in names) is (external and not fill)
+    copy = runbroker.temp()
+    copy.ingest(docs)
+    _assert_same_run(copy, run)
+    events = [doc for name, doc in docs if name == "event_page"]
+    assert sorted(u for page in events for u in page["uid"]) == sorted(
+        doc["uid"] for name, doc in run.documents(pages=False) if name == "event"
+    )
+
+
+def test_detector_data_is_filled_into_the_file(export_runs: dict, tmp_path: Path) -> None:
+    run = export_runs["file_image"]
+    (filled,) = run.export("hdf5", tmp_path / "filled")
+    (refs,) = run.export("hdf5", tmp_path / "refs", fill=False)
+    images = run.primary.read()["adet_image"].values
+    with h5py.File(filled, "r") as f:
+        ds = f["primary/data/adet_image"]
+        assert ds.dtype == np.uint16 and ds.shape == images.shape
+        assert ds.maxshape == (None, *images.shape[1:])
+        assert np.array_equal(ds[()], images)
+        assert bool(f.attrs["filled"]) and "_asset_documents" not in f
+    with h5py.File(refs, "r") as f:
+        datums = [
+            doc["data"]["adet_image"] for name, doc in run.documents(pages=False) if name == "event"
+        ]
+        assert f["primary/data/adet_image"].asstr()[()].tolist() == datums
+        kept = [json.loads(t)[0] for t in f["_asset_documents"].asstr()[()]]
+        assert kept[0] == "resource" and "datum_page" in kept
+
+
+def test_frames_are_chunked_per_frame(tmp_path: Path) -> None:
+    cat = runbroker.temp()
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(cat.insert)
+    frames = iter(range(100))
+    cam = SynSignal(name="cam", func=lambda: np.full((64, 48), next(frames), dtype=np.uint16))
+    RE(count([cam, det1], 5))
+    (path,) = cat[-1].export("hdf5", tmp_path)
+    with h5py.File(path, "r") as f:
+        assert f["primary/data/cam"].chunks == (1, 64, 48)
+        images = f["primary/data/cam"][()]
+    expected = cat[-1].primary.read()["cam"].values
+    assert images.dtype == np.uint16 and np.array_equal(images, expected)
+    assert np.unique(images[:, 0, 0]).size == 5
+    with h5py.File(path, "r") as f:
+        assert f["primary/data/det1"].maxshape == (None,)
+
+
+def test_two_descriptors_share_a_group_with_their_configuration(
+    export_runs: dict, tmp_path: Path
+) -> None:
+    run = export_runs["two_descriptors"]
+    (path,) = run.export("hdf5", tmp_path)
+    with h5py.File(path, "r") as f:
+        assert list(f) == ["primary"]
+        assert f["primary/descriptor"][()].tolist() == [0, 0, 0, 1, 1, 1]
+        assert f["primary/configuration/I0/I0_gain"][()].tolist() == [1, 10]
+
+
+def test_descriptors_with_other_fields_get_their_own_group(tmp_path: Path) -> None:
+    bundle = compose_run(metadata={"scan_id": 5})
+    docs = [("start", bundle.start_doc)]
+    seq = 0
+    for i, keys in enumerate((["a"], ["a", "b"], ["a"])):
+        # event-model composes one set of keys per stream; older data has several.
+        desc = bundle.compose_descriptor(
+            name=f"s{i}",
+            data_keys={k: {"source": "s", "dtype": "number", "shape": []} for k in keys},
+        )
+        docs.append(("descriptor", {**desc.descriptor_doc, "name": "primary"}))
+        for _ in range(2):
+            seq += 1
+            data = {k: float(seq) for k in keys}
+            docs.append(
+                ("event", desc.compose_event(data=data, timestamps=dict.fromkeys(keys, 0.0)))
+            )
+    docs.append(("stop", bundle.compose_stop()))
+    cat = runbroker.temp()
+    cat.ingest(docs)
+    run = cat[-1]
+    (path,) = run.export("hdf5", tmp_path)
+    with h5py.File(path, "r") as f:
+        assert sorted(f) == ["primary", "primary_2"]
+        assert f["primary/data/a"][()].tolist() == [1.0, 2.0, 5.0, 6.0]
+        assert f["primary_2/data/b"][()].tolist() == [3.0, 4.0]
+        assert f["primary_2"].attrs["stream"] == "primary"
+    copy = runbroker.temp()
+    copy.ingest(read_documents(path))
+    assert copy[-1].primary.read()["a"].values.tolist() == run.primary.read()["a"].values.tolist()
+
+
+def test_columns_widen_when_later_pages_need_it(tmp_path: Path) -> None:
+    """A missing integer reading turns the column into floats; uids that are not uuid4."""
+    bundle = compose_run(metadata={"scan_id": 6})
+    desc = bundle.compose_descriptor(
+        name="primary", data_keys={"n": {"source": "s", "dtype": "integer", "shape": []}}
+    )
+    docs = [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc)]
+    for i, (value, uid) in enumerate([(1, "e1"), (2, "e2"), (None, "é" * 3), (4, "x" * 50)]):
+        ev = desc.compose_event(data={"n": value}, timestamps={"n": 0.0}, seq_num=i + 1)
+        docs.append(("event", {**ev, "uid": uid}))
+    docs.append(("stop", bundle.compose_stop()))
+    exp = exporter("hdf5", tmp_path)
+    for name, doc in docs:
+        exp(name, doc)
+    (path,) = exp.close()
+    with h5py.File(path, "r") as f:
+        assert f["primary/uid"].asstr()[()].tolist() == ["e1", "e2", "é" * 3, "x" * 50]
+        n = f["primary/data/n"][()]
+    assert n.dtype == np.float64 and n[[0, 1, 3]].tolist() == [1.0, 2.0, 4.0]
+    assert np.isnan(n[2])
+
+
+# -- live ------------------------------------------------------------------------------------
+
+_PROBE = textwrap.dedent(
+    """
+    import sys, h5py
+    with h5py.File(sys.argv[1], "r", swmr=True) as f:
+        g = f["primary"]
+        print(len(g["time"]), len(g["data/det1"]), g["seq_num"][-1], len(f["baseline/time"]))
+    """
+)
+
+
+def test_live_file_holds_the_rows_so_far(tmp_path: Path) -> None:
+    cat = runbroker.temp()
+    RE = RunEngine({}, call_returns_result=False)
+    RE.preprocessors.append(SupplementalData(baseline=[motor1]))
+    RE.subscribe(cat.insert)
+    export = live("hdf5", tmp_path / "out")
+    RE.subscribe(export)
+    probes: list[str] = []
+
+    def probe(name: str, doc: dict) -> None:
+        # Subscribed after the exporter: event k has been written when this runs.
+        if name == "event" and doc["seq_num"] in (1, 3) and doc["descriptor"] in primary:
+            (path,) = (tmp_path / "out").iterdir()
+            out = subprocess.run(
+                [sys.executable, "-c", _PROBE, str(path)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            probes.append(out.stdout.split())
+        if name == "descriptor" and doc["name"] == "primary":
+            primary.add(doc["uid"])
+
+    primary: set[str] = set()
+    RE.subscribe(probe)
+    RE(scan([det1], motor, -1, 1, 5))
+    assert probes == [["1", "1", "1", "1"], ["3", "3", "3", "1"]]
+    (path,) = export.files
+    with h5py.File(path, "r") as f:
+        assert bool(f.attrs["complete"]) and len(f["baseline/time"]) == 2
+    _check_file(path, cat[-1])
+
+
+def test_live_export_fills_detector_files(tmp_path: Path) -> None:
+    cat = runbroker.temp()
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(cat.insert)
+    export = live("hdf5", tmp_path / "out", assets=cat.assets)
+    RE.subscribe(export)
+    adet = ADHDF5Detector("adet", tmp_path / "detector", shape=(6, 8))
+    RE(scan([adet], motor, 0, 1, 3))
+    (path,) = export.files
+    _check_file(path, cat[-1])
+    copy = runbroker.temp()
+    copy.ingest(read_documents(path))
+    _assert_same_run(copy, cat[-1])
+
+
+# -- incomplete, refusals, bad input ---------------------------------------------------------
+
+
+def test_run_without_stop_is_closed_and_marked(export_runs: dict, tmp_path: Path) -> None:
+    run = export_runs["scalar"]
+    exp = exporter("hdf5", tmp_path)
+    for name, doc in run.documents(arrays=True):
+        if name != "stop":
+            exp(name, doc)
+    (path,) = exp.close()
+    with h5py.File(path, "r") as f:
+        assert bool(f.attrs["complete"]) is False
+        assert json.loads(f.attrs["stop"]) is None
+        assert len(f["primary/time"]) == 7
+    docs = list(read_documents(path))
+    assert "stop" not in [name for name, _ in docs]
+    copy = runbroker.temp()
+    copy.ingest(docs)
+    assert copy[-1].stop is None
+    assert copy[-1].primary.read().identical(run.primary.read())
+
+
+def test_never_overwrites(export_runs: dict, tmp_path: Path) -> None:
+    run = export_runs["scalar"]
+    (path,) = run.export("hdf5", tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="already exists"):
+        run.export("hdf5", tmp_path)
+    assert path.read_bytes() == before
+    assert run.export("hdf5", tmp_path, overwrite=True) == [path]
+    _check_file(path, run)
+
+
+def test_read_documents_refuses_bad_files(export_runs: dict, tmp_path: Path) -> None:
+    text = tmp_path / "notes.h5"
+    text.write_text("not HDF5 at all\n" * 100)
+    with pytest.raises(ExportError, match=r"notes\.h5: cannot be read as HDF5 \(not an HDF5"):
+        list(read_documents(text))
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = [1, 2]
+    with pytest.raises(ExportError, match=r"other\.h5: an HDF5 file, but not a runbroker"):
+        list(read_documents(other))
+    (path,) = export_runs["inline_image"].export("hdf5", tmp_path / "cut")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ExportError, match=rf"{path.name}: cannot be read as HDF5 .*truncated"):
+        list(read_documents(path))
