@@ -364,10 +364,8 @@ class _Column:
             and ds.id.get_create_plist().get_nfilters() == 0
             and self.dtype.kind in "biufc"
         )
-        encoding = ds.attrs.get("encoding")
-        if encoding is None and self.dtype.kind == "O":
-            encoding = "str"
-        self.encoding = encoding
+        # Only variable-length strings carry an encoding (and attribute lookups are slow).
+        self.encoding = ds.attrs.get("encoding", "str") if self.dtype.kind == "O" else None
 
     def prepare(self, values: Any, where: str) -> tuple[np.ndarray, Any]:
         """``values`` as this dataset stores them, or a dtype the dataset must become."""
