@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 
 from ..assets import external_kind
+from ..store.pages import concat_columns
 from ..stream import as_column
 from .base import Exporter, ExportError, Page
 
@@ -657,19 +658,11 @@ def _empty(dk: Mapping[str, Any]) -> np.ndarray:
 def _join(
     parts: Sequence[np.ndarray | None], lengths: Sequence[int], dk: Mapping[str, Any]
 ) -> np.ndarray:
-    """One column from the pages' pieces, as the catalog's ``read()`` joins them: a field
-    missing from some pages is missing (NaN) there, mismatched shapes become per-event values."""
+    """One column from the pages' pieces, joined as the catalog's ``read()`` joins them (a
+    field missing from some pages is missing there, NaN in a numeric column)."""
     if not parts:
         return _empty(dk)
-    if all(p is not None for p in parts):
-        if len(parts) == 1:
-            return parts[0]
-        if len({p.shape[1:] for p in parts}) == 1:
-            return np.concatenate(parts)
-    values: list[Any] = []
-    for part, n in zip(parts, lengths, strict=True):
-        values.extend([None] * n if part is None else list(part))
-    return as_column(values, dk)
+    return as_column(concat_columns(parts, lengths), dk)
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
