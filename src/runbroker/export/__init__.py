@@ -154,8 +154,11 @@ def export_run(
     """
     options.setdefault("assets", run.assets)
     exp = exporter(format, directory, **options)
+    exp.live = False
     try:
-        for name, doc in run.documents(arrays=True):
+        # Straight from the store: exporters fill detector data themselves, and formats that
+        # never write event uids spare decoding them.
+        for name, doc in run.store.documents(run.uid, arrays=True, uids=exp.needs_uids):
             exp(name, doc)
             if progress is not None and name == "event_page":
                 progress(len(doc["seq_num"]))

@@ -78,6 +78,8 @@ class Exporter:
     suffix: ClassVar[str] = ""
     #: Whether detector data kept in files must be read into the events first.
     needs_pixels: bool = False
+    #: Whether ``Page.uid`` is used: a prompt export skips decoding event uids otherwise.
+    needs_uids: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -99,6 +101,10 @@ class Exporter:
         self._seen = SeenAssets()
         self._closed = False
         self._started = False  # start() succeeded, so finish() has files to close
+        #: True while a RunEngine feeds the exporter (the default). ``export_run`` sets it
+        #: False: then nobody reads the files before they are closed, and a format may skip
+        #: what only live readers need (flushing every page, SWMR mode).
+        self.live = True
 
     # -- what formats override --------------------------------------------------------------
 

@@ -160,6 +160,8 @@ class CSVExporter(Exporter):
         True
     """
 
+    needs_uids = False  # event uids are not written
+
     format = "csv"
     suffix = ".csv"
 

@@ -145,6 +145,8 @@ class DataExchangeExporter(Exporter):
         runbroker.export.base.ExportError: run ...: no projections for /exchange/data: ...
     """
 
+    needs_uids = False  # event uids are not written
+
     format = "dx"
     suffix = ".h5"
     needs_pixels = True

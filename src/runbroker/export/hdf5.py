@@ -176,7 +176,8 @@ class HDF5Exporter(Exporter):
             columns[path].append(n, arr)
         group.rows = n + k
         assert self._h5 is not None
-        self._h5.flush()
+        if self.live:  # readers follow the file; a prompt export is read once it is closed
+            self._h5.flush()
 
     def finish(self, complete: bool) -> None:
         if self._h5 is None:
@@ -227,7 +228,7 @@ class HDF5Exporter(Exporter):
             new[...] = rows
         new.attrs.update(attrs)
         self._cache.clear()
-        if self.swmr:
+        if self.swmr and self.live:
             h5.swmr_mode = True
 
     # -- structure (created outside SWMR mode) ----------------------------------------------
@@ -259,7 +260,7 @@ class HDF5Exporter(Exporter):
             used.add(ds_name)
             self._field(g, key, ds_name, page.data[key], page.descriptor["data_keys"].get(key))
             group.fields[key] = ds_name
-        if self.swmr:
+        if self.swmr and self.live:
             h5.swmr_mode = True
         return h5
 

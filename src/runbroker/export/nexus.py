@@ -112,6 +112,8 @@ class NeXusExporter(Exporter):
         Cu
     """
 
+    needs_uids = False  # event uids are not written
+
     format = "nexus"
     suffix = ".nxs"
     needs_pixels = True

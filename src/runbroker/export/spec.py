@@ -148,6 +148,8 @@ class SpecExporter(Exporter):
         ['#S 2  scan detectors=[det] num=5 args=[motor,-1,1] per_step=None', '#N 4', '#L motor  Epoch  motor_setpoint  det']
     """  # noqa: E501
 
+    needs_uids = False  # event uids are not written
+
     format = "spec"
     suffix = ".spec"
 

@@ -79,6 +79,8 @@ class TIFFExporter(Exporter):
         [True]
     """
 
+    needs_uids = False  # event uids are not written
+
     format = "tiff"
     suffix = ".tiff"
     needs_pixels = True

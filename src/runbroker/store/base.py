@@ -98,9 +98,13 @@ class Store(Protocol):
         Raises :class:`PageGone` if a page no longer exists (merged by a writer).
         """
 
-    def documents(self, run_uid: str, arrays: bool = False) -> Iterator[tuple[str, Any]]:
+    def documents(
+        self, run_uid: str, arrays: bool = False, uids: bool = True
+    ) -> Iterator[tuple[str, Any]]:
         """The run's documents in the order they were stored; events come as event pages,
-        their columns as lists (or as the numpy arrays stored, with ``arrays=True``)."""
+        their columns as lists (or as the numpy arrays stored, with ``arrays=True``).
+        ``uids=False`` leaves the event uids out of the pages (empty lists), for readers
+        that do not need them: decoding them is much of a replay's time."""
 
     def assets(self, run_uid: str) -> list[tuple[str, dict]]:
         """The run's ``resource``, ``stream_resource`` and ``stream_datum`` documents."""

@@ -410,7 +410,7 @@ def page_from_columns(descriptor: str, data: dict, extra: dict, arrays: bool = F
         return list(v)
 
     page = {
-        "uid": list(extra["uid"]),
+        "uid": list(extra.get("uid", ())),
         "time": as_list(data["time"]),
         "seq_num": as_list(data["seq_num"]),
         "descriptor": descriptor,

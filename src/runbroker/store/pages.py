@@ -124,10 +124,12 @@ def encode(columns: Mapping[str, np.ndarray | list]) -> bytes:
     return b"".join([_HEADER.pack(len(head)), head, *buffers])
 
 
-def decode(blob: bytes, names: Iterable[str] | None = None) -> dict[str, np.ndarray | list]:
+def decode(
+    blob: bytes, names: Iterable[str] | None = None, skip: Iterable[str] = ()
+) -> dict[str, np.ndarray | list]:
     """Decode the named columns (all when ``names`` is None) of a page blob.
 
-    Columns absent from the page are absent from the result.
+    Columns absent from the page, or named in ``skip``, are absent from the result.
 
     Example:
         >>> decode(encode({"x": np.arange(2), "y": np.ones(2)}), ["y"])
@@ -137,6 +139,8 @@ def decode(blob: bytes, names: Iterable[str] | None = None) -> dict[str, np.ndar
     header = orjson.loads(memoryview(blob)[4 : 4 + hlen])
     base = 4 + hlen
     wanted = header if names is None else [n for n in names if n in header]
+    if skip:
+        wanted = [n for n in wanted if n not in skip]
     out: dict[str, np.ndarray | list] = {}
     for name in wanted:
         codec, dtype, shape, offset, nbytes = header[name]

@@ -1163,7 +1163,9 @@ class SQLStore:
                 out.append(decoded)
         return out
 
-    def documents(self, run_uid: str, arrays: bool = False) -> Iterator[tuple[str, Any]]:
+    def documents(
+        self, run_uid: str, arrays: bool = False, uids: bool = True
+    ) -> Iterator[tuple[str, Any]]:
         """Stored documents of a run in insertion order (events as event_page)."""
         self._flush_if_pending()
         with self._read() as conn:
@@ -1204,7 +1206,7 @@ class SQLStore:
                         yield kind, _loads(body)
                     continue
                 # Consecutive pages of one descriptor replay as evenly cut pages.
-                parts = (_decoded_page(body[1], body[2]) for _, _, body in items)
+                parts = (_decoded_page(body[1], body[2], uids) for _, _, body in items)
                 for data, extra in rechunk(parts, MAX_EVENTS_PER_PAGE):
                     yield kind, page_from_columns(descriptor, data, extra, arrays)
             if row.stop:
@@ -1266,9 +1268,9 @@ def _reader_for(uri: str) -> SQLStore:
     return store
 
 
-def _decoded_page(data_blob: bytes, extra_blob: bytes) -> tuple[dict, dict, int]:
+def _decoded_page(data_blob: bytes, extra_blob: bytes, uids: bool = True) -> tuple[dict, dict, int]:
     data = codec.decode(data_blob)
-    return data, codec.decode(extra_blob), len(data["time"])
+    return data, codec.decode(extra_blob, skip=() if uids else ("uid",)), len(data["time"])
 
 
 def _replay_key(item: tuple[int, str, Any]) -> tuple[str, str | None]:
