@@ -206,7 +206,8 @@ class Exporter:
                 data[key] = self.assets.fill(
                     self._seen, self.uid, key, dk, refs, seq, [desc["uid"]]
                 )
-                stamps.setdefault(key, time)
+                # As Stream.timestamps(): a detector writing files stamps no event.
+                stamps.setdefault(key, np.full(len(seq), np.nan))
         page = Page(
             stream=desc.get("name", "primary"),
             descriptor=desc,
