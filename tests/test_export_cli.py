@@ -12,6 +12,7 @@ import pytest
 import runbroker
 from runbroker.cli import main
 from runbroker.queries import Key
+from runbroker.testing.compare import assert_same_run
 
 
 def _db(export_runs: dict) -> str:
@@ -29,8 +30,7 @@ def test_export_then_ingest_reads_the_same(export_runs, tmp_path, fmt, capsys):
     assert f"copied {len(source)} runs" in capsys.readouterr().out
     again = runbroker.open(copy)
     for uid in source:
-        for stream in source[uid]:
-            assert again[uid][stream].read().identical(source[uid][stream].read()), (uid, stream)
+        assert_same_run(again[uid], source[uid])
     again.close()
     assert main(["ingest", str(copy), str(out), "-q"]) == 0
     assert f"skipped {len(source)} already" in capsys.readouterr().out

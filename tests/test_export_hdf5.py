@@ -23,22 +23,14 @@ from ophyd.sim import SynSignal, det1, motor, motor1
 import runbroker
 from runbroker.export import ExportError, exporter, live
 from runbroker.export.hdf5 import read_documents
+from runbroker.testing.compare import assert_same_run
 from runbroker.testing.detectors import ADHDF5Detector
 
 RUNS = ["scalar", "grid", "inline_image", "file_image", "tomo", "two_descriptors"]
 
 
 def _assert_same_run(copy: runbroker.Catalog, run: Any) -> None:
-    again = copy[run.uid]
-    assert list(again) == list(run)
-    for stream in run:
-        got, expected = again[stream].read(), run[stream].read()
-        assert got.identical(expected), stream
-        assert {k: v.dtype for k, v in got.variables.items()} == {
-            k: v.dtype for k, v in expected.variables.items()
-        }, stream
-        assert again[stream].timestamps().identical(run[stream].timestamps()), stream
-    assert again.stop == run.stop
+    assert_same_run(copy[run.uid], run)
 
 
 def _check_file(path: Path, run: Any) -> None:

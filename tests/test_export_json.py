@@ -19,6 +19,7 @@ from ophyd.sim import SynSignal, det1, motor
 import runbroker
 from runbroker.export import ExportError, exporter, live
 from runbroker.export.jsondoc import read_jsonl, read_msgpack
+from runbroker.testing.compare import assert_same_run
 
 RUNS = ["scalar", "grid", "inline_image", "file_image", "tomo", "two_descriptors"]
 READERS = {"jsonl": read_jsonl, "msgpack": read_msgpack}
@@ -29,17 +30,7 @@ def _lines(path: Path) -> list[list[Any]]:
 
 
 def _assert_same_run(copy: runbroker.Catalog, run: Any) -> None:
-    again = copy[run.uid]
-    assert list(again) == list(run)
-    for stream in run:
-        got, expected = again[stream].read(), run[stream].read()
-        assert got.identical(expected), stream
-        # identical() compares values, not dtypes
-        assert {k: v.dtype for k, v in got.variables.items()} == {
-            k: v.dtype for k, v in expected.variables.items()
-        }, stream
-        assert again[stream].timestamps().identical(run[stream].timestamps()), stream
-    assert again.stop == run.stop
+    assert_same_run(copy[run.uid], run)
 
 
 def _special_run() -> list[tuple[str, dict]]:
