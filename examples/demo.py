@@ -86,6 +86,11 @@ def main() -> None:
         f"{[p.uid[:8] for p in derived.parents]}; runs derived from the raw run: "
         f"{[uid[:8] for uid in raw.derived]}"
     )
+
+    print("\nExported for other programs (NeXus for NeXpy/silx, SPEC for PyMca, CSV):")
+    for fmt in ("nexus", "spec", "csv"):
+        files = run.export(fmt, OUT / "export", template="{plan_name}-{scan_id}", overwrite=True)
+        print(f"  {fmt}: {', '.join(p.name for p in files)}")
     cat.close()
 
 
