@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +12,13 @@ import pandas as pd
 import pytest
 from bluesky import RunEngine
 from bluesky.preprocessors import SupplementalData, stage_wrapper
-from event_model import compose_run
 from ophyd.sim import det, motor, motor1, motor2
 
 import runbroker
 from runbroker.export import ExportError, exporter, live
 from runbroker.export.csv import STATISTICS, column_text
 from runbroker.testing.detectors import StreamHDF5Detector
+from runbroker.testing.runs import changing_stream
 
 RUNS = ["scalar", "grid", "inline_image", "file_image", "tomo", "two_descriptors"]
 
@@ -125,42 +123,8 @@ def test_an_existing_file_is_never_replaced_unless_asked(export_runs, tmp_path):
 
 
 def _documents(descriptors: list[dict[str, dict]], values: Any, n: int = 3) -> list[tuple]:
-    """A run whose one stream has a descriptor per item of ``descriptors`` (data_keys each),
-    ``n`` events each, field values from ``values(field, seq_num)``; written by hand because
-    event_model refuses data_keys that change within a stream, which older data has."""
-    bundle = compose_run(metadata={"scan_id": 42, "plan_name": "handmade", "motors": ["x"]})
-    docs: list[tuple] = [("start", bundle.start_doc)]
-    seq = 0
-    for keys in descriptors:
-        desc = {
-            "uid": str(uuid.uuid4()),
-            "run_start": bundle.start_doc["uid"],
-            "time": time.time(),
-            "name": "primary",
-            "data_keys": keys,
-            "object_keys": {k: [k] for k in keys},
-            "configuration": {},
-            "hints": {},
-        }
-        docs.append(("descriptor", desc))
-        for _ in range(n):
-            seq += 1
-            docs.append(
-                (
-                    "event",
-                    {
-                        "uid": str(uuid.uuid4()),
-                        "descriptor": desc["uid"],
-                        "time": 1.7e9 + seq / 7,
-                        "seq_num": seq,
-                        "data": {k: values(k, seq) for k in keys},
-                        "timestamps": dict.fromkeys(keys, 1.7e9),
-                        "filled": {},
-                    },
-                )
-            )
-    docs.append(("stop", bundle.compose_stop()))
-    return docs
+    """A stream whose data_keys change between descriptors; values from ``values(field, seq)``."""
+    return changing_stream(descriptors, lambda k, dk, seq: values(k, seq), n)
 
 
 def _number(dtype: str = "number") -> dict:

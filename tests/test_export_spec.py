@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,6 @@ import silx.io
 from bluesky import RunEngine
 from bluesky.plans import count, scan
 from bluesky.preprocessors import SupplementalData
-from event_model import compose_run
 from ophyd.sim import det, det1, det2, motor, motor1, motor2
 from silx.io.specfile import SpecFile
 from spec2nexus.spec import SpecDataFile
@@ -24,6 +21,7 @@ from spec2nexus.spec import SpecDataFile
 import runbroker
 from runbroker.export import ExportError, exporter, live
 from runbroker.export.hints import axes, signals
+from runbroker.testing.runs import changing_stream
 
 RUNS = ["scalar", "grid", "inline_image", "file_image", "tomo", "two_descriptors"]
 
@@ -218,38 +216,10 @@ def test_a_run_without_stop_is_finished_on_close_and_marked_incomplete(export_ru
 
 
 def _handmade(descriptors: list[dict[str, dict]], n: int = 3) -> list[tuple]:
-    """A run whose primary stream has one descriptor per item (its data_keys), ``n`` events
-    each; by hand, since event_model refuses data_keys that change within a stream."""
-    bundle = compose_run(metadata={"scan_id": 42, "plan_name": "handmade", "motors": ["x"]})
-    docs: list[tuple] = [("start", bundle.start_doc)]
-    seq = 0
-    for keys in descriptors:
-        desc = {
-            "uid": str(uuid.uuid4()),
-            "run_start": bundle.start_doc["uid"],
-            "time": time.time(),
-            "name": "primary",
-            "data_keys": keys,
-            "object_keys": {k: [k] for k in keys},
-            "configuration": {},
-            "hints": {},
-        }
-        docs.append(("descriptor", desc))
-        for _ in range(n):
-            seq += 1
-            data = {k: seq if dk["dtype"] == "integer" else seq / 3 for k, dk in keys.items()}
-            event = {
-                "uid": str(uuid.uuid4()),
-                "descriptor": desc["uid"],
-                "time": 1.7e9 + seq / 7,
-                "seq_num": seq,
-                "data": data,
-                "timestamps": dict.fromkeys(keys, 1.7e9),
-                "filled": {},
-            }
-            docs.append(("event", event))
-    docs.append(("stop", bundle.compose_stop()))
-    return docs
+    """A stream whose data_keys change between descriptors (integers count, numbers by 1/3)."""
+    return changing_stream(
+        descriptors, lambda k, dk, seq: seq if dk["dtype"] == "integer" else seq / 3, n
+    )
 
 
 def _number(dtype: str = "number") -> dict:
