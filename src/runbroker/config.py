@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import platformdirs
-import yaml
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -122,6 +121,8 @@ def _files(place: Path) -> list[Path]:
 
 def read_file(path: Path) -> list[NamedCatalog]:
     """The catalogs ``path`` defines; ``CatalogConfigError`` names the file and line."""
+    import yaml  # here, not at import: most sessions never look a catalog up by name
+
     try:
         text = path.read_text()
     except OSError as exc:
@@ -235,6 +236,8 @@ class NamedCatalogs(Mapping[str, "Catalog"]):
             raise ValueError(f"{name!r} cannot name a catalog: use letters, digits, - and _")
         if "://" not in uri:
             uri = str(Path(uri).expanduser().resolve())
+        import yaml
+
         folder = folder or user_folder()
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{name}.yml"
