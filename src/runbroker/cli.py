@@ -7,6 +7,9 @@ Example:
     $ runbroker show runs.db -1
     $ runbroker export runs.db out/ --format nexus --uid 3f2a9c1e-...
     $ runbroker ingest copy.db out/
+    $ runbroker pack runs.db beamtime/ --query '{"type": "eq", "key": "sample", "value": "Ni"}'
+    $ runbroker verify beamtime/
+    $ runbroker unpack beamtime/ --name beamtime
 """
 
 from __future__ import annotations
@@ -196,6 +199,63 @@ def _copy(args: argparse.Namespace) -> int:
     return 2 if report.failed else 0
 
 
+def _pack(args: argparse.Namespace) -> int:
+    from .pack import pack
+
+    if args.all + bool(args.query) + bool(args.uids) != 1:
+        raise ValueError("say which runs to pack: --query JSON, --uids FILE or --all")
+    uids = None
+    if args.uids:
+        text = sys.stdin.read() if args.uids == "-" else Path(args.uids).read_text()
+        uids = [line.split("#")[0].strip() for line in text.splitlines()]
+        uids = [u for u in uids if u]
+    source = open_catalog(args.source, readonly=True)
+    try:
+        report = pack(
+            source,
+            args.dest,
+            query=Query.from_json(args.query) if args.query else None,
+            uids=uids,
+            external=args.external,
+            format=args.format,
+            archive=args.archive,
+            append=args.append,
+            strict=args.strict,
+            progress=not args.quiet,
+        )
+    finally:
+        source.close()
+    print(report)
+    return 2 if report.failed else 0
+
+
+def _unpack(args: argparse.Namespace) -> int:
+    from .pack import unpack
+
+    report = unpack(
+        args.pack,
+        name=args.name,
+        into=args.into,
+        files_root=args.files_root,
+        to=args.to,
+        strict=args.strict,
+        progress=not args.quiet,
+    )
+    print(report)
+    if args.into is None:
+        name = args.name or Path(report.path or args.pack).resolve().name
+        print(f"open it with runbroker.catalog[{name!r}]")
+    return 2 if report.failed else 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .pack import verify
+
+    report = verify(args.pack, progress=not args.quiet)
+    print(report)
+    return 0 if report.ok else 3
+
+
 def _catalogs_list(args: argparse.Namespace) -> int:
     from .config import NamedCatalogs, search_path
 
@@ -302,6 +362,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp.add_argument("--strict", action="store_true", help="stop at the first run refused")
     cp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cp.set_defaults(func=_copy)
+    pk = sub.add_parser("pack", help="pack runs and their detector files into a folder or archive")
+    pk.add_argument("source", help="catalog file, folder or URL to pack from")
+    pk.add_argument("dest", help="the pack: a new folder (or archive, with --archive)")
+    pk.add_argument("--query", help="pack the runs matching this query (its JSON form)")
+    pk.add_argument("--uids", metavar="FILE", help="pack the runs listed in FILE (- for stdin)")
+    pk.add_argument("--all", action="store_true", help="pack every run")
+    pk.add_argument(
+        "--external",
+        choices=["copy", "fill", "manifest", "ignore"],
+        default="copy",
+        help="detector files: copy into the pack (default), fill into the documents, "
+        "list in a manifest for rsync/Globus, or ignore",
+    )
+    pk.add_argument("--format", choices=["jsonl", "msgpack"], default="jsonl")
+    pk.add_argument("--archive", action="store_true", help="write one .tar (.tar.zst: zstd)")
+    pk.add_argument("--append", action="store_true", help="add runs to an existing pack")
+    pk.add_argument("--strict", action="store_true", help="stop at the first run that fails")
+    pk.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pk.set_defaults(func=_pack)
+    up_ = sub.add_parser("unpack", help="verify a pack, then name it or copy it into a database")
+    up_.add_argument("pack", help="a pack folder or archive")
+    up_.add_argument("--name", help="catalog name (default: the pack's folder name)")
+    up_.add_argument("--into", metavar="URI", help="copy the runs into this database instead")
+    up_.add_argument("--files-root", metavar="DIR", help="where --into puts detector files")
+    up_.add_argument("--to", metavar="DIR", help="where to extract an archive (default: beside)")
+    up_.add_argument("--strict", action="store_true", help="stop at the first run refused")
+    up_.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    up_.set_defaults(func=_unpack)
+    vf = sub.add_parser("verify", help="check a pack's files against its manifest")
+    vf.add_argument("pack", help="a pack folder or archive")
+    vf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    vf.set_defaults(func=_verify)
     cats = sub.add_parser("catalogs", help="catalogs known by name (runbroker.catalog[NAME])")
     cats_sub = cats.add_subparsers(dest="catalogs", required=True)
     cl = cats_sub.add_parser("list", help="names and where they point")

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .documents import DocumentError
 
 if TYPE_CHECKING:
-    from .catalog import Catalog
+    from .catalog import Catalog, Run
     from .queries import Query
 
-__all__ = ["CopyReport", "copy_catalog", "copy_runs"]
+__all__ = ["CopyReport", "Destination", "copy_catalog", "copy_runs", "select_runs"]
 
 #: A run's documents, produced only when the run is to be copied (None: it vanished).
 Documents = Callable[[], Iterable[tuple[str, dict]] | None]
@@ -45,21 +45,34 @@ class CopyReport:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     documents: int = 0
+    #: What the destination is called in the summary.
+    into: str = field(default="the catalog", repr=False)
 
     def __str__(self) -> str:
         runs = "run" if self.copied == 1 else "runs"
         text = (
             f"copied {self.copied} {runs} ({self.documents} documents), "
-            f"skipped {self.skipped} already in the catalog, {len(self.failed)} failed"
+            f"skipped {self.skipped} already in {self.into}, {len(self.failed)} failed"
         )
         if self.failed:
             text += ":" + "".join(f"\n  {uid}: {message}" for uid, message in self.failed)
         return text
 
 
+class Destination(Protocol):
+    """Where :func:`copy_runs` copies to: a :class:`~runbroker.Catalog`, or a pack being
+    written (:class:`runbroker.pack.writer.PackWriter`)."""
+
+    query: Query | None
+
+    def __contains__(self, uid: object) -> bool: ...
+
+    def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int: ...
+
+
 def copy_runs(
     runs: Iterable[tuple[str, Documents]],
-    dest: Catalog,
+    dest: Destination,
     *,
     total: int | None = None,
     progress: bool = True,
@@ -82,7 +95,7 @@ def copy_runs(
     from .catalog import Catalog
 
     # uid look-ups must see every run of the destination, not only those of a search result.
-    present = dest if dest.query is None else Catalog(dest.store)
+    present = dest if dest.query is None else Catalog(dest.store)  # type: ignore[attr-defined]
     report = report if report is not None else CopyReport()
     bar = _bar(total, desc) if progress else None
     try:
@@ -106,7 +119,7 @@ def copy_runs(
 
 
 def _copy_one(
-    uid: str, documents: Documents, dest: Catalog, strict: bool, report: CopyReport
+    uid: str, documents: Documents, dest: Destination, strict: bool, report: CopyReport
 ) -> None:
     try:
         docs = documents()
@@ -149,13 +162,7 @@ def copy_catalog(
         >>> print(copy_catalog(cat, laptop, query=Key("sample") == "Ni", progress=False))
         copied 1 run (6 documents), skipped 0 already in the catalog, 0 failed
     """
-    from .queries import In
-
-    if query is not None:
-        source = source.search(query)
-    if uids is not None:
-        source = source.search(In("uid", list(uids)))
-    chosen = list(source.values())[::-1]  # the catalog lists newest first
+    chosen = select_runs(source, query, uids)
     return copy_runs(
         ((run.uid, run.documents) for run in chosen),
         dest,
@@ -163,3 +170,32 @@ def copy_catalog(
         progress=progress,
         strict=strict,
     )
+
+
+def select_runs(
+    source: Catalog, query: Query | None = None, uids: Iterable[str] | None = None
+) -> list[Run]:
+    """The runs of ``source`` matching ``query`` and (if given) listed in ``uids``, oldest
+    first: the order copies and packs store them in.
+
+    Example:
+        >>> [r.uid == other_run.uid for r in select_runs(cat, Key("sample") == "Ni")]
+        [True]
+    """
+    from .queries import In
+
+    if query is not None:
+        source = source.search(query)
+    if uids is not None:
+        wanted = list(uids)
+        source = source.search(In("uid", wanted))
+    chosen = list(source.values())[::-1]  # the catalog lists newest first
+    if uids is not None and len(chosen) < len(set(wanted)):
+        found = {r.uid for r in chosen}
+        missing = [u for u in dict.fromkeys(wanted) if u not in found]
+        raise KeyError(
+            f"{len(missing)} of the uids given are not runs of {source.store.uri}: "
+            + ", ".join(missing[:5])
+            + (" ..." if len(missing) > 5 else "")
+        )
+    return chosen

@@ -133,6 +133,41 @@ class Assets:
         if handler is not None:
             _close(handler)
 
+    def files(
+        self, kind: str, doc: Mapping[str, Any], datum_kwargs: Sequence[Mapping[str, Any]] = ()
+    ) -> tuple[Location, list[str]]:
+        """Where a ``resource`` / ``stream_resource`` is, and the files behind it (for a
+        legacy resource, those ``datum_kwargs`` read), as its handler lists them.
+
+        Raises :class:`ExternalDataError` naming the file when it cannot be opened.
+
+        Example:
+            >>> import tempfile, os
+            >>> folder = tempfile.mkdtemp()
+            >>> np.save(os.path.join(folder, "a.npy"), np.zeros(3))
+            >>> doc = {"uid": "r1", "uri": "a.npy", "mimetype": "application/x-npy"}
+            >>> location, names = Assets(base=folder).files("stream_resource", doc)
+            >>> [os.path.basename(n) for n in names]
+            ['a.npy']
+        """
+        where = f"{kind} {doc.get('uid')!r}"
+        source = self._resolve(where, kind, doc)
+        loc = source.location
+        try:
+            handler = self._handler(source)
+            lister = getattr(handler, "get_file_list", None)
+            if lister is None:
+                names = [loc.path]
+            else:
+                names = list(lister(list(datum_kwargs)) if kind == "resource" else lister())
+        except (OSError, KeyError, ValueError) as exc:
+            self._forget(source)
+            raise ExternalDataError(
+                f"{where}: cannot open {loc.describe()} with handler {source.name}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return loc, [check_inside(str(n), loc.root, f"a file of {where}") for n in names]
+
     # -- filling --------------------------------------------------------------------------
 
     def fill(

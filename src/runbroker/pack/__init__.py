@@ -1,0 +1,424 @@
+"""Packs: runs and their detector files in one folder (or archive) that can travel.
+
+A pack is a folder holding one document file per run (``.jsonl`` or ``.msgpack``), the
+detector files those runs read (under ``files/``, with ``--external copy``), a
+``manifest.json`` (every file, its size and SHA-256) with the same sums in ``SHA256SUMS``,
+and a ``catalog.yml`` naming the folder itself. Every path inside is relative, so the pack
+opens wherever it lands: ``runbroker.open("pack/")`` reads it as a folder-of-files catalog.
+
+- :func:`pack` writes runs of a catalog into a new pack, or adds to one (``append=True``);
+- :func:`verify` re-checks every file against the manifest;
+- :func:`unpack` verifies, then registers the pack as a named catalog in place, or copies its
+  runs and files into a database.
+
+See ``docs/pack.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..transfer import CopyReport, copy_runs, select_runs
+from .archive import extract, is_archive, pack_name, verify_archive, write_archive
+from .manifest import (
+    Manifest,
+    PackCorruptError,
+    PackError,
+    VerifyReport,
+    compare,
+    hash_files,
+    listed_files,
+)
+from .writer import EXTERNAL_MODES, FILES, FORMATS, PackWriter
+
+if TYPE_CHECKING:
+    from ..catalog import Catalog
+    from ..queries import Query
+
+__all__ = [
+    "EXTERNAL_MODES",
+    "FORMATS",
+    "PackCorruptError",
+    "PackError",
+    "PackReport",
+    "VerifyReport",
+    "pack",
+    "unpack",
+    "verify",
+]
+
+CONFIG = "catalog.yml"
+
+
+@dataclass
+class PackReport(CopyReport):
+    """What :func:`pack` or :func:`unpack` did: the runs (as :class:`CopyReport`), where the
+    pack is, and its size.
+
+    Example:
+        >>> print(PackReport(copied=2, documents=12, path=Path("p"), files=3, bytes=4096))
+        copied 2 runs (12 documents), skipped 0 already in the pack, 0 failed; p: 3 files, 4.0 KiB
+    """
+
+    path: Path | None = None
+    files: int = 0
+    bytes: int = 0
+    into: str = field(default="the pack", repr=False)
+
+    def __str__(self) -> str:
+        from .manifest import _size
+
+        text = super().__str__()
+        head, sep, failures = text.partition(":\n")
+        where = f"; {self.path}: {self.files} files, {_size(self.bytes)}" if self.path else ""
+        return head + where + (sep + failures if sep else "")
+
+
+def pack(
+    source: Catalog,
+    dest: str | os.PathLike[str],
+    *,
+    query: Query | None = None,
+    uids: Iterable[str] | None = None,
+    external: str = "copy",
+    format: str = "jsonl",
+    archive: bool = False,
+    append: bool = False,
+    strict: bool = False,
+    progress: bool = True,
+) -> PackReport:
+    """Pack runs of ``source`` (all, those matching ``query``, or those in ``uids``) into the
+    folder ``dest``, with their detector files as ``external`` says: ``copy`` (into the pack),
+    ``fill`` (into the events), ``manifest`` (listed for rsync / Globus) or ``ignore``.
+
+    An existing ``dest`` is refused unless ``append=True``, which adds the runs it lacks.
+    ``archive=True`` writes one ``.tar`` file instead (``.tar.zst`` compressed, when ``dest``
+    ends so). A run that cannot be packed is reported in the result and the others go on,
+    unless ``strict=True``.
+
+    Example:
+        >>> report = pack(cat, tmp_path / "beamtime", query=Key("sample") == "Ni",
+        ...               progress=False)
+        >>> report.copied, (tmp_path / "beamtime" / "manifest.json").exists()
+        (1, True)
+    """
+    dest = Path(dest)
+    if archive:
+        return _pack_archive(source, dest, query, uids, external, format, append, strict, progress)
+    chosen = select_runs(source, query, uids)
+    if dest.exists() and not append:
+        raise FileExistsError(f"{dest} exists; add runs to that pack with --append (append=True)")
+    if append and dest.exists():
+        manifest = Manifest.load(dest)
+    else:
+        if is_archive(dest):
+            raise PackError(f"{dest} names an archive: pass --archive (archive=True)")
+        dest.mkdir(parents=True)
+        manifest = Manifest(name=dest.resolve().name)
+        _write_config(dest, manifest, external)
+    writer = PackWriter(dest, manifest, source.assets, external=external, format=format)
+    report = PackReport(path=dest)
+    try:
+        copy_runs(
+            ((run.uid, _documents(run)) for run in chosen),
+            writer,
+            total=len(chosen),
+            progress=progress,
+            strict=strict,
+            desc="pack",
+            report=report,
+        )
+    finally:
+        writer.close()
+    report.files = len(manifest.files)
+    report.bytes = sum(e.size for e in manifest.files.values())
+    _index(dest)
+    return report
+
+
+def _documents(run: Any) -> Any:
+    # Straight from the store, columns as arrays: the writers encode arrays fastest.
+    return lambda: run.store.documents(run.uid, arrays=True)
+
+
+def _write_config(folder: Path, manifest: Manifest, external: str) -> None:
+    import yaml
+
+    from .manifest import sha256_of
+
+    text = (
+        "# This pack as a named catalog: put this file's path in $RUNBROKER_CATALOGS, or run\n"
+        "# `runbroker unpack PACK`. Paths are relative to this file's folder.\n"
+        + yaml.safe_dump({manifest.name: {"uri": "."}}, sort_keys=False)
+    )
+    if external == "manifest":
+        text += (
+            "# Detector files stayed outside the pack (listed in transfer/). Once copied, map\n"
+            "# their old root to where they are now, e.g.:\n"
+            "#   root_map: {/old/root: /where/they/are/now}\n"
+        )
+    (folder / CONFIG).write_text(text)
+    manifest.files[CONFIG] = sha256_of(folder / CONFIG)
+
+
+def _index(folder: Path) -> None:
+    """Build the folder store's index now, so the first open of the pack is fast."""
+    from .. import open as open_catalog
+
+    with contextlib.suppress(IsADirectoryError):  # a runbroker without the folder store
+        open_catalog(folder, readonly=True).close()
+
+
+def _pack_archive(
+    source: Catalog,
+    dest: Path,
+    query: Query | None,
+    uids: Iterable[str] | None,
+    external: str,
+    format: str,
+    append: bool,
+    strict: bool,
+    progress: bool,
+) -> PackReport:
+    if append:
+        raise PackError(
+            f"{dest}: an archive cannot be appended to; unpack it, append to the folder, "
+            "and pack that folder again"
+        )
+    if not is_archive(dest):
+        dest = dest.with_name(dest.name + ".tar")
+    if dest.exists():
+        raise FileExistsError(f"{dest} exists; choose another name or remove it")
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
+        folder = Path(tmp) / pack_name(dest)
+        report = pack(
+            source,
+            folder,
+            query=query,
+            uids=uids,
+            external=external,
+            format=format,
+            strict=strict,
+            progress=progress,
+        )
+        try:
+            write_archive(folder, dest)
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+    report.path = dest
+    return report
+
+
+def verify(pack: str | os.PathLike[str], *, progress: bool = False) -> VerifyReport:
+    """Check every file of a pack (folder or archive) against its manifest.
+
+    Files missing or different are listed in the report (``report.ok`` is False); files the
+    manifest does not know are listed as ``extra``.
+
+    Example:
+        >>> _ = pack(cat, tmp_path / "p", progress=False)
+        >>> verify(tmp_path / "p").ok
+        True
+    """
+    path = Path(pack)
+    if path.is_file() and is_archive(path):
+        return verify_archive(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no pack at {path}")
+    manifest = Manifest.load(path)
+    on_disk = set(listed_files(path))
+    bar = _bytes_bar(sum(e.size for e in manifest.files.values())) if progress else None
+    found = hash_files(
+        ((rel, path / rel) for rel in manifest.files if rel in on_disk),
+        bar.update if bar is not None else None,
+    )
+    if bar is not None:
+        bar.close()
+    return compare(manifest, found, on_disk - set(manifest.files))
+
+
+def _bytes_bar(total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc="verify")
+
+
+def _checked(folder: Path, progress: bool) -> Manifest:
+    report = verify(folder, progress=progress)
+    if not report.ok:
+        raise PackCorruptError(f"{folder} failed verification; nothing was done:\n{report}", report)
+    return Manifest.load(folder)
+
+
+def unpack(
+    pack: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    into: str | None = None,
+    files_root: str | os.PathLike[str] | None = None,
+    to: str | os.PathLike[str] | None = None,
+    strict: bool = False,
+    progress: bool = True,
+) -> PackReport:
+    """Verify a pack, then make its runs usable here.
+
+    - By default the pack is registered, in place, as the named catalog ``name`` (default:
+      the pack's folder name): ``runbroker.catalog[name]`` opens it. If ``name`` already names
+      another catalog, the pack's runs are merged into that one, skipping runs it has.
+    - ``into=URI`` copies the runs into that database (SQLite file or PostgreSQL URL) and the
+      pack's detector files under ``files_root`` (default: ``files/`` beside an SQLite file).
+
+    An archive is first extracted into ``to`` (default: beside it). Nothing is registered or
+    copied if any file is missing or corrupt: :class:`PackCorruptError` lists them.
+
+    Example:
+        >>> _ = pack(cat, tmp_path / "p", progress=False)
+        >>> home = tmp_path / "home.db"
+        >>> print(unpack(tmp_path / "p", into=str(home), progress=False).copied)
+        2
+    """
+    from ..config import NamedCatalogs
+
+    path = Path(pack)
+    if path.is_file() and is_archive(path):
+        report = verify_archive(path)
+        if not report.ok:
+            raise PackCorruptError(
+                f"{path} failed verification; nothing was done:\n{report}", report
+            )
+        path = extract(path, to if to is not None else path.parent)
+        manifest = Manifest.load(path)
+    else:
+        manifest = _checked(path, progress)
+    if into is not None:
+        result = _ingest(path, manifest, into, files_root, strict, progress)
+        if name is not None and name not in NamedCatalogs():
+            NamedCatalogs().add(name, into)
+        return result
+    name = name or path.resolve().name
+    entry = NamedCatalogs().entries().get(name)
+    if entry is None:
+        NamedCatalogs().add(name, str(path))
+        return PackReport(skipped=len(manifest.runs), path=path, into=f"catalog {name!r}")
+    if Path(entry.uri).resolve() == path.resolve():
+        return PackReport(skipped=len(manifest.runs), path=path, into=f"catalog {name!r}")
+    if Path(entry.uri).is_dir():  # another pack: add this one's runs and files to it
+        from .. import open as open_catalog
+
+        source = open_catalog(path, readonly=True)
+        try:
+            return pack(source, entry.uri, append=True, strict=strict, progress=progress)
+        finally:
+            source.close()
+    return _ingest(path, manifest, entry.uri, files_root, strict, progress, entry.options)
+
+
+def _ingest(
+    folder: Path,
+    manifest: Manifest,
+    uri: str,
+    files_root: str | os.PathLike[str] | None,
+    strict: bool,
+    progress: bool,
+    options: dict[str, Any] | None = None,
+) -> PackReport:
+    from .. import open as open_catalog
+    from ..export import read_documents
+
+    dest = open_catalog(uri, **(options or {}))
+    try:
+        root = _files_root(uri, files_root, manifest)
+        if root is not None:
+            _copy_tree(folder, manifest, root)
+        base = _sqlite_folder(uri)
+        runs = (
+            (uid, _relocating(read_documents(folder / entry["file"]), root, base))
+            for uid, entry in manifest.runs.items()
+        )
+        report = PackReport(
+            path=folder,
+            into=uri,
+            files=len(manifest.files),
+            bytes=sum(e.size for e in manifest.files.values()),
+        )
+        copy_runs(
+            runs,
+            dest,
+            total=len(manifest.runs),
+            progress=progress,
+            strict=strict,
+            desc="unpack",
+            report=report,
+        )
+    finally:
+        dest.close()
+    return report
+
+
+def _sqlite_folder(uri: str) -> Path | None:
+    if "://" in uri:
+        return (
+            Path(uri.removeprefix("sqlite:///")).resolve().parent
+            if uri.startswith("sqlite:///")
+            else None
+        )
+    return Path(uri).expanduser().resolve().parent
+
+
+def _files_root(
+    uri: str, files_root: str | os.PathLike[str] | None, manifest: Manifest
+) -> Path | None:
+    if not any(p.startswith(f"{FILES}/") for p in manifest.files):
+        return None
+    if files_root is not None:
+        return Path(files_root).expanduser().resolve()
+    base = _sqlite_folder(uri)
+    if base is None:
+        raise PackError(
+            f"the pack holds detector files; say where they go with --files-root DIR "
+            f"(a folder every reader of {uri} can see)"
+        )
+    return base / FILES
+
+
+def _copy_tree(folder: Path, manifest: Manifest, root: Path) -> None:
+    """Copy the pack's detector files under ``root``, leaving files already there alone."""
+    for rel, entry in manifest.files.items():
+        if not rel.startswith(f"{FILES}/"):
+            continue
+        target = root / rel[len(FILES) + 1 :]
+        if target.exists() and target.stat().st_size == entry.size:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(folder / rel, target)
+
+
+def _relocating(docs: Iterator[tuple[str, dict]], root: Path | None, base: Path | None) -> Any:
+    """The run's documents with roots under the pack's ``files/`` pointed at ``root``."""
+
+    def relocated() -> Iterator[tuple[str, dict]]:
+        for name, doc in docs:
+            if root is not None and name == "resource":
+                doc = {**doc, "root": _moved(doc.get("root") or "", root, base)}
+            elif root is not None and name == "stream_resource":
+                doc = {**doc, "uri": _moved(doc.get("uri") or "", root, base)}
+            yield name, doc
+
+    return relocated
+
+
+def _moved(path: str, root: Path, base: Path | None) -> str:
+    if path != FILES and not path.startswith(f"{FILES}/"):
+        return path
+    new = root / path[len(FILES) + 1 :]
+    if base is not None and new.is_relative_to(base):
+        return new.relative_to(base).as_posix()  # an SQLite catalog's folder can move too
+    return str(new)

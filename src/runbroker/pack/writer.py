@@ -1,0 +1,245 @@
+"""Writing runs into a pack folder: one document file per run, plus their detector files.
+
+:class:`PackWriter` is the destination :func:`runbroker.transfer.copy_runs` copies into,
+the same loop that ``runbroker copy`` and the mongo import use: it knows which runs the pack
+has (``uid in writer``) and stores one run per :meth:`PackWriter.ingest` call, whole or not
+at all.
+
+What happens to detector files is the ``external`` mode:
+
+- ``copy``: each file a run reads is copied under ``files/`` (its absolute path mirrored, so
+  two roots never collide) while its SHA-256 is computed, on several threads; resource roots
+  and ``stream_resource`` URIs are rewritten to those relative paths.
+- ``fill``: the data is put into the events (resource and datum documents are left out).
+- ``manifest``: the files stay where they are; their absolute paths and sizes are listed in the
+  manifest and in ``transfer/`` lists for rsync (``--files-from``) and Globus (``--batch``).
+- ``ignore``: the files are left out; documents are packed as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..assets import Assets
+from ..export import exporter
+from .manifest import _WORKERS, FileEntry, Manifest, PackError, sha256_of
+
+__all__ = ["EXTERNAL_MODES", "FORMATS", "PackWriter"]
+
+EXTERNAL_MODES = ("copy", "fill", "manifest", "ignore")
+FORMATS = ("jsonl", "msgpack")
+FILES = "files"
+TRANSFER = "transfer"
+#: Run files are named by their full uid, so appending never meets a name already taken.
+TEMPLATE = "{time:%Y%m%d-%H%M%S}_scan{scan_id}_{uid}"
+_CHUNK = 4 << 20
+_RESOURCES = ("resource", "stream_resource")
+
+
+class PackWriter:
+    """Adds runs to the pack in ``folder``; call :meth:`close` to write the manifest.
+
+    ``assets`` is the source catalog's (its ``root_map`` and folder find the detector files).
+
+    Example:
+        >>> from runbroker.pack.manifest import Manifest
+        >>> writer = PackWriter(tmp_path, Manifest("demo"), run.assets)
+        >>> writer.ingest(run.documents()) > 0
+        True
+        >>> run.uid in writer
+        True
+        >>> writer.close()
+    """
+
+    query = None  # what copy_runs asks a destination: this one is never a search result
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        manifest: Manifest,
+        assets: Assets,
+        *,
+        external: str = "copy",
+        format: str = "jsonl",
+    ) -> None:
+        if external not in EXTERNAL_MODES:
+            raise ValueError(
+                f"external={external!r}: choose one of {', '.join(EXTERNAL_MODES)} "
+                "(what to do with the detector files runs point at)"
+            )
+        if format not in FORMATS:
+            raise ValueError(f"format={format!r}: a pack holds {' or '.join(FORMATS)} files")
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self.assets = assets
+        self.external = external
+        self.format = format
+        self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="pack-copy")
+        self._copies: dict[str, Future[FileEntry]] = {}  # this run's, by pack path
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self.manifest.runs
+
+    def ingest(self, documents: Iterable[tuple[str, dict]]) -> int:
+        """Pack one run's documents; return how many there were.
+
+        Nothing of a run that fails stays behind: its document file and the files copied for
+        it are removed, and :class:`PackError` says which run and file.
+        """
+        exp = exporter(
+            self.format,
+            self.folder,
+            template=TEMPLATE,
+            fill=self.external == "fill",
+            assets=self.assets,
+        )
+        exp.live = False  # nobody reads the file before it is closed: skip per-line flushes
+        uid = "?"
+        count = 0
+        resources: dict[str, tuple[str, dict]] = {}
+        outside: dict[str, int] = {}
+        self._copies = {}
+        try:
+            for name, doc in documents:
+                count += 1
+                if name == "start":
+                    uid = doc.get("uid", "?")
+                if self.external in ("copy", "manifest"):
+                    doc = self._external(name, doc, resources, outside)
+                exp(name, doc)
+            written = exp.close()
+            entries = {rel: future.result() for rel, future in self._copies.items()}
+            for path in written:
+                entries[path.relative_to(self.folder).as_posix()] = sha256_of(path)
+        except Exception as exc:
+            self._undo(exp)
+            if isinstance(exc, PackError):
+                raise PackError(f"run {uid}: {exc}") from exc
+            raise PackError(f"run {uid}: {type(exc).__name__}: {exc}") from exc
+        (run_file,) = [p for p in written if p.suffix == f".{self.format}"]
+        self.manifest.files.update(entries)
+        self.manifest.outside.update(outside)
+        self.manifest.add_run(uid, run_file.name, self.external)
+        return count
+
+    def close(self) -> None:
+        """Write the transfer lists (``manifest`` mode) and the manifest."""
+        self._pool.shutdown()
+        if self.manifest.outside:
+            transfer = self.folder / TRANSFER
+            transfer.mkdir(exist_ok=True)
+            paths = sorted(self.manifest.outside)
+            lists = {
+                "rsync-files.txt": "".join(f"{p}\n" for p in paths),
+                "globus-batch.txt": "".join(f'"{p}" "{p}"\n' for p in paths),
+            }
+            for name, text in lists.items():
+                (transfer / name).write_text(text)
+                self.manifest.files[f"{TRANSFER}/{name}"] = sha256_of(transfer / name)
+        self.manifest.save(self.folder)
+
+    # -- detector files -----------------------------------------------------------------
+
+    def _external(
+        self,
+        name: str,
+        doc: dict,
+        resources: dict[str, tuple[str, dict]],
+        outside: dict[str, int],
+    ) -> dict:
+        """The document as packed, after scheduling (or listing) the files it needs."""
+        if name in _RESOURCES:
+            resources[doc["uid"]] = (name, doc)
+            if name == "stream_resource":
+                self._need(name, doc, (), outside)
+            if self.external == "copy":
+                return self._relocated(name, doc)
+        elif name in ("datum", "datum_page"):
+            res_uid = doc.get("resource")
+            if res_uid not in resources:
+                raise PackError(f"{name} {doc.get('datum_id')!r}: resource {res_uid!r} unknown")
+            kind, res = resources[res_uid]
+            self._need(kind, res, _datum_kwargs(name, doc), outside)
+        return doc
+
+    def _need(
+        self, kind: str, doc: Mapping[str, Any], kwargs: list[dict], outside: dict[str, int]
+    ) -> None:
+        _, names = self.assets.files(kind, doc, kwargs)
+        for src in names:
+            if self.external == "manifest":
+                try:
+                    outside[src] = os.stat(src).st_size
+                except OSError as exc:
+                    raise PackError(f"{kind} {doc['uid']}: detector file {src}: {exc}") from None
+                continue
+            rel = self._inside(src)
+            if rel not in self.manifest.files and rel not in self._copies:
+                self._copies[rel] = self._pool.submit(_copy, src, self.folder / rel)
+
+    def _relocated(self, kind: str, doc: dict) -> dict:
+        """A copy of ``doc`` whose root (or uri) is the pack-relative copy of its files."""
+        location, _ = self.assets.files(kind, doc, ())
+        if kind == "resource":
+            return {**doc, "root": self._inside(location.root)}
+        return {**doc, "uri": self._inside(location.path)}
+
+    def _inside(self, path: str) -> str:
+        """Where a detector file's copy goes, relative to the pack."""
+        base = self.assets.base
+        if base:  # files of a pack being repacked are already under its files/
+            rel = Path(os.path.relpath(path, base)).as_posix()
+            if rel == FILES or rel.startswith(f"{FILES}/"):
+                return rel
+        return f"{FILES}/{Path(path).as_posix().lstrip('/')}".rstrip("/")
+
+    def _undo(self, exp: Any) -> None:
+        with contextlib.suppress(Exception):
+            exp.close()
+        for path in exp.files:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        for rel, future in self._copies.items():
+            with contextlib.suppress(Exception):
+                future.result()
+            with contextlib.suppress(OSError):
+                (self.folder / rel).unlink()
+        self._copies = {}
+
+
+def _datum_kwargs(name: str, doc: Mapping[str, Any]) -> list[dict]:
+    if name == "datum":
+        return [dict(doc.get("datum_kwargs") or {})]
+    columns = doc.get("datum_kwargs") or {}
+    n = len(doc.get("datum_id") or ())
+    return [{k: list(v)[i] for k, v in columns.items()} for i in range(n)]
+
+
+def _copy(src: str, dest: Path) -> FileEntry:
+    """Copy one file, computing its SHA-256 on the way (one read), keeping its times."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            while n := fin.readinto(buffer):
+                digest.update(view[:n])  # hashlib and file writes release the GIL
+                fout.write(view[:n])
+                size += n
+        shutil.copystat(src, tmp)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise PackError(f"cannot copy detector file {src}: {exc.strerror or exc}") from None
+    return FileEntry(size, digest.hexdigest())
