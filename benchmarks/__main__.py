@@ -19,6 +19,7 @@ BENCHMARKS = {
     "b7": "b7_postgres",
     "b8": "b8_writers",
     "b13": "b13_export",
+    "b14": "b14_pack",
 }
 RESULTS = Path(__file__).with_name("results.json")
 

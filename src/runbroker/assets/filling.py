@@ -17,10 +17,15 @@ from typing import Any
 import numpy as np
 
 from ..store.base import Store
+from .handlers import Handler
 from .paths import Location, UnsafePathError, check_inside, locate_resource, locate_uri
+from .readers import Reader
 from .registry import HandlerNotFoundError, Registry
 
 __all__ = ["Assets", "ExternalDataError", "external_kind"]
+
+#: ``get_file_list`` of handlers and readers that read only the resource's own file.
+_OWN_FILE_ONLY = (Handler.get_file_list, Reader.get_file_list)
 
 
 class ExternalDataError(OSError):
@@ -133,6 +138,16 @@ class Assets:
         if handler is not None:
             _close(handler)
 
+    def locate(self, kind: str, doc: Mapping[str, Any]) -> Location:
+        """Where a ``resource`` / ``stream_resource`` is on this machine (after ``root_map``).
+
+        Example:
+            >>> doc = {"uid": "r1", "spec": "AD_HDF5", "root": "/data", "resource_path": "a.h5"}
+            >>> Assets(root_map={"/data": "/mnt"}).locate("resource", doc).path
+            '/mnt/a.h5'
+        """
+        return self._resolve(f"{kind} {doc.get('uid')!r}", kind, doc).location
+
     def files(
         self, kind: str, doc: Mapping[str, Any], datum_kwargs: Sequence[Mapping[str, Any]] = ()
     ) -> tuple[Location, list[str]]:
@@ -154,6 +169,8 @@ class Assets:
         source = self._resolve(where, kind, doc)
         loc = source.location
         try:
+            if getattr(source.cls, "get_file_list", None) in _OWN_FILE_ONLY:
+                return loc, [loc.path]  # the handler would list its own file: don't open it
             handler = self._handler(source)
             lister = getattr(handler, "get_file_list", None)
             if lister is None:

@@ -351,7 +351,8 @@ class JSONLinesExporter(_DocumentStream):
             doc = _json_events(doc)
         assert self._file is not None
         self._file.write(dumps([name, doc]) + b"\n")
-        self._file.flush()
+        if self.live:  # a live file is read as it grows; a prompt export is read when closed
+            self._file.flush()
 
 
 class MsgpackExporter(_DocumentStream):
@@ -379,7 +380,8 @@ class MsgpackExporter(_DocumentStream):
         except OverflowError:
             packed = msgpack.packb([name, _bigints(doc)], default=_mp_encode)
         self._file.write(packed)
-        self._file.flush()
+        if self.live:  # a live file is read as it grows; a prompt export is read when closed
+            self._file.flush()
 
 
 class JSONExporter(Exporter):

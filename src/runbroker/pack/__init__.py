@@ -136,7 +136,11 @@ def pack(
             report=report,
         )
     finally:
-        writer.close()
+        late = writer.close()
+    report.copied -= len(late)
+    report.failed += late
+    if late and strict:
+        raise PackError(f"run {late[0][0]}: {late[0][1]}")
     report.files = len(manifest.files)
     report.bytes = sum(e.size for e in manifest.files.values())
     _index(dest)

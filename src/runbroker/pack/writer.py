@@ -56,6 +56,7 @@ class PackWriter:
         >>> run.uid in writer
         True
         >>> writer.close()
+        []
     """
 
     query = None  # what copy_runs asks a destination: this one is never a search result
@@ -83,6 +84,8 @@ class PackWriter:
         self.format = format
         self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="pack-copy")
         self._copies: dict[str, Future[FileEntry]] = {}  # this run's, by pack path
+        self._pending: list[tuple[str, dict[str, Future[FileEntry]]]] = []  # runs not closed
+        self._scheduled: set[str] = set()  # pack paths copied or being copied
 
     def __contains__(self, uid: object) -> bool:
         return uid in self.manifest.runs
@@ -91,7 +94,8 @@ class PackWriter:
         """Pack one run's documents; return how many there were.
 
         Nothing of a run that fails stays behind: its document file and the files copied for
-        it are removed, and :class:`PackError` says which run and file.
+        it are removed, and :class:`PackError` says which run and file. Copies and checksums
+        run on other threads while the next run is written; :meth:`close` waits for them.
         """
         exp = exporter(
             self.format,
@@ -114,23 +118,40 @@ class PackWriter:
                 if self.external in ("copy", "manifest"):
                     doc = self._external(name, doc, resources, outside)
                 exp(name, doc)
-            written = exp.close()
-            entries = {rel: future.result() for rel, future in self._copies.items()}
-            for path in written:
-                entries[path.relative_to(self.folder).as_posix()] = sha256_of(path)
+            (run_file,) = exp.close()
         except Exception as exc:
             self._undo(exp)
             if isinstance(exc, PackError):
                 raise PackError(f"run {uid}: {exc}") from exc
             raise PackError(f"run {uid}: {type(exc).__name__}: {exc}") from exc
-        (run_file,) = [p for p in written if p.suffix == f".{self.format}"]
-        self.manifest.files.update(entries)
+        rel = run_file.relative_to(self.folder).as_posix()
+        self._copies[rel] = self._pool.submit(sha256_of, run_file)
+        self._pending.append((uid, self._copies))
         self.manifest.outside.update(outside)
         self.manifest.add_run(uid, run_file.name, self.external)
         return count
 
-    def close(self) -> None:
-        """Write the transfer lists (``manifest`` mode) and the manifest."""
+    def close(self) -> list[tuple[str, str]]:
+        """Wait for the copies, write the transfer lists (``manifest`` mode) and the
+        manifest; return ``(uid, message)`` for runs whose files failed to copy late (a disk
+        filling up): those are taken out of the pack again."""
+        failed = []
+        for uid, copies in self._pending:
+            entries, error = {}, None
+            for rel, future in copies.items():
+                try:
+                    entries[rel] = future.result()
+                except Exception as exc:  # reported with its run, below
+                    error = error or exc
+            if error is None:
+                self.manifest.files.update(entries)
+                continue
+            failed.append((uid, str(error)))
+            run = self.manifest.runs.pop(uid)
+            for rel in [run["file"], *copies]:
+                with contextlib.suppress(OSError):
+                    (self.folder / rel).unlink()
+        self._pending = []
         self._pool.shutdown()
         if self.manifest.outside:
             transfer = self.folder / TRANSFER
@@ -144,6 +165,7 @@ class PackWriter:
                 (transfer / name).write_text(text)
                 self.manifest.files[f"{TRANSFER}/{name}"] = sha256_of(transfer / name)
         self.manifest.save(self.folder)
+        return failed
 
     # -- detector files -----------------------------------------------------------------
 
@@ -181,12 +203,16 @@ class PackWriter:
                     raise PackError(f"{kind} {doc['uid']}: detector file {src}: {exc}") from None
                 continue
             rel = self._inside(src)
-            if rel not in self.manifest.files and rel not in self._copies:
-                self._copies[rel] = self._pool.submit(_copy, src, self.folder / rel)
+            if rel in self.manifest.files or rel in self._scheduled:
+                continue  # another run reads it too (a shared dark, say)
+            if not os.path.isfile(src):
+                raise PackError(f"{kind} {doc['uid']}: detector file {src} not found")
+            self._scheduled.add(rel)
+            self._copies[rel] = self._pool.submit(_copy, src, self.folder / rel)
 
     def _relocated(self, kind: str, doc: dict) -> dict:
         """A copy of ``doc`` whose root (or uri) is the pack-relative copy of its files."""
-        location, _ = self.assets.files(kind, doc, ())
+        location = self.assets.locate(kind, doc)
         if kind == "resource":
             return {**doc, "root": self._inside(location.root)}
         return {**doc, "uri": self._inside(location.path)}
@@ -211,6 +237,7 @@ class PackWriter:
                 future.result()
             with contextlib.suppress(OSError):
                 (self.folder / rel).unlink()
+            self._scheduled.discard(rel)
         self._copies = {}
 
 

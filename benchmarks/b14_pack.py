@@ -1,0 +1,189 @@
+"""B14 -- pack: 1,000 runs of 100 events with 1 GB of detector files, then open the pack.
+
+The catalog holds 1,000 runs; each has 100 events of six scalar fields and an image field
+whose frames an AD_HDF5 resource keeps in one HDF5 file of 100 frames (~1 MB), 1 GB over all
+runs. ``runbroker.pack.pack(..., external="copy")`` -- replaying every run from the catalog,
+writing one JSON Lines file per run, copying every detector file into the pack and computing
+the SHA-256 of every file -- must reach 50% of the throughput (bytes of detector files per
+second) of ``cp -r`` copying the same detector files in the same run. Both run twice,
+alternating, into fresh folders on the same disk; the best of each is kept.
+
+Then the pack is opened as a folder-of-files catalog: ``runbroker.open(pack)`` plus
+``cat[-1]`` must take under 200 ms, and a search (``Key("sample") == ...``, 1 hit) under
+50 ms, with the folder's index built (``pack`` builds it). Run alone with
+``python -m benchmarks b14``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import event_model
+import h5py
+import numpy as np
+
+import runbroker
+from runbroker.pack import pack
+from runbroker.queries import Key
+
+from .common import FIELDS, Result, print_result, section
+
+N_RUNS = 1_000
+EVENTS = 100
+FRAME = (50, 100)  # uint16: 10,000 bytes a frame, 1 MB a run
+TARGET_PACK_RATIO = 0.5
+TARGET_OPEN_MS = 200.0
+TARGET_SEARCH_MS = 50.0
+
+
+def _run_docs(i: int, det_root: Path, t0: float) -> Iterator[tuple[str, dict]]:
+    """One run's documents, its detector file written on the way."""
+    rel = f"{i // 100:02d}/{uuid.uuid4()}.h5"
+    path = det_root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(i)
+    with h5py.File(path, "w") as f:
+        f["/entry/data/data"] = rng.integers(0, 4096, (EVENTS, *FRAME), dtype="uint16")
+    run = event_model.compose_run(
+        metadata={"plan_name": "count", "scan_id": i, "sample": f"s{i}"}, time=t0 + i
+    )
+    keys = {f: {"source": "sim", "dtype": "number", "shape": []} for f in FIELDS}
+    keys["img"] = {
+        "source": "sim",
+        "dtype": "array",
+        "shape": list(FRAME),
+        "external": "FILESTORE:",
+    }
+    desc = run.compose_descriptor(name="primary", data_keys=keys)
+    res = run.compose_resource(
+        spec="AD_HDF5",
+        root=str(det_root),
+        resource_path=rel,
+        resource_kwargs={"frame_per_point": 1},
+    )
+    datums = res.compose_datum_page({"point_number": list(range(EVENTS))})
+    times = [t0 + i + k * 1e-3 for k in range(EVENTS)]
+    data: dict[str, list] = {f: rng.random(EVENTS).tolist() for f in FIELDS}
+    data["img"] = datums["datum_id"]
+    yield "start", run.start_doc
+    yield "descriptor", desc.descriptor_doc
+    yield "resource", res.resource_doc
+    yield "datum_page", datums
+    yield (
+        "event_page",
+        desc.compose_event_page(
+            data=data,
+            timestamps={k: times for k in data},
+            seq_num=list(range(1, EVENTS + 1)),
+            time=times,
+            filled={"img": [False] * EVENTS},
+            validate=False,
+        ),
+    )
+    yield "stop", run.compose_stop()
+
+
+def _build(folder: Path) -> tuple[runbroker.Catalog, Path]:
+    det_root = folder / "detector"
+    cat = runbroker.open(folder / "facility.db")
+    t0 = time.time() - N_RUNS
+    for i in range(N_RUNS):
+        cat.ingest(_run_docs(i, det_root, t0))
+    return cat, det_root
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _timed(fn: Callable[..., object], *args: object, **kwargs: object) -> float:
+    t = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - t
+
+
+def run() -> list[Result]:
+    section("B14 pack and open a pack")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="b14-") as tmp:
+        folder = Path(tmp)
+        t = time.perf_counter()
+        cat, det_root = _build(folder)
+        size = _du(det_root)
+        print(
+            f"  built {N_RUNS} runs, {size / 1e9:.2f} GB of detector files "
+            f"in {time.perf_counter() - t:.0f} s",
+            flush=True,
+        )
+        t_pack, t_cp = float("inf"), float("inf")
+        for k in range(2):
+            copy = folder / f"cp{k}"
+            t_cp = min(t_cp, _timed(subprocess.run, ["cp", "-r", det_root, copy], check=True))
+            shutil.rmtree(copy)
+            dest = folder / f"pack{k}"
+            t_pack = min(t_pack, _timed(pack, cat, dest, progress=False))
+            if k == 0:
+                shutil.rmtree(dest)
+        results.append(
+            print_result(
+                Result(
+                    "B14",
+                    f"pack {N_RUNS:,} runs + {size / 1e9:.2f} GB files (copy)",
+                    size / t_pack / 1e6,
+                    "MB/s",
+                    size / t_cp / 1e6,
+                    "cp -r",
+                    target=TARGET_PACK_RATIO,
+                    target_on="ratio",
+                    note=f"pack {t_pack:.2f} s, cp -r {t_cp:.2f} s",
+                )
+            )
+        )
+        cat.close()
+        results += _open(dest)
+    return results
+
+
+def _open(dest: Path) -> list[Result]:
+    best_open, best_search = float("inf"), float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        cat = runbroker.open(dest)
+        last = cat[-1]
+        best_open = min(best_open, time.perf_counter() - t)
+        assert last.metadata["start"]["scan_id"] == N_RUNS - 1
+        t = time.perf_counter()
+        hits = cat.search(Key("sample") == "s500")
+        n = len(hits)
+        (uid,) = list(hits)
+        best_search = min(best_search, time.perf_counter() - t)
+        assert n == 1 and uid
+        cat.close()
+    return [
+        print_result(
+            Result(
+                "B14",
+                f"open the pack ({N_RUNS:,} runs) + cat[-1]",
+                best_open * 1e3,
+                "ms",
+                target=TARGET_OPEN_MS,
+                higher_is_better=False,
+            )
+        ),
+        print_result(
+            Result(
+                "B14",
+                "search the pack, Key('sample') == ..., 1 hit",
+                best_search * 1e3,
+                "ms",
+                target=TARGET_SEARCH_MS,
+                higher_is_better=False,
+            )
+        ),
+    ]

@@ -1,0 +1,332 @@
+"""Packs: runs with their detector files packed, moved, renamed, verified and unpacked.
+
+The source catalog holds runs recorded by a real RunEngine with detectors that write real
+HDF5 (area detector and stream resource), TIFF and NPY files, and a scalar scan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import runbroker
+from runbroker.cli import main
+from runbroker.export import read_documents
+from runbroker.pack import PackCorruptError, PackError, pack, unpack, verify
+from runbroker.queries import Key
+from runbroker.testing.compare import assert_same_run
+
+SAMPLES = {"h5": "ad-hdf5", "tif": "ad-tiff", "npy": "npy", "sh5": "stream-hdf5", "scan": "none"}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[runbroker.Catalog]:
+    from bluesky import RunEngine
+    from bluesky.plans import count, scan
+    from ophyd.sim import det, motor
+
+    from runbroker.testing.detectors import (
+        ADHDF5Detector,
+        ADTIFFDetector,
+        StreamHDF5Detector,
+        npy_detector,
+    )
+
+    folder = tmp_path_factory.mktemp("facility")
+    (folder / "npy").mkdir()
+    cat = runbroker.open(folder / "runs.db")
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(cat.insert)
+    RE(count([ADHDF5Detector("h5", folder / "det", shape=(4, 5))], 3), sample=SAMPLES["h5"])
+    RE(count([ADTIFFDetector("tif", folder / "det", shape=(4, 5))], 3), sample=SAMPLES["tif"])
+    RE(count([npy_detector(folder / "npy", shape=(3, 3))], 2), sample=SAMPLES["npy"])
+    RE(count([StreamHDF5Detector("sh5", folder / "det", shape=(4, 5))], 3), sample=SAMPLES["sh5"])
+    RE(scan([det], motor, 0, 1, 4), sample=SAMPLES["scan"])
+    yield cat
+    cat.close()
+
+
+def _files_of(pack_dir: Path) -> list[str]:
+    return sorted(
+        p.relative_to(pack_dir).as_posix()
+        for p in pack_dir.rglob("*")
+        if p.is_file() and ".runbroker" not in p.parts
+    )
+
+
+def _unpacked(pack_dir: Path, tmp_path: Path, **options: Any) -> runbroker.Catalog:
+    home = tmp_path / "home" / "runs.db"
+    home.parent.mkdir(exist_ok=True)
+    report = unpack(pack_dir, into=str(home), progress=False, **options)
+    assert not report.failed, report
+    return runbroker.open(home)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "msgpack"])
+def test_copy_moved_and_renamed_reads_the_same(source, tmp_path, fmt):
+    report = pack(source, tmp_path / "out" / "beamtime", format=fmt, progress=False)
+    assert report.copied == len(source) and not report.failed
+    # Move and rename the pack: nothing inside may depend on where it was written.
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    shutil.move(tmp_path / "out" / "beamtime", moved)
+    assert verify(moved).ok
+    files = _files_of(moved)
+    assert sum(f.endswith(f".{fmt}") for f in files) == len(source)
+    assert any(f.endswith(".h5") for f in files)
+    assert any(f.endswith(".tiff") for f in files)
+    assert any(f.endswith(".npy") for f in files)
+    # Nothing inside points outside the pack: roots and URIs are relative, under files/.
+    roots = [
+        doc.get("root", doc.get("uri"))
+        for f in files
+        if f.endswith(f".{fmt}")
+        for name, doc in read_documents(moved / f)
+        if name in ("resource", "stream_resource")
+    ]
+    assert len(roots) == 4 and all(r.startswith("files/") for r in roots), roots
+    manifest = json.loads((moved / "manifest.json").read_text())
+    assert not any(os.path.isabs(p) for p in manifest["files"])
+    assert "uri: ." in (moved / "catalog.yml").read_text()
+    home = _unpacked(moved, tmp_path)
+    for run in source.values():
+        assert_same_run(home[run.uid], run)
+
+
+def test_fill_puts_the_data_in_the_documents(source, tmp_path):
+    pack(source, tmp_path / "p", external="fill", progress=False)
+    files = _files_of(tmp_path / "p")
+    assert not any(f.startswith("files/") for f in files)
+    names = {
+        name
+        for f in files
+        if f.endswith(".jsonl")
+        for name, _ in map(json.loads, (tmp_path / "p" / f).read_text().splitlines())
+    }
+    assert not names & {"resource", "datum", "datum_page", "stream_resource", "stream_datum"}
+    home = _unpacked(tmp_path / "p", tmp_path)
+    for run in source.values():
+        got, expected = home[run.uid].primary.read(), run.primary.read()
+        assert got.identical(expected), run.metadata["start"]["sample"]
+
+
+def test_manifest_lists_the_files_for_transfer(source, tmp_path):
+    pack(source, tmp_path / "p", external="manifest", progress=False)
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    outside = manifest["outside"]
+    listed = (tmp_path / "p" / "transfer" / "rsync-files.txt").read_text().split()
+    assert sorted(listed) == sorted(outside)
+    assert all(os.path.isabs(p) and os.path.getsize(p) == n for p, n in outside.items())
+    assert {Path(p).suffix for p in outside} == {".h5", ".tiff", ".npy"}
+    globus = (tmp_path / "p" / "transfer" / "globus-batch.txt").read_text().splitlines()
+    assert len(globus) == len(outside)
+    assert not any(f.startswith("files/") for f in _files_of(tmp_path / "p"))
+    # The files stayed where they were, so the runs read the same from the pack's documents.
+    home = _unpacked(tmp_path / "p", tmp_path)
+    for run in source.values():
+        assert_same_run(home[run.uid], run)
+
+
+def test_ignore_leaves_the_files_out(source, tmp_path):
+    pack(source, tmp_path / "p", external="ignore", progress=False)
+    assert not any(f.startswith(("files/", "transfer/")) for f in _files_of(tmp_path / "p"))
+    home = _unpacked(tmp_path / "p", tmp_path)
+    run = source.search(Key("sample") == SAMPLES["h5"])[-1]
+    # The documents are as they were (JSON Lines writes each descriptor before its events).
+    def by_name(docs: Any) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for name, doc in docs:
+            out.setdefault(name, []).append(doc)
+        return out
+
+    assert by_name(home[run.uid].documents()) == by_name(run.documents())
+
+
+def test_corrupt_byte_is_named_by_verify_and_unpack(source, tmp_path, capsys):
+    pack(source, tmp_path / "p", progress=False)
+    victim = next(f for f in _files_of(tmp_path / "p") if f.endswith(".h5"))
+    path = tmp_path / "p" / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    report = verify(tmp_path / "p")
+    assert not report.ok and [p for p, _ in report.corrupt] == [victim]
+    assert main(["verify", str(tmp_path / "p"), "-q"]) == 3
+    assert victim in capsys.readouterr().out
+    home = tmp_path / "home.db"
+    with pytest.raises(PackCorruptError, match=victim):
+        unpack(tmp_path / "p", into=str(home), progress=False)
+    assert not home.exists()  # nothing was done
+
+
+def test_missing_file_is_named(source, tmp_path, capsys):
+    pack(source, tmp_path / "p", progress=False)
+    victim = next(f for f in _files_of(tmp_path / "p") if f.endswith(".tiff"))
+    (tmp_path / "p" / victim).unlink()
+    report = verify(tmp_path / "p")
+    assert report.missing == [victim]
+    assert main(["unpack", str(tmp_path / "p"), "--into", str(tmp_path / "h.db"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "missing: " + victim in err and "nothing was done" in err
+
+
+def test_not_a_pack(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PackError, match="has no manifest.json"):
+        verify(tmp_path / "empty")
+    (tmp_path / "empty" / "manifest.json").write_text("{not json")
+    with pytest.raises(PackError, match="manifest is corrupt"):
+        verify(tmp_path / "empty")
+
+
+def test_append_twice_adds_without_duplicates(source, tmp_path):
+    dest = tmp_path / "p"
+    first = pack(source, dest, query=Key("sample") == SAMPLES["h5"], progress=False)
+    assert first.copied == 1
+    with pytest.raises(FileExistsError, match="--append"):
+        pack(source, dest, progress=False)
+    second = pack(source, dest, append=True, progress=False)
+    assert (second.copied, second.skipped) == (len(source) - 1, 1)
+    third = pack(source, dest, append=True, progress=False)
+    assert (third.copied, third.skipped) == (0, len(source))
+    runs = [f for f in _files_of(dest) if f.endswith(".jsonl")]
+    assert len(runs) == len(source)
+    assert verify(dest).ok
+    home = _unpacked(dest, tmp_path)
+    assert sorted(home) == sorted(source)
+
+
+def test_a_failing_run_is_reported_and_leaves_nothing(source, tmp_path):
+    # A second catalog whose HDF5 run lost its file: that run fails, the others are packed.
+    broken = runbroker.open(tmp_path / "broken.db")
+    broken.ingest(source.search(Key("sample") == SAMPLES["scan"])[-1].documents())
+    run = source.search(Key("sample") == SAMPLES["h5"])[-1]
+    docs = list(run.documents())
+    for name, doc in docs:
+        if name == "resource":
+            doc["root"] = str(tmp_path / "gone")
+    broken.ingest(docs)
+    report = pack(broken, tmp_path / "p", progress=False)
+    assert report.copied == 1
+    ((uid, message),) = report.failed
+    assert uid == run.uid and str(tmp_path / "gone") in message
+    assert not any(run.uid in f for f in _files_of(tmp_path / "p"))
+    assert verify(tmp_path / "p").ok
+    with pytest.raises(PackError, match="gone"):
+        pack(broken, tmp_path / "strict", strict=True, progress=False)
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.zst"])
+def test_archive(source, tmp_path, suffix):
+    dest = tmp_path / f"beamtime{suffix}"
+    report = pack(source, dest, archive=True, progress=False)
+    assert report.path == dest and dest.is_file()
+    assert verify(dest).ok
+    renamed = dest.rename(tmp_path / f"renamed{suffix}")
+    home = tmp_path / "home.db"
+    unpack(renamed, into=str(home), to=tmp_path / "x", progress=False)
+    assert (tmp_path / "x" / "renamed" / "manifest.json").exists()
+    cat = runbroker.open(home)
+    for run in source.values():
+        assert_same_run(cat[run.uid], run)
+    with pytest.raises(PackError, match="cannot be appended"):
+        pack(source, renamed, archive=True, append=True, progress=False)
+
+
+def test_corrupt_archive_is_named(source, tmp_path):
+    dest = tmp_path / "p.tar"
+    pack(source, dest, archive=True, progress=False)
+    with tarfile.open(dest) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".npy"))
+    data = bytearray(dest.read_bytes())
+    data[member.offset_data + member.size - 1] ^= 0xFF
+    dest.write_bytes(bytes(data))
+    report = verify(dest)
+    assert [p for p, _ in report.corrupt] == [member.name.partition("/")[2]]
+    with pytest.raises(PackCorruptError, match=r"\.npy"):
+        unpack(dest, into=str(tmp_path / "home.db"), progress=False)
+    assert not (tmp_path / "p").exists()  # not even extracted
+
+
+def test_unpack_into_postgresql(source, tmp_path, postgres_url):
+    from runbroker.testing.postgres import new_schema
+
+    pack(source, tmp_path / "p", progress=False)
+    url = new_schema(postgres_url, f"pack{os.getpid()}")
+    with pytest.raises(PackError, match="--files-root"):
+        unpack(tmp_path / "p", into=url, progress=False)
+    unpack(tmp_path / "p", into=url, files_root=tmp_path / "shared", progress=False)
+    assert (tmp_path / "shared").is_dir()
+    cat = runbroker.open(url)
+    try:
+        for run in source.values():
+            assert_same_run(cat[run.uid], run)
+    finally:
+        cat.close()
+
+
+@pytest.fixture
+def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "site"))
+    monkeypatch.delenv("RUNBROKER_CATALOGS", raising=False)
+    return tmp_path / "config" / "runbroker" / "catalogs"
+
+
+def test_unpack_registers_a_name_and_merges(source, tmp_path, config_home):
+    h5 = Key("sample") == SAMPLES["h5"]
+    pack(source, tmp_path / "a", query=h5, progress=False)
+    pack(source, tmp_path / "b", query=~h5, progress=False)
+    unpack(tmp_path / "a", name="beamtime", progress=False)
+    assert (config_home / "beamtime.yml").exists()
+    # Merging the second pack into the same name adds its runs to the first, once.
+    assert unpack(tmp_path / "b", name="beamtime", progress=False).copied == len(source) - 1
+    assert unpack(tmp_path / "b", name="beamtime", progress=False).copied == 0
+    assert verify(tmp_path / "a").ok
+    home = _unpacked(tmp_path / "a", tmp_path)
+    assert sorted(home) == sorted(source)
+
+
+def test_unpack_merges_into_a_named_database(source, tmp_path, config_home, capsys):
+    db = tmp_path / "laptop" / "runs.db"
+    db.parent.mkdir()
+    runbroker.open(db).close()
+    assert main(["catalogs", "add", "laptop", str(db)]) == 0
+    pack(source, tmp_path / "p", progress=False)
+    assert main(["unpack", str(tmp_path / "p"), "--name", "laptop", "-q"]) == 0
+    assert main(["unpack", str(tmp_path / "p"), "--name", "laptop", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped {len(source)} already" in out
+    cat = runbroker.open(db)
+    assert sorted(cat) == sorted(source)
+    for run in source.values():
+        assert_same_run(cat[run.uid], run)
+    assert (db.parent / "files").is_dir()  # detector files copied beside the database
+
+
+def test_cli_pack_selection(source, tmp_path, capsys):
+    uri = source.store.uri.removeprefix("sqlite:///")
+    assert main(["pack", uri, str(tmp_path / "p")]) == 1
+    assert "--all" in capsys.readouterr().err
+    run = source.search(Key("sample") == SAMPLES["tif"])[-1]
+    (tmp_path / "uids.txt").write_text(f"# chosen\n{run.uid}\n")
+    assert main(["pack", uri, str(tmp_path / "p"), "--uids", str(tmp_path / "uids.txt"), "-q"]) == 0
+    assert "copied 1 run" in capsys.readouterr().out
+    query = (Key("sample") == SAMPLES["npy"]).to_json()
+    args = ["pack", uri, str(tmp_path / "p"), "--query", query, "-q"]
+    assert main(args) == 1 and "--append" in capsys.readouterr().err
+    assert main([*args, "--append", "--external", "fill", "--format", "msgpack"]) == 0
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert sorted(r["external"] for r in manifest["runs"].values()) == ["copy", "fill"]
+    assert main(["pack", uri, str(tmp_path / "all.tar.zst"), "--all", "--archive", "-q"]) == 0
+    assert main(["verify", str(tmp_path / "all.tar.zst"), "-q"]) == 0
+    (tmp_path / "bad.txt").write_text("not-a-uid\n")
+    assert main(["pack", uri, str(tmp_path / "q"), "--uids", str(tmp_path / "bad.txt")]) == 1
+    assert "not-a-uid" in capsys.readouterr().err
