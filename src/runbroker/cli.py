@@ -7,7 +7,7 @@ Example:
     $ runbroker show runs.db -1
     $ runbroker export runs.db out/ --format nexus --uid 3f2a9c1e-...
     $ runbroker ingest copy.db out/
-    $ runbroker pack runs.db beamtime/ --query '{"type": "eq", "key": "sample", "value": "Ni"}'
+    $ runbroker pack runs.db beamtime/ --all
     $ runbroker verify beamtime/
     $ runbroker unpack beamtime/ --name beamtime
 """
