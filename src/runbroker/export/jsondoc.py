@@ -154,6 +154,8 @@ def _mp_encode(value: Any) -> Any:
         return {b"nd": False, b"type": value.dtype.str, b"data": value.tobytes()}
     if isinstance(value, complex):
         return {b"complex": True, b"data": repr(value)}
+    if isinstance(value, int):  # msgpack hands over the integers beyond 64 bits
+        return msgpack.ExtType(_EXT_BIGINT, str(value).encode())
     return str(value)
 
 

@@ -99,12 +99,14 @@ class Store(Protocol):
         """
 
     def documents(
-        self, run_uid: str, arrays: bool = False, uids: bool = True
+        self, run_uid: str, arrays: bool = False, uids: bool | str = True
     ) -> Iterator[tuple[str, Any]]:
         """The run's documents in the order they were stored; events come as event pages,
         their columns as lists (or as the numpy arrays stored, with ``arrays=True``).
         ``uids=False`` leaves the event uids out of the pages (empty lists), for readers
-        that do not need them: decoding them is much of a replay's time."""
+        that do not need them: decoding them is much of a replay's time. With
+        ``arrays=True``, ``uids="bytes"`` gives the uids of a page as a fixed-width bytes
+        array (numpy ``S``) where the store keeps them so (ASCII uids), else as a list."""
 
     def assets(self, run_uid: str) -> list[tuple[str, dict]]:
         """The run's ``resource``, ``stream_resource`` and ``stream_datum`` documents."""

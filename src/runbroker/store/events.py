@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 
 from ..documents import ConflictError, DocumentError, to_builtin
-from .pages import concat_columns, to_column
+from .pages import concat_columns, to_column, uid_list
 
 __all__ = ["Batch", "DescriptorState", "canonical", "event_from_columns", "page_from_columns"]
 
@@ -380,8 +380,9 @@ def _value(col: np.ndarray | list, i: int) -> Any:
 
 def event_from_columns(descriptor: str, data: dict, extra: dict, i: int) -> dict:
     """Rebuild the i-th event of a page from its decoded columns."""
+    uid = extra["uid"][i]
     ev = {
-        "uid": extra["uid"][i],
+        "uid": uid.decode("ascii") if isinstance(uid, bytes) else uid,
         "time": float(data["time"][i]),
         "seq_num": int(data["seq_num"][i]),
         "descriptor": descriptor,
@@ -394,9 +395,15 @@ def event_from_columns(descriptor: str, data: dict, extra: dict, i: int) -> dict
     return ev
 
 
-def page_from_columns(descriptor: str, data: dict, extra: dict, arrays: bool = False) -> dict:
+def page_from_columns(
+    descriptor: str, data: dict, extra: dict, arrays: bool = False, uids: bool | str = True
+) -> dict:
     """Rebuild an event_page document from a page's decoded columns (as lists, or as the
     arrays they are with ``arrays=True``).
+
+    Event uids come as a list of ``str``; with ``arrays=True`` and ``uids="bytes"`` a uid
+    block stays the fixed-width bytes array it was decoded as (for writers of fixed-width
+    strings, which then need no loop over the uids).
 
     Example:
         >>> cols = {"time": np.zeros(1), "seq_num": np.ones(1, int), "d:x": np.ones(1)}
@@ -409,8 +416,10 @@ def page_from_columns(descriptor: str, data: dict, extra: dict, arrays: bool = F
             return v if arrays else v.tolist()
         return list(v)
 
+    uid = extra.get("uid", ())
+    keep = arrays and uids == "bytes" and isinstance(uid, np.ndarray)
     page = {
-        "uid": list(extra.get("uid", ())),
+        "uid": uid if keep else uid_list(uid),
         "time": as_list(data["time"]),
         "seq_num": as_list(data["seq_num"]),
         "descriptor": descriptor,

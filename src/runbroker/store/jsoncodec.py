@@ -3,7 +3,8 @@
 orjson writes NaN and infinities as ``null`` and refuses integers beyond 64 bits. Such values
 are rare in documents but must come back as they went in, so documents holding them are
 written by the standard library instead, which spells them ``NaN``/``Infinity`` and keeps
-big integers; reading falls back the same way.
+big integers. Reading falls back the same way: orjson refuses ``NaN``, but it reads an
+integer beyond 64 bits as a float, so text that may hold one is read by the standard library.
 """
 
 from __future__ import annotations
@@ -68,8 +69,35 @@ def loads(data: bytes | memoryview | str) -> Any:
     Example:
         >>> loads(b"[1, 2]")
         [1, 2]
+        >>> loads(b'{"big": 36893488147419103232}')["big"] == 2**65
+        True
     """
     try:
-        return orjson.loads(data)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(bytes(data))
+        return json.loads(data if isinstance(data, str) else bytes(data))
+    if _long_integer(data):
+        return json.loads(data if isinstance(data, str) else bytes(data))
+    return value
+
+
+# Digits become "0", and what may stand before a number's first digit becomes ",": an integer
+# of 19 digits or more (beyond 64 bits, or close) is then ",0000000000000000000". A float never
+# matches: orjson and the standard library write big floats with an exponent, and a run of
+# fraction digits follows ".".
+_NUMBERS = bytes.maketrans(b"0123456789[,: -\n\r\t", b"0" * 10 + b"," * 8)
+_LONG = b"," + b"0" * 19
+
+
+def _long_integer(data: bytes | memoryview | str) -> bool:
+    """Whether ``data`` may hold an integer too long for orjson to keep exact.
+
+    Only the standard library writes such integers (:func:`dumps`), with ``", "`` and ``": "``
+    between items; text without those is orjson's, or a lone number in brackets.
+    """
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if b", " not in raw and b": " not in raw:
+        head = raw[:64].lstrip(b"[ ")[:1]
+        if not head or head not in b"-0123456789":
+            return False
+    return _LONG in (b"," + raw).translate(_NUMBERS)

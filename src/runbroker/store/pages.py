@@ -12,10 +12,15 @@ The header maps each column name to ``[codec, dtype, shape, offset, nbytes]``:
 * ``raw``  numeric or boolean ndarray, C-ordered bytes (scalars per event: shape ``(n,)``);
 * ``zstd`` the same, zstd-compressed: used for per-event arrays (images), where it pays;
 * ``json`` a JSON list of per-event values: strings, ragged arrays, mixed or missing values;
+* ``ascii`` event uids as one block of fixed-width ASCII (``|S36`` for uuid4s): used when every
+  uid of the page is ASCII without NUL; decoded with ``np.frombuffer``, zero copies. Pages
+  written before this codec existed hold their uids as ``json`` and are read as ever;
 * ``const`` a numeric column whose values are all equal: one value is stored;
 * ``same`` a numeric column equal to an earlier column of the page (timestamps often are).
 
 Decoding a numeric column is ``np.frombuffer`` on a slice: zero copies until concatenation.
+A uid block decodes to a fixed-width bytes array (what HDF5 stores); :func:`uid_list` turns it
+into the ``str`` uids documents carry.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import zstandard
 
 from . import jsoncodec
 
-__all__ = ["MISSING_VALUE", "concat_columns", "decode", "encode", "to_column"]
+__all__ = ["MISSING_VALUE", "concat_columns", "decode", "encode", "to_column", "uid_list"]
 
 _HEADER = struct.Struct("<I")
 # Arrays smaller than this gain too little from compression to pay for it.
@@ -113,8 +118,13 @@ def encode(columns: Mapping[str, np.ndarray | list]) -> bytes:
                     buf, codec = packed, "zstd"
             header[name] = [codec, col.dtype.str, list(col.shape), offset, len(buf)]
         elif name == "uid":  # strings, as the schema requires: no need to look for NaN
-            buf = orjson.dumps(col)
-            header[name] = ["json", None, [len(col)], offset, len(buf)]
+            block = _ascii_block(col)
+            if block is None:
+                buf = orjson.dumps(col if isinstance(col, list) else uid_list(col))
+                header[name] = ["json", None, [len(col)], offset, len(buf)]
+            else:
+                buf, dtype = block
+                header[name] = ["ascii", dtype, [len(col)], offset, len(buf)]
         else:
             buf = jsoncodec.dumps(col)
             header[name] = ["json", None, [len(col)], offset, len(buf)]
@@ -152,7 +162,12 @@ def decode(
             out[name] = np.full(shape, value[0], dtype=dtype)
             continue
         if codec == "json":
-            out[name] = jsoncodec.loads(memoryview(blob)[start : start + nbytes])
+            text = memoryview(blob)[start : start + nbytes]
+            # uids are strings (orjson wrote them): nothing the standard library must read.
+            out[name] = orjson.loads(text) if name == "uid" else jsoncodec.loads(text)
+            continue
+        if codec == "ascii":
+            out[name] = np.frombuffer(blob, dtype=dtype, count=shape[0], offset=start)
             continue
         if codec == "zstd":
             raw: Any = _zd.decompress(blob[start : start + nbytes])
@@ -186,8 +201,62 @@ def concat_columns(parts: Sequence[np.ndarray | list], lengths: Sequence[int]) -
     for part, n in zip(parts, lengths, strict=True):
         if part is None:
             out.extend([MISSING_VALUE] * n)
+        elif isinstance(part, np.ndarray) and part.dtype.kind == "S":
+            out.extend(uid_list(part))
         elif isinstance(part, np.ndarray):
             out.extend(list(part) if part.ndim > 1 else part.tolist())
         else:
             out.extend(part)
     return out
+
+
+def _ascii_block(uids: Sequence[str] | np.ndarray) -> tuple[bytes | memoryview, str] | None:
+    """Event uids as one fixed-width ASCII block and its dtype, or None when they are not all
+    ASCII strings of one length without NUL (numpy strips NUL from the end of fixed-width
+    values, so a NUL could not come back)."""
+    if isinstance(uids, np.ndarray):
+        if uids.dtype.kind == "S" and uids.dtype.itemsize:
+            # A block decoded before (perhaps widened by a join): no value holds a NUL, so
+            # the padding of shorter ones is unambiguous.
+            uids = np.ascontiguousarray(uids)
+            return memoryview(uids).cast("B"), uids.dtype.str
+        uids = uids.tolist()
+    if not uids or type(uids[0]) is not str:
+        return None
+    width = len(uids[0])
+    try:
+        joined = "".join(uids)
+    except TypeError:  # not all strings: the JSON codec refuses or keeps them
+        return None
+    if not width or len(joined) != width * len(uids) or not joined.isascii() or "\0" in joined:
+        return None
+    # Equal total length with one value as long as the shortest means all are that long.
+    if min(map(len, uids)) != width:
+        return None
+    return joined.encode("ascii"), f"|S{width}"
+
+
+def uid_list(uids: np.ndarray | Sequence[str]) -> list[str]:
+    """Event uids as a list of ``str``, from a decoded uid block (or any sequence of str).
+
+    A block holds ASCII values; the NUL padding of values shorter than its width is dropped.
+
+    Example:
+        >>> block = decode(encode({"uid": ["e1", "e2"]}))["uid"]
+        >>> block.dtype.str, uid_list(block)
+        ('|S2', ['e1', 'e2'])
+    """
+    if not isinstance(uids, np.ndarray) or uids.dtype.kind != "S":
+        return [str(u) for u in uids] if isinstance(uids, np.ndarray) else list(uids)
+    n, width = len(uids), uids.dtype.itemsize
+    raw = np.ascontiguousarray(uids).view(np.uint8).reshape(n, width)
+    if not n or (raw == ord("\n")).any():  # no separator to split on: value by value
+        return [u.decode("ascii") for u in uids.tolist()]
+    # One decode and one split in C: far faster than decoding value by value.
+    rows = np.empty((n, width + 1), dtype=np.uint8)
+    rows[:, :width] = raw
+    rows[:, width] = ord("\n")
+    text = rows.tobytes().decode("ascii")
+    if "\0" in text:  # padding of values shorter than the block's width
+        text = text.replace("\0", "")
+    return text.split("\n")[:-1]

@@ -1164,7 +1164,7 @@ class SQLStore:
         return out
 
     def documents(
-        self, run_uid: str, arrays: bool = False, uids: bool = True
+        self, run_uid: str, arrays: bool = False, uids: bool | str = True
     ) -> Iterator[tuple[str, Any]]:
         """Stored documents of a run in insertion order (events as event_page)."""
         self._flush_if_pending()
@@ -1208,7 +1208,7 @@ class SQLStore:
                 # Consecutive pages of one descriptor replay as evenly cut pages.
                 parts = (_decoded_page(body[1], body[2], uids) for _, _, body in items)
                 for data, extra in rechunk(parts, MAX_EVENTS_PER_PAGE):
-                    yield kind, page_from_columns(descriptor, data, extra, arrays)
+                    yield kind, page_from_columns(descriptor, data, extra, arrays, uids)
             if row.stop:
                 yield "stop", _loads(row.stop)
 
