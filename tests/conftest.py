@@ -16,8 +16,35 @@ import pytest
 
 import runbroker
 
-STORES = ["sqlite", "postgresql"]
+STORES = ["sqlite", "postgresql", "folder"]
 _schemas = itertools.count()
+#: Tests kept off some stores, and why (listed at the end of every run).
+EXCLUDED: dict[str, tuple[list[str], str]] = {}
+
+
+def stores_except(*kinds: str, reason: str) -> pytest.MarkDecorator:
+    """Parametrise a ``catalog`` test over every store but ``kinds``, saying why.
+
+    Used where a test is about one kind of store (SQL schema migrations, connection pools,
+    SQL indexes, several processes writing at once): the test does not exist for the others,
+    and ``pytest`` lists it with its reason at the end of the run.
+    """
+    unknown = set(kinds) - set(STORES)
+    if unknown or not reason:
+        raise ValueError(f"stores_except: unknown stores {sorted(unknown)} or no reason")
+
+    def mark(test: Any) -> Any:
+        EXCLUDED[f"{test.__module__}::{test.__name__}"] = (list(kinds), reason)
+        return pytest.mark.parametrize("store_kind", [k for k in STORES if k not in kinds])(test)
+
+    return mark  # type: ignore[return-value]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if EXCLUDED:
+        terminalreporter.section("tests kept off some stores")
+        for test, (kinds, reason) in sorted(EXCLUDED.items()):
+            terminalreporter.write_line(f"{test}: not on {', '.join(kinds)}: {reason}")
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +72,8 @@ def _open(
 
         base = request.getfixturevalue("postgres_url")
         return runbroker.open(new_schema(base, f"t{os.getpid()}_{next(_schemas)}"), **options)
+    if kind == "folder":
+        return runbroker.open(folder, **options)
     raise ValueError(kind)
 
 

@@ -31,6 +31,7 @@ from .catalog import AmbiguousUIDError, Catalog, Run
 from .config import NamedCatalogs
 from .derived import ProvenanceError, derived_from
 from .documents import ConflictError, DocumentError, UnknownParentError
+from .store.files import FolderStore
 from .store.sql import SchemaVersionError, SQLStore
 from .stream import Stream
 
@@ -79,9 +80,12 @@ def open(
 ) -> Catalog:
     """Open (or create) a catalog.
 
-    ``uri`` is a file path (an SQLite catalog, created if missing) or a SQLAlchemy URL
-    (``sqlite:///path``). ``durability="event"`` commits every single event to disk before
-    ``insert`` returns; the default queues events for at most ``flush_interval`` seconds.
+    ``uri`` is a file path (an SQLite catalog, created if missing), a SQLAlchemy URL
+    (``sqlite:///path``, ``postgresql://...``) or a folder of run files (``.jsonl`` /
+    ``.msgpack``, one per run, as ``run.export`` writes them; a path ending in ``/`` that
+    does not exist yet is made such a folder; see ``docs/folder-store.md``).
+    ``durability="event"`` commits every single event to disk before ``insert`` returns; the
+    default queues events for at most ``flush_interval`` seconds.
     ``pool_size`` and ``max_overflow`` size each process's connection pool to a server
     database (PostgreSQL). ``indexes`` names metadata keys (``"sample"``, ``"proposal_id"``)
     to give an index of their own (see ``docs/catalog.md``): missing ones are created, ones
@@ -89,8 +93,9 @@ def open(
 
     Detector files: ``root_map`` maps roots recorded in resource documents to where the files
     are now (``{"/nsls2/data": "/mnt/copy"}``); relative roots are taken from the catalog's
-    folder. ``handlers`` (by spec) and ``readers`` (by mimetype) add or replace the classes
-    that read them, as classes or ``"module:Class"`` strings.
+    folder (from the folder itself, for a folder of run files). ``handlers`` (by spec) and
+    ``readers`` (by mimetype) add or replace the classes that read them, as classes or
+    ``"module:Class"`` strings.
 
     Example:
         >>> import runbroker, tempfile, os
@@ -110,10 +115,8 @@ def open(
         url = text.replace("postgresql://", "postgresql+psycopg://", 1)
     else:
         path = Path(text).expanduser()
-        if path.is_dir():
-            raise IsADirectoryError(
-                f"{text!r} is a folder; a catalog is a file such as {str(path / 'runs.db')!r}"
-            )
+        if path.is_dir() or (text.endswith(("/", os.sep)) and not path.exists()):
+            return _open_folder(path, readonly, durability, indexes, root_map, handlers, readers)
         if readonly and not path.exists():
             raise FileNotFoundError(f"no catalog at {text!r} (opening read-only creates none)")
         url = f"sqlite:///{path.resolve()}"
@@ -129,6 +132,11 @@ def open(
         pool_size=pool_size,
         max_overflow=max_overflow,
     )
+    return _catalog(store, indexes, assets)
+
+
+def _catalog(store: SQLStore | FolderStore, indexes: Iterable[str], assets: Assets) -> Catalog:
+    """The catalog of ``store``, after giving it the ``indexes`` it lacks."""
     if indexes:
         try:
             store.create_index(*indexes)
@@ -136,6 +144,25 @@ def open(
             store.close()
             raise
     return Catalog(store, assets=assets)
+
+
+def _open_folder(
+    path: Path,
+    readonly: bool,
+    durability: Literal["batch", "event"],
+    indexes: Iterable[str],
+    root_map: Mapping[str, str] | None,
+    handlers: Mapping[str, type | str] | None,
+    readers: Mapping[str, type | str] | None,
+) -> Catalog:
+    """A folder of run files as a catalog; relative resource roots are taken from it."""
+    if not path.exists():
+        if readonly:
+            raise FileNotFoundError(f"no folder at {str(path)!r} (opening read-only creates none)")
+        path.mkdir(parents=True)
+    store = FolderStore(path, readonly=readonly, durability=durability)
+    assets = Assets(Registry(handlers, readers), dict(root_map or {}), store.uri)
+    return _catalog(store, indexes, assets)
 
 
 def temp(**options: Any) -> Catalog:
