@@ -1,7 +1,8 @@
 """Shared fixtures. Every API test takes ``catalog``, which is parametrised over the stores.
 
-Adding a store (PostgreSQL, a folder of files, the HTTP client) means adding it to ``STORES``;
-the whole API suite then runs against it.
+Adding a store (the HTTP client) means adding it to ``STORES``
+(``runbroker.testing.stores``); the whole API suite then runs against it. A test about one
+kind of store is kept off the others with ``stores_except(..., reason=...)``.
 """
 
 from __future__ import annotations
@@ -15,29 +16,9 @@ from typing import Any
 import pytest
 
 import runbroker
+from runbroker.testing.stores import EXCLUDED, STORES
 
-STORES = ["sqlite", "postgresql", "folder"]
 _schemas = itertools.count()
-#: Tests kept off some stores, and why (listed at the end of every run).
-EXCLUDED: dict[str, tuple[list[str], str]] = {}
-
-
-def stores_except(*kinds: str, reason: str) -> pytest.MarkDecorator:
-    """Parametrise a ``catalog`` test over every store but ``kinds``, saying why.
-
-    Used where a test is about one kind of store (SQL schema migrations, connection pools,
-    SQL indexes, several processes writing at once): the test does not exist for the others,
-    and ``pytest`` lists it with its reason at the end of the run.
-    """
-    unknown = set(kinds) - set(STORES)
-    if unknown or not reason:
-        raise ValueError(f"stores_except: unknown stores {sorted(unknown)} or no reason")
-
-    def mark(test: Any) -> Any:
-        EXCLUDED[f"{test.__module__}::{test.__name__}"] = (list(kinds), reason)
-        return pytest.mark.parametrize("store_kind", [k for k in STORES if k not in kinds])(test)
-
-    return mark  # type: ignore[return-value]
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -1,7 +1,7 @@
 """stream.to_dask() computed on a dask.distributed cluster of worker processes.
 
-Each worker opens the catalog itself (the store pickles as its URL) and reads its own
-chunks; the test checks that the pages were read in the workers, not in this process.
+Each worker opens the catalog itself (the store pickles as its URL or folder) and reads its
+own chunks; the test checks that the pages were read in the workers, not in this process.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 from dask.distributed import Client, LocalCluster
 from event_model import compose_run
 
+from runbroker.store import files as folderstore
 from runbroker.store import sql as sqlstore
 
 
@@ -28,7 +29,7 @@ def client():
 
 def _pids_reading(client: Client) -> set[int]:
     def opened() -> list[int]:
-        return [os.getpid()] if sqlstore._readers else []
+        return [os.getpid()] if sqlstore._readers or folderstore._readers else []
 
     return {pid for pids in client.run(opened).values() for pid in pids}
 
@@ -52,7 +53,13 @@ def test_to_dask_chunks_are_read_by_the_workers(catalog, client):
                 validate=False,
             ),
         )
-        catalog.flush()  # one page per flush: several chunks for the workers
+        catalog.flush()  # one page per flush (SQL stores): several chunks for the workers
+        # A folder store joins a stream's events up to the next other document into one
+        # page (it reads the whole file anyway): a resource between pages keeps them apart.
+        resource = run.compose_resource(
+            spec="NPY", root="/", resource_path=f"unused{lo}.npy", resource_kwargs={}
+        )
+        catalog.insert("resource", resource.resource_doc)
     stream = catalog[-1].primary
     lazy = stream.to_dask()
     assert lazy["x"].data.npartitions > 2

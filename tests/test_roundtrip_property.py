@@ -45,11 +45,13 @@ SETTINGS = settings(
 _schemas = itertools.count()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def open_empty(request):
+@pytest.fixture(params=["sqlite", "postgresql", "folder"])
+def open_empty(request, tmp_path_factory):
     """Factory of fresh, empty catalogs of each store kind (the same semantics everywhere)."""
     if request.param == "sqlite":
         return lambda: runbroker.open("sqlite://")
+    if request.param == "folder":
+        return lambda: runbroker.open(tmp_path_factory.mktemp("folder"))
     base = request.getfixturevalue("postgres_url")
     return lambda: runbroker.open(new_schema(base, f"p{os.getpid()}_{next(_schemas)}"))
 
