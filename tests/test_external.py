@@ -255,18 +255,19 @@ def _h5(path: Path, frames: np.ndarray) -> None:
         f.create_dataset("/entry/data/data", data=frames)
 
 
-@pytest.mark.parametrize("store_kind", ["sqlite"])
-def test_relative_root_follows_the_catalog_folder(make_catalog, tmp_path):
-    # SQLite only: a relative root is relative to the catalog's folder, and a server
-    # database (PostgreSQL) has no folder of its own.
+@pytest.mark.parametrize("store_kind", ["sqlite", "folder"])
+def test_relative_root_follows_the_catalog_folder(make_catalog, tmp_path, store_kind):
+    # Not PostgreSQL: a relative root is relative to the catalog's folder (the SQLite file's,
+    # or the folder of run files itself), and a server database has no folder of its own.
     cat = make_catalog()
-    folder = Path(cat.store.uri.removeprefix("sqlite:///")).parent
+    sqlite = store_kind == "sqlite"
+    folder = Path(cat.store.uri.removeprefix("sqlite:///")).parent if sqlite else cat.store.folder
     _h5(folder / "data" / "a.h5", _expected(3))
     resource = {"root": "data", "resource_path": "a.h5", "resource_kwargs": {}}
     uid = _run_with_resource(cat, resource, [{"point_number": i} for i in range(3)], list(SHAPE))
     cat.close()
     shutil.move(folder, tmp_path / "elsewhere")
-    moved = runbroker.open(tmp_path / "elsewhere" / "runs.db")
+    moved = runbroker.open(tmp_path / "elsewhere" / "runs.db" if sqlite else tmp_path / "elsewhere")
     np.testing.assert_array_equal(moved[uid].primary.read()["img"].values, _expected(3))
     moved.close()
 

@@ -1,0 +1,294 @@
+"""The folder-of-files store beyond the shared API suite: folders of exported runs, the index
+(built once, reused, kept up to date, moved with the folder, or in the cache folder when the
+folder cannot be written), broken files, order, and the files a writable folder writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from event_model import compose_run
+
+import runbroker
+from runbroker.export import DEFAULT_TEMPLATE, render
+from runbroker.export.jsondoc import read_jsonl
+from runbroker.queries import FullText, Key, PartialUID, Regex, ScanID, TimeRange
+from runbroker.store.files import FolderStore, FolderWarning
+from runbroker.store.runfile import files_parsed
+from runbroker.testing.compare import assert_same_run
+
+RUNS = ("scalar", "grid", "inline_image", "file_image", "tomo", "two_descriptors")
+
+
+@pytest.fixture(scope="module", params=["jsonl", "msgpack"])
+def exported(request, export_runs, tmp_path_factory):
+    """A folder of the export runs written by ``run.export`` in one format."""
+    folder = tmp_path_factory.mktemp(f"exported_{request.param}")
+    for key in RUNS:
+        export_runs[key].export(request.param, folder)
+    return folder
+
+
+def _same_everywhere(cat: runbroker.Catalog, source: runbroker.Run) -> None:
+    """Every read of ``source`` gives the same from ``cat``."""
+    run = cat[source.uid]
+    assert_same_run(run, source)
+    assert run.metadata["start"] == source.metadata["start"]
+    assert run.metadata["stop"] == source.metadata["stop"]
+    for stream in source:
+        a, b = run[stream], source[stream]
+        assert a.data_keys.keys() == b.data_keys.keys()
+        assert a.to_dask().compute().identical(b.read())
+        for device, conf in b.config.items():
+            assert a.config[device].identical(conf), (stream, device)
+    filled = [(n, d) for n, d in run.documents(fill=True) if n == "event_page"]
+    expected = [(n, d) for n, d in source.documents(fill=True) if n == "event_page"]
+    assert len(filled) == len(expected)
+    for (_, got), (_, want) in zip(filled, expected, strict=True):
+        assert got["seq_num"] == want["seq_num"]
+        for key, values in want["data"].items():
+            np.testing.assert_array_equal(np.asarray(got["data"][key]), np.asarray(values))
+
+
+def test_a_folder_of_exports_reads_as_its_source(exported, export_runs):
+    with runbroker.open(exported) as cat:
+        assert len(cat) == len(RUNS)
+        assert list(cat) == list(export_runs["catalog"])  # the same order as the source
+        for key in RUNS:
+            _same_everywhere(cat, export_runs[key])
+        scalar = export_runs["scalar"]
+        assert cat[-1].uid == export_runs["two_descriptors"].uid
+        assert cat[scalar.start["scan_id"]].uid == scalar.uid
+        assert cat[scalar.uid[:8]].uid == scalar.uid
+        assert [r.uid for r in cat[-2:]] == list(export_runs["catalog"])[:2]
+        for query in (
+            Key("sample") == "Fe foil",
+            FullText("foil"),
+            Regex("sample", "^Fe"),
+            ScanID(scalar.start["scan_id"]),
+            PartialUID(scalar.uid[:6]),
+            TimeRange(since=scalar.start["time"] - 1, until=scalar.start["time"] + 1),
+        ):
+            assert list(cat.search(query)) == list(export_runs["catalog"].search(query)), query
+
+
+def test_the_index_is_built_once_and_reused(exported):
+    runbroker.open(exported).close()  # built (or brought up to date)
+    before = files_parsed()
+    with runbroker.open(exported) as cat:
+        assert cat[-1].start["uid"]
+        assert len(cat.search(Key("sample") == "grid")) == 1
+        assert files_parsed() == before  # opening, looking up and searching read no run file
+        cat[-1].primary.read()
+        assert files_parsed() == before + 1  # reading a run reads its file
+        assert cat.store.index_path == exported / ".runbroker" / "index.db"
+
+
+def _copy_exports(export_runs, folder: Path, keys=RUNS) -> dict[str, Path]:
+    folder.mkdir(exist_ok=True)
+    return {key: export_runs[key].export("jsonl", folder)[0] for key in keys}
+
+
+def test_the_index_follows_files_added_changed_and_removed(export_runs, tmp_path):
+    folder = tmp_path / "runs"
+    files = _copy_exports(export_runs, folder, RUNS[:3])
+    with runbroker.open(folder) as cat:
+        assert len(cat) == 3
+    more = _copy_exports(export_runs, tmp_path / "more", RUNS[3:4])
+    shutil.copy(more["file_image"], folder)
+    files["scalar"].unlink()
+    # "grid" is written again with other metadata (same uid): its new start is what counts.
+    lines = files["grid"].read_bytes().splitlines(keepends=True)
+    name, start = json.loads(lines[0])
+    lines[0] = (json.dumps([name, {**start, "sample": "regridded"}]) + "\n").encode()
+    files["grid"].write_bytes(b"".join(lines))
+    before = files_parsed()
+    with runbroker.open(folder) as cat:
+        assert files_parsed() == before + 2  # only the added and the changed file
+        assert sorted(cat) == sorted(
+            export_runs[k].uid for k in ("grid", "inline_image", "file_image")
+        )
+        assert list(cat.search(Key("sample") == "regridded")) == [export_runs["grid"].uid]
+        assert len(cat.search(Key("sample") == "grid")) == 0
+        assert len(cat.search(FullText("foil"))) == 0  # the removed run is gone from every table
+        assert_same_run(cat[export_runs["file_image"].uid], export_runs["file_image"])
+        # A file added while the catalog is open is seen at the next refresh.
+        shutil.copy(more["file_image"], folder / "copy-of-file-image.jsonl")
+        export_runs["scalar"].export("jsonl", folder, template="scalar", overwrite=True)
+        with pytest.warns(FolderWarning, match="copy-of-file-image.jsonl"):
+            cat.store.refresh()  # the copy holds a run another file holds: left out, said once
+        assert export_runs["scalar"].uid in cat
+        assert len(cat) == 4
+
+
+def test_a_moved_and_renamed_folder_opens_with_its_index(export_runs, tmp_path):
+    folder = tmp_path / "before"
+    _copy_exports(export_runs, folder)
+    with runbroker.open(folder) as cat:
+        expected = {uid: run.primary.read() for uid, run in cat.items()}
+    moved = tmp_path / "elsewhere" / "after"
+    moved.parent.mkdir()
+    shutil.move(folder, moved)
+    before = files_parsed()
+    with runbroker.open(moved) as cat:
+        assert list(cat) == list(expected)
+        assert files_parsed() == before  # the index moved with the folder and still fits
+        for uid, ds in expected.items():
+            assert cat[uid].primary.read().identical(ds)
+        assert_same_run(cat[export_runs["file_image"].uid], export_runs["file_image"])
+
+
+_READ_ONLY = """
+import json, sys, runbroker
+cat = runbroker.open(sys.argv[1])
+print(json.dumps({
+    "index": str(cat.store.index_path),
+    "uids": list(cat),
+    "sums": {uid: float(run.primary.read()["det1"].sum()) for uid, run in cat.items()
+             if "det1" in run.primary.fields},
+}))
+"""
+
+
+def test_a_read_only_folder_keeps_its_index_in_the_cache_folder(export_runs, tmp_path):
+    """chmod makes the folder read-only. chmod does not stop root, so as root the reader runs
+    with the folder mounted read-only (in a mount namespace of its own), as on read-only media.
+    """
+    folder, cache = tmp_path / "pack", tmp_path / "cache"
+    _copy_exports(export_runs, folder, ("scalar", "grid"))
+    cache.mkdir()
+    for path in folder.iterdir():
+        path.chmod(0o444)
+    folder.chmod(0o555)
+    command = [sys.executable, "-c", _READ_ONLY, str(folder)]
+    if os.geteuid() == 0:
+        remount = (
+            'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
+        )
+        command = ["unshare", "-m", "sh", "-c", remount, "sh", str(folder), *command]
+    try:
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "XDG_CACHE_HOME": str(cache)},
+        )
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert not (folder / ".runbroker").exists()
+    assert Path(got["index"]).parent == cache / "runbroker" / "folders"
+    assert got["uids"] == [export_runs["grid"].uid, export_runs["scalar"].uid]
+    scalar = export_runs["scalar"]
+    assert got["sums"][scalar.uid] == float(scalar.primary.read()["det1"].sum())
+
+
+def test_broken_files_are_left_out_with_a_warning_naming_file_and_line(export_runs, tmp_path):
+    folder = tmp_path / "runs"
+    files = _copy_exports(export_runs, folder, ("scalar", "grid"))
+    good = files["scalar"].read_bytes().splitlines(keepends=True)
+    (folder / "bad-json.jsonl").write_bytes(
+        b"".join(good[:3]) + b"[not json\n" + b"".join(good[3:])
+    )
+    (folder / "no-start.jsonl").write_bytes(b"".join(good[1:]))
+    other = files["grid"].read_bytes().splitlines(keepends=True)
+    (folder / "two-starts.jsonl").write_bytes(good[0] + other[0] + b"".join(other[1:]))
+    (folder / "empty.msgpack").write_bytes(b"")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cat = runbroker.open(folder)
+    messages = [str(w.message) for w in caught if issubclass(w.category, FolderWarning)]
+    assert len(messages) == 4, messages
+    found = {Path(m.split(": ", 2)[1].split(",")[0]).name: m for m in messages}
+    assert "line 4" in found["bad-json.jsonl"] and "not JSON" in found["bad-json.jsonl"]
+    assert "line 1" in found["no-start.jsonl"] and "not a start" in found["no-start.jsonl"]
+    assert "line 2" in found["two-starts.jsonl"] and "second start" in found["two-starts.jsonl"]
+    assert "empty.msgpack" in found
+    assert sorted(cat) == sorted([export_runs["scalar"].uid, export_runs["grid"].uid])
+    assert_same_run(cat[export_runs["grid"].uid], export_runs["grid"])
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        cat.store.refresh()
+    assert not [w for w in again if issubclass(w.category, FolderWarning)]  # said once
+    cat.close()
+    # Mended, a file is taken in.
+    (folder / "no-start.jsonl").write_bytes(b"".join(other))
+    with pytest.warns(FolderWarning):  # the other three are still broken
+        cat = runbroker.open(folder)
+    assert export_runs["grid"].uid in cat and len(cat) == 2  # a second copy of grid: left out
+    cat.close()
+
+
+def test_runs_with_equal_times_are_in_a_deterministic_order(tmp_path):
+    docs = []
+    for uid in ("b-run", "a-run", "d-run", "c-run"):
+        bundle = compose_run(uid=uid, time=100.0, metadata={"scan_id": 1})
+        docs += [("start", bundle.start_doc), ("stop", bundle.compose_stop())]
+    sqlite = runbroker.open(tmp_path / "runs.db")
+    sqlite.ingest(docs)
+    folder = tmp_path / "runs"
+    sqlite.export("jsonl", folder)
+    with runbroker.open(folder) as cat:
+        assert list(cat) == ["d-run", "c-run", "b-run", "a-run"] == list(sqlite)
+        assert cat[-1].uid == "d-run" and cat[1].uid == "d-run"
+    sqlite.close()
+
+
+def test_a_written_run_is_a_jsonl_export(tmp_path):
+    from bluesky import RunEngine
+    from bluesky.plans import scan
+    from ophyd.sim import det, motor
+
+    cat = runbroker.open(f"{tmp_path / 'runs'}/")  # made: a folder, from the trailing slash
+    assert isinstance(cat.store, FolderStore)
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(cat.insert)
+    RE(scan([det], motor, -1, 1, 5), sample="Cu")
+    run = cat[-1]
+    path = tmp_path / "runs" / f"{render(DEFAULT_TEMPLATE, run.start)}.jsonl"
+    assert sorted(p.name for p in path.parent.iterdir()) == [".runbroker", path.name]
+    copy = runbroker.temp()
+    copy.ingest(read_jsonl(path))
+    assert_same_run(copy[run.uid], run)
+    cat.close()
+    with runbroker.open(tmp_path / "runs", readonly=True) as ro:
+        assert_same_run(ro[run.uid], copy[run.uid])
+        with pytest.raises(PermissionError, match="read-only"):
+            ro.insert("start", compose_run().start_doc)
+
+
+def test_a_named_folder_catalog_takes_its_options(export_runs, tmp_path, monkeypatch):
+    folder = tmp_path / "pack"
+    _copy_exports(export_runs, folder, ("file_image",))
+    run = export_runs["file_image"]
+    (resource,) = [d for k, d in run.store.assets(run.uid) if k == "resource"]
+    moved = tmp_path / "detector-files"
+    shutil.copytree(resource["root"], moved)
+    config = tmp_path / "catalogs.yml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            packed:
+              uri: {folder}
+              root_map: {{{resource["root"]}: {moved}}}
+            """
+        )
+    )
+    monkeypatch.setenv("RUNBROKER_CATALOGS", str(config))
+    cat = runbroker.catalog["packed"]
+    assert cat.assets.root_map == {resource["root"]: str(moved)}
+    np.testing.assert_array_equal(
+        cat[run.uid].primary.read()["adet_image"].values,
+        run.primary.read()["adet_image"].values,
+    )
+    cat.close()
