@@ -20,6 +20,7 @@ BENCHMARKS = {
     "b8": "b8_writers",
     "b13": "b13_export",
     "b14": "b14_pack",
+    "b14f": "b14_folder",
 }
 RESULTS = Path(__file__).with_name("results.json")
 
