@@ -27,6 +27,9 @@ from runbroker.testing.compare import assert_same_run
 from runbroker.testing.detectors import ADHDF5Detector
 
 RUNS = ["scalar", "grid", "inline_image", "file_image", "tomo", "two_descriptors"]
+# A prompt export writes each dataset whole, or (past buffer_bytes) appends page by page as a
+# live one does; with a small buffer it does the first, then the second.
+LAYOUTS = {"whole": {}, "paged": {"buffer_bytes": 0}, "overflow": {"buffer_bytes": 3000}}
 
 
 def _assert_same_run(copy: runbroker.Catalog, run: Any) -> None:
@@ -57,12 +60,21 @@ def _check_file(path: Path, run: Any) -> None:
             assert json.loads(g.attrs["descriptors"]) == uids
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("key", RUNS)
-def test_h5py_reads_what_read_gives(export_runs: dict, key: str, tmp_path: Path) -> None:
+def test_h5py_reads_what_read_gives(
+    export_runs: dict, key: str, layout: str, tmp_path: Path
+) -> None:
     run = export_runs[key]
-    (path,) = run.export("hdf5", tmp_path)
+    (path,) = run.export("hdf5", tmp_path, **LAYOUTS[layout])
     assert path.suffix == ".h5"
     _check_file(path, run)
+    if layout == "whole":  # every dataset written in one piece: contiguous, fixed size
+        with h5py.File(path, "r") as f:
+            for stream in run:
+                g = f[stream]
+                for ds in [g["time"], g["uid"], *g["data"].values(), *g["timestamps"].values()]:
+                    assert ds.chunks is None and ds.maxshape == ds.shape, ds.name
 
 
 def test_silx_opens_the_file(export_runs: dict, tmp_path: Path) -> None:
@@ -76,13 +88,14 @@ def test_silx_opens_the_file(export_runs: dict, tmp_path: Path) -> None:
         assert set(f) == {"dark", "flat", "primary"}
 
 
+@pytest.mark.parametrize("layout", ["whole", "paged"])
 @pytest.mark.parametrize("fill", [True, False])
 @pytest.mark.parametrize("key", RUNS)
 def test_round_trip_gives_identical_reads(
-    export_runs: dict, key: str, fill: bool, tmp_path: Path
+    export_runs: dict, key: str, fill: bool, layout: str, tmp_path: Path
 ) -> None:
     run = export_runs[key]
-    (path,) = run.export("hdf5", tmp_path, fill=fill)
+    (path,) = run.export("hdf5", tmp_path, fill=fill, **LAYOUTS[layout])
     docs = list(read_documents(path))
     names = [name for name, _ in docs]
     assert names[0] == "start" and names[-1] == "stop"
@@ -105,7 +118,7 @@ def test_detector_data_is_filled_into_the_file(export_runs: dict, tmp_path: Path
     with h5py.File(filled, "r") as f:
         ds = f["primary/data/adet_image"]
         assert ds.dtype == np.uint16 and ds.shape == images.shape
-        assert ds.maxshape == (None, *images.shape[1:])
+        assert ds.maxshape == images.shape  # written whole
         assert np.array_equal(ds[()], images)
         assert bool(f.attrs["filled"]) and "_asset_documents" not in f
     with h5py.File(refs, "r") as f:
@@ -124,7 +137,8 @@ def test_frames_are_chunked_per_frame(tmp_path: Path) -> None:
     frames = iter(range(100))
     cam = SynSignal(name="cam", func=lambda: np.full((64, 48), next(frames), dtype=np.uint16))
     RE(count([cam, det1], 5))
-    (path,) = cat[-1].export("hdf5", tmp_path)
+    # Past buffer_bytes (here at once) a prompt export grows its datasets as a live one does.
+    (path,) = cat[-1].export("hdf5", tmp_path, buffer_bytes=0)
     with h5py.File(path, "r") as f:
         assert f["primary/data/cam"].chunks == (1, 64, 48)
         images = f["primary/data/cam"][()]
@@ -133,6 +147,10 @@ def test_frames_are_chunked_per_frame(tmp_path: Path) -> None:
     assert np.unique(images[:, 0, 0]).size == 5
     with h5py.File(path, "r") as f:
         assert f["primary/data/det1"].maxshape == (None,)
+    (whole,) = cat[-1].export("hdf5", tmp_path / "whole")
+    with h5py.File(whole, "r") as f:
+        assert f["primary/data/cam"].chunks is None
+        assert np.array_equal(f["primary/data/cam"][()], expected)
 
 
 def test_two_descriptors_share_a_group_with_their_configuration(
@@ -178,8 +196,10 @@ def test_descriptors_with_other_fields_get_their_own_group(tmp_path: Path) -> No
     assert copy[-1].primary.read()["a"].values.tolist() == run.primary.read()["a"].values.tolist()
 
 
-def test_columns_widen_when_later_pages_need_it(tmp_path: Path) -> None:
-    """A missing integer reading turns the column into floats; uids that are not uuid4."""
+@pytest.mark.parametrize("live", [True, False])
+def test_columns_widen_when_later_pages_need_it(live: bool, tmp_path: Path) -> None:
+    """A missing integer reading turns the column into floats; uids that are not uuid4.
+    Live, the datasets are rewritten; a prompt export joins the pages first."""
     bundle = compose_run(metadata={"scan_id": 6})
     desc = bundle.compose_descriptor(
         name="primary", data_keys={"n": {"source": "s", "dtype": "integer", "shape": []}}
@@ -190,10 +210,12 @@ def test_columns_widen_when_later_pages_need_it(tmp_path: Path) -> None:
         docs.append(("event", {**ev, "uid": uid}))
     docs.append(("stop", bundle.compose_stop()))
     exp = exporter("hdf5", tmp_path)
+    exp.live = live
     for name, doc in docs:
         exp(name, doc)
     (path,) = exp.close()
     with h5py.File(path, "r") as f:
+        assert (f["primary/time"].chunks is None) is not live
         assert f["primary/uid"].asstr()[()].tolist() == ["e1", "e2", "é" * 3, "x" * 50]
         n = f["primary/data/n"][()]
     assert n.dtype == np.float64 and n[[0, 1, 3]].tolist() == [1.0, 2.0, 4.0]

@@ -52,7 +52,9 @@ class Page:
     time: np.ndarray
     data: dict[str, np.ndarray]
     timestamps: dict[str, np.ndarray]
-    uid: list[str]
+    #: Event uids: a list of str, or (for an exporter whose ``needs_uids`` is ``"bytes"``)
+    #: the fixed-width bytes array the catalog stores uuid4s as.
+    uid: list[str] | np.ndarray
 
     def __len__(self) -> int:
         return len(self.seq_num)
@@ -79,7 +81,9 @@ class Exporter:
     #: Whether detector data kept in files must be read into the events first.
     needs_pixels: bool = False
     #: Whether ``Page.uid`` is used: a prompt export skips decoding event uids otherwise.
-    needs_uids: ClassVar[bool] = True
+    #: ``"bytes"``: a prompt export may hand them over as the fixed-width bytes array the
+    #: catalog stores (no loop making a str per event).
+    needs_uids: ClassVar[bool | str] = True
 
     def __init__(
         self,
@@ -215,7 +219,7 @@ class Exporter:
             time=time,
             data=data,
             timestamps=stamps,
-            uid=list(doc.get("uid") or []),
+            uid=uids if isinstance(uids := doc.get("uid"), np.ndarray) else list(uids or []),
         )
         self.event_page(page)
 

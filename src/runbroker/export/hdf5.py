@@ -12,10 +12,13 @@ Layout (``read_documents`` turns it back into the run's documents)::
     /_asset_documents      resource/datum/stream_* documents as JSON, when references are kept
 
 A stream whose later descriptor declares other fields (or other shapes or dtypes) gets a
-second group, ``<stream>_2``. Rows are appended page by page to chunked, resizable datasets,
-the file flushed after each page, in SWMR mode. HDF5 forbids creating groups or datasets in
-SWMR mode, so when a new descriptor (or a new field) arrives mid-run the file is closed,
-reopened to add them, and switched to SWMR again: a live reader opens the file with
+second group, ``<stream>_2``. Live, rows are appended page by page to chunked, resizable
+datasets, the file flushed after each page, in SWMR mode. A prompt export (``run.export``),
+which nobody reads before it is closed, holds a group's pages (up to ``buffer_bytes``) and
+writes each dataset whole, contiguous, at the end; past that it appends like a live one.
+HDF5 forbids creating groups or datasets in SWMR mode, so when a new descriptor (or a new
+field) arrives mid-run the file is closed, reopened to add them, and switched to SWMR again:
+a live reader opens the file with
 ``h5py.File(path, "r", swmr=True)``, calls ``dataset.refresh()`` (or reopens) to see new
 rows, and reopens the file to see a new stream; opening fails for the moment the writer
 holds the file outside SWMR mode, so retry.
@@ -36,6 +39,7 @@ import h5py
 import numpy as np
 
 from ..assets import external_kind
+from ..store.pages import concat_columns, uid_list
 from .base import Exporter, ExportError, Page
 from .jsondoc import dumps
 
@@ -62,6 +66,8 @@ class _Group:
     recorded: int = 0  # descriptors whose configuration is in the file
     rows: int = 0
     fields: dict[str, str] = field(default_factory=dict)  # field -> dataset name
+    # A prompt export's pages not written yet, with their descriptor's index.
+    held: list[tuple[Page, int]] = field(default_factory=list)
 
 
 class HDF5Exporter(Exporter):
@@ -70,7 +76,8 @@ class HDF5Exporter(Exporter):
     Options: ``fill`` (default True) writes detector data from files into the file so it
     stands alone; ``fill=False`` keeps their references and the resource/datum documents.
     ``compression`` (e.g. ``"gzip"``, ``"lzf"``) applies to data fields, ``swmr=False``
-    leaves SWMR mode off.
+    leaves SWMR mode off. ``buffer_bytes`` (default 64 MiB): event data a prompt export holds
+    to write each dataset whole at the end.
 
     Example:
         >>> import h5py
@@ -82,6 +89,7 @@ class HDF5Exporter(Exporter):
 
     format = "hdf5"
     suffix = ".h5"
+    needs_uids = "bytes"  # uuid4 uids come as the fixed-width block the dataset stores
 
     def __init__(
         self,
@@ -90,6 +98,7 @@ class HDF5Exporter(Exporter):
         fill: bool = True,
         compression: str | None = None,
         swmr: bool = True,
+        buffer_bytes: int = 64 * 2**20,
         **options: Any,
     ) -> None:
         super().__init__(directory, **options)
@@ -97,6 +106,8 @@ class HDF5Exporter(Exporter):
         self.needs_pixels = fill
         self.compression = compression
         self.swmr = swmr
+        self.buffer_bytes = buffer_bytes
+        self._held_bytes = 0
         self.path: Path | None = None
         self._h5: h5py.File | None = None
         self._groups: dict[str, _Group] = {}  # descriptor uid -> its group
@@ -114,19 +125,30 @@ class HDF5Exporter(Exporter):
 
     def start(self, doc: dict[str, Any]) -> None:
         self.path = self.new_path()
+        # Created now, so that a name clash is reported before the run, not after it.
         self._h5 = h5py.File(self.path, self.mode, libver="latest")
-        attrs = self._h5.attrs
-        attrs["runbroker_export"] = self.format
-        attrs["format_version"] = FORMAT_VERSION
-        attrs["uid"] = self.uid
-        attrs["complete"] = False
-        attrs["filled"] = self.fill
-        attrs["exported_by"] = self.record()["exported_by"]
-        attrs["start"] = dumps(doc).decode()
-        attrs["stop"] = "null"
-        attrs["descriptors"] = "[]"
-        attrs["groups"] = "{}"
-        self._h5.flush()
+        if self.live:  # a prompt export's file is read once closed: its root is written then
+            self._write_root(complete=False)
+            self._h5.flush()
+
+    def _write_root(self, complete: bool) -> None:
+        """The root attributes: what the file is and the run's documents."""
+        assert self._h5 is not None
+        _set_attrs(
+            self._h5,
+            {
+                "runbroker_export": self.format,
+                "format_version": FORMAT_VERSION,
+                "uid": self.uid,
+                "complete": complete,
+                "filled": self.fill,
+                "exported_by": self.record()["exported_by"],
+                "start": dumps(self.start_doc).decode(),
+                "stop": dumps(self.stop_doc).decode(),
+                "descriptors": dumps(list(self.descriptors.values())).decode(),
+                "groups": json.dumps({u: g.name for u, g in self._groups.items()}),
+            },
+        )
 
     def descriptor(self, doc: dict[str, Any]) -> None:
         stream = doc.get("name", "primary")
@@ -143,13 +165,39 @@ class HDF5Exporter(Exporter):
 
     def event_page(self, page: Page) -> None:
         group = self._groups[page.descriptor["uid"]]
-        self._structure(group, page)
+        index = group.descriptors.index(page.descriptor["uid"])
+        if not self.live and not group.rows:
+            size = _nbytes(page)
+            if self._held_bytes + size <= self.buffer_bytes:
+                group.held.append((page, index))
+                self._held_bytes += size
+                return
+            self._write_held(whole=False)
+        self._append(group, page, np.full(len(page), index, "i4"))
+
+    def _write_held(self, whole: bool) -> None:
+        """Write the pages held by a prompt export: each group's as one page when ``whole``
+        and they join (then every dataset is written in one piece), else page by page."""
+        for group in self._by_name.values():
+            held, group.held = group.held, []
+            joined = _joined(held) if whole and held else None
+            if joined is not None:
+                self._append(group, *joined, whole=True)
+                continue
+            for page, index in held:
+                self._append(group, page, np.full(len(page), index, "i4"))
+        self._held_bytes = 0
+
+    def _append(self, group: _Group, page: Page, index: np.ndarray, whole: bool = False) -> None:
+        """Write ``page`` after the group's rows; ``whole``: it holds every row the group will
+        have, and new datasets are made to its size, contiguous."""
+        self._structure(group, page, len(page) if whole else None)
         n, k = group.rows, len(page)
         values: dict[str, Any] = {
             "time": page.time,
             "seq_num": page.seq_num,
             "uid": page.uid,
-            "descriptor": np.full(k, group.descriptors.index(page.descriptor["uid"]), "i4"),
+            "descriptor": index,
         }
         for key, ds_name in group.fields.items():
             if key not in page.data:
@@ -183,31 +231,37 @@ class HDF5Exporter(Exporter):
         if self._h5 is None:
             return
         try:
+            self._write_held(whole=True)
             h5 = self._writable()
             for group in self._by_name.values():
                 self._record(h5, group)
             if self._assets:
                 ds = h5.create_dataset(_ASSETS, (len(self._assets),), dtype=_STR)
                 ds[:] = np.asarray([a.decode() for a in self._assets], dtype=object)
-            h5.attrs["stop"] = dumps(self.stop_doc).decode()
-            h5.attrs["complete"] = complete
+            self._write_root(complete)
         finally:
             if self._h5 is not None:
                 self._h5.close()
                 self._h5 = None
 
     def _columns(self, group: _Group) -> dict[str, _Column]:
-        """The group's datasets, looked up once (h5py lookups cost more than small writes)."""
+        """The group's datasets, looked up once (h5py lookups cost more than small writes);
+        datasets made since are added as they are made."""
         assert self._h5 is not None
         cols = self._cache.get(group.name)
         if cols is None:
             g = self._h5[group.name]
-            cols = {p: _Column(g[p]) for p in ("time", "seq_num", "uid", "descriptor")}
+            cols = {p: _Column.look_up(g[p]) for p in ("time", "seq_num", "uid", "descriptor")}
             for part in ("data", "timestamps"):
                 for name, ds in g[part].items():
-                    cols[f"{part}/{name}"] = _Column(ds)
+                    cols[f"{part}/{name}"] = _Column.look_up(ds)
             self._cache[group.name] = cols
         return cols
+
+    def _made(self, group: _Group, path: str, column: _Column) -> None:
+        cols = self._cache.get(group.name)
+        if cols is not None:
+            cols[path] = column
 
     def _widen(self, group: _Group, path: str, dtype: Any) -> None:
         """Recreate a dataset with a dtype that holds both its rows and new ones (integers
@@ -242,15 +296,16 @@ class HDF5Exporter(Exporter):
             self._cache.clear()
         return self._h5
 
-    def _structure(self, group: _Group, page: Page) -> h5py.File:
-        """The file, with everything ``page`` is written into created."""
+    def _structure(self, group: _Group, page: Page, rows: int | None = None) -> h5py.File:
+        """The file, with everything ``page`` is written into created (``rows`` long and
+        contiguous, or growable when None)."""
         assert self._h5 is not None
         new = [k for k in page.data if k not in group.fields]
         if group.recorded == len(group.descriptors) and not new:
             return self._h5
         h5 = self._writable()
-        self._record(h5, group)
-        g = h5[group.name]
+        g = self._record(h5, group, rows)
+        parts = (g["data"], g["timestamps"]) if new else ()
         used = set(group.fields.values())
         for key in new:
             ds_name, i = _h5name(key), 1
@@ -258,47 +313,55 @@ class HDF5Exporter(Exporter):
                 i += 1
                 ds_name = f"{_h5name(key)}_{i}"
             used.add(ds_name)
-            self._field(g, key, ds_name, page.data[key], page.descriptor["data_keys"].get(key))
+            data_key = page.descriptor["data_keys"].get(key)
+            self._field(group, parts, key, ds_name, page.data[key], data_key, rows)
             group.fields[key] = ds_name
         if self.swmr and self.live:
             h5.swmr_mode = True
         return h5
 
-    def _record(self, h5: h5py.File, group: _Group) -> None:
-        """Create ``group`` if new and record the descriptors it gained."""
+    def _record(self, h5: h5py.File, group: _Group, rows: int | None = None) -> h5py.Group:
+        """Create ``group`` if new (its per-event datasets ``rows`` long and contiguous, or
+        growable when None) and record the descriptors it gained."""
         if group.recorded == len(group.descriptors):
-            return
+            return h5[group.name]
         if group.name not in h5:
             g = h5.create_group(group.name)
-            g.attrs["stream"] = group.stream
+            _set_attrs(g, {"stream": group.stream})
             # uuid4 uids, the usual ones, fit 36 ASCII characters.
             uid = h5py.string_dtype("ascii", 36)
+            cols = self._cache[group.name] = {}
             for name, dtype in (
-                ("time", "f8"),
-                ("seq_num", "i8"),
+                ("time", np.dtype("f8")),
+                ("seq_num", np.dtype("i8")),
                 ("uid", uid),
-                ("descriptor", "i4"),
+                ("descriptor", np.dtype("i4")),
             ):
-                rows = 2048 if name == "uid" else _CHUNK_BYTES // 8
-                g.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(rows,))
+                chunk = 2048 if name == "uid" else _CHUNK_BYTES // 8
+                ds = _dataset(g, name, (), dtype, rows, chunk)
+                cols[name] = _Column(ds, dtype, None, frames=False)
             g.create_group("data")
             g.create_group("timestamps")
             g.create_group("configuration")
-        g = h5[group.name]
+        else:
+            g = h5[group.name]
         for i in range(group.recorded, len(group.descriptors)):
             _configuration(g["configuration"], i, self.descriptors[group.descriptors[i]])
         group.recorded = len(group.descriptors)
-        g.attrs["descriptors"] = json.dumps(group.descriptors)
-        h5.attrs["descriptors"] = dumps(list(self.descriptors.values())).decode()
-        h5.attrs["groups"] = json.dumps({u: g.name for u, g in self._groups.items()})
+        _set_attrs(g, {"descriptors": json.dumps(group.descriptors)})
+        if self.live:  # a prompt export writes the root once, at the end
+            self._write_root(complete=False)
+        return g
 
     def _field(
         self,
-        g: h5py.Group,
+        group: _Group,
+        parts: tuple[h5py.Group, h5py.Group],
         key: str,
         ds_name: str,
         column: np.ndarray,
         data_key: Mapping[str, Any] | None,
+        rows: int | None,
     ) -> None:
         column = np.asarray(column)
         shape = column.shape[1:]
@@ -311,27 +374,24 @@ class HDF5Exporter(Exporter):
             dtype, shape, encoding = _STR, (), "json"
         row_bytes = max(1, int(np.prod(shape, dtype=np.int64)) * (dtype.itemsize or 16))
         if len(shape) >= 2 and row_bytes >= _FRAME_BYTES:
-            rows = 1  # a chunk per frame: readers and writers move whole frames
+            chunk = 1  # a chunk per frame: readers and writers move whole frames
         else:
-            rows = max(1, _CHUNK_BYTES // row_bytes)
-        ds = g["data"].create_dataset(
-            ds_name,
-            (0, *shape),
-            maxshape=(None, *shape),
-            dtype=dtype,
-            chunks=(rows, *shape),
-            compression=self.compression if encoding is None else None,
-        )
-        ds.attrs["field"] = key
-        if encoding:
-            ds.attrs["encoding"] = encoding
+            chunk = max(1, _CHUNK_BYTES // row_bytes)
+        compression = self.compression if encoding is None else None
+        ds = _dataset(parts[0], ds_name, shape, dtype, rows, chunk, compression)
+        attrs = {"field": key, "encoding": encoding}
         for attr in ("units", "source", "dtype"):
             if data_key and data_key.get(attr) is not None:
-                ds.attrs[attr] = str(data_key[attr])
-        ts = g["timestamps"].create_dataset(
-            ds_name, (0,), maxshape=(None,), dtype="f8", chunks=(_CHUNK_BYTES // 8,)
-        )
-        ts.attrs["field"] = key
+                attrs[attr] = str(data_key[attr])
+        _set_attrs(ds, attrs, new=True)
+        # A chunk per frame and no filters: each frame's bytes are the chunk, written
+        # without HDF5 scattering them through its chunk cache (about 30% faster).
+        frames = rows is None and chunk == 1 and not compression and encoding is None
+        self._made(group, f"data/{ds_name}", _Column(ds, dtype, encoding, frames and shape))
+        f8 = np.dtype("f8")
+        ts = _dataset(parts[1], ds_name, (), f8, rows, _CHUNK_BYTES // 8)
+        _set_attrs(ts, {"field": key}, new=True)
+        self._made(group, f"timestamps/{ds_name}", _Column(ts, f8, None, frames=False))
 
 
 def _layout(desc: Mapping[str, Any]) -> tuple:
@@ -353,20 +413,30 @@ class _Column:
 
     __slots__ = ("ds", "dtype", "encoding", "frames", "shape")
 
-    def __init__(self, ds: h5py.Dataset) -> None:
+    def __init__(
+        self, ds: h5py.Dataset, dtype: np.dtype, encoding: str | None, frames: Any
+    ) -> None:
+        """A dataset as made: its dtype, its ``encoding`` attribute, whether it is
+        ``frames`` (a chunk per frame, no filters)."""
         self.ds = ds
-        self.dtype = ds.dtype
-        self.shape = ds.shape[1:]
-        # A chunk per frame and no filters: each frame's bytes are the chunk, written
-        # without HDF5 scattering them through its chunk cache (about 30% faster).
-        self.frames = (
-            bool(self.shape)
-            and ds.chunks == (1, *self.shape)
+        self.dtype = dtype
+        self.shape = ds.id.shape[1:]
+        self.frames = bool(frames)
+        self.encoding = encoding
+
+    @classmethod
+    def look_up(cls, ds: h5py.Dataset) -> _Column:
+        """A dataset already in the file."""
+        dtype = ds.dtype
+        frames = (
+            len(ds.shape) > 1
+            and ds.chunks == (1, *ds.shape[1:])
             and ds.id.get_create_plist().get_nfilters() == 0
-            and self.dtype.kind in "biufc"
+            and dtype.kind in "biufc"
         )
         # Only variable-length strings carry an encoding (and attribute lookups are slow).
-        self.encoding = ds.attrs.get("encoding", "str") if self.dtype.kind == "O" else None
+        encoding = ds.attrs.get("encoding", "str") if dtype.kind == "O" else None
+        return cls(ds, dtype, encoding, frames)
 
     def prepare(self, values: Any, where: str) -> tuple[np.ndarray, Any]:
         """``values`` as this dataset stores them, or a dtype the dataset must become."""
@@ -376,6 +446,10 @@ class _Column:
             return np.asarray([v if isinstance(v, str) else str(v) for v in values], "O"), None
         if self.dtype.kind == "S":  # event uids, fixed width
             width = self.dtype.itemsize
+            if isinstance(values, np.ndarray) and values.dtype.kind == "S":  # a uid block
+                if values.dtype.itemsize <= width:
+                    return values.astype(self.dtype, copy=False), None
+                values = uid_list(values)
             if max(map(len, values), default=0) <= width:
                 try:
                     return np.asarray(values, dtype=self.dtype), None
@@ -397,12 +471,12 @@ class _Column:
 
     def append(self, n: int, arr: np.ndarray) -> None:
         k = len(arr)
+        dsid = self.ds.id
+        if dsid.shape[0] != n + k:  # a dataset made whole already has its rows
+            dsid.set_extent((n + k, *self.shape))
         if arr.dtype.kind == "O":  # variable-length strings: h5py converts them
-            self.ds.resize(n + k, axis=0)
             self.ds[n:] = arr
             return
-        dsid = self.ds.id
-        dsid.set_extent((n + k, *self.shape))
         if not k:
             return
         if self.frames and arr.dtype == self.dtype and arr.flags.c_contiguous:
@@ -413,6 +487,110 @@ class _Column:
         space = dsid.get_space()
         space.select_hyperslab((n, *(0,) * len(self.shape)), (k, *self.shape))
         dsid.write(h5py.h5s.create_simple(arr.shape), space, arr)
+
+
+def _nbytes(page: Page) -> int:
+    """About what holding ``page`` costs (small arrays cost more than their bytes)."""
+    arrays = [*page.data.values(), *page.timestamps.values()]
+    return sum(a.nbytes + 100 for a in arrays) + 64 * len(page)
+
+
+def _joined(held: list[tuple[Page, int]]) -> tuple[Page, np.ndarray] | None:
+    """Pages of one group as one page and its rows' descriptor indexes, or None when joining
+    them could store other values than writing them one by one would (fields that come and
+    go, text after numbers, ragged values: those are left to the page-by-page checks)."""
+    pages = [page for page, _ in held]
+    lengths = [len(page) for page in pages]
+    index = np.repeat(np.asarray([i for _, i in held], dtype="i4"), lengths)
+    if len(pages) == 1:
+        return pages[0], index
+    keys = pages[0].data.keys()
+    if not all(lengths) or any(page.data.keys() != keys for page in pages):
+        return None
+    data, stamps = {}, {}
+    for key in keys:
+        parts = [page.data[key] for page in pages]
+        kinds = {part.dtype.kind for part in parts}
+        if not (kinds <= set("biuf") or kinds == {"U"}) or len({p.shape[1:] for p in parts}) > 1:
+            return None
+        data[key] = np.concatenate(parts)  # numbers: the dtype widening would give
+        stamps[key] = np.concatenate([page.timestamps.get(key, page.time) for page in pages])
+    page = Page(
+        stream=pages[0].stream,
+        descriptor=pages[0].descriptor,
+        seq_num=np.concatenate([page.seq_num for page in pages]),
+        time=np.concatenate([page.time for page in pages]),
+        data=data,
+        timestamps=stamps,
+        uid=concat_columns([page.uid for page in pages], lengths),
+    )
+    return page, index
+
+
+def _dataset(
+    parent: h5py.Group,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    rows: int | None,
+    chunk: int,
+    compression: str | None = None,
+) -> h5py.Dataset:
+    """A per-event dataset (events, *shape): growable, in chunks of ``chunk`` events, when
+    ``rows`` is None, else ``rows`` long and contiguous (chunked only to be compressed)."""
+    if rows is None:
+        return parent.create_dataset(
+            name,
+            (0, *shape),
+            maxshape=(None, *shape),
+            dtype=dtype,
+            chunks=(chunk, *shape),
+            compression=compression,
+        )
+    if compression:
+        chunks = (max(1, min(chunk, rows)), *shape)
+        return parent.create_dataset(
+            name, (rows, *shape), dtype=dtype, chunks=chunks, compression=compression
+        )
+    # What create_dataset makes here, without its checks and conversions, which take longer
+    # than making the dataset.
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)  # as h5py does
+    space = h5py.h5s.create_simple((rows, *shape))
+    return h5py.Dataset(h5py.h5d.create(parent.id, name.encode(), _htype(dtype), space, dcpl=dcpl))
+
+
+_SCALAR = h5py.h5s.create(h5py.h5s.SCALAR)
+
+
+def _set_attrs(obj: h5py.HLObject, values: Mapping[str, Any], new: bool = False) -> None:
+    """Set attributes (None: leave out) as ``obj.attrs[name] = value`` would, at half the
+    cost: h5py converts, checks and makes types anew for each one. ``new``: ``obj`` has none
+    of these attributes yet."""
+    oid = obj.id
+    for name, value in values.items():
+        if value is None:
+            continue
+        data = np.asarray(value, dtype=_STR if isinstance(value, str) else None)
+        key = name.encode()
+        if not new and h5py.h5a.exists(oid, key):
+            h5py.h5a.delete(oid, key)
+        space = _SCALAR if data.ndim == 0 else h5py.h5s.create_simple(data.shape)
+        attr = h5py.h5a.create(oid, key, _htype(data.dtype), space)
+        attr.write(data, mtype=_htype(data.dtype, logical=False))
+
+
+_TYPES: dict[tuple, Any] = {}
+
+
+def _htype(dtype: np.dtype, logical: bool = True) -> Any:
+    """The HDF5 type of ``dtype`` (h5py's ``py_create``), made once."""
+    # numpy counts dtypes equal whatever their metadata, where h5py marks strings.
+    key = (dtype.str, repr(dtype.metadata), logical)
+    htype = _TYPES.get(key)
+    if htype is None:
+        htype = _TYPES[key] = h5py.h5t.py_create(dtype, logical=logical)
+    return htype
 
 
 def _configuration(group: h5py.Group, index: int, desc: Mapping[str, Any]) -> None:
