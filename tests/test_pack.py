@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,9 +97,14 @@ def test_copy_moved_and_renamed_reads_the_same(source, tmp_path, fmt):
     manifest = json.loads((moved / "manifest.json").read_text())
     assert not any(os.path.isabs(p) for p in manifest["files"])
     assert "uri: ." in (moved / "catalog.yml").read_text()
+    # Opened where it landed, as a folder catalog, and copied into a database: the same reads.
+    packed = runbroker.open(moved, readonly=True)
+    assert list(packed) == list(source)  # same runs, same order
     home = _unpacked(moved, tmp_path)
     for run in source.values():
+        assert_same_run(packed[run.uid], run)
         assert_same_run(home[run.uid], run)
+    packed.close()
 
 
 def test_fill_puts_the_data_in_the_documents(source, tmp_path):
@@ -112,9 +119,12 @@ def test_fill_puts_the_data_in_the_documents(source, tmp_path):
     }
     assert not names & {"resource", "datum", "datum_page", "stream_resource", "stream_datum"}
     home = _unpacked(tmp_path / "p", tmp_path)
+    packed = runbroker.open(tmp_path / "p")
     for run in source.values():
-        got, expected = home[run.uid].primary.read(), run.primary.read()
-        assert got.identical(expected), run.metadata["start"]["sample"]
+        expected = run.primary.read()
+        for copy in (home, packed):
+            got = copy[run.uid].primary.read()
+            assert got.identical(expected), run.metadata["start"]["sample"]
 
 
 def test_manifest_lists_the_files_for_transfer(source, tmp_path):
@@ -139,6 +149,7 @@ def test_ignore_leaves_the_files_out(source, tmp_path):
     assert not any(f.startswith(("files/", "transfer/")) for f in _files_of(tmp_path / "p"))
     home = _unpacked(tmp_path / "p", tmp_path)
     run = source.search(Key("sample") == SAMPLES["h5"])[-1]
+
     # The documents are as they were (JSON Lines writes each descriptor before its events).
     def by_name(docs: Any) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {}
@@ -179,7 +190,7 @@ def test_missing_file_is_named(source, tmp_path, capsys):
 
 def test_not_a_pack(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(PackError, match="has no manifest.json"):
+    with pytest.raises(PackError, match=r"has no manifest\.json"):
         verify(tmp_path / "empty")
     (tmp_path / "empty" / "manifest.json").write_text("{not json")
     with pytest.raises(PackError, match="manifest is corrupt"):
@@ -286,12 +297,18 @@ def test_unpack_registers_a_name_and_merges(source, tmp_path, config_home):
     pack(source, tmp_path / "b", query=~h5, progress=False)
     unpack(tmp_path / "a", name="beamtime", progress=False)
     assert (config_home / "beamtime.yml").exists()
+    assert len(runbroker.catalog["beamtime"]) == 1
+    code = "import runbroker; print(len(runbroker.catalog['beamtime']))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"  # usable at once in a new process
     # Merging the second pack into the same name adds its runs to the first, once.
     assert unpack(tmp_path / "b", name="beamtime", progress=False).copied == len(source) - 1
     assert unpack(tmp_path / "b", name="beamtime", progress=False).copied == 0
     assert verify(tmp_path / "a").ok
-    home = _unpacked(tmp_path / "a", tmp_path)
-    assert sorted(home) == sorted(source)
+    merged = runbroker.catalog["beamtime"]
+    assert sorted(merged) == sorted(source)
+    for run in source.values():
+        assert_same_run(merged[run.uid], run)
 
 
 def test_unpack_merges_into_a_named_database(source, tmp_path, config_home, capsys):

@@ -221,7 +221,7 @@ def _pack_archive(
     return report
 
 
-def verify(pack: str | os.PathLike[str], *, progress: bool = False) -> VerifyReport:
+def verify(path: str | os.PathLike[str], *, progress: bool = False) -> VerifyReport:
     """Check every file of a pack (folder or archive) against its manifest.
 
     Files missing or different are listed in the report (``report.ok`` is False); files the
@@ -232,7 +232,7 @@ def verify(pack: str | os.PathLike[str], *, progress: bool = False) -> VerifyRep
         >>> verify(tmp_path / "p").ok
         True
     """
-    path = Path(pack)
+    path = Path(path)
     if path.is_file() and is_archive(path):
         return verify_archive(path)
     if not path.is_dir():
@@ -263,7 +263,7 @@ def _checked(folder: Path, progress: bool) -> Manifest:
 
 
 def unpack(
-    pack: str | os.PathLike[str],
+    path: str | os.PathLike[str],
     *,
     name: str | None = None,
     into: str | None = None,
@@ -291,7 +291,7 @@ def unpack(
     """
     from ..config import NamedCatalogs
 
-    path = Path(pack)
+    path = Path(path)
     if path.is_file() and is_archive(path):
         report = verify_archive(path)
         if not report.ok:
