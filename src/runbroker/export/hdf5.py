@@ -41,6 +41,8 @@ import numpy as np
 from ..assets import external_kind
 from ..store.pages import concat_columns, uid_list
 from .base import Exporter, ExportError, Page
+from .h5write import STR as _STR
+from .h5write import contiguous, set_attrs
 from .jsondoc import dumps
 
 __all__ = ["HDF5Exporter", "read_documents"]
@@ -48,7 +50,6 @@ __all__ = ["HDF5Exporter", "read_documents"]
 FORMAT_VERSION = 1
 _ASSET_DOCS = ("resource", "datum", "datum_page", "stream_resource", "stream_datum")
 _ASSETS = "_asset_documents"
-_STR = h5py.string_dtype("utf-8")
 # Chunks of about this size for per-event scalars and small arrays: big enough for fast
 # bulk writes, small enough that flushing one live event rewrites little.
 _CHUNK_BYTES = 64 * 1024
@@ -134,7 +135,7 @@ class HDF5Exporter(Exporter):
     def _write_root(self, complete: bool) -> None:
         """The root attributes: what the file is and the run's documents."""
         assert self._h5 is not None
-        _set_attrs(
+        set_attrs(
             self._h5,
             {
                 "runbroker_export": self.format,
@@ -327,7 +328,7 @@ class HDF5Exporter(Exporter):
             return h5[group.name]
         if group.name not in h5:
             g = h5.create_group(group.name)
-            _set_attrs(g, {"stream": group.stream})
+            set_attrs(g, {"stream": group.stream})
             # uuid4 uids, the usual ones, fit 36 ASCII characters.
             uid = h5py.string_dtype("ascii", 36)
             cols = self._cache[group.name] = {}
@@ -348,7 +349,7 @@ class HDF5Exporter(Exporter):
         for i in range(group.recorded, len(group.descriptors)):
             _configuration(g["configuration"], i, self.descriptors[group.descriptors[i]])
         group.recorded = len(group.descriptors)
-        _set_attrs(g, {"descriptors": json.dumps(group.descriptors)})
+        set_attrs(g, {"descriptors": json.dumps(group.descriptors)})
         if self.live:  # a prompt export writes the root once, at the end
             self._write_root(complete=False)
         return g
@@ -383,14 +384,14 @@ class HDF5Exporter(Exporter):
         for attr in ("units", "source", "dtype"):
             if data_key and data_key.get(attr) is not None:
                 attrs[attr] = str(data_key[attr])
-        _set_attrs(ds, attrs, new=True)
+        set_attrs(ds, attrs, new=True)
         # A chunk per frame and no filters: each frame's bytes are the chunk, written
         # without HDF5 scattering them through its chunk cache (about 30% faster).
         frames = rows is None and chunk == 1 and not compression and encoding is None
         self._made(group, f"data/{ds_name}", _Column(ds, dtype, encoding, frames and shape))
         f8 = np.dtype("f8")
         ts = _dataset(parts[1], ds_name, (), f8, rows, _CHUNK_BYTES // 8)
-        _set_attrs(ts, {"field": key}, new=True)
+        set_attrs(ts, {"field": key}, new=True)
         self._made(group, f"timestamps/{ds_name}", _Column(ts, f8, None, frames=False))
 
 
@@ -552,45 +553,7 @@ def _dataset(
         return parent.create_dataset(
             name, (rows, *shape), dtype=dtype, chunks=chunks, compression=compression
         )
-    # What create_dataset makes here, without its checks and conversions, which take longer
-    # than making the dataset.
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_obj_track_times(False)  # as h5py does
-    space = h5py.h5s.create_simple((rows, *shape))
-    return h5py.Dataset(h5py.h5d.create(parent.id, name.encode(), _htype(dtype), space, dcpl=dcpl))
-
-
-_SCALAR = h5py.h5s.create(h5py.h5s.SCALAR)
-
-
-def _set_attrs(obj: h5py.HLObject, values: Mapping[str, Any], new: bool = False) -> None:
-    """Set attributes (None: leave out) as ``obj.attrs[name] = value`` would, at half the
-    cost: h5py converts, checks and makes types anew for each one. ``new``: ``obj`` has none
-    of these attributes yet."""
-    oid = obj.id
-    for name, value in values.items():
-        if value is None:
-            continue
-        data = np.asarray(value, dtype=_STR if isinstance(value, str) else None)
-        key = name.encode()
-        if not new and h5py.h5a.exists(oid, key):
-            h5py.h5a.delete(oid, key)
-        space = _SCALAR if data.ndim == 0 else h5py.h5s.create_simple(data.shape)
-        attr = h5py.h5a.create(oid, key, _htype(data.dtype), space)
-        attr.write(data, mtype=_htype(data.dtype, logical=False))
-
-
-_TYPES: dict[tuple, Any] = {}
-
-
-def _htype(dtype: np.dtype, logical: bool = True) -> Any:
-    """The HDF5 type of ``dtype`` (h5py's ``py_create``), made once."""
-    # numpy counts dtypes equal whatever their metadata, where h5py marks strings.
-    key = (dtype.str, repr(dtype.metadata), logical)
-    htype = _TYPES.get(key)
-    if htype is None:
-        htype = _TYPES[key] = h5py.h5t.py_create(dtype, logical=logical)
-    return htype
+    return contiguous(parent, name, (rows, *shape), dtype)
 
 
 def _configuration(group: h5py.Group, index: int, desc: Mapping[str, Any]) -> None:

@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import h5py
 import numpy as np
 import orjson
 
@@ -39,6 +40,7 @@ from ..assets import external_kind
 from ..store.pages import concat_columns
 from ..stream import as_column
 from .base import Exporter, ExportError, Page
+from .h5write import STR, contiguous, link, set_attrs, text
 
 __all__ = ["NeXusExporter"]
 
@@ -140,29 +142,31 @@ class NeXusExporter(Exporter):
         # Each stream's group and datasets, kept: an h5py look-up costs more than a small write.
         self._groups: dict[str, Any] = {}
         self._columns: dict[str, dict[str, Any]] = {}
+        self._stamps: dict[str, dict[str, Any]] = {}  # stream -> its timestamp datasets
+        # stream -> dataset name -> (dtype kind, ndim), without asking h5py (it is slow to)
+        self._kinds: dict[str, dict[str, tuple[str, int]]] = {}
         self._targets: set[tuple[str, str]] = set()
 
     # -- the hooks ----------------------------------------------------------------------------
 
     def start(self, doc: dict[str, Any]) -> None:
-        import h5py
-
         from .. import __version__
 
         path = self.new_path()
         # Opened now so that a name clash is reported before the run, not after it.
         self._file = f = h5py.File(path, self.mode)
-        f.attrs.update(
-            NX_class="NXroot",
-            default="entry",
-            file_name=path.name,
-            file_time=_iso(datetime.now(UTC).timestamp()),
-            creator="runbroker",
-            creator_version=__version__,
-            HDF5_Version=h5py.version.hdf5_version,
-            h5py_version=h5py.version.version,
-        )
-        _group(f, "entry", "NXentry")
+        root = {
+            "NX_class": "NXroot",
+            "default": "entry",
+            "file_name": path.name,
+            "file_time": _iso(datetime.now(UTC).timestamp()),
+            "creator": "runbroker",
+            "creator_version": __version__,
+            "HDF5_Version": h5py.version.hdf5_version,
+            "h5py_version": h5py.version.version,
+        }
+        set_attrs(f, root, new=True)
+        _group(f, "entry", "NXentry", new=True)
 
     def event_page(self, page: Page) -> None:
         if not len(page):
@@ -192,7 +196,7 @@ class NeXusExporter(Exporter):
             if main is not None:
                 self._write_instrument(entry, main)
                 if self._write_data(entry, main):
-                    entry.attrs["default"] = "data"
+                    set_attrs(entry, {"default": "data"}, new=True)
             self._write_sample(entry)
         finally:
             f.close()
@@ -204,13 +208,16 @@ class NeXusExporter(Exporter):
         group = self._groups.get(stream)
         if group is None:
             streams = _group(self._file["entry"], "streams", "NXcollection")
-            group = self._groups[stream] = _group(
-                streams, self._stream_names(stream), "NXcollection"
+            group = _group(streams, self._stream_names(stream), "NXcollection", new=True)
+            self._groups[stream] = group
+            set_attrs(group, {"stream": stream}, new=True)
+            self._groups[stream, "timestamps"] = _group(
+                group, "timestamps", "NXcollection", new=True
             )
-            group.attrs["stream"] = stream
-            _group(group, "timestamps", "NXcollection")
             self._field_names[stream] = _Names(_RESERVED)
             self._columns[stream] = {}
+            self._stamps[stream] = {}
+            self._kinds[stream] = {}
         return group
 
     def _flush(self, stream: str, final: bool = False) -> None:
@@ -221,19 +228,20 @@ class NeXusExporter(Exporter):
         if not pages and (done or not final):
             return
         group = self._stream_group(stream)
-        stamps = group["timestamps"]
+        stamps = self._groups[stream, "timestamps"]
         names = self._field_names[stream]
         descs = self.streams[stream]
         lengths = [len(p) for p in pages]
         order = _read_order(pages, lengths)
 
-        columns = self._columns[stream]
+        columns, stamp_columns = self._columns[stream], self._stamps[stream]
+        kinds = self._kinds[stream]
 
         def put(where: Any, name: str, column: np.ndarray, attrs: Mapping[str, Any]) -> None:
             column = column if order is None else column[order]
-            ds = self._append(where, name, column, done, not final, attrs)
-            if where is group:
-                columns[name] = ds
+            made = columns if where is group else stamp_columns
+            made[name] = self._append(where, name, column, done, not final, attrs, made.get(name))
+            kinds.setdefault(name, (column.dtype.kind, column.ndim))
 
         seq = _join([p.seq_num for p in pages], lengths, {"dtype": "integer"})
         put(group, "seq_num", seq, {})
@@ -242,6 +250,7 @@ class NeXusExporter(Exporter):
         # Written whole, timestamps equal to the event times (flyers, ingested data) are the
         # same dataset; growing ones could part ways later.
         whole = final and not done
+        same_as_time: dict[tuple, np.ndarray] = {}
         for field, dk in _data_keys(descs).items():
             column = _join([p.data.get(field) for p in pages], lengths, dk)
             put(group, names(field), column, _field_attrs(field, names(field), dk))
@@ -251,8 +260,8 @@ class NeXusExporter(Exporter):
                 stamp = np.full(sum(lengths), np.nan)
             else:
                 stamp = _join([p.timestamps.get(field) for p in pages], lengths, _NUMBER)
-            if whole and _same(stamp, time):
-                stamps[names(field)] = columns["time"]
+            if whole and _same(stamp, time, same_as_time):
+                link(columns["time"], stamps, names(field))
             else:
                 put(stamps, names(field), stamp, _SECONDS)
         if len(descs) > 1:
@@ -270,11 +279,11 @@ class NeXusExporter(Exporter):
         done: int,
         grow: bool,
         attrs: Mapping[str, Any],
+        ds: Any,
     ) -> Any:
-        """Add ``column`` after the ``done`` events of ``group[name]`` (made if missing)."""
+        """Add ``column`` after the ``done`` events of ``ds``, ``group[name]`` (made if None)."""
         data, extra = _storable(column)
-        if name in group:
-            ds = group[name]
+        if ds is not None:
             if ds.shape[1:] != data.shape[1:] or (
                 data.dtype.kind in _NUMERIC and not np.can_cast(data.dtype, ds.dtype, "same_kind")
             ):
@@ -302,9 +311,11 @@ class NeXusExporter(Exporter):
             shape = (done + len(data), *data.shape[1:])
             ds = group.create_dataset(name, shape, data.dtype, fillvalue=fill, **options)
             ds[done:] = data
-        else:
+        elif options:
             ds = group.create_dataset(name, data=data, **options)
-        ds.attrs.update({k: v for k, v in {**attrs, **extra}.items() if v is not None})
+        else:
+            ds = contiguous(group, name, data.shape, data.dtype, np.ascontiguousarray(data))
+        set_attrs(ds, {**attrs, **extra}, new=True)
         return ds
 
     def _linked(self, stream: str, name: str) -> Any:
@@ -312,7 +323,7 @@ class NeXusExporter(Exporter):
         ds = self._columns[stream][name]
         if (stream, name) not in self._targets:
             self._targets.add((stream, name))
-            ds.attrs["target"] = ds.name
+            set_attrs(ds, {"target": ds.name}, new=True)
         return ds
 
     def _main_stream(self) -> str | None:
@@ -331,9 +342,9 @@ class NeXusExporter(Exporter):
         _text(entry, "start_time", _iso(start["time"]))
         if stop is not None:
             _text(entry, "end_time", _iso(stop["time"]))
-            entry.create_dataset("duration", data=float(stop["time"]) - float(start["time"]))
-            entry["duration"].attrs["units"] = "s"
-        _text(entry, "program_name", "runbroker").attrs["version"] = __version__
+            duration = np.array(float(stop["time"]) - float(start["time"]))
+            set_attrs(contiguous(entry, "duration", (), duration.dtype, duration), _SECONDS, True)
+        set_attrs(_text(entry, "program_name", "runbroker"), {"version": __version__}, True)
         proposal = next((start[k] for k in _PROPOSAL_KEYS if start.get(k) not in (None, "")), None)
         if proposal is not None:
             _text(entry, "experiment_identifier", str(proposal))
@@ -351,12 +362,14 @@ class NeXusExporter(Exporter):
         _text(notes, "description", note)
 
     def _write_documents(self, entry: Any) -> None:
-        docs = _group(entry, "documents", "NXcollection")
+        docs = _group(entry, "documents", "NXcollection", new=True)
         record = orjson.loads(self.record_json())
-        docs.create_dataset("complete", data=self.stop_doc is not None)
+        complete = np.array(self.stop_doc is not None)
+        contiguous(docs, "complete", (), complete.dtype, complete)
         for key in ("start", "stop", "descriptors"):
             if record[key] is not None:
-                _text(docs, key, orjson.dumps(record[key]).decode()).attrs["type"] = _JSON
+                ds = _text(docs, key, orjson.dumps(record[key]).decode())
+                set_attrs(ds, {"type": _JSON}, new=True)
 
     def _write_configuration(self, entry: Any) -> None:
         for stream, descs in self.streams.items():
@@ -389,25 +402,26 @@ class NeXusExporter(Exporter):
         keys, hints, objects = _data_keys(descs), _merged(descs, "hints"), _objects(descs)
         names = self._field_names[stream]
 
-        def link(where: Any, name: str, field: str) -> None:
-            where[name] = self._linked(stream, names(field))
+        def put(where: Any, name: str, field: str) -> None:
+            link(self._linked(stream, names(field)), where, name)
 
+        instrument = None
         members = _Names()
         for motor in self.start_doc.get("motors") or []:
             fields = _object_fields(motor, keys, hints, objects)
             if not fields:
                 continue
-            instrument = _group(entry, "instrument", "NXinstrument")
-            positioner = _group(instrument, members(motor), "NXpositioner")
+            instrument = instrument or _group(entry, "instrument", "NXinstrument", new=True)
+            positioner = _group(instrument, members(motor), "NXpositioner", new=True)
             _text(positioner, "name", motor)
-            link(positioner, "value", fields[0])
+            put(positioner, "value", fields[0])
             for setpoint in (
                 f"{fields[0]}_setpoint",
                 f"{motor}_setpoint",
                 f"{motor}_user_setpoint",
             ):
                 if setpoint in keys and setpoint != fields[0]:
-                    link(positioner, "target_value", setpoint)
+                    put(positioner, "target_value", setpoint)
                     break
         for det in self.start_doc.get("detectors") or []:
             fields = _object_fields(det, keys, hints, objects)
@@ -416,14 +430,14 @@ class NeXusExporter(Exporter):
             hinted = set((hints.get(det) or {}).get("fields") or [])
             # The detector's data is its richest field (an image over a sum), hinted first.
             main = max(fields, key=lambda f: (len(keys[f].get("shape") or []), f in hinted))
-            instrument = _group(entry, "instrument", "NXinstrument")
-            detector = _group(instrument, members(det), "NXdetector")
+            instrument = instrument or _group(entry, "instrument", "NXinstrument", new=True)
+            detector = _group(instrument, members(det), "NXdetector", new=True)
             _text(detector, "local_name", det)
-            link(detector, "data", main)
+            put(detector, "data", main)
             inner = _Names(frozenset({"data", "local_name"}))
             for f in fields:
                 if f != main:
-                    link(detector, inner(f), f)
+                    put(detector, inner(f), f)
 
     def _write_data(self, entry: Any, stream: str) -> bool:
         """The default plot of ``stream``; False when it has nothing numeric to plot."""
@@ -431,7 +445,7 @@ class NeXusExporter(Exporter):
 
         descs = self.streams[stream]
         keys = _data_keys(descs)
-        cols, names = self._columns[stream], self._field_names[stream]
+        cols, names, kinds = self._columns[stream], self._field_names[stream], self._kinds[stream]
         merged = {
             "name": stream,
             "data_keys": keys,
@@ -440,8 +454,8 @@ class NeXusExporter(Exporter):
         }
 
         def numeric(field: str, scalar: bool) -> bool:
-            ds = cols[names(field)]
-            return ds.dtype.kind in "iuf" and (ds.ndim == 1 or not scalar)
+            kind, ndim = kinds[names(field)]
+            return kind in "iuf" and (ndim == 1 or not scalar)
 
         sig = [f for f in signals(self.start_doc, merged) if numeric(f, scalar=False)]
         ax = [f for f in axes(self.start_doc, merged) if numeric(f, scalar=True)]
@@ -455,7 +469,7 @@ class NeXusExporter(Exporter):
         axis_names = [names(f) for f in ax]
         if not axis_names and _time_dimension(self.start_doc, stream):
             axis_names = ["time"]
-        data = _group(entry, "data", "NXdata")
+        data = _group(entry, "data", "NXdata", new=True)
         attrs: dict[str, Any] = {"signal": plotted[0]}
         # Only scalars are gridded: a gridded image stack would be a second copy of it all.
         dims = self._grid(stream, ax) if self.grid and not per_event else None
@@ -475,7 +489,7 @@ class NeXusExporter(Exporter):
             rank = len(shape)
         else:
             for name in [*plotted, *axis_names]:
-                data[name] = self._linked(stream, name)
+                link(self._linked(stream, name), data, name)
             attrs.update({f"{name}_indices": 0 for name in axis_names})
             axis_names, rank = axis_names[:1], 1
         # An axis per dimension, or none: "." for an unnamed dimension is what NeXus asks
@@ -484,7 +498,7 @@ class NeXusExporter(Exporter):
             attrs["axes"] = _strings(axis_names)
         if aux:
             attrs["auxiliary_signals"] = _strings(plotted[1:])
-        data.attrs.update(attrs)
+        set_attrs(data, attrs, new=True)
         interpretation = {1: "spectrum", 2: "image"}.get(len(per_event))
         if interpretation:
             data[plotted[0]].attrs["interpretation"] = interpretation
@@ -536,11 +550,12 @@ _JSON = "application/json"
 _PROPOSAL_KEYS = ("experiment_identifier", "proposal_id", "proposal", "proposal_number")
 
 
-def _group(parent: Any, name: str, nx_class: str) -> Any:
-    group = parent.get(name)
+def _group(parent: Any, name: str, nx_class: str, new: bool = False) -> Any:
+    """Group ``name`` of ``parent``, made with its ``NX_class`` if missing (``new``: it is)."""
+    group = None if new else parent.get(name)
     if group is None:
         group = parent.create_group(name)
-        group.attrs["NX_class"] = nx_class
+        set_attrs(group, {"NX_class": nx_class}, new=True)
     return group
 
 
@@ -550,16 +565,11 @@ def _copied(ds: Any) -> dict[str, Any]:
 
 
 def _strings(values: Sequence[str]) -> np.ndarray:
-    import h5py
-
-    return np.array(list(values), dtype=h5py.string_dtype())
+    return np.array(list(values), dtype=STR)
 
 
 def _text(group: Any, name: str, value: str | Sequence[str]) -> Any:
-    import h5py
-
-    data = value if isinstance(value, str) else _strings(value)
-    return group.create_dataset(name, data=data, dtype=h5py.string_dtype())
+    return text(group, name, value if isinstance(value, str) else list(value))
 
 
 def _value(group: Any, name: str, value: Any) -> None:
@@ -575,8 +585,8 @@ def _value(group: Any, name: str, value: Any) -> None:
         data, _ = _storable(arr)
         group.create_dataset(name, data=data)
     else:
-        _text(group, name, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode())
-        group[name].attrs["type"] = _JSON
+        ds = _text(group, name, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+        set_attrs(ds, {"type": _JSON}, new=True)
 
 
 def _iso(t: float) -> str:
@@ -667,11 +677,22 @@ def _join(
     return as_column(concat_columns(parts, lengths), dk)
 
 
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal arrays; the ends are compared first, as unequal columns mostly differ there."""
+def _same(a: np.ndarray, b: np.ndarray, known: dict[tuple, np.ndarray]) -> bool:
+    """Equal arrays; the ends are compared first, as unequal columns mostly differ there.
+
+    ``known`` holds the arrays found equal to ``b`` so far (kept, so their memory is not
+    reused): a catalog decodes the equal timestamp columns of a page as one buffer, compared
+    once.
+    """
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    return bool(len(a) and a[0] == b[0] and a[-1] == b[-1] and np.array_equal(a, b))
+    where = (a.__array_interface__["data"][0], a.strides, a.shape)
+    if where in known:
+        return True
+    if len(a) and a[0] == b[0] and a[-1] == b[-1] and np.array_equal(a, b):
+        known[where] = a
+        return True
+    return False
 
 
 def _read_order(pages: Sequence[Page], lengths: Sequence[int]) -> np.ndarray | None:
@@ -681,6 +702,8 @@ def _read_order(pages: Sequence[Page], lengths: Sequence[int]) -> np.ndarray | N
         return None
     seq = pages[0].seq_num if len(pages) == 1 else np.concatenate([p.seq_num for p in pages])
     uids = [p.descriptor["uid"] for p in pages]
+    if len(set(uids)) == 1 and bool((seq[1:] >= seq[:-1]).all()):
+        return None  # one descriptor, in order: the usual case, decided in one pass
     runs = np.repeat(np.cumsum([0] + [a != b for a, b in itertools.pairwise(uids)]), lengths)
     steps = np.diff(seq)
     if np.all((steps >= 0) | (np.diff(runs) != 0)):
@@ -690,19 +713,16 @@ def _read_order(pages: Sequence[Page], lengths: Sequence[int]) -> np.ndarray | N
 
 def _storable(column: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
     """``column`` in a type HDF5 holds: text as UTF-8 strings, anything else as JSON text."""
-    import h5py
-
     kind = column.dtype.kind
     if kind in _NUMERIC or kind == "S":
         return column, {}
-    text = h5py.string_dtype()
     if kind in "UMm":
-        return column.astype(str).astype(text), {}
+        return column.astype(str).astype(STR), {}
     flat = [
         v if isinstance(v, str) else orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY).decode()
         for v in column.ravel().tolist()
     ]
-    return np.array(flat, dtype=text).reshape(column.shape), {"type": _JSON}
+    return np.array(flat, dtype=STR).reshape(column.shape), {"type": _JSON}
 
 
 def _grid_order(shape: Sequence[int], snaking: Sequence[bool] | None) -> np.ndarray:
