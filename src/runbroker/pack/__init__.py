@@ -135,6 +135,7 @@ def pack(
             desc="pack",
             report=report,
         )
+        _index(dest)  # while the last detector files are still being copied
     finally:
         late = writer.close()
     report.copied -= len(late)
@@ -143,7 +144,6 @@ def pack(
         raise PackError(f"run {late[0][0]}: {late[0][1]}")
     report.files = len(manifest.files)
     report.bytes = sum(e.size for e in manifest.files.values())
-    _index(dest)
     return report
 
 
