@@ -18,6 +18,7 @@ import runbroker
 from runbroker.export import ExportError, exporter, live
 from runbroker.export.csv import STATISTICS, column_text
 from runbroker.testing.detectors import StreamHDF5Detector
+from runbroker.testing.export import without_stop
 from runbroker.testing.runs import changing_stream
 
 RUNS = ["scalar", "grid", "inline_image", "file_image", "tomo", "two_descriptors"]
@@ -179,10 +180,7 @@ def test_column_text_refuses_arrays_in_a_scalar_column():
 
 def test_a_run_without_stop_is_finished_on_close_and_marked_incomplete(export_runs, tmp_path):
     run = export_runs["scalar"]
-    exp = exporter("csv", tmp_path)
-    for name, doc in run.documents(arrays=True):
-        if name != "stop":
-            exp(name, doc)
+    exp = without_stop("csv", run, tmp_path)
     tables, sidecar = _files(exp.close())
     record = json.loads(sidecar.read_text())
     assert record["complete"] is False

@@ -23,15 +23,17 @@ import bluesky.plan_stubs as bps
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
 from bluesky.preprocessors import SupplementalData
-from event_model import compose_run
 from ophyd import Device, Signal
 from ophyd.sim import SynAxis, SynSignal, motor1
 
 import runbroker
-from runbroker.export import ExportError, exporter, live
+from runbroker.export import ExportError, live
 from runbroker.testing.detectors import ADHDF5Detector
+from runbroker.testing.export import assert_same_array as _same
+from runbroker.testing.export import counted_frame, engine_catalog, without_stop
+from runbroker.testing.export import read_field as _read
+from runbroker.testing.runs import changing_stream
 
 ANGLES_RAD = [0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4]
 
@@ -84,45 +86,23 @@ def _rotation(
 
 def _two_descriptor_docs() -> list[tuple[str, dict]]:
     """Projections in one ``primary`` stream declared twice (exposure changed mid-scan)."""
-    bundle = compose_run(metadata={"scan_id": 77, "plan_name": "two_exposures", "sample": "Si"})
-    docs: list[tuple[str, dict]] = [("start", bundle.start_doc)]
     keys = {
         "cam": {"source": "sim", "dtype": "array", "dtype_numpy": "<u2", "shape": [2, 3]},
         "theta": {"source": "sim", "dtype": "number", "shape": [], "units": "deg"},
     }
-    seq = 0
-    for exposure in (0.1, 0.5):
-        desc = bundle.compose_descriptor(
-            name="primary",
-            data_keys=keys,
-            configuration={"cam": {"data": {"exposure": exposure}, "timestamps": {}}},
-            object_keys={"cam": ["cam"], "theta": ["theta"]},
-        )
-        docs.append(("descriptor", desc.descriptor_doc))
-        for _ in range(2):
-            seq += 1
-            frame = (np.arange(6, dtype="uint16").reshape(2, 3) + 10 * seq).tolist()
-            docs.append(
-                (
-                    "event",
-                    desc.compose_event(
-                        data={"cam": frame, "theta": 30.0 * seq},
-                        timestamps={"cam": 1.0 + seq, "theta": 1.0 + seq},
-                        seq_num=seq,
-                    ),
-                )
-            )
-    docs.append(("stop", bundle.compose_stop()))
-    return docs
+    return changing_stream(
+        [keys, keys],
+        lambda name, dk, seq: counted_frame(name, dk, seq) if name == "cam" else 30.0 * seq,
+        n=2,
+        configurations=[{"cam": {"data": {"exposure": t}, "timestamps": {}}} for t in (0.1, 0.5)],
+    )
 
 
 @pytest.fixture(scope="module")
 def dx_runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Runs only the DX tests need, in their own SQLite catalog."""
     folder = tmp_path_factory.mktemp("dx_runs")
-    cat = runbroker.open(folder / "runs.db")
-    RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(cat.insert)
+    cat, RE = engine_catalog(folder / "runs.db")
     runs: dict[str, Any] = {"catalog": cat}
 
     RE.preprocessors.append(SupplementalData(baseline=[motor1]))
@@ -159,16 +139,6 @@ def _export(run: Any, directory: Path, **options: Any) -> Path:
     files = run.export("dx", directory, **options)
     assert len(files) == 1 and files[0].suffix == ".h5"
     return files[0]
-
-
-def _read(run: Any, stream: str, field: str) -> np.ndarray:
-    return run[stream].read([field])[field].values
-
-
-def _same(actual: np.ndarray, expected: np.ndarray) -> None:
-    assert actual.dtype == expected.dtype
-    assert actual.shape == expected.shape
-    np.testing.assert_array_equal(actual, expected)
 
 
 def test_tomo_run_layout_equals_catalog(export_runs: dict[str, Any], tmp_path: Path) -> None:
@@ -358,11 +328,7 @@ def test_existing_file_is_not_overwritten(export_runs: dict[str, Any], tmp_path:
 
 def test_run_without_stop_is_closed_incomplete(export_runs: dict[str, Any], tmp_path: Path) -> None:
     run = export_runs["tomo"]
-    exp = exporter("dx", tmp_path, assets=run.assets)
-    for name, doc in run.documents(arrays=True):
-        if name != "stop":
-            exp(name, doc)
-    (path,) = exp.close()
+    (path,) = without_stop("dx", run, tmp_path).close()
     with h5py.File(path, "r") as f:
         acq = f["process/acquisition"]
         assert bool(acq["complete"][()]) is False
@@ -374,9 +340,7 @@ def test_run_without_stop_is_closed_incomplete(export_runs: dict[str, Any], tmp_
 
 def test_live_export_from_the_run_engine(tmp_path: Path) -> None:
     """Frames filled from the detector's HDF5 files while it writes them."""
-    cat = runbroker.open(tmp_path / "runs.db")
-    RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(cat.insert)
+    cat, RE = engine_catalog(tmp_path / "runs.db")
     export = live("dx", tmp_path / "dx")
     RE.subscribe(export)
     cam = ADHDF5Detector("tomocam", tmp_path / "frames", shape=(5, 7))

@@ -25,6 +25,7 @@ from runbroker.export import ExportError, exporter, live
 from runbroker.export.hdf5 import read_documents
 from runbroker.testing.compare import assert_same_run
 from runbroker.testing.detectors import ADHDF5Detector
+from runbroker.testing.export import without_stop
 
 RUNS = ["scalar", "grid", "inline_image", "file_image", "tomo", "two_descriptors"]
 # A prompt export writes each dataset whole, or (past buffer_bytes) appends page by page as a
@@ -288,10 +289,7 @@ def test_live_export_fills_detector_files(tmp_path: Path) -> None:
 
 def test_run_without_stop_is_closed_and_marked(export_runs: dict, tmp_path: Path) -> None:
     run = export_runs["scalar"]
-    exp = exporter("hdf5", tmp_path)
-    for name, doc in run.documents(arrays=True):
-        if name != "stop":
-            exp(name, doc)
+    exp = without_stop("hdf5", run, tmp_path)
     (path,) = exp.close()
     with h5py.File(path, "r") as f:
         assert bool(f.attrs["complete"]) is False

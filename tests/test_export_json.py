@@ -17,9 +17,10 @@ from event_model import compose_run
 from ophyd.sim import SynSignal, det1, motor
 
 import runbroker
-from runbroker.export import ExportError, exporter, live
+from runbroker.export import ExportError, live
 from runbroker.export.jsondoc import read_jsonl, read_msgpack
 from runbroker.testing.compare import assert_same_run
+from runbroker.testing.export import without_stop
 
 RUNS = ["scalar", "grid", "inline_image", "file_image", "tomo", "two_descriptors"]
 READERS = {"jsonl": read_jsonl, "msgpack": read_msgpack}
@@ -225,10 +226,7 @@ def test_live_file_grows_per_event(fmt: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "msgpack"])
 def test_run_without_stop_is_closed_and_marked(export_runs: dict, fmt: str, tmp_path: Path) -> None:
     run = export_runs["scalar"]
-    exp = exporter(fmt, tmp_path)
-    for name, doc in run.documents(arrays=True):
-        if name != "stop":
-            exp(name, doc)
+    exp = without_stop(fmt, run, tmp_path)
     (path,) = exp.close()
     if fmt == "json":
         doc = json.loads(path.read_text())

@@ -24,6 +24,7 @@ from event_model import compose_run
 import runbroker
 from runbroker.export import ExportError, exporter
 from runbroker.export.nexus import nexus_name
+from runbroker.testing.export import without_stop
 
 PUNX = Path(sys.executable).with_name("punx")
 EXPORTED = ["scalar", "grid", "inline_image", "file_image", "tomo", "two_descriptors"]
@@ -503,10 +504,7 @@ def test_a_field_changing_shape_mid_stream_is_refused_by_name(tmp_path: Path) ->
 
 def test_incomplete_run_is_finished_on_close_and_marked(export_runs: dict, tmp_path: Path) -> None:
     run = export_runs["scalar"]
-    exp = exporter("nexus", tmp_path, assets=run.assets)
-    for name, doc in run.documents(arrays=True):
-        if name != "stop":
-            exp(name, doc)
+    exp = without_stop("nexus", run, tmp_path)
     path = only_file(exp.close())
     assert exp.close() == [path]  # closing twice is harmless
     with h5py.File(path, "r") as f:

@@ -21,6 +21,7 @@ from spec2nexus.spec import SpecDataFile
 import runbroker
 from runbroker.export import ExportError, exporter, live
 from runbroker.export.hints import axes, signals
+from runbroker.testing.export import without_stop
 from runbroker.testing.runs import changing_stream
 
 RUNS = ["scalar", "grid", "inline_image", "file_image", "tomo", "two_descriptors"]
@@ -204,10 +205,7 @@ def test_an_existing_file_is_never_replaced_unless_asked(export_runs, tmp_path):
 
 def test_a_run_without_stop_is_finished_on_close_and_marked_incomplete(export_runs, tmp_path):
     run = export_runs["scalar"]
-    exp = exporter("spec", tmp_path)
-    for name, doc in run.documents(arrays=True):
-        if name != "stop":
-            exp(name, doc)
+    exp = without_stop("spec", run, tmp_path)
     (path,) = exp.close()
     scan = SpecDataFile(str(path)).getScan(1)
     assert any("INCOMPLETE" in c and run.metadata["start"]["uid"] in c for c in scan.comments)

@@ -16,45 +16,28 @@ import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
 import tifffile
-from bluesky import RunEngine
 from bluesky.plans import count, scan
-from event_model import compose_run
 from ophyd.sim import SynSignal, motor
 
-import runbroker
-from runbroker.export import ExportError, exporter, live
+from runbroker.export import ExportError, live
 from runbroker.testing.detectors import ADHDF5Detector
+from runbroker.testing.export import assert_same_array as _same
+from runbroker.testing.export import counted_frame, engine_catalog, without_stop
+from runbroker.testing.export import read_field as _read
+from runbroker.testing.runs import changing_stream
 
 
 def _roi_change_docs() -> list[tuple[str, dict]]:
     """A ``primary`` stream declared twice: the camera's region of interest changed."""
-    bundle = compose_run(metadata={"scan_id": 5, "plan_name": "roi", "sample": "Si"})
-    docs: list[tuple[str, dict]] = [("start", bundle.start_doc)]
-    seq = 0
-    for shape in ([2, 3], [3, 2]):
-        desc = bundle.compose_descriptor(
-            name="primary",
-            data_keys={
-                "cam": {"source": "sim", "dtype": "array", "dtype_numpy": "<u2", "shape": shape}
-            },
-            object_keys={"cam": ["cam"]},
-        )
-        docs.append(("descriptor", desc.descriptor_doc))
-        for _ in range(2):
-            seq += 1
-            frame = (np.arange(6, dtype="uint16").reshape(shape) + 10 * seq).tolist()
-            event = desc.compose_event(data={"cam": frame}, timestamps={"cam": 1.0}, seq_num=seq)
-            docs.append(("event", event))
-    docs.append(("stop", bundle.compose_stop()))
-    return docs
+    cam = {"source": "sim", "dtype": "array", "dtype_numpy": "<u2"}
+    shapes = ([2, 3], [3, 2])
+    return changing_stream([{"cam": {**cam, "shape": s}} for s in shapes], counted_frame, n=2)
 
 
 @pytest.fixture(scope="module")
 def tiff_runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     folder = tmp_path_factory.mktemp("tiff_runs")
-    cat = runbroker.open(folder / "runs.db")
-    RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(cat.insert)
+    cat, RE = engine_catalog(folder / "runs.db")
     runs: dict[str, Any] = {}
     RE(
         scan(
@@ -73,16 +56,6 @@ def tiff_runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     runs["roi"] = cat[-1]
     yield runs
     cat.close()
-
-
-def _read(run: Any, stream: str, field: str) -> np.ndarray:
-    return run[stream].read([field])[field].values
-
-
-def _same(actual: np.ndarray, expected: np.ndarray) -> None:
-    assert actual.dtype == expected.dtype
-    assert actual.shape == expected.shape
-    np.testing.assert_array_equal(actual, expected)
 
 
 def _split(files: list[Path]) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -267,20 +240,14 @@ def test_existing_files_are_not_overwritten(export_runs: dict[str, Any], tmp_pat
 
 def test_run_without_stop_is_marked_incomplete(export_runs: dict[str, Any], tmp_path: Path) -> None:
     run = export_runs["file_image"]
-    exp = exporter("tiff", tmp_path, assets=run.assets)
-    for name, doc in run.documents(arrays=True):
-        if name != "stop":
-            exp(name, doc)
-    tiffs, meta = _split(exp.close())
+    tiffs, meta = _split(without_stop("tiff", run, tmp_path).close())
     assert meta["complete"] is False and meta["stop"] is None
     _same(_stack(next(iter(tiffs.values()))), _read(run, "primary", "adet_image"))
 
 
 def test_live_stack_grows_during_the_scan(tmp_path: Path) -> None:
     """Each point's two frames are in the file (and readable) before the next point."""
-    cat = runbroker.open(tmp_path / "runs.db")
-    RE = RunEngine({}, call_returns_result=False)
-    RE.subscribe(cat.insert)
+    cat, RE = engine_catalog(tmp_path / "runs.db")
     export = live("tiff", tmp_path / "out", template="live")
     RE.subscribe(export)
     cam = ADHDF5Detector("cam", tmp_path / "frames", shape=(4, 6), frame_per_point=2)

@@ -16,9 +16,11 @@ def changing_stream(
     descriptors: list[dict[str, dict]],
     values: Callable[[str, dict, int], Any],
     n: int = 3,
+    configurations: list[dict] | None = None,
 ) -> list[tuple[str, dict]]:
     """A run whose ``primary`` stream has one descriptor per item of ``descriptors`` (its
-    data_keys), ``n`` events each, valued ``values(field, data_key, seq_num)``.
+    data_keys, and its ``configuration`` from ``configurations`` if given), ``n`` events each,
+    valued ``values(field, data_key, seq_num)``.
 
     Written by hand because event_model refuses data_keys that change within a stream, which
     older data has.
@@ -32,7 +34,7 @@ def changing_stream(
     bundle = compose_run(metadata={"scan_id": 42, "plan_name": "handmade", "motors": ["x"]})
     docs: list[tuple[str, dict]] = [("start", bundle.start_doc)]
     seq = 0
-    for keys in descriptors:
+    for i, keys in enumerate(descriptors):
         desc = {
             "uid": str(uuid.uuid4()),
             "run_start": bundle.start_doc["uid"],
@@ -40,7 +42,7 @@ def changing_stream(
             "name": "primary",
             "data_keys": keys,
             "object_keys": {k: [k] for k in keys},
-            "configuration": {},
+            "configuration": configurations[i] if configurations else {},
             "hints": {},
         }
         docs.append(("descriptor", desc))
