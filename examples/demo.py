@@ -20,6 +20,7 @@ from bluesky.preprocessors import SupplementalData
 from ophyd.sim import det, det4, motor, motor1, motor2, noisy_det
 
 import runbroker
+from runbroker.pack import pack, verify
 from runbroker.queries import FullText, Key, TimeRange
 from runbroker.testing.detectors import ADHDF5Detector
 
@@ -91,6 +92,18 @@ def main() -> None:
     for fmt in ("nexus", "spec", "csv"):
         files = run.export(fmt, OUT / "export", template="{plan_name}-{scan_id}", overwrite=True)
         print(f"  {fmt}: {', '.join(p.name for p in files)}")
+
+    print("\nPacked to take home (documents + detector files + SHA-256 manifest):")
+    report = pack(cat, OUT / "pack", progress=False)
+    print(f"  {report}")
+    print(f"  verify: {verify(OUT / 'pack')}")
+    home = runbroker.open(OUT / "pack", readonly=True)  # a folder of run files is a catalog
+    again = home[raw.uid].primary.read()["cam_image"]
+    print(
+        f"  opened the pack: {len(home)} runs; images read from the pack's copies equal: "
+        f"{bool((again == images).all())}"
+    )
+    home.close()
     cat.close()
 
 

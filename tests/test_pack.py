@@ -335,7 +335,7 @@ def test_cli_pack_selection(source, tmp_path, capsys):
     run = source.search(Key("sample") == SAMPLES["tif"])[-1]
     (tmp_path / "uids.txt").write_text(f"# chosen\n{run.uid}\n")
     assert main(["pack", uri, str(tmp_path / "p"), "--uids", str(tmp_path / "uids.txt"), "-q"]) == 0
-    assert "copied 1 run" in capsys.readouterr().out
+    assert "packed 1 run" in capsys.readouterr().out
     query = (Key("sample") == SAMPLES["npy"]).to_json()
     args = ["pack", uri, str(tmp_path / "p"), "--query", query, "-q"]
     assert main(args) == 1 and "--append" in capsys.readouterr().err

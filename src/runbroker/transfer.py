@@ -45,13 +45,14 @@ class CopyReport:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     documents: int = 0
-    #: What the destination is called in the summary.
+    #: What the destination is called in the summary, and what was done to the runs.
     into: str = field(default="the catalog", repr=False)
+    verb: str = field(default="copied", repr=False)
 
     def __str__(self) -> str:
         runs = "run" if self.copied == 1 else "runs"
         text = (
-            f"copied {self.copied} {runs} ({self.documents} documents), "
+            f"{self.verb} {self.copied} {runs} ({self.documents} documents), "
             f"skipped {self.skipped} already in {self.into}, {len(self.failed)} failed"
         )
         if self.failed:

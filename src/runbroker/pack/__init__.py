@@ -63,8 +63,10 @@ class PackReport(CopyReport):
     pack is, and its size.
 
     Example:
-        >>> print(PackReport(copied=2, documents=12, path=Path("p"), files=3, bytes=4096))
-        copied 2 runs (12 documents), skipped 0 already in the pack, 0 failed; p: 3 files, 4.0 KiB
+        >>> report = PackReport(copied=2, documents=12, path=Path("p"), files=3, bytes=4096)
+        >>> report.verb = "packed"
+        >>> print(report)
+        packed 2 runs (12 documents), skipped 0 already in the pack, 0 failed; p: 3 files, 4.0 KiB
     """
 
     path: Path | None = None
@@ -124,7 +126,7 @@ def pack(
         manifest = Manifest(name=dest.resolve().name)
         _write_config(dest, manifest, external)
     writer = PackWriter(dest, manifest, source.assets, external=external, format=format)
-    report = PackReport(path=dest)
+    report = PackReport(path=dest, verb="packed")
     try:
         copy_runs(
             ((run.uid, _documents(run)) for run in chosen),
