@@ -1,0 +1,644 @@
+"""Writing into a folder of run files: the part of :class:`~runbroker.store.files.FolderStore`
+that takes documents.
+
+Each document is checked as the SQL store checks it (same errors, repeats ignored, conflicts
+refused) against what the store knows of its run (:class:`_Writer`, read from the run's file
+when needed), then written by the JSON Lines exporter into memory; when the call succeeds, what
+was written is appended to the run's file and the index is told. ``ingest`` appends as it goes
+once much is waiting, and truncates the files back if a later document is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from event_model import pack_datum_page, pack_event_page, unpack_datum_page, unpack_event_page
+
+from ..documents import ConflictError, DocumentError, UnknownParentError, validate
+from ..export import DEFAULT_TEMPLATE, TemplateError, render, safe_name
+from ..export.jsondoc import JSONLinesExporter, dumps
+from .events import DescriptorState, canonical
+from .folderindex import FolderIndex
+from .runfile import ParsedRun, RunCache
+
+__all__ = ["FolderWriting"]
+
+# Runs whose writing state is kept in memory at most (beyond, the oldest are forgotten and
+# read again from their file if more documents come).
+_MAX_WRITERS = 64
+# An ingest appends to the files once this much is waiting (undone if the call fails).
+_SPILL_BYTES = 8 * 2**20
+
+
+def _as_read(doc: Any) -> Any:
+    """``doc`` as it reads back from a JSON Lines file (numpy values as lists, NaN as None)."""
+    return json.loads(dumps(doc))
+
+
+def _same(stored: Any, doc: Any) -> bool:
+    return canonical(_as_read(stored)) == canonical(_as_read(doc))
+
+
+def _undeclared(descriptor: dict, declared: dict[str, list[str]]) -> dict:
+    """The descriptor as it was inserted: without the ``dtype_numpy`` the writer added (the
+    events in the file were read with them, so their dtypes are kept)."""
+    keys = declared.get(descriptor["uid"])
+    if not keys:
+        return descriptor
+    data_keys = dict(descriptor["data_keys"])
+    for key in keys:
+        if key in data_keys:
+            data_keys[key] = {k: v for k, v in data_keys[key].items() if k != "dtype_numpy"}
+    return {**descriptor, "data_keys": data_keys}
+
+
+def _same_descriptor(stored: dict, doc: dict) -> bool:
+    """True if ``doc`` repeats ``stored``, which the writer may have given ``dtype_numpy``
+    declarations the document did not have."""
+    if _same(stored, doc):
+        return True
+    keys = {}
+    for key, dk in (stored.get("data_keys") or {}).items():
+        given = (doc.get("data_keys") or {}).get(key) or {}
+        keys[key] = {k: v for k, v in dk.items() if k != "dtype_numpy" or k in given}
+    return _same({**stored, "data_keys": keys}, doc)
+
+
+class _Lines(JSONLinesExporter):
+    """The JSON Lines exporter, writing into memory: the store appends what it wrote to the
+    run's file once the documents are accepted."""
+
+    def __init__(self, start: dict, descriptors: Iterable[dict] = (), fresh: bool = True) -> None:
+        super().__init__(".")
+        self._seen = _Unseen()  # the exporter never fills: no need to keep asset documents
+        #: descriptor uid -> data keys whose dtype_numpy this exporter declared
+        self.declared: dict[str, list[str]] = {}
+        self("start", start)
+        if not fresh:  # a run in the file already: adopt its descriptors, write neither again
+            self.take()
+            for desc in descriptors:
+                self("descriptor", desc)
+                self._pending.pop(desc["uid"], None)
+
+    def start(self, doc: dict[str, Any]) -> None:
+        self._file = io.BytesIO()
+        self._write("start", doc)
+
+    def finish(self, complete: bool) -> None:
+        self._release_all()  # nothing to close: the buffer is taken by the store
+
+    def _write(self, name: str, doc: Any) -> None:
+        if name == "descriptor":
+            given = self.descriptors[doc["uid"]]["data_keys"]
+            added = [
+                key
+                for key, dk in doc["data_keys"].items()
+                if "dtype_numpy" in dk and "dtype_numpy" not in given[key]
+            ]
+            if added:
+                self.declared[doc["uid"]] = added
+        super()._write(name, doc)
+
+    def release(self) -> None:
+        """Write the descriptors held back for their first event now."""
+        self._release_all()
+
+    @property
+    def holding(self) -> bool:
+        """True while a descriptor is held back for its first event."""
+        return bool(self._pending)
+
+    def holds(self, descriptor: str) -> bool:
+        """True while ``descriptor`` is held back (none of its events is written yet)."""
+        return descriptor in self._pending
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written since the last :meth:`take`."""
+        assert self._file is not None
+        return self._file.tell()
+
+    def take_declared(self) -> list[tuple[str, list[str]]]:
+        """``(descriptor uid, keys)`` declared since the last call."""
+        out, self.declared = list(self.declared.items()), {}
+        return out
+
+    def take(self) -> bytes:
+        """What was written since the last call."""
+        assert self._file is not None
+        data = self._file.getvalue()  # type: ignore[attr-defined]
+        self._file.seek(0)
+        self._file.truncate()
+        return data
+
+
+class _Unseen:
+    def add(self, name: str, doc: dict) -> None:
+        pass
+
+
+@dataclass
+class _Writer:
+    """What the store knows of a run it writes: enough to check documents without reading
+    the file again."""
+
+    uid: str
+    name: str  # the file, relative to the folder
+    start: dict  # as it reads back from the file
+    stop: dict | None
+    lines: _Lines
+    descriptors: dict[str, dict] = field(default_factory=dict)
+    states: dict[str, DescriptorState] = field(default_factory=dict)
+    docs: dict[str, tuple[str, dict]] = field(default_factory=dict)  # assets by uid
+    datums: dict[str, tuple[str, dict]] = field(default_factory=dict)
+    new: bool = False  # the file does not exist yet
+
+    @classmethod
+    def resume(cls, run: ParsedRun, name: str) -> _Writer:
+        descriptors = run.descriptor_docs()
+        writer = cls(
+            run.uid,
+            name,
+            run.start,
+            run.stop,
+            _Lines(run.start, descriptors, fresh=False),
+            docs={d["uid"]: (k, d) for k, d in run.asset_docs()},
+            datums=dict(run.datums),
+        )
+        for desc in descriptors:
+            writer.descriptors[desc["uid"]] = desc
+            writer.states[desc["uid"]] = DescriptorState.from_descriptor(
+                0, 0, run.uid, desc, run.seq_max(desc["uid"])
+            )
+        return writer
+
+    def feed(self, name: str, doc: dict) -> None:
+        if self.lines.stop_doc is not None:
+            # Documents after the stop: a fresh exporter appends them.
+            self.lines = _Lines(self.start, self.descriptors.values(), fresh=False)
+        self.lines(name, doc)
+
+
+@dataclass
+class _Txn:
+    """Documents accepted by one insert/ingest call, written when the call succeeds."""
+
+    many: bool
+    touched: dict[str, _Writer] = field(default_factory=dict)
+    headers: list[tuple[str, dict]] = field(default_factory=list)
+    children: list[tuple[str, str, str]] = field(default_factory=list)
+    # Run uid -> size of its file before the call (None: made by the call), to undo it.
+    sizes: dict[str, int | None] = field(default_factory=dict)
+    files: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # name -> uid, stat
+    declared: list[tuple[str, list[str]]] = field(default_factory=list)
+
+
+class FolderWriting:
+    """Taking documents into a folder of run files (mixed into ``FolderStore``)."""
+
+    folder: Path
+    uri: str
+    readonly: bool
+    durability: str
+    _lock: threading.RLock
+    _cache: RunCache
+    _index: FolderIndex
+    _writers: OrderedDict[str, _Writer]
+    _owner: dict[str, tuple[str, str]]  # child uid -> (kind, run uid)
+    _closed: bool
+
+    def insert(self, name: str, doc: dict) -> None:
+        """Check one document and append it to its run's file (a start makes a new file)."""
+        doc = validate(name, doc)
+        with self._lock:
+            txn = self._begin(many=False)
+            try:
+                self._put(txn, name, doc)
+            except BaseException:
+                self._rollback(txn)
+                raise
+            self._commit(txn)
+
+    def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
+        """Store many documents: all of them, or none if one is refused."""
+        count = 0
+        with self._lock:
+            txn = self._begin(many=True)
+            try:
+                for name, doc in pairs:
+                    writer = self._put(txn, name, validate(name, doc))
+                    count += 1
+                    if writer is not None and writer.lines.buffered >= _SPILL_BYTES:
+                        self._spill(txn, writer)
+            except BaseException:
+                self._rollback(txn)
+                raise
+            self._commit(txn)
+        return count
+
+    def flush(self) -> None:
+        """Write the descriptors held back for their first event (everything else is
+        written when inserted)."""
+        with self._lock:
+            for writer in list(self._writers.values()):
+                if writer.lines.holding:
+                    self._release(writer)
+
+    def _begin(self, many: bool) -> _Txn:
+        if self.readonly:
+            raise PermissionError(
+                f"{self.uri} is opened read-only (runbroker.open(..., readonly=True)); "
+                "open it without readonly=True to add runs"
+            )
+        if self._closed:
+            raise RuntimeError(f"{self.uri} is closed: open the catalog again to insert")
+        return _Txn(many)
+
+    def _append(self, writer: _Writer, data: bytes) -> tuple[str, str, int, int]:
+        """Append ``data`` to the run's file (making it if new); return the file's entry."""
+        with open(self.folder / writer.name, "xb" if writer.new else "ab") as f:
+            f.write(data)
+            f.flush()
+            if self.durability == "event":
+                os.fsync(f.fileno())
+            stat = os.fstat(f.fileno())
+        writer.new = False
+        return writer.name, writer.uid, stat.st_size, stat.st_mtime_ns
+
+    def _release(self, writer: _Writer) -> None:
+        """Write the descriptors ``writer`` holds back, now."""
+        writer.lines.release()
+        entry = self._append(writer, writer.lines.take())
+        self._index.record([], [entry], [], writer.lines.take_declared())
+
+    def _spill(self, txn: _Txn, writer: _Writer) -> None:
+        """Append what ``writer`` wrote in this call to its file (undone if the call fails)."""
+        data = writer.lines.take()
+        txn.declared += writer.lines.take_declared()
+        if not data and not writer.new:
+            return
+        if writer.uid not in txn.sizes:
+            path = self.folder / writer.name
+            txn.sizes[writer.uid] = None if writer.new else path.stat().st_size
+        name, uid, size, mtime = self._append(writer, data)
+        txn.files[name] = (uid, size, mtime)
+
+    def _rollback(self, txn: _Txn) -> None:
+        """Undo what the call appended to files."""
+        for uid, size in txn.sizes.items():
+            path = self.folder / txn.touched[uid].name
+            if size is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.truncate(path, size)
+        if txn.many:
+            # Forget what the call changed in memory: the runs it touched are read again
+            # from their files if more documents come (none holds anything back, see
+            # _writer). A single insert is refused before it changes anything.
+            for uid in txn.touched:
+                self._writers.pop(uid, None)
+            self._owner = {
+                child: owner for child, owner in self._owner.items() if owner[1] not in txn.touched
+            }
+
+    def _commit(self, txn: _Txn) -> None:
+        try:
+            for writer in txn.touched.values():
+                self._spill(txn, writer)
+        except BaseException:
+            self._rollback(txn)
+            raise
+        files = [(name, uid, size, mtime) for name, (uid, size, mtime) in txn.files.items()]
+        self._index.record(txn.headers, files, txn.children, txn.declared)
+        for uid, writer in txn.touched.items():
+            if writer.stop is not None:
+                for state in writer.states.values():
+                    state.uids.clear()  # only needed while the run is written
+            self._writers.pop(uid, None)
+            self._writers[uid] = writer
+        while len(self._writers) > _MAX_WRITERS:
+            uid, old = self._writers.popitem(last=False)
+            if old.lines.holding:
+                self._release(old)
+            self._owner = {c: o for c, o in self._owner.items() if o[1] != uid}
+
+    def _writer(self, txn: _Txn, run_uid: str) -> _Writer | None:
+        """The writing state of run ``run_uid`` (read from its file if need be), or None."""
+        writer = txn.touched.get(run_uid)
+        if writer is not None:
+            return writer
+        writer = self._writers.get(run_uid)
+        if writer is not None and txn.many and writer.lines.holding:
+            # A refused ingest forgets the runs it touched: keep nothing only in memory.
+            self._release(writer)
+        if writer is None:
+            entry = self._index.file_of(run_uid)
+            if entry is None:
+                return None
+            writer = _Writer.resume(self._cache.get(entry.id, self.folder / entry.name), entry.name)
+            for child, (kind, _) in writer.docs.items():
+                if kind != "stream_datum":
+                    self._owner[child] = (kind, run_uid)
+            for child in writer.descriptors:
+                self._owner[child] = ("descriptor", run_uid)
+        txn.touched[run_uid] = writer
+        return writer
+
+    def _owner_of(self, uid: str) -> tuple[str, str] | None:
+        return self._owner.get(uid) or self._index.parent(uid)
+
+    def _put(self, txn: _Txn, name: str, doc: dict) -> _Writer | None:
+        """Check ``doc`` and, unless it repeats a stored one, write it into the call; return
+        the writer of its run."""
+        if name == "start":
+            return self._put_start(txn, doc)
+        if name in ("event", "event_page"):
+            return self._put_events(txn, name, doc)
+        if name in ("datum", "datum_page"):
+            return self._put_datums(txn, name, doc)
+        if name == "stream_datum":
+            return self._put_stream_datum(txn, doc)
+        # stop, descriptor, resource, stream_resource
+        if "run_start" not in doc:
+            raise DocumentError(name, doc["uid"], "run_start", "is required to attach it to a run")
+        writer = self._writer(txn, doc["run_start"])
+        if writer is None:
+            raise UnknownParentError(
+                name,
+                doc["uid"],
+                "run_start",
+                f"refers to run {doc['run_start']!r}, which is not in this catalog "
+                "(insert its start document first)",
+            )
+        if name == "stop":
+            self._put_stop(txn, writer, doc)
+        elif name == "descriptor":
+            self._put_descriptor(txn, writer, doc)
+        else:
+            self._put_asset(txn, writer, name, doc)
+        return writer
+
+    def _put_start(self, txn: _Txn, doc: dict) -> _Writer:
+        uid = doc["uid"]
+        writer = txn.touched.get(uid) or self._writers.get(uid)
+        stored = writer.start if writer is not None else None
+        if stored is None:
+            record = self._index.store.get_run(uid)
+            stored = record.start if record is not None else None
+        if stored is not None:
+            if not _same(stored, doc):
+                raise ConflictError(
+                    "start", uid, "uid", "a different document with this uid is already stored"
+                )
+            return writer
+        start = _as_read(doc)
+        writer = _Writer(uid, self._new_name(txn, start), start, None, _Lines(doc), new=True)
+        txn.touched[uid] = writer
+        txn.headers.append(("start", start))
+        return writer
+
+    def _new_name(self, txn: _Txn, start: dict) -> str:
+        """A file name for a new run, as ``run.export("jsonl", ...)`` gives it."""
+        try:
+            stem = render(DEFAULT_TEMPLATE, start)
+        except (TemplateError, ValueError, OverflowError, OSError):
+            stem = f"run_{safe_name(start['uid'])}"
+        taken = {w.name for w in txn.touched.values()}
+        for candidate in (stem, f"{stem}_{safe_name(start['uid'])}"):
+            name = f"{candidate}.jsonl"
+            if name not in taken and not (self.folder / name).exists():
+                return name
+        n = 2
+        while (
+            f"{candidate}_{n}.jsonl" in taken or (self.folder / f"{candidate}_{n}.jsonl").exists()
+        ):
+            n += 1
+        return f"{candidate}_{n}.jsonl"
+
+    def _put_stop(self, txn: _Txn, writer: _Writer, doc: dict) -> None:
+        if writer.stop is not None:
+            if not _same(writer.stop, doc):
+                raise ConflictError(
+                    "stop",
+                    doc["uid"],
+                    "uid",
+                    "a different document with this uid is already stored",
+                )
+            return
+        writer.stop = _as_read(doc)
+        writer.feed("stop", doc)
+        txn.headers.append(("stop", writer.stop))
+
+    def _put_descriptor(self, txn: _Txn, writer: _Writer, doc: dict) -> None:
+        uid = doc["uid"]
+        stored = writer.descriptors.get(uid)
+        if stored is None and self._owner_of(uid) is not None:
+            stored = self._stored_child(txn, uid)
+        if stored is not None:
+            if not _same_descriptor(stored, doc):
+                raise ConflictError(
+                    "descriptor",
+                    uid,
+                    "uid",
+                    "a different document with this uid is already stored",
+                )
+            return
+        writer.feed("descriptor", doc)
+        writer.descriptors[uid] = doc
+        writer.states[uid] = DescriptorState.from_descriptor(0, 0, writer.uid, doc, 0)
+        self._adopt(txn, uid, "descriptor", writer.uid)
+
+    def _adopt(self, txn: _Txn, uid: str, kind: str, run_uid: str) -> None:
+        self._owner[uid] = (kind, run_uid)
+        txn.children.append((uid, kind, run_uid))
+
+    def _stored_child(self, txn: _Txn, uid: str) -> dict | None:
+        """The stored descriptor or asset document ``uid``, of whichever run holds it."""
+        owner = self._owner_of(uid)
+        if owner is None:
+            return None
+        other = self._writer(txn, owner[1])
+        if other is None:
+            return None
+        if uid in other.descriptors:
+            return other.descriptors[uid]
+        found = other.docs.get(uid)
+        return found[1] if found else None
+
+    def _put_asset(self, txn: _Txn, writer: _Writer, name: str, doc: dict) -> None:
+        """A resource or stream_resource."""
+        uid = doc["uid"]
+        stored = self._stored_child(txn, uid) if uid not in writer.docs else writer.docs[uid][1]
+        if stored is not None:
+            if not _same(stored, doc):
+                raise ConflictError(
+                    name, uid, "uid", "a different document with this uid is already stored"
+                )
+            return
+        writer.feed(name, doc)
+        writer.docs[uid] = (name, _as_read(doc))
+        self._adopt(txn, uid, name, writer.uid)
+
+    def _put_stream_datum(self, txn: _Txn, doc: dict) -> _Writer:
+        uid = doc["uid"]
+        owner = self._owner_of(doc["stream_resource"])
+        writer = self._writer(txn, owner[1]) if owner and owner[0] == "stream_resource" else None
+        if writer is None:
+            raise UnknownParentError(
+                "stream_datum",
+                uid,
+                "stream_resource",
+                f"refers to stream_resource {doc['stream_resource']!r}, "
+                "which is not in this catalog",
+            )
+        if uid in writer.docs:
+            if not _same(writer.docs[uid][1], doc):
+                raise ConflictError(
+                    "stream_datum",
+                    uid,
+                    "uid",
+                    "a different document with this uid is already stored",
+                )
+            return writer
+        if doc.get("descriptor") and doc["descriptor"] not in writer.states:
+            self._descriptor_state(txn, doc["descriptor"], "stream_datum", uid)
+        writer.feed("stream_datum", doc)
+        writer.docs[uid] = ("stream_datum", _as_read(doc))
+        return writer
+
+    def _descriptor_state(
+        self, txn: _Txn, uid: str, name: str, child: Any
+    ) -> tuple[_Writer, DescriptorState]:
+        owner = self._owner_of(uid)
+        writer = self._writer(txn, owner[1]) if owner and owner[0] == "descriptor" else None
+        if writer is None or uid not in writer.states:
+            raise UnknownParentError(
+                name,
+                child,
+                "descriptor",
+                f"refers to descriptor {uid!r}, which is not in this catalog "
+                "(insert the descriptor before its events)",
+            )
+        return writer, writer.states[uid]
+
+    def _put_events(self, txn: _Txn, name: str, doc: dict) -> _Writer:
+        writer, state = self._descriptor_state(txn, doc["descriptor"], name, doc["uid"])
+        state.check_keys(name, doc["uid"], doc)
+        if name == "event":
+            seq = doc["seq_num"]
+            if seq <= state.seq_max and not self._is_new(txn, writer, state, doc):
+                return writer
+            if doc["uid"] in state.uids:
+                raise ConflictError(
+                    "event",
+                    doc["uid"],
+                    "uid",
+                    f"this uid was already used by another event of descriptor {state.uid!r} "
+                    f"(seq_num {seq} is new)",
+                )
+            state.uids.add(doc["uid"])
+            state.seq_max = max(state.seq_max, seq)
+            writer.feed("event", doc)
+            return writer
+        batch = state.page_batch(doc)
+        if batch is None:
+            return writer  # an empty page: nothing to store
+        if batch.seq_min <= state.seq_max:
+            events = list(unpack_event_page(doc))
+            fresh = [e for e in events if self._is_new(txn, writer, state, e, page=doc)]
+            if not fresh:
+                return writer
+            if len(fresh) < len(events):
+                uids = [e["uid"] for e in fresh]
+                reused = [u for u in uids if u in state.uids]
+                if reused:
+                    raise ConflictError(
+                        "event_page",
+                        doc["uid"],
+                        "uid",
+                        f"event uid {reused[0]!r} was already used by another event of "
+                        f"descriptor {state.uid!r}",
+                    )
+                doc = pack_event_page(*fresh)
+                state.uids.update(uids)
+        state.seq_max = max(state.seq_max, batch.seq_max)
+        writer.feed("event_page", doc)
+        return writer
+
+    def _is_new(
+        self, txn: _Txn, writer: _Writer, state: DescriptorState, doc: dict, page: Any = None
+    ) -> bool:
+        """False if ``doc`` repeats a stored event; raise if it contradicts one."""
+        if writer.lines.holds(state.uid):
+            return True  # nothing of this descriptor is written yet
+        # Compare with what the file holds, including what this call wrote before.
+        self._spill(txn, writer)
+        run = self._parsed_for_writer(writer)
+        stored = run.event(state.uid, doc["seq_num"]) if run is not None else None
+        if stored is None:
+            return True
+        if canonical(stored) == canonical(doc):
+            return False
+        raise ConflictError(
+            "event" if page is None else "event_page",
+            doc["uid"] if page is None else page["uid"],
+            "seq_num",
+            f"descriptor {state.uid!r} already has an event with seq_num {doc['seq_num']} "
+            f"(uid {stored['uid']!r}) with different content"
+            + ("" if page is None else f" than event {doc['uid']!r} of this page"),
+        )
+
+    def _parsed_for_writer(self, writer: _Writer) -> ParsedRun | None:
+        path = self.folder / writer.name
+        if not path.exists():
+            return None
+        entry = self._index.file_of(writer.uid)
+        # A run started in this call is not in the index yet: cached by name meanwhile.
+        return self._cache.get(entry.id if entry else ("new", writer.name), path)
+
+    def _put_datums(self, txn: _Txn, name: str, doc: dict) -> _Writer:
+        page = doc if name == "datum_page" else pack_datum_page(doc)
+        owner = self._owner_of(page["resource"])
+        writer = self._writer(txn, owner[1]) if owner and owner[0] == "resource" else None
+        if writer is None:
+            raise UnknownParentError(
+                name,
+                doc["datum_id"],
+                "resource",
+                f"refers to resource {page['resource']!r}, which is not in this catalog",
+            )
+        ids = page["datum_id"]
+        if len(set(ids)) != len(ids):
+            repeated = next(i for i in ids if ids.count(i) > 1)
+            raise DocumentError(
+                name, ids, "datum_id", f"datum_id {repeated!r} appears twice in the page"
+            )
+        singles = list(unpack_datum_page(page))
+        fresh = []
+        for datum in singles:
+            old = writer.datums.get(datum["datum_id"])
+            if old is None:
+                fresh.append(datum)
+            elif not _same(
+                {"resource": old[0], "datum_kwargs": old[1]},
+                {"resource": datum["resource"], "datum_kwargs": datum["datum_kwargs"]},
+            ):
+                raise ConflictError(
+                    name, datum["datum_id"], "datum_id", "a different datum is stored"
+                )
+        if not fresh:
+            return writer
+        if len(fresh) < len(singles):
+            name, doc = "datum_page", pack_datum_page(*fresh)
+        for datum in fresh:
+            writer.datums[datum["datum_id"]] = (datum["resource"], _as_read(datum["datum_kwargs"]))
+        writer.feed(name, doc)
+        return writer
