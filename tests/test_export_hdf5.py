@@ -223,6 +223,35 @@ def test_columns_widen_when_later_pages_need_it(live: bool, tmp_path: Path) -> N
     assert np.isnan(n[2])
 
 
+def test_uid_blocks_after_uids_widened_to_text(tmp_path: Path) -> None:
+    """A page of odd uids widens the uid dataset to text; a later page whose uids come as the
+    catalog's fixed-width block is written as text too."""
+    bundle = compose_run(metadata={"scan_id": 7})
+    desc = bundle.compose_descriptor(
+        name="primary", data_keys={"x": {"source": "s", "dtype": "number", "shape": []}}
+    )
+    block = np.array([b"0" * 36, b"1" * 36], dtype="S36")
+    pages = [
+        desc.compose_event_page(
+            data={"x": [1.0, 2.0]}, timestamps={"x": [0.0, 0.0]}, seq_num=[1, 2], time=[0.0, 0.0]
+        ),
+        desc.compose_event_page(
+            data={"x": [3.0, 4.0]}, timestamps={"x": [0.0, 0.0]}, seq_num=[3, 4], time=[0.0, 0.0]
+        ),
+    ]
+    pages[0]["uid"] = ["é", "x" * 40]
+    pages[1]["uid"] = block
+    exp = exporter("hdf5", tmp_path, buffer_bytes=0)
+    exp.live = False
+    exp("start", bundle.start_doc)
+    exp("descriptor", desc.descriptor_doc)
+    for page in pages:
+        exp("event_page", page)
+    exp("stop", bundle.compose_stop())
+    with h5py.File(exp.files[0], "r") as f:
+        assert f["primary/uid"].asstr()[()].tolist() == ["é", "x" * 40, "0" * 36, "1" * 36]
+
+
 # -- live ------------------------------------------------------------------------------------
 
 _PROBE = textwrap.dedent(

@@ -211,6 +211,8 @@ class HDF5Exporter(Exporter):
         # Every column is checked before any is written, so that the rows stay aligned.
         while True:
             columns = self._columns(group)
+            if isinstance(page.uid, np.ndarray) and columns["uid"].dtype.kind != "S":
+                values["uid"] = uid_list(page.uid)  # a uid block, for uids widened to text
             ready, widen = {}, {}
             for path, v in values.items():
                 arr, dtype = columns[path].prepare(v, f"run {self.uid}, {group.name}/{path}")

@@ -221,7 +221,7 @@ def _ascii_block(uids: Sequence[str] | np.ndarray) -> tuple[bytes | memoryview, 
             uids = np.ascontiguousarray(uids)
             return memoryview(uids).cast("B"), uids.dtype.str
         uids = uids.tolist()
-    if not uids or type(uids[0]) is not str:
+    if not uids or not isinstance(uids[0], str):
         return None
     width = len(uids[0])
     try:
