@@ -162,11 +162,26 @@ def indexed_catalog(request, tmp_path_factory) -> Iterator[runbroker.Catalog]:
 )
 def test_searches_use_the_keys_own_index(indexed_catalog, query, key, column):
     store = indexed_catalog.store
-    for plan in _plans(indexed_catalog, _search(query)):
-        # The planner may pick either of the key's two indexes where both fit.
-        name = index_name(key, column) if store.dialect == "sqlite" else index_name(key, "")
-        assert name in plan, plan
+    plans = _plans(indexed_catalog, _search(query))
+    # The planner may pick either of the key's two indexes where both fit.
+    name = index_name(key, column) if store.dialect == "sqlite" else index_name(key, "")
+    for plan in plans:
         assert "ix_meta_txt" not in plan and "ix_meta_num" not in plan, plan
+        assert "Seq Scan on meta" not in plan, plan
+        if store.dialect == "postgresql" and _probes_run_by_run(plan):
+            # With statistics, PostgreSQL may answer "the newest 3 hits" of a value many runs
+            # have by walking the time index and looking each run up in meta by run id.
+            continue
+        assert name in plan, plan
+    # Counting reads every hit: from the key's index.
+    assert any(name in plan for plan in plans), plans
+
+
+def _probes_run_by_run(plan: str) -> bool:
+    return (
+        "ix_runs_time_uid" in plan
+        and re.search(r"ix_meta_run on meta[^\n]*\n *Index Cond: \(run_id = ", plan) is not None
+    )
 
 
 def test_keys_with_dots_and_quotes_are_indexed_and_found(indexed_catalog):
@@ -179,8 +194,10 @@ def test_keys_with_dots_and_quotes_are_indexed_and_found(indexed_catalog):
         (Key("it's") == "x'y", "start.it's"),
     ]:
         assert [r.start["sample"] for r in cat.search(query).values()] == [{"name": "Ni"}]
+        # On PostgreSQL either of the key's two indexes serves a key that few runs have.
+        name = index_name(key, "txt" if cat.store.dialect == "sqlite" else "")
         for plan in _plans(cat, _search(query)):
-            assert index_name(key, "txt") in plan, plan
+            assert name in plan, plan
     assert cat.store.indexed_keys() == ["it's", "sample", "sample.name", "temperature"]
 
 

@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.sql import ClauseElement
 
+from .pgsql import numbered, session
+
 __all__ = ["Prepared"]
 
 
@@ -46,6 +48,7 @@ class Prepared:
         # twice their size, and be decoded in Python.
         self.binary = binary
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+        self._compiled_pg: tuple[str, list[str]] | None = None
 
     def _sql(self, conn: Connection) -> tuple[str, tuple[str, ...] | None]:
         dialect = conn.dialect
@@ -59,19 +62,37 @@ class Prepared:
     def _args(self, order: tuple[str, ...] | None, params: dict[str, Any]) -> Any:
         return params if order is None else tuple(params[k] for k in order)
 
+    def _pg(self, conn: Connection) -> tuple[str, list[str]]:
+        found = self._compiled_pg
+        if found is None:
+            found = self._compiled_pg = numbered(self._sql(conn)[0])
+        return found
+
     def execute(self, conn: Connection, params: dict[str, Any]) -> Any:
-        """Run once; returns the DBAPI cursor (``fetchone()``/``fetchall()`` for results)."""
+        """Run once; returns a DBAPI cursor or alike (``fetchone()``, ``fetchall()``,
+        ``rowcount``).
+
+        On PostgreSQL the statement runs through the connection's
+        :class:`~runbroker.store.pgsql.Session` (prepared on first use, after a pending
+        savepoint) and its rows come back already fetched.
+        """
+        raw = conn.connection.driver_connection
+        if conn.dialect.name == "postgresql":
+            sql, names = self._pg(conn)
+            return session(raw).execute(sql, [params[k] for k in names])
         sql, order = self._sql(conn)
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        if self.binary and conn.dialect.name == "postgresql":
-            cursor.execute(sql, self._args(order, params), binary=True)
-        else:
-            cursor.execute(sql, self._args(order, params))
-        return cursor
+        cur = raw.cursor()  # type: ignore[union-attr]
+        cur.execute(sql, self._args(order, params))
+        return cur
 
     def executemany(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        """Run once per row of parameters."""
+        """Run once per row of parameters (on PostgreSQL: all in one round trip)."""
+        raw = conn.connection.driver_connection
+        if conn.dialect.name == "postgresql":
+            sql, names = self._pg(conn)
+            session(raw).execute_many(sql, [[r[k] for k in names] for r in rows])
+            return
         sql, order = self._sql(conn)
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cursor.executemany(sql, [self._args(order, r) for r in rows])
-        cursor.close()
+        cur = raw.cursor()  # type: ignore[union-attr]
+        cur.executemany(sql, [self._args(order, r) for r in rows])
+        cur.close()

@@ -44,7 +44,7 @@ from sqlalchemy.engine import Engine
 
 from ..documents import ConflictError, DocumentError, UnknownParentError, validate
 from ..queries import Query
-from . import jsoncodec, keyindex, migrations
+from . import jsoncodec, keyindex, migrations, pgsql
 from . import pages as codec
 from .base import PageGone, PageInfo, RunRecord
 from .events import (
@@ -83,6 +83,9 @@ _MAX_CACHED = 256
 # WAL sizes that start a background checkpoint, and a blocking one.
 _WAL_BACKGROUND = 64 * 2**20
 _WAL_BLOCKING = 512 * 2**20
+# Documents per transaction at most: each has a savepoint, and PostgreSQL keeps the first 64
+# subtransactions of a transaction where other sessions check them cheaply.
+_MAX_SAVEPOINTS = 60
 # Queued events are written at the latest when this many (or this many bytes) wait.
 _FLUSH_EVENTS = 100_000
 _FLUSH_BYTES = 64 * 2**20
@@ -112,6 +115,8 @@ _INSERT_RUN = Prepared(
     )
 )
 _INSERT_META = Prepared(insert(meta), ["run_id", "key", "elem", "typ", "num", "txt"])
+_PG_INSERT_START = Prepared(text(pgsql.INSERT_START))
+_PG_SET_STOP = Prepared(text(pgsql.SET_STOP))
 _RUN_ID = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
 _STOP_OF = Prepared(select(runs.c.stop).where(runs.c.id == bindparam("rid")))
 _SET_STOP = Prepared(
@@ -232,6 +237,7 @@ class SQLStore:
         self._last_queued: DescriptorState | None = None
         self._arrivals = itertools.count(1)
         self._txn_descriptors: set[int] = set()  # descriptors inserted in the open transaction
+        self._savepoints = 0  # documents written (each under a savepoint) in the open one
         self._ords: dict[int, int] = {}
         # When the oldest write of the open transaction happened (None: nothing pending).
         self._dirty_since: float | None = None
@@ -253,8 +259,12 @@ class SQLStore:
     # -- setup -------------------------------------------------------------------------------
 
     def _make_engine(self, uri: str, writer: bool) -> Engine:
-        if self.dialect != "sqlite":
+        if self.dialect == "postgresql":
             # Each process keeps a small pool: many stateless processes share one server.
+            return pgsql.make_engine(
+                uri, writer=writer, pool_size=self.pool_size, max_overflow=self.max_overflow
+            )
+        if self.dialect != "sqlite":
             pool = {"pool_size": self.pool_size, "max_overflow": self.max_overflow}
             return create_engine(uri, pool_pre_ping=True, **pool)
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 60}}
@@ -432,24 +442,53 @@ class SQLStore:
             else:
                 self._flush_states(conn)
                 raw = conn.connection.driver_connection  # type: ignore[union-attr]
-                raw.execute("SAVEPOINT rb_document")
+                self._savepoint(raw)
                 try:
                     self._write(conn, name, doc)
                 except BaseException:
                     # Undo this document only; earlier ones in the open transaction stay.
-                    raw.execute("ROLLBACK TO rb_document")
-                    raw.execute("RELEASE rb_document")
+                    self._undo_document(raw)
                     self._ords.clear()
                     raise
-                raw.execute("RELEASE rb_document")
+                if self.dialect != "postgresql":
+                    raw.execute("RELEASE rb_document")
             # The committer thread (woken when the transaction began) commits on time; commit
             # here if it is held up, if durability asks, or if the queue has grown large.
             if (
                 self.durability == "event"
                 or self._queue_full()
                 or time.monotonic() - self._dirty_since >= self.flush_interval / 4
+                or (self._savepoints >= _MAX_SAVEPOINTS and self.dialect == "postgresql")
             ):
                 self._commit_locked()
+
+    def _savepoint(self, raw: Any) -> None:
+        """Mark where the next document's writes begin, so that a refusal undoes only them.
+
+        On PostgreSQL each statement is a round trip, so the savepoint (and the release of
+        the previous document's) goes with the document's first statement, in the same
+        round trip (see :class:`~runbroker.store.pgsql.Session`); COMMIT releases the last.
+        """
+        if self.dialect == "postgresql":
+            pgsql.session(raw).savepoint()
+        else:
+            raw.execute("SAVEPOINT rb_document")
+        self._savepoints += 1
+
+    def _undo_document(self, raw: Any) -> None:
+        """Roll back what the document being written wrote, after it was refused."""
+        if self.dialect != "postgresql":
+            raw.execute("ROLLBACK TO rb_document")
+            raw.execute("RELEASE rb_document")
+            return
+        session = pgsql.session(raw)
+        if session.savepoint_pending:
+            # Nothing of this document reached the server (refused before its first write).
+            session.savepoint_pending = False
+        elif session.savepoint_exists:
+            raw.execute("ROLLBACK TO SAVEPOINT rb_document")
+        # Otherwise the savepoint itself failed: the transaction is lost, and the error says so
+        # at the next commit, as for any failed write outside a document.
 
     def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
         """Store many documents at once: all of them, or none if one is refused.
@@ -513,6 +552,9 @@ class SQLStore:
             self._wconn = self._wengine.connect()
         if not self._wconn.in_transaction():
             self._wconn.begin()
+            self._savepoints = 0
+            if self.dialect == "postgresql":
+                pgsql.session(self._wconn.connection.driver_connection).new_transaction()
             # Even a transaction that ends up empty (a refused document) holds the write
             # lock: commit it on the usual schedule.
             self._dirty_since = time.monotonic()
@@ -893,11 +935,19 @@ class SQLStore:
         elif isinstance(scan_id, int) and not -(2**63) <= scan_id < 2**63:
             scan_id = float(scan_id)
         params = {"uid": doc["uid"], "time": doc["time"], "scan_id": scan_id, "start": _dumps(doc)}
-        run_id = self._insert_new(conn, "start", doc, _INSERT_RUN, params, _START_OF)
-        if run_id is None:
-            return
-        self._index(conn, run_id, "start", doc)
-        _INSERT_FULLTEXT[self.dialect].execute(conn, {"run_id": run_id, "content": fulltext(doc)})
+        if self.dialect == "postgresql":
+            # Run, metadata and full-text rows in one round trip.
+            params.update(pgsql.meta_arrays(flatten("start", doc)), fulltext=fulltext(doc))
+            run_id = self._insert_new(conn, "start", doc, _PG_INSERT_START, params, _START_OF)
+            if run_id is None:
+                return
+        else:
+            run_id = self._insert_new(conn, "start", doc, _INSERT_RUN, params, _START_OF)
+            if run_id is None:
+                return
+            self._index(conn, run_id, "start", doc)
+            content = fulltext(doc)
+            _INSERT_FULLTEXT[self.dialect].execute(conn, {"run_id": run_id, "content": content})
         self._run_ids[doc["uid"]] = run_id
         self._ords[run_id] = 0  # a new run: nothing to look up
 
@@ -911,16 +961,26 @@ class SQLStore:
 
     def _write_stop(self, conn: Connection, doc: dict) -> None:
         run_id = self._run_id(conn, doc["run_start"], "stop", doc["uid"])
-        stored = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
-        if self._same_or_conflict("stop", doc, stored and stored[0], "uid"):
-            return
-        params = {"rid": run_id, "new_stop": _dumps(doc), "new_time": doc["time"]}
-        if _SET_STOP.execute(conn, params).rowcount == 0:
-            # Another writer stored a stop meanwhile.
+        if self.dialect == "postgresql":
+            # Stop and metadata rows in one round trip; a stop stored before (a repeat, or
+            # another writer) leaves the run as it is, and is compared below.
+            params = {"run_id": run_id, "stop": _dumps(doc), "time": doc["time"]}
+            params.update(pgsql.meta_arrays(flatten("stop", doc)))
+            if _PG_SET_STOP.execute(conn, params).fetchone() is None:
+                stored = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
+                self._same_or_conflict("stop", doc, stored and stored[0], "uid")
+                return
+        else:
             stored = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
-            self._same_or_conflict("stop", doc, stored[0], "uid")
-            return
-        self._index(conn, run_id, "stop", doc)
+            if self._same_or_conflict("stop", doc, stored and stored[0], "uid"):
+                return
+            params = {"rid": run_id, "new_stop": _dumps(doc), "new_time": doc["time"]}
+            if _SET_STOP.execute(conn, params).rowcount == 0:
+                # Another writer stored a stop meanwhile.
+                stored = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
+                self._same_or_conflict("stop", doc, stored[0], "uid")
+                return
+            self._index(conn, run_id, "stop", doc)
         # The run is complete: lay each stream it wrote out in as few pages as possible for
         # reading, and forget what was kept in memory to write it.
         for uid, state in list(self._states.items()):
@@ -1153,8 +1213,14 @@ class SQLStore:
         statement = _PAGE_BLOBS if extra else _PAGE_DATA
         out = []
         with self._read() as conn:
+            # A server: a few pages per round trip. SQLite: one cheap statement per page.
+            pg = self.dialect == "postgresql"
+            found = pgsql.page_blobs(conn, page_ids, extra) if pg else None
             for page_id in page_ids:
-                blobs = statement.execute(conn, {"id": page_id}).fetchone()
+                if found is not None:
+                    blobs = found.get(page_id)
+                else:
+                    blobs = statement.execute(conn, {"id": page_id}).fetchone()
                 if blobs is None:
                     raise PageGone(f"page {page_id} of {self.uri} was merged; list pages again")
                 decoded = codec.decode(blobs[0], columns)
