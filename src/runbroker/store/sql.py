@@ -71,7 +71,7 @@ from .schema import (
 )
 from .sqlquery import SQLiteCompiler, compile_query, indexed, is_common
 
-__all__ = ["SQLStore", "SchemaVersionError"]
+__all__ = ["SQLStore", "SchemaVersionError", "scan_id_column"]
 
 # A descriptor's pages are merged once this many small ones have piled up (slow live runs).
 _COMPACT_AFTER = 32
@@ -926,15 +926,12 @@ class SQLStore:
 
     def _write_start(self, conn: Connection, doc: dict) -> None:
         # No look-up first: the insert itself finds a stored copy (ON CONFLICT), see below.
-        scan_id = doc.get("scan_id")
-        if isinstance(scan_id, np.generic):
-            scan_id = scan_id.item()
-        usable = isinstance(scan_id, (int, float)) and not isinstance(scan_id, bool)
-        if not usable or (isinstance(scan_id, float) and not math.isfinite(scan_id)):
-            scan_id = None
-        elif isinstance(scan_id, int) and not -(2**63) <= scan_id < 2**63:
-            scan_id = float(scan_id)
-        params = {"uid": doc["uid"], "time": doc["time"], "scan_id": scan_id, "start": _dumps(doc)}
+        params = {
+            "uid": doc["uid"],
+            "time": doc["time"],
+            "scan_id": scan_id_column(doc),
+            "start": _dumps(doc),
+        }
         if self.dialect == "postgresql":
             # Run, metadata and full-text rows in one round trip.
             params.update(pgsql.meta_arrays(flatten("start", doc)), fulltext=fulltext(doc))
@@ -1320,6 +1317,25 @@ class SQLStore:
 
     def __repr__(self) -> str:
         return f"SQLStore({self.uri!r})"
+
+
+def scan_id_column(start: dict) -> int | float | None:
+    """What ``runs.scan_id`` holds for a start document: its scan_id if it is a finite number
+    (integers beyond 64 bits as floats), else None.
+
+    Example:
+        >>> scan_id_column({"scan_id": 7}), scan_id_column({"scan_id": "7"}), scan_id_column({})
+        (7, None, None)
+    """
+    scan_id = start.get("scan_id")
+    if isinstance(scan_id, np.generic):
+        scan_id = scan_id.item()
+    usable = isinstance(scan_id, (int, float)) and not isinstance(scan_id, bool)
+    if not usable or (isinstance(scan_id, float) and not math.isfinite(scan_id)):
+        return None
+    if isinstance(scan_id, int) and not -(2**63) <= scan_id < 2**63:
+        return float(scan_id)
+    return scan_id
 
 
 _ASSET_KINDS = ("resource", "stream_resource", "stream_datum")
