@@ -107,6 +107,22 @@ def test_copy_moved_and_renamed_reads_the_same(source, tmp_path, fmt):
     packed.close()
 
 
+def test_opening_a_fresh_pack_reads_no_run_file(source, tmp_path, monkeypatch):
+    import runbroker.store.folderindex as folderindex
+
+    pack(source, tmp_path / "p", query=~(Key("sample") == SAMPLES["h5"]), progress=False)
+    pack(source, tmp_path / "p", append=True, progress=False)
+
+    def parse(path: Any) -> None:
+        raise AssertionError(f"{path} was read to open the pack")
+
+    monkeypatch.setattr(folderindex, "parse", parse)
+    cat = runbroker.open(tmp_path / "p", readonly=True)
+    assert list(cat) == list(source)
+    assert len(cat.search(Key("sample") == SAMPLES["tif"])) == 1
+    cat.close()
+
+
 def test_fill_puts_the_data_in_the_documents(source, tmp_path):
     pack(source, tmp_path / "p", external="fill", progress=False)
     files = _files_of(tmp_path / "p")

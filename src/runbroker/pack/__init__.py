@@ -16,7 +16,6 @@ See ``docs/pack.md``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -137,7 +136,7 @@ def pack(
             desc="pack",
             report=report,
         )
-        _index(dest)  # while the last detector files are still being copied
+        writer.index()  # while the last detector files are still being copied
     finally:
         late = writer.close()
     report.copied -= len(late)
@@ -172,14 +171,6 @@ def _write_config(folder: Path, manifest: Manifest, external: str) -> None:
         )
     (folder / CONFIG).write_text(text)
     manifest.files[CONFIG] = sha256_of(folder / CONFIG)
-
-
-def _index(folder: Path) -> None:
-    """Build the folder store's index now, so the first open of the pack is fast."""
-    from .. import open as open_catalog
-
-    with contextlib.suppress(IsADirectoryError):  # a runbroker without the folder store
-        open_catalog(folder, readonly=True).close()
 
 
 def _pack_archive(

@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,9 @@ class PackWriter:
         self._copies: dict[str, Future[FileEntry]] = {}  # this run's, by pack path
         self._pending: list[tuple[str, dict[str, Future[FileEntry]]]] = []  # runs not closed
         self._scheduled: set[str] = set()  # pack paths copied or being copied
+        #: What the folder store's index needs of each run packed: its file, start and stop
+        #: documents, and the uids documents point at (see :meth:`index`).
+        self.packed: list[_Packed] = []
 
     def __contains__(self, uid: object) -> bool:
         return uid in self.manifest.runs
@@ -105,6 +110,8 @@ class PackWriter:
         exp.live = False  # nobody reads the file before it is closed: skip per-line flushes
         uid = "?"
         count = 0
+        headers: list[tuple[str, dict]] = []
+        children: list[tuple[str, str]] = []
         resources: dict[str, tuple[str, dict]] = {}
         outside: dict[str, int] = {}
         self._copies = {}
@@ -116,6 +123,10 @@ class PackWriter:
                 if self.external in ("copy", "manifest"):
                     doc = self._external(name, doc, resources, outside)
                 exp(name, doc)
+                if name in ("start", "stop"):
+                    headers.append((name, doc))
+                elif name == "descriptor" or (name in _RESOURCES and self.external != "fill"):
+                    children.append((doc["uid"], name))
             (run_file,) = exp.close()
         except Exception as exc:
             self._undo(exp)
@@ -127,7 +138,33 @@ class PackWriter:
         self._pending.append((uid, self._copies))
         self.manifest.outside.update(outside)
         self.manifest.add_run(uid, run_file.name, self.external)
+        self.packed.append(_Packed(run_file.name, uid, headers, children))
         return count
+
+    def index(self) -> None:
+        """Tell the folder store's index about the runs packed, so that opening the pack reads
+        no run file (otherwise its first open reads every one)."""
+        from ..documents import DocumentError
+        from ..store.folderindex import FolderIndex
+
+        files = []
+        for run in self.packed:
+            stat = (self.folder / run.file).stat()
+            files.append((run.file, run.uid, stat.st_size, stat.st_mtime_ns))
+        try:
+            index = FolderIndex(self.folder)
+        except (OSError, sqlite3.Error):
+            return  # a folder that cannot hold an index: the first open builds one elsewhere
+        try:
+            index.record(
+                [h for run in self.packed for h in run.headers],
+                files,
+                [(child, kind, run.uid) for run in self.packed for child, kind in run.children],
+            )
+        except (DocumentError, sqlite3.Error):
+            pass  # the first open reads the files instead
+        finally:
+            index.close()
 
     def close(self) -> list[tuple[str, str]]:
         """Wait for the copies, write the transfer lists (``manifest`` mode) and the
@@ -237,6 +274,14 @@ class PackWriter:
                 (self.folder / rel).unlink()
             self._scheduled.discard(rel)
         self._copies = {}
+
+
+@dataclass(frozen=True)
+class _Packed:
+    file: str
+    uid: str
+    headers: list[tuple[str, dict]]
+    children: list[tuple[str, str]]
 
 
 def _datum_kwargs(name: str, doc: Mapping[str, Any]) -> list[dict]:
