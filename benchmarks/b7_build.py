@@ -38,7 +38,7 @@ from runbroker.store import jsoncodec, schema
 from runbroker.store import pages as codec
 from runbroker.store.events import DescriptorState
 from runbroker.store.flatten import flatten, fulltext
-from runbroker.store.sql import scan_id_column
+from runbroker.store.sqlwrite import scan_id_column
 
 __all__ = ["build_sqlite", "check_same_rows", "load"]
 
