@@ -204,6 +204,56 @@ def test_missing_file_is_named(source, tmp_path, capsys):
     assert "missing: " + victim in err and "nothing was done" in err
 
 
+# Packs the catalog given, stopping the process by the signal given while the NPY run is being
+# packed (its handler is asked for the files of its second datum: the run is half written).
+_STOPPED = """
+import os, signal, sys
+import runbroker
+from runbroker.assets.handlers import NpySeqHandler
+from runbroker.assets.registry import register_handler
+from runbroker.cli import main
+
+class Stopping(NpySeqHandler):
+    def get_file_list(self, datum_kwargs):
+        if any(kw.get("index") == 1 for kw in datum_kwargs):
+            os.kill(os.getpid(), getattr(signal, sys.argv[3]))
+        return super().get_file_list(datum_kwargs)
+
+register_handler("NPY_SEQ", Stopping, overwrite=True)
+sys.exit(main(["pack", sys.argv[1], sys.argv[2], "--all", "-q"]))
+"""
+
+
+@pytest.mark.parametrize("signal", ["SIGINT", "SIGKILL"])
+def test_a_stopped_pack_keeps_whole_runs_and_append_finishes_it(source, tmp_path, signal):
+    dest = tmp_path / "p"
+    uri = source.store.uri.removeprefix("sqlite:///")
+    command = [sys.executable, "-c", _STOPPED, uri, str(dest), signal]
+    stopped = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if signal == "SIGINT":  # Ctrl-C: told what is in the pack and how to go on
+        assert stopped.returncode == 130, stopped.stderr
+        assert "--append" in stopped.stderr and "Traceback" not in stopped.stderr
+    else:
+        assert stopped.returncode == -9
+    # Only whole runs are in the pack: the one stopped midway left nothing under its name.
+    # (Killed, the process wrote no manifest after the first: the runs it lists are whole,
+    # and append packs the others again.)
+    assert verify(dest).ok
+    with runbroker.open(dest, readonly=True) as partial:
+        listed = json.loads((dest / "manifest.json").read_text())["runs"]
+        assert set(listed) <= set(partial)
+        samples = [run.start["sample"] for run in partial.values()]
+        assert sorted(samples) == sorted([SAMPLES["h5"], SAMPLES["tif"]])  # the two before it
+    report = pack(source, dest, append=True, progress=False)
+    assert not report.failed and report.copied + report.skipped == len(source)
+    report = verify(dest)
+    assert report.ok and not report.extra, report
+    with runbroker.open(dest, readonly=True) as packed:
+        assert list(packed) == list(source)
+        for run in source.values():
+            assert_same_run(packed[run.uid], run)
+
+
 def test_not_a_pack(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PackError, match=r"has no manifest\.json"):

@@ -223,6 +223,16 @@ def _pack(args: argparse.Namespace) -> int:
             strict=args.strict,
             progress=not args.quiet,
         )
+    except KeyboardInterrupt:
+        if not args.archive and (Path(args.dest) / "manifest.json").exists():
+            print(
+                f"runbroker: interrupted; {args.dest} holds the runs packed so far, each whole: "
+                "run the same command with --append to pack the rest",
+                file=sys.stderr,
+            )
+        else:
+            print("runbroker: interrupted; nothing was written", file=sys.stderr)
+        return 130
     finally:
         source.close()
     print(report)

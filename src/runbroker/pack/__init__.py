@@ -124,6 +124,8 @@ def pack(
         dest.mkdir(parents=True)
         manifest = Manifest(name=dest.resolve().name)
         _write_config(dest, manifest, external)
+        # A pack from the start: one stopped however (even killed) is finished with append.
+        manifest.save(dest)
     writer = PackWriter(dest, manifest, source.assets, external=external, format=format)
     report = PackReport(path=dest, verb="packed")
     try:

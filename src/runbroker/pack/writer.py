@@ -38,6 +38,11 @@ EXTERNAL_MODES = ("copy", "fill", "manifest", "ignore")
 FORMATS = ("jsonl", "msgpack")
 FILES = "files"
 TRANSFER = "transfer"
+#: Where a run's file is written before it is moved into the pack whole: a pack stopped
+#: however (Ctrl-C, a killed process) holds no half-written run file under a run's name,
+#: and ``append`` writes over what a killed run left here. Left out of manifests, archives
+#: and the folder catalog, like the rest of ``.runbroker/``.
+STAGING = ".runbroker/incoming"
 #: Run files are named by their full uid, so appending never meets a name already taken.
 TEMPLATE = "{time:%Y%m%d-%H%M%S}_scan{scan_id}_{uid}"
 _RESOURCES = ("resource", "stream_resource")
@@ -102,8 +107,9 @@ class PackWriter:
         """
         exp = exporter(
             self.format,
-            self.folder,
+            self.folder / STAGING,
             template=TEMPLATE,
+            overwrite=True,  # left by a pack that was killed while writing this run
             fill=self.external == "fill",
             assets=self.assets,
         )
@@ -127,9 +133,13 @@ class PackWriter:
                     headers.append((name, doc))
                 elif name == "descriptor" or (name in _RESOURCES and self.external != "fill"):
                     children.append((doc["uid"], name))
-            (run_file,) = exp.close()
-        except Exception as exc:
-            self._undo(exp)
+            (staged,) = exp.close()
+            run_file = self.folder / staged.name
+            os.replace(staged, run_file)
+        except BaseException as exc:
+            self._undo(exp)  # on Ctrl-C too: the pack keeps only whole runs
+            if not isinstance(exc, Exception):
+                raise
             if isinstance(exc, PackError):
                 raise PackError(f"run {uid}: {exc}") from exc
             raise PackError(f"run {uid}: {type(exc).__name__}: {exc}") from exc
