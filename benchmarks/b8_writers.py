@@ -13,7 +13,8 @@ scenario gets a fresh schema; the best of ``REPEATS`` is kept. Afterwards every 
 checked to be stored exactly once: runs, descriptors, stops and events are counted in SQL, and
 every run is replayed with ``documents()`` and its uids compared with what was sent.
 
-PostgreSQL is a throwaway cluster from :mod:`runbroker.testing.postgres` (fsync off), or the
+PostgreSQL is a throwaway cluster from :mod:`runbroker.testing.postgres` (fsync on; the store
+commits with ``synchronous_commit=off``, the promise of SQLite's ``synchronous=NORMAL``), or the
 server at ``RUNBROKER_TEST_POSTGRES``. Run alone with ``python -m benchmarks b8``.
 """
 

@@ -189,3 +189,15 @@ def test_a_pooled_connection_the_server_dropped_is_replaced_after_idling(catalog
         assert reader[-1].start["sample"] == "Ni"
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("durability, setting", [("batch", "off"), ("event", "on")])
+@POSTGRES_ONLY
+def test_commits_promise_what_sqlite_does_in_the_same_mode(make_catalog, durability, setting):
+    """batch: commits do not wait for the disk (SQLite: synchronous=NORMAL); event: they do
+    (synchronous=FULL). Readers keep the server's own setting."""
+    cat = make_catalog(durability=durability)
+    conn = cat.store._conn().connection.driver_connection
+    assert conn.execute("SHOW synchronous_commit").fetchone() == (setting,)
+    with cat.store._engine.connect() as reader:
+        assert reader.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"

@@ -37,7 +37,9 @@ __all__ = ["INSERT_START", "PING_AFTER", "SET_STOP", "make_engine", "meta_arrays
 PING_AFTER = 1.0
 
 
-def make_engine(uri: str, *, writer: bool, pool_size: int, max_overflow: int) -> Engine:
+def make_engine(
+    uri: str, *, writer: bool, pool_size: int, max_overflow: int, synchronous_commit: str = "on"
+) -> Engine:
     """A pooled engine for a PostgreSQL catalog.
 
     Readers run every statement in autocommit: a single SELECT sees one consistent snapshot
@@ -45,7 +47,8 @@ def make_engine(uri: str, *, writer: bool, pool_size: int, max_overflow: int) ->
     otherwise send ``ROLLBACK``, one more round trip per read). Instead of SQLAlchemy's
     ``pool_pre_ping`` (a round trip at every checkout), a connection is pinged when it has
     been idle for more than :data:`PING_AFTER` seconds, and dropped if the driver already
-    knows it is broken.
+    knows it is broken. Writers' sessions commit with ``synchronous_commit`` set as given
+    (``"off"`` for the store's ``durability="batch"``, see :class:`~runbroker.store.sql.SQLStore`).
 
     Example:
         >>> engine = make_engine("postgresql+psycopg://u@h/db", writer=False,
@@ -81,6 +84,12 @@ def make_engine(uri: str, *, writer: bool, pool_size: int, max_overflow: int) ->
         record.info["idle_since"] = time.monotonic()
 
     if writer:
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.autocommit = True
+            dbapi_conn.execute(f"SET synchronous_commit TO {synchronous_commit}")
+            dbapi_conn.autocommit = False
 
         @event.listens_for(engine, "before_cursor_execute")
         def _before(conn: Any, *_args: Any) -> None:

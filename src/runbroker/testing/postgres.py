@@ -41,12 +41,16 @@ class Cluster:
     """Start with :meth:`start`, which returns the URL of an empty database; then :meth:`stop`.
 
     PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres`` user.
+    The tests' cluster runs with ``fsync=off`` (nothing in it must survive a crash, and the
+    suite runs faster); ``durable=True`` keeps PostgreSQL's default durability (fsync, full
+    page writes), as the benchmarks use it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="runbroker-pg-"))
         self.port = _free_port()
         self.user: str | None = "postgres" if os.geteuid() == 0 else None
+        self.durable = durable
 
     def _run(self, *args: str) -> None:
         cmd = list(args)
@@ -67,10 +71,9 @@ class Cluster:
             _binary("initdb"), "-D", str(data), "-U", "runbroker", "--auth=trust",
             "-E", "UTF8", "--locale=C.UTF-8",
         )  # fmt: skip
-        options = (
-            f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
         self._run(
             _binary("pg_ctl"), "-D", str(data), "-o", options,
             "-l", str(self.folder / "log"), "-w", "start",
