@@ -64,6 +64,46 @@ def test_a_refused_run_is_reported_and_the_others_go_on(source, catalog):
         copy_catalog(source, catalog, uids=[victim.uid], progress=False, strict=True)
 
 
+def test_relative_roots_are_made_absolute_for_a_catalog_elsewhere(tmp_path):
+    import numpy as np
+
+    facility = tmp_path / "facility"
+    (facility / "frames").mkdir(parents=True)
+    np.save(facility / "frames" / "img_0.npy", np.arange(6).reshape(2, 3))
+    bundle = compose_run(metadata={"scan_id": 1})
+    resource = bundle.compose_resource(
+        spec="NPY_SEQ", root="frames", resource_path="img", resource_kwargs={}
+    )
+    key = {"source": "cam", "dtype": "array", "shape": [2, 3], "external": "FILESTORE:"}
+    desc = bundle.compose_descriptor(name="primary", data_keys={"img": key})
+    datum = resource.compose_datum(datum_kwargs={"index": 0})
+    source = runbroker.open(facility / "runs.db")
+    source.ingest(
+        [
+            ("start", bundle.start_doc),
+            ("resource", resource.resource_doc),
+            ("descriptor", desc.descriptor_doc),
+            ("datum", datum),
+            (
+                "event",
+                desc.compose_event(
+                    data={"img": datum["datum_id"]}, timestamps={"img": 1.0}, seq_num=1
+                ),
+            ),
+            ("stop", bundle.compose_stop()),
+        ]
+    )
+    laptop = runbroker.open(tmp_path / "laptop" / "runs.db")
+    copy_catalog(source, laptop, progress=False)
+    uid = bundle.start_doc["uid"]
+    assert laptop[uid].primary.read().identical(source[uid].primary.read())
+    # Beside the source (the same folder), the root stays relative: the two move together.
+    beside = runbroker.open(facility / "copy.db")
+    copy_catalog(source, beside, progress=False)
+    (doc,) = [d for n, d in beside[uid].documents() if n == "resource"]
+    assert doc["root"] == "frames"
+
+
 def test_cli_copy_by_query_and_uid(source, tmp_path, capsys):
     dest = tmp_path / "laptop.db"
     query = (Key("sample") == "Cu").to_json()

@@ -176,6 +176,28 @@ def test_ignore_leaves_the_files_out(source, tmp_path):
     assert by_name(home[run.uid].documents()) == by_name(run.documents())
 
 
+def _relative_root_catalog(source: runbroker.Catalog, folder: Path) -> runbroker.Catalog:
+    """A catalog holding the NPY run with its frames beside it, under a relative root."""
+    run = source.search(Key("sample") == SAMPLES["npy"])[-1]
+    (resource,) = [d for k, d in run.store.assets(run.uid) if k == "resource"]
+    shutil.copytree(resource["root"], folder / "frames")
+    cat = runbroker.open(folder / "runs.db")
+    cat.ingest((n, {**d, "root": "frames"} if n == "resource" else d) for n, d in run.documents())
+    return cat
+
+
+@pytest.mark.parametrize("external", ["manifest", "ignore"])
+def test_relative_roots_point_at_the_files_left_outside(source, tmp_path, external):
+    # Relative to the source catalog's folder, the root would be taken from the pack's.
+    facility = _relative_root_catalog(source, tmp_path / "facility")
+    run = facility[-1]
+    pack(facility, tmp_path / "p", external=external, progress=False)
+    with runbroker.open(tmp_path / "p", readonly=True) as packed:
+        assert_same_run(packed[run.uid], run)
+    assert_same_run(_unpacked(tmp_path / "p", tmp_path)[run.uid], run)
+    facility.close()
+
+
 def test_corrupt_byte_is_named_by_verify_and_unpack(source, tmp_path, capsys):
     pack(source, tmp_path / "p", progress=False)
     victim = next(f for f in _files_of(tmp_path / "p") if f.endswith(".h5"))

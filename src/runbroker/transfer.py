@@ -155,7 +155,8 @@ def copy_catalog(
     """Copy the runs of ``source`` (those matching ``query``, or listed in ``uids``) into
     ``dest``, oldest first, skipping those ``dest`` has.
 
-    Documents are copied as they are: detector files stay where their resources point
+    Documents are copied as they are, but for resource roots relative to ``source``'s
+    folder, made absolute when ``dest`` is elsewhere: detector files stay where they are
     (``runbroker pack`` moves files too).
 
     Example:
@@ -164,13 +165,27 @@ def copy_catalog(
         copied 1 run (6 documents), skipped 0 already in the catalog, 0 failed
     """
     chosen = select_runs(source, query, uids)
+    base = source.assets.base if source.assets.base != dest.assets.base else None
     return copy_runs(
-        ((run.uid, run.documents) for run in chosen),
+        ((run.uid, _anchored(run, base)) for run in chosen),
         dest,
         total=len(chosen),
         progress=progress,
         strict=strict,
     )
+
+
+def _anchored(run: Run, base: str | None) -> Documents:
+    """The run's documents, relative roots made absolute from ``base`` (if given)."""
+    if base is None:
+        return run.documents
+
+    def documents() -> Iterable[tuple[str, dict]]:
+        from .assets.paths import anchored
+
+        return ((name, dict(anchored(name, doc, base))) for name, doc in run.documents())
+
+    return documents
 
 
 def select_runs(

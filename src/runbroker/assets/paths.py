@@ -12,9 +12,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import unquote, urlparse
 
-__all__ = ["Location", "UnsafePathError", "check_inside", "locate_resource", "locate_uri"]
+__all__ = [
+    "Location",
+    "UnsafePathError",
+    "anchored",
+    "check_inside",
+    "locate_resource",
+    "locate_uri",
+]
 
 
 class UnsafePathError(ValueError):
@@ -160,3 +168,34 @@ def locate_uri(uri: str, root_map: Mapping[str, str], base: str | None) -> Locat
     root, mapped = _apply_root_map(folder, root_map, base)
     path = check_inside(os.path.join(root, name), root, "stream_resource uri")
     return Location(path, root, raw, mapped)
+
+
+def anchored(name: str, doc: Mapping[str, Any], base: str | None) -> Mapping[str, Any]:
+    """``doc`` with a relative resource ``root`` (or relative ``stream_resource`` uri) made
+    absolute from ``base``, the folder its catalog takes relative roots from.
+
+    A relative root means "beside this catalog": a run copied into a catalog elsewhere (or
+    into a pack, its files left where they are) keeps pointing at the same files only with
+    the root made absolute. Other documents, absolute roots and ``base=None`` (a catalog
+    with no folder of its own) are returned as they are.
+
+    Example:
+        >>> doc = {"uid": "r1", "root": "frames", "resource_path": "a.h5"}
+        >>> anchored("resource", doc, "/data/catalog")["root"]
+        '/data/catalog/frames'
+        >>> anchored("resource", {**doc, "root": "/data/frames"}, "/elsewhere")["root"]
+        '/data/frames'
+    """
+    if base is None:
+        return doc
+    if name == "resource":
+        root = doc.get("root") or ""
+        if os.path.isabs(os.path.expanduser(root)):
+            return doc
+        return {**doc, "root": _anchor(root, base)}
+    if name == "stream_resource":
+        uri = doc.get("uri") or ""
+        if urlparse(uri).scheme or os.path.isabs(os.path.expanduser(uri)):
+            return doc
+        return {**doc, "uri": _anchor(uri, base)}
+    return doc

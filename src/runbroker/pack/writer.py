@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..assets import Assets
+from ..assets.paths import anchored
 from ..export import exporter
 from .manifest import _WORKERS, FileEntry, Manifest, PackError, sha256_of
 
@@ -128,6 +129,10 @@ class PackWriter:
                     uid = doc.get("uid", "?")
                 if self.external in ("copy", "manifest"):
                     doc = self._external(name, doc, resources, outside)
+                if self.external in ("manifest", "ignore"):
+                    # Files left where they are: a root relative to the source catalog's
+                    # folder would be taken from the pack's.
+                    doc = dict(anchored(name, doc, self.assets.base))
                 exp(name, doc)
                 if name in ("start", "stop"):
                     headers.append((name, doc))
