@@ -12,10 +12,12 @@ import sys
 
 import pytest
 from bluesky.plans import count, scan
+from event_model import compose_run
 from ophyd.sim import det, motor
 from sqlalchemy import create_engine, inspect, text
 
 import runbroker
+from runbroker.queries import Key
 from runbroker.store.migrations import downgrade, upgrade
 from runbroker.testing.stores import stores_except
 
@@ -45,7 +47,7 @@ def test_old_catalog_is_refused_upgraded_and_read_back(catalog, RE):
 
     done = _cli("db", "upgrade", uri)
     assert done.returncode == 0, done.stderr
-    assert "0002" in done.stdout
+    assert "0003" in done.stdout
     with engine.connect() as conn:
         stop_times = dict(conn.execute(text("SELECT uid, stop_time FROM runs")).all())
     engine.dispose()
@@ -70,8 +72,8 @@ def test_old_catalog_is_refused_upgraded_and_read_back(catalog, RE):
 def test_upgrading_a_current_catalog_changes_nothing(catalog):
     uri = catalog.store.uri
     catalog.close()
-    assert upgrade(uri) == "0002"
-    assert upgrade(uri) == "0002"
+    assert upgrade(uri) == "0003"
+    assert upgrade(uri) == "0003"
     assert len(runbroker.open(uri)) == 0
 
 
@@ -84,3 +86,36 @@ def test_upgrade_names_what_is_wrong(tmp_path):
     engine.dispose()
     other = _cli("db", "upgrade", str(tmp_path / "other.db"))
     assert other.returncode == 1 and "not a runbroker catalog" in other.stderr
+
+
+@stores_except("folder", reason="SQL schema migrations (alembic) of a catalog database")
+def test_meta_foreign_key_is_dropped_by_0003_and_restored_by_its_downgrade(catalog, RE):
+    """PostgreSQL checked every meta row against runs; 0003 drops the key (SQLite never
+    enforced it and keeps its tables as they are), and data stays readable either way."""
+    RE(count([det], 3), sample="Ni")
+    uri = catalog.store.uri
+    catalog.close()
+    engine = create_engine(uri)
+    postgres = engine.dialect.name == "postgresql"
+
+    def meta_keys() -> list[str]:
+        with engine.connect() as conn:
+            return [fk["referred_table"] for fk in inspect(conn).get_foreign_keys("meta")]
+
+    if postgres:
+        assert meta_keys() == []
+    assert downgrade(uri, "0002") == "0002"
+    if postgres:
+        assert meta_keys() == ["runs"]
+    with runbroker.open(uri) as cat:  # revision 0002 opens and works as before
+        run = compose_run(metadata={"sample": "Cu"})
+        cat.insert("start", run.start_doc)
+        cat.insert("stop", run.compose_stop())
+        assert [r.start["sample"] for r in cat.values()] == ["Cu", "Ni"]
+    assert upgrade(uri) == "0003"
+    if postgres:
+        assert meta_keys() == []
+    with runbroker.open(uri) as cat:
+        assert len(cat.search(Key("sample") == "Cu")) == 1
+        assert cat[-1].stop["exit_status"] == "success"
+    engine.dispose()

@@ -28,8 +28,9 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
-# Bumped by each migration in store/migrations/versions (which also records it in
-# runbroker_info), so that opening a catalog needs no alembic machinery.
+# Bumped by each migration in store/migrations/versions that older runbroker versions could
+# not work with (which also records it in runbroker_info), so that opening a catalog needs no
+# alembic machinery. Revision 0003 (no foreign key on meta) left it at 2.
 SCHEMA_VERSION = 2
 
 # Text compared with < and > (uids, metadata strings) sorts by code point in every database,
@@ -140,7 +141,9 @@ datums = Table(
 meta = Table(
     "meta",
     metadata,
-    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    # No foreign key: a run's rows are written by the statement that writes the run (or its
+    # stop), and PostgreSQL would check each of them (migration 0003).
+    Column("run_id", Integer, nullable=False),
     Column("key", String(512), nullable=False),
     Column("elem", Boolean, nullable=False),
     # s(tring) n(umber) b(ool) z(null) l(ist) d(ict)

@@ -33,7 +33,7 @@ def upgrade(url: str, revision: str = "head") -> str:
 
     Example:
         >>> upgrade("sqlite:////data/runs.db")                       # doctest: +SKIP
-        '0002'
+        '0003'
     """
     return _migrate(url, revision, command.upgrade)
 
