@@ -383,7 +383,8 @@ def test_unpack_registers_a_name_and_merges(source, tmp_path, config_home):
     h5 = Key("sample") == SAMPLES["h5"]
     pack(source, tmp_path / "a", query=h5, progress=False)
     pack(source, tmp_path / "b", query=~h5, progress=False)
-    unpack(tmp_path / "a", name="beamtime", progress=False)
+    report = unpack(tmp_path / "a", name="beamtime", progress=False)
+    assert str(report).startswith(f"catalog 'beamtime' is the pack {tmp_path / 'a'}: 1 run, ")
     assert (config_home / "beamtime.yml").exists()
     assert len(runbroker.catalog["beamtime"]) == 1
     code = "import runbroker; print(len(runbroker.catalog['beamtime']))"
@@ -414,6 +415,35 @@ def test_unpack_merges_into_a_named_database(source, tmp_path, config_home, caps
     for run in source.values():
         assert_same_run(cat[run.uid], run)
     assert (db.parent / "files").is_dir()  # detector files copied beside the database
+
+
+def test_unpack_into_a_folder_and_merge_into_a_named_folder(source, tmp_path, config_home):
+    pack(source, tmp_path / "p", progress=False)
+    # A folder catalog takes relative roots from itself: the detector files go inside it.
+    unpack(tmp_path / "p", into=f"{tmp_path / 'home'}/", progress=False)
+    assert (tmp_path / "home" / "files").is_dir()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    assert main(["catalogs", "add", "runs", str(runs)]) == 0
+    assert unpack(tmp_path / "p", name="runs", progress=False).copied == len(source)
+    shutil.move(tmp_path / "home", tmp_path / "moved")  # nothing points outside either
+    for cat in (runbroker.open(tmp_path / "moved"), runbroker.catalog["runs"]):
+        for run in source.values():
+            assert_same_run(cat[run.uid], run)
+        cat.close()
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [("http://localhost:1/", "unknown scheme"), ("postgresql://x@127.0.0.1:1/no", "127.0.0.1")],
+)
+def test_unpack_into_what_cannot_be_opened_names_it(source, tmp_path, capsys, uri, says):
+    pack(source, tmp_path / "p", progress=False)
+    files = tmp_path / "f"
+    assert main(["unpack", str(tmp_path / "p"), "--into", uri, "--files-root", str(files)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot unpack into {uri}: " in err and says in err and "Traceback" not in err
+    assert not files.exists()
 
 
 def test_cli_pack_selection(source, tmp_path, capsys):

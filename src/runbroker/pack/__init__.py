@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..transfer import CopyReport, copy_runs, select_runs
 from .archive import extract, is_archive, pack_name, verify_archive, write_archive
 from .manifest import (
+    MANIFEST,
     Manifest,
     PackCorruptError,
     PackError,
@@ -72,10 +73,19 @@ class PackReport(CopyReport):
     files: int = 0
     bytes: int = 0
     into: str = field(default="the pack", repr=False)
+    #: The name :func:`unpack` registered the pack under, in place (its runs counted as
+    #: ``skipped``: nothing was copied).
+    registered: str | None = None
 
     def __str__(self) -> str:
         from .manifest import _size
 
+        if self.registered is not None:
+            runs = "run" if self.skipped == 1 else "runs"
+            return (
+                f"catalog {self.registered!r} is the pack {self.path}: {self.skipped} {runs}, "
+                f"{self.files} files, {_size(self.bytes)}"
+            )
         text = super().__str__()
         head, sep, failures = text.partition(":\n")
         where = f"; {self.path}: {self.files} files, {_size(self.bytes)}" if self.path else ""
@@ -304,12 +314,17 @@ def unpack(
         return result
     name = name or path.resolve().name
     entry = NamedCatalogs().entries().get(name)
-    if entry is None:
-        NamedCatalogs().add(name, str(path))
-        return PackReport(skipped=len(manifest.runs), path=path, into=f"catalog {name!r}")
-    if Path(entry.uri).resolve() == path.resolve():
-        return PackReport(skipped=len(manifest.runs), path=path, into=f"catalog {name!r}")
-    if Path(entry.uri).is_dir():  # another pack: add this one's runs and files to it
+    if entry is None or Path(entry.uri).resolve() == path.resolve():
+        if entry is None:
+            NamedCatalogs().add(name, str(path))
+        return PackReport(
+            skipped=len(manifest.runs),
+            path=path,
+            files=len(manifest.files),
+            bytes=sum(e.size for e in manifest.files.values()),
+            registered=name,
+        )
+    if (Path(entry.uri) / MANIFEST).is_file():  # another pack: add this one's runs and files
         from .. import open as open_catalog
 
         source = open_catalog(path, readonly=True)
@@ -317,6 +332,7 @@ def unpack(
             return pack(source, entry.uri, append=True, strict=strict, progress=progress)
         finally:
             source.close()
+    # A database, or a folder catalog that is not a pack.
     return _ingest(path, manifest, entry.uri, files_root, strict, progress, entry.options)
 
 
@@ -329,15 +345,16 @@ def _ingest(
     progress: bool,
     options: dict[str, Any] | None = None,
 ) -> PackReport:
-    from .. import open as open_catalog
     from ..export import read_documents
 
-    dest = open_catalog(uri, **(options or {}))
+    dest = _open_destination(uri, options)
     try:
-        root = _files_root(uri, files_root, manifest)
+        # Relative roots of the destination are taken from its folder (an SQLite file's, or
+        # a folder catalog itself); PostgreSQL has none.
+        base = Path(dest.assets.base) if dest.assets.base is not None else None
+        root = _files_root(uri, files_root, manifest, base)
         if root is not None:
             _copy_tree(folder, manifest, root)
-        base = _sqlite_folder(uri)
         runs = (
             (uid, _relocating(read_documents(folder / entry["file"]), root, base))
             for uid, entry in manifest.runs.items()
@@ -362,24 +379,23 @@ def _ingest(
     return report
 
 
-def _sqlite_folder(uri: str) -> Path | None:
-    if "://" in uri:
-        return (
-            Path(uri.removeprefix("sqlite:///")).resolve().parent
-            if uri.startswith("sqlite:///")
-            else None
-        )
-    return Path(uri).expanduser().resolve().parent
+def _open_destination(uri: str, options: dict[str, Any] | None) -> Catalog:
+    from .. import open as open_catalog
+
+    try:
+        return open_catalog(uri, **(options or {}))
+    except Exception as exc:  # a driver's error (no such host, ...) or a path that is not one
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PackError(f"cannot unpack into {uri}: {reason}") from exc
 
 
 def _files_root(
-    uri: str, files_root: str | os.PathLike[str] | None, manifest: Manifest
+    uri: str, files_root: str | os.PathLike[str] | None, manifest: Manifest, base: Path | None
 ) -> Path | None:
     if not any(p.startswith(f"{FILES}/") for p in manifest.files):
         return None
     if files_root is not None:
         return Path(files_root).expanduser().resolve()
-    base = _sqlite_folder(uri)
     if base is None:
         raise PackError(
             f"the pack holds detector files; say where they go with --files-root DIR "
@@ -419,5 +435,5 @@ def _moved(path: str, root: Path, base: Path | None) -> str:
         return path
     new = root / path[len(FILES) + 1 :]
     if base is not None and new.is_relative_to(base):
-        return new.relative_to(base).as_posix()  # an SQLite catalog's folder can move too
+        return new.relative_to(base).as_posix()  # the catalog's folder can move too
     return str(new)
