@@ -465,3 +465,27 @@ def test_cli_pack_selection(source, tmp_path, capsys):
     (tmp_path / "bad.txt").write_text("not-a-uid\n")
     assert main(["pack", uri, str(tmp_path / "q"), "--uids", str(tmp_path / "bad.txt")]) == 1
     assert "not-a-uid" in capsys.readouterr().err
+
+
+def test_cli_says_what_is_wrong_and_writes_nothing(source, tmp_path, capsys):
+    uri = source.store.uri.removeprefix("sqlite:///")
+    afile = tmp_path / "afile"
+    afile.write_text("not a pack")
+    nothing = (Key("sample") == "no such sample").to_json()
+    cases = [
+        (["pack", uri, str(tmp_path / "p"), "--query", "{bad"], "--query '{bad': "),
+        (["pack", uri, str(tmp_path / "p"), "--uids", str(tmp_path / "no")], "--uids "),
+        (["pack", uri, str(tmp_path / "p"), "--query", nothing], "nothing was packed"),
+        (["pack", uri, str(tmp_path / "p.tar"), "--archive", "--query", nothing], "no run"),
+        (["pack", uri, str(afile), "--all"], "afile is a file; a pack is a folder"),
+        (["pack", uri, str(afile), "--all", "--append"], "afile is a file"),
+        (["unpack", str(afile)], "afile is a file, not a pack"),
+        (["verify", str(afile)], "afile is a file, not a pack"),
+        (["verify", str(tmp_path / "nowhere")], "no pack at"),
+    ]
+    for args, says in cases:
+        assert main([*args, "-q"]) == 1, args
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert afile.read_text() == "not a pack"

@@ -204,17 +204,25 @@ def _pack(args: argparse.Namespace) -> int:
 
     if args.all + bool(args.query) + bool(args.uids) != 1:
         raise ValueError("say which runs to pack: --query JSON, --uids FILE or --all")
-    uids = None
+    uids = query = None
     if args.uids:
-        text = sys.stdin.read() if args.uids == "-" else Path(args.uids).read_text()
+        try:
+            text = sys.stdin.read() if args.uids == "-" else Path(args.uids).read_text()
+        except OSError as err:
+            raise FileNotFoundError(f"--uids {args.uids}: {err.strerror or err}") from None
         uids = [line.split("#")[0].strip() for line in text.splitlines()]
         uids = [u for u in uids if u]
+    if args.query:
+        try:
+            query = Query.from_json(args.query)
+        except QueryError as err:
+            raise QueryError(f"--query {args.query!r}: {err}") from None
     source = open_catalog(args.source, readonly=True)
     try:
         report = pack(
             source,
             args.dest,
-            query=Query.from_json(args.query) if args.query else None,
+            query=query,
             uids=uids,
             external=args.external,
             format=args.format,

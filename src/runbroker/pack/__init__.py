@@ -123,7 +123,15 @@ def pack(
     dest = Path(dest)
     if archive:
         return _pack_archive(source, dest, query, uids, external, format, append, strict, progress)
+    if dest.exists() and not dest.is_dir():
+        raise PackError(
+            f"{dest} is a file; a pack is a folder (or, with --archive, a new .tar file): "
+            "choose another DEST"
+        )
     chosen = select_runs(source, query, uids)
+    if not chosen and not (append and dest.exists()):
+        which = f"matches {query}" if query is not None else "is selected"
+        raise PackError(f"no run of {source.store.uri} {which}; nothing was packed")
     if dest.exists() and not append:
         raise FileExistsError(f"{dest} exists; add runs to that pack with --append (append=True)")
     if append and dest.exists():
@@ -237,11 +245,9 @@ def verify(path: str | os.PathLike[str], *, progress: bool = False) -> VerifyRep
         >>> verify(tmp_path / "p").ok
         True
     """
-    path = Path(path)
-    if path.is_file() and is_archive(path):
+    path = _pack_path(path)
+    if path.is_file():
         return verify_archive(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"no pack at {path}")
     manifest = Manifest.load(path)
     on_disk = set(listed_files(path))
     bar = _bytes_bar(sum(e.size for e in manifest.files.values())) if progress else None
@@ -252,6 +258,16 @@ def verify(path: str | os.PathLike[str], *, progress: bool = False) -> VerifyRep
     if bar is not None:
         bar.close()
     return compare(manifest, found, on_disk - set(manifest.files))
+
+
+def _pack_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it can be a pack: a folder, or a file named as an archive."""
+    path = Path(path)
+    if path.is_file() and not is_archive(path):
+        raise PackError(f"{path} is a file, not a pack: a pack is a folder or a .tar / .tar.zst")
+    if not path.exists():
+        raise FileNotFoundError(f"no pack at {path}")
+    return path
 
 
 def _bytes_bar(total: int) -> Any:
@@ -296,8 +312,8 @@ def unpack(
     """
     from ..config import NamedCatalogs
 
-    path = Path(path)
-    if path.is_file() and is_archive(path):
+    path = _pack_path(path)
+    if path.is_file():
         report = verify_archive(path)
         if not report.ok:
             raise PackCorruptError(
