@@ -145,6 +145,20 @@ def run() -> list[Result]:
                 )
             )
         )
+        # What the runs alone cost (documents, no detector files): the part that does not
+        # scale with bytes, so it sets how close to cp -r a pack of small runs can come.
+        t_docs = _timed(pack, cat, folder / "docs-only", external="ignore", progress=False)
+        results.append(
+            print_result(
+                Result(
+                    "B14",
+                    f"pack {N_RUNS:,} runs, documents only (--external ignore)",
+                    t_docs * 1e3 / N_RUNS,
+                    "ms/run",
+                    note="info: the per-run cost inside the figure above",
+                )
+            )
+        )
         cat.close()
         results += _open(dest)
     return results
