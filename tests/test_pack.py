@@ -354,6 +354,55 @@ def test_corrupt_archive_is_named(source, tmp_path):
     assert not (tmp_path / "p").exists()  # not even extracted
 
 
+def _with_member(pack_dir: Path, dest: Path, member: tarfile.TarInfo) -> Path:
+    """An archive of the pack, plus ``member`` (after every file: verification sees the
+    manifest first and finds all the files it lists)."""
+    import io
+
+    with tarfile.open(dest, "w") as tar:
+        tar.add(pack_dir / "manifest.json", arcname="p/manifest.json")
+        for rel in _files_of(pack_dir):
+            if rel != "manifest.json":
+                tar.add(pack_dir / rel, arcname=f"p/{rel}")
+        tar.addfile(member, io.BytesIO(b"x" * member.size) if member.isfile() else None)
+    return dest
+
+
+def _member(name: str, link: str | None = None) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    if link is None:
+        member.size = 1
+    else:
+        member.type, member.linkname = tarfile.SYMTYPE, link
+    return member
+
+
+@pytest.mark.parametrize(
+    ("member", "says"),
+    [
+        (_member("p/../../evil.txt"), "climbs out"),
+        (_member("/tmp/evil.txt"), "outside the pack folder 'p'"),
+        (_member("other/evil.txt"), "outside the pack folder 'p'"),
+        (_member("p/files/link", link="/etc"), "a link"),
+    ],
+)
+def test_an_archive_member_escaping_the_pack_is_refused(source, tmp_path, member, says):
+    from runbroker.pack.archive import extract
+
+    pack(source, tmp_path / "p", query=Key("sample") == SAMPLES["npy"], progress=False)
+    archive = _with_member(tmp_path / "p", tmp_path / "evil.tar", member)
+    report = verify(archive)
+    assert [(name, says in why) for name, why in report.corrupt] == [(member.name, True)]
+    with pytest.raises(PackCorruptError, match=says):
+        unpack(archive, into=str(tmp_path / "home.db"), to=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "home.db").exists()
+    # Extraction on its own refuses it too, and leaves nothing half-extracted.
+    with pytest.raises(PackError, match="refused"):
+        extract(archive, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
+
+
 def test_unpack_into_postgresql(source, tmp_path, postgres_url):
     from runbroker.testing.postgres import new_schema
 

@@ -2,8 +2,10 @@
 
 The archive holds the pack's folder under one top-level name, ``manifest.json`` first, so an
 archive can be verified in one streaming pass (the manifest is known before the files it lists)
-and ``tar -xf`` gives back the folder. Extraction refuses members that would land outside the
-target folder (links, absolute paths, ``..``): tarfile's ``data`` filter.
+and ``tar -xf`` gives back the folder. Members that would land outside the pack's folder
+(absolute paths, ``..``, another top folder) and links are reported as corrupt by verification
+and refused by extraction (which also applies tarfile's ``data`` filter); an extraction that
+fails leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,9 +111,16 @@ def verify_archive(path: str | os.PathLike[str]) -> VerifyReport:
     manifest: Manifest | None = None
     found: dict[str, FileEntry | OSError] = {}
     extra: list[str] = []
+    unsafe: list[tuple[str, str]] = []  # members unpack would refuse: corrupt, by name
+    top = None
     with _stream(path) as tar:
         for member in tar:
+            top = top or member.name.partition("/")[0]
             rel = member.name.partition("/")[2]
+            problem = _unsafe(member, top)
+            if problem is not None:
+                unsafe.append((member.name, problem))
+                continue
             if not member.isfile():
                 continue
             if manifest is None:
@@ -135,7 +145,22 @@ def verify_archive(path: str | os.PathLike[str]) -> VerifyReport:
                 extra.append(rel)
     if manifest is None:
         raise PackError(f"{path}: an empty archive, not a pack")
-    return compare(manifest, found, extra)
+    report = compare(manifest, found, extra)
+    report.corrupt += unsafe
+    return report
+
+
+def _unsafe(member: tarfile.TarInfo, top: str) -> str | None:
+    """Why unpacking would refuse ``member`` of a pack archive whose folder is ``top``."""
+    name = member.name
+    parts = name.split("/")
+    if name.startswith("/") or parts[0] != top:
+        return f"outside the pack folder {top!r}"
+    if ".." in parts:
+        return "climbs out of the pack folder with '..'"
+    if not (member.isfile() or member.isdir()):
+        return "a link or device, which a pack never holds"
+    return None
 
 
 def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
@@ -157,19 +182,28 @@ def extract(path: str | os.PathLike[str], into: str | os.PathLike[str]) -> Path:
             f"{target} exists; unpack the archive elsewhere (--to DIR) or open that folder"
         )
     into.mkdir(parents=True, exist_ok=True)
-    first_top = None
+    try:
+        _extract(path, into, target.name)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)  # nothing half-extracted stays behind
+        raise
+    return target
+
+
+def _extract(path: Path, into: Path, name: str) -> None:
+    top = None
     with _stream(path) as tar:
         for member in tar:
-            top, _, rel = member.name.partition("/")
-            first_top = first_top or top
-            if top != first_top or not rel:
+            top = top or member.name.partition("/")[0]
+            rel = member.name.partition("/")[2]
+            problem = _unsafe(member, top)
+            if problem is not None or not rel:
                 raise PackError(
-                    f"{path}: member {member.name!r} is outside the pack folder {first_top!r}"
+                    f"{path}: member {member.name!r} refused: {problem or 'not in a folder'}"
                 )
             # The archive may have been renamed: its folder takes the archive's name.
-            member.name = f"{target.name}/{rel}"
+            member.name = f"{name}/{rel}"
             try:
-                tar.extract(member, into, filter="data")
+                tar.extract(member, into, filter="data")  # the checks again, by tarfile
             except tarfile.FilterError as exc:
                 raise PackError(f"{path}: member {member.name!r} refused: {exc}") from None
-    return target
