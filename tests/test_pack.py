@@ -322,6 +322,69 @@ def test_a_failing_run_is_reported_and_leaves_nothing(source, tmp_path):
         pack(broken, tmp_path / "strict", strict=True, progress=False)
 
 
+def _npy_run(cat: runbroker.Catalog, root: Path, indexes: list[int], sample: str) -> str:
+    """A run reading the frames ``<root>/frame_<i>.npy`` of ``indexes``; its uid."""
+    from event_model import compose_run
+
+    bundle = compose_run(metadata={"sample": sample})
+    resource = bundle.compose_resource(
+        spec="NPY_SEQ", root=str(root), resource_path="frame", resource_kwargs={}
+    )
+    key = {"source": "cam", "dtype": "array", "shape": [2, 2], "external": "FILESTORE:"}
+    desc = bundle.compose_descriptor(name="primary", data_keys={"img": key})
+    docs = [("start", bundle.start_doc), ("resource", resource.resource_doc)]
+    docs.append(("descriptor", desc.descriptor_doc))
+    for seq, i in enumerate(indexes, 1):
+        datum = resource.compose_datum(datum_kwargs={"index": i})
+        event = desc.compose_event(
+            data={"img": datum["datum_id"]}, timestamps={"img": 1.0}, seq_num=seq
+        )
+        docs += [("datum", datum), ("event", event)]
+    cat.ingest([*docs, ("stop", bundle.compose_stop())])
+    return bundle.start_doc["uid"]
+
+
+_LIMITED = """
+import json, resource, signal, sys
+import runbroker
+from runbroker.pack import pack
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), resource.RLIM_INFINITY))
+report = pack(runbroker.open(sys.argv[1], readonly=True), sys.argv[2], progress=False)
+print(json.dumps(report.failed))
+"""
+
+
+def test_a_run_failing_late_takes_out_only_files_no_other_run_reads(tmp_path):
+    import numpy as np
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(2):
+        np.save(frames / f"frame_{i}.npy", np.full((2, 2), i))
+    with open(frames / "frame_2.npy", "wb") as f:  # too big to copy: fails as a full disk does
+        np.save(f, np.zeros((2, 2)))
+        f.write(bytes(32 * 2**20))
+    cat = runbroker.open(tmp_path / "runs.db")
+    first = _npy_run(cat, frames, [0, 1, 2], "first")  # its copies start first
+    second = _npy_run(cat, frames, [0, 1], "second")  # shares two frames with it
+    cat.close()
+    command = [sys.executable, "-c", _LIMITED, str(tmp_path / "runs.db"), str(tmp_path / "p")]
+    done = subprocess.run([*command, str(16 * 2**20)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ((uid, message),) = json.loads(done.stdout)
+    assert uid == first and "frame_2.npy" in message
+    assert verify(tmp_path / "p").ok
+    names = [Path(f).name for f in _files_of(tmp_path / "p") if f.startswith("files/")]
+    assert sorted(names) == ["frame_0.npy", "frame_1.npy"]  # the second run's, kept
+    source = runbroker.open(tmp_path / "runs.db", readonly=True)
+    with runbroker.open(tmp_path / "p", readonly=True) as packed:
+        assert list(packed) == [second]
+        assert_same_run(packed[second], source[second])
+    source.close()
+
+
 @pytest.mark.parametrize("suffix", [".tar", ".tar.zst"])
 def test_archive(source, tmp_path, suffix):
     dest = tmp_path / f"beamtime{suffix}"

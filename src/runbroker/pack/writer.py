@@ -89,9 +89,13 @@ class PackWriter:
         self.external = external
         self.format = format
         self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="pack-copy")
-        self._copies: dict[str, Future[FileEntry]] = {}  # this run's, by pack path
-        self._pending: list[tuple[str, dict[str, Future[FileEntry]]]] = []  # runs not closed
-        self._scheduled: set[str] = set()  # pack paths copied or being copied
+        #: Every file copied (or checksummed) since the writer was made, by pack path.
+        self._files: dict[str, Future[FileEntry]] = {}
+        self._copies: set[str] = set()  # the pack paths the run being packed added to _files
+        self._needs: set[str] = set()  # the pack paths of _files the run being packed reads
+        #: Runs packed, with the files they need: each is kept by close() only if every
+        #: file it needs was copied (a file shared by runs is copied once, for the first).
+        self._pending: list[tuple[str, set[str]]] = []
         #: What the folder store's index needs of each run packed: its file, start and stop
         #: documents, and the uids documents point at (see :meth:`index`).
         self.packed: list[_Packed] = []
@@ -121,7 +125,7 @@ class PackWriter:
         children: list[tuple[str, str]] = []
         resources: dict[str, tuple[str, dict]] = {}
         outside: dict[str, int] = {}
-        self._copies = {}
+        self._copies, self._needs = set(), set()
         try:
             for name, doc in documents:
                 count += 1
@@ -149,8 +153,8 @@ class PackWriter:
                 raise PackError(f"run {uid}: {exc}") from exc
             raise PackError(f"run {uid}: {type(exc).__name__}: {exc}") from exc
         rel = run_file.relative_to(self.folder).as_posix()
-        self._copies[rel] = self._pool.submit(sha256_of, run_file)
-        self._pending.append((uid, self._copies))
+        self._files[rel] = self._pool.submit(sha256_of, run_file)
+        self._pending.append((uid, self._needs | {rel}))
         self.manifest.outside.update(outside)
         self.manifest.add_run(uid, run_file.name, self.external)
         self.packed.append(_Packed(run_file.name, uid, headers, children))
@@ -185,23 +189,27 @@ class PackWriter:
         """Wait for the copies, write the transfer lists (``manifest`` mode) and the
         manifest; return ``(uid, message)`` for runs whose files failed to copy late (a disk
         filling up): those are taken out of the pack again."""
-        failed = []
-        for uid, copies in self._pending:
-            entries, error = {}, None
-            for rel, future in copies.items():
-                try:
-                    entries[rel] = future.result()
-                except Exception as exc:  # reported with its run, below
-                    error = error or exc
-            if error is None:
-                self.manifest.files.update(entries)
+        done: dict[str, FileEntry | Exception] = {}
+        for rel, future in self._files.items():
+            try:
+                done[rel] = future.result()
+            except Exception as exc:  # reported with the runs that need the file, below
+                done[rel] = exc
+        failed, kept = [], set()
+        for uid, needs in self._pending:
+            errors = [e for rel in sorted(needs) if isinstance(e := done[rel], Exception)]
+            if not errors:
+                kept |= needs
                 continue
-            failed.append((uid, str(error)))
-            run = self.manifest.runs.pop(uid)
-            for rel in [run["file"], *copies]:
+            failed.append((uid, str(errors[0])))
+            self.manifest.runs.pop(uid)
+        for rel, entry in done.items():
+            if rel in kept and isinstance(entry, FileEntry):
+                self.manifest.files[rel] = entry
+            else:  # only runs taken out again needed it
                 with contextlib.suppress(OSError):
                     (self.folder / rel).unlink()
-        self._pending = []
+        self._pending, self._files = [], {}
         self._pool.shutdown()
         if self.manifest.outside:
             transfer = self.folder / TRANSFER
@@ -253,12 +261,15 @@ class PackWriter:
                     raise PackError(f"{kind} {doc['uid']}: detector file {src}: {exc}") from None
                 continue
             rel = self._inside(src)
-            if rel in self.manifest.files or rel in self._scheduled:
-                continue  # another run reads it too (a shared dark, say)
+            if rel in self.manifest.files:
+                continue  # packed before, with another run
+            self._needs.add(rel)
+            if rel in self._files:
+                continue  # another run reads it too (a shared dark, say): copied once
             if not os.path.isfile(src):
                 raise PackError(f"{kind} {doc['uid']}: detector file {src} not found")
-            self._scheduled.add(rel)
-            self._copies[rel] = self._pool.submit(_copy, src, self.folder / rel)
+            self._copies.add(rel)
+            self._files[rel] = self._pool.submit(_copy, src, self.folder / rel)
 
     def _relocated(self, kind: str, doc: dict) -> dict:
         """A copy of ``doc`` whose root (or uri) is the pack-relative copy of its files."""
@@ -282,13 +293,12 @@ class PackWriter:
         for path in exp.files:
             with contextlib.suppress(OSError):
                 path.unlink()
-        for rel, future in self._copies.items():
+        for rel in self._copies:  # no run packed before needs these: it would have copied them
             with contextlib.suppress(Exception):
-                future.result()
+                self._files.pop(rel).result()
             with contextlib.suppress(OSError):
                 (self.folder / rel).unlink()
-            self._scheduled.discard(rel)
-        self._copies = {}
+        self._copies, self._needs = set(), set()
 
 
 @dataclass(frozen=True)
