@@ -322,13 +322,16 @@ def test_a_failing_run_is_reported_and_leaves_nothing(source, tmp_path):
         pack(broken, tmp_path / "strict", strict=True, progress=False)
 
 
-def _npy_run(cat: runbroker.Catalog, root: Path, indexes: list[int], sample: str) -> str:
-    """A run reading the frames ``<root>/frame_<i>.npy`` of ``indexes``; its uid."""
+def _npy_run(
+    cat: runbroker.Catalog, root: Path, indexes: list[int], sample: str, spec: str = "NPY_SEQ"
+) -> str:
+    """A run reading the frames ``<root>/frame_<i>.npy`` of ``indexes`` (with ``spec``
+    NPY_FOLDER: ``<root>/frame/<i>.npy``); its uid."""
     from event_model import compose_run
 
     bundle = compose_run(metadata={"sample": sample})
     resource = bundle.compose_resource(
-        spec="NPY_SEQ", root=str(root), resource_path="frame", resource_kwargs={}
+        spec=spec, root=str(root), resource_path="frame", resource_kwargs={}
     )
     key = {"source": "cam", "dtype": "array", "shape": [2, 2], "external": "FILESTORE:"}
     desc = bundle.compose_descriptor(name="primary", data_keys={"img": key})
@@ -383,6 +386,45 @@ def test_a_run_failing_late_takes_out_only_files_no_other_run_reads(tmp_path):
         assert list(packed) == [second]
         assert_same_run(packed[second], source[second])
     source.close()
+
+
+class NpyFolder:
+    """Frames ``<folder>/<index>.npy`` of the folder a resource names, which is all it lists
+    as its file (as the handler of a Zarr store would)."""
+
+    def __init__(self, full_path: str, **_: Any) -> None:
+        self.full_path = full_path
+
+    def __call__(self, index: int = 0) -> Any:
+        import numpy as np
+
+        return np.load(os.path.join(self.full_path, f"{index}.npy"))
+
+    def get_file_list(self, datum_kwargs: Any) -> list[str]:
+        return [self.full_path]
+
+
+@pytest.mark.parametrize("external", ["copy", "manifest"])
+def test_a_detector_file_that_is_a_folder_goes_whole(tmp_path, external):
+    import numpy as np
+
+    frames = tmp_path / "det" / "frame"
+    (frames / "attrs").mkdir(parents=True)
+    for i in range(3):
+        np.save(frames / f"{i}.npy", np.full((2, 2), i))
+    (frames / "attrs" / ".zattrs").write_text("{}")
+    handlers = {"NPY_FOLDER": NpyFolder}
+    cat = runbroker.open(tmp_path / "runs.db", handlers=handlers)
+    uid = _npy_run(cat, tmp_path / "det", [0, 2], "folder", spec="NPY_FOLDER")
+    report = pack(cat, tmp_path / "p", external=external, progress=False)
+    assert report.copied == 1 and not report.failed, report
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    listed = manifest["files"] if external == "copy" else manifest["outside"]
+    under = sorted(f.split("/det/frame/", 1)[1] for f in listed if "/det/frame/" in f)
+    assert under == ["0.npy", "1.npy", "2.npy", "attrs/.zattrs"]  # all of it, once
+    with runbroker.open(tmp_path / "p", readonly=True, handlers=handlers) as packed:
+        assert_same_run(packed[uid], cat[uid])
+    cat.close()
 
 
 @pytest.mark.parametrize("suffix", [".tar", ".tar.zst"])

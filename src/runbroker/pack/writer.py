@@ -22,6 +22,7 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import stat
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ class PackWriter:
         #: Runs packed, with the files they need: each is kept by close() only if every
         #: file it needs was copied (a file shared by runs is copied once, for the first).
         self._pending: list[tuple[str, set[str]]] = []
+        self._listed: dict[str, list[str]] = {}  # the files under each folder named (see _under)
         #: What the folder store's index needs of each run packed: its file, start and stop
         #: documents, and the uids documents point at (see :meth:`index`).
         self.packed: list[_Packed] = []
@@ -168,8 +170,8 @@ class PackWriter:
 
         files = []
         for run in self.packed:
-            stat = (self.folder / run.file).stat()
-            files.append((run.file, run.uid, stat.st_size, stat.st_mtime_ns))
+            info = (self.folder / run.file).stat()
+            files.append((run.file, run.uid, info.st_size, info.st_mtime_ns))
         try:
             index = FolderIndex(self.folder)
         except (OSError, sqlite3.Error):
@@ -255,21 +257,51 @@ class PackWriter:
         _, names = self.assets.files(kind, doc, kwargs)
         for src in names:
             if self.external == "manifest":
-                try:
-                    outside[src] = os.stat(src).st_size
-                except OSError as exc:
-                    raise PackError(f"{kind} {doc['uid']}: detector file {src}: {exc}") from None
-                continue
-            rel = self._inside(src)
-            if rel in self.manifest.files:
-                continue  # packed before, with another run
-            self._needs.add(rel)
-            if rel in self._files:
-                continue  # another run reads it too (a shared dark, say): copied once
+                self._list_outside(kind, doc, src, outside)
+            else:
+                self._copy_later(kind, doc, src)
+
+    def _copy_later(self, kind: str, doc: Mapping[str, Any], src: str) -> None:
+        """Copy detector file ``src`` (every file under it, if a folder) unless it is copied
+        already, and note that the run being packed needs it."""
+        rel = self._inside(src)
+        if rel in self.manifest.files:
+            return  # packed before, with another run
+        if rel not in self._files:  # else another run reads it too (a shared dark): copied once
+            files = self._under(src)
+            if files is not None:
+                for path in files:
+                    self._copy_later(kind, doc, path)
+                return
             if not os.path.isfile(src):
                 raise PackError(f"{kind} {doc['uid']}: detector file {src} not found")
             self._copies.add(rel)
             self._files[rel] = self._pool.submit(_copy, src, self.folder / rel)
+        self._needs.add(rel)
+
+    def _list_outside(
+        self, kind: str, doc: Mapping[str, Any], src: str, outside: dict[str, int]
+    ) -> None:
+        """List detector file ``src`` (every file under it, if a folder) with its size."""
+        try:
+            info = os.stat(src)
+        except OSError as exc:
+            raise PackError(f"{kind} {doc['uid']}: detector file {src}: {exc}") from None
+        if not stat.S_ISDIR(info.st_mode):
+            outside[src] = info.st_size
+            return
+        for path in self._under(src) or ():
+            self._list_outside(kind, doc, path, outside)
+
+    def _under(self, path: str) -> list[str] | None:
+        """Every file under ``path`` if it is a folder (a handler may name one: a Zarr store,
+        a folder of frames), else None. Each folder is listed once per pack."""
+        files = self._listed.get(path)
+        if files is None and os.path.isdir(path):
+            files = self._listed[path] = sorted(
+                os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+            )
+        return files
 
     def _relocated(self, kind: str, doc: dict) -> dict:
         """A copy of ``doc`` whose root (or uri) is the pack-relative copy of its files."""
