@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -408,20 +409,24 @@ class NpyFolder:
 def test_a_detector_file_that_is_a_folder_goes_whole(tmp_path, external):
     import numpy as np
 
-    frames = tmp_path / "det" / "frame"
+    det = tmp_path / 'det\'s "odd" name'  # quoted in the Globus list as a shell would
+    frames = det / "frame"
     (frames / "attrs").mkdir(parents=True)
     for i in range(3):
         np.save(frames / f"{i}.npy", np.full((2, 2), i))
     (frames / "attrs" / ".zattrs").write_text("{}")
     handlers = {"NPY_FOLDER": NpyFolder}
     cat = runbroker.open(tmp_path / "runs.db", handlers=handlers)
-    uid = _npy_run(cat, tmp_path / "det", [0, 2], "folder", spec="NPY_FOLDER")
+    uid = _npy_run(cat, det, [0, 2], "folder", spec="NPY_FOLDER")
     report = pack(cat, tmp_path / "p", external=external, progress=False)
     assert report.copied == 1 and not report.failed, report
     manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
     listed = manifest["files"] if external == "copy" else manifest["outside"]
-    under = sorted(f.split("/det/frame/", 1)[1] for f in listed if "/det/frame/" in f)
+    under = sorted(f.split("/frame/", 1)[1] for f in listed if "/frame/" in f)
     assert under == ["0.npy", "1.npy", "2.npy", "attrs/.zattrs"]  # all of it, once
+    if external == "manifest":
+        lines = (tmp_path / "p" / "transfer" / "globus-batch.txt").read_text().splitlines()
+        assert [shlex.split(line) for line in lines] == [[p, p] for p in sorted(listed)]
     with runbroker.open(tmp_path / "p", readonly=True, handlers=handlers) as packed:
         assert_same_run(packed[uid], cat[uid])
     cat.close()

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from ..assets import Assets
@@ -219,7 +220,8 @@ class PackWriter:
             paths = sorted(self.manifest.outside)
             lists = {
                 "rsync-files.txt": "".join(f"{p}\n" for p in paths),
-                "globus-batch.txt": "".join(f'"{p}" "{p}"\n' for p in paths),
+                # Globus reads each line as a shell would (shlex): any name survives quoting.
+                "globus-batch.txt": "".join(f"{quote(p)} {quote(p)}\n" for p in paths),
             }
             for name, text in lists.items():
                 (transfer / name).write_text(text)
