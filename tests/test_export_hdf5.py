@@ -252,6 +252,28 @@ def test_uid_blocks_after_uids_widened_to_text(tmp_path: Path) -> None:
         assert f["primary/uid"].asstr()[()].tolist() == ["é", "x" * 40, "0" * 36, "1" * 36]
 
 
+@pytest.mark.parametrize("layout", ["whole", "paged"])
+def test_names_beyond_ascii(layout: str, tmp_path: Path) -> None:
+    """A stream and a field named in UTF-8 keep their names, and the file is ingested back."""
+    bundle = compose_run(metadata={"scan_id": 8})
+    desc = bundle.compose_descriptor(
+        name="données", data_keys={"température": {"source": "s", "dtype": "number", "shape": []}}
+    )
+    docs = [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc)]
+    for i in range(3):
+        ev = desc.compose_event(data={"température": 20.0 + i}, timestamps={"température": 0.0})
+        docs.append(("event", ev))
+    docs.append(("stop", bundle.compose_stop()))
+    cat = runbroker.temp()
+    cat.ingest(docs)
+    (path,) = cat[-1].export("hdf5", tmp_path, **LAYOUTS[layout])
+    with h5py.File(path, "r") as f:
+        assert f["données/data/température"][()].tolist() == [20.0, 21.0, 22.0]
+    copy = runbroker.temp()
+    copy.ingest(read_documents(path))
+    _assert_same_run(copy, cat[-1])
+
+
 # -- live ------------------------------------------------------------------------------------
 
 _PROBE = textwrap.dedent(

@@ -11,8 +11,8 @@ Example:
     ...     ds = contiguous(f, "x", (3,), np.dtype("f8"), np.arange(3.0))
     ...     set_attrs(ds, {"units": "mm", "n": 3, "skip": None}, new=True)
     ...     title = text(f, "title", "scan 1")
-    ...     link(ds, f, "same_x")
-    ...     f["same_x"][()].tolist(), sorted(f["x"].attrs), f["title"].asstr()[()]
+    ...     link(ds, group(f, "données"), "x")
+    ...     f["données/x"][()].tolist(), sorted(f["x"].attrs), f["title"].asstr()[()]
     ([0.0, 1.0, 2.0], ['n', 'units'], 'scan 1')
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-__all__ = ["STR", "contiguous", "htype", "link", "set_attrs", "text"]
+__all__ = ["STR", "contiguous", "group", "htype", "link", "set_attrs", "text"]
 
 #: h5py's variable-length UTF-8 string dtype.
 STR = h5py.string_dtype("utf-8")
@@ -48,6 +48,21 @@ _DCPL.set_obj_track_times(False)  # as h5py does
 _STR_TYPES = (htype(STR), htype(STR, logical=False))
 
 
+def _lcpl(charset: int) -> Any:
+    lcpl = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+    lcpl.set_create_intermediate_group(True)
+    lcpl.set_char_encoding(charset)
+    return lcpl
+
+
+_LCPL = {True: _lcpl(h5py.h5t.CSET_ASCII), False: _lcpl(h5py.h5t.CSET_UTF8)}
+
+
+def _name(name: str) -> tuple[bytes, Any]:
+    """A link name and how to make it, as h5py does: ASCII, else UTF-8 marked as such."""
+    return name.encode(), _LCPL[name.isascii()]
+
+
 def contiguous(
     parent: h5py.Group,
     name: str,
@@ -58,7 +73,8 @@ def contiguous(
     """A new contiguous dataset of fixed ``shape``, holding ``data`` if given (of ``dtype``,
     C-contiguous), as ``parent.create_dataset(name, shape, dtype, data=data)`` makes it."""
     space = _SCALAR if shape == () else h5py.h5s.create_simple(shape)
-    dsid = h5py.h5d.create(parent.id, name.encode(), htype(dtype), space, dcpl=_DCPL)
+    key, lcpl = _name(name)
+    dsid = h5py.h5d.create(parent.id, key, htype(dtype), space, dcpl=_DCPL, lcpl=lcpl)
     if data is not None and data.size:
         dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, data, mtype=htype(data.dtype, logical=False))
     return h5py.Dataset(dsid)
@@ -82,7 +98,14 @@ def text(parent: h5py.Group, name: str, value: str | list[str]) -> h5py.Dataset:
 
 def link(obj: h5py.HLObject, parent: h5py.Group, name: str) -> None:
     """A hard link ``parent/name`` to ``obj``, as ``parent[name] = obj`` makes it."""
-    h5py.h5o.link(obj.id, parent.id, name.encode())
+    key, lcpl = _name(name)
+    h5py.h5o.link(obj.id, parent.id, key, lcpl=lcpl)
+
+
+def group(parent: h5py.Group, name: str) -> h5py.Group:
+    """A new group, as ``parent.create_group(name)`` makes it."""
+    key, lcpl = _name(name)
+    return h5py.Group(h5py.h5g.create(parent.id, key, lcpl=lcpl))
 
 
 def set_attrs(obj: h5py.HLObject, values: Mapping[str, Any], new: bool = False) -> None:

@@ -43,6 +43,7 @@ from ..store.pages import concat_columns, uid_list
 from .base import Exporter, ExportError, Page
 from .h5write import STR as _STR
 from .h5write import contiguous, set_attrs
+from .h5write import group as new_group
 from .jsondoc import dumps
 
 __all__ = ["HDF5Exporter", "read_documents"]
@@ -329,7 +330,7 @@ class HDF5Exporter(Exporter):
         if group.recorded == len(group.descriptors):
             return h5[group.name]
         if group.name not in h5:
-            g = h5.create_group(group.name)
+            g = new_group(h5, group.name)
             set_attrs(g, {"stream": group.stream})
             # uuid4 uids, the usual ones, fit 36 ASCII characters.
             uid = h5py.string_dtype("ascii", 36)
@@ -343,9 +344,8 @@ class HDF5Exporter(Exporter):
                 chunk = 2048 if name == "uid" else _CHUNK_BYTES // 8
                 ds = _dataset(g, name, (), dtype, rows, chunk)
                 cols[name] = _Column(ds, dtype, None, frames=False)
-            g.create_group("data")
-            g.create_group("timestamps")
-            g.create_group("configuration")
+            for part in ("data", "timestamps", "configuration"):
+                new_group(g, part)
         else:
             g = h5[group.name]
         for i in range(group.recorded, len(group.descriptors)):

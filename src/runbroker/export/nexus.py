@@ -41,6 +41,7 @@ from ..store.pages import concat_columns
 from ..stream import as_column
 from .base import Exporter, ExportError, Page
 from .h5write import STR, contiguous, link, set_attrs, text
+from .h5write import group as new_group
 
 __all__ = ["NeXusExporter"]
 
@@ -554,7 +555,7 @@ def _group(parent: Any, name: str, nx_class: str, new: bool = False) -> Any:
     """Group ``name`` of ``parent``, made with its ``NX_class`` if missing (``new``: it is)."""
     group = None if new else parent.get(name)
     if group is None:
-        group = parent.create_group(name)
+        group = new_group(parent, name)
         set_attrs(group, {"NX_class": nx_class}, new=True)
     return group
 
