@@ -34,6 +34,7 @@ from .manifest import (
     VerifyReport,
     compare,
     hash_files,
+    human_size,
     listed_files,
 )
 from .writer import EXTERNAL_MODES, FILES, FORMATS, PackWriter
@@ -78,17 +79,15 @@ class PackReport(CopyReport):
     registered: str | None = None
 
     def __str__(self) -> str:
-        from .manifest import _size
-
         if self.registered is not None:
             runs = "run" if self.skipped == 1 else "runs"
             return (
                 f"catalog {self.registered!r} is the pack {self.path}: {self.skipped} {runs}, "
-                f"{self.files} files, {_size(self.bytes)}"
+                f"{self.files} files, {human_size(self.bytes)}"
             )
         text = super().__str__()
         head, sep, failures = text.partition(":\n")
-        where = f"; {self.path}: {self.files} files, {_size(self.bytes)}" if self.path else ""
+        where = f"; {self.path}: {self.files} files, {human_size(self.bytes)}" if self.path else ""
         return head + where + (sep + failures if sep else "")
 
 

@@ -20,12 +20,14 @@ from typing import Any
 __all__ = [
     "MANIFEST",
     "SUMS",
+    "WORKERS",
     "FileEntry",
     "Manifest",
     "PackCorruptError",
     "PackError",
     "VerifyReport",
     "hash_files",
+    "human_size",
     "sha256_of",
 ]
 
@@ -36,7 +38,8 @@ SUMS = "SHA256SUMS"
 UNLISTED = (MANIFEST, SUMS, ".runbroker")
 _KIND = "runbroker-pack"
 _VERSION = 1
-_WORKERS = min(4, os.cpu_count() or 2)
+#: Threads that copy and checksum files at once (more only contend for the disk).
+WORKERS = min(4, os.cpu_count() or 2)
 
 
 class PackError(ValueError):
@@ -186,7 +189,7 @@ def hash_files(
             progress(entry.size if isinstance(entry, FileEntry) else 0)
         return name, entry
 
-    with ThreadPoolExecutor(_WORKERS) as pool:
+    with ThreadPoolExecutor(WORKERS) as pool:
         return dict(pool.map(one, list(paths)))
 
 
@@ -218,7 +221,7 @@ class VerifyReport:
 
     def __str__(self) -> str:
         text = (
-            f"checked {self.checked} files ({_size(self.bytes)}): "
+            f"checked {self.checked} files ({human_size(self.bytes)}): "
             f"{len(self.corrupt)} corrupt, {len(self.missing)} missing"
         )
         text += "".join(f"\n  corrupt: {p} ({why})" for p, why in self.corrupt)
@@ -227,7 +230,13 @@ class VerifyReport:
         return text
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
+    """A size in bytes as people read it.
+
+    Example:
+        >>> human_size(512), human_size(3 * 2**20)
+        ('512 bytes', '3.0 MiB')
+    """
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"

@@ -33,7 +33,7 @@ from typing import Any
 from ..assets import Assets
 from ..assets.paths import anchored
 from ..export import exporter
-from .manifest import _WORKERS, FileEntry, Manifest, PackError, sha256_of
+from .manifest import WORKERS, FileEntry, Manifest, PackError, sha256_of
 
 __all__ = ["EXTERNAL_MODES", "FORMATS", "PackWriter"]
 
@@ -90,7 +90,7 @@ class PackWriter:
         self.assets = assets
         self.external = external
         self.format = format
-        self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="pack-copy")
+        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="pack-copy")
         #: Every file copied (or checksummed) since the writer was made, by pack path.
         self._files: dict[str, Future[FileEntry]] = {}
         self._copies: set[str] = set()  # the pack paths the run being packed added to _files

@@ -34,7 +34,7 @@ from ..queries import Query
 from . import pages as codec
 from .base import PageGone, PageInfo, RunRecord
 from .folderindex import FolderIndex
-from .folderwrite import FolderWriting, _undeclared, _Writer
+from .folderwrite import FolderWriting, undeclared
 from .runfile import ParsedRun, RunCache
 
 __all__ = ["FolderStore", "FolderWarning"]
@@ -88,7 +88,7 @@ class FolderStore(FolderWriting):
         self.refresh_interval = refresh_interval
         self._lock = threading.RLock()
         self._cache = RunCache(cache_runs, cache_bytes)
-        self._writers: OrderedDict[str, _Writer] = OrderedDict()
+        self._writers = OrderedDict()  # typed in FolderWriting
         self._owner: dict[str, tuple[str, str]] = {}  # child uid -> (kind, run uid)
         self._closed = False
         self._datum_hint: str | None = None
@@ -180,7 +180,7 @@ class FolderStore(FolderWriting):
         if run is None:
             return []
         declared = self._index.declared(run_uid)
-        return [_undeclared(d, declared) for d in run.descriptor_docs()]
+        return [undeclared(d, declared) for d in run.descriptor_docs()]
 
     def _run_of(self, uid: str) -> str | None:
         """The run of descriptor, resource or stream resource ``uid``."""
@@ -236,7 +236,7 @@ class FolderStore(FolderWriting):
             raise KeyError(run_uid)
         declared = self._index.declared(run_uid)
         for name, doc in run.documents(arrays, uids):
-            yield name, _undeclared(doc, declared) if name == "descriptor" else doc
+            yield name, undeclared(doc, declared) if name == "descriptor" else doc
 
     def assets(self, run_uid: str) -> list[tuple[str, dict]]:
         """The run's resource, stream_resource and stream_datum documents, in file order."""

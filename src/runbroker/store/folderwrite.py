@@ -29,7 +29,7 @@ from .events import DescriptorState, canonical
 from .folderindex import FolderIndex
 from .runfile import ParsedRun, RunCache
 
-__all__ = ["FolderWriting"]
+__all__ = ["FolderWriting", "undeclared"]
 
 # Runs whose writing state is kept in memory at most (beyond, the oldest are forgotten and
 # read again from their file if more documents come).
@@ -47,9 +47,16 @@ def _same(stored: Any, doc: Any) -> bool:
     return canonical(_as_read(stored)) == canonical(_as_read(doc))
 
 
-def _undeclared(descriptor: dict, declared: dict[str, list[str]]) -> dict:
-    """The descriptor as it was inserted: without the ``dtype_numpy`` the writer added (the
-    events in the file were read with them, so their dtypes are kept)."""
+def undeclared(descriptor: dict, declared: dict[str, list[str]]) -> dict:
+    """The descriptor as it was inserted: without the ``dtype_numpy`` the writer added
+    (``declared``: descriptor uid -> those keys). The events in the file were read with the
+    declarations, so their dtypes are kept.
+
+    Example:
+        >>> desc = {"uid": "d1", "data_keys": {"img": {"dtype": "array", "dtype_numpy": "<u2"}}}
+        >>> undeclared(desc, {"d1": ["img"]})["data_keys"]
+        {'img': {'dtype': 'array'}}
+    """
     keys = declared.get(descriptor["uid"])
     if not keys:
         return descriptor
