@@ -389,6 +389,40 @@ def test_a_run_failing_late_takes_out_only_files_no_other_run_reads(tmp_path):
     source.close()
 
 
+def test_a_detector_path_used_twice_never_serves_another_run(tmp_path):
+    import numpy as np
+
+    frames, packs, cats = tmp_path / "det", {}, {}
+    frames.mkdir()
+    for year in (2024, 2025):  # the facility reuses the file names: other data, same paths
+        for i in range(2):
+            np.save(frames / f"frame_{i}.npy", np.full((2, 2), year))
+        cats[year] = runbroker.open(tmp_path / f"{year}.db")
+        _npy_run(cats[year], frames, [0, 1], str(year))
+        packs[year] = tmp_path / f"pack{year}"
+        pack(cats[year], packs[year], progress=False)
+    # Merged into one pack: the second run is refused (it would read the first one's frames).
+    report = pack(cats[2025], packs[2024], append=True, progress=False)
+    ((uid, message),) = report.failed
+    assert uid == cats[2025][-1].uid and "differs from files/" in message
+    # Unpacked into one database: refused before anything is copied, unless put elsewhere.
+    home = tmp_path / "home.db"
+    unpack(packs[2024], into=str(home), progress=False)
+    with pytest.raises(PackError, match=r"differ from files already there.*--files-root"):
+        unpack(packs[2025], into=str(home), progress=False)
+    assert len(runbroker.open(home)) == 1
+    unpack(packs[2025], into=str(home), files_root=tmp_path / "files2025", progress=False)
+    # Each run reads its own year's frames (at the facility, 2024's are gone by now).
+    for cat, years in (
+        (runbroker.open(home), (2024, 2025)),
+        (runbroker.open(packs[2024]), (2024,)),
+    ):
+        assert len(cat) == len(years)
+        for year in years:
+            assert (cat[cats[year][-1].uid].primary.read()["img"].values == year).all()
+        cat.close()
+
+
 class NpyFolder:
     """Frames ``<folder>/<index>.npy`` of the folder a resource names, which is all it lists
     as its file (as the handler of a Zarr store would)."""

@@ -17,7 +17,6 @@ See ``docs/pack.md``.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from .manifest import (
     human_size,
     listed_files,
 )
-from .writer import EXTERNAL_MODES, FILES, FORMATS, PackWriter
+from .writer import EXTERNAL_MODES, FILES, FORMATS, PackWriter, copy_file
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
@@ -420,15 +419,24 @@ def _files_root(
 
 
 def _copy_tree(folder: Path, manifest: Manifest, root: Path) -> None:
-    """Copy the pack's detector files under ``root``, leaving files already there alone."""
-    for rel, entry in manifest.files.items():
-        if not rel.startswith(f"{FILES}/"):
-            continue
-        target = root / rel[len(FILES) + 1 :]
-        if target.exists() and target.stat().st_size == entry.size:
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(folder / rel, target)
+    """Copy the pack's detector files under ``root``. A file already there is left alone if
+    it is the same (an unpack started again), and refused if not: a path used twice must not
+    let runs of this pack read another pack's data."""
+    todo, there = [], []
+    for rel in manifest.files:
+        if rel.startswith(f"{FILES}/"):
+            target = root / rel[len(FILES) + 1 :]
+            (there if target.exists() else todo).append((rel, target))
+    found = hash_files(there)
+    differ = [str(target) for rel, target in there if found[rel] != manifest.files[rel]]
+    if differ:
+        raise PackError(
+            f"{len(differ)} detector file(s) of the pack differ from files already there, "
+            f"e.g. {differ[0]}; nothing was copied: unpack with --files-root DIR (another "
+            "folder) to keep both"
+        )
+    for rel, target in todo:
+        copy_file(folder / rel, target)
 
 
 def _relocating(docs: Iterator[tuple[str, dict]], root: Path | None, base: Path | None) -> Any:

@@ -35,7 +35,7 @@ from ..assets.paths import anchored
 from ..export import exporter
 from .manifest import WORKERS, FileEntry, Manifest, PackError, sha256_of
 
-__all__ = ["EXTERNAL_MODES", "FORMATS", "PackWriter"]
+__all__ = ["EXTERNAL_MODES", "FORMATS", "PackWriter", "copy_file"]
 
 EXTERNAL_MODES = ("copy", "fill", "manifest", "ignore")
 FORMATS = ("jsonl", "msgpack")
@@ -98,6 +98,7 @@ class PackWriter:
         #: Runs packed, with the files they need: each is kept by close() only if every
         #: file it needs was copied (a file shared by runs is copied once, for the first).
         self._pending: list[tuple[str, set[str]]] = []
+        self._confirmed: set[str] = set()  # files packed before, found the same again
         self._listed: dict[str, list[str]] = {}  # the files under each folder named (see _under)
         #: What the folder store's index needs of each run packed: its file, start and stop
         #: documents, and the uids documents point at (see :meth:`index`).
@@ -268,6 +269,7 @@ class PackWriter:
         already, and note that the run being packed needs it."""
         rel = self._inside(src)
         if rel in self.manifest.files:
+            self._same_as_packed(kind, doc, src, rel)
             return  # packed before, with another run
         if rel not in self._files:  # else another run reads it too (a shared dark): copied once
             files = self._under(src)
@@ -278,8 +280,27 @@ class PackWriter:
             if not os.path.isfile(src):
                 raise PackError(f"{kind} {doc['uid']}: detector file {src} not found")
             self._copies.add(rel)
-            self._files[rel] = self._pool.submit(_copy, src, self.folder / rel)
+            self._files[rel] = self._pool.submit(copy_file, src, self.folder / rel)
         self._needs.add(rel)
+
+    def _same_as_packed(self, kind: str, doc: Mapping[str, Any], src: str, rel: str) -> None:
+        """Refuse ``src`` unless it is the file the pack holds as ``rel``: a detector path
+        used twice (a counter reset at the facility, another pack being merged in) must not
+        let a run read another run's data."""
+        if rel in self._confirmed:
+            return
+        want = self.manifest.files[rel]
+        try:
+            same = os.stat(src).st_size == want.size and sha256_of(src) == want
+        except OSError as exc:
+            raise PackError(f"{kind} {doc['uid']}: detector file {src}: {exc}") from None
+        if not same:
+            raise PackError(
+                f"{kind} {doc['uid']}: detector file {src} differs from {rel}, which the pack "
+                "holds for a run packed before (the same path used twice); pack this run "
+                "into another pack"
+            )
+        self._confirmed.add(rel)
 
     def _list_outside(
         self, kind: str, doc: Mapping[str, Any], src: str, outside: dict[str, int]
@@ -351,12 +372,18 @@ def _datum_kwargs(name: str, doc: Mapping[str, Any]) -> list[dict]:
     return [{k: list(v)[i] for k, v in columns.items()} for i in range(n)]
 
 
-def _copy(src: str, dest: Path) -> FileEntry:
+def copy_file(src: str | os.PathLike[str], dest: Path) -> FileEntry:
     """Copy one file (in the kernel where it can), keeping its times, and checksum it.
+    ``dest`` appears whole or not at all (the copy is written beside it, then renamed).
 
     The source is read again for the checksum: it is in the page cache by then, and a
     kernel copy plus a hash of cached pages is faster than pushing every byte through
     Python once.
+
+    Example:
+        >>> _ = (tmp_path / "a.h5").write_bytes(b"frames")
+        >>> copy_file(tmp_path / "a.h5", tmp_path / "copy" / "a.h5").size
+        6
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
