@@ -92,12 +92,19 @@ def make_engine(
             dbapi_conn.autocommit = False
 
         @event.listens_for(engine, "before_cursor_execute")
+        @event.listens_for(engine, "commit")
         def _before(conn: Any, *_args: Any) -> None:
             # A statement that does not go through the connection's Session (SQLAlchemy's
-            # own) must still come after the savepoint the Session holds back.
+            # own, COMMIT) must still come after what the Session holds back.
             found = _sessions.get(conn.connection.driver_connection)
             if found is not None:
-                found.send_savepoint()
+                found.send_pending()
+
+        @event.listens_for(engine, "rollback")
+        def _rollback(conn: Any) -> None:
+            found = _sessions.get(conn.connection.driver_connection)
+            if found is not None:
+                found.new_transaction()
 
     return engine
 
@@ -290,9 +297,13 @@ _RELEASE = b"RELEASE SAVEPOINT rb_document"
 
 
 class Session:
-    """One psycopg connection's prepared statements and pending savepoint.
+    """One psycopg connection's prepared statements, and what waits to go with the next
+    round trip: statements whose results nobody waits for (page rows), and the savepoint of
+    the document being written.
 
-    Use :func:`session` to get the one of a connection.
+    Use :func:`session` to get the one of a connection. Everything that runs a statement on
+    the connection some other way must call :meth:`send_pending` first (the store's writer
+    engine does so for SQLAlchemy's statements).
     """
 
     def __init__(self, raw: Any) -> None:
@@ -300,37 +311,53 @@ class Session:
         self.pg = raw.pgconn
         self._names: dict[str, bytes] = {}  # statement -> name of its prepared form
         self._loader = Transformer(raw)
+        self._deferred: list[tuple[str, Sequence[Any]]] = []
         # The savepoint of the document being written: asked for and not yet sent, and
         # whether one exists in the open transaction (the previous document's).
         self.savepoint_pending = False
         self.savepoint_exists = False
 
     def new_transaction(self) -> None:
-        """Forget savepoints: the transaction they belonged to has ended."""
+        """Forget what belonged to a transaction that has ended."""
         self.savepoint_pending = self.savepoint_exists = False
+        self._deferred.clear()
 
     def savepoint(self) -> None:
         """Mark where the next document's writes begin. Sent with its first statement."""
         self.savepoint_pending = True
 
-    def send_savepoint(self) -> None:
-        """Send a pending savepoint now (before a statement that does not go through here)."""
-        if self.savepoint_pending:
-            self._run([])
+    def defer(self, sql: str, params: Sequence[Any]) -> None:
+        """Run ``sql`` with the next round trip (its errors are raised by that one)."""
+        self._deferred.append((sql, params))
+
+    def send_pending(self) -> None:
+        """Send deferred statements and a pending savepoint now, unless the transaction has
+        failed already (then nothing more can run in it: it will be rolled back)."""
+        if not (self._deferred or self.savepoint_pending):
+            return
+        if self.pg.transaction_status == pq.TransactionStatus.INERROR:
+            self.new_transaction()
+            return
+        self._run([])
+
+    def commit(self) -> None:
+        """Commit, with the deferred statements in the same round trip."""
+        self.savepoint_pending = False  # nothing follows it
+        if self._deferred or self.pg.transaction_status != pq.TransactionStatus.IDLE:
+            self._run([], commit=True)
+        self.new_transaction()
 
     def execute(self, sql: str, params: Sequence[Any]) -> Rows:
-        """Run ``sql`` (``$n`` parameters), after a pending savepoint, in one round trip."""
+        """Run ``sql`` (``$n`` parameters) after what is pending, in one round trip."""
         out = self._run([(sql, params)])
         assert out is not None
         return out
 
-    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run ``sql`` once per row of parameters, all in one round trip."""
-        if rows:
-            self._run([(sql, params) for params in rows])
-
     def _run(
-        self, statements: list[tuple[str, Sequence[Any]]], retried: bool = False
+        self,
+        statements: list[tuple[str, Sequence[Any]]],
+        retried: bool = False,
+        commit: bool = False,
     ) -> Rows | None:
         pg = self.pg
         commands: list[tuple[str, Callable[[], None], str | None]] = []  # what, send, sql
@@ -338,20 +365,15 @@ class Session:
             if (self.raw.isolation_level, self.raw.read_only, self.raw.deferrable) != (None,) * 3:
                 raise NotImplementedError("transaction options on a runbroker write connection")
             commands.append(("begin", partial(pg.send_query_params, b"BEGIN", None), None))
+        deferred, self._deferred = self._deferred, []
+        self._statements(commands, "deferred", deferred)
         if self.savepoint_pending:
             if self.savepoint_exists:
                 commands.append(("release", partial(pg.send_query_params, _RELEASE, None), None))
             commands.append(("savepoint", partial(pg.send_query_params, _SAVEPOINT, None), None))
-        for sql, params in statements:
-            name = self._names.get(sql)
-            if name is None:
-                name = f"rb_{len(self._names)}".encode()
-                commands.append(("prepare", partial(pg.send_prepare, name, sql.encode()), sql))
-                self._names[sql] = name
-            dumped = [dump(p) for p in params]
-            values, formats = [v for v, _ in dumped], [f for _, f in dumped]
-            send = partial(pg.send_query_prepared, name, values, formats, 1)
-            commands.append(("statement", send, sql))
+        self._statements(commands, "statement", statements)
+        if commit:
+            commands.append(("commit", partial(pg.send_query_params, b"COMMIT", None), None))
         results = self._pipeline([send for _, send, _ in commands])
         failed = next((i for i, r in enumerate(results) if r.status not in _OK), None)
         kinds = [kind for kind, _, _ in commands]
@@ -367,15 +389,31 @@ class Session:
             if isinstance(error, psycopg.errors.InvalidSqlStatementName):
                 # Deallocated behind our back (DEALLOCATE ALL, DISCARD ALL): prepare anew.
                 self._names.clear()
-                if self.raw.autocommit and not retried:
+                if self.raw.autocommit and not retried and not deferred:
                     return self._run(statements, retried=True)
             raise error
         if not statements:
             return None
-        last = results[-1]
+        last = results[len(kinds) - 1 - kinds[::-1].index("statement")]
         self._loader.set_pgresult(last)
         rows = self._loader.load_rows(0, last.ntuples, tuple) if last.ntuples else []
         return Rows(rows, int(last.command_tuples or 0))
+
+    def _statements(
+        self, commands: list, kind: str, statements: list[tuple[str, Sequence[Any]]]
+    ) -> None:
+        """Add the commands that prepare (first time) and run ``statements``."""
+        pg = self.pg
+        for sql, params in statements:
+            name = self._names.get(sql)
+            if name is None:
+                name = f"rb_{len(self._names)}".encode()
+                commands.append(("prepare", partial(pg.send_prepare, name, sql.encode()), sql))
+                self._names[sql] = name
+            dumped = [dump(p) for p in params]
+            values, formats = [v for v, _ in dumped], [f for _, f in dumped]
+            send = partial(pg.send_query_prepared, name, values, formats, 1)
+            commands.append((kind, send, sql))
 
     def _pipeline(self, sends: list[Callable[[], None]]) -> list[Any]:
         """Send commands in one pipeline and return one result per command."""

@@ -86,11 +86,17 @@ class Prepared:
         return cur
 
     def executemany(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        """Run once per row of parameters (on PostgreSQL: all in one round trip)."""
+        """Run once per row of parameters.
+
+        On PostgreSQL the rows go with the connection's next round trip (the next statement
+        or COMMIT), and an error they cause is raised there.
+        """
         raw = conn.connection.driver_connection
         if conn.dialect.name == "postgresql":
             sql, names = self._pg(conn)
-            session(raw).execute_many(sql, [[r[k] for k in names] for r in rows])
+            found = session(raw)
+            for r in rows:
+                found.defer(sql, [r[k] for k in names])
             return
         sql, order = self._sql(conn)
         cur = raw.cursor()  # type: ignore[union-attr]

@@ -273,6 +273,10 @@ class SQLWriting(SQLEvents):
         conn = self._conn()
         try:
             self._flush_states(conn)
+            if self.dialect == "postgresql":
+                # The last pages and COMMIT in one round trip (SQLAlchemy's commit then
+                # finds the transaction over and only closes its own books).
+                pgsql.session(conn.connection.driver_connection).commit()
             conn.commit()
             self._txn_descriptors.clear()
             self._after_commit()
