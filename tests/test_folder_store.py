@@ -146,6 +146,20 @@ def test_a_moved_and_renamed_folder_opens_with_its_index(export_runs, tmp_path):
         assert_same_run(cat[export_runs["file_image"].uid], export_runs["file_image"])
 
 
+@pytest.mark.parametrize("damage", [b"", b"not a database at all", b"SQLite format 3\0junk"])
+def test_a_damaged_index_is_built_again(export_runs, tmp_path, damage):
+    folder = tmp_path / "runs"
+    _copy_exports(export_runs, folder, ("scalar", "grid"))
+    with runbroker.open(folder) as cat:
+        index = cat.store.index_path
+    for suffix in ("-wal", "-shm"):
+        Path(f"{index}{suffix}").unlink(missing_ok=True)
+    index.write_bytes(damage * 100)  # derived data: rebuilt from the files, not an error
+    with runbroker.open(folder) as cat:
+        assert sorted(cat) == sorted(export_runs[k].uid for k in ("scalar", "grid"))
+        assert_same_run(cat[export_runs["grid"].uid], export_runs["grid"])
+
+
 _READ_ONLY = """
 import json, sys, runbroker
 cat = runbroker.open(sys.argv[1])

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import platformdirs
+import sqlalchemy.exc
 
 from ..documents import DocumentError
 from ..export.naming import safe_name
@@ -160,7 +161,7 @@ class FolderIndex:
                 ).fetchone()
                 if version == INDEX_VERSION:
                     return store, db
-            except (SchemaVersionError, sqlite3.DatabaseError):
+            except (SchemaVersionError, sqlite3.DatabaseError, sqlalchemy.exc.DatabaseError):
                 if attempt == 2:
                     raise
             # Derived data of another runbroker version (or damaged): build it again.
