@@ -112,12 +112,8 @@ def verify_archive(path: str | os.PathLike[str]) -> VerifyReport:
     found: dict[str, FileEntry | OSError] = {}
     extra: list[str] = []
     unsafe: list[tuple[str, str]] = []  # members unpack would refuse: corrupt, by name
-    top = None
     with _stream(path) as tar:
-        for member in tar:
-            top = top or member.name.partition("/")[0]
-            rel = member.name.partition("/")[2]
-            problem = _unsafe(member, top)
+        for member, rel, problem in _members(tar):
             if problem is not None:
                 unsafe.append((member.name, problem))
                 continue
@@ -148,6 +144,14 @@ def verify_archive(path: str | os.PathLike[str]) -> VerifyReport:
     report = compare(manifest, found, extra)
     report.corrupt += unsafe
     return report
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, str, str | None]]:
+    """Each member, its path inside the pack folder, and why unpacking would refuse it."""
+    top = None
+    for member in tar:
+        top = top or member.name.partition("/")[0]
+        yield member, member.name.partition("/")[2], _unsafe(member, top)
 
 
 def _unsafe(member: tarfile.TarInfo, top: str) -> str | None:
@@ -191,12 +195,8 @@ def extract(path: str | os.PathLike[str], into: str | os.PathLike[str]) -> Path:
 
 
 def _extract(path: Path, into: Path, name: str) -> None:
-    top = None
     with _stream(path) as tar:
-        for member in tar:
-            top = top or member.name.partition("/")[0]
-            rel = member.name.partition("/")[2]
-            problem = _unsafe(member, top)
+        for member, rel, problem in _members(tar):
             if problem is not None or not rel:
                 raise PackError(
                     f"{path}: member {member.name!r} refused: {problem or 'not in a folder'}"
