@@ -660,6 +660,25 @@ def test_cli_pack_selection(source, tmp_path, capsys):
     assert "not-a-uid" in capsys.readouterr().err
 
 
+def test_cli_packs_a_named_catalog_with_its_root_map(source, tmp_path, config_home):
+    # The detector files moved: only the named catalog's root_map finds them.
+    run = source.search(Key("sample") == SAMPLES["npy"])[-1]
+    (resource,) = [d for k, d in run.store.assets(run.uid) if k == "resource"]
+    moved = tmp_path / "moved"
+    shutil.copytree(resource["root"], moved)
+    facility = runbroker.open(tmp_path / "facility.db")
+    facility.ingest(run.documents())
+    facility.close()
+    uri, option = str(tmp_path / "facility.db"), f"{resource['root']}={moved}"
+    assert main(["catalogs", "add", "facility", uri, "--root-map", option]) == 0
+    assert main(["pack", "facility", str(tmp_path / "p"), "--all", "-q"]) == 0
+    assert any(
+        f.startswith(f"files/{moved.as_posix().lstrip('/')}/") for f in _files_of(tmp_path / "p")
+    )
+    with runbroker.open(tmp_path / "p", readonly=True) as packed:
+        assert_same_run(packed[run.uid], run)
+
+
 def test_cli_says_what_is_wrong_and_writes_nothing(source, tmp_path, capsys):
     uri = source.store.uri.removeprefix("sqlite:///")
     afile = tmp_path / "afile"

@@ -217,7 +217,7 @@ def _pack(args: argparse.Namespace) -> int:
             query = Query.from_json(args.query)
         except QueryError as err:
             raise QueryError(f"--query {args.query!r}: {err}") from None
-    source = open_catalog(args.source, readonly=True)
+    source = _pack_source(args.source)
     try:
         report = pack(
             source,
@@ -245,6 +245,20 @@ def _pack(args: argparse.Namespace) -> int:
         source.close()
     print(report)
     return 2 if report.failed else 0
+
+
+def _pack_source(source: str) -> Catalog:
+    """The catalog to pack from: a file, folder or URL, or a catalog's name (opened with its
+    root_map and handlers, which find the detector files to copy)."""
+    from .config import NamedCatalogs
+
+    if "://" not in source and not Path(source).expanduser().exists():
+        entry = NamedCatalogs().entries().get(source)
+        if entry is not None:
+            # Read only: indexes are the catalog's business, not the pack's.
+            options = {k: v for k, v in entry.options.items() if k != "indexes"}
+            return open_catalog(entry.uri, **{**options, "readonly": True})
+    return open_catalog(source, readonly=True)
 
 
 def _unpack(args: argparse.Namespace) -> int:
@@ -381,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cp.set_defaults(func=_copy)
     pk = sub.add_parser("pack", help="pack runs and their detector files into a folder or archive")
-    pk.add_argument("source", help="catalog file, folder or URL to pack from")
+    pk.add_argument("source", help="catalog file, folder, URL or name to pack from")
     pk.add_argument("dest", help="the pack: a new folder (or archive, with --archive)")
     pk.add_argument("--query", help="pack the runs matching this query (its JSON form)")
     pk.add_argument("--uids", metavar="FILE", help="pack the runs listed in FILE (- for stdin)")
