@@ -699,5 +699,8 @@ def test_cli_says_what_is_wrong_and_writes_nothing(source, tmp_path, capsys):
         assert main([*args, "-q"]) == 1, args
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err, (args, err)
+    for options in ({"external": "link"}, {"format": "tar"}):
+        with pytest.raises(ValueError, match=r"link|tar"):
+            pack(source, tmp_path / "p", progress=False, **options)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
     assert afile.read_text() == "not a pack"

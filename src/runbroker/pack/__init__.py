@@ -36,7 +36,7 @@ from .manifest import (
     human_size,
     listed_files,
 )
-from .writer import EXTERNAL_MODES, FILES, FORMATS, PackWriter, copy_file
+from .writer import EXTERNAL_MODES, FILES, FORMATS, PackWriter, check_options, copy_file
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
@@ -119,6 +119,7 @@ def pack(
         (1, True)
     """
     dest = Path(dest)
+    check_options(external, format)  # before anything is written
     if archive:
         return _pack_archive(source, dest, query, uids, external, format, append, strict, progress)
     if dest.exists() and not dest.is_dir():

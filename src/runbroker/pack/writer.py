@@ -35,7 +35,7 @@ from ..assets.paths import anchored
 from ..export import exporter
 from .manifest import WORKERS, FileEntry, Manifest, PackError, sha256_of
 
-__all__ = ["EXTERNAL_MODES", "FORMATS", "PackWriter", "copy_file"]
+__all__ = ["EXTERNAL_MODES", "FORMATS", "PackWriter", "check_options", "copy_file"]
 
 EXTERNAL_MODES = ("copy", "fill", "manifest", "ignore")
 FORMATS = ("jsonl", "msgpack")
@@ -78,13 +78,7 @@ class PackWriter:
         external: str = "copy",
         format: str = "jsonl",
     ) -> None:
-        if external not in EXTERNAL_MODES:
-            raise ValueError(
-                f"external={external!r}: choose one of {', '.join(EXTERNAL_MODES)} "
-                "(what to do with the detector files runs point at)"
-            )
-        if format not in FORMATS:
-            raise ValueError(f"format={format!r}: a pack holds {' or '.join(FORMATS)} files")
+        check_options(external, format)
         self.folder = Path(folder)
         self.manifest = manifest
         self.assets = assets
@@ -354,6 +348,26 @@ class PackWriter:
             with contextlib.suppress(OSError):
                 (self.folder / rel).unlink()
         self._copies, self._needs = set(), set()
+
+
+def check_options(external: str, format: str) -> None:
+    """Refuse an ``external`` mode or a ``format`` packs do not have.
+
+    Example:
+        >>> check_options("copy", "tar")
+        Traceback (most recent call last):
+        ...
+        ValueError: format='tar': a pack holds jsonl or msgpack files (--archive makes a .tar)
+    """
+    if external not in EXTERNAL_MODES:
+        raise ValueError(
+            f"external={external!r}: choose one of {', '.join(EXTERNAL_MODES)} "
+            "(what to do with the detector files runs point at)"
+        )
+    if format not in FORMATS:
+        raise ValueError(
+            f"format={format!r}: a pack holds {' or '.join(FORMATS)} files (--archive makes a .tar)"
+        )
 
 
 @dataclass(frozen=True)
