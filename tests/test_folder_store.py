@@ -21,6 +21,7 @@ import runbroker
 from runbroker.export import DEFAULT_TEMPLATE, render
 from runbroker.export.jsondoc import read_jsonl
 from runbroker.queries import FullText, Key, PartialUID, Regex, ScanID, TimeRange
+from runbroker.store.base import PageGone
 from runbroker.store.files import FolderStore, FolderWarning
 from runbroker.store.runfile import files_parsed
 from runbroker.testing.compare import assert_same_run
@@ -158,6 +159,25 @@ def test_a_damaged_index_is_built_again(export_runs, tmp_path, damage):
     with runbroker.open(folder) as cat:
         assert sorted(cat) == sorted(export_runs[k].uid for k in ("scalar", "grid"))
         assert_same_run(cat[export_runs["grid"].uid], export_runs["grid"])
+
+
+def test_a_file_holding_another_run_since_it_was_indexed_never_serves_it(export_runs, tmp_path):
+    from runbroker.catalog import Catalog
+
+    folder = tmp_path / "runs"
+    scalar, grid = export_runs["scalar"], export_runs["grid"]
+    (path,) = scalar.export("jsonl", folder, template="run")
+    # No refresh on its own while the test runs: the store meets the change when it reads.
+    cat = Catalog(FolderStore(folder, readonly=True, refresh_interval=3600))
+    pages = cat.store.pages([d["uid"] for d in cat.store.descriptors(scalar.uid)])
+    (other,) = grid.export("jsonl", tmp_path / "other", template="run")
+    os.replace(other, path)  # the file now holds another run, under the same name
+    with pytest.raises(PageGone):
+        cat.store.read_pages([p.id for p in pages], None)
+    with pytest.raises(KeyError):
+        cat[scalar.uid].primary.read()  # gone: the folder was looked at again
+    assert_same_run(cat[grid.uid], grid)
+    cat.close()
 
 
 _READ_ONLY = """

@@ -163,16 +163,22 @@ class FolderStore(FolderWriting):
         if writer is not None and writer.lines.holding:
             with self._lock:
                 self._release(writer)
-        entry = self._index.file_of(run_uid)
-        if entry is None:
-            return None
-        try:
-            return self._cache.get(entry.id, self.folder / entry.name)
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"run {run_uid}: its file {self.folder / entry.name} is gone; the folder "
-                "changed since it was indexed (open it again)"
-            ) from None
+        for attempt in (1, 2):
+            entry = self._index.file_of(run_uid)
+            if entry is None:
+                return None
+            try:
+                run = self._cache.get(entry.id, self.folder / entry.name)
+            except FileNotFoundError:
+                run = None
+            if run is not None and run.uid == run_uid:
+                return run
+            if attempt == 1:  # the file went, or holds another run now: look at the folder
+                self.refresh()
+        raise FileNotFoundError(
+            f"run {run_uid}: its file {self.folder / entry.name} is gone or holds another run "
+            "now; the folder changed since it was indexed (open it again)"
+        )
 
     def descriptors(self, run_uid: str) -> list[dict]:
         """The run's descriptors, in the order of its file."""
@@ -210,13 +216,7 @@ class FolderStore(FolderWriting):
         for page_id in page_ids:
             file_id, number, n = _split_page_id(page_id)
             if file_id not in runs:
-                entry = self._index.entry(file_id)
-                try:
-                    runs[file_id] = (
-                        self._cache.get(file_id, self.folder / entry.name) if entry else None
-                    )
-                except FileNotFoundError:
-                    runs[file_id] = None
+                runs[file_id] = self._file_run(file_id)
             run = runs[file_id]
             if run is None or number >= len(run.pages) or run.pages[number].n != n:
                 raise PageGone(f"page {page_id} of {self.uri} changed; list pages again")
@@ -226,6 +226,15 @@ class FolderStore(FolderWriting):
                 decoded.update(codec.decode(page.extra, columns))
             out.append(decoded)
         return out
+
+    def _file_run(self, file_id: int) -> ParsedRun | None:
+        """The run in the file with this id, if it is still the run indexed there."""
+        entry = self._index.entry(file_id)
+        try:
+            run = self._cache.get(file_id, self.folder / entry.name) if entry else None
+        except FileNotFoundError:
+            return None
+        return run if run is not None and entry is not None and run.uid == entry.uid else None
 
     def documents(
         self, run_uid: str, arrays: bool = False, uids: bool = True
