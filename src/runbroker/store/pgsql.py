@@ -30,7 +30,20 @@ from psycopg.adapt import Transformer
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import Engine
 
-__all__ = ["INSERT_START", "PING_AFTER", "SET_STOP", "make_engine", "meta_arrays", "page_blobs"]
+__all__ = [
+    "INSERT_START",
+    "LOCK_DESCRIPTOR",
+    "PING_AFTER",
+    "SET_STOP",
+    "Rows",
+    "Session",
+    "dump",
+    "make_engine",
+    "meta_arrays",
+    "numbered",
+    "page_blobs",
+    "session",
+]
 
 # A pooled connection idle for longer than this is checked with a round trip before use
 # (a server restart or a dropped network link is noticed then); busier ones are not.
@@ -166,6 +179,10 @@ SET_STOP = (
     f"m AS ({_META_FROM_ARRAYS.format(source='s')}) "
     "SELECT id FROM s"
 )
+
+
+# Writers of one descriptor take turns writing its pages (held to the end of the transaction).
+LOCK_DESCRIPTOR = "SELECT pg_advisory_xact_lock($1)"
 
 
 def meta_arrays(rows: Iterable[tuple[str, bool, str, Any, Any]]) -> dict[str, list]:
@@ -349,7 +366,11 @@ class Session:
 
     def execute(self, sql: str, params: Sequence[Any]) -> Rows:
         """Run ``sql`` (``$n`` parameters) after what is pending, in one round trip."""
-        out = self._run([(sql, params)])
+        return self.run([(sql, params)])
+
+    def run(self, statements: list[tuple[str, Sequence[Any]]]) -> Rows:
+        """Run statements one after the other in one round trip; the last one's rows."""
+        out = self._run(statements)
         assert out is not None
         return out
 

@@ -16,7 +16,7 @@ from event_model import unpack_event_page
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
 
 from ..documents import ConflictError, UnknownParentError
-from . import jsoncodec
+from . import jsoncodec, pgsql
 from . import pages as codec
 from .events import DescriptorState, canonical, event_from_columns, merge_batches
 from .prepared import Prepared
@@ -39,6 +39,7 @@ _PAGE_KEYS = [
     "extra",
 ]
 _MAX_SEQ = select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == bindparam("d"))
+_PG_MAX_SEQ = "SELECT max(seq_max) FROM pages WHERE descriptor_id = $1"
 _INSERT_PAGE = Prepared(insert(pages), _PAGE_KEYS)
 
 
@@ -154,10 +155,7 @@ class SQLEvents:
             batches = state.take()
             # A descriptor inserted in this transaction is unknown to every other writer.
             foreign = state.id not in self._txn_descriptors
-            if foreign and self.dialect == "postgresql":
-                # Writers of one descriptor take turns, so the check below sees every page.
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (state.id,))
-            stored_max = (conn.execute(_MAX_SEQ, {"d": state.id}).scalar() or 0) if foreign else 0
+            stored_max = self._stored_max(conn, state.id) if foreign else 0
             if stored_max > state.flushed_max:
                 # Another writer (process or catalog object) wrote this descriptor meanwhile.
                 batches = self._drop_repeats(conn, state, batches, stored_max)
@@ -189,6 +187,19 @@ class SQLEvents:
         for state in self._states.values():
             if state.small_pages >= _COMPACT_AFTER:
                 self._compact(conn, state)
+
+    def _stored_max(self, conn: Connection, descriptor_id: int) -> int:
+        """The highest seq_num stored for the descriptor, once no other writer can add one
+        until this transaction ends."""
+        if self.dialect != "postgresql":
+            return conn.execute(_MAX_SEQ, {"d": descriptor_id}).scalar() or 0
+        # Writers of one descriptor take turns (a lock held to the end of the transaction),
+        # so the count sees every page. One round trip: the statements run one after the
+        # other, and the second reads the database as it is once the lock is held.
+        rows = pgsql.session(conn.connection.driver_connection).run(
+            [(pgsql.LOCK_DESCRIPTOR, [descriptor_id]), (_PG_MAX_SEQ, [descriptor_id])]
+        )
+        return rows.fetchone()[0] or 0
 
     def _drop_repeats(
         self, conn: Connection, state: DescriptorState, batches: list, stored_max: int
