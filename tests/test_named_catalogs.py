@@ -137,3 +137,29 @@ def test_runbroker_catalog_is_the_named_catalogs(places, tmp_path):
     from runbroker.catalog import Run  # the module is still importable by name
 
     assert isinstance(runbroker.catalog["45id"][-1], Run)
+
+
+def test_commands_take_a_catalog_name(places, tmp_path, capsys):
+    from bluesky import RunEngine
+    from bluesky.plans import count
+    from ophyd.sim import det
+
+    cat = runbroker.open(tmp_path / "beamline.db")
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(cat.insert)
+    RE(count([det], 2), sample="named")
+    cat.close()
+    assert main(["catalogs", "add", "bl", str(tmp_path / "beamline.db")]) == 0
+    assert main(["ls", "bl"]) == 0
+    assert "1 runs in bl" in capsys.readouterr().out
+    assert main(["copy", "bl", str(tmp_path / "laptop.db"), "-q"]) == 0
+    assert len(runbroker.open(tmp_path / "laptop.db")) == 1
+    assert main(["ls", "no-such-name"]) == 1  # not a file, not a name: the file error
+    assert "no-such-name" in capsys.readouterr().err
+
+
+def test_an_unreachable_database_is_one_line(capsys):
+    # Port 1 on loopback refuses connections: a real refusal, no server needed.
+    assert main(["ls", "postgresql://nobody@127.0.0.1:1/runs"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("runbroker: database error:") and "Traceback" not in err

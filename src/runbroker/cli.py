@@ -24,6 +24,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from . import open as open_catalog
 from .catalog import Catalog
 from .queries import In, Query, QueryError
@@ -31,7 +33,7 @@ from .store.sql import SchemaVersionError, SQLStore
 
 
 def _ls(args: argparse.Namespace) -> int:
-    cat = open_catalog(args.uri, readonly=True)
+    cat = _open(args.uri, readonly=True)
     if args.query:
         cat = cat.search(Query.from_json(args.query))
     print(f"{len(cat)} runs in {args.uri}")
@@ -47,7 +49,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    cat = open_catalog(args.uri, readonly=True)
+    cat = _open(args.uri, readonly=True)
     key: int | str = int(args.key) if args.key.lstrip("-").isdigit() else args.key
     run = cat[key]
     print(repr(run))
@@ -110,7 +112,7 @@ def _import_mongo(args: argparse.Namespace) -> int:
 
 
 def _selected(args: argparse.Namespace) -> Catalog:
-    cat = open_catalog(args.uri, readonly=True)
+    cat = _open(args.uri, readonly=True)
     if args.query:
         cat = cat.search(Query.from_json(args.query))
     if args.uid:
@@ -161,7 +163,7 @@ def _ingest(args: argparse.Namespace) -> int:
             if args.strict:
                 raise
             report.failed.append((str(path), str(err)))
-    cat = open_catalog(args.uri)
+    cat = _open(args.uri)
     try:
         copy_runs(
             runs,
@@ -181,8 +183,8 @@ def _ingest(args: argparse.Namespace) -> int:
 def _copy(args: argparse.Namespace) -> int:
     from .transfer import copy_catalog
 
-    source = open_catalog(args.source, readonly=True)
-    dest = open_catalog(args.dest)
+    source = _open(args.source, readonly=True)
+    dest = _open(args.dest)
     try:
         report = copy_catalog(
             source,
@@ -217,7 +219,7 @@ def _pack(args: argparse.Namespace) -> int:
             query = Query.from_json(args.query)
         except QueryError as err:
             raise QueryError(f"--query {args.query!r}: {err}") from None
-    source = _pack_source(args.source)
+    source = _open(args.source, readonly=True)
     try:
         report = pack(
             source,
@@ -247,18 +249,27 @@ def _pack(args: argparse.Namespace) -> int:
     return 2 if report.failed else 0
 
 
-def _pack_source(source: str) -> Catalog:
-    """The catalog to pack from: a file, folder or URL, or a catalog's name (opened with its
-    root_map and handlers, which find the detector files to copy)."""
+def _open(uri: str, *, readonly: bool = False) -> Catalog:
+    """A catalog by file, folder or URL, or by its configured name (opened with its
+    root_map and handlers, which find detector files that moved) when no such file exists.
+
+    Example:
+        >>> _open("/no/such/catalog.db", readonly=True)
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: no catalog at '/no/such/catalog.db' (opening read-only creates none)
+    """
     from .config import NamedCatalogs
 
-    if "://" not in source and not Path(source).expanduser().exists():
-        entry = NamedCatalogs().entries().get(source)
+    if "://" not in uri and not Path(uri).expanduser().exists():
+        entry = NamedCatalogs().entries().get(uri)
         if entry is not None:
-            # Read only: indexes are the catalog's business, not the pack's.
-            options = {k: v for k, v in entry.options.items() if k != "indexes"}
-            return open_catalog(entry.uri, **{**options, "readonly": True})
-    return open_catalog(source, readonly=True)
+            options = dict(entry.options)
+            if readonly:  # indexes are the catalog's business, not a reader's
+                options.pop("indexes", None)
+                options["readonly"] = True
+            return open_catalog(entry.uri, **options)
+    return open_catalog(uri, readonly=readonly)
 
 
 def _unpack(args: argparse.Namespace) -> int:
@@ -337,20 +348,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="runbroker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("ls", help="list runs, newest first")
-    ls.add_argument("uri", help="catalog file or URL")
+    ls.add_argument("uri", help="catalog file, folder, URL or name")
     ls.add_argument("-n", type=int, default=20, help="how many runs to list (default 20)")
     ls.add_argument("--query", help="a query in its JSON form (Query.to_json())")
     ls.set_defaults(func=_ls)
     show = sub.add_parser("show", help="metadata and data of one run")
-    show.add_argument("uri", help="catalog file or URL")
+    show.add_argument("uri", help="catalog file, folder, URL or name")
     show.add_argument("key", help="scan_id, -N (recency), uid or uid prefix")
     show.set_defaults(func=_show)
     db = sub.add_parser("db", help="catalog maintenance").add_subparsers(dest="db", required=True)
     up = db.add_parser("upgrade", help="upgrade a catalog's schema in place (back it up first)")
-    up.add_argument("uri", help="catalog file or URL")
+    up.add_argument("uri", help="catalog file, folder, URL or name")
     up.set_defaults(func=_db_upgrade)
     ix = db.add_parser("index", help="give metadata keys an index of their own (see --list)")
-    ix.add_argument("uri", help="catalog file or URL")
+    ix.add_argument("uri", help="catalog file, folder, URL or name")
     ix.add_argument("keys", nargs="*", metavar="KEY", help="query keys: sample, sample.name")
     ix.add_argument("--list", action="store_true", help="list the keys indexed")
     ix.set_defaults(func=_db_index)
@@ -363,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_import_mongo)
     exp = sub.add_parser("export", help="write runs to files: csv, json, spec, hdf5, nexus, ...")
-    exp.add_argument("uri", help="catalog file or URL")
+    exp.add_argument("uri", help="catalog file, folder, URL or name")
     exp.add_argument("dest", help="folder to write into (created if missing)")
     exp.add_argument("-f", "--format", required=True, help="csv, json, jsonl, msgpack, spec, ...")
     exp.add_argument("--query", help="export the runs matching this query (its JSON form)")
@@ -454,6 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         OSError,
     ) as err:
         print(f"runbroker: {err}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as err:  # an unreachable server, a refused login, ...
+        cause = getattr(err, "orig", None) or err
+        print(f"runbroker: database error: {str(cause).strip()}", file=sys.stderr)
         return 1
 
 
