@@ -29,7 +29,7 @@ def test_ls_lists_runs_newest_first_and_filters(catalog, RE, tmp_path):
     assert "scan" in lines[1] and "count" in lines[2]
     assert catalog[-1].uid[:8] in lines[1]
     filtered = _run("ls", path, "--query", (Key("sample") == "Ni").to_json())
-    assert filtered.stdout.splitlines()[0] == f"1 runs in {path}"
+    assert filtered.stdout.splitlines()[0] == f"1 run in {path}"
     assert "count" in filtered.stdout and " scan " not in filtered.stdout
 
 

@@ -151,7 +151,7 @@ def test_commands_take_a_catalog_name(places, tmp_path, capsys):
     cat.close()
     assert main(["catalogs", "add", "bl", str(tmp_path / "beamline.db")]) == 0
     assert main(["ls", "bl"]) == 0
-    assert "1 runs in bl" in capsys.readouterr().out
+    assert "1 run in bl" in capsys.readouterr().out
     assert main(["copy", "bl", str(tmp_path / "laptop.db"), "-q"]) == 0
     assert len(runbroker.open(tmp_path / "laptop.db")) == 1
     assert main(["ls", "no-such-name"]) == 1  # not a file, not a name: the file error

@@ -36,7 +36,7 @@ def _ls(args: argparse.Namespace) -> int:
     cat = _open(args.uri, readonly=True)
     if args.query:
         cat = cat.search(Query.from_json(args.query))
-    print(f"{len(cat)} runs in {args.uri}")
+    print(f"{len(cat)} run{'' if len(cat) == 1 else 's'} in {args.uri}")
     for run in islice(cat.values(), args.n):
         start, stop = run.start, run.stop
         when = datetime.fromtimestamp(start["time"]).strftime("%Y-%m-%d %H:%M:%S")
