@@ -9,7 +9,7 @@ stays a handful of blob reads.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from event_model import unpack_event_page
@@ -40,6 +40,12 @@ _PAGE_KEYS = [
 ]
 _MAX_SEQ = select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == bindparam("d"))
 _PG_MAX_SEQ = "SELECT max(seq_max) FROM pages WHERE descriptor_id = $1"
+# A descriptor's pages in seq order, with the blobs of those smaller than $2 events.
+_PG_PAGES_TO_MERGE = (
+    "SELECT id, n, ord, n, CASE WHEN n < $2 THEN data END, CASE WHEN n < $2 THEN extra END "
+    "FROM pages WHERE descriptor_id = $1 ORDER BY seq_min, id"
+)
+_PG_DELETE_PAGES = "DELETE FROM pages WHERE id = ANY($1)"
 _INSERT_PAGE = Prepared(insert(pages), _PAGE_KEYS)
 
 
@@ -240,11 +246,20 @@ class SQLEvents:
         Live runs write a small page per flush; merging them keeps reads to a few blobs.
         """
         below = state.max_events // 8 if below is None else below
-        listing = conn.execute(
-            select(pages.c.id, pages.c.n)
-            .where(pages.c.descriptor_id == state.id)
-            .order_by(pages.c.seq_min, pages.c.id)
-        ).all()
+        blobs: dict[int, Any] = {}
+        if self.dialect == "postgresql":
+            # The list and the blobs of the small pages in one round trip.
+            found = pgsql.session(conn.connection.driver_connection).execute(
+                _PG_PAGES_TO_MERGE, [state.id, below]
+            )
+            listing = [_Page(i, n) for i, n, *_ in found.fetchall()]
+            blobs = {row[0]: _Blobs(*row[2:]) for row in found.fetchall() if row[1] < below}
+        else:
+            listing = conn.execute(
+                select(pages.c.id, pages.c.n)
+                .where(pages.c.descriptor_id == state.id)
+                .order_by(pages.c.seq_min, pages.c.id)
+            ).all()
         groups: list[list[Any]] = [[]]
         for row in listing:
             fits = sum(r.n for r in groups[-1]) + row.n <= state.max_events
@@ -254,31 +269,51 @@ class SQLEvents:
                 groups[-1].append(row)
         for group in groups:
             if len(group) > 1:
-                self._merge_pages(conn, state, [r.id for r in group])
+                ids = [r.id for r in group]
+                self._merge_pages(conn, state, ids, [blobs[i] for i in ids] if blobs else None)
         state.small_pages = 0
 
-    def _merge_pages(self, conn: Connection, state: DescriptorState, ids: list[int]) -> None:
-        rows = conn.execute(
-            select(pages.c.ord, pages.c.n, pages.c.data, pages.c.extra)
-            .where(pages.c.id.in_(ids))
-            .order_by(pages.c.seq_min, pages.c.id)
-        ).all()
+    def _merge_pages(
+        self, conn: Connection, state: DescriptorState, ids: list[int], rows: Any = None
+    ) -> None:
+        """Replace pages ``ids`` by one (``rows``: their ord, n, data, extra if known)."""
+        if rows is None:
+            rows = conn.execute(
+                select(pages.c.ord, pages.c.n, pages.c.data, pages.c.extra)
+                .where(pages.c.id.in_(ids))
+                .order_by(pages.c.seq_min, pages.c.id)
+            ).all()
         data, extra = merge_batches(
             [(codec.decode(r.data), codec.decode(r.extra), r.n) for r in rows]
         )
         seqs = np.asarray(data["seq_num"])
-        conn.execute(delete(pages).where(pages.c.id.in_(ids)))
-        conn.execute(
-            insert(pages).values(
-                descriptor_id=state.id,
-                run_id=state.run_id,
-                # The last position of the group: every datum the events need comes before.
-                ord=max(r.ord for r in rows),
-                n=len(seqs),
-                seq_min=int(seqs.min()),
-                seq_max=int(seqs.max()),
-                ordered=bool((np.diff(seqs) > 0).all()),
-                data=codec.encode(data),
-                extra=codec.encode(extra),
-            )
-        )
+        merged = {
+            "descriptor_id": state.id,
+            "run_id": state.run_id,
+            # The last position of the group: every datum the events need comes before.
+            "ord": max(r.ord for r in rows),
+            "n": len(seqs),
+            "seq_min": int(seqs.min()),
+            "seq_max": int(seqs.max()),
+            "ordered": bool((np.diff(seqs) > 0).all()),
+            "data": codec.encode(data),
+            "extra": codec.encode(extra),
+        }
+        if self.dialect == "postgresql":
+            # Nothing waits for these: they go with the next round trip.
+            pgsql.session(conn.connection.driver_connection).defer(_PG_DELETE_PAGES, [ids])
+        else:
+            conn.execute(delete(pages).where(pages.c.id.in_(ids)))
+        _INSERT_PAGE.executemany(conn, [merged])
+
+
+class _Page(NamedTuple):
+    id: int
+    n: int
+
+
+class _Blobs(NamedTuple):
+    ord: int
+    n: int
+    data: bytes
+    extra: bytes
