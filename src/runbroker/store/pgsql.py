@@ -7,8 +7,10 @@ trips here. This module holds the PostgreSQL forms that do the same work in fewe
 
 * a start or stop document and its flattened metadata rows (and the full-text row) in one
   statement (a data-modifying ``WITH``, the rows passed as arrays);
-* page rows in one multi-row ``INSERT ... SELECT FROM unnest(...)``;
-* the pages of a read in one ``SELECT ... WHERE id = ANY(...)``, in binary format;
+* the store's statements prepared once per connection and sent through a :class:`Session`,
+  which sends what nobody waits for (page rows, a document's savepoint) together with the
+  next statement or COMMIT, in one round trip (libpq pipeline mode);
+* the pages of a read a few per ``SELECT ... WHERE id = ANY(...)``, in binary format;
 * reader connections in autocommit (no ``BEGIN``/``ROLLBACK`` around each read) and checked
   for life only after they have been idle (see :func:`make_engine`).
 """
