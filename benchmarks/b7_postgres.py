@@ -417,6 +417,8 @@ def _build_sqlite(db: Path, starts: Path, n: int) -> None:
 
     seconds = b7_build.build_sqlite(scratch, runs(), BATCH)
     os.replace(scratch, db)
+    for suffix in ("-wal", "-shm"):  # checkpointed and empty: the catalog is the file alone
+        Path(f"{scratch}{suffix}").unlink(missing_ok=True)
     os.replace(starts.with_suffix(".building"), starts)
     print(f"  built in {seconds:.0f} s", flush=True)
 
