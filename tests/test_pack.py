@@ -239,6 +239,10 @@ from runbroker.cli import main
 class Stopping(NpySeqHandler):
     def get_file_list(self, datum_kwargs):
         if any(kw.get("index") == 1 for kw in datum_kwargs):
+            if sys.argv[3] == "SIGINT":
+                # What Ctrl-C becomes in the main thread, raised right here: a real SIGINT
+                # is handled at the interpreter's next check, which load can delay.
+                raise KeyboardInterrupt
             os.kill(os.getpid(), getattr(signal, sys.argv[3]))
         return super().get_file_list(datum_kwargs)
 
