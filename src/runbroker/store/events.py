@@ -6,7 +6,7 @@ This is storage-independent: any store that keeps events column-wise can use it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,48 @@ __all__ = ["Batch", "DescriptorState", "canonical", "event_from_columns", "page_
 
 MAX_EVENTS_PER_PAGE = 131072
 MAX_BYTES_PER_PAGE = 16 * 2**20
+
+
+def event_is_new(
+    descriptor_uid: str, stored: Mapping[str, Any] | None, doc: Mapping, page: Mapping | None
+) -> bool:
+    """Whether ``doc`` (one event, of event page ``page`` if given) is new: False if the
+    event already stored at its seq_num is the same; :class:`ConflictError` if it differs.
+
+    Example:
+        >>> event_is_new("d1", None, {"uid": "e1", "seq_num": 1}, None)
+        True
+        >>> event_is_new("d1", {"uid": "e1", "seq_num": 1}, {"uid": "e1", "seq_num": 1}, None)
+        False
+    """
+    if stored is None:
+        return True
+    if canonical(stored) == canonical(doc):
+        return False
+    raise ConflictError(
+        "event" if page is None else "event_page",
+        doc["uid"] if page is None else page["uid"],
+        "seq_num",
+        f"descriptor {descriptor_uid!r} already has an event with seq_num {doc['seq_num']} "
+        f"(uid {stored['uid']!r}) with different content"
+        + ("" if page is None else f" than event {doc['uid']!r} of this page"),
+    )
+
+
+def check_datum_ids(name: str, ids: list[str]) -> None:
+    """Refuse a datum page that names one datum twice.
+
+    Example:
+        >>> check_datum_ids("datum_page", ["r/0", "r/0"])
+        Traceback (most recent call last):
+        ...
+        runbroker.documents.DocumentError: ...datum_id 'r/0' appears twice in the page
+    """
+    if len(set(ids)) != len(ids):
+        repeated = next(i for i in ids if ids.count(i) > 1)
+        raise DocumentError(
+            name, ids, "datum_id", f"datum_id {repeated!r} appears twice in the page"
+        )
 
 
 def canonical(doc: Any) -> bytes:

@@ -25,7 +25,7 @@ from event_model import pack_datum_page, pack_event_page, unpack_datum_page, unp
 from ..documents import ConflictError, DocumentError, UnknownParentError, validate
 from ..export import DEFAULT_TEMPLATE, TemplateError, render, safe_name
 from ..export.jsondoc import JSONLinesExporter, dumps
-from .events import DescriptorState, canonical
+from .events import DescriptorState, canonical, check_datum_ids, event_is_new
 from .folderindex import FolderIndex
 from .runfile import ParsedRun, RunCache
 
@@ -590,18 +590,7 @@ class FolderWriting:
         self._spill(txn, writer)
         run = self._parsed_for_writer(writer)
         stored = run.event(state.uid, doc["seq_num"]) if run is not None else None
-        if stored is None:
-            return True
-        if canonical(stored) == canonical(doc):
-            return False
-        raise ConflictError(
-            "event" if page is None else "event_page",
-            doc["uid"] if page is None else page["uid"],
-            "seq_num",
-            f"descriptor {state.uid!r} already has an event with seq_num {doc['seq_num']} "
-            f"(uid {stored['uid']!r}) with different content"
-            + ("" if page is None else f" than event {doc['uid']!r} of this page"),
-        )
+        return event_is_new(state.uid, stored, doc, page)
 
     def _parsed_for_writer(self, writer: _Writer) -> ParsedRun | None:
         path = self.folder / writer.name
@@ -623,11 +612,7 @@ class FolderWriting:
                 f"refers to resource {page['resource']!r}, which is not in this catalog",
             )
         ids = page["datum_id"]
-        if len(set(ids)) != len(ids):
-            repeated = next(i for i in ids if ids.count(i) > 1)
-            raise DocumentError(
-                name, ids, "datum_id", f"datum_id {repeated!r} appears twice in the page"
-            )
+        check_datum_ids(name, ids)
         singles = list(unpack_datum_page(page))
         fresh = []
         for datum in singles:

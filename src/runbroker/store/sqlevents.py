@@ -18,7 +18,7 @@ from sqlalchemy import Connection, bindparam, delete, func, insert, select
 from ..documents import ConflictError, UnknownParentError
 from . import jsoncodec, pgsql
 from . import pages as codec
-from .events import DescriptorState, canonical, event_from_columns, merge_batches
+from .events import DescriptorState, canonical, event_from_columns, event_is_new, merge_batches
 from .prepared import Prepared
 from .schema import descriptors, pages, runs
 
@@ -97,18 +97,7 @@ class SQLEvents:
         self._flush_states(conn)
         seq = doc["seq_num"]
         stored = self._stored_event(conn, state, seq)
-        if stored is None:
-            return True
-        if canonical(stored) == canonical(doc):
-            return False
-        raise ConflictError(
-            "event" if page is None else "event_page",
-            doc["uid"] if page is None else page["uid"],
-            "seq_num",
-            f"descriptor {state.uid!r} already has an event with seq_num {seq} "
-            f"(uid {stored['uid']!r}) with different content"
-            + ("" if page is None else f" than event {doc['uid']!r} of this page"),
-        )
+        return event_is_new(state.uid, stored, doc, page)
 
     def _stored_event(self, conn: Connection, state: DescriptorState, seq: int) -> Any:
         rows = conn.execute(

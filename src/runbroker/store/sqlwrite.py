@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 
 from ..documents import ConflictError, DocumentError, UnknownParentError, validate
 from . import jsoncodec, pgsql
-from .events import DescriptorState, canonical
+from .events import DescriptorState, canonical, check_datum_ids
 from .flatten import flatten, fulltext
 from .prepared import Prepared
 from .schema import datums, descriptors, documents, meta, pages, runs
@@ -508,11 +508,7 @@ class SQLWriting(SQLEvents):
                 f"refers to resource {page['resource']!r}, which is not in this catalog",
             )
         ids = page["datum_id"]
-        if len(set(ids)) != len(ids):
-            repeated = next(i for i in ids if ids.count(i) > 1)
-            raise DocumentError(
-                name, ids, "datum_id", f"datum_id {repeated!r} appears twice in the page"
-            )
+        check_datum_ids(name, ids)
         existing = dict(
             conn.execute(
                 select(datums.c.datum_id, documents.c.body)
