@@ -264,13 +264,15 @@ def test_a_stopped_pack_keeps_whole_runs_and_append_finishes_it(source, tmp_path
         assert stopped.returncode == -9
     # Only whole runs are in the pack: the one stopped midway left nothing under its name.
     # (Killed, the process wrote no manifest after the first: the runs it lists are whole,
-    # and append packs the others again.)
+    # and append packs the others again. Nor had it always written the runs before: their
+    # files wait in memory for a worker thread.)
     assert verify(dest).ok
     with runbroker.open(dest, readonly=True) as partial:
         listed = json.loads((dest / "manifest.json").read_text())["runs"]
         assert set(listed) <= set(partial)
-        samples = [run.start["sample"] for run in partial.values()]
-        assert sorted(samples) == sorted([SAMPLES["h5"], SAMPLES["tif"]])  # the two before it
+        samples = {run.start["sample"] for run in partial.values()}
+        before = {SAMPLES["h5"], SAMPLES["tif"]}  # the two runs packed before it
+        assert samples == before if signal == "SIGINT" else samples <= before
     report = pack(source, dest, append=True, progress=False)
     assert not report.failed and report.copied + report.skipped == len(source)
     report = verify(dest)
@@ -708,3 +710,22 @@ def test_cli_says_what_is_wrong_and_writes_nothing(source, tmp_path, capsys):
             pack(source, tmp_path / "p", progress=False, **options)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
     assert afile.read_text() == "not a pack"
+
+
+@pytest.mark.parametrize("external", ["copy", "fill"])
+def test_run_files_past_the_memory_limit_are_written_as_encoded(
+    source, tmp_path, monkeypatch, external
+):
+    # A run file larger than the limit is written straight to its staged file instead of
+    # waiting in memory for a worker thread; with a 1 kB limit every run here is.
+    from runbroker.pack import writer
+
+    monkeypatch.setattr(writer, "_IN_MEMORY", 1000)
+    dest = tmp_path / "p"
+    report = pack(source, dest, external=external, progress=False)
+    assert report.copied == len(source) and not report.failed
+    assert verify(dest).ok
+    assert not list((dest / ".runbroker" / "incoming").iterdir())  # every staged file moved
+    with runbroker.open(dest, readonly=True) as packed:
+        for run in source.values():
+            assert_same_run(packed[run.uid], run)

@@ -9,6 +9,7 @@ others go on, unless ``strict``.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -99,6 +100,12 @@ def copy_runs(
     present = dest if dest.query is None else Catalog(dest.store)  # type: ignore[attr-defined]
     report = report if report is not None else CopyReport()
     bar = _bar(total, desc) if progress else None
+    # Each run makes thousands of short-lived containers; the cyclic collector would walk
+    # every object alive (the source's and destination's too) over and over, a sixth of a
+    # copy's time. Reference counting frees a run's documents; the few cycles left (an
+    # error's traceback) wait for the next collection after the copy.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         for uid, documents in runs:
             if uid in present:
@@ -116,6 +123,8 @@ def copy_runs(
     finally:
         if bar is not None:
             bar.close()
+        if collecting:
+            gc.enable()
     return report
 
 

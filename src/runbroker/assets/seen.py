@@ -30,6 +30,9 @@ class SeenAssets:
     def __init__(self) -> None:
         self._docs: list[tuple[str, dict]] = []
         self._datums: dict[str, tuple[str, dict]] = {}
+        # Datum pages are unpacked when a datum is first asked for: most runs streaming past
+        # an exporter are never filled, and unpacking costs a dict per datum.
+        self._pages: list[dict] = []
 
     def add(self, name: str, doc: dict) -> None:
         """Remember ``doc`` if it is a detector-file document; ignore anything else."""
@@ -38,8 +41,7 @@ class SeenAssets:
         elif name == "datum":
             self._datums[doc["datum_id"]] = (doc["resource"], doc.get("datum_kwargs") or {})
         elif name == "datum_page":
-            for datum in unpack_datum_page(doc):
-                self._datums[datum["datum_id"]] = (datum["resource"], datum["datum_kwargs"])
+            self._pages.append(doc)
 
     def assets(self, run_uid: str) -> list[tuple[str, dict]]:
         """The resource, stream_resource and stream_datum documents seen, in order."""
@@ -47,4 +49,8 @@ class SeenAssets:
 
     def datums(self, datum_ids: list[str]) -> dict[str, tuple[str, Any]]:
         """datum_id -> (resource uid, datum_kwargs), for the ids seen."""
+        pages, self._pages = self._pages, []
+        for page in pages:
+            for datum in unpack_datum_page(page):
+                self._datums[datum["datum_id"]] = (datum["resource"], datum["datum_kwargs"])
         return {i: self._datums[i] for i in datum_ids if i in self._datums}

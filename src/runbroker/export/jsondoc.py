@@ -25,7 +25,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -124,8 +124,13 @@ def _json_values(values: Any) -> Any:
             return "Infinity" if values > 0 else "-Infinity"
         return values
     if isinstance(values, (list, tuple)):
+        if set(map(type, values)) <= _NOT_FLOAT:  # datum ids, counts: nothing to spell
+            return values
         return [_json_values(v) for v in values]
     return values
+
+
+_NOT_FLOAT = {str, int, bool, type(None)}
 
 
 def _json_events(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -205,10 +210,19 @@ class _DocumentStream(Exporter):
     declare_dtypes: ClassVar[bool] = False
 
     def __init__(
-        self, directory: str | os.PathLike[str], *, fill: bool = False, **options: Any
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        fill: bool = False,
+        opener: Callable[[Path], IO[bytes]] | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(directory, **options)
         self.fill = fill
+        #: Where the bytes of the file named ``path`` go, if not to that file: a pack keeps
+        #: them in memory and writes them on another thread (creating a file can cost more
+        #: than encoding a small run).
+        self.opener = opener
         self.needs_pixels = fill
         self._file: IO[bytes] | None = None
         self._pending: dict[str, dict[str, Any]] = {}  # descriptors not written yet
@@ -233,7 +247,10 @@ class _DocumentStream(Exporter):
 
     def start(self, doc: dict[str, Any]) -> None:
         path = self.new_path()
-        self._file = open(path, self.mode + "b")  # noqa: SIM115 -- closed in finish()
+        if self.opener is not None:
+            self._file = self.opener(path)
+        else:
+            self._file = open(path, self.mode + "b")  # noqa: SIM115 -- closed in finish()
         self._write("start", doc)
 
     def descriptor(self, doc: dict[str, Any]) -> None:

@@ -19,23 +19,33 @@ What happens to detector files is the ``external`` mode:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
 import shutil
 import sqlite3
 import stat
+from collections import deque
 from collections.abc import Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
-from typing import Any
+from typing import IO, Any
 
 from ..assets import Assets
 from ..assets.paths import anchored
 from ..export import exporter
 from .manifest import WORKERS, FileEntry, Manifest, PackError, sha256_of
 
-__all__ = ["EXTERNAL_MODES", "FORMATS", "PackWriter", "check_options", "copy_file"]
+__all__ = [
+    "EXTERNAL_MODES",
+    "FORMATS",
+    "PackWriter",
+    "check_options",
+    "copy_file",
+    "write_run_file",
+]
 
 EXTERNAL_MODES = ("copy", "fill", "manifest", "ignore")
 FORMATS = ("jsonl", "msgpack")
@@ -49,6 +59,10 @@ STAGING = ".runbroker/incoming"
 #: Run files are named by their full uid, so appending never meets a name already taken.
 TEMPLATE = "{time:%Y%m%d-%H%M%S}_scan{scan_id}_{uid}"
 _RESOURCES = ("resource", "stream_resource")
+#: A run file larger than this is written as it is encoded, not kept for a worker thread.
+_IN_MEMORY = 8 << 20
+#: How many run files may wait in memory for a worker thread.
+_BACKLOG = 32
 
 
 class PackWriter:
@@ -97,6 +111,7 @@ class PackWriter:
         #: What the folder store's index needs of each run packed: its file, start and stop
         #: documents, and the uids documents point at (see :meth:`index`).
         self.packed: list[_Packed] = []
+        self._backlog: deque[Future[FileEntry]] = deque()  # run files not written yet
 
     def __contains__(self, uid: object) -> bool:
         return uid in self.manifest.runs
@@ -105,9 +120,16 @@ class PackWriter:
         """Pack one run's documents; return how many there were.
 
         Nothing of a run that fails stays behind: its document file and the files copied for
-        it are removed, and :class:`PackError` says which run and file. Copies and checksums
-        run on other threads while the next run is written; :meth:`close` waits for them.
+        it are removed, and :class:`PackError` says which run and file. The run's file is
+        written, and detector files copied and checksummed, on other threads while the next
+        run is encoded; :meth:`close` waits for them.
         """
+        spools: list[_Spool] = []
+
+        def opener(path: Path) -> _Spool:  # written by a worker thread: see write_run_file
+            spools.append(_Spool(path))
+            return spools[-1]
+
         exp = exporter(
             self.format,
             self.folder / STAGING,
@@ -115,6 +137,7 @@ class PackWriter:
             overwrite=True,  # left by a pack that was killed while writing this run
             fill=self.external == "fill",
             assets=self.assets,
+            opener=opener,
         )
         exp.live = False  # nobody reads the file before it is closed: skip per-line flushes
         uid = "?"
@@ -142,7 +165,6 @@ class PackWriter:
                     children.append((doc["uid"], name))
             (staged,) = exp.close()
             run_file = self.folder / staged.name
-            os.replace(staged, run_file)
         except BaseException as exc:
             self._undo(exp)  # on Ctrl-C too: the pack keeps only whole runs
             if not isinstance(exc, Exception):
@@ -151,7 +173,13 @@ class PackWriter:
                 raise PackError(f"run {uid}: {exc}") from exc
             raise PackError(f"run {uid}: {type(exc).__name__}: {exc}") from exc
         rel = run_file.relative_to(self.folder).as_posix()
-        self._files[rel] = self._pool.submit(sha256_of, run_file)
+        self._files[rel] = written = self._pool.submit(
+            write_run_file, spools[0].data, staged, run_file
+        )
+        # Run files wait in memory for a worker: a few dozen at most, however fast runs come.
+        self._backlog.append(written)
+        while len(self._backlog) > _BACKLOG:
+            wait([self._backlog.popleft()])
         self._pending.append((uid, self._needs | {rel}))
         self.manifest.outside.update(outside)
         self.manifest.add_run(uid, run_file.name, self.external)
@@ -164,19 +192,24 @@ class PackWriter:
         from ..documents import DocumentError
         from ..store.folderindex import FolderIndex
 
-        files = []
+        files, packed = [], []
         for run in self.packed:
-            info = (self.folder / run.file).stat()
+            try:
+                self._files[run.file].result()
+                info = (self.folder / run.file).stat()
+            except Exception:  # not written: close() takes the run out of the pack
+                continue
             files.append((run.file, run.uid, info.st_size, info.st_mtime_ns))
+            packed.append(run)
         try:
             index = FolderIndex(self.folder)
         except (OSError, sqlite3.Error):
             return  # a folder that cannot hold an index: the first open builds one elsewhere
         try:
             index.record(
-                [h for run in self.packed for h in run.headers],
+                [h for run in packed for h in run.headers],
                 files,
-                [(child, kind, run.uid) for run in self.packed for child, kind in run.children],
+                [(child, kind, run.uid) for run in packed for child, kind in run.children],
             )
         except (DocumentError, sqlite3.Error):
             pass  # the first open reads the files instead
@@ -384,6 +417,62 @@ def _datum_kwargs(name: str, doc: Mapping[str, Any]) -> list[dict]:
     columns = doc.get("datum_kwargs") or {}
     n = len(doc.get("datum_id") or ())
     return [{k: list(v)[i] for k, v in columns.items()} for i in range(n)]
+
+
+class _Spool(io.BytesIO):
+    """A run file's bytes in memory (``data`` once closed), or in the file ``path`` once
+    they pass :data:`_IN_MEMORY` (a run with its detector data filled in can be large)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.spilled: IO[bytes] | None = None
+        self.data: bytes | None = None
+
+    def write(self, b: Any) -> int:
+        if self.spilled is not None:
+            return self.spilled.write(b)
+        n = super().write(b)
+        if self.tell() > _IN_MEMORY:
+            self.spilled = open(self.path, "wb")  # noqa: SIM115 -- closed in close()
+            with self.getbuffer() as held:
+                self.spilled.write(held)
+            self.seek(0)
+            self.truncate()
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            if self.spilled is not None:
+                self.spilled.close()
+            else:
+                self.data = self.getvalue()
+        super().close()
+
+
+def write_run_file(data: bytes | None, staged: Path, dest: Path) -> FileEntry:
+    """Write a run's file whole: ``data`` to ``staged`` first (``None``: it is there
+    already), then renamed to ``dest``, so that a pack stopped however holds no half-written
+    run file under a run's name.
+
+    Example:
+        >>> write_run_file(b"[]", tmp_path / "incoming" / "a.jsonl", tmp_path / "a.jsonl").size
+        2
+    """
+    try:
+        if data is None:
+            entry = sha256_of(staged)
+        else:
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            with open(staged, "wb") as f:
+                f.write(data)
+            entry = FileEntry(len(data), hashlib.sha256(data).hexdigest())
+        os.replace(staged, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            staged.unlink()
+        raise PackError(f"cannot write {dest.name}: {exc.strerror or exc}") from None
+    return entry
 
 
 def copy_file(src: str | os.PathLike[str], dest: Path) -> FileEntry:

@@ -374,6 +374,8 @@ def _join(batches: list[Batch]) -> Batch:
 
 def merge_batches(parts: list[tuple[dict, dict, int]]) -> tuple[dict, dict]:
     """Concatenate the (data, extra) columns of several pages into one page's columns."""
+    if len(parts) == 1:  # most runs replay as one page per stream: nothing to join
+        return dict(parts[0][0]), dict(parts[0][1])
     out = []
     for which in (0, 1):
         names: dict[str, None] = {}

@@ -19,6 +19,7 @@ import heapq
 import itertools
 import math
 import re
+import sqlite3
 import threading
 import time
 import weakref
@@ -87,6 +88,27 @@ _PAGES_OF_DESCRIPTOR = Prepared(
     .order_by(pages.c.seq_min, pages.c.id)
 )
 _PAGE_DATA = Prepared(select(pages.c.data).where(pages.c.id == bindparam("id")), binary=True)
+# Replaying a run (run.documents(), copies, packs): its documents in stored order.
+_RUN_ROW = Prepared(
+    select(runs.c.id, runs.c.start, runs.c.stop).where(runs.c.uid == bindparam("uid"))
+)
+_RUN_DESCRIPTORS = Prepared(
+    select(descriptors.c.ord, descriptors.c.body)
+    .where(descriptors.c.run_id == bindparam("run_id"))
+    .order_by(descriptors.c.ord)
+)
+_RUN_DOCUMENTS = Prepared(
+    select(documents.c.ord, documents.c.kind, documents.c.body)
+    .where(documents.c.run_id == bindparam("run_id"))
+    .order_by(documents.c.ord)
+)
+_RUN_PAGES = Prepared(
+    select(pages.c.ord, descriptors.c.uid, pages.c.data, pages.c.extra)
+    .join(descriptors, descriptors.c.id == pages.c.descriptor_id)
+    .where(pages.c.run_id == bindparam("run_id"))
+    .order_by(pages.c.ord),
+    binary=True,
+)
 _PAGE_BLOBS = Prepared(
     select(pages.c.data, pages.c.extra).where(pages.c.id == bindparam("id")), binary=True
 )
@@ -505,31 +527,22 @@ class SQLStore(SQLWriting):
         """Stored documents of a run in insertion order (events as event_page)."""
         self._flush_if_pending()
         with self._read() as conn:
-            row = conn.execute(
-                select(runs.c.id, runs.c.start, runs.c.stop).where(runs.c.uid == run_uid)
-            ).first()
+            row = _RUN_ROW.execute(conn, {"uid": run_uid}).fetchone()
             if row is None:
                 raise KeyError(run_uid)
-            run_id = row.id
-            yield "start", _loads(row.start)
-            desc = conn.execute(
-                select(descriptors.c.ord, descriptors.c.uid, descriptors.c.body)
-                .where(descriptors.c.run_id == run_id)
-                .order_by(descriptors.c.ord)
-            ).all()
-            streams = [(o, "descriptor", body) for o, _uid, body in desc]
-            docs = conn.execute(
-                select(documents.c.ord, documents.c.kind, documents.c.body)
-                .where(documents.c.run_id == run_id)
-                .order_by(documents.c.ord)
-            ).all()
-            page_rows = conn.execute(
-                select(pages.c.ord, descriptors.c.uid, pages.c.data, pages.c.extra)
-                .join(descriptors, descriptors.c.id == pages.c.descriptor_id)
-                .where(pages.c.run_id == run_id)
-                .order_by(pages.c.ord)
-            )
-            events = ((o, "event_page", (d, data, extra)) for o, d, data, extra in page_rows)
+            run_id, start, stop = row
+            yield "start", _loads(start)
+            key = {"run_id": run_id}
+            streams = [
+                (o, "descriptor", body)
+                for o, body in _RUN_DESCRIPTORS.execute(conn, key).fetchall()
+            ]
+            docs = _RUN_DOCUMENTS.execute(conn, key).fetchall()
+            found = _RUN_PAGES.execute(conn, key)
+            # SQLite's cursor hands pages over one by one: a run of many large pages is never
+            # held whole. PostgreSQL's rows come fetched.
+            rows = found if isinstance(found, sqlite3.Cursor) else found.fetchall()
+            events = ((o, "event_page", (d, data, extra)) for o, d, data, extra in rows)
             merged = heapq.merge(
                 ((o, k, b) for o, k, b in streams),
                 ((o, k, b) for o, k, b in docs),
@@ -545,8 +558,8 @@ class SQLStore(SQLWriting):
                 parts = (_decoded_page(body[1], body[2], uids) for _, _, body in items)
                 for data, extra in rechunk(parts, MAX_EVENTS_PER_PAGE):
                     yield kind, page_from_columns(descriptor, data, extra, arrays, uids)
-            if row.stop:
-                yield "stop", _loads(row.stop)
+            if stop:
+                yield "stop", _loads(stop)
 
     def assets(self, run_uid: str) -> list[tuple[str, dict]]:
         """The run's resource, stream_resource and stream_datum documents, in stored order."""
