@@ -13,14 +13,19 @@ Every PostgreSQL figure is measured in the same run as the same workload on an S
   a smaller size the figures are printed but marked "not measured at this size", never PASS.
   The SQLite baseline is B3's cached catalog of the same size (built if missing with
   ``ingest()``, its indexes made at the end: 10 minutes for 1,000,000 runs on 2 idle cores).
+  ``RUNBROKER_BENCH_B7_RUNS=0`` leaves the search part out (ingest and read only, ~1 minute).
 
 PostgreSQL is a throwaway cluster from :mod:`runbroker.testing.postgres` with PostgreSQL's
 default durability (fsync on); the store commits with ``synchronous_commit=off`` in its
-default ``durability="batch"``, the promise SQLite's ``synchronous=NORMAL`` makes. Or the
-server at ``RUNBROKER_TEST_POSTGRES`` if set (each part in its own schema, dropped
-afterwards). ``ingest()`` stores some 500-800 of B3's runs per second on PostgreSQL (a round
-trip per document), so the search catalog is loaded with COPY from the rows the store itself
-writes (:mod:`benchmarks.b7_build`, which first stores 2,000 runs both ways and compares every
+default ``durability="batch"``, the promise SQLite's ``synchronous=NORMAL`` makes. The
+cluster is reached through its Unix-domain socket, as libpq reaches a server on the same
+machine by default; ``RUNBROKER_TEST_POSTGRES_TCP=1`` measures through TCP on 127.0.0.1
+instead (closer to a server on another machine, minus the network). Or the server at
+``RUNBROKER_TEST_POSTGRES`` if set (each part in its own schema, dropped afterwards).
+
+``ingest()`` stores some 500-800 of B3's runs per second on PostgreSQL (a round trip per
+document), so the search catalog is loaded with COPY from the rows the store itself writes
+(:mod:`benchmarks.b7_build`, which first stores 2,000 runs both ways and compares every
 table; about 7 minutes for 1,000,000 runs), then ``VACUUM ANALYZE``d, the state autovacuum
 brings a long-lived catalog to (index-only scans need the visibility map). Lookups and
 queries are timed as the median of many repeats of one statement, so psycopg's automatic
@@ -175,10 +180,11 @@ def postgres() -> Iterator[tuple[str, bool]]:
         url = cluster.start()
     with psycopg.connect(_plain(url)) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]
+    via = "TCP on 127.0.0.1" if cluster.tcp else "its Unix-domain socket"
     print(
-        f"  PostgreSQL {version}: throwaway cluster on port {cluster.port} (fsync on; the store "
-        "commits with synchronous_commit=off, as SQLite's synchronous=NORMAL), "
-        f"started in {t[0]:.1f} s",
+        f"  PostgreSQL {version}: throwaway cluster on port {cluster.port}, reached through "
+        f"{via} (fsync on; the store commits with synchronous_commit=off, as SQLite's "
+        f"synchronous=NORMAL), started in {t[0]:.1f} s",
         flush=True,
     )
     try:
@@ -582,14 +588,16 @@ def bench_search(backends: Backends) -> list[Result]:
 
 
 def run() -> list[Result]:
-    section(f"B7 PostgreSQL vs SQLite: ingest, read, search ({N_RUNS:,}-run catalog)")
+    search = f"search ({N_RUNS:,}-run catalog)" if N_RUNS > 0 else "no search"
+    section(f"B7 PostgreSQL vs SQLite: ingest, read, {search}")
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="runbroker-b7-") as tmp, postgres() as (url, ext):
         backends = Backends(Path(tmp), url, ext)
         try:
             results.extend(bench_ingest(backends))
             results.append(bench_read(backends))
-            results.extend(bench_search(backends))
+            if N_RUNS > 0:
+                results.extend(bench_search(backends))
         finally:
             backends.drop()
     return results

@@ -25,7 +25,7 @@ import multiprocessing as mp
 import time
 from collections import Counter
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 
@@ -101,7 +101,9 @@ def _server_cpu(url: str) -> float | None:
         import psutil
     except ImportError:
         return None
-    port = urlsplit(_plain(url)).port or 5432
+    parts = urlsplit(_plain(url))
+    # A Unix-socket URL names its port in the query (?host=/dir&port=N).
+    port = parts.port or int(parse_qs(parts.query).get("port", ["5432"])[0])
     for proc in psutil.process_iter(["name", "cmdline"]):
         cmd = proc.info["cmdline"] or []
         if proc.info["name"] != "postgres" or "-p" not in cmd:

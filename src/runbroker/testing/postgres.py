@@ -1,7 +1,13 @@
 """A throwaway PostgreSQL cluster for the tests: initdb + pg_ctl in a temporary folder.
 
-Used by runbroker's own tests and benchmarks. Set ``RUNBROKER_TEST_POSTGRES`` to a SQLAlchemy URL (``postgresql+psycopg://user@host/db``)
-to use an existing server instead; each test then gets its own schema in that database.
+Used by runbroker's own tests and benchmarks. Set ``RUNBROKER_TEST_POSTGRES`` to a SQLAlchemy
+URL (``postgresql+psycopg://user@host/db``) to use an existing server instead; each test then
+gets its own schema in that database.
+
+The cluster listens on a Unix-domain socket in its folder and on TCP at 127.0.0.1; the URL
+:meth:`Cluster.start` returns uses the socket (what libpq uses by default for a server on the
+same machine), :attr:`Cluster.tcp_url` the TCP port (what a server on another machine uses).
+Set ``RUNBROKER_TEST_POSTGRES_TCP=1`` to have :meth:`Cluster.start` return the TCP URL.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 import psycopg
 
 ENV = "RUNBROKER_TEST_POSTGRES"
+TCP_ENV = "RUNBROKER_TEST_POSTGRES_TCP"
 
 
 def _binary(name: str) -> str:
@@ -43,14 +50,45 @@ class Cluster:
     PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres`` user.
     The tests' cluster runs with ``fsync=off`` (nothing in it must survive a crash, and the
     suite runs faster); ``durable=True`` keeps PostgreSQL's default durability (fsync, full
-    page writes), as the benchmarks use it.
+    page writes), as the benchmarks use it. ``tcp=True`` (default: ``$RUNBROKER_TEST_POSTGRES_TCP``
+    set to ``1``) makes :meth:`start` return :attr:`tcp_url` rather than :attr:`socket_url`.
+
+    Example:
+        >>> cluster = Cluster(tcp=False)
+        >>> url = cluster.start()  # doctest: +SKIP
+        >>> cluster.url == cluster.socket_url, "?host=" in cluster.url
+        (True, True)
+        >>> cluster.tcp_url.startswith("postgresql+psycopg://runbroker@127.0.0.1:")
+        True
+        >>> cluster.stop()
     """
 
-    def __init__(self, durable: bool = False) -> None:
+    def __init__(self, durable: bool = False, tcp: bool | None = None) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="runbroker-pg-"))
         self.port = _free_port()
         self.user: str | None = "postgres" if os.geteuid() == 0 else None
         self.durable = durable
+        self.tcp = os.environ.get(TCP_ENV, "") == "1" if tcp is None else tcp
+
+    @property
+    def socket_dir(self) -> Path:
+        """The folder that holds the server's Unix-domain socket."""
+        return self.folder / "sock"
+
+    @property
+    def socket_url(self) -> str:
+        """The database's URL through the Unix-domain socket."""
+        return f"postgresql+psycopg://runbroker@/runbroker_test?host={self.socket_dir}&port={self.port}"
+
+    @property
+    def tcp_url(self) -> str:
+        """The database's URL through TCP on 127.0.0.1."""
+        return f"postgresql+psycopg://runbroker@127.0.0.1:{self.port}/runbroker_test"
+
+    @property
+    def url(self) -> str:
+        """The URL :meth:`start` returns: :attr:`tcp_url` or :attr:`socket_url`."""
+        return self.tcp_url if self.tcp else self.socket_url
 
     def _run(self, *args: str) -> None:
         cmd = list(args)
@@ -61,7 +99,7 @@ class Cluster:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
 
     def start(self) -> str:
-        data, sock = self.folder / "data", self.folder / "sock"
+        data, sock = self.folder / "data", self.socket_dir
         sock.mkdir()
         if self.user:
             shutil.chown(self.folder, self.user)
@@ -79,14 +117,17 @@ class Cluster:
             "-l", str(self.folder / "log"), "-w", "start",
         )  # fmt: skip
         with psycopg.connect(
-            host="127.0.0.1", port=self.port, user="runbroker", dbname="postgres", autocommit=True
+            host=str(sock), port=self.port, user="runbroker", dbname="postgres", autocommit=True
         ) as conn:
             conn.execute("CREATE DATABASE runbroker_test")
-        return f"postgresql+psycopg://runbroker@127.0.0.1:{self.port}/runbroker_test"
+        return self.url
 
     def stop(self) -> None:
         try:
-            self._run(_binary("pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop")
+            if (self.folder / "data" / "postmaster.pid").exists():  # started, not yet stopped
+                self._run(
+                    _binary("pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop"
+                )
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
 
