@@ -9,8 +9,9 @@ others go on, unless ``strict``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,7 +21,14 @@ if TYPE_CHECKING:
     from .catalog import Catalog, Run
     from .queries import Query
 
-__all__ = ["CopyReport", "Destination", "copy_catalog", "copy_runs", "select_runs"]
+__all__ = [
+    "CopyReport",
+    "Destination",
+    "copy_catalog",
+    "copy_runs",
+    "gc_paused",
+    "select_runs",
+]
 
 #: A run's documents, produced only when the run is to be copied (None: it vanished).
 Documents = Callable[[], Iterable[tuple[str, dict]] | None]
@@ -100,32 +108,48 @@ def copy_runs(
     present = dest if dest.query is None else Catalog(dest.store)  # type: ignore[attr-defined]
     report = report if report is not None else CopyReport()
     bar = _bar(total, desc) if progress else None
-    # Each run makes thousands of short-lived containers; the cyclic collector would walk
-    # every object alive (the source's and destination's too) over and over, a sixth of a
-    # copy's time. Reference counting frees a run's documents; the few cycles left (an
-    # error's traceback) wait for the next collection after the copy.
-    collecting = gc.isenabled()
-    gc.disable()
     try:
-        for uid, documents in runs:
-            if uid in present:
-                report.skipped += 1
-            else:
-                _copy_one(uid, documents, dest, strict, report)
-            if bar is not None:
-                bar.set_postfix(
-                    copied=report.copied,
-                    skipped=report.skipped,
-                    failed=len(report.failed),
-                    refresh=False,
-                )
-                bar.update()
+        with gc_paused():
+            for uid, documents in runs:
+                if uid in present:
+                    report.skipped += 1
+                else:
+                    _copy_one(uid, documents, dest, strict, report)
+                if bar is not None:
+                    bar.set_postfix(
+                        copied=report.copied,
+                        skipped=report.skipped,
+                        failed=len(report.failed),
+                        refresh=False,
+                    )
+                    bar.update()
     finally:
         if bar is not None:
             bar.close()
+    return report
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector off for the block (as it was, after).
+
+    Copying runs makes thousands of short-lived containers per run, and the collector would
+    walk every object alive (the source's and destination's too) over and over: a sixth of
+    a copy's time. Reference counting still frees each run's documents; the few cycles left
+    (an error's traceback) wait for the next collection after the block.
+
+    Example:
+        >>> with gc_paused():
+        ...     gc.isenabled()
+        False
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
         if collecting:
             gc.enable()
-    return report
 
 
 def _copy_one(

@@ -257,7 +257,7 @@ class Exporter:
                 f"file-name template {self.template!r} gives {path.name} twice for run "
                 f"{self.uid}; include {{stream}}, {{field}} or {{index}} in it"
             )
-        if path.exists() and not self.overwrite:
+        if not self.overwrite and path.exists():
             raise FileExistsError(
                 f"{path} already exists; an export never replaces a file unless asked "
                 "(overwrite=True, or --overwrite)"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..transfer import CopyReport, copy_runs, select_runs
+from ..transfer import CopyReport, copy_runs, gc_paused, select_runs
 from .archive import extract, is_archive, pack_name, verify_archive, write_archive
 from .manifest import (
     MANIFEST,
@@ -146,16 +146,17 @@ def pack(
     writer = PackWriter(dest, manifest, source.assets, external=external, format=format)
     report = PackReport(path=dest, verb="packed")
     try:
-        copy_runs(
-            ((run.uid, _documents(run)) for run in chosen),
-            writer,
-            total=len(chosen),
-            progress=progress,
-            strict=strict,
-            desc="pack",
-            report=report,
-        )
-        writer.index()  # while the last detector files are still being copied
+        with gc_paused():
+            copy_runs(
+                ((run.uid, _documents(run)) for run in chosen),
+                writer,
+                total=len(chosen),
+                progress=progress,
+                strict=strict,
+                desc="pack",
+                report=report,
+            )
+            writer.index()  # while the last detector files are still being copied
     finally:
         late = writer.close()
     report.copied -= len(late)

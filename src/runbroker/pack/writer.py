@@ -414,9 +414,9 @@ class _Packed:
 def _datum_kwargs(name: str, doc: Mapping[str, Any]) -> list[dict]:
     if name == "datum":
         return [dict(doc.get("datum_kwargs") or {})]
-    columns = doc.get("datum_kwargs") or {}
+    columns = {k: list(v) for k, v in (doc.get("datum_kwargs") or {}).items()}
     n = len(doc.get("datum_id") or ())
-    return [{k: list(v)[i] for k, v in columns.items()} for i in range(n)]
+    return [{k: v[i] for k, v in columns.items()} for i in range(n)]
 
 
 class _Spool(io.BytesIO):

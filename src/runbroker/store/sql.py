@@ -15,7 +15,6 @@ PostgreSQL does differently is :mod:`runbroker.store.pgsql`.
 from __future__ import annotations
 
 import atexit
-import heapq
 import itertools
 import math
 import re
@@ -34,12 +33,16 @@ from sqlalchemy import (
     Connection,
     and_,
     bindparam,
+    cast,
     create_engine,
     event,
     func,
     insert,
+    literal_column,
+    null,
     select,
     tuple_,
+    union_all,
 )
 from sqlalchemy.engine import Engine
 
@@ -88,29 +91,42 @@ _PAGES_OF_DESCRIPTOR = Prepared(
     .order_by(pages.c.seq_min, pages.c.id)
 )
 _PAGE_DATA = Prepared(select(pages.c.data).where(pages.c.id == bindparam("id")), binary=True)
+_PAGE_BLOBS = Prepared(
+    select(pages.c.data, pages.c.extra).where(pages.c.id == bindparam("id")), binary=True
+)
 # Replaying a run (run.documents(), copies, packs): its documents in stored order.
 _RUN_ROW = Prepared(
     select(runs.c.id, runs.c.start, runs.c.stop).where(runs.c.uid == bindparam("uid"))
 )
-_RUN_DESCRIPTORS = Prepared(
-    select(descriptors.c.ord, descriptors.c.body)
-    .where(descriptors.c.run_id == bindparam("run_id"))
-    .order_by(descriptors.c.ord)
-)
-_RUN_DOCUMENTS = Prepared(
-    select(documents.c.ord, documents.c.kind, documents.c.body)
-    .where(documents.c.run_id == bindparam("run_id"))
-    .order_by(documents.c.ord)
-)
-_RUN_PAGES = Prepared(
-    select(pages.c.ord, descriptors.c.uid, pages.c.data, pages.c.extra)
-    .join(descriptors, descriptors.c.id == pages.c.descriptor_id)
-    .where(pages.c.run_id == bindparam("run_id"))
-    .order_by(pages.c.ord),
+# Every document of a run after its start, in stored order, from one statement: each part
+# comes sorted by its (run_id, ord) index, so the database merges them without sorting blobs.
+_RUN_BODIES = Prepared(
+    union_all(
+        select(
+            descriptors.c.ord,
+            literal_column("'descriptor'").label("kind"),
+            descriptors.c.body,
+            cast(null(), descriptors.c.uid.type).label("descriptor"),
+            cast(null(), pages.c.extra.type).label("extra"),
+        ).where(descriptors.c.run_id == bindparam("run_id")),
+        select(
+            documents.c.ord,
+            documents.c.kind,
+            documents.c.body,
+            cast(null(), descriptors.c.uid.type),
+            cast(null(), pages.c.extra.type),
+        ).where(documents.c.run_id == bindparam("run_id")),
+        select(
+            pages.c.ord,
+            literal_column("'event_page'"),
+            pages.c.data,
+            descriptors.c.uid,
+            pages.c.extra,
+        )
+        .join(descriptors, descriptors.c.id == pages.c.descriptor_id)
+        .where(pages.c.run_id == bindparam("run_id")),
+    ).order_by("ord"),
     binary=True,
-)
-_PAGE_BLOBS = Prepared(
-    select(pages.c.data, pages.c.extra).where(pages.c.id == bindparam("id")), binary=True
 )
 
 
@@ -532,30 +548,17 @@ class SQLStore(SQLWriting):
                 raise KeyError(run_uid)
             run_id, start, stop = row
             yield "start", _loads(start)
-            key = {"run_id": run_id}
-            streams = [
-                (o, "descriptor", body)
-                for o, body in _RUN_DESCRIPTORS.execute(conn, key).fetchall()
-            ]
-            docs = _RUN_DOCUMENTS.execute(conn, key).fetchall()
-            found = _RUN_PAGES.execute(conn, key)
-            # SQLite's cursor hands pages over one by one: a run of many large pages is never
-            # held whole. PostgreSQL's rows come fetched.
+            found = _RUN_BODIES.execute(conn, {"run_id": run_id})
+            # SQLite's cursor hands documents over one by one: a run of many large pages is
+            # never held whole. PostgreSQL's rows come fetched.
             rows = found if isinstance(found, sqlite3.Cursor) else found.fetchall()
-            events = ((o, "event_page", (d, data, extra)) for o, d, data, extra in rows)
-            merged = heapq.merge(
-                ((o, k, b) for o, k, b in streams),
-                ((o, k, b) for o, k, b in docs),
-                events,
-                key=lambda item: item[0],
-            )
-            for (kind, descriptor), items in groupby(merged, key=_replay_key):
+            for (kind, descriptor), items in groupby(rows, key=_replay_key):
                 if kind != "event_page":
-                    for _, _, body in items:
+                    for _, _, body, _, _ in items:
                         yield kind, _loads(body)
                     continue
                 # Consecutive pages of one descriptor replay as evenly cut pages.
-                parts = (_decoded_page(body[1], body[2], uids) for _, _, body in items)
+                parts = (_decoded_page(data, extra, uids) for _, _, data, _, extra in items)
                 for data, extra in rechunk(parts, MAX_EVENTS_PER_PAGE):
                     yield kind, page_from_columns(descriptor, data, extra, arrays, uids)
             if stop:
@@ -622,6 +625,5 @@ def _decoded_page(data_blob: bytes, extra_blob: bytes, uids: bool = True) -> tup
     return data, codec.decode(extra_blob, skip=() if uids else ("uid",)), len(data["time"])
 
 
-def _replay_key(item: tuple[int, str, Any]) -> tuple[str, str | None]:
-    kind = item[1]
-    return (kind, item[2][0]) if kind == "event_page" else (kind, None)
+def _replay_key(row: tuple) -> tuple[str, str | None]:
+    return row[1], row[3]
