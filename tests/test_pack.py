@@ -729,3 +729,32 @@ def test_run_files_past_the_memory_limit_are_written_as_encoded(
     with runbroker.open(dest, readonly=True) as packed:
         for run in source.values():
             assert_same_run(packed[run.uid], run)
+
+
+def test_a_pack_being_written_by_another_process_is_refused(source, tmp_path):
+    dest = tmp_path / "p"
+    pack(source, dest, query=Key("sample") == SAMPLES["h5"], progress=False)
+    # Another process adding runs to the pack holds its lock the whole time.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from filelock import FileLock; lock = FileLock(sys.argv[1]); "
+            "lock.acquire(); print('held', flush=True); sys.stdin.read()",
+            str(dest / ".runbroker" / "pack.lock"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = (dest / "manifest.json").read_bytes()
+        with pytest.raises(PackError, match="being written by another runbroker process"):
+            pack(source, dest, append=True, progress=False)
+        assert (dest / "manifest.json").read_bytes() == before  # nothing was touched
+    finally:
+        holder.communicate("")
+    report = pack(source, dest, append=True, progress=False)  # once it is done
+    assert (report.copied, report.skipped) == (len(source) - 1, 1)
+    assert verify(dest).ok

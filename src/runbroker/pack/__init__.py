@@ -16,12 +16,15 @@ See ``docs/pack.md``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock, Timeout
 
 from ..transfer import CopyReport, copy_runs, gc_paused, select_runs
 from .archive import extract, is_archive, pack_name, verify_archive, write_archive
@@ -55,6 +58,8 @@ __all__ = [
 ]
 
 CONFIG = "catalog.yml"
+#: Held by the process adding runs to a pack (left out of manifests, like all of .runbroker/).
+LOCK = ".runbroker/pack.lock"
 
 
 @dataclass
@@ -133,16 +138,32 @@ def pack(
         raise PackError(f"no run of {source.store.uri} {which}; nothing was packed")
     if dest.exists() and not append:
         raise FileExistsError(f"{dest} exists; add runs to that pack with --append (append=True)")
-    if append and dest.exists():
-        manifest = Manifest.load(dest)
-    else:
+    adding = append and dest.exists()
+    if not adding:
         if is_archive(dest):
             raise PackError(f"{dest} names an archive: pass --archive (archive=True)")
         dest.mkdir(parents=True)
-        manifest = Manifest(name=dest.resolve().name)
-        _write_config(dest, manifest, external)
-        # A pack from the start: one stopped however (even killed) is finished with append.
-        manifest.save(dest)
+    with _writing(dest):
+        if adding:
+            manifest = Manifest.load(dest)  # once the lock is held: another writer's runs too
+        else:
+            manifest = Manifest(name=dest.resolve().name)
+            _write_config(dest, manifest, external)
+            # A pack from the start: one stopped however (even killed) is finished with append.
+            manifest.save(dest)
+        return _pack_runs(source, chosen, dest, manifest, external, format, strict, progress)
+
+
+def _pack_runs(
+    source: Catalog,
+    chosen: list[Any],
+    dest: Path,
+    manifest: Manifest,
+    external: str,
+    format: str,
+    strict: bool,
+    progress: bool,
+) -> PackReport:
     writer = PackWriter(dest, manifest, source.assets, external=external, format=format)
     report = PackReport(path=dest, verb="packed")
     try:
@@ -166,6 +187,26 @@ def pack(
     report.files = len(manifest.files)
     report.bytes = sum(e.size for e in manifest.files.values())
     return report
+
+
+@contextlib.contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """Hold the pack's lock while runs are added: two processes appending to one pack at
+    once would each write a manifest without the other's runs."""
+    path = folder / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PackError(
+            f"{folder} is being written by another runbroker process (it holds {path}); "
+            "run again once it has finished"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _documents(run: Any) -> Any:
