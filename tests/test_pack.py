@@ -632,6 +632,25 @@ def test_unpack_into_a_folder_and_merge_into_a_named_folder(source, tmp_path, co
         cat.close()
 
 
+def test_unpack_into_with_a_name_taken_elsewhere_is_refused(source, tmp_path, config_home):
+    pack(source, tmp_path / "p", progress=False)
+    other = tmp_path / "other.db"
+    runbroker.open(other).close()
+    assert main(["catalogs", "add", "laptop", str(other)]) == 0
+    home = tmp_path / "home.db"
+    with pytest.raises(PackError, match=f"--name laptop: that name is taken by {other}"):
+        unpack(tmp_path / "p", into=str(home), name="laptop", progress=False)
+    assert not home.exists()  # nothing was done
+    assert len(runbroker.catalog["laptop"]) == 0
+    # The same catalog under another spelling is not "taken": the runs go in, once.
+    report = unpack(tmp_path / "p", into=f"sqlite:///{other}", name="laptop", progress=False)
+    assert report.copied == len(source)
+    assert sorted(runbroker.catalog["laptop"]) == sorted(source)
+    # A new name is registered for the database unpacked into.
+    unpack(tmp_path / "p", into=str(home), name="home", progress=False)
+    assert sorted(runbroker.catalog["home"]) == sorted(source)
+
+
 @pytest.mark.parametrize(
     ("uri", "says"),
     [("http://localhost:1/", "unknown scheme"), ("postgresql://x@127.0.0.1:1/no", "127.0.0.1")],

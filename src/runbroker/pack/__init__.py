@@ -354,6 +354,13 @@ def unpack(
     from ..config import NamedCatalogs
 
     path = _pack_path(path)
+    if into is not None and name is not None:  # before anything is done
+        entry = NamedCatalogs().entries().get(name)
+        if entry is not None and _local(entry.uri) != _local(into):
+            raise PackError(
+                f"--name {name}: that name is taken by {entry.uri}; choose another name (or "
+                "leave out --into to merge the pack into that catalog)"
+            )
     if path.is_file():
         report = verify_archive(path)
         if not report.ok:
@@ -391,6 +398,12 @@ def unpack(
             source.close()
     # A database, or a folder catalog that is not a pack.
     return _ingest(path, manifest, entry.uri, files_root, strict, progress, entry.options)
+
+
+def _local(uri: str) -> str:
+    """A catalog URI with a local file's path made absolute, so two spellings compare equal."""
+    path = uri.removeprefix("sqlite:///")
+    return uri if "://" in path else str(Path(path).resolve())
 
 
 def _ingest(
