@@ -201,3 +201,22 @@ def test_commits_promise_what_sqlite_does_in_the_same_mode(make_catalog, durabil
     assert conn.execute("SHOW synchronous_commit").fetchone() == (setting,)
     with cat.store._engine.connect() as reader:
         assert reader.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+
+
+@POSTGRES_ONLY
+def test_statements_deallocated_between_transactions_are_prepared_again(catalog):
+    """The writer's statements, BEGIN and SAVEPOINT included, are prepared once per
+    connection; a DEALLOCATE ALL between transactions (a pooler's reset) costs a retry,
+    not a document."""
+    first, desc = _run(catalog, sample="Ni")
+    catalog.flush()
+    raw = catalog.store._conn().connection.driver_connection
+    raw.execute("DEALLOCATE ALL")
+    raw.commit()
+    catalog.insert("event", desc.compose_event(data={"x": 2.0}, timestamps={"x": 0.0}))
+    catalog.insert("stop", first.compose_stop())
+    second, _ = _run(catalog, sample="Cu")
+    catalog.flush()
+    assert sorted(r.start["sample"] for r in catalog.values()) == ["Cu", "Ni"]
+    assert catalog[first.start_doc["uid"]].primary.read()["x"].values.tolist() == [2.0]
+    assert catalog[second.start_doc["uid"]].stop is None

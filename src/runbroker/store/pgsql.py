@@ -22,7 +22,6 @@ import select
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -311,8 +310,12 @@ class Rows:
 
 
 _OK = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
-_SAVEPOINT = b"SAVEPOINT rb_document"
-_RELEASE = b"RELEASE SAVEPOINT rb_document"
+# Transaction control, prepared like the store's statements: the server then parses and
+# plans none of them again (a document's savepoint and release cost it ~3 µs less).
+_BEGIN: list[tuple[str, Sequence[Any]]] = [("BEGIN", ())]
+_COMMIT: list[tuple[str, Sequence[Any]]] = [("COMMIT", ())]
+_SAVEPOINT: list[tuple[str, Sequence[Any]]] = [("SAVEPOINT rb_document", ())]
+_RELEASE: list[tuple[str, Sequence[Any]]] = [("RELEASE SAVEPOINT rb_document", ())]
 
 
 class Session:
@@ -383,76 +386,96 @@ class Session:
         commit: bool = False,
     ) -> Rows | None:
         pg = self.pg
-        commands: list[tuple[str, Callable[[], None], str | None]] = []  # what, send, sql
+        # One entry per command of the pipeline: what it is, how to send it, its statement.
+        commands: list[tuple[str, Callable[..., None], tuple, str | None]] = []
         if not self.raw.autocommit and pg.transaction_status == pq.TransactionStatus.IDLE:
             if (self.raw.isolation_level, self.raw.read_only, self.raw.deferrable) != (None,) * 3:
                 raise NotImplementedError("transaction options on a runbroker write connection")
-            commands.append(("begin", partial(pg.send_query_params, b"BEGIN", None), None))
+            self._statements(commands, "begin", _BEGIN)
         deferred, self._deferred = self._deferred, []
         self._statements(commands, "deferred", deferred)
         if self.savepoint_pending:
             if self.savepoint_exists:
-                commands.append(("release", partial(pg.send_query_params, _RELEASE, None), None))
-            commands.append(("savepoint", partial(pg.send_query_params, _SAVEPOINT, None), None))
+                self._statements(commands, "release", _RELEASE)
+            self._statements(commands, "savepoint", _SAVEPOINT)
         self._statements(commands, "statement", statements)
         if commit:
-            commands.append(("commit", partial(pg.send_query_params, b"COMMIT", None), None))
-        results = self._pipeline([send for _, send, _ in commands])
-        failed = next((i for i, r in enumerate(results) if r.status not in _OK), None)
-        kinds = [kind for kind, _, _ in commands]
+            self._statements(commands, "commit", _COMMIT)
+        results = self._pipeline(commands)
+        failed = None
+        for i, r in enumerate(results):
+            if r.status not in _OK:
+                failed = i
+                break
+        kinds = [c[0] for c in commands]
         if "savepoint" in kinds and (failed is None or failed > kinds.index("savepoint")):
             self.savepoint_pending, self.savepoint_exists = False, True
         if failed is not None:
-            for kind, _, sql in commands[failed:]:
+            for kind, _, _, sql in commands[failed:]:
                 if kind == "prepare":  # never made by the server: prepare it next time
                     self._names.pop(sql, None)  # type: ignore[arg-type]
             error = psycopg.errors.error_from_result(
                 results[failed], encoding=self.raw.info.encoding
             )
             if isinstance(error, psycopg.errors.InvalidSqlStatementName):
-                # Deallocated behind our back (DEALLOCATE ALL, DISCARD ALL): prepare anew.
+                # Deallocated behind our back (DEALLOCATE ALL, DISCARD ALL): prepare anew,
+                # and run again if nothing has run yet (the BEGIN failed, or the first
+                # statement in autocommit).
                 self._names.clear()
-                if self.raw.autocommit and not retried and not deferred:
-                    return self._run(statements, retried=True)
+                if not retried and (
+                    kinds[failed] == "begin" or (self.raw.autocommit and not deferred)
+                ):
+                    self._deferred = deferred + self._deferred
+                    return self._run(statements, retried=True, commit=commit)
             raise error
         if not statements:
             return None
         last = results[len(kinds) - 1 - kinds[::-1].index("statement")]
+        if not last.ntuples:
+            return Rows([], int(last.command_tuples or 0))
         self._loader.set_pgresult(last)
-        rows = self._loader.load_rows(0, last.ntuples, tuple) if last.ntuples else []
-        return Rows(rows, int(last.command_tuples or 0))
+        return Rows(self._loader.load_rows(0, last.ntuples, tuple), int(last.command_tuples or 0))
 
     def _statements(
         self, commands: list, kind: str, statements: list[tuple[str, Sequence[Any]]]
     ) -> None:
         """Add the commands that prepare (first time) and run ``statements``."""
         pg = self.pg
+        names = self._names
         for sql, params in statements:
-            name = self._names.get(sql)
+            name = names.get(sql)
             if name is None:
-                name = f"rb_{len(self._names)}".encode()
-                commands.append(("prepare", partial(pg.send_prepare, name, sql.encode()), sql))
-                self._names[sql] = name
-            dumped = [dump(p) for p in params]
-            values, formats = [v for v, _ in dumped], [f for _, f in dumped]
-            send = partial(pg.send_query_prepared, name, values, formats, 1)
-            commands.append((kind, send, sql))
+                name = names[sql] = f"rb_{len(names)}".encode()
+                commands.append(("prepare", pg.send_prepare, (name, sql.encode()), sql))
+            if params:
+                values, formats = [], []
+                for p in params:
+                    v, f = dump(p)
+                    values.append(v)
+                    formats.append(f)
+                commands.append((kind, pg.send_query_prepared, (name, values, formats, 1), sql))
+            else:
+                commands.append((kind, pg.send_query_prepared, (name, None, None, 1), sql))
 
-    def _pipeline(self, sends: list[Callable[[], None]]) -> list[Any]:
+    def _pipeline(self, commands: list[tuple[str, Callable[..., None], tuple, Any]]) -> list[Any]:
         """Send commands in one pipeline and return one result per command."""
         pg = self.pg
         pg.enter_pipeline_mode()
         try:
-            for send in sends:
-                send()
+            for _, send, args, _ in commands:
+                send(*args)
             pg.pipeline_sync()
-            self._flush()
+            if pg.flush():
+                self._flush()
             results = []
-            for _ in sends:
+            get_result = pg.get_result
+            for _ in commands:
                 result = self._next()
                 results.append(result)
-                while self._next() is not None:  # the end of this command's results
-                    pass
+                # The end of this command's results: one None, once the input holds it.
+                if pg.is_busy() or get_result() is not None:
+                    while self._next() is not None:
+                        pass
             sync = self._next()
             assert sync is not None and sync.status == pq.ExecStatus.PIPELINE_SYNC
             return results
