@@ -35,6 +35,7 @@ __all__ = [
     "machine",
     "median",
     "new_run",
+    "parallel_capacity",
     "print_result",
     "print_summary",
     "section",
@@ -206,6 +207,40 @@ def print_summary(results: Sequence[Result]) -> None:
     passed = sum(r.passed is True for r in results)
     failed = sum(r.passed is False for r in results)
     print(f"\n{passed} PASS, {failed} FAIL, {len(results) - passed - failed} info-only", flush=True)
+
+
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def parallel_capacity(seconds: float = 0.5) -> float:
+    """How many cores' worth of pure-Python work this machine does at once: the time of one
+    process spinning, times ``CORES``, over the time of ``CORES`` processes each spinning as
+    much at the same moment. ``CORES`` on dedicated cores; less on virtual cores that share
+    physical ones, which bounds every figure comparing several workers with one.
+
+    Example:
+        >>> 0.5 < parallel_capacity(0.1) <= CORES * 1.1
+        True
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    n = 1_000_000
+    t = time.perf_counter()
+    _spin(n)
+    n = max(n, int(n * seconds / (time.perf_counter() - t)))
+    with ProcessPoolExecutor(CORES) as pool:
+        list(pool.map(_spin, [1000] * CORES))  # the workers started before timing
+        t = time.perf_counter()
+        list(pool.map(_spin, [n]))
+        one = time.perf_counter() - t
+        t = time.perf_counter()
+        list(pool.map(_spin, [n] * CORES))
+        every = time.perf_counter() - t
+    return CORES * one / every
 
 
 def machine() -> dict[str, Any]:

@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import io
 import os
-import shutil
 import sqlite3
 import stat
 from collections import deque
@@ -63,6 +62,8 @@ _RESOURCES = ("resource", "stream_resource")
 _IN_MEMORY = 8 << 20
 #: How many run files may wait in memory for a worker thread.
 _BACKLOG = 32
+#: Detector files are copied (and hashed) this many bytes at a time.
+_BLOCK = 16 << 20
 
 
 class PackWriter:
@@ -476,12 +477,13 @@ def write_run_file(data: bytes | None, staged: Path, dest: Path) -> FileEntry:
 
 
 def copy_file(src: str | os.PathLike[str], dest: Path) -> FileEntry:
-    """Copy one file (in the kernel where it can), keeping its times, and checksum it.
-    ``dest`` appears whole or not at all (the copy is written beside it, then renamed).
+    """Copy one file, keeping its times and mode, and checksum the bytes copied. ``dest``
+    appears whole or not at all (the copy is written beside it, then renamed).
 
-    The source is read again for the checksum: it is in the page cache by then, and a
-    kernel copy plus a hash of cached pages is faster than pushing every byte through
-    Python once.
+    Each block is read once, hashed and written: the checksum is of exactly the bytes in
+    the copy, and a file of up to :data:`_BLOCK` bytes costs one read, one hash and one
+    write. Few calls matter more than a kernel-side copy here: each call gives up the
+    interpreter lock and waits to take it back from the thread encoding documents.
 
     Example:
         >>> _ = (tmp_path / "a.h5").write_bytes(b"frames")
@@ -491,14 +493,23 @@ def copy_file(src: str | os.PathLike[str], dest: Path) -> FileEntry:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
     try:
-        shutil.copyfile(src, tmp)
-        shutil.copystat(src, tmp)
-        entry = sha256_of(src)
+        digest = hashlib.sha256()
+        with open(src, "rb", buffering=0) as f, open(tmp, "wb", buffering=0) as out:
+            info = os.fstat(f.fileno())
+            copied = 0
+            while block := f.read(min(_BLOCK, info.st_size - copied) + 1):
+                digest.update(block)
+                out.write(block)
+                copied += len(block)
+        os.utime(tmp, ns=(info.st_atime_ns, info.st_mtime_ns))
+        os.chmod(tmp, stat.S_IMODE(info.st_mode))
+        if copied != info.st_size:
+            raise PackError(f"detector file {src} changed while it was being copied")
         os.replace(tmp, dest)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise PackError(f"cannot copy detector file {src}: {exc.strerror or exc}") from None
-    if entry.size != dest.stat().st_size:  # the source changed while it was copied
-        raise PackError(f"detector file {src} changed while it was being copied")
-    return entry
+        if isinstance(exc, OSError):
+            raise PackError(f"cannot copy detector file {src}: {exc.strerror or exc}") from None
+        raise
+    return FileEntry(copied, digest.hexdigest())
