@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
+from ..export import exporter_class
 from ..transfer import CopyReport, copy_runs, gc_paused, select_runs
 from .archive import extract, is_archive, pack_name, verify_archive, write_archive
 from .manifest import (
@@ -169,7 +170,7 @@ def _pack_runs(
     try:
         with gc_paused():
             copy_runs(
-                ((run.uid, _documents(run)) for run in chosen),
+                ((run.uid, _documents(run, format)) for run in chosen),
                 writer,
                 total=len(chosen),
                 progress=progress,
@@ -209,9 +210,10 @@ def _writing(folder: Path) -> Iterator[None]:
         lock.release()
 
 
-def _documents(run: Any) -> Any:
+def _documents(run: Any, format: str) -> Any:
     # Straight from the store, columns as arrays: the writers encode arrays fastest.
-    return lambda: run.store.documents(run.uid, arrays=True)
+    uids = exporter_class(format).needs_uids
+    return lambda: run.store.documents(run.uid, arrays=True, uids=uids)
 
 
 def _write_config(folder: Path, manifest: Manifest, external: str) -> None:
