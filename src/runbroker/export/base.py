@@ -244,11 +244,13 @@ class Exporter:
         field: str | None = None,
         index: int | None = None,
         suffix: str | None = None,
+        make_directory: bool = True,
     ) -> Path:
         """A path for a new file, named by the template; refused if the file exists.
 
         The file is counted among those this exporter wrote. Open it with ``self.mode``
         (``"x"``, or ``"w"`` when overwriting) so that a file appearing meanwhile is not lost.
+        Its folder is made unless ``make_directory`` is False (someone else writes it).
         """
         stem = render(self.template, self.start_doc, stream=stream, field=field, index=index)
         path = self.directory / f"{stem}{self.suffix if suffix is None else suffix}"
@@ -262,7 +264,8 @@ class Exporter:
                 f"{path} already exists; an export never replaces a file unless asked "
                 "(overwrite=True, or --overwrite)"
             )
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if make_directory:
+            self.directory.mkdir(parents=True, exist_ok=True)
         self.files.append(path)
         return path
 

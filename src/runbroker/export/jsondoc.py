@@ -270,7 +270,7 @@ class _DocumentStream(Exporter):
             self._write(name, doc)
 
     def start(self, doc: dict[str, Any]) -> None:
-        path = self.new_path()
+        path = self.new_path(make_directory=self.opener is None)
         if self.opener is not None:
             self._file = self.opener(path)
         else:

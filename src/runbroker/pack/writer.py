@@ -25,7 +25,7 @@ import os
 import sqlite3
 import stat
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,11 +279,11 @@ class PackWriter:
             if res_uid not in resources:
                 raise PackError(f"{name} {doc.get('datum_id')!r}: resource {res_uid!r} unknown")
             kind, res = resources[res_uid]
-            self._need(kind, res, _datum_kwargs(name, doc), outside)
+            self._need(kind, res, _DatumKwargs(name, doc), outside)
         return doc
 
     def _need(
-        self, kind: str, doc: Mapping[str, Any], kwargs: list[dict], outside: dict[str, int]
+        self, kind: str, doc: Mapping[str, Any], kwargs: Sequence[dict], outside: dict[str, int]
     ) -> None:
         _, names = self.assets.files(kind, doc, kwargs)
         for src in names:
@@ -300,13 +300,16 @@ class PackWriter:
             self._same_as_packed(kind, doc, src, rel)
             return  # packed before, with another run
         if rel not in self._files:  # else another run reads it too (a shared dark): copied once
-            files = self._under(src)
-            if files is not None:
-                for path in files:
+            try:
+                mode = os.stat(src).st_mode
+            except OSError:
+                raise PackError(f"{kind} {doc['uid']}: detector file {src} not found") from None
+            if stat.S_ISDIR(mode):
+                for path in self._under(src) or ():
                     self._copy_later(kind, doc, path)
                 return
-            if not os.path.isfile(src):
-                raise PackError(f"{kind} {doc['uid']}: detector file {src} not found")
+            if not stat.S_ISREG(mode):
+                raise PackError(f"{kind} {doc['uid']}: detector file {src} is not a file")
             self._copies.add(rel)
             self._files[rel] = self._pool.submit(copy_file, src, self.folder / rel)
         self._needs.add(rel)
@@ -412,6 +415,26 @@ class _Packed:
     children: list[tuple[str, str]]
 
 
+class _DatumKwargs(Sequence[dict]):
+    """The datum_kwargs of a ``datum`` or ``datum_page``, one dict per datum, made only if a
+    handler asks (most list their one file whatever the datums say)."""
+
+    def __init__(self, name: str, doc: Mapping[str, Any]) -> None:
+        self._name, self._doc = name, doc
+        self._made: list[dict] | None = None
+
+    def _all(self) -> list[dict]:
+        if self._made is None:
+            self._made = _datum_kwargs(self._name, self._doc)
+        return self._made
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._all()[i]
+
+
 def _datum_kwargs(name: str, doc: Mapping[str, Any]) -> list[dict]:
     if name == "datum":
         return [dict(doc.get("datum_kwargs") or {})]
@@ -435,6 +458,7 @@ class _Spool(io.BytesIO):
             return self.spilled.write(b)
         n = super().write(b)
         if self.tell() > _IN_MEMORY:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.spilled = open(self.path, "wb")  # noqa: SIM115 -- closed in close()
             with self.getbuffer() as held:
                 self.spilled.write(held)
