@@ -35,7 +35,7 @@ from runbroker.pack import pack
 from runbroker.pack.manifest import hash_files
 from runbroker.queries import Key
 
-from .common import FIELDS, Result, print_result, section
+from .common import CORES, FIELDS, Result, parallel_capacity, print_result, section
 
 N_RUNS = 1_000
 EVENTS = 100
@@ -187,6 +187,18 @@ def run() -> list[Result]:
         )
         cat.close()
         results += _open(dest)
+    capacity = parallel_capacity()
+    results.append(
+        print_result(
+            Result(
+                "B14",
+                f"cores' worth of work {CORES} processes do at once",
+                capacity,
+                "cores",
+                note="info: what the copy, checksum and document threads share",
+            )
+        )
+    )
     return results
 
 
