@@ -145,6 +145,12 @@ def _json_events(doc: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# The bytes a JSON string cannot hold as they are (or that are not ASCII).
+_NEEDS_ESCAPE = np.ones(256, dtype=bool)
+_NEEDS_ESCAPE[0x20:0x7F] = False
+_NEEDS_ESCAPE[[ord('"'), ord("\\")]] = True
+
+
 def _json_uids(block: np.ndarray) -> orjson.Fragment | list[str]:
     """A fixed-width ASCII block of event uids as a JSON array, made in one piece rather
     than through a ``str`` per event (values needing escapes, or shorter than the block's
@@ -156,7 +162,7 @@ def _json_uids(block: np.ndarray) -> orjson.Fragment | list[str]:
     """
     n, width = len(block), block.dtype.itemsize
     raw = np.ascontiguousarray(block).view(np.uint8).reshape(n, width)
-    if not n or not width or ((raw < 0x20) | (raw >= 0x7F) | (raw == 0x22) | (raw == 0x5C)).any():
+    if not n or not width or _NEEDS_ESCAPE[raw].any():
         return uid_list(block)  # NUL padding, control characters, quotes, backslashes
     rows = np.empty((n, width + 3), dtype=np.uint8)
     rows[:, 0] = rows[:, width + 1] = ord('"')
