@@ -777,3 +777,51 @@ def test_a_pack_being_written_by_another_process_is_refused(source, tmp_path):
     report = pack(source, dest, append=True, progress=False)  # once it is done
     assert (report.copied, report.skipped) == (len(source) - 1, 1)
     assert verify(dest).ok
+
+
+_READ_ONLY_OPEN = """
+import json, sys
+import runbroker
+import runbroker.store.folderindex as folderindex
+
+def parse(path, *args, **kwargs):
+    raise AssertionError(f"{path} was read to open the pack")
+
+folderindex.parse = parse
+cat = runbroker.open(sys.argv[1])
+print(json.dumps({"index": str(cat.store.index_path), "uids": list(cat)}))
+"""
+
+
+def test_a_pack_on_read_only_media_opens_from_the_index_it_ships(source, tmp_path):
+    """The pack's own index seeds the one kept in the cache folder: no run file is read.
+    chmod does not stop root, so as root the reader runs with the pack mounted read-only
+    (in a mount namespace of its own), as on read-only media."""
+    dest, cache = tmp_path / "p", tmp_path / "cache"
+    pack(source, dest, progress=False)
+    cache.mkdir()
+    command = [sys.executable, "-c", _READ_ONLY_OPEN, str(dest)]
+    if os.geteuid() == 0:
+        remount = (
+            'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
+        )
+        command = ["unshare", "-m", "sh", "-c", remount, "sh", str(dest), *command]
+    else:
+        for path in [dest, *dest.rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "XDG_CACHE_HOME": str(cache)},
+        )
+    finally:
+        for path in [dest, *dest.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert Path(got["index"]).parent == cache / "runbroker" / "folders"
+    assert got["uids"] == list(source)
+    assert verify(dest).ok  # the pack itself was not touched

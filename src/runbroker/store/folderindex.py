@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -94,6 +95,24 @@ def index_path(folder: Path) -> Path:
         return cache / f"{safe_name(folder.name)}-{digest}.db"
 
 
+def _seed(shipped: Path, path: Path) -> None:
+    """Start the cache's index of a folder that cannot be written (read-only media) from the
+    one that came with it (a pack's): checked against the files like any index, it spares
+    reading every run file. Best effort: without it the index is built from the files."""
+    try:
+        for suffix in ("-wal", "-shm"):  # left by an index of the same name, since removed
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        for suffix in ("-wal", ""):  # the log first: the database appears last, whole
+            source = Path(f"{shipped}{suffix}")
+            if source.is_file():
+                tmp = Path(f"{path}{suffix}.{os.getpid()}.tmp")
+                shutil.copyfile(source, tmp)
+                os.replace(tmp, f"{path}{suffix}")
+    except OSError:
+        for suffix in ("-wal", ""):
+            Path(f"{path}{suffix}.{os.getpid()}.tmp").unlink(missing_ok=True)
+
+
 def run_files(folder: Path) -> dict[str, tuple[int, int]]:
     """Name -> (size, mtime_ns) of the run files at the top of ``folder`` (hidden ones left
     out: files being written under a temporary name are).
@@ -133,6 +152,9 @@ class FolderIndex:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.path = index_path(folder)
+        shipped = folder / FOLDER / "index.db"
+        if self.path != shipped and not self.path.exists() and shipped.is_file():
+            _seed(shipped, self.path)
         self._lock = threading.RLock()
         self.store, self._db = self._open()
         self._run_tables: list[str] | None = None
