@@ -18,9 +18,9 @@ Every PostgreSQL figure is measured in the same run as the same workload on an S
 PostgreSQL is a throwaway cluster from :mod:`runbroker.testing.postgres` with PostgreSQL's
 default durability (fsync on); the store commits with ``synchronous_commit=off`` in its
 default ``durability="batch"``, the promise SQLite's ``synchronous=NORMAL`` makes. The
-cluster is reached through its Unix-domain socket, as libpq reaches a server on the same
-machine by default; ``RUNBROKER_TEST_POSTGRES_TCP=1`` measures through TCP on 127.0.0.1
-instead (closer to a server on another machine, minus the network). Or the server at
+cluster is reached through TCP on 127.0.0.1, as a server on another machine is (minus the
+network); ``RUNBROKER_TEST_POSTGRES_SOCKET=1`` measures through its Unix-domain socket
+instead, libpq's way to a server on the same machine. Or the server at
 ``RUNBROKER_TEST_POSTGRES`` if set (each part in its own schema, dropped afterwards).
 
 ``ingest()`` stores some 500-800 of B3's runs per second on PostgreSQL (a round trip per
@@ -180,7 +180,7 @@ def postgres() -> Iterator[tuple[str, bool]]:
         url = cluster.start()
     with psycopg.connect(_plain(url)) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]
-    via = "TCP on 127.0.0.1" if cluster.tcp else "its Unix-domain socket"
+    via = "its Unix-domain socket" if cluster.unix else "TCP on 127.0.0.1"
     print(
         f"  PostgreSQL {version}: throwaway cluster on port {cluster.port}, reached through "
         f"{via} (fsync on; the store commits with synchronous_commit=off, as SQLite's "
