@@ -32,7 +32,15 @@ import psycopg
 import runbroker
 
 from .b7_postgres import Backends, _plain, postgres
-from .common import CORES, Result, compose_events, new_run, print_result, section
+from .common import (
+    CORES,
+    Result,
+    compose_events,
+    new_run,
+    parallel_capacity,
+    print_result,
+    section,
+)
 
 WRITERS = 4
 RUNS_PER_WRITER = 50
@@ -272,10 +280,13 @@ def run() -> list[Result]:
     if one["server"] is not None:
         # CPU seconds one run costs (client + server): what the cores allow at best.
         per_run = (one["cpu"] + one["server"]) / total_runs
+        capacity = parallel_capacity()
         note += (
             f"; one run costs {per_run * 1e3:.1f} ms of CPU (writer + server), so {CORES} "
             f"cores allow at most {CORES / per_run:,.0f} runs/s = "
-            f"{CORES / per_run * one['wall'] / total_runs:.2f}x the single writer"
+            f"{CORES / per_run * one['wall'] / total_runs:.2f}x the single writer; measured "
+            f"now, {CORES} processes do {capacity:.2f} cores' worth of work at once, which "
+            f"allows {capacity / per_run * one['wall'] / total_runs:.2f}x"
         )
     results = [
         print_result(
