@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 import warnings
@@ -25,6 +24,7 @@ from runbroker.store.base import PageGone
 from runbroker.store.files import FolderStore, FolderWarning
 from runbroker.store.runfile import files_parsed
 from runbroker.testing.compare import assert_same_run
+from runbroker.testing.readonly import run_read_only
 
 RUNS = ("scalar", "grid", "inline_image", "file_image", "tomo", "two_descriptors")
 
@@ -193,31 +193,14 @@ print(json.dumps({
 
 
 def test_a_read_only_folder_keeps_its_index_in_the_cache_folder(export_runs, tmp_path):
-    """chmod makes the folder read-only. chmod does not stop root, so as root the reader runs
-    with the folder mounted read-only (in a mount namespace of its own), as on read-only media.
-    """
     folder, cache = tmp_path / "pack", tmp_path / "cache"
     _copy_exports(export_runs, folder, ("scalar", "grid"))
     cache.mkdir()
-    for path in folder.iterdir():
-        path.chmod(0o444)
-    folder.chmod(0o555)
-    command = [sys.executable, "-c", _READ_ONLY, str(folder)]
-    if os.geteuid() == 0:
-        remount = (
-            'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
-        )
-        command = ["unshare", "-m", "sh", "-c", remount, "sh", str(folder), *command]
-    try:
-        result = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, "XDG_CACHE_HOME": str(cache)},
-        )
-    finally:
-        folder.chmod(0o755)
+    result = run_read_only(
+        folder,
+        [sys.executable, "-c", _READ_ONLY, str(folder)],
+        env={**os.environ, "XDG_CACHE_HOME": str(cache)},
+    )
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout)
     assert not (folder / ".runbroker").exists()

@@ -25,6 +25,7 @@ from runbroker.export import read_documents
 from runbroker.pack import PackCorruptError, PackError, pack, unpack, verify
 from runbroker.queries import Key
 from runbroker.testing.compare import assert_same_run
+from runbroker.testing.readonly import run_read_only
 
 SAMPLES = {"h5": "ad-hdf5", "tif": "ad-tiff", "npy": "npy", "sh5": "stream-hdf5", "scan": "none"}
 
@@ -794,32 +795,15 @@ print(json.dumps({"index": str(cat.store.index_path), "uids": list(cat)}))
 
 
 def test_a_pack_on_read_only_media_opens_from_the_index_it_ships(source, tmp_path):
-    """The pack's own index seeds the one kept in the cache folder: no run file is read.
-    chmod does not stop root, so as root the reader runs with the pack mounted read-only
-    (in a mount namespace of its own), as on read-only media."""
+    """The pack's own index seeds the one kept in the cache folder: no run file is read."""
     dest, cache = tmp_path / "p", tmp_path / "cache"
     pack(source, dest, progress=False)
     cache.mkdir()
-    command = [sys.executable, "-c", _READ_ONLY_OPEN, str(dest)]
-    if os.geteuid() == 0:
-        remount = (
-            'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
-        )
-        command = ["unshare", "-m", "sh", "-c", remount, "sh", str(dest), *command]
-    else:
-        for path in [dest, *dest.rglob("*")]:
-            path.chmod(0o555 if path.is_dir() else 0o444)
-    try:
-        result = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, "XDG_CACHE_HOME": str(cache)},
-        )
-    finally:
-        for path in [dest, *dest.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
+    result = run_read_only(
+        dest,
+        [sys.executable, "-c", _READ_ONLY_OPEN, str(dest)],
+        env={**os.environ, "XDG_CACHE_HOME": str(cache)},
+    )
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout)
     assert Path(got["index"]).parent == cache / "runbroker" / "folders"
