@@ -19,14 +19,13 @@ What happens to detector files is the ``external`` mode:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import sqlite3
 import stat
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
@@ -35,6 +34,8 @@ from typing import IO, Any
 from ..assets import Assets
 from ..assets.paths import anchored
 from ..export import exporter
+from . import copier
+from .copier import Copiers, CopyError
 from .manifest import WORKERS, FileEntry, Manifest, PackError, sha256_of
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "PackWriter",
     "check_options",
     "copy_file",
-    "write_run_file",
 ]
 
 EXTERNAL_MODES = ("copy", "fill", "manifest", "ignore")
@@ -99,9 +99,9 @@ class PackWriter:
         self.assets = assets
         self.external = external
         self.format = format
-        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="pack-copy")
+        self._copiers = Copiers(WORKERS)
         #: Every file copied (or checksummed) since the writer was made, by pack path.
-        self._files: dict[str, Future[FileEntry]] = {}
+        self._files: dict[str, Future[tuple[int, str]]] = {}  # -> (size, SHA-256)
         self._copies: set[str] = set()  # the pack paths the run being packed added to _files
         self._needs: set[str] = set()  # the pack paths of _files the run being packed reads
         #: Runs packed, with the files they need: each is kept by close() only if every
@@ -112,7 +112,7 @@ class PackWriter:
         #: What the folder store's index needs of each run packed: its file, start and stop
         #: documents, and the uids documents point at (see :meth:`index`).
         self.packed: list[_Packed] = []
-        self._backlog: deque[Future[FileEntry]] = deque()  # run files not written yet
+        self._backlog: deque[Future[tuple[int, str]]] = deque()  # run files not written yet
 
     def __contains__(self, uid: object) -> bool:
         return uid in self.manifest.runs
@@ -127,7 +127,7 @@ class PackWriter:
         """
         spools: list[_Spool] = []
 
-        def opener(path: Path) -> _Spool:  # written by a worker thread: see write_run_file
+        def opener(path: Path) -> _Spool:  # written by a copier process: see copier.write
             spools.append(_Spool(path))
             return spools[-1]
 
@@ -174,9 +174,7 @@ class PackWriter:
                 raise PackError(f"run {uid}: {exc}") from exc
             raise PackError(f"run {uid}: {type(exc).__name__}: {exc}") from exc
         rel = run_file.relative_to(self.folder).as_posix()
-        self._files[rel] = written = self._pool.submit(
-            write_run_file, spools[0].data, staged, run_file
-        )
+        self._files[rel] = written = self._copiers.write(spools[0].data, str(staged), str(run_file))
         # Run files wait in memory for a worker: a few dozen at most, however fast runs come.
         self._backlog.append(written)
         while len(self._backlog) > _BACKLOG:
@@ -224,7 +222,7 @@ class PackWriter:
         done: dict[str, FileEntry | Exception] = {}
         for rel, future in self._files.items():
             try:
-                done[rel] = future.result()
+                done[rel] = FileEntry(*future.result())
             except Exception as exc:  # reported with the runs that need the file, below
                 done[rel] = exc
         failed, kept = [], set()
@@ -242,7 +240,7 @@ class PackWriter:
                 with contextlib.suppress(OSError):
                     (self.folder / rel).unlink()
         self._pending, self._files = [], {}
-        self._pool.shutdown()
+        self._copiers.close()
         if self.manifest.outside:
             transfer = self.folder / TRANSFER
             transfer.mkdir(exist_ok=True)
@@ -311,7 +309,7 @@ class PackWriter:
             if not stat.S_ISREG(mode):
                 raise PackError(f"{kind} {doc['uid']}: detector file {src} is not a file")
             self._copies.add(rel)
-            self._files[rel] = self._pool.submit(copy_file, src, self.folder / rel)
+            self._files[rel] = self._copiers.copy(src, str(self.folder / rel))
         self._needs.add(rel)
 
     def _same_as_packed(self, kind: str, doc: Mapping[str, Any], src: str, rel: str) -> None:
@@ -475,65 +473,16 @@ class _Spool(io.BytesIO):
         super().close()
 
 
-def write_run_file(data: bytes | None, staged: Path, dest: Path) -> FileEntry:
-    """Write a run's file whole: ``data`` to ``staged`` first (``None``: it is there
-    already), then renamed to ``dest``, so that a pack stopped however holds no half-written
-    run file under a run's name.
-
-    Example:
-        >>> write_run_file(b"[]", tmp_path / "incoming" / "a.jsonl", tmp_path / "a.jsonl").size
-        2
-    """
-    try:
-        if data is None:
-            entry = sha256_of(staged)
-        else:
-            staged.parent.mkdir(parents=True, exist_ok=True)
-            with open(staged, "wb") as f:
-                f.write(data)
-            entry = FileEntry(len(data), hashlib.sha256(data).hexdigest())
-        os.replace(staged, dest)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            staged.unlink()
-        raise PackError(f"cannot write {dest.name}: {exc.strerror or exc}") from None
-    return entry
-
-
 def copy_file(src: str | os.PathLike[str], dest: Path) -> FileEntry:
-    """Copy one file, keeping its times and mode, and checksum the bytes copied. ``dest``
-    appears whole or not at all (the copy is written beside it, then renamed).
-
-    Each block is read once, hashed and written: the checksum is of exactly the bytes in
-    the copy, and a file of up to :data:`_BLOCK` bytes costs one read, one hash and one
-    write. Few calls matter more than a kernel-side copy here: each call gives up the
-    interpreter lock and waits to take it back from the thread encoding documents.
+    """Copy one file, keeping its times and mode, and checksum the bytes copied (see
+    :func:`runbroker.pack.copier.copy`). ``dest`` appears whole or not at all.
 
     Example:
         >>> _ = (tmp_path / "a.h5").write_bytes(b"frames")
         >>> copy_file(tmp_path / "a.h5", tmp_path / "copy" / "a.h5").size
         6
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
     try:
-        digest = hashlib.sha256()
-        with open(src, "rb", buffering=0) as f, open(tmp, "wb", buffering=0) as out:
-            info = os.fstat(f.fileno())
-            copied = 0
-            while block := f.read(min(_BLOCK, info.st_size - copied) + 1):
-                digest.update(block)
-                out.write(block)
-                copied += len(block)
-        os.utime(tmp, ns=(info.st_atime_ns, info.st_mtime_ns))
-        os.chmod(tmp, stat.S_IMODE(info.st_mode))
-        if copied != info.st_size:
-            raise PackError(f"detector file {src} changed while it was being copied")
-        os.replace(tmp, dest)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise PackError(f"cannot copy detector file {src}: {exc.strerror or exc}") from None
-        raise
-    return FileEntry(copied, digest.hexdigest())
+        return FileEntry(*copier.copy(os.fspath(src), os.fspath(dest)))
+    except CopyError as exc:
+        raise PackError(str(exc)) from None
