@@ -8,8 +8,9 @@ at all.
 What happens to detector files is the ``external`` mode:
 
 - ``copy``: each file a run reads is copied under ``files/`` (its absolute path mirrored, so
-  two roots never collide) while its SHA-256 is computed, on several threads; resource roots
-  and ``stream_resource`` URIs are rewritten to those relative paths.
+  two roots never collide) while its SHA-256 is computed, in copier processes
+  (:mod:`runbroker.pack.copier`); resource roots and ``stream_resource`` URIs are rewritten
+  to those relative paths.
 - ``fill``: the data is put into the events (resource and datum documents are left out).
 - ``manifest``: the files stay where they are; their absolute paths and sizes are listed in the
   manifest and in ``transfer/`` lists for rsync (``--files-from``) and Globus (``--batch``).
@@ -58,9 +59,9 @@ STAGING = ".runbroker/incoming"
 #: Run files are named by their full uid, so appending never meets a name already taken.
 TEMPLATE = "{time:%Y%m%d-%H%M%S}_scan{scan_id}_{uid}"
 _RESOURCES = ("resource", "stream_resource")
-#: A run file larger than this is written as it is encoded, not kept for a worker thread.
+#: A run file larger than this is written as it is encoded, not kept for a copier process.
 _IN_MEMORY = 8 << 20
-#: How many run files may wait in memory for a worker thread.
+#: How many run files may wait in memory for a copier process.
 _BACKLOG = 32
 #: Detector files are copied (and hashed) this many bytes at a time.
 _BLOCK = 16 << 20
@@ -122,7 +123,7 @@ class PackWriter:
 
         Nothing of a run that fails stays behind: its document file and the files copied for
         it are removed, and :class:`PackError` says which run and file. The run's file is
-        written, and detector files copied and checksummed, on other threads while the next
+        written, and detector files copied and checksummed, by copier processes while the next
         run is encoded; :meth:`close` waits for them.
         """
         spools: list[_Spool] = []
