@@ -169,8 +169,10 @@ class Copiers:
         return worker.send(request, data)
 
     def _start(self) -> None:
+        # A frozen application's executable is not an interpreter that runs this file.
+        runnable = bool(sys.executable) and not getattr(sys, "frozen", False)
         try:
-            for _ in range(self.processes):
+            for _ in range(self.processes if runnable else 0):
                 self._workers.append(_Worker())
         except OSError:  # no interpreter to start (an embedded one): threads, then
             for worker in self._workers:
