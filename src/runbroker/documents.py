@@ -68,6 +68,29 @@ class DocumentError(ValueError):
 class UnknownParentError(DocumentError):
     """A document points at a parent (run, descriptor, resource) that the store has not seen."""
 
+    @classmethod
+    def missing(cls, name: str, uid: Any, key: str, parent: Any) -> UnknownParentError:
+        """The error for a ``name`` document whose ``key`` names ``parent``, not stored.
+
+        Example:
+            >>> print(UnknownParentError.missing("stop", "s1", "run_start", "r1"))
+            Invalid stop document (uid 's1') at key 'run_start': refers to run 'r1', which is \
+not in this catalog (insert its start document first)
+        """
+        kind, hint = _PARENTS[key]
+        return cls(
+            name, uid, key, f"refers to {kind} {parent!r}, which is not in this catalog{hint}"
+        )
+
+
+# What each key that names a parent points at, and what to do when it is missing.
+_PARENTS = {
+    "run_start": ("run", " (insert its start document first)"),
+    "descriptor": ("descriptor", " (insert the descriptor before its events)"),
+    "resource": ("resource", ""),
+    "stream_resource": ("stream_resource", ""),
+}
+
 
 class ConflictError(DocumentError):
     """A document reuses the uid of a stored document but differs from it."""

@@ -378,13 +378,7 @@ class FolderWriting:
             raise DocumentError(name, doc["uid"], "run_start", "is required to attach it to a run")
         writer = self._writer(txn, doc["run_start"])
         if writer is None:
-            raise UnknownParentError(
-                name,
-                doc["uid"],
-                "run_start",
-                f"refers to run {doc['run_start']!r}, which is not in this catalog "
-                "(insert its start document first)",
-            )
+            raise UnknownParentError.missing(name, doc["uid"], "run_start", doc["run_start"])
         if name == "stop":
             self._put_stop(txn, writer, doc)
         elif name == "descriptor":
@@ -499,12 +493,8 @@ class FolderWriting:
         owner = self._owner_of(doc["stream_resource"])
         writer = self._writer(txn, owner[1]) if owner and owner[0] == "stream_resource" else None
         if writer is None:
-            raise UnknownParentError(
-                "stream_datum",
-                uid,
-                "stream_resource",
-                f"refers to stream_resource {doc['stream_resource']!r}, "
-                "which is not in this catalog",
+            raise UnknownParentError.missing(
+                "stream_datum", uid, "stream_resource", doc["stream_resource"]
             )
         if uid in writer.docs:
             if not _same(writer.docs[uid][1], doc):
@@ -527,13 +517,7 @@ class FolderWriting:
         owner = self._owner_of(uid)
         writer = self._writer(txn, owner[1]) if owner and owner[0] == "descriptor" else None
         if writer is None or uid not in writer.states:
-            raise UnknownParentError(
-                name,
-                child,
-                "descriptor",
-                f"refers to descriptor {uid!r}, which is not in this catalog "
-                "(insert the descriptor before its events)",
-            )
+            raise UnknownParentError.missing(name, child, "descriptor", uid)
         return writer, writer.states[uid]
 
     def _put_events(self, txn: _Txn, name: str, doc: dict) -> _Writer:
@@ -605,12 +589,7 @@ class FolderWriting:
         owner = self._owner_of(page["resource"])
         writer = self._writer(txn, owner[1]) if owner and owner[0] == "resource" else None
         if writer is None:
-            raise UnknownParentError(
-                name,
-                doc["datum_id"],
-                "resource",
-                f"refers to resource {page['resource']!r}, which is not in this catalog",
-            )
+            raise UnknownParentError.missing(name, doc["datum_id"], "resource", page["resource"])
         ids = page["datum_id"]
         check_datum_ids(name, ids)
         singles = list(unpack_datum_page(page))

@@ -124,13 +124,7 @@ class SQLEvents:
             .where(descriptors.c.uid == uid)
         ).first()
         if row is None:
-            raise UnknownParentError(
-                name,
-                child,
-                "descriptor",
-                f"refers to descriptor {uid!r}, which is not in this catalog "
-                "(insert the descriptor before its events)",
-            )
+            raise UnknownParentError.missing(name, child, "descriptor", uid)
         seq_max = conn.execute(
             select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == row.id)
         ).scalar()

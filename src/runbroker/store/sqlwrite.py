@@ -356,13 +356,7 @@ class SQLWriting(SQLEvents):
             row = _RUN_ID.execute(conn, {"uid": uid}).fetchone()
             run_id = row[0] if row else None
             if run_id is None:
-                raise UnknownParentError(
-                    name,
-                    child,
-                    "run_start",
-                    f"refers to run {uid!r}, which is not in this catalog "
-                    "(insert its start document first)",
-                )
+                raise UnknownParentError.missing(name, child, "run_start", uid)
             self._run_ids[uid] = run_id
         return run_id
 
@@ -501,12 +495,7 @@ class SQLWriting(SQLEvents):
             )
         ).scalar()
         if resource is None:
-            raise UnknownParentError(
-                name,
-                doc["datum_id"],
-                "resource",
-                f"refers to resource {page['resource']!r}, which is not in this catalog",
-            )
+            raise UnknownParentError.missing(name, doc["datum_id"], "resource", page["resource"])
         ids = page["datum_id"]
         check_datum_ids(name, ids)
         existing = dict(
@@ -573,12 +562,8 @@ class SQLWriting(SQLEvents):
                 )
             ).scalar()
             if run_id is None:
-                raise UnknownParentError(
-                    name,
-                    doc["uid"],
-                    "stream_resource",
-                    f"refers to stream_resource {doc['stream_resource']!r}, "
-                    "which is not in this catalog",
+                raise UnknownParentError.missing(
+                    name, doc["uid"], "stream_resource", doc["stream_resource"]
                 )
             if doc.get("descriptor"):
                 self._state(conn, doc["descriptor"], name, doc["uid"])
