@@ -383,6 +383,50 @@ def test_reader_racing_a_compaction_reads_the_stream(tmp_path, monkeypatch):
         reader.close()
 
 
+def test_a_page_listed_before_a_compaction_is_never_read_with_other_events(tmp_path, monkeypatch):
+    """A reader lists a big page and a small one; the writer then merges small pages while
+    the run goes on. SQLite gives a new row the id after the largest one left, so a merged
+    page written after its pieces were deleted took the id of the small page listed, and
+    the read joined columns of different lengths ("conflicting sizes for dimension 'time'",
+    seen with four writers and four readers)."""
+    from runbroker.store import sqlevents
+
+    path = tmp_path / "runs.db"
+    writer, reader = runbroker.open(path), runbroker.open(path)
+    _, desc = _run(writer)
+    big = 20_000  # more than a small page: never merged while the run goes on
+    page = desc.compose_event_page(
+        data={"x": list(map(float, range(1, big + 1)))},
+        timestamps={"x": [0.0] * big},
+        seq_num=list(range(1, big + 1)),
+        validate=False,
+    )
+    writer.insert("event_page", page)
+    writer.flush()
+    writer.insert("event", _event(desc, big + 1, x=float(big + 1)))
+    writer.flush()  # pages now: the big one and one small one
+    stream = reader[-1].primary
+    read_pages = reader.store.read_pages
+    more = sqlevents._COMPACT_AFTER
+
+    def racing(page_ids, columns):
+        if not raced:  # once: the read lists the pages again and reads them
+            raced.append(True)
+            for seq in range(big + 2, big + 2 + more):  # small pages until they are merged
+                writer.insert("event", _event(desc, seq, x=float(seq)))
+                writer.flush()
+        return read_pages(page_ids, columns)
+
+    raced: list[bool] = []
+    monkeypatch.setattr(reader.store, "read_pages", racing)
+    try:
+        x = stream.read()["x"].values
+        assert x.tolist() == list(map(float, range(1, big + 2 + more)))
+    finally:
+        writer.close()
+        reader.close()
+
+
 def test_insert_does_not_keep_references_to_the_callers_buffers(tmp_path):
     cat = _open(tmp_path)
     _, desc = _run(cat)

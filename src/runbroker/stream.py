@@ -202,6 +202,10 @@ class Stream:
         wanted = ["seq_num", *names] if unsorted or not counted else names
         decoded = self.store.read_pages([p.id for p in pages], wanted) if pages else []
         lengths = [p.n for p in pages]
+        for page, columns in zip(pages, decoded, strict=True):
+            if any(len(v) != page.n for v in columns.values()):
+                # The id now names other events: never join them with the planned ones.
+                raise PageGone(f"page {page.id} changed since it was listed; list pages again")
         cols = {n: concat_columns([d.get(n) for d in decoded], lengths) for n in wanted}
         if "seq_num" not in cols:
             cols["seq_num"] = (

@@ -282,12 +282,14 @@ class SQLEvents:
             "data": codec.encode(data),
             "extra": codec.encode(extra),
         }
+        # The merged page first: SQLite numbers a new row after the largest id left, and a
+        # page id must never come back with other events (a reader may hold the old list).
+        _INSERT_PAGE.executemany(conn, [merged])
         if self.dialect == "postgresql":
             # Nothing waits for these: they go with the next round trip.
             pgsql.session(conn.connection.driver_connection).defer(_PG_DELETE_PAGES, [ids])
         else:
             conn.execute(delete(pages).where(pages.c.id.in_(ids)))
-        _INSERT_PAGE.executemany(conn, [merged])
 
 
 class _Page(NamedTuple):
