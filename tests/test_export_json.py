@@ -10,13 +10,10 @@ from typing import Any
 import msgpack
 import msgpack_numpy
 import numpy as np
-import orjson
 import pytest
 from bluesky import RunEngine
 from bluesky.plans import scan
 from event_model import compose_run
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from ophyd.sim import SynSignal, det1, motor
 
 import runbroker
@@ -301,17 +298,3 @@ def test_read_msgpack_refuses_bad_files(export_runs: dict, tmp_path: Path) -> No
     )
     with pytest.raises(ExportError, match=r"pickled\.msgpack: not a runbroker msgpack export"):
         list(read_msgpack(pickled))
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40), max_size=20))
-def test_a_uid_block_is_written_as_the_json_of_its_values(values):
-    # Event uids come to the JSON Lines exporter as the fixed-width block the catalog
-    # stores, and are written in one piece: whatever the values (quotes, backslashes,
-    # control characters, NUL padding of shorter ones), the JSON must read back as them.
-    from runbroker.export.jsondoc import _json_uids
-    from runbroker.store.pages import uid_list
-
-    block = np.array([v.encode("ascii") for v in values], dtype=f"S{max([1, *map(len, values)])}")
-    written = orjson.dumps({"uid": _json_uids(block)})
-    assert orjson.loads(written)["uid"] == uid_list(block)

@@ -35,7 +35,6 @@ import orjson
 
 from ..assets import external_kind
 from ..documents import DOCUMENT_NAMES
-from ..store.pages import uid_list
 from .base import Exporter, ExportError, Page
 
 __all__ = [
@@ -136,39 +135,10 @@ _NOT_FLOAT = {str, int, bool, type(None)}
 
 def _json_events(doc: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(doc)
-    uids = doc.get("uid")
-    if isinstance(uids, np.ndarray) and uids.dtype.kind == "S":
-        out["uid"] = _json_uids(uids)
     for part in ("data", "timestamps"):
         if part in doc:
             out[part] = {k: _json_values(v) for k, v in doc[part].items()}
     return out
-
-
-# The bytes a JSON string cannot hold as they are (or that are not ASCII).
-_NEEDS_ESCAPE = np.ones(256, dtype=bool)
-_NEEDS_ESCAPE[0x20:0x7F] = False
-_NEEDS_ESCAPE[[ord('"'), ord("\\")]] = True
-
-
-def _json_uids(block: np.ndarray) -> orjson.Fragment | list[str]:
-    """A fixed-width ASCII block of event uids as a JSON array, made in one piece rather
-    than through a ``str`` per event (values needing escapes, or shorter than the block's
-    width, go the usual way).
-
-    Example:
-        >>> orjson.dumps(_json_uids(np.array([b"e1", b"e2"])))
-        b'["e1","e2"]'
-    """
-    n, width = len(block), block.dtype.itemsize
-    raw = np.ascontiguousarray(block).view(np.uint8).reshape(n, width)
-    if not n or not width or _NEEDS_ESCAPE[raw].any():
-        return uid_list(block)  # NUL padding, control characters, quotes, backslashes
-    rows = np.empty((n, width + 3), dtype=np.uint8)
-    rows[:, 0] = rows[:, width + 1] = ord('"')
-    rows[:, 1 : width + 1] = raw
-    rows[:, width + 2] = ord(",")
-    return orjson.Fragment(b"[" + rows.tobytes()[:-1] + b"]")
 
 
 # -- msgpack ----------------------------------------------------------------------------------
@@ -396,7 +366,6 @@ class JSONLinesExporter(_DocumentStream):
     format = "jsonl"
     suffix = ".jsonl"
     declare_dtypes = True
-    needs_uids = "bytes"  # event uids are written straight from the stored block
 
     def _write(self, name: str, doc: Mapping[str, Any]) -> None:
         if name in _EVENT_DOCS:

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from ..export import exporter_class
 from ..transfer import CopyReport, copy_runs, gc_paused, select_runs
 from .archive import extract, is_archive, pack_name, verify_archive, write_archive
 from .manifest import (
@@ -170,7 +169,7 @@ def _pack_runs(
     try:
         with gc_paused():
             copy_runs(
-                ((run.uid, _documents(run, format)) for run in chosen),
+                ((run.uid, _documents(run)) for run in chosen),
                 writer,
                 total=len(chosen),
                 progress=progress,
@@ -210,10 +209,9 @@ def _writing(folder: Path) -> Iterator[None]:
         lock.release()
 
 
-def _documents(run: Any, format: str) -> Any:
+def _documents(run: Any) -> Any:
     # Straight from the store, columns as arrays: the writers encode arrays fastest.
-    uids = exporter_class(format).needs_uids
-    return lambda: run.store.documents(run.uid, arrays=True, uids=uids)
+    return lambda: run.store.documents(run.uid, arrays=True)
 
 
 def _write_config(folder: Path, manifest: Manifest, external: str) -> None:

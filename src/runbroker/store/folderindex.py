@@ -213,20 +213,18 @@ class FolderIndex:
 
     def file_of(self, run_uid: str) -> Entry | None:
         """The file holding run ``run_uid``, or None."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id, name, size, mtime_ns, uid, problem FROM folder_files "
-                "WHERE uid = ? AND problem IS NULL",
-                (run_uid,),
-            ).fetchone()
-        return Entry(*row) if row else None
+        return self._entry_where("uid = ? AND problem IS NULL", run_uid)
 
     def entry(self, file_id: int) -> Entry | None:
         """The file with this id, or None."""
+        return self._entry_where("id = ?", file_id)
+
+    def _entry_where(self, condition: str, value: object) -> Entry | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT id, name, size, mtime_ns, uid, problem FROM folder_files WHERE id = ?",
-                (file_id,),
+                "SELECT id, name, size, mtime_ns, uid, problem FROM folder_files "
+                f"WHERE {condition}",
+                (value,),
             ).fetchone()
         return Entry(*row) if row else None
 
