@@ -149,8 +149,8 @@ def test_manifest_lists_the_files_for_transfer(source, tmp_path):
     pack(source, tmp_path / "p", external="manifest", progress=False)
     manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
     outside = manifest["outside"]
-    listed = (tmp_path / "p" / "transfer" / "rsync-files.txt").read_text().split()
-    assert sorted(listed) == sorted(outside)
+    listed = (tmp_path / "p" / "transfer" / "rsync-files.nul").read_text().split("\0")
+    assert listed[:-1] == sorted(outside) and listed[-1] == ""
     assert all(os.path.isabs(p) and os.path.getsize(p) == n for p, n in outside.items())
     assert {Path(p).suffix for p in outside} == {".h5", ".tiff", ".npy"}
     globus = (tmp_path / "p" / "transfer" / "globus-batch.txt").read_text().splitlines()
@@ -160,6 +160,32 @@ def test_manifest_lists_the_files_for_transfer(source, tmp_path):
     home = _unpacked(tmp_path / "p", tmp_path)
     for run in source.values():
         assert_same_run(home[run.uid], run)
+
+
+def test_rsync_copies_every_listed_file_whatever_its_name(tmp_path):
+    """A detector folder whose name holds a newline and spaces: rsync, run as the docs say
+    on the pack's list, copies every file, and the packed run reads from the copies."""
+    import numpy as np
+
+    det = tmp_path / "beam time\nday 2"
+    det.mkdir()
+    for i in range(2):
+        np.save(det / f"frame_{i}.npy", np.full((2, 2), i))
+    cat = runbroker.open(tmp_path / "runs.db")
+    uid = _npy_run(cat, det, [1, 0], "odd names")
+    pack(cat, tmp_path / "p", external="manifest", progress=False)
+    listed = tmp_path / "p" / "transfer" / "rsync-files.nul"
+    remote = tmp_path / "remote"
+    subprocess.run(
+        ["rsync", "-a", "--from0", f"--files-from={listed}", "/", str(remote)], check=True
+    )
+    copied = remote / str(det).lstrip("/")
+    assert sorted(p.name for p in copied.iterdir()) == ["frame_0.npy", "frame_1.npy"]
+    cat.close()
+    shutil.rmtree(det)  # from now on only the copies can be read
+    with runbroker.open(tmp_path / "p", root_map={str(det): str(copied)}) as packed:
+        frames = packed[uid].primary.read()["img"].values
+    assert frames.tolist() == [np.full((2, 2), 1).tolist(), np.full((2, 2), 0).tolist()]
 
 
 def test_ignore_leaves_the_files_out(source, tmp_path):

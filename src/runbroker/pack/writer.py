@@ -13,7 +13,7 @@ What happens to detector files is the ``external`` mode:
   to those relative paths.
 - ``fill``: the data is put into the events (resource and datum documents are left out).
 - ``manifest``: the files stay where they are; their absolute paths and sizes are listed in the
-  manifest and in ``transfer/`` lists for rsync (``--files-from``) and Globus (``--batch``).
+  manifest and in ``transfer/`` lists for rsync (``--from0 --files-from``) and Globus (``--batch``).
 - ``ignore``: the files are left out; documents are packed as they are.
 """
 
@@ -247,7 +247,8 @@ class PackWriter:
             transfer.mkdir(exist_ok=True)
             paths = sorted(self.manifest.outside)
             lists = {
-                "rsync-files.txt": "".join(f"{p}\n" for p in paths),
+                # Separated by NUL (rsync --from0): a file name may hold a newline.
+                "rsync-files.nul": "".join(f"{p}\0" for p in paths),
                 # Globus reads each line as a shell would (shlex): any name survives quoting.
                 "globus-batch.txt": "".join(f"{quote(p)} {quote(p)}\n" for p in paths),
             }
