@@ -120,6 +120,47 @@ def test_live_export_fills_from_files_as_they_are_written(tmp_path):
     assert len(router.files) == 2 and router.running == []
 
 
+def _stream_scan(tmp_path: Path, n: int) -> list[tuple[str, dict]]:
+    """The documents of a real scan of a stream_resource detector (ophyd-async style)."""
+    docs: list[tuple[str, dict]] = []
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE(scan([StreamHDF5Detector("sd", tmp_path / "sd", shape=(4, 6))], motor, 0, 1, n))
+    return docs
+
+
+def test_frames_announced_after_their_events_are_filled_in_order(tmp_path):
+    """A detector may send a stream_datum after the events it covers: each event waits for
+    it, and the events still come out in order, every frame filled."""
+    docs = _stream_scan(tmp_path, 4)
+    # Every stream_datum moved after the event it covers; the last two after both events.
+    late = [d for d in docs if d[0] != "stream_datum"]
+    datums = [d for d in docs if d[0] == "stream_datum"]
+    events = [i for i, (name, _) in enumerate(late) if name == "event"]
+    for event_at, datum in zip(reversed(events[:2]), reversed(datums[:2]), strict=True):
+        late.insert(event_at + 1, datum)
+    late[-1:-1] = datums[2:]
+    assert [n for n, _ in late].index("stream_datum") > [n for n, _ in late].index("event")
+    probe = Probe(tmp_path / "out", pixels=True)
+    for name, doc in late:
+        probe(name, doc)
+    assert probe.completed is True
+    frames = _column(probe.pages, "primary", "sd_image")
+    np.testing.assert_array_equal(frames, np.stack([expected_frame(k, (4, 6)) for k in range(4)]))
+    assert np.concatenate([p.seq_num for p in probe.pages]).tolist() == [1, 2, 3, 4]
+
+
+def test_frames_never_announced_are_named_when_the_run_ends(tmp_path):
+    docs = _stream_scan(tmp_path, 3)
+    last = max(i for i, (name, _) in enumerate(docs) if name == "stream_datum")
+    probe = Probe(tmp_path / "out", pixels=True)
+    with pytest.raises(runbroker.assets.ExternalDataError, match=r"sd_image.*seq_num 3"):
+        for name, doc in docs[:last] + docs[last + 1 :]:
+            probe(name, doc)
+    assert len(probe.pages) == 2  # the events announced were handed on
+    assert probe.completed is False  # the file is closed, marked incomplete
+
+
 def _documents(scan_id: int, n: int) -> list[tuple[str, dict]]:
     bundle = compose_run(metadata={"scan_id": scan_id, "sample": "Fe"})
     desc = bundle.compose_descriptor(

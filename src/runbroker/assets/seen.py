@@ -7,6 +7,8 @@ and answers the same two questions.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterable
 from typing import Any
 
 from event_model import unpack_datum_page
@@ -33,15 +35,47 @@ class SeenAssets:
         # Datum pages are unpacked when a datum is first asked for: most runs streaming past
         # an exporter are never filled, and unpacking costs a dict per datum.
         self._pages: list[dict] = []
+        self._data_keys: dict[str, str] = {}  # stream_resource uid -> its data_key
+        #: (descriptor uid, data_key) -> sorted (seq_num start, stop) of its stream_datums
+        self._spans: dict[tuple[str, str], list[tuple[int, int]]] = {}
 
     def add(self, name: str, doc: dict) -> None:
         """Remember ``doc`` if it is a detector-file document; ignore anything else."""
         if name in _KINDS:
             self._docs.append((name, doc))
+            if name == "stream_resource":
+                self._data_keys[doc["uid"]] = doc.get("data_key", "")
+            elif name == "stream_datum":
+                key = self._data_keys.get(doc.get("stream_resource", ""))
+                seq = doc.get("seq_nums") or {}
+                if key is not None and "start" in seq and "stop" in seq:
+                    spans = self._spans.setdefault((doc.get("descriptor", ""), key), [])
+                    bisect.insort(spans, (seq["start"], seq["stop"]))
         elif name == "datum":
             self._datums[doc["datum_id"]] = (doc["resource"], doc.get("datum_kwargs") or {})
         elif name == "datum_page":
             self._pages.append(doc)
+
+    def covers(self, descriptor: str, data_key: str, seq_nums: Iterable[int]) -> bool:
+        """Whether the stream_datum documents seen give the rows of events ``seq_nums`` of
+        ``descriptor`` for field ``data_key``.
+
+        Example:
+            >>> seen = SeenAssets()
+            >>> seen.add("stream_resource", {"uid": "s1", "data_key": "img"})
+            >>> seen.covers("d1", "img", [1])
+            False
+            >>> seen.add("stream_datum", {"stream_resource": "s1", "descriptor": "d1",
+            ...     "seq_nums": {"start": 1, "stop": 3}, "indices": {"start": 0, "stop": 2}})
+            >>> seen.covers("d1", "img", [1, 2]), seen.covers("d1", "img", [3])
+            (True, False)
+        """
+        spans = self._spans.get((descriptor, data_key), [])
+        for seq in seq_nums:
+            at = bisect.bisect_right(spans, (int(seq), float("inf"))) - 1
+            if at < 0 or not spans[at][0] <= seq < spans[at][1]:
+                return False
+        return True
 
     def assets(self, run_uid: str) -> list[tuple[str, dict]]:
         """The resource, stream_resource and stream_datum documents seen, in order."""

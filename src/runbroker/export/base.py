@@ -13,6 +13,7 @@ document is closed and marked incomplete.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,7 @@ class Exporter:
         self.streams: dict[str, list[dict[str, Any]]] = {}
         self.files: list[Path] = []
         self._seen = SeenAssets()
+        self._waiting: deque[Mapping[str, Any]] = deque()  # event pages whose frames are due
         self._closed = False
         self._started = False  # start() succeeded, so finish() has files to close
         #: True while a RunEngine feeds the exporter (the default). ``export_run`` sets it
@@ -157,7 +159,15 @@ class Exporter:
             self._event_page(doc)
         elif name in _ASSET_DOCS:
             self._seen.add(name, doc)
+            if name == "stream_datum" and self._waiting:
+                self._send_waiting(final=False)
         elif name == "stop":
+            try:
+                self._send_waiting(final=True)
+            except BaseException:
+                self._waiting.clear()
+                self.close()  # marked incomplete: events are missing
+                raise
             self.stop_doc = doc
             self.stop(doc)
             self.close()
@@ -170,9 +180,13 @@ class Exporter:
         Closing twice is harmless.
         """
         if not self._closed:
-            self._closed = True
-            if self._started:
-                self.finish(complete=self.stop_doc is not None)
+            try:
+                if self._started:
+                    self._send_waiting(final=True)
+            finally:
+                self._closed = True
+                if self._started:
+                    self.finish(complete=self.stop_doc is not None)
         return list(self.files)
 
     def _event_page(self, doc: Mapping[str, Any]) -> None:
@@ -182,6 +196,33 @@ class Exporter:
                 f"event_page of run {self.uid} names descriptor {doc['descriptor']!r}, "
                 "which this exporter was never sent"
             )
+        if self.needs_pixels and (self._waiting or not self._announced(desc, doc["seq_num"])):
+            # A detector may announce its frames (stream_datum) after the events they belong
+            # to: those events wait, in order, until it does (or the run ends).
+            self._waiting.append(doc)
+            return
+        self._send_page(desc, doc)
+
+    def _announced(self, desc: Mapping[str, Any], seq_nums: Any) -> bool:
+        """Whether the stream_datum documents seen cover these events of every stream field."""
+        return all(
+            self._seen.covers(desc["uid"], key, seq_nums)
+            for key, dk in desc["data_keys"].items()
+            if external_kind(dk) == "stream"
+        )
+
+    def _send_waiting(self, final: bool) -> None:
+        """Fill and hand on the events held back, oldest first, as far as their frames are
+        announced; ``final``: all of them (the fill names any frames never announced)."""
+        while self._waiting:
+            doc = self._waiting[0]
+            desc = self.descriptors[doc["descriptor"]]
+            if not final and not self._announced(desc, doc["seq_num"]):
+                return
+            self._waiting.popleft()
+            self._send_page(desc, doc)
+
+    def _send_page(self, desc: Mapping[str, Any], doc: Mapping[str, Any]) -> None:
         keys = desc["data_keys"]
         seq = np.asarray(doc["seq_num"], dtype=np.int64)
         time = np.asarray(doc["time"], dtype=np.float64)
