@@ -8,6 +8,7 @@ A template sees ``start`` (the start document), ``uid``, ``short_uid`` (8 charac
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Mapping
@@ -53,6 +54,13 @@ def _fields(start: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=64)
+def _roots(template: str) -> frozenset[str]:
+    """The names a template's fields start with (``start`` for ``{start[sample]}``)."""
+    named = {n for _, n, _, _ in string.Formatter().parse(template) if n}
+    return frozenset(re.split(r"[.\[]", n, maxsplit=1)[0] for n in named)
+
+
 def render(
     template: str,
     start: Mapping[str, Any],
@@ -75,7 +83,7 @@ def render(
     """
     extra = {"stream": stream, "field": field, "index": index}
     try:
-        named = {n for _, n, _, _ in string.Formatter().parse(template) if n}
+        roots = _roots(template)
         text = template.format(**_fields(start), **extra)
     except KeyError as exc:
         raise TemplateError(
@@ -85,7 +93,6 @@ def render(
         ) from None
     except (ValueError, IndexError, TypeError, AttributeError) as exc:
         raise TemplateError(f"file-name template {template!r}: {exc}") from None
-    roots = {re.split(r"[.\[]", n, maxsplit=1)[0] for n in named}
     for key in ("stream", "field"):
         if extra[key] is not None and key not in roots:
             text += f"_{extra[key]}"

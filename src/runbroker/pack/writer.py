@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from shlex import quote
 from typing import IO, Any
 
@@ -96,6 +96,9 @@ class PackWriter:
     ) -> None:
         check_options(external, format)
         self.folder = Path(folder)
+        self._root = str(self.folder)
+        self._staging = self.folder / STAGING
+        self._roots: dict[str, str] = {}  # resource root -> where its files go (see _relocated)
         self.manifest = manifest
         self.assets = assets
         self.external = external
@@ -134,7 +137,7 @@ class PackWriter:
 
         exp = exporter(
             self.format,
-            self.folder / STAGING,
+            self._staging,
             template=TEMPLATE,
             overwrite=True,  # left by a pack that was killed while writing this run
             fill=self.external == "fill",
@@ -166,7 +169,6 @@ class PackWriter:
                 elif name == "descriptor" or (name in _RESOURCES and self.external != "fill"):
                     children.append((doc["uid"], name))
             (staged,) = exp.close()
-            run_file = self.folder / staged.name
         except BaseException as exc:
             self._undo(exp)  # on Ctrl-C too: the pack keeps only whole runs
             if not isinstance(exc, Exception):
@@ -174,16 +176,17 @@ class PackWriter:
             if isinstance(exc, PackError):
                 raise PackError(f"run {uid}: {exc}") from exc
             raise PackError(f"run {uid}: {type(exc).__name__}: {exc}") from exc
-        rel = run_file.relative_to(self.folder).as_posix()
-        self._files[rel] = written = self._copiers.write(spools[0].data, str(staged), str(run_file))
+        rel = staged.name  # run files lie at the top of the pack
+        written = self._copiers.write(spools[0].data, str(staged), os.path.join(self._root, rel))
+        self._files[rel] = written
         # Run files wait in memory for a worker: a few dozen at most, however fast runs come.
         self._backlog.append(written)
         while len(self._backlog) > _BACKLOG:
             wait([self._backlog.popleft()])
         self._pending.append((uid, self._needs | {rel}))
         self.manifest.outside.update(outside)
-        self.manifest.add_run(uid, run_file.name, self.external)
-        self.packed.append(_Packed(run_file.name, uid, headers, children))
+        self.manifest.add_run(uid, rel, self.external)
+        self.packed.append(_Packed(rel, uid, headers, children))
         return count
 
     def index(self) -> None:
@@ -311,7 +314,7 @@ class PackWriter:
             if not stat.S_ISREG(mode):
                 raise PackError(f"{kind} {doc['uid']}: detector file {src} is not a file")
             self._copies.add(rel)
-            self._files[rel] = self._copiers.copy(src, str(self.folder / rel))
+            self._files[rel] = self._copiers.copy(src, os.path.join(self._root, rel))
         self._needs.add(rel)
 
     def _same_as_packed(self, kind: str, doc: Mapping[str, Any], src: str, rel: str) -> None:
@@ -361,17 +364,20 @@ class PackWriter:
         """A copy of ``doc`` whose root (or uri) is the pack-relative copy of its files."""
         location = self.assets.locate(kind, doc)
         if kind == "resource":
-            return {**doc, "root": self._inside(location.root)}
+            root = self._roots.get(location.root)
+            if root is None:  # most runs share a root or two
+                root = self._roots[location.root] = self._inside(location.root)
+            return {**doc, "root": root}
         return {**doc, "uri": self._inside(location.path)}
 
     def _inside(self, path: str) -> str:
         """Where a detector file's copy goes, relative to the pack."""
         base = self.assets.base
         if base:  # files of a pack being repacked are already under its files/
-            rel = Path(os.path.relpath(path, base)).as_posix()
+            rel = PurePath(os.path.relpath(path, base)).as_posix()
             if rel == FILES or rel.startswith(f"{FILES}/"):
                 return rel
-        return f"{FILES}/{Path(path).as_posix().lstrip('/')}".rstrip("/")
+        return f"{FILES}/{PurePath(path).as_posix().lstrip('/')}".rstrip("/")
 
     def _undo(self, exp: Any) -> None:
         with contextlib.suppress(Exception):

@@ -446,12 +446,9 @@ class SQLWriting(SQLEvents):
                 self._same_or_conflict("stop", doc, stored and stored[0], "uid")
                 return
         else:
-            stored = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
-            if self._same_or_conflict("stop", doc, stored and stored[0], "uid"):
-                return
             params = {"rid": run_id, "new_stop": _dumps(doc), "new_time": doc["time"]}
             if _SET_STOP.execute(conn, params).rowcount == 0:
-                # Another writer stored a stop meanwhile.
+                # A stop was stored before (a repeat, or another writer): the same one?
                 stored = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
                 self._same_or_conflict("stop", doc, stored[0], "uid")
                 return
