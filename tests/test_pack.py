@@ -164,7 +164,8 @@ def test_manifest_lists_the_files_for_transfer(source, tmp_path):
 
 def test_rsync_copies_every_listed_file_whatever_its_name(tmp_path):
     """A detector folder whose name holds a newline and spaces: rsync, run as the docs say
-    on the pack's list, copies every file, and the packed run reads from the copies."""
+    on the pack's list, copies every file, and the packed run reads from the copies; the
+    Globus batch, which cannot hold such a name, names it in a comment."""
     import numpy as np
 
     det = tmp_path / "beam time\nday 2"
@@ -181,6 +182,10 @@ def test_rsync_copies_every_listed_file_whatever_its_name(tmp_path):
     )
     copied = remote / str(det).lstrip("/")
     assert sorted(p.name for p in copied.iterdir()) == ["frame_0.npy", "frame_1.npy"]
+    # Globus reads its batch line by line: such names are comments there, named for the user.
+    batch = (tmp_path / "p" / "transfer" / "globus-batch.txt").read_text()
+    assert [shlex.split(line, comments=True) for line in batch.splitlines()] == [[], []]
+    assert all(repr(str(det / f"frame_{i}.npy")) in batch for i in range(2))
     cat.close()
     shutil.rmtree(det)  # from now on only the copies can be read
     with runbroker.open(tmp_path / "p", root_map={str(det): str(copied)}) as packed:

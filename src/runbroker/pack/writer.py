@@ -252,8 +252,7 @@ class PackWriter:
             lists = {
                 # Separated by NUL (rsync --from0): a file name may hold a newline.
                 "rsync-files.nul": "".join(f"{p}\0" for p in paths),
-                # Globus reads each line as a shell would (shlex): any name survives quoting.
-                "globus-batch.txt": "".join(f"{quote(p)} {quote(p)}\n" for p in paths),
+                "globus-batch.txt": "".join(map(_globus_line, paths)),
             }
             for name, text in lists.items():
                 (transfer / name).write_text(text)
@@ -391,6 +390,24 @@ class PackWriter:
             with contextlib.suppress(OSError):
                 (self.folder / rel).unlink()
         self._copies, self._needs = set(), set()
+
+
+def _globus_line(path: str) -> str:
+    """One line of a Globus batch file: the path as source and destination.
+
+    Globus reads the file line by line, each as a shell would (shlex, ``#`` comments): quoting
+    keeps any name whole, but one holding a line break cannot be listed; it becomes a comment
+    naming it, and the rsync list (NUL-separated) carries it.
+
+    Example:
+        >>> _globus_line("/data/scan 1.h5")
+        "'/data/scan 1.h5' '/data/scan 1.h5'\\n"
+        >>> _globus_line("/data/a\\nb.h5").startswith("# not listed")
+        True
+    """
+    if len(f"{path}.".splitlines()) == 1:
+        return f"{quote(path)} {quote(path)}\n"
+    return f"# not listed, its name holds a line break (rsync-files.nul lists it): {path!r}\n"
 
 
 def check_options(external: str, format: str) -> None:
