@@ -161,6 +161,28 @@ def test_frames_never_announced_are_named_when_the_run_ends(tmp_path):
     assert probe.completed is False  # the file is closed, marked incomplete
 
 
+def test_a_run_cut_short_keeps_the_events_whose_frames_were_announced(tmp_path):
+    """No stop, and the last frame never announced: closing the live export writes the
+    events it could fill into a file marked incomplete, and reports no error."""
+    from runbroker.export import LiveExport
+
+    docs = _stream_scan(tmp_path, 3)
+    last = max(i for i, (name, _) in enumerate(docs) if name == "stream_datum")
+    made: list[Probe] = []
+
+    def factory() -> Probe:
+        made.append(Probe(tmp_path / "out", pixels=True))
+        return made[-1]
+
+    router = LiveExport(factory)
+    for i, (name, doc) in enumerate(docs):
+        if i != last and name != "stop":
+            router(name, doc)
+    assert router.close() == made[0].files and router.errors == []
+    assert made[0].completed is False
+    assert np.concatenate([p.seq_num for p in made[0].pages]).tolist() == [1, 2]
+
+
 def _documents(scan_id: int, n: int) -> list[tuple[str, dict]]:
     bundle = compose_run(metadata={"scan_id": scan_id, "sample": "Fe"})
     desc = bundle.compose_descriptor(

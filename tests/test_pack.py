@@ -6,6 +6,7 @@ HDF5 (area detector and stream resource), TIFF and NPY files, and a scalar scan.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -193,6 +194,36 @@ def test_rsync_copies_every_listed_file_whatever_its_name(tmp_path):
     assert frames.tolist() == [np.full((2, 2), 1).tolist(), np.full((2, 2), 0).tolist()]
 
 
+def test_fill_packs_a_run_whose_frames_are_announced_late(tmp_path):
+    """A stream detector announcing its frames after the events they belong to:
+    --external fill still puts every frame in."""
+    from bluesky import RunEngine
+    from bluesky.plans import scan
+    from bluesky.preprocessors import SupplementalData
+    from ophyd.sim import motor, motor2
+
+    from runbroker.testing.detectors import StreamHDF5Detector
+
+    RE = RunEngine({}, call_returns_result=False)
+    RE.preprocessors.append(SupplementalData(baseline=[motor2]))
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE(scan([StreamHDF5Detector("sd", tmp_path / "sd", shape=(4, 6))], motor, 0, 1, 3))
+    # The detector announces its frames only after the last primary event (as a detector
+    # that reports its frames late does), before the closing baseline reading.
+    late = [d for d in docs if d[0] != "stream_datum"]
+    late[-2:-2] = [d for d in docs if d[0] == "stream_datum"]
+    cat = runbroker.open(tmp_path / "runs.db")
+    cat.ingest(late)
+    run = cat[-1]
+    names = [name for name, _ in run.store.documents(run.uid)]
+    assert names.index("stream_datum") > names.index("event_page")  # late, as stored
+    report = pack(cat, tmp_path / "p", external="fill", progress=False)
+    assert report.copied == 1 and not report.failed, report
+    with runbroker.open(tmp_path / "p", readonly=True) as packed:
+        assert packed[run.uid].primary.read().identical(run.primary.read())
+
+
 def test_ignore_leaves_the_files_out(source, tmp_path):
     pack(source, tmp_path / "p", external="ignore", progress=False)
     assert not any(f.startswith(("files/", "transfer/")) for f in _files_of(tmp_path / "p"))
@@ -339,6 +370,31 @@ def test_append_twice_adds_without_duplicates(source, tmp_path):
     assert verify(dest).ok
     home = _unpacked(dest, tmp_path)
     assert sorted(home) == sorted(source)
+
+
+def test_append_replaces_a_transfer_list_of_an_older_runbroker(source, tmp_path):
+    """A pack made before the rsync list was NUL-separated holds transfer/rsync-files.txt;
+    appending must not leave it behind, naming only the runs packed before."""
+    dest = tmp_path / "p"
+    pack(source, dest, query=Key("sample") == SAMPLES["h5"], external="manifest", progress=False)
+    old = dest / "transfer" / "rsync-files.txt"
+    old.write_text(
+        "".join(f"{p}\n" for p in json.loads((dest / "manifest.json").read_text())["outside"])
+    )
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["files"]["transfer/rsync-files.txt"] = {
+        "size": old.stat().st_size,
+        "sha256": hashlib.sha256(old.read_bytes()).hexdigest(),
+    }
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    assert verify(dest).ok
+    pack(source, dest, append=True, external="manifest", progress=False)
+    files = json.loads((dest / "manifest.json").read_text())["files"]
+    assert sorted(f for f in files if f.startswith("transfer/")) == [
+        "transfer/globus-batch.txt",
+        "transfer/rsync-files.nul",
+    ]
+    assert not old.exists() and verify(dest).ok
 
 
 def test_a_failing_run_is_reported_and_leaves_nothing(source, tmp_path):

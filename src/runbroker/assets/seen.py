@@ -7,10 +7,10 @@ and answers the same two questions.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from event_model import unpack_datum_page
 
 __all__ = ["SeenAssets"]
@@ -36,8 +36,10 @@ class SeenAssets:
         # an exporter are never filled, and unpacking costs a dict per datum.
         self._pages: list[dict] = []
         self._data_keys: dict[str, str] = {}  # stream_resource uid -> its data_key
-        #: (descriptor uid, data_key) -> sorted (seq_num start, stop) of its stream_datums
+        #: (descriptor uid, data_key) -> (seq_num start, stop) of its stream_datums, in the
+        #: order they came, and the same as arrays sorted as ``Assets.fill`` sorts them
         self._spans: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        self._sorted: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
     def add(self, name: str, doc: dict) -> None:
         """Remember ``doc`` if it is a detector-file document; ignore anything else."""
@@ -49,8 +51,9 @@ class SeenAssets:
                 key = self._data_keys.get(doc.get("stream_resource", ""))
                 seq = doc.get("seq_nums") or {}
                 if key is not None and "start" in seq and "stop" in seq:
-                    spans = self._spans.setdefault((doc.get("descriptor", ""), key), [])
-                    bisect.insort(spans, (seq["start"], seq["stop"]))
+                    where = (doc.get("descriptor", ""), key)
+                    self._spans.setdefault(where, []).append((seq["start"], seq["stop"]))
+                    self._sorted.pop(where, None)
         elif name == "datum":
             self._datums[doc["datum_id"]] = (doc["resource"], doc.get("datum_kwargs") or {})
         elif name == "datum_page":
@@ -70,12 +73,22 @@ class SeenAssets:
             >>> seen.covers("d1", "img", [1, 2]), seen.covers("d1", "img", [3])
             (True, False)
         """
-        spans = self._spans.get((descriptor, data_key), [])
-        for seq in seq_nums:
-            at = bisect.bisect_right(spans, (int(seq), float("inf"))) - 1
-            if at < 0 or not spans[at][0] <= seq < spans[at][1]:
-                return False
-        return True
+        where = (descriptor, data_key)
+        found = self._sorted.get(where)
+        if found is None:
+            # Sorted by start alone, ties in the order they came: the span Assets.fill picks
+            # for an event is the one judged here.
+            spans = sorted(self._spans.get(where, []), key=lambda span: span[0])
+            found = self._sorted[where] = (
+                np.array([start for start, _ in spans], dtype=np.int64),
+                np.array([stop for _, stop in spans], dtype=np.int64),
+            )
+        starts, stops = found
+        seq = np.asarray(seq_nums, dtype=np.int64)
+        if not len(starts):
+            return not len(seq)
+        which = np.searchsorted(starts, seq, side="right") - 1
+        return not bool(((which < 0) | (seq >= stops[np.clip(which, 0, None)])).any())
 
     def assets(self, run_uid: str) -> list[tuple[str, dict]]:
         """The resource, stream_resource and stream_datum documents seen, in order."""

@@ -104,7 +104,8 @@ class Exporter:
         self.streams: dict[str, list[dict[str, Any]]] = {}
         self.files: list[Path] = []
         self._seen = SeenAssets()
-        self._waiting: deque[Mapping[str, Any]] = deque()  # event pages whose frames are due
+        #: Event pages held back until a stream_datum announces their frames (when filling).
+        self._due: deque[Mapping[str, Any]] = deque()
         self._closed = False
         self._started = False  # start() succeeded, so finish() has files to close
         #: True while a RunEngine feeds the exporter (the default). ``export_run`` sets it
@@ -159,13 +160,13 @@ class Exporter:
             self._event_page(doc)
         elif name in _ASSET_DOCS:
             self._seen.add(name, doc)
-            if name == "stream_datum" and self._waiting:
-                self._send_waiting(final=False)
+            if name == "stream_datum" and self._due:
+                self._send_due(final=False)
         elif name == "stop":
             try:
-                self._send_waiting(final=True)
+                self._send_due(final=True)
             except BaseException:
-                self._waiting.clear()
+                self._due.clear()
                 self.close()  # marked incomplete: events are missing
                 raise
             self.stop_doc = doc
@@ -181,8 +182,11 @@ class Exporter:
         """
         if not self._closed:
             try:
-                if self._started:
-                    self._send_waiting(final=True)
+                if self._started and self._due:
+                    # No stop came: what was announced goes out, the rest is left out of a
+                    # file marked incomplete anyway.
+                    self._send_due(final=False)
+                    self._due.clear()
             finally:
                 self._closed = True
                 if self._started:
@@ -196,30 +200,32 @@ class Exporter:
                 f"event_page of run {self.uid} names descriptor {doc['descriptor']!r}, "
                 "which this exporter was never sent"
             )
-        if self.needs_pixels and (self._waiting or not self._announced(desc, doc["seq_num"])):
+        if self.needs_pixels and (self._due or not self._announced(desc, doc)):
             # A detector may announce its frames (stream_datum) after the events they belong
             # to: those events wait, in order, until it does (or the run ends).
-            self._waiting.append(doc)
+            self._due.append(doc)
             return
         self._send_page(desc, doc)
 
-    def _announced(self, desc: Mapping[str, Any], seq_nums: Any) -> bool:
-        """Whether the stream_datum documents seen cover these events of every stream field."""
+    def _announced(self, desc: Mapping[str, Any], doc: Mapping[str, Any]) -> bool:
+        """Whether the stream_datum documents seen give the frames of these events for every
+        stream field they do not hold filled already."""
+        filled = doc.get("filled") or {}
         return all(
-            self._seen.covers(desc["uid"], key, seq_nums)
+            self._seen.covers(desc["uid"], key, doc["seq_num"])
             for key, dk in desc["data_keys"].items()
-            if external_kind(dk) == "stream"
+            if external_kind(dk) == "stream" and not (key in doc["data"] and _all(filled.get(key)))
         )
 
-    def _send_waiting(self, final: bool) -> None:
+    def _send_due(self, final: bool) -> None:
         """Fill and hand on the events held back, oldest first, as far as their frames are
-        announced; ``final``: all of them (the fill names any frames never announced)."""
-        while self._waiting:
-            doc = self._waiting[0]
+        announced; ``final``: all of them (the fill names frames never announced)."""
+        while self._due:
+            doc = self._due[0]
             desc = self.descriptors[doc["descriptor"]]
-            if not final and not self._announced(desc, doc["seq_num"]):
+            if not final and not self._announced(desc, doc):
                 return
-            self._waiting.popleft()
+            self._due.popleft()
             self._send_page(desc, doc)
 
     def _send_page(self, desc: Mapping[str, Any], doc: Mapping[str, Any]) -> None:

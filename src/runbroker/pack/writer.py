@@ -257,6 +257,12 @@ class PackWriter:
             for name, text in lists.items():
                 (transfer / name).write_text(text)
                 self.manifest.files[f"{TRANSFER}/{name}"] = sha256_of(transfer / name)
+            # A list of another name (rsync-files.txt, from a runbroker before NUL-separated
+            # lists) would name only the runs packed before this append.
+            for rel in [r for r in self.manifest.files if r.startswith(f"{TRANSFER}/")]:
+                if rel.removeprefix(f"{TRANSFER}/") not in lists:
+                    del self.manifest.files[rel]
+                    (self.folder / rel).unlink(missing_ok=True)
         self.manifest.save(self.folder)
         return failed
 
