@@ -227,19 +227,10 @@ def _number(dtype: str = "number") -> dict:
 def test_a_run_whose_frames_are_announced_late_exports(tmp_path):
     """A stream detector announcing its frames late, and a baseline: the SPEC exporter's own
     rows waiting for the baseline must not meet the pages held back for their frames."""
-    from runbroker.testing.detectors import StreamHDF5Detector
+    from runbroker.testing.detectors import late_frames_scan
 
-    RE = RunEngine({}, call_returns_result=False)
-    RE.preprocessors.append(SupplementalData(baseline=[motor2]))
-    docs: list[tuple[str, dict]] = []
-    RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    RE(scan([StreamHDF5Detector("sd", tmp_path / "sd", shape=(4, 6))], motor, 0, 1, 3))
-    # The detector announces its frames only after the last primary event (as a detector
-    # that reports its frames late does), before the closing baseline reading.
-    late = [d for d in docs if d[0] != "stream_datum"]
-    late[-2:-2] = [d for d in docs if d[0] == "stream_datum"]
     cat = runbroker.open(tmp_path / "runs.db")
-    cat.ingest(late)
+    cat.ingest(late_frames_scan(tmp_path))
     run = cat[-1]
     names = [name for name, _ in run.store.documents(run.uid)]
     assert names.index("stream_datum") > names.index("event_page")  # late, as stored

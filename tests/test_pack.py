@@ -197,24 +197,10 @@ def test_rsync_copies_every_listed_file_whatever_its_name(tmp_path):
 def test_fill_packs_a_run_whose_frames_are_announced_late(tmp_path):
     """A stream detector announcing its frames after the events they belong to:
     --external fill still puts every frame in."""
-    from bluesky import RunEngine
-    from bluesky.plans import scan
-    from bluesky.preprocessors import SupplementalData
-    from ophyd.sim import motor, motor2
+    from runbroker.testing.detectors import late_frames_scan
 
-    from runbroker.testing.detectors import StreamHDF5Detector
-
-    RE = RunEngine({}, call_returns_result=False)
-    RE.preprocessors.append(SupplementalData(baseline=[motor2]))
-    docs: list[tuple[str, dict]] = []
-    RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    RE(scan([StreamHDF5Detector("sd", tmp_path / "sd", shape=(4, 6))], motor, 0, 1, 3))
-    # The detector announces its frames only after the last primary event (as a detector
-    # that reports its frames late does), before the closing baseline reading.
-    late = [d for d in docs if d[0] != "stream_datum"]
-    late[-2:-2] = [d for d in docs if d[0] == "stream_datum"]
     cat = runbroker.open(tmp_path / "runs.db")
-    cat.ingest(late)
+    cat.ingest(late_frames_scan(tmp_path))
     run = cat[-1]
     names = [name for name, _ in run.store.documents(run.uid)]
     assert names.index("stream_datum") > names.index("event_page")  # late, as stored

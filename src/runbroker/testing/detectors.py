@@ -83,6 +83,7 @@ __all__ = [
     "NPYDetector",
     "StreamHDF5Detector",
     "expected_frame",
+    "late_frames_scan",
     "npy_detector",
 ]
 
@@ -463,3 +464,31 @@ def npy_detector(
 ) -> NPYDetector:
     """A fresh ophyd.sim NPY_SEQ image detector saving into ``root`` (see :class:`NPYDetector`)."""
     return NPYDetector(name, root, shape=shape, dtype=dtype)
+
+
+def late_frames_scan(
+    root: str | Path, n: int = 3, shape: tuple[int, int] = (4, 6)
+) -> list[Document]:
+    """The documents of a real RunEngine scan of ``n`` points with a :class:`StreamHDF5Detector`
+    named ``sd`` (writing under ``root``) and a baseline, in which the detector announces its
+    frames (every ``stream_datum``) only after the last primary event, before the closing
+    baseline reading: as a detector that reports its frames late does.
+
+    Example:
+        >>> names = [name for name, _ in late_frames_scan(tmp_path, n=2)]
+        >>> names.index("stream_datum") > names.index("event")
+        True
+    """
+    from bluesky import RunEngine
+    from bluesky.plans import scan
+    from bluesky.preprocessors import SupplementalData
+    from ophyd.sim import motor, motor2
+
+    docs: list[Document] = []
+    RE = RunEngine({}, call_returns_result=False)
+    RE.preprocessors.append(SupplementalData(baseline=[motor2]))
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE(scan([StreamHDF5Detector("sd", Path(root) / "sd", shape=shape)], motor, 0, 1, n))
+    late = [d for d in docs if d[0] != "stream_datum"]
+    late[-2:-2] = [d for d in docs if d[0] == "stream_datum"]  # before baseline and stop
+    return late
