@@ -673,6 +673,23 @@ def test_unpack_registers_a_name_and_merges(source, tmp_path, config_home):
         assert_same_run(merged[run.uid], run)
 
 
+def test_an_unpacked_archive_opens_from_its_index(source, tmp_path, config_home):
+    """An archive carries no index (derived data): unpack builds it, so the first open reads
+    headers from it instead of every run file."""
+    from runbroker.store.folderindex import FolderIndex
+
+    pack(source, tmp_path / "beamtime.tar", archive=True, progress=False)
+    unpack(tmp_path / "beamtime.tar", to=tmp_path / "home", progress=False)
+    folder = tmp_path / "home" / "beamtime"
+    index = FolderIndex(folder)
+    try:
+        indexed = {e.uid for e in index.entries().values() if not e.problem}
+    finally:
+        index.close()
+    assert indexed == set(source)
+    assert sorted(runbroker.catalog["beamtime"]) == sorted(source)
+
+
 def test_unpack_merges_into_a_named_database(source, tmp_path, config_home, capsys):
     db = tmp_path / "laptop" / "runs.db"
     db.parent.mkdir()

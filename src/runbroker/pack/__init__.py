@@ -381,6 +381,7 @@ def unpack(
     if entry is None or Path(entry.uri).resolve() == path.resolve():
         if entry is None:
             NamedCatalogs().add(name, str(path))
+        _index_folder(path)
         return PackReport(
             skipped=len(manifest.runs),
             path=path,
@@ -398,6 +399,15 @@ def unpack(
             source.close()
     # A database, or a folder catalog that is not a pack.
     return _ingest(path, manifest, entry.uri, files_root, strict, progress, entry.options)
+
+
+def _index_folder(path: Path) -> None:
+    """Bring the pack's folder index up to date now, so that its first open reads only
+    headers: an archive comes without one (it is derived data), and building it reads every
+    run file."""
+    from .. import open as open_catalog
+
+    open_catalog(path, readonly=True).close()
 
 
 def _local(uri: str) -> str:
