@@ -146,8 +146,11 @@ class SQLEvents:
             foreign = state.id not in self._txn_descriptors
             stored_max = self._stored_max(conn, state.id) if foreign else 0
             if stored_max > state.flushed_max:
-                # Another writer (process or catalog object) wrote this descriptor meanwhile.
+                # Another writer (process or catalog object) wrote this descriptor meanwhile:
+                # its pages took replay positions this writer has not counted, so the next
+                # one is read again (else two pages share one, and replay may swap them).
                 batches = self._drop_repeats(conn, state, batches, stored_max)
+                self._ords.pop(state.run_id, None)
             taken.append((state, batches))
         rows = []
         # Replay positions follow arrival (the descriptor whose events came last goes last),
