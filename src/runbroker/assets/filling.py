@@ -308,8 +308,7 @@ class Assets:
             return []
         starts = np.array([d["seq_nums"]["start"] for d in datums], dtype=np.int64)
         stops = np.array([d["seq_nums"]["stop"] for d in datums], dtype=np.int64)
-        which = np.searchsorted(starts, seq, side="right") - 1
-        bad = (which < 0) | (seq >= stops[np.clip(which, 0, None)])
+        which, bad = spans_of(starts, stops, seq)
         if bad.any():
             raise ExternalDataError(
                 f"{where}: no stream_datum covers seq_num {int(seq[np.argmax(bad)])}"
@@ -426,3 +425,18 @@ def _close(handler: Any) -> None:
         # A file already gone cannot be closed twice; there is nothing to lose.
         with contextlib.suppress(Exception):
             close()
+
+
+def spans_of(
+    starts: np.ndarray, stops: np.ndarray, seq: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each event ``seq``, the index of the stream_datum span (``starts`` sorted, the
+    ``[start, stop)`` of each) it falls in, and whether none holds it.
+
+    Example:
+        >>> which, missing = spans_of(np.array([1, 3]), np.array([3, 5]), np.array([2, 4, 5]))
+        >>> which.tolist(), missing.tolist()
+        ([0, 1, 1], [False, False, True])
+    """
+    which = np.searchsorted(starts, seq, side="right") - 1
+    return which, (which < 0) | (seq >= stops[np.clip(which, 0, None)])

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from event_model import unpack_datum_page
 
+from .filling import spans_of
+
 __all__ = ["SeenAssets"]
 
 _KINDS = ("resource", "stream_resource", "stream_datum")
@@ -87,8 +89,7 @@ class SeenAssets:
         seq = np.asarray(seq_nums, dtype=np.int64)
         if not len(starts):
             return not len(seq)
-        which = np.searchsorted(starts, seq, side="right") - 1
-        return not bool(((which < 0) | (seq >= stops[np.clip(which, 0, None)])).any())
+        return not bool(spans_of(starts, stops, seq)[1].any())
 
     def assets(self, run_uid: str) -> list[tuple[str, dict]]:
         """The resource, stream_resource and stream_datum documents seen, in order."""
