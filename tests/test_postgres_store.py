@@ -77,6 +77,23 @@ def test_a_document_refused_before_it_reaches_the_server_keeps_the_transaction(c
 
 
 @POSTGRES_ONLY
+def test_a_parameter_that_cannot_be_sent_leaves_no_name_unprepared_and_no_row_behind(catalog):
+    """A NUL stops a round trip while it is being built: the statement named for it was never
+    prepared (its next use once failed with 'prepared statement "rb_5" does not exist', now
+    and then, as the test above shows), and the rows deferred before it still go."""
+    url = catalog.store.uri.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as raw:
+        raw.execute("CREATE TEMP TABLE t (v text)")
+        s = pgsql.session(raw)
+        s.defer("INSERT INTO t VALUES ($1)", ["kept"])
+        insert = "INSERT INTO t VALUES ($1) RETURNING v"
+        with pytest.raises(psycopg.DataError, match="NUL"):
+            s.execute(insert, ["a\x00b"])
+        assert s.execute(insert, ["ok"]).fetchall() == [("ok",)]
+        assert s.execute("SELECT v FROM t ORDER BY v", ()).fetchall() == [("kept",), ("ok",)]
+
+
+@POSTGRES_ONLY
 def test_many_documents_in_one_transaction_stay_within_the_subtransaction_cache(catalog):
     """Each document has a savepoint (a subtransaction): a transaction is committed before
     it holds more than PostgreSQL keeps where other sessions check them cheaply (64)."""

@@ -393,14 +393,22 @@ class Session:
                 raise NotImplementedError("transaction options on a runbroker write connection")
             self._statements(commands, "begin", _BEGIN)
         deferred, self._deferred = self._deferred, []
-        self._statements(commands, "deferred", deferred)
-        if self.savepoint_pending:
-            if self.savepoint_exists:
-                self._statements(commands, "release", _RELEASE)
-            self._statements(commands, "savepoint", _SAVEPOINT)
-        self._statements(commands, "statement", statements)
-        if commit:
-            self._statements(commands, "commit", _COMMIT)
+        try:
+            self._statements(commands, "deferred", deferred)
+            if self.savepoint_pending:
+                if self.savepoint_exists:
+                    self._statements(commands, "release", _RELEASE)
+                self._statements(commands, "savepoint", _SAVEPOINT)
+            self._statements(commands, "statement", statements)
+            if commit:
+                self._statements(commands, "commit", _COMMIT)
+        except BaseException:
+            # A parameter that cannot be sent (a NUL in text) stops the round trip before
+            # anything goes: the statements named for it were never prepared on the server
+            # (a later use of the name would fail), and the deferred rows still wait.
+            self._forget_unsent(commands)
+            self._deferred = deferred + self._deferred
+            raise
         results = self._pipeline(commands)
         failed = None
         for i, r in enumerate(results):
@@ -411,9 +419,7 @@ class Session:
         if "savepoint" in kinds and (failed is None or failed > kinds.index("savepoint")):
             self.savepoint_pending, self.savepoint_exists = False, True
         if failed is not None:
-            for kind, _, _, sql in commands[failed:]:
-                if kind == "prepare":  # never made by the server: prepare it next time
-                    self._names.pop(sql, None)  # type: ignore[arg-type]
+            self._forget_unsent(commands[failed:])  # never made by the server
             error = psycopg.errors.error_from_result(
                 results[failed], encoding=self.raw.info.encoding
             )
@@ -435,6 +441,12 @@ class Session:
             return Rows([], int(last.command_tuples or 0))
         self._loader.set_pgresult(last)
         return Rows(self._loader.load_rows(0, last.ntuples, tuple), int(last.command_tuples or 0))
+
+    def _forget_unsent(self, commands: list) -> None:
+        """Forget the prepared names that ``commands`` would have made: they were not sent."""
+        for kind, _, _, sql in commands:
+            if kind == "prepare":
+                self._names.pop(sql, None)
 
     def _statements(
         self, commands: list, kind: str, statements: list[tuple[str, Sequence[Any]]]
