@@ -106,6 +106,8 @@ def test_events_documents_fields_and_configuration(catalog, runs):
     assert [ev["data"]["motor"] for ev in events] == [-1.0, -0.5, 0.0, 0.5, 1.0]
     assert set(next(h.events(fields=["det"]))["data"]) == {"det"}
     assert list(db.get_events([db[-2], h], fields=["det"]))[2]["data"]["det"] == 1.0
+    with pytest.raises(KeyError, match=r"no field 'motor' in stream 'primary'.*\['det'\]"):
+        next(db.get_events(db[-2], fields=["motor"]))
     names = [name for name, _ in db[-2].documents()]
     assert names[0] == "start" and names[-1] == "stop"
     assert names.count("descriptor") == 2 and names.count("event") == 5

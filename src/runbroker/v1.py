@@ -137,6 +137,13 @@ class Broker:
             ('start', 5, 'stop')
         """
         for header in _headers(headers):
+            unknown = sorted(set(fields or ()) - header.fields(stream_name))
+            if unknown:
+                where = "its streams" if stream_name is ALL else f"stream {stream_name!r}"
+                raise KeyError(
+                    f"run {header.uid[:8]} has no field {unknown[0]!r} in {where}; its fields "
+                    f"are {sorted(header.fields(stream_name))}"
+                )
             wanted: set[str] = set()
             for name, doc in header.run.documents(fill=fill):
                 if name == "descriptor":
