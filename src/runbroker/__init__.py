@@ -190,7 +190,7 @@ def v1(catalog: Catalog) -> Broker:
 
     Example:
         >>> db = runbroker.v1(cat)
-        >>> db[-1].table(fields=["motor"])["motor"].tolist()
+        >>> db[run.uid].table(fields=["motor"])["motor"].tolist()
         [-1.0, -0.5, 0.0, 0.5, 1.0]
     """
     return Broker(catalog)

@@ -231,7 +231,7 @@ class Catalog:
         """This catalog through databroker's v1 API (``db[-1].table()``); see ``docs/v1.md``.
 
         Example:
-            >>> cat.v1[-1].table()["motor"].tolist()
+            >>> cat.v1[run.uid].table()["motor"].tolist()
             [-1.0, -0.5, 0.0, 0.5, 1.0]
         """
         from .v1 import Broker

@@ -38,11 +38,11 @@ class Broker:
 
     Example:
         >>> db = runbroker.v1(cat)
-        >>> header = db[-1]
+        >>> header = db[run.uid]
         >>> header.start["plan_name"], header.stop["exit_status"]
         ('scan', 'success')
-        >>> [h.start["scan_id"] for h in db(plan_name="count")]
-        [1]
+        >>> header in db(plan_name="scan"), header in db(plan_name="count")
+        (True, False)
     """
 
     def __init__(self, catalog: Catalog) -> None:
@@ -72,8 +72,8 @@ class Broker:
 
         Example:
             >>> db = runbroker.v1(cat)
-            >>> db[1].start["plan_name"], len(db[-2:])
-            ('count', 2)
+            >>> db[run.uid[:8]].start["plan_name"], len(db[-2:])
+            ('scan', 2)
         """
         found = self.catalog[key]
         if isinstance(found, list):
@@ -89,10 +89,10 @@ class Broker:
 
         Example:
             >>> db = runbroker.v1(cat)
-            >>> [h.start["plan_name"] for h in db(since="2000-01-01")]
-            ['scan', 'count']
-            >>> len(db("Ni")), len(db(sample="Ni", plan_name="scan"))
-            (1, 0)
+            >>> other_run.v1 in db(since="2000-01-01"), other_run.v1 in db(until="2000-01-01")
+            (True, False)
+            >>> other_run.v1 in db("Ni"), len(db(sample="Ni", plan_name="scan"))
+            (True, 0)
         """
         for key, instead in _UNSUPPORTED_SEARCH.items():
             if key in kwargs:
@@ -273,8 +273,8 @@ class Results:
 
     Example:
         >>> hits = runbroker.v1(cat)(plan_name="scan")
-        >>> len(hits), [h.start["scan_id"] for h in hits]
-        (1, [2])
+        >>> run.v1 in hits, all(h.start["plan_name"] == "scan" for h in hits)
+        (True, True)
     """
 
     def __init__(self, catalog: Catalog, db: Broker) -> None:
