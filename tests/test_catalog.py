@@ -261,6 +261,55 @@ def test_empty_catalog_reprs(catalog):
     assert "<table>" in catalog._repr_html_()
 
 
+def test_reprs_count_in_words(catalog):
+    add_run(catalog, time=1000.0, events=1)
+    assert "<Catalog 1 run in" in repr(catalog)
+    assert "1 event, 1 field: x>" in repr(catalog[-1].primary)
+
+
+def test_catalog_html_says_how_many_runs_it_leaves_out(catalog):
+    for i in range(11):
+        add_run(catalog, time=1000.0 + i, scan_id=i)
+    html = catalog._repr_html_()
+    assert "<td>10</td>" in html and "<td>1</td>" in html and "<td>0</td>" not in html
+    assert "The 10 most recent are shown; 1 more run not shown" in html
+    add_run(catalog, time=2000.0)
+    assert "2 more runs not shown" in catalog._repr_html_()
+    assert "not shown" not in catalog.search(Key("scan_id") == 3)._repr_html_()
+
+
+def test_durations_have_units(catalog):
+    bundle = compose_run(time=1000.0, metadata={"scan_id": 4})
+    catalog.insert("start", bundle.start_doc)
+    catalog.insert("stop", bundle.compose_stop(time=1125.0))
+    run = catalog[-1]
+    assert "(2 min 05 s)" in repr(run)
+    assert "<th>duration</th><td>2 min 05 s</td>" in run._repr_html_()
+    assert "<td>2 min 05 s</td>" in catalog._repr_html_()
+    assert run.summary["duration"] == 125.0  # the data stays a number of seconds
+
+
+def test_stream_reprs_list_fields_and_events(catalog, RE, det):
+    RE(bp.count([det], num=3))
+    stream = catalog[-1].primary
+    assert repr(stream) == f"<Stream 'primary' of run {stream.run_uid[:8]}: 3 events, 1 field: det>"
+    html = stream._repr_html_()
+    assert "3 events, 1 field" in html
+    assert "<td>det</td><td>number</td><td>scalar</td><td></td><td>SIM:det</td>" in html
+
+
+def test_stream_reprs_show_array_shapes_and_files(catalog, RE, tmp_path):
+    from runbroker.testing.detectors import ADHDF5Detector
+
+    cam = ADHDF5Detector("cam", tmp_path / "frames", shape=(4, 6))
+    RE(bp.count([cam], num=2))
+    stream = catalog[-1].primary
+    assert "2 fields: cam_stats_total, cam_image[4, 6]>" in repr(stream)
+    assert "<td>cam_image</td>" in stream._repr_html_()
+    assert "<td>[4, 6]</td>" in stream._repr_html_()
+    assert "<td>yes</td>" in stream._repr_html_()
+
+
 # ---------------------------------------------------------------- metadata, live and crashed runs
 
 

@@ -34,6 +34,7 @@ from .documents import ConflictError, DocumentError, UnknownParentError
 from .store.files import FolderStore
 from .store.sql import SchemaVersionError, SQLStore
 from .stream import Stream
+from .v1 import Broker
 
 __all__ = [
     "AmbiguousUIDError",
@@ -55,6 +56,7 @@ __all__ = [
     "register_handler",
     "register_reader",
     "temp",
+    "v1",
 ]
 
 __version__ = "0.1.0"
@@ -177,3 +179,18 @@ def temp(**options: Any) -> Catalog:
     cat = open(os.path.join(folder, "temp.db"), **options)
     weakref.finalize(cat.store, shutil.rmtree, folder, True)
     return cat
+
+
+def v1(catalog: Catalog) -> Broker:
+    """``catalog`` through databroker's v1 API: ``db[-1].table()``, ``db(plan_name="scan")``.
+
+    The same as ``catalog.v1``; what is covered is listed in ``docs/v1.md``. (The name hides
+    the ``runbroker.v1`` submodule as an attribute only: ``from runbroker.v1 import Header``
+    still works.)
+
+    Example:
+        >>> db = runbroker.v1(cat)
+        >>> db[run.uid].table(fields=["motor"])["motor"].tolist()
+        [-1.0, -0.5, 0.0, 0.5, 1.0]
+    """
+    return Broker(catalog)

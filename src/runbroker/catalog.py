@@ -11,20 +11,26 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from event_model import unpack_datum_page, unpack_event_page
 
 from .assets import Assets, external_kind
 from .derived import derived_from, save_derived
+from .display import duration, plural
 from .queries import And, Key, PartialUID, Query, ScanID
 from .store.base import RunRecord, Store
 from .stream import Stream
 
+if TYPE_CHECKING:
+    from .v1 import Broker, Header
+
 __all__ = ["AmbiguousUIDError", "Catalog", "Run"]
 
 _FIRST_BATCH = 100
+# Runs a catalog's HTML repr lists (the most recent ones).
+_HTML_ROWS = 10
 _MAX_BATCH = 10_000
 
 
@@ -220,6 +226,18 @@ class Catalog:
     def __len__(self) -> int:
         return self.store.count(self.query)
 
+    @property
+    def v1(self) -> Broker:
+        """This catalog through databroker's v1 API (``db[-1].table()``); see ``docs/v1.md``.
+
+        Example:
+            >>> cat.v1[run.uid].table()["motor"].tolist()
+            [-1.0, -0.5, 0.0, 0.5, 1.0]
+        """
+        from .v1 import Broker
+
+        return Broker(self)
+
     def _records(self) -> Iterator[RunRecord]:
         # Small first batch (people often look at the first few), growing after that.
         # Each batch continues after the last run seen, so runs added meanwhile (newer ones,
@@ -332,12 +350,15 @@ class Catalog:
     # -- display
     def __repr__(self) -> str:
         matching = f" matching {self.query!r}" if self.query is not None else ""
-        return f"<Catalog {len(self)} runs{matching} in {self.store.uri}>"
+        return f"<Catalog {plural(len(self), 'run')}{matching} in {self.store.uri}>"
 
     def _repr_html_(self) -> str:
+        total = len(self)
+        shown = self[-_HTML_ROWS:] if total else []
         rows = []
-        for run in self[-10:] if len(self) else []:
-            s = run.start
+        for run in shown:
+            s, stop = run.start, run.stop
+            t0, t1 = s.get("time"), (stop or {}).get("time")
             rows.append(
                 "<tr>"
                 + "".join(
@@ -346,14 +367,26 @@ class Catalog:
                         s.get("scan_id", ""),
                         run.uid[:8],
                         s.get("plan_name", ""),
-                        _when(s.get("time")),
-                        (run.stop or {}).get("exit_status", "running"),
+                        _when(t0),
+                        duration(t1 - t0) if t0 is not None and t1 is not None else "",
+                        (stop or {}).get("exit_status", "running"),
                     )
                 )
                 + "</tr>"
             )
-        head = "".join(f"<th>{h}</th>" for h in ("scan_id", "uid", "plan", "start", "status"))
-        return f"<p>{html.escape(repr(self))}</p><table><tr>{head}</tr>{''.join(rows)}</table>"
+        head = "".join(
+            f"<th>{h}</th>" for h in ("scan_id", "uid", "plan", "start", "duration", "status")
+        )
+        hidden = total - len(shown)
+        more = (
+            f"<p>The {len(shown)} most recent are shown; {plural(hidden, 'more run')} "
+            f"not shown (<code>cat[-N:]</code> or <code>cat.search(...)</code> reach them).</p>"
+            if hidden > 0
+            else ""
+        )
+        return (
+            f"<p>{html.escape(repr(self))}</p><table><tr>{head}</tr>{''.join(rows)}</table>{more}"
+        )
 
 
 class Run(Mapping[str, Stream]):
@@ -458,6 +491,18 @@ class Run(Mapping[str, Stream]):
         return Catalog(self.store, derived_from(self), assets=self.assets)
 
     @property
+    def v1(self) -> Header:
+        """This run as databroker v1's ``Header`` (``run.v1.table()``); see ``docs/v1.md``.
+
+        Example:
+            >>> run.v1.stream_names
+            ['primary']
+        """
+        from .v1 import Header
+
+        return Header(self)
+
+    @property
     def primary(self) -> Stream:
         """The ``primary`` stream (``run["primary"]``)."""
         return self["primary"]
@@ -538,18 +583,21 @@ class Run(Mapping[str, Stream]):
         stop = self.stop
         status = stop.get("exit_status", "?") if stop else "running (no stop document)"
         end = _when(stop.get("time")) if stop else "…"
+        t0 = self.start.get("time")
+        lasted = f" ({duration(stop['time'] - t0)})" if stop and "time" in stop and t0 else ""
         streams = ", ".join(self) or "none"
         return (
             f"<Run uid={self.uid!r} scan_id={self.start.get('scan_id')} "
             f"plan={self.start.get('plan_name')!r} {status}\n"
-            f"  {_when(self.start.get('time'))} -- {end}\n  streams: {streams}>"
+            f"  {_when(self.start.get('time'))} -- {end}{lasted}\n  streams: {streams}>"
         )
 
     def _repr_html_(self) -> str:
         s = self.summary
+        shown = {**s, "duration": duration(s["duration"]) if s["duration"] is not None else ""}
         rows = "".join(
             f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>"
-            for k, v in s.items()
+            for k, v in shown.items()
             if k != "timestamp"
         )
         return f"<table>{rows}</table>"

@@ -8,17 +8,19 @@ joined in the order they were declared.
 
 from __future__ import annotations
 
+import html
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from .assets import Assets, external_kind
+from .display import plural
 from .store.base import PageGone, PageInfo, Store
 from .store.pages import concat_columns
 
@@ -341,18 +343,41 @@ class Stream:
             coords={"time": time},
         )
 
-    def to_pandas(self, fields: Sequence[str] | str | None = None) -> pd.DataFrame:
-        """A ``DataFrame`` indexed by event time; array fields become object columns.
+    def to_pandas(
+        self,
+        fields: Sequence[str] | str | None = None,
+        *,
+        index: Literal["time", "seq_num"] = "time",
+    ) -> pd.DataFrame:
+        """A ``DataFrame`` of the stream, one row per event; array fields become object columns.
+
+        By default the index is the event time (seconds since the epoch). ``index="seq_num"``
+        gives databroker v1's ``table()`` layout: indexed by ``seq_num``, with a ``time``
+        column of timezone-aware UTC datetimes (``df.time.dt.tz_convert("Europe/Berlin")``
+        shows them in another zone).
 
         Example:
             >>> run.primary.to_pandas()["motor"].tolist()
             [-1.0, -0.5, 0.0, 0.5, 1.0]
+            >>> table = run.primary.to_pandas(index="seq_num")
+            >>> table.index.name, table.index.tolist(), str(table["time"].dtype)[:10]
+            ('seq_num', [1, 2, 3, 4, 5], 'datetime64')
         """
+        if index not in ("time", "seq_num"):
+            raise ValueError(
+                f"to_pandas(index={index!r}): the index is 'time' (event time in seconds, the "
+                "default) or 'seq_num' (with a datetime 'time' column, as databroker v1's table())"
+            )
         ds = self.read(fields)
         data: dict[str, Any] = {}
         for name, var in ds.data_vars.items():
             data[str(name)] = var.values if var.ndim == 1 else list(var.values)
-        return pd.DataFrame(data, index=pd.Index(ds["time"].values, name="time"))
+        if index == "time":
+            return pd.DataFrame(data, index=pd.Index(ds["time"].values, name="time"))
+        when = pd.to_datetime(ds["time"].values, unit="s", utc=True)
+        return pd.DataFrame(
+            {"time": when, **data}, index=pd.Index(ds["seq_num"].values, name="seq_num")
+        )
 
     def to_dask(self, fields: Sequence[str] | str | None = None) -> xr.Dataset:
         """A lazy ``xarray.Dataset`` backed by dask arrays, one chunk per group of pages.
@@ -517,7 +542,43 @@ class Stream:
         return out
 
     def __repr__(self) -> str:
-        return f"<Stream {self.name!r} of run {self.run_uid[:8]}: fields {self.fields}>"
+        fields = ", ".join(f"{f}{_shape(dk)}" for f, dk in self.data_keys.items()) or "none"
+        return (
+            f"<Stream {self.name!r} of run {self.run_uid[:8]}: {plural(len(self), 'event')}, "
+            f"{plural(len(self.data_keys), 'field')}: {fields}>"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(v))}</td>"
+                for v in (
+                    f,
+                    dk.get("dtype_numpy") or dk.get("dtype", ""),
+                    _shape(dk) or "scalar",
+                    dk.get("units") or "",
+                    dk.get("source", ""),
+                    "yes" if external_kind(dk) else "",
+                )
+            )
+            + "</tr>"
+            for f, dk in self.data_keys.items()
+        )
+        head = "".join(
+            f"<th>{h}</th>" for h in ("field", "dtype", "shape", "units", "source", "in files")
+        )
+        title = html.escape(
+            f"stream {self.name!r} of run {self.run_uid[:8]}: {plural(len(self), 'event')}, "
+            f"{plural(len(self.data_keys), 'field')}"
+        )
+        return f"<p>{title}</p><table><tr>{head}</tr>{rows}</table>"
+
+
+def _shape(data_key: Mapping[str, Any]) -> str:
+    """A field's per-event shape as the reprs show it: ``""`` for a scalar, else ``[512, 512]``."""
+    shape = data_key.get("shape") or []
+    return f"[{', '.join('?' if s is None else str(s) for s in shape)}]" if shape else ""
 
 
 def _spec(data_key: Mapping[str, Any]) -> tuple[np.dtype, tuple[int, ...]]:
