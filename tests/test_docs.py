@@ -266,13 +266,13 @@ def page_folder(
 
 
 def _starting_names(folder: Path) -> dict[str, Any]:
-    names: dict[str, Any] = {"__name__": "__docs__"}
-    if (folder / "runs.db").exists():
-        from bluesky import RunEngine
+    from bluesky import RunEngine
 
+    names: dict[str, Any] = {"__name__": "__docs__"}
+    names["RE"] = RunEngine({}, call_returns_result=False)
+    if (folder / "runs.db").exists():
         names["cat"] = runbroker.open(folder / "runs.db")
         names["run"] = names["cat"][-1]
-        names["RE"] = RunEngine({}, call_returns_result=False)
     return names
 
 
