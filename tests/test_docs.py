@@ -50,6 +50,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "docs/folder-store.md": ("beamtime/",),
     "docs/named-catalogs.md": ("runs.db", "facility.db"),
     "docs/pack.md": ("runs.db", "facility.db"),
+    "docs/ingest.md": ("runs.db", "facility.db"),
     "docs/formats/dx.md": ("tomo.db",),
 }
 
@@ -90,7 +91,7 @@ class Block:
     code: str
 
 
-def blocks(page: Path) -> list[Block]:
+def blocks(page: Path, name: str | None = None) -> list[Block]:
     """The fenced blocks of ``page``, in order.
 
     Example:
@@ -98,7 +99,7 @@ def blocks(page: Path) -> list[Block]:
         []
     """
     text = page.read_text()
-    name = page.relative_to(ROOT).as_posix()
+    name = name or page.relative_to(ROOT).as_posix()
     return [
         Block(
             name,
@@ -282,28 +283,23 @@ def _close(names: dict[str, Any]) -> None:
             value.close()
 
 
-@pytest.mark.parametrize("page", PAGES, ids=_ids)
-def test_examples_run(page: Path, page_folder: Callable) -> None:
-    found = blocks(page)
-    name = _ids(page)
+def _check_labels(found: list[Block]) -> None:
     unlabelled = [
-        f"{b.page}:{b.line} ```{b.label}"
-        for b in found
-        if b.label not in RUN | dict.fromkeys(SHOWN)
+        f"{b.page}:{b.line} ```{b.label}" for b in found if b.label not in RUN.keys() | SHOWN
     ]
     assert not unlabelled, (
         "label every fenced block: python or bash (run by the tests), or text, console, yaml, "
-        f"toml, json (shown only): {unlabelled}"
+        f"toml, json (shown only; see docs/development.md): {unlabelled}"
     )
-    for old in SUBSTITUTIONS.get(name, {}):
-        assert old in page.read_text(), f"{name} no longer says {old!r}: drop its substitution"
-    runnable = [b for b in found if b.label in RUN]
-    if not runnable:
-        return
-    material, env = page_folder(name)
+
+
+def run_blocks(found: list[Block], material: Material, env: dict[str, str]) -> None:
+    """Run a page's python and bash blocks in order, in ``material.folder``."""
     names = _starting_names(material.folder)
     try:
-        for block in runnable:
+        for block in found:
+            if block.label not in RUN:
+                continue
             code = _substitute(block, material)
             if RUN[block.label] == "python":
                 _run_python(block, code, names)
@@ -313,7 +309,55 @@ def test_examples_run(page: Path, page_folder: Callable) -> None:
         _close(names)
 
 
+@pytest.mark.parametrize("page", PAGES, ids=_ids)
+def test_examples_run(page: Path, page_folder: Callable) -> None:
+    found = blocks(page)
+    name = _ids(page)
+    _check_labels(found)
+    for old in SUBSTITUTIONS.get(name, {}):
+        assert old in page.read_text(), f"{name} no longer says {old!r}: drop its substitution"
+    if any(b.label in RUN for b in found):
+        run_blocks(found, *page_folder(name))
+
+
 def test_every_page_is_collected() -> None:
     """A docs page the glob misses would go untested."""
     assert ROOT / "docs" / "catalog.md" in PAGES and ROOT / "README.md" in PAGES
     assert sum(len(blocks(p)) for p in PAGES) > 50
+
+
+WRONG = """\
+# A page with mistakes the harness must catch
+
+```python
+files = run.export("csv", "out/")
+```
+
+```bash
+runbroker ingest out/
+```
+
+```python
+print(undefined_name)
+```
+
+```
+a block without a label
+```
+"""
+
+
+def test_a_wrong_example_fails(page_folder: Callable) -> None:
+    """The mistakes the docs once had fail the test: a command missing an argument (the
+    catalog of `runbroker ingest`), a Python name used without being defined, a fence with
+    no label."""
+    material, env = page_folder("docs/reading.md")
+    page = material.folder / "wrong.md"
+    page.write_text(WRONG)
+    found = blocks(page, "wrong.md")
+    with pytest.raises(AssertionError, match=r"wrong.md:16 ```"):
+        _check_labels(found)
+    with pytest.raises(pytest.fail.Exception, match=r"wrong.md:8: the bash block exited with 2"):
+        run_blocks(found[:2], material, env)
+    with pytest.raises(NameError, match="undefined_name"):
+        run_blocks(found[2:3], material, env)
