@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 
 import runbroker
+from runbroker.export import FORMATS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -140,11 +141,11 @@ def _record(folder: Path) -> None:
     RE(count([det], 3))  # no sample: templates naming it must cope
     RE.preprocessors.append(SupplementalData(baseline=[motor1, motor2]))
     RE(scan([det1, det2], motor1, -1, 1, 7), sample="Fe", proposal_id="p-1234")
-    RE.subscribe(tomo.insert)
+    to_tomo = RE.subscribe(tomo.insert)
     pco = ADHDF5Detector("pco", folder / "pco", shape=(6, 8))
     RE.preprocessors.clear()
     RE(tomo_plan(pco, SynAxis(name="rot_angle"), [0.0, 60.0, 120.0, 180.0]))
-    RE.unsubscribe(1)  # tomo.db ends here; runs.db gets the newest run below
+    RE.unsubscribe(to_tomo)  # tomo.db ends here; runs.db gets the newest run below
     RE.preprocessors.append(SupplementalData(baseline=[motor1, motor2]))
     RE.md["scan_id"] = 11
     RE(scan([det, det1, pco], motor, -1, 1, 10), sample="Ni", proposal_id="p-1234")
@@ -296,6 +297,7 @@ def _check_labels(found: list[Block]) -> None:
 def run_blocks(found: list[Block], material: Material, env: dict[str, str]) -> None:
     """Run a page's python and bash blocks in order, in ``material.folder``."""
     names = _starting_names(material.folder)
+    formats = dict(FORMATS)  # a page may register an exporter of its own
     try:
         for block in found:
             if block.label not in RUN:
@@ -307,6 +309,8 @@ def run_blocks(found: list[Block], material: Material, env: dict[str, str]) -> N
                 _run_shell(block, code, env, material.folder)
     finally:
         _close(names)
+        FORMATS.clear()
+        FORMATS.update(formats)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=_ids)
