@@ -502,11 +502,11 @@ def tomo_plan(cam: Any, theta: Any, angles: list[float]) -> Any:
     Example:
         >>> from bluesky import RunEngine
         >>> from ophyd.sim import SynAxis
-        >>> names = []
+        >>> streams = []
         >>> engine = RunEngine({}, call_returns_result=False)
-        >>> _ = engine.subscribe(lambda name, doc: names.append(doc.get("name")))
-        >>> engine(tomo_plan(ADHDF5Detector("cam", tmp_path), SynAxis(name="theta"), [0, 90]))
-        >>> [n for n in names if n]
+        >>> _ = engine.subscribe(lambda name, doc: streams.append(doc["name"]), "descriptor")
+        >>> _ = engine(tomo_plan(ADHDF5Detector("cam", tmp_path), SynAxis(name="theta"), [0, 90]))
+        >>> streams
         ['dark', 'flat', 'primary']
     """
     import bluesky.plan_stubs as bps
