@@ -9,8 +9,8 @@ docs/development.md states the convention for writers.
 
 Each page runs in a folder of its own that holds what its examples name (``NEEDS``): SQLite
 catalogs of real RunEngine runs (``runs.db``, ``facility.db``), a folder catalog
-(``beamtime/``). Its Python blocks start with ``cat`` (``runs.db`` opened), ``run``
-(``cat[-1]``) and ``RE`` (a RunEngine subscribed to nothing) when the folder has ``runs.db``.
+(``beamtime/``). Its Python blocks start with ``RE`` (a RunEngine subscribed to nothing), and
+with ``cat`` (``runs.db`` opened) and ``run`` (``cat[-1]``) when the folder has ``runs.db``.
 Where an example names what this machine cannot give (a PostgreSQL server at a made-up host, a
 MongoDB server, a uid of the reader's own), ``SUBSTITUTIONS`` replaces that text before the
 block runs: the PostgreSQL cluster of the tests, a mongomock client holding real runs
@@ -42,7 +42,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 RUN = {"python": "python", "bash": "bash", "shell": "bash", "sh": "bash"}
 SHOWN = {"text", "console", "yaml", "toml", "json"}
 
-# What each page's folder is given (default: runs.db). See ``material`` for what they hold.
+# What each page's folder is given (default: runs.db; tomo.db is given as runs.db). ``_record``
+# says what they hold.
 NEEDS: dict[str, tuple[str, ...]] = {
     "README.md": (),
     "docs/index.md": (),
