@@ -102,22 +102,6 @@ def RE(catalog: runbroker.Catalog):
 # -- runs for the export tests -------------------------------------------------------------
 
 
-def _tomo_plan(cam: Any, theta: Any, angles: list[float]) -> Any:
-    """Darks, flats, then projections over ``theta``: the streams a tomography scan has."""
-    import bluesky.plan_stubs as bps
-
-    yield from bps.open_run(md={"plan_name": "tomo_scan", "sample": "rock", "motors": ["theta"]})
-    yield from bps.stage(cam)
-    for stream in ("dark", "flat"):
-        for _ in range(2):
-            yield from bps.trigger_and_read([cam], name=stream)
-    for angle in angles:
-        yield from bps.mv(theta, angle)
-        yield from bps.trigger_and_read([cam, theta])
-    yield from bps.unstage(cam)
-    yield from bps.close_run()
-
-
 def _two_descriptor_documents() -> list[tuple[str, dict]]:
     """One ``primary`` stream declared twice (configuration changed mid-run), as documents:
     a modern RunEngine cannot emit this, older data has it."""
@@ -166,7 +150,7 @@ def export_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from bluesky.preprocessors import SupplementalData
     from ophyd.sim import SynAxis, SynSignal, det1, det2, det4, motor, motor1, motor2
 
-    from runbroker.testing.detectors import ADHDF5Detector
+    from runbroker.testing.detectors import ADHDF5Detector, tomo_plan
 
     folder = tmp_path_factory.mktemp("export_runs")
     cat = runbroker.open(folder / "runs.db")
@@ -196,7 +180,7 @@ def export_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     tomo_cam = ADHDF5Detector("tomocam", folder / "tomo", shape=(5, 7))
     theta = SynAxis(name="theta")
-    RE(_tomo_plan(tomo_cam, theta, [0.0, 45.0, 90.0, 135.0, 180.0]))
+    RE(tomo_plan(tomo_cam, theta, [0.0, 45.0, 90.0, 135.0, 180.0]))
     runs["tomo"] = cat[-1]
 
     cat.ingest(_two_descriptor_documents())

@@ -85,6 +85,7 @@ __all__ = [
     "expected_frame",
     "late_frames_scan",
     "npy_detector",
+    "tomo_plan",
 ]
 
 HDF5_DATASET = "/entry/data/data"  # where the AD HDF5 plugin puts frames by default
@@ -492,3 +493,31 @@ def late_frames_scan(
     late = [d for d in docs if d[0] != "stream_datum"]
     late[-2:-2] = [d for d in docs if d[0] == "stream_datum"]  # before baseline and stop
     return late
+
+
+def tomo_plan(cam: Any, theta: Any, angles: list[float]) -> Any:
+    """A bluesky plan: darks, flats, then projections of ``cam`` over ``theta`` at ``angles``,
+    in the streams a tomography scan has (``dark``, ``flat``, ``primary``).
+
+    Example:
+        >>> from bluesky import RunEngine
+        >>> from ophyd.sim import SynAxis
+        >>> streams = []
+        >>> engine = RunEngine({}, call_returns_result=False)
+        >>> _ = engine.subscribe(lambda name, doc: streams.append(doc["name"]), "descriptor")
+        >>> _ = engine(tomo_plan(ADHDF5Detector("cam", tmp_path), SynAxis(name="theta"), [0, 90]))
+        >>> streams
+        ['dark', 'flat', 'primary']
+    """
+    import bluesky.plan_stubs as bps
+
+    yield from bps.open_run(md={"plan_name": "tomo_scan", "sample": "rock", "motors": ["theta"]})
+    yield from bps.stage(cam)
+    for stream in ("dark", "flat"):
+        for _ in range(2):
+            yield from bps.trigger_and_read([cam], name=stream)
+    for angle in angles:
+        yield from bps.mv(theta, angle)
+        yield from bps.trigger_and_read([cam, theta])
+    yield from bps.unstage(cam)
+    yield from bps.close_run()
