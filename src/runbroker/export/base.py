@@ -200,9 +200,10 @@ class Exporter:
                 f"event_page of run {self.uid} names descriptor {doc['descriptor']!r}, "
                 "which this exporter was never sent"
             )
-        if self.needs_pixels and (self._due or not self._announced(desc, doc)):
+        if self._due or not self._announced(desc, doc):
             # A detector may announce its frames (stream_datum) after the events they belong
-            # to: those events wait, in order, until it does (or the run ends).
+            # to: those events wait, in order, until it does (or the run ends). Formats that
+            # keep references wait too: a frame's reference names its stream_resource row.
             self._due.append(doc)
             return
         self._send_page(desc, doc)
@@ -248,17 +249,25 @@ class Exporter:
             elif not kind or _all(filled.get(key)):
                 data[key] = as_column(values, dk)
             stamps[key] = np.asarray(doc["timestamps"].get(key, time), dtype=np.float64)
-        if self.needs_pixels:
-            for key, dk in keys.items():
-                kind = external_kind(dk)
-                if kind is None or key in data:
-                    continue
-                refs = list(doc["data"][key]) if kind == "datum" else None
+        for key, dk in keys.items():
+            kind = external_kind(dk)
+            if kind is None or key in data or not (self.needs_pixels or kind == "stream"):
+                continue
+            refs = list(doc["data"][key]) if kind == "datum" else None
+            if self.needs_pixels:
                 data[key] = self.assets.fill(
                     self._seen, self.uid, key, dk, refs, seq, [desc["uid"]]
                 )
-                # As Stream.timestamps(): a detector writing files stamps no event.
-                stamps.setdefault(key, np.full(len(seq), np.nan))
+            else:
+                # Events never carry STREAM: fields: their references are the rows of the
+                # stream_datum documents seen, as read(fill=False) gives them ("" for a frame
+                # never announced).
+                plan = self.assets.plan(self._seen, self.uid, key, dk, None, seq, [desc["uid"]])
+                data[key] = np.asarray(
+                    [v or "" for v in self.assets.references(plan, len(seq))], dtype=str
+                )
+            # As Stream.timestamps(): a detector writing files stamps no event.
+            stamps.setdefault(key, np.full(len(seq), np.nan))
         page = Page(
             stream=desc.get("name", "primary"),
             descriptor=desc,
