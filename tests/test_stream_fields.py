@@ -113,3 +113,24 @@ def test_documents_fill_puts_the_stream_frames_in_the_events(catalog, tmp_path):
     frames = np.stack([e["data"]["sd_image"] for e in events])
     np.testing.assert_array_equal(frames, run.primary.read()["sd_image"].values)
     np.testing.assert_array_equal(frames, np.stack([expected_frame(k, SHAPE) for k in range(N)]))
+
+
+def test_references_wait_for_frames_announced_late_and_are_empty_if_never(tmp_path):
+    from runbroker.export import live
+    from runbroker.testing.detectors import late_frames_scan
+
+    docs = late_frames_scan(tmp_path / "late", n=N)
+    (resource,) = [d for n, d in docs if n == "stream_resource"]
+    expected = {
+        "late": [f"{resource['uid']}/{row}" for row in range(N)],
+        "never": [""] * N,  # the run's other data is kept, not lost over the missing frames
+    }
+    for case, refs in expected.items():
+        exporter = live("json", tmp_path / case)
+        for name, doc in docs:
+            if case == "late" or name != "stream_datum":
+                exporter(name, doc)
+        (path,) = exporter.close()
+        primary = json.loads(path.read_text())["streams"]["primary"]
+        assert primary["data"]["sd_image"] == refs, case
+        assert primary["seq_num"] == list(range(1, N + 1)), case

@@ -259,13 +259,7 @@ class Exporter:
                     self._seen, self.uid, key, dk, refs, seq, [desc["uid"]]
                 )
             else:
-                # Events never carry STREAM: fields: their references are the rows of the
-                # stream_datum documents seen, as read(fill=False) gives them ("" for a frame
-                # never announced).
-                plan = self.assets.plan(self._seen, self.uid, key, dk, None, seq, [desc["uid"]])
-                data[key] = np.asarray(
-                    [v or "" for v in self.assets.references(plan, len(seq))], dtype=str
-                )
+                data[key] = self._stream_references(desc["uid"], key, dk, seq)
             # As Stream.timestamps(): a detector writing files stamps no event.
             stamps.setdefault(key, np.full(len(seq), np.nan))
         page = Page(
@@ -278,6 +272,23 @@ class Exporter:
             uid=uids if isinstance(uids := doc.get("uid"), np.ndarray) else list(uids or []),
         )
         self.event_page(page)
+
+    def _stream_references(
+        self, descriptor: str, key: str, data_key: Mapping[str, Any], seq: np.ndarray
+    ) -> np.ndarray:
+        """What read(fill=False) gives for a STREAM: field, which events never carry:
+        ``<stream_resource uid>/<row>``, or "" for a frame never announced (a reference
+        format keeps the run's other data rather than fail over it)."""
+        known = np.ones(len(seq), dtype=bool)
+        if not self._seen.covers(descriptor, key, seq):  # only when a run ends without them
+            known = np.array([self._seen.covers(descriptor, key, [s]) for s in seq], dtype=bool)
+        out = np.full(len(seq), "", dtype=object)
+        if known.any():
+            plan = self.assets.plan(
+                self._seen, self.uid, key, data_key, None, seq[known], [descriptor]
+            )
+            out[known] = self.assets.references(plan, int(known.sum()))
+        return out.astype(str)
 
     # -- helpers for formats ----------------------------------------------------------------
 
