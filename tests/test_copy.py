@@ -104,6 +104,30 @@ def test_relative_roots_are_made_absolute_for_a_catalog_elsewhere(tmp_path):
     assert doc["root"] == "frames"
 
 
+def test_relative_stream_resource_uris_are_made_absolute_for_a_catalog_elsewhere(tmp_path):
+    from runbroker.testing.detectors import StreamHDF5Detector
+
+    facility = tmp_path / "facility"
+    docs: list = []
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE(count([StreamHDF5Detector("sd", facility / "frames", shape=(4, 6))], 3))
+    # The detector wrote an absolute URI; the run is stored with one relative to the catalog.
+    (resource,) = [d for n, d in docs if n == "stream_resource"]
+    path = Path(resource["uri"].removeprefix("file://localhost"))
+    relative = f"file:{path.relative_to(facility).as_posix()}"
+    source = runbroker.open(facility / "runs.db")
+    source.ingest((n, {**d, "uri": relative} if n == "stream_resource" else d) for n, d in docs)
+    run = source[-1]
+    laptop = runbroker.open(tmp_path / "laptop" / "runs.db")
+    assert (
+        main(["copy", str(facility / "runs.db"), str(tmp_path / "laptop" / "runs.db"), "-q"]) == 0
+    )
+    assert laptop[run.uid].primary.read().identical(run.primary.read())
+    (doc,) = [d for n, d in laptop[run.uid].documents() if n == "stream_resource"]
+    assert doc["uri"] == f"file://localhost{path}"
+
+
 def test_cli_copy_by_query_and_uid(source, tmp_path, capsys):
     dest = tmp_path / "laptop.db"
     query = (Key("sample") == "Cu").to_json()

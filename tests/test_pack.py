@@ -226,20 +226,32 @@ def test_ignore_leaves_the_files_out(source, tmp_path):
     assert by_name(home[run.uid].documents()) == by_name(run.documents())
 
 
-def _relative_root_catalog(source: runbroker.Catalog, folder: Path) -> runbroker.Catalog:
-    """A catalog holding the NPY run with its frames beside it, under a relative root."""
-    run = source.search(Key("sample") == SAMPLES["npy"])[-1]
-    (resource,) = [d for k, d in run.store.assets(run.uid) if k == "resource"]
-    shutil.copytree(resource["root"], folder / "frames")
+def _relative_root_catalog(
+    source: runbroker.Catalog, folder: Path, kind: str = "npy"
+) -> runbroker.Catalog:
+    """A catalog holding the NPY run (or the stream_resource run, ``kind="sh5"``) with its
+    frames beside it, under a relative root (or a relative ``file:`` URI)."""
+    run = source.search(Key("sample") == SAMPLES[kind])[-1]
+    if kind == "npy":
+        (resource,) = [d for k, d in run.store.assets(run.uid) if k == "resource"]
+        shutil.copytree(resource["root"], folder / "frames")
+        relative = {"resource": {"root": "frames"}}
+    else:
+        (resource,) = [d for k, d in run.store.assets(run.uid) if k == "stream_resource"]
+        path = Path(resource["uri"].removeprefix("file://localhost"))
+        (folder / "frames").mkdir(parents=True)
+        shutil.copy(path, folder / "frames" / path.name)
+        relative = {"stream_resource": {"uri": f"file:frames/{path.name}"}}
     cat = runbroker.open(folder / "runs.db")
-    cat.ingest((n, {**d, "root": "frames"} if n == "resource" else d) for n, d in run.documents())
+    cat.ingest((n, {**d, **relative.get(n, {})}) for n, d in run.documents())
     return cat
 
 
+@pytest.mark.parametrize("kind", ["npy", "sh5"])
 @pytest.mark.parametrize("external", ["manifest", "ignore"])
-def test_relative_roots_point_at_the_files_left_outside(source, tmp_path, external):
+def test_relative_roots_point_at_the_files_left_outside(source, tmp_path, external, kind):
     # Relative to the source catalog's folder, the root would be taken from the pack's.
-    facility = _relative_root_catalog(source, tmp_path / "facility")
+    facility = _relative_root_catalog(source, tmp_path / "facility", kind)
     run = facility[-1]
     pack(facility, tmp_path / "p", external=external, progress=False)
     with runbroker.open(tmp_path / "p", readonly=True) as packed:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from event_model import unpack_datum_page, unpack_event_page
 
-from .assets import Assets, external_kind
+from .assets import Assets, external_kind, fill_flag
 from .derived import derived_from, save_derived
 from .display import duration, plural
 from .queries import And, Key, PartialUID, Query, ScanID
@@ -513,7 +513,7 @@ class Run(Mapping[str, Stream]):
         return self["baseline"]
 
     def documents(
-        self, fill: bool = False, pages: bool = True, arrays: bool = False
+        self, fill: bool | str = False, pages: bool = True, arrays: bool = False
     ) -> Iterator[tuple[str, dict]]:
         """Replay the run's documents in the order they were stored.
 
@@ -522,7 +522,8 @@ class Run(Mapping[str, Stream]):
         ``arrays=True`` (faster, and exact for images kept in the events). Feeding the result
         to another catalog's ``ingest`` reproduces the run.
         ``fill=True`` puts the detector data from files into the events (as numpy arrays,
-        marked ``filled``), reading each file's share of a page at once.
+        marked ``filled``), reading each file's share of a page at once; databroker's
+        ``"yes"`` / ``"no"`` are understood, ``"delayed"`` is refused (use ``to_dask()``).
 
         Example:
             >>> copy = runbroker.temp()
@@ -530,6 +531,10 @@ class Run(Mapping[str, Stream]):
             >>> copy[-1].primary.read().identical(run.primary.read())
             True
         """
+        # Checked now, not at the first document: a generator would report it late.
+        return self._replay(fill_flag(fill), pages, arrays)
+
+    def _replay(self, fill: bool, pages: bool, arrays: bool) -> Iterator[tuple[str, dict]]:
         descriptors: dict[str, dict] = {}
         for name, doc in self.store.documents(self.uid, arrays):
             if name == "descriptor":
@@ -563,18 +568,21 @@ class Run(Mapping[str, Stream]):
         return export_run(self, format, directory, **options)
 
     def _filled(self, page: dict, descriptor: dict) -> dict:
+        # Datum fields hold their datum ids; STREAM: fields are not in the events at all (the
+        # store finds their rows by seq_num).
         external = {
-            k: dk
+            k: (dk, kind)
             for k, dk in descriptor["data_keys"].items()
-            if external_kind(dk) == "datum" and k in page["data"]
+            if (kind := external_kind(dk)) == "stream" or (kind and k in page["data"])
         }
         if not external:
             return page
         data, filled = dict(page["data"]), dict(page.get("filled") or {})
         seq = np.asarray(page["seq_num"], dtype=np.int64)
-        for key, dk in external.items():
+        for key, (dk, kind) in external.items():
+            refs = list(data[key]) if kind == "datum" else None
             data[key] = self.assets.fill(
-                self.store, self.uid, key, dk, list(data[key]), seq, [descriptor["uid"]]
+                self.store, self.uid, key, dk, refs, seq, [descriptor["uid"]]
             )
             filled[key] = [True] * len(seq)
         return {**page, "data": data, "filled": filled}

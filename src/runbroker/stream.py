@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .assets import Assets, external_kind
+from .assets import Assets, external_kind, fill_flag
 from .display import plural
 from .store.base import PageGone, PageInfo, Store
 from .store.pages import concat_columns
@@ -245,18 +245,20 @@ class Stream:
         fields: Sequence[str] | str | None = None,
         *,
         events: slice | None = None,
-        fill: bool = True,
+        fill: bool | str = True,
     ) -> xr.Dataset:
         """The stream as an ``xarray.Dataset`` with dimension ``time``.
 
         ``fields`` picks a subset; ``events=slice(a, b)`` reads only events a..b-1. Detector
         data kept in files is read from them; ``fill=False`` gives the references instead
-        (datum ids, or ``<stream_resource uid>/<row>``).
+        (datum ids, or ``<stream_resource uid>/<row>``). databroker's ``fill="yes"`` /
+        ``"no"`` mean the same; for lazy arrays (its ``"delayed"``) use :meth:`to_dask`.
 
         Example:
             >>> run.primary.read(["det"], events=slice(1, 3)).sizes["time"]
             2
         """
+        fill = fill_flag(fill)
         names = self._check_fields(fields)
         for attempt in range(3):
             chunks, window = self._select(events)

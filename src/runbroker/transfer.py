@@ -188,9 +188,9 @@ def copy_catalog(
     """Copy the runs of ``source`` (those matching ``query``, or listed in ``uids``) into
     ``dest``, oldest first, skipping those ``dest`` has.
 
-    Documents are copied as they are, but for resource roots relative to ``source``'s
-    folder, made absolute when ``dest`` is elsewhere: detector files stay where they are
-    (``runbroker pack`` moves files too).
+    Documents are copied as they are, but for resource roots (and ``stream_resource`` URIs)
+    relative to ``source``'s folder, made absolute when ``dest`` is elsewhere: detector files
+    stay where they are (``runbroker pack`` moves files too).
 
     Example:
         >>> laptop = runbroker.temp()

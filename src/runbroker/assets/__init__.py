@@ -6,7 +6,7 @@ Example:
     'ADTIFFHandler'
 """
 
-from .filling import Assets, ExternalDataError, external_kind
+from .filling import Assets, ExternalDataError, external_kind, fill_flag
 from .paths import UnsafePathError
 from .registry import HandlerNotFoundError, Registry, register_handler, register_reader
 
@@ -17,6 +17,7 @@ __all__ = [
     "Registry",
     "UnsafePathError",
     "external_kind",
+    "fill_flag",
     "register_handler",
     "register_reader",
 ]

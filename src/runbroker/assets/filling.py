@@ -22,7 +22,7 @@ from .paths import Location, UnsafePathError, check_inside, locate_resource, loc
 from .readers import Reader
 from .registry import HandlerNotFoundError, Registry
 
-__all__ = ["Assets", "ExternalDataError", "external_kind"]
+__all__ = ["Assets", "ExternalDataError", "external_kind", "fill_flag"]
 
 #: ``get_file_list`` of handlers and readers that read only the resource's own file.
 _OWN_FILE_ONLY = (Handler.get_file_list, Reader.get_file_list)
@@ -31,6 +31,36 @@ _OWN_FILE_ONLY = (Handler.get_file_list, Reader.get_file_list)
 class ExternalDataError(OSError):
     """Detector data an event points at cannot be read: the message names the run, the field,
     the file (and whether ``root_map`` changed its path) and the handler used."""
+
+
+def fill_flag(fill: Any) -> bool:
+    """The meaning of a ``fill`` argument: a bool, or databroker's ``"yes"`` / ``"no"``.
+
+    databroker's ``"delayed"`` (lazy arrays) is refused with what to use instead, and so is
+    anything else: a string such as ``"no"`` must never be taken as true.
+
+    Example:
+        >>> fill_flag(True), fill_flag("no"), fill_flag("yes")
+        (True, False, True)
+        >>> fill_flag("delayed")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: fill='delayed' is not supported: for lazy arrays read with stream.to_dask()...
+    """
+    if isinstance(fill, (bool, np.bool_)):
+        return bool(fill)
+    if fill in ("yes", "no"):
+        return fill == "yes"
+    if fill == "delayed":
+        raise ValueError(
+            "fill='delayed' is not supported: for lazy arrays read with stream.to_dask() "
+            "(nothing is read until .compute()); fill=True loads the detector data, "
+            "fill=False gives the references"
+        )
+    raise ValueError(
+        f"fill={fill!r} is not understood: give True (load the detector data from its files) "
+        "or False (keep the references); databroker's 'yes' and 'no' mean the same"
+    )
 
 
 def external_kind(data_key: Mapping[str, Any]) -> str | None:

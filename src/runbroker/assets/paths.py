@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 __all__ = [
     "Location",
@@ -185,6 +185,8 @@ def anchored(name: str, doc: Mapping[str, Any], base: str | None) -> Mapping[str
         '/data/catalog/frames'
         >>> anchored("resource", {**doc, "root": "/data/frames"}, "/elsewhere")["root"]
         '/data/frames'
+        >>> anchored("stream_resource", {"uri": "file:frames/a.h5"}, "/data/catalog")["uri"]
+        'file://localhost/data/catalog/frames/a.h5'
     """
     if base is None:
         return doc
@@ -195,7 +197,13 @@ def anchored(name: str, doc: Mapping[str, Any], base: str | None) -> Mapping[str
         return {**doc, "root": _anchor(root, base)}
     if name == "stream_resource":
         uri = doc.get("uri") or ""
-        if urlparse(uri).scheme or os.path.isabs(os.path.expanduser(uri)):
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("", "file"):
             return doc
-        return {**doc, "uri": _anchor(uri, base)}
+        # "file:frames/a.h5" is as relative as "frames/a.h5" (locate_uri reads both so).
+        path = unquote(parsed.path) if parsed.scheme else uri
+        if os.path.isabs(os.path.expanduser(path)):
+            return doc
+        absolute = _anchor(path, base)
+        return {**doc, "uri": f"file://localhost{quote(absolute)}" if parsed.scheme else absolute}
     return doc

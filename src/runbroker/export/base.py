@@ -200,9 +200,10 @@ class Exporter:
                 f"event_page of run {self.uid} names descriptor {doc['descriptor']!r}, "
                 "which this exporter was never sent"
             )
-        if self.needs_pixels and (self._due or not self._announced(desc, doc)):
+        if self._due or not self._announced(desc, doc):
             # A detector may announce its frames (stream_datum) after the events they belong
-            # to: those events wait, in order, until it does (or the run ends).
+            # to: those events wait, in order, until it does (or the run ends). Formats that
+            # keep references wait too: a frame's reference names its stream_resource row.
             self._due.append(doc)
             return
         self._send_page(desc, doc)
@@ -248,17 +249,19 @@ class Exporter:
             elif not kind or _all(filled.get(key)):
                 data[key] = as_column(values, dk)
             stamps[key] = np.asarray(doc["timestamps"].get(key, time), dtype=np.float64)
-        if self.needs_pixels:
-            for key, dk in keys.items():
-                kind = external_kind(dk)
-                if kind is None or key in data:
-                    continue
-                refs = list(doc["data"][key]) if kind == "datum" else None
+        for key, dk in keys.items():
+            kind = external_kind(dk)
+            if kind is None or key in data or not (self.needs_pixels or kind == "stream"):
+                continue
+            refs = list(doc["data"][key]) if kind == "datum" else None
+            if self.needs_pixels:
                 data[key] = self.assets.fill(
                     self._seen, self.uid, key, dk, refs, seq, [desc["uid"]]
                 )
-                # As Stream.timestamps(): a detector writing files stamps no event.
-                stamps.setdefault(key, np.full(len(seq), np.nan))
+            else:
+                data[key] = self._stream_references(desc["uid"], key, dk, seq)
+            # As Stream.timestamps(): a detector writing files stamps no event.
+            stamps.setdefault(key, np.full(len(seq), np.nan))
         page = Page(
             stream=desc.get("name", "primary"),
             descriptor=desc,
@@ -269,6 +272,23 @@ class Exporter:
             uid=uids if isinstance(uids := doc.get("uid"), np.ndarray) else list(uids or []),
         )
         self.event_page(page)
+
+    def _stream_references(
+        self, descriptor: str, key: str, data_key: Mapping[str, Any], seq: np.ndarray
+    ) -> np.ndarray:
+        """What read(fill=False) gives for a STREAM: field, which events never carry:
+        ``<stream_resource uid>/<row>``, or "" for a frame never announced (a reference
+        format keeps the run's other data rather than fail over it)."""
+        known = np.ones(len(seq), dtype=bool)
+        if not self._seen.covers(descriptor, key, seq):  # only when a run ends without them
+            known = np.array([self._seen.covers(descriptor, key, [s]) for s in seq], dtype=bool)
+        out = np.full(len(seq), "", dtype=object)
+        if known.any():
+            plan = self.assets.plan(
+                self._seen, self.uid, key, data_key, None, seq[known], [descriptor]
+            )
+            out[known] = self.assets.references(plan, int(known.sum()))
+        return out.astype(str)
 
     # -- helpers for formats ----------------------------------------------------------------
 

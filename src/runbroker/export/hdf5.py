@@ -38,7 +38,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..assets import external_kind
+from ..assets import external_kind, fill_flag
 from ..store.pages import concat_columns, uid_list
 from .base import Exporter, ExportError, Page
 from .h5write import STR as _STR
@@ -104,7 +104,7 @@ class HDF5Exporter(Exporter):
         **options: Any,
     ) -> None:
         super().__init__(directory, **options)
-        self.fill = fill
+        self.fill = fill = fill_flag(fill)
         self.needs_pixels = fill
         self.compression = compression
         self.swmr = swmr
@@ -633,12 +633,18 @@ def read_documents(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict]]:
             for text in h5[_ASSETS].asstr()[:]:
                 name, doc = json.loads(text)
                 yield name, doc
+        # Kept references of STREAM: fields are for readers of the file; the events never
+        # carried them (the stream_datum documents above do).
+        refs_only = set() if filled else {
+            key for desc in descriptors for key, dk in desc["data_keys"].items()
+            if external_kind(dk) == "stream"
+        }  # fmt: skip
         seen: set[str] = set()
         for name in groups.values():
             if name in seen:
                 continue
             seen.add(name)
-            yield from _pages(path, h5[name])
+            yield from _pages(path, h5[name], refs_only)
         if stop is not None:
             yield "stop", stop
 
@@ -682,7 +688,7 @@ def _declared(desc: dict, g: h5py.Group) -> dict:
     return {**desc, "data_keys": keys}
 
 
-def _pages(path: Path, g: h5py.Group) -> Iterator[tuple[str, dict]]:
+def _pages(path: Path, g: h5py.Group, skip: set[str]) -> Iterator[tuple[str, dict]]:
     try:
         uids = json.loads(g.attrs["descriptors"])
         n = len(g["time"])
@@ -693,6 +699,8 @@ def _pages(path: Path, g: h5py.Group) -> Iterator[tuple[str, dict]]:
         data, stamps = {}, {}
         for name, ds in g["data"].items():
             key = ds.attrs.get("field", name)
+            if key in skip:
+                continue
             data[key] = _column(ds, n)
             stamps[key] = g["timestamps"][name][:n]
     except (KeyError, ValueError, OSError, RuntimeError) as err:

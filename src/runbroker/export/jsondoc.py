@@ -33,7 +33,7 @@ import msgpack
 import numpy as np
 import orjson
 
-from ..assets import external_kind
+from ..assets import external_kind, fill_flag
 from ..documents import DOCUMENT_NAMES
 from .base import Exporter, ExportError, Page
 
@@ -218,7 +218,7 @@ class _DocumentStream(Exporter):
         **options: Any,
     ) -> None:
         super().__init__(directory, **options)
-        self.fill = fill
+        self.fill = fill = fill_flag(fill)
         #: Where the bytes of the file named ``path`` go, if not to that file: a pack keeps
         #: them in memory and writes them on another thread (creating a file can cost more
         #: than encoding a small run).
@@ -431,7 +431,7 @@ class JSONExporter(Exporter):
         self, directory: str | os.PathLike[str], *, fill: bool = False, **options: Any
     ) -> None:
         super().__init__(directory, **options)
-        self.fill = fill
+        self.fill = fill = fill_flag(fill)
         self.needs_pixels = fill
         self._file: IO[bytes] | None = None
         self._pages: dict[str, list[Page]] = {}

@@ -164,6 +164,9 @@ class DescriptorState:
     # flush time means another writer wrote this descriptor too.
     flushed_max: int = -1
     field_set: frozenset = frozenset()
+    # ``STREAM:`` fields: their data comes in stream_datum documents, never in events, so
+    # they get a column only when an event does carry them (else replay would add nulls).
+    stream_fields: frozenset = frozenset()
     has_arrays: bool = False  # some field holds a per-event array (copied when queued)
     # uids of single events written through this state: refuses an event uid reused with
     # another seq_num. Held only while the run is being written (dropped at its stop).
@@ -190,6 +193,10 @@ class DescriptorState:
             id, doc["uid"], run_id, run_uid, tuple(data_keys), seq_max, max_events,
             flushed_max=seq_max,
             field_set=frozenset(data_keys),
+            stream_fields=frozenset(
+                k for k, dk in data_keys.items()
+                if str(dk.get("external") or "").upper().startswith("STREAM")
+            ),
             has_arrays=any(dk.get("shape") for dk in data_keys.values()),
         )  # fmt: skip
 
@@ -304,6 +311,8 @@ class DescriptorState:
         datas = [e["data"] for e in events]
         stamps = [e["timestamps"] for e in events]
         for f in self.fields:
+            if f in self.stream_fields and not any(f in d for d in datas + stamps):
+                continue
             data["d:" + f] = to_column([d.get(f) for d in datas])
             extra["t:" + f] = to_column([t.get(f) for t in stamps])
         if any("filled" in e for e in events):
@@ -346,6 +355,8 @@ class DescriptorState:
         data: dict[str, Any] = {"time": np.array(doc["time"], dtype=np.float64), "seq_num": seqs}
         extra: dict[str, Any] = {"uid": list(uids)}
         for f in self.fields:
+            if f in self.stream_fields and f not in doc["data"] and f not in doc["timestamps"]:
+                continue
             data["d:" + f] = col("data", f)
             extra["t:" + f] = col("timestamps", f)
         for f, values in (doc.get("filled") or {}).items():
