@@ -57,7 +57,7 @@ for extra in "${extras[@]}"; do
     "$PYTHON" -m venv "$venv"
     spec="$wheel"
     [ "$extra" = core ] || spec="$wheel[$extra]"
-    if ! "$venv/bin/pip" install --quiet --no-index --find-links "$work/wheels" "$spec" \
+    if ! "$venv/bin/pip" install --quiet --no-compile --no-index --find-links "$work/wheels" "$spec" \
         >"$work/pip-$extra.log" 2>&1; then
         echo "check-extras: pip install 'runbroker[$extra]' failed:" >&2
         tail -n 30 "$work/pip-$extra.log" >&2

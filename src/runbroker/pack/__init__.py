@@ -463,7 +463,8 @@ def _open_destination(uri: str, options: dict[str, Any] | None) -> Catalog:
     from .. import open as open_catalog
 
     try:
-        return open_catalog(uri, **(options or {}))
+        # The destination is named on purpose: it is made if new (missing folders too).
+        return open_catalog(uri, **{"create": True, **(options or {})})
     except Exception as exc:  # a driver's error (no such host, ...) or a path that is not one
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PackError(f"cannot unpack into {uri}: {reason}") from exc
