@@ -405,9 +405,14 @@ def _index_folder(path: Path) -> None:
     """Bring the pack's folder index up to date now, so that its first open reads only
     headers: an archive comes without one (it is derived data), and building it reads every
     run file."""
-    from .. import open as open_catalog
+    from ..store.folderindex import FolderIndex
 
-    open_catalog(path, readonly=True).close()
+    # Not through a read-only open: that keeps its index in the cache folder, not the pack's.
+    index = FolderIndex(path)
+    try:
+        index.sync()
+    finally:
+        index.close()
 
 
 def _local(uri: str) -> str:
