@@ -175,6 +175,11 @@ def translate(err: BaseException, url: str) -> BaseException:
             )
         if "not a database" in text:
             return NotACatalogError(f"{path!r} is not a runbroker catalog (SQLite: {text})")
+        if isinstance(err, OperationalError):
+            return CatalogUnavailableError(
+                f"cannot open the catalog {path!r} (SQLite: {text}); check that the file and "
+                "its folder can be read (and written, unless readonly=True)"
+            )
         return err
     if scheme_of(url) == "postgresql" and isinstance(err, OperationalError):
         # While opening, the driver's operational errors are about reaching the server.
