@@ -234,3 +234,12 @@ except runbroker.MissingDependencyError as err:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "0 0" and "pip install 'runbroker[postgres]'" in lines[1]
+
+
+def test_a_named_catalog_shows_no_password(tmp_path):
+    from runbroker.config import NamedCatalogs
+
+    entry = NamedCatalogs().add(
+        "facility", "postgresql://beamline:hunter2secret@db.example.org/runs", folder=tmp_path
+    )
+    assert "hunter2secret" not in repr(entry) and "beamline:***@db.example.org" in repr(entry)
