@@ -44,9 +44,10 @@ def one_run(cat):
     return run.start_doc["uid"]
 
 folder = pathlib.Path(tempfile.mkdtemp())
-for where, options in ((folder / "runs.db", {}), (folder / "runs", {"create": True})):
-    cat = runbroker.open(where, **options)
+for where in (str(folder / "runs.db"), str(folder / "runs") + "/"):
+    cat = runbroker.open(where)
     uid = one_run(cat)
+    cat.close()  # written out: a new catalog object sees it
     assert list(runbroker.open(where)[uid].primary.read()["x"].values) == [0.0, 1.0, 2.0]
 print("runbroker", runbroker.__version__, "works with", sys.argv[1])
 '
