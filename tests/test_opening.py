@@ -243,3 +243,24 @@ def test_a_named_catalog_shows_no_password(tmp_path):
         "facility", "postgresql://beamline:hunter2secret@db.example.org/runs", folder=tmp_path
     )
     assert "hunter2secret" not in repr(entry) and "beamline:***@db.example.org" in repr(entry)
+
+
+def test_a_catalog_whose_log_cannot_be_read_on_read_only_media_says_why(tmp_path):
+    """Copied while its writer was still open, a catalog's last commits are in its -wal file
+    only; SQLite reads them only by writing a -shm file beside it, which read-only media
+    forbid: the error says so instead of showing an older catalog without them."""
+    import shutil
+
+    writer = runbroker.open(tmp_path / "runs.db")
+    _record(writer)
+    writer.store.flush()
+    media = tmp_path / "media"
+    media.mkdir()
+    for name in ("runs.db", "runs.db-wal"):
+        shutil.copyfile(tmp_path / name, media / name)
+    writer.close()
+    assert (media / "runs.db-wal").stat().st_size > 0
+    result = run_read_only(media, [sys.executable, "-c", _READ, str(media / "runs.db")])
+    assert result.returncode == 1
+    assert "ReadOnlyMediumError" in result.stderr and "runs.db-wal" in result.stderr
+    assert sorted(os.listdir(media)) == ["runs.db", "runs.db-wal"]
