@@ -260,7 +260,7 @@ def _open(uri: str, *, readonly: bool = False) -> Catalog:
         >>> _open("/no/such/catalog.db", readonly=True)
         Traceback (most recent call last):
         ...
-        FileNotFoundError: no catalog at '/no/such/catalog.db' (opening read-only creates none)
+        runbroker.errors.CatalogNotFoundError: no catalog at '/no/such/catalog.db' (opening ...
     """
     from .config import NamedCatalogs
 
