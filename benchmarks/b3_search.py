@@ -162,7 +162,7 @@ def _build(db: Path, starts: Path) -> float:
             pairs = [pair for docs in batch for pair in docs]
             # A fresh catalog object per batch, as separate import jobs would have: per-store
             # caches (descriptor states, run ids) cannot grow over the whole build.
-            with runbroker.open(scratch) as cat, timed() as t:
+            with runbroker.open(scratch, create=True) as cat, timed() as t:
                 cat.ingest(pairs)
             ingest_s += t[0]
             done += len(batch)

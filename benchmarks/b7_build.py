@@ -223,7 +223,8 @@ def build_sqlite(db: Path, runs: Iterable[list[tuple[str, dict]]], batch: int) -
     are the store's own; only the order the index entries arrive in differs). Returns the
     seconds it took."""
     t0 = time.perf_counter()
-    runbroker.open(db).close()  # the schema (and the 16 KiB pages) as the store makes them
+    # The schema (and the 16 KiB pages) as the store makes them; the name is a scratch one.
+    runbroker.open(db, create=True).close()
     with sqlite3.connect(db) as con:
         found = con.execute(
             "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"

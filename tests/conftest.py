@@ -54,7 +54,8 @@ def _open(
         base = request.getfixturevalue("postgres_url")
         return runbroker.open(new_schema(base, f"t{os.getpid()}_{next(_schemas)}"), **options)
     if kind == "folder":
-        return runbroker.open(folder, **options)
+        # An empty folder becomes a catalog only when asked (runbroker.open's rule).
+        return runbroker.open(folder, **{"create": True, **options})
     raise ValueError(kind)
 
 

@@ -93,7 +93,7 @@ def test_relative_roots_are_made_absolute_for_a_catalog_elsewhere(tmp_path):
             ("stop", bundle.compose_stop()),
         ]
     )
-    laptop = runbroker.open(tmp_path / "laptop" / "runs.db")
+    laptop = runbroker.open(tmp_path / "laptop" / "runs.db", create=True)  # and its folder
     copy_catalog(source, laptop, progress=False)
     uid = bundle.start_doc["uid"]
     assert laptop[uid].primary.read().identical(source[uid].primary.read())

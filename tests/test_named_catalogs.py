@@ -162,4 +162,5 @@ def test_an_unreachable_database_is_one_line(capsys):
     # Port 1 on loopback refuses connections: a real refusal, no server needed.
     assert main(["ls", "postgresql://nobody@127.0.0.1:1/runs"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("runbroker: database error:") and "Traceback" not in err
+    assert err.startswith("runbroker: cannot connect to the PostgreSQL catalog")
+    assert "host 127.0.0.1, port 1" in err and "Traceback" not in err and err.count("\n") == 1

@@ -51,7 +51,7 @@ def open_empty(request, tmp_path_factory):
     if request.param == "sqlite":
         return lambda: runbroker.open("sqlite://")
     if request.param == "folder":
-        return lambda: runbroker.open(tmp_path_factory.mktemp("folder"))
+        return lambda: runbroker.open(tmp_path_factory.mktemp("folder"), create=True)
     base = request.getfixturevalue("postgres_url")
     return lambda: runbroker.open(new_schema(base, f"p{os.getpid()}_{next(_schemas)}"))
 

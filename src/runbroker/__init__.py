@@ -31,23 +31,41 @@ from .catalog import AmbiguousUIDError, Catalog, Run
 from .config import NamedCatalogs
 from .derived import ProvenanceError, derived_from
 from .documents import ConflictError, DocumentError, UnknownParentError
+from .errors import (
+    CatalogNotFoundError,
+    CatalogUnavailableError,
+    CorruptCatalogError,
+    MissingDependencyError,
+    NotACatalogError,
+    RunbrokerError,
+    UnknownSchemeError,
+)
+from .opening import check_folder, check_sqlite_path, integrity_check, translate
 from .store.files import FolderStore
 from .store.sql import SchemaVersionError, SQLStore
+from .store.urls import SCHEMES, driver_url, redact, scheme_of
 from .stream import Stream
 from .v1 import Broker
 
 __all__ = [
     "AmbiguousUIDError",
     "Catalog",
+    "CatalogNotFoundError",
+    "CatalogUnavailableError",
     "ConflictError",
+    "CorruptCatalogError",
     "DocumentError",
     "ExternalDataError",
     "HandlerNotFoundError",
+    "MissingDependencyError",
+    "NotACatalogError",
     "ProvenanceError",
     "Run",
+    "RunbrokerError",
     "SchemaVersionError",
     "Stream",
     "UnknownParentError",
+    "UnknownSchemeError",
     "UnsafePathError",
     "catalog",
     "derived_from",
@@ -70,6 +88,8 @@ catalog: NamedCatalogs = NamedCatalogs()
 def open(
     uri: str | os.PathLike,
     *,
+    create: bool = False,
+    check: bool = False,
     durability: Literal["batch", "event"] = "batch",
     flush_interval: float = 0.05,
     readonly: bool = False,
@@ -80,12 +100,18 @@ def open(
     handlers: Mapping[str, type | str] | None = None,
     readers: Mapping[str, type | str] | None = None,
 ) -> Catalog:
-    """Open (or create) a catalog.
+    """Open a catalog (or create one, where that is plainly what was asked for).
 
-    ``uri`` is a file path (an SQLite catalog, created if missing), a SQLAlchemy URL
-    (``sqlite:///path``, ``postgresql://...``) or a folder of run files (``.jsonl`` /
-    ``.msgpack``, one per run, as ``run.export`` writes them; a path ending in ``/`` that
-    does not exist yet is made such a folder; see ``docs/folder-store.md``).
+    ``uri`` is a file path (an SQLite catalog), a URL (``sqlite:///path``,
+    ``postgresql://user@host/db``) or a folder of run files (``.jsonl`` / ``.msgpack``, one
+    per run, as ``run.export`` writes them; see ``docs/folder-store.md``). A new SQLite
+    catalog is created for a path whose name ends in ``.db``, ``.sqlite`` or ``.sqlite3``
+    in a folder that exists; anything else that is not there yet (a missing parent folder,
+    another name, a new folder catalog) and an existing folder that holds no run files
+    are refused with a message, unless ``create=True`` (see ``docs/catalog.md``).
+    ``readonly=True`` writes nothing beside the catalog, and opens catalogs on read-only
+    folders and media. ``check=True`` runs SQLite's integrity check on a catalog file first.
+
     ``durability="event"`` commits every single event to disk before ``insert`` returns; the
     default queues events for at most ``flush_interval`` seconds.
     ``pool_size`` and ``max_overflow`` size each process's connection pool to a server
@@ -106,34 +132,55 @@ def open(
         0
     """
     text = os.fspath(uri)
+    sqlite_file: Path | None = None
     if "://" in text:
-        scheme = text.split("://", 1)[0]
-        if scheme.split("+")[0] not in ("sqlite", "postgresql"):
-            raise ValueError(
-                f"cannot open {text!r}: unknown scheme {scheme!r}. This version opens SQLite "
-                "files (a path or sqlite:///path)."
+        scheme = scheme_of(text)
+        if scheme not in SCHEMES:
+            hint = ""
+            if scheme.startswith("mongodb"):
+                hint = (
+                    " (to copy runs out of a databroker MongoDB, use: "
+                    "runbroker import mongodb://... runs.db)"
+                )
+            raise UnknownSchemeError(
+                f"cannot open {redact(text)!r}: unknown scheme {scheme!r}. runbroker opens "
+                f"{', '.join(s + '://' for s in SCHEMES)} URLs, file paths and folders{hint}"
             )
-        # The psycopg (3) driver is the one runbroker installs for PostgreSQL.
-        url = text.replace("postgresql://", "postgresql+psycopg://", 1)
+        url = driver_url(text)
+        if scheme == "sqlite" and text != "sqlite://":
+            sqlite_file = Path(text.split(":///", 1)[1])
     else:
         path = Path(text).expanduser()
         if path.is_dir() or (text.endswith(("/", os.sep)) and not path.exists()):
+            check_folder(path, create=create)
             return _open_folder(path, readonly, durability, indexes, root_map, handlers, readers)
-        if readonly and not path.exists():
-            raise FileNotFoundError(f"no catalog at {text!r} (opening read-only creates none)")
-        url = f"sqlite:///{path.resolve()}"
+        sqlite_file = path.resolve()
+        url = f"sqlite:///{sqlite_file}"
+    if check and sqlite_file is None:
+        raise ValueError(f"check=True checks SQLite catalog files; {redact(text)!r} is not one")
+    if sqlite_file is not None:
+        check_sqlite_path(sqlite_file, create=create, readonly=readonly)
+        if check:
+            integrity_check(sqlite_file)
+        if create and not readonly:
+            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
     # Relative resource roots are taken from the folder of an SQLite catalog's file.
-    sqlite_file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
-    base = str(Path(sqlite_file).resolve().parent) if sqlite_file else None
+    base = str(sqlite_file.resolve().parent) if sqlite_file else None
     assets = Assets(Registry(handlers, readers), dict(root_map or {}), base)
-    store = SQLStore(
-        url,
-        durability=durability,
-        flush_interval=flush_interval,
-        readonly=readonly,
-        pool_size=pool_size,
-        max_overflow=max_overflow,
-    )
+    try:
+        store = SQLStore(
+            url,
+            durability=durability,
+            flush_interval=flush_interval,
+            readonly=readonly,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+        )
+    except Exception as err:
+        translated = translate(err, text)
+        if translated is err:
+            raise
+        raise translated from None
     return _catalog(store, indexes, assets)
 
 
@@ -160,7 +207,9 @@ def _open_folder(
     """A folder of run files as a catalog; relative resource roots are taken from it."""
     if not path.exists():
         if readonly:
-            raise FileNotFoundError(f"no folder at {str(path)!r} (opening read-only creates none)")
+            raise CatalogNotFoundError(
+                f"no folder at {str(path)!r} (opening read-only creates none)"
+            )
         path.mkdir(parents=True)
     store = FolderStore(path, readonly=readonly, durability=durability)
     assets = Assets(Registry(handlers, readers), dict(root_map or {}), store.uri)

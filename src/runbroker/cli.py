@@ -30,13 +30,14 @@ from . import open as open_catalog
 from .catalog import Catalog
 from .queries import In, Query, QueryError
 from .store.sql import SchemaVersionError, SQLStore
+from .store.urls import driver_url, redact
 
 
 def _ls(args: argparse.Namespace) -> int:
     cat = _open(args.uri, readonly=True)
     if args.query:
         cat = cat.search(Query.from_json(args.query))
-    print(f"{len(cat)} run{'' if len(cat) == 1 else 's'} in {args.uri}")
+    print(f"{len(cat)} run{'' if len(cat) == 1 else 's'} in {redact(args.uri)}")
     for run in islice(cat.values(), args.n):
         start, stop = run.start, run.stop
         when = datetime.fromtimestamp(start["time"]).strftime("%Y-%m-%d %H:%M:%S")
@@ -63,7 +64,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     from .store.migrations import upgrade
 
     revision = upgrade(_url(args.uri))
-    print(f"{args.uri} is at schema revision {revision}")
+    print(f"{redact(args.uri)} is at schema revision {revision}")
     return 0
 
 
@@ -78,7 +79,9 @@ def _db_index(args: argparse.Namespace) -> int:
             store.close()
             store = SQLStore(url)
             made = store.create_index(*args.keys)
-            print(f"indexed in {args.uri}: {', '.join(made)}" if made else "already indexed")
+            print(
+                f"indexed in {redact(args.uri)}: {', '.join(made)}" if made else "already indexed"
+            )
         if args.list:
             for key in store.indexed_keys():
                 print(key)
@@ -89,7 +92,7 @@ def _db_index(args: argparse.Namespace) -> int:
 
 def _url(uri: str) -> str:
     if "://" in uri:
-        return uri.replace("postgresql://", "postgresql+psycopg://", 1)
+        return driver_url(uri)
     path = Path(uri).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no catalog at {uri!r}")
@@ -257,7 +260,7 @@ def _open(uri: str, *, readonly: bool = False) -> Catalog:
         >>> _open("/no/such/catalog.db", readonly=True)
         Traceback (most recent call last):
         ...
-        FileNotFoundError: no catalog at '/no/such/catalog.db' (opening read-only creates none)
+        runbroker.errors.CatalogNotFoundError: no catalog at '/no/such/catalog.db' (opening ...
     """
     from .config import NamedCatalogs
 
@@ -304,7 +307,7 @@ def _catalogs_list(args: argparse.Namespace) -> int:
 
     entries = NamedCatalogs().entries()
     for name, entry in sorted(entries.items()):
-        print(f"{name:<20} {entry.uri}" + (f"  ({entry.source})" if args.verbose else ""))
+        print(f"{name:<20} {redact(entry.uri)}" + (f"  ({entry.source})" if args.verbose else ""))
     if args.verbose or not entries:
         print("searched, first wins: " + os.pathsep.join(map(str, search_path())))
     return 0
@@ -319,7 +322,7 @@ def _catalogs_add(args: argparse.Namespace) -> int:
     if args.index:
         options["indexes"] = args.index
     entry = NamedCatalogs().add(args.name, args.uri, **options)
-    print(f"added {entry.name}: {entry.uri} ({entry.source})")
+    print(f"added {entry.name}: {redact(entry.uri)} ({entry.source})")
     return 0
 
 
@@ -468,7 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except SQLAlchemyError as err:  # an unreachable server, a refused login, ...
         cause = getattr(err, "orig", None) or err
-        print(f"runbroker: database error: {str(cause).strip()}", file=sys.stderr)
+        message = redact(str(cause).strip(), getattr(args, "uri", None) or "")
+        print(f"runbroker: database error: {message}", file=sys.stderr)
         return 1
 
 

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
+from .store.urls import redact
+
 if TYPE_CHECKING:
     from .catalog import Catalog
 
@@ -81,6 +83,13 @@ class NamedCatalog:
     uri: str
     options: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
+
+    def __repr__(self) -> str:
+        # A password in the URL stays out of reprs (and so out of logs and tracebacks).
+        return (
+            f"NamedCatalog(name={self.name!r}, uri={redact(self.uri)!r}, "
+            f"options={self.options!r}, source={self.source!r})"
+        )
 
     def open(self) -> Catalog:
         """Open this catalog with its options."""

@@ -405,9 +405,14 @@ def _index_folder(path: Path) -> None:
     """Bring the pack's folder index up to date now, so that its first open reads only
     headers: an archive comes without one (it is derived data), and building it reads every
     run file."""
-    from .. import open as open_catalog
+    from ..store.folderindex import FolderIndex
 
-    open_catalog(path, readonly=True).close()
+    # Not through a read-only open: that keeps its index in the cache folder, not the pack's.
+    index = FolderIndex(path)
+    try:
+        index.sync()
+    finally:
+        index.close()
 
 
 def _local(uri: str) -> str:
@@ -463,7 +468,8 @@ def _open_destination(uri: str, options: dict[str, Any] | None) -> Catalog:
     from .. import open as open_catalog
 
     try:
-        return open_catalog(uri, **(options or {}))
+        # The destination is named on purpose: it is made if new (missing folders too).
+        return open_catalog(uri, **{"create": True, **(options or {})})
     except Exception as exc:  # a driver's error (no such host, ...) or a path that is not one
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PackError(f"cannot unpack into {uri}: {reason}") from exc

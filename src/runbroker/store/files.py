@@ -92,7 +92,7 @@ class FolderStore(FolderWriting):
         self._owner: dict[str, tuple[str, str]] = {}  # child uid -> (kind, run uid)
         self._closed = False
         self._datum_hint: str | None = None
-        self._index = FolderIndex(self.folder)
+        self._index = FolderIndex(self.folder, readonly)
         self._warned: set[str] = set()
         self._refreshed = 0.0
         self.refresh()

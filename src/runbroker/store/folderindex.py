@@ -30,6 +30,7 @@ import platformdirs
 import sqlalchemy.exc
 
 from ..documents import DocumentError
+from ..errors import NotACatalogError
 from ..export.naming import safe_name
 from .events import canonical
 from .runfile import SUFFIXES, BadRunFile, ParsedRun, parse
@@ -72,27 +73,30 @@ class Entry(NamedTuple):
     problem: str | None
 
 
-def index_path(folder: Path) -> Path:
+def index_path(folder: Path, readonly: bool = False) -> Path:
     """Where the index of ``folder`` is kept: ``.runbroker/index.db`` inside it when the
-    folder can be written, else a file of its own in the user's cache folder.
+    folder can be written, else (or when it is opened ``readonly``, which writes nothing in
+    it) a file of its own in the user's cache folder.
 
     Example:
         >>> index_path(tmp_path).relative_to(tmp_path).as_posix()
         '.runbroker/index.db'
     """
-    inside = folder / FOLDER
-    try:
-        inside.mkdir(exist_ok=True)
-        # Permission bits do not say it for root, or for read-only mounts: try.
-        probe = inside / f".probe-{os.getpid()}-{threading.get_ident()}"
-        probe.touch()
-        probe.unlink()
-        return inside / "index.db"
-    except OSError:
-        digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
-        cache = Path(platformdirs.user_cache_dir("runbroker")) / "folders"
-        cache.mkdir(parents=True, exist_ok=True)
-        return cache / f"{safe_name(folder.name)}-{digest}.db"
+    if not readonly:
+        inside = folder / FOLDER
+        try:
+            inside.mkdir(exist_ok=True)
+            # Permission bits do not say it for root, or for read-only mounts: try.
+            probe = inside / f".probe-{os.getpid()}-{threading.get_ident()}"
+            probe.touch()
+            probe.unlink()
+            return inside / "index.db"
+        except OSError:
+            pass  # read-only media: the cache folder
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    cache = Path(platformdirs.user_cache_dir("runbroker")) / "folders"
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache / f"{safe_name(folder.name)}-{digest}.db"
 
 
 def _seed(shipped: Path, path: Path) -> None:
@@ -149,9 +153,9 @@ class FolderIndex:
         >>> index.close()
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, readonly: bool = False) -> None:
         self.folder = folder
-        self.path = index_path(folder)
+        self.path = index_path(folder, readonly)
         shipped = folder / FOLDER / "index.db"
         if self.path != shipped and not self.path.exists() and shipped.is_file():
             _seed(shipped, self.path)
@@ -183,7 +187,12 @@ class FolderIndex:
                 ).fetchone()
                 if version == INDEX_VERSION:
                     return store, db
-            except (SchemaVersionError, sqlite3.DatabaseError, sqlalchemy.exc.DatabaseError):
+            except (
+                SchemaVersionError,
+                NotACatalogError,
+                sqlite3.DatabaseError,
+                sqlalchemy.exc.DatabaseError,
+            ):
                 if attempt == 2:
                     raise
             # Derived data of another runbroker version (or damaged): build it again.

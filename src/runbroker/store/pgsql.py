@@ -25,11 +25,19 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import psycopg
-from psycopg import pq
-from psycopg.adapt import Transformer
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import Engine
+
+from ..errors import MissingDependencyError
+
+try:
+    import psycopg
+    from psycopg import pq
+    from psycopg.adapt import Transformer
+except ImportError:
+    # The driver comes with the `postgres` extra: without it SQLite and folder catalogs work,
+    # and opening a postgresql:// URL says what to install (make_engine).
+    psycopg = None
 
 __all__ = [
     "INSERT_START",
@@ -70,6 +78,11 @@ def make_engine(
         >>> engine.pool.size()
         2
     """
+    if psycopg is None:
+        raise MissingDependencyError(
+            "opening a PostgreSQL catalog needs the psycopg driver, which is not installed: "
+            "pip install 'runbroker[postgres]'"
+        )
     options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": max_overflow}
     if writer:
         # psycopg deallocates every prepared statement of a connection after a ROLLBACK (of a
@@ -309,7 +322,6 @@ class Rows:
         return self.rows
 
 
-_OK = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
 # Transaction control, prepared like the store's statements: the server then parses and
 # plans none of them again (a document's savepoint and release cost it ~3 µs less).
 _BEGIN: list[tuple[str, Sequence[Any]]] = [("BEGIN", ())]
@@ -412,7 +424,7 @@ class Session:
         results = self._pipeline(commands)
         failed = None
         for i, r in enumerate(results):
-            if r.status not in _OK:
+            if r.status not in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
                 failed = i
                 break
         kinds = [c[0] for c in commands]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import math
+import os
 import re
 import sqlite3
 import threading
@@ -27,6 +28,7 @@ from functools import lru_cache
 from itertools import groupby
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from event_model import unpack_datum_page
 from sqlalchemy import (
@@ -46,6 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
+from ..errors import NotACatalogError, ReadOnlyMediumError
 from ..queries import Query
 from . import jsoncodec, keyindex, migrations, pgsql
 from . import pages as codec
@@ -69,6 +72,7 @@ from .schema import (
 )
 from .sqlquery import SQLiteCompiler, compile_query, indexed, is_common
 from .sqlwrite import SQLWriting
+from .urls import redact
 
 __all__ = ["SQLStore", "SchemaVersionError"]
 
@@ -160,6 +164,33 @@ def _regex(pattern: str) -> re.Pattern:
     return re.compile(pattern)
 
 
+def _readonly_url(path: Path) -> str:
+    """The URL that reads the catalog file ``path`` without writing it: on read-only folders
+    and media as ``immutable`` (SQLite then needs no ``-shm`` file beside it).
+
+    Example:
+        >>> _readonly_url(Path("/data/runs.db"))
+        'sqlite:///file:/data/runs.db?mode=ro&uri=true'
+    """
+    target = f"sqlite:///file:{quote(str(path))}?mode=ro&uri=true"
+    try:
+        medium = os.statvfs(path.parent).f_flag & os.ST_RDONLY
+    except OSError:
+        return target
+    if not medium and os.access(path.parent, os.W_OK):
+        return target
+    wal = Path(f"{path}-wal")
+    if wal.is_file() and wal.stat().st_size and not Path(f"{path}-shm").is_file():
+        raise ReadOnlyMediumError(
+            f"{str(path)!r} is on a read-only folder and its log {wal.name!r} holds commits "
+            f"not yet copied into it, which SQLite cannot read without writing {path.name}-shm "
+            "beside it: open it once where it can be written (closing it folds the log in), "
+            "or copy the catalog with its -wal file to a writable folder"
+        )
+    # Nothing is written there, so nothing changes under us: immutable skips all locking.
+    return target + "&immutable=1"
+
+
 def _regexp(pattern: str, value: Any) -> bool:
     return isinstance(value, str) and _regex(pattern).search(value) is not None
 
@@ -191,7 +222,9 @@ class SQLStore(SQLWriting):
         pool_size: int = 5,
         max_overflow: int = 10,
     ) -> None:
-        self.uri = uri
+        # What reprs and messages show: the URL without its password.
+        self.uri = redact(uri)
+        self._url = uri
         self.pool_size, self.max_overflow = pool_size, max_overflow
         self.durability = durability
         self.flush_interval = flush_interval
@@ -244,6 +277,8 @@ class SQLStore(SQLWriting):
             pool = {"pool_size": self.pool_size, "max_overflow": self.max_overflow}
             return create_engine(uri, pool_pre_ping=True, **pool)
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 60}}
+        if self.readonly and uri.startswith("sqlite:///"):
+            uri = _readonly_url(Path(uri.removeprefix("sqlite:///")))
         if uri == "sqlite://":
             from sqlalchemy.pool import StaticPool
 
@@ -261,7 +296,7 @@ class SQLStore(SQLWriting):
             dbapi_conn.isolation_level = None
             dbapi_conn.create_function("regexp", 2, _regexp, deterministic=True)
             cur = dbapi_conn.cursor()
-            if uri != "sqlite://":
+            if uri != "sqlite://" and not self.readonly:
                 # Only takes effect when the file is created: 16 KiB pages read page blobs
                 # several times faster than the 4 KiB default (shorter overflow chains).
                 cur.execute("PRAGMA page_size=16384")
@@ -302,6 +337,12 @@ class SQLStore(SQLWriting):
                 if conn.dialect.has_table(conn, "runbroker_info"):
                     self._check_version(conn, None)
                     return
+                if self.dialect == "sqlite" and conn.dialect.get_table_names(conn):
+                    # Another program's database: adding the catalog's tables would mix.
+                    raise NotACatalogError(
+                        f"{self.uri} is not a runbroker catalog (an SQLite database of "
+                        "something else); runbroker adds no tables to it"
+                    )
         with self._wengine.begin() as conn:
             if self.dialect == "postgresql":
                 # Processes creating one catalog at once take turns (the check comes after).
@@ -324,7 +365,7 @@ class SQLStore(SQLWriting):
     def _check_version(self, conn: Connection, version: Any) -> None:
         if version is None:
             if not conn.dialect.has_table(conn, "runbroker_info"):
-                raise SchemaVersionError(f"{self.uri} is not a runbroker catalog")
+                raise NotACatalogError(f"{self.uri} is not a runbroker catalog")
             version = conn.execute(
                 select(info.c.value).where(info.c.key == "schema_version")
             ).scalar()
@@ -342,7 +383,7 @@ class SQLStore(SQLWriting):
 
     def __reduce__(self) -> tuple:
         # Sent to another process (a dask worker): it opens the same catalog to read.
-        return (_reader_for, (self.uri,))
+        return (_reader_for, (self._url,))
 
     # -- indexes on chosen metadata keys ---------------------------------------------------
 

@@ -1,0 +1,70 @@
+"""Errors raised when a catalog is opened, with one base class for the library's own errors.
+
+::
+
+    RunbrokerError
+     ├── CatalogNotFoundError (FileNotFoundError)   nothing there, and open() creates nothing
+     ├── NotACatalogError (ValueError)              something there that is not a catalog
+     │    └── CorruptCatalogError                   a catalog file that is damaged
+     ├── UnknownSchemeError (ValueError)            a URL of a kind runbroker does not open
+     ├── ReadOnlyMediumError (PermissionError)      what cannot be read without writing
+     ├── CatalogUnavailableError (ConnectionError)  a database server that does not answer
+     └── MissingDependencyError (ImportError)       an optional package is not installed
+
+Each also derives from the built-in exception that code written before it would catch.
+
+Example:
+    >>> import runbroker
+    >>> try:
+    ...     runbroker.open("mongodb://host/db")
+    ... except runbroker.UnknownSchemeError as err:
+    ...     print(err)
+    cannot open 'mongodb://host/db': unknown scheme 'mongodb'. runbroker opens sqlite://,
+    postgresql:// URLs, file paths and folders (to copy runs out of a databroker MongoDB,
+    use: runbroker import mongodb://... runs.db)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CatalogNotFoundError",
+    "CatalogUnavailableError",
+    "CorruptCatalogError",
+    "MissingDependencyError",
+    "NotACatalogError",
+    "ReadOnlyMediumError",
+    "RunbrokerError",
+    "UnknownSchemeError",
+]
+
+
+class RunbrokerError(Exception):
+    """The base of runbroker's own errors."""
+
+
+class CatalogNotFoundError(RunbrokerError, FileNotFoundError):
+    """No catalog at the path given, and opening it would have created one by accident."""
+
+
+class NotACatalogError(RunbrokerError, ValueError):
+    """The path or database names something that is not a runbroker catalog."""
+
+
+class CorruptCatalogError(NotACatalogError):
+    """A catalog file that SQLite reports as damaged."""
+
+
+class UnknownSchemeError(RunbrokerError, ValueError):
+    """A URL whose scheme runbroker does not open."""
+
+
+class ReadOnlyMediumError(RunbrokerError, PermissionError):
+    """A catalog on a read-only folder or medium that cannot be read without writing there."""
+
+
+class CatalogUnavailableError(RunbrokerError, ConnectionError):
+    """A database server that cannot be reached (or refuses the connection)."""
+
+
+class MissingDependencyError(RunbrokerError, ImportError):
+    """An optional package that this use of runbroker needs is not installed."""
