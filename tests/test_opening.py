@@ -40,6 +40,17 @@ def test_a_new_file_with_a_catalog_suffix_in_an_existing_folder_is_created(tmp_p
         cat.close()
 
 
+def test_a_new_name_one_slip_from_a_catalog_beside_it_is_refused_as_a_typo(tmp_path):
+    runbroker.open(tmp_path / "api.db").close()
+    with pytest.raises(runbroker.CatalogNotFoundError) as info:
+        runbroker.open(tmp_path / "apii.db")
+    assert "'api.db'" in str(info.value) and "create=True" in str(info.value)
+    assert _files(tmp_path) == ["api.db"]
+    runbroker.open(tmp_path / "apii.db", create=True).close()  # asked for: made
+    runbroker.open(tmp_path / "api2.db").close()  # a numbered series is no typo
+    assert _files(tmp_path) == ["api.db", "api2.db", "apii.db"]
+
+
 def test_a_new_name_without_a_catalog_suffix_is_refused_and_nothing_is_made(tmp_path):
     with pytest.raises(runbroker.CatalogNotFoundError) as info:
         runbroker.open(tmp_path / "runs")

@@ -17,7 +17,9 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import sqlite3
 from pathlib import Path
 
@@ -42,6 +44,7 @@ SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 # Files that hold runs but are not catalogs: `runbroker ingest` reads them into one.
 _INGESTIBLE = (*RUN_FILE_SUFFIXES, ".h5", ".hdf5", ".nxs")
 _SQLITE_HEADER = b"SQLite format 3\x00"
+_DIGITS = re.compile(r"\d+")
 
 
 def check_sqlite_path(path: Path, *, create: bool, readonly: bool) -> None:
@@ -50,6 +53,12 @@ def check_sqlite_path(path: Path, *, create: bool, readonly: bool) -> None:
 
     Example:
         >>> check_sqlite_path(tmp_path / "runs.db", create=False, readonly=False)  # allowed
+        >>> (tmp_path / "api.db").touch()
+        >>> check_sqlite_path(tmp_path / "apii.db", create=False, readonly=False)
+        Traceback (most recent call last):
+        ...
+        runbroker.errors.CatalogNotFoundError: no catalog at '.../apii.db'; did you mean
+        'api.db' in the same folder? runbroker.open(..., create=True) creates a new, ...
         >>> check_sqlite_path(tmp_path / "runs", create=False, readonly=False)
         Traceback (most recent call last):
         ...
@@ -75,6 +84,28 @@ def check_sqlite_path(path: Path, *, create: bool, readonly: bool) -> None:
             f"no catalog at {shown!r}: a new SQLite catalog file needs a name ending in "
             f".db, .sqlite or .sqlite3 (or pass create=True to create {path.name!r} as one)"
         )
+    near = _near_catalogs(path)
+    if near:
+        raise CatalogNotFoundError(
+            f"no catalog at {shown!r}; did you mean {' or '.join(map(repr, near))} in the same "
+            f"folder? runbroker.open(..., create=True) creates a new, empty catalog "
+            f"{path.name!r} beside it"
+        )
+
+
+def _near_catalogs(path: Path) -> list[str]:
+    """Catalog files beside ``path`` whose names are one slip of the keyboard away from its
+    name (``apii.db`` for ``api.db``): a new empty catalog there is most likely a typo."""
+    stem, suffix = os.path.splitext(path.name)
+    with os.scandir(path.parent) as entries:
+        stems = [
+            os.path.splitext(e.name)[0]
+            for e in entries
+            if e.name.endswith(suffix) and e.name != path.name and e.is_file()
+        ]
+    # Numbered names (scan1.db, scan2.db) are a series, not typos of each other.
+    stems = [s for s in stems if _DIGITS.sub("", s) != _DIGITS.sub("", stem)]
+    return [s + suffix for s in difflib.get_close_matches(stem, stems, n=3, cutoff=0.8)]
 
 
 def _check_header(path: Path) -> None:
