@@ -159,32 +159,19 @@ class Catalog:
     ) -> list[Path]:
         """Export every run of this catalog (or of a search) into ``directory``.
 
-        ``progress=True`` shows a bar counting events. Options as for ``Run.export``.
+        ``progress=True`` shows a bar counting events. Options as for ``Run.export``, plus
+        ``strict=False`` (a run the format cannot hold is left out, the others written) and
+        ``skip_existing=True`` (a run whose files exist is left as it is); see
+        ``runbroker.export.export_runs``, which also reports what it left out.
 
         Example:
             >>> files = cat.search(Key("sample") == "Ni").export("jsonl", tmp_path)
             >>> len(files)
             1
         """
-        from .export import export_run
+        from .export import export_runs
 
-        runs = list(self.values())
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            total = sum(sum((r.stop or {}).get("num_events", {}).values()) for r in runs)
-            bar = tqdm(total=total or None, unit="event", desc=f"export {format}")
-        files: list[Path] = []
-        try:
-            for run in runs:
-                files += export_run(
-                    run, format, directory, progress=bar.update if bar else None, **options
-                )
-        finally:
-            if bar is not None:
-                bar.close()
-        return files
+        return export_runs(self.values(), format, directory, progress=progress, **options).files
 
     def flush(self) -> None:
         """Make every inserted event visible to other processes now."""
