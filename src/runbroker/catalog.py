@@ -19,7 +19,7 @@ from event_model import unpack_datum_page, unpack_event_page
 from .assets import Assets, external_kind
 from .derived import derived_from, save_derived
 from .queries import And, Key, PartialUID, Query, ScanID
-from .store.base import RunRecord, Store
+from .store.base import LeavesOut, RunRecord, Store
 from .stream import Stream
 
 __all__ = ["AmbiguousUIDError", "Catalog", "Run"]
@@ -247,7 +247,9 @@ class Catalog:
         if isinstance(key, str):
             record = self._by_uid(key, exact=False)
             if record is None:
-                raise _LookupError(f"no run whose uid is or starts with {key!r}{self._where()}")
+                raise _LookupError(
+                    f"no run whose uid is or starts with {key!r}{self._where()}{self._left_out()}"
+                )
             return Run(self.store, record, self.assets)
         if isinstance(key, slice):
             return self._slice(key)
@@ -259,6 +261,19 @@ class Catalog:
     def _where(self) -> str:
         return f" among runs matching {self.query!r}" if self.query is not None else ""
 
+    def _left_out(self) -> str:
+        """Why a run may be missing although its file is there, when the store knows."""
+        if not isinstance(self.store, LeavesOut):
+            return ""
+        names = self.store.left_out()
+        if not names:
+            return ""
+        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        return (
+            f"; {len(names)} file(s) of {self.store.uri} were left out as unreadable ({shown}): "
+            "the run may be in one of them (see the warnings given when it was opened)"
+        )
+
     def _and(self, query: Query) -> Query:
         return query if self.query is None else And(self.query, query)
 
@@ -267,7 +282,8 @@ class Catalog:
         if not found:
             raise _LookupError(
                 f"no run with scan_id {scan_id}{self._where()} (a non-negative int is a "
-                "scan_id; use a negative int such as cat[-1] for the most recent runs)"
+                f"scan_id; use a negative int such as cat[-1] for the most recent runs)"
+                f"{self._left_out()}"
             )
         return Run(self.store, found[0], self.assets)
 
