@@ -184,11 +184,19 @@ def test_unknown_option_lists_the_valid_ones(export_runs, tmp_path, capsys):
     assert "its options are: arrays, assets, overwrite, template" in capsys.readouterr().err
 
 
-def test_ingest_creates_no_catalog_when_nothing_can_be_read(tmp_path, capsys):
+@pytest.mark.parametrize("dest", ["new.db", "new/"])
+def test_ingest_creates_no_catalog_when_nothing_can_be_read(export_runs, tmp_path, dest, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "broken.jsonl").write_text('["start", {"uid": "x"\n')
-    assert main(["ingest", str(tmp_path / "new.db"), str(tmp_path / "in"), "-q"]) == 2
+    assert main(["ingest", str(tmp_path / dest), str(tmp_path / "in"), "-q"]) == 2
     assert "broken.jsonl" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    # A file that begins with a good start document and is damaged further on.
+    (path,) = export_runs["scalar"].export("jsonl", tmp_path / "in", template="scalar")
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + b"[not json\n")
+    assert main(["ingest", str(tmp_path / dest), str(tmp_path / "in"), "-q"]) == 2
+    assert "scalar.jsonl" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 

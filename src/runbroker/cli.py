@@ -211,6 +211,9 @@ def _ingest(args: argparse.Namespace) -> int:
     if not runs:  # a catalog is made only once there is something to put in it
         print(report)
         return 2
+    new = None if "://" in args.uri else Path(args.uri).expanduser()
+    if new is not None and new.exists():
+        new = None
     cat = _open(args.uri)
     try:
         copy_runs(
@@ -224,8 +227,23 @@ def _ingest(args: argparse.Namespace) -> int:
         )
     finally:
         cat.close()
+        if new is not None and not report.copied:
+            _remove_new_catalog(new)
     print(report)
     return 2 if report.failed else 0
+
+
+def _remove_new_catalog(path: Path) -> None:
+    """Remove the catalog this command created when nothing went into it after all (every
+    file began well and failed later)."""
+    import shutil
+
+    if path.is_dir():
+        if {p.name for p in path.iterdir()} <= {".runbroker"}:
+            shutil.rmtree(path)
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def _copy(args: argparse.Namespace) -> int:
