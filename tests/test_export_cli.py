@@ -215,3 +215,19 @@ def test_ingest_passes_over_detector_file_folders(export_runs, tmp_path, capsys)
     assert main(["ingest", str(tmp_path / "none.db"), str(out / "detector"), "-q"]) == 1
     assert "no .jsonl, .msgpack or .h5 export" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_uid_prefix_of_digits_is_found_when_no_scan_id_matches(tmp_path, capsys):
+    from event_model import compose_run
+
+    bundle = compose_run(uid="20251231-0000-4000-8000-000000000000", metadata={"scan_id": 7})
+    with runbroker.open(tmp_path / "runs.db") as cat:
+        cat.ingest([("start", bundle.start_doc), ("stop", bundle.compose_stop())])
+    db = str(tmp_path / "runs.db")
+    assert main(["show", db, "20251231"]) == 0
+    assert "20251231-0000" in capsys.readouterr().out
+    assert main(["show", db, "7"]) == 0  # digits are a scan_id first
+    assert main(["export", db, str(tmp_path / "out"), "-f", "jsonl", "-q", "--uid", "2025"]) == 0
+    assert len(list((tmp_path / "out").iterdir())) == 1
+    assert main(["show", db, "8"]) == 1
+    assert "no run with scan_id 8" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import open as open_catalog
-from .catalog import Catalog, _LookupError
+from .catalog import Catalog, Run, _LookupError
 from .queries import In, Query, QueryError
 from .store.sql import SchemaVersionError, SQLStore
 
@@ -51,7 +51,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     cat = _open(args.uri, readonly=True)
-    run = cat[_key(args.key)]
+    run = _run_named(cat, args.key)
     print(repr(run))
     print(json.dumps(run.start, indent=2, default=str))
     for name in run:
@@ -69,6 +69,27 @@ def _key(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
+def _run_named(cat: Catalog, text: str) -> Run:
+    """The run ``text`` names (see ``_key``); digits that are no scan_id may still begin a
+    uid (``0278``), and are looked up as one before giving up.
+
+    Example:
+        >>> _run_named(cat, run.uid[:8]) == run
+        True
+    """
+    key = _key(text)
+    try:
+        return cat[key]
+    except KeyError:
+        if not (isinstance(key, int) and key >= 0):
+            raise
+        try:
+            return cat[text]
+        except KeyError:
+            pass
+        raise
+
+
 def _uids(cat: Catalog, keys: Sequence[str], flag: str) -> list[str]:
     """The full uids of the runs ``keys`` name as ``show`` takes them (full uids, prefixes,
     scan_ids, -N), every key that names no run or several listed in one error.
@@ -84,7 +105,7 @@ def _uids(cat: Catalog, keys: Sequence[str], flag: str) -> list[str]:
             out.append(key)
             continue
         try:
-            out.append(cat[_key(key)].uid)
+            out.append(_run_named(cat, key).uid)
         except KeyError as err:  # not found, or an ambiguous prefix (its candidates listed)
             problems.append(str(err))
     if problems:

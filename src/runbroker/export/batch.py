@@ -128,8 +128,8 @@ def export_runs(
     check_options(format, options)
     exporter(format, directory, **options)  # the values too: a format checks them on creation
     template = options.get("template") or DEFAULT_TEMPLATE
-    for run in runs:
-        render(template, run.start)
+    for run in runs:  # with stand-ins for what only the format knows
+        render(template, run.start, stream="primary", field="field", index=0)
     report = ExportReport(format)
     bar = None
     if progress:
