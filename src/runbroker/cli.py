@@ -232,9 +232,7 @@ def _ingest(args: argparse.Namespace) -> int:
     if not runs:  # a catalog is made only once there is something to put in it
         print(report)
         return 2
-    new = None if "://" in args.uri else Path(args.uri).expanduser()
-    if new is not None and new.exists():
-        new = None
+    new = _new_catalog_path(args.uri)
     cat = _open(args.uri)
     try:
         copy_runs(
@@ -252,6 +250,15 @@ def _ingest(args: argparse.Namespace) -> int:
             _remove_new_catalog(new)
     print(report)
     return 2 if report.failed else 0
+
+
+def _new_catalog_path(uri: str) -> Path | None:
+    """The file or folder opening ``uri`` is about to create, if it creates one."""
+    from .config import NamedCatalogs
+
+    if "://" in uri or Path(uri).expanduser().exists() or uri in NamedCatalogs().entries():
+        return None
+    return Path(uri).expanduser()
 
 
 def _remove_new_catalog(path: Path) -> None:
