@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 
 from bluesky.plans import count, scan
 from ophyd.sim import det, motor
 
+import runbroker
 from runbroker.queries import Key
 
 
@@ -26,8 +28,12 @@ def test_ls_lists_runs_newest_first_and_filters(catalog, RE, tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == f"2 runs in {path}"
-    assert "scan" in lines[1] and "count" in lines[2]
-    assert catalog[-1].uid[:8] in lines[1]
+    assert lines[1].split() == ["scan_id", "uid", "start", "plan", "status"]
+    assert "scan" in lines[2] and "count" in lines[3]
+    assert catalog[-1].uid[:8] in lines[2]
+    # Each column starts under its header.
+    assert lines[2].index(catalog[-1].uid[:8]) == lines[1].index("uid")
+    assert lines[2].index("scan ") == lines[1].index("plan")
     filtered = _run("ls", path, "--query", (Key("sample") == "Ni").to_json())
     assert filtered.stdout.splitlines()[0] == f"1 run in {path}"
     assert "count" in filtered.stdout and " scan " not in filtered.stdout
@@ -57,3 +63,30 @@ def test_errors_are_one_readable_line(catalog, RE, tmp_path):
     assert not (tmp_path / "absent.db").exists()
     bad = _run("ls", path, "--query", '{"type": "nonsense"}')
     assert bad.returncode == 1 and "nonsense" in bad.stderr
+
+
+def test_version():
+    out = _run("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"runbroker {runbroker.__version__}"
+
+
+def test_ls_piped_into_head_stops_quietly(tmp_path):
+    from event_model import compose_run
+
+    # More output than a pipe holds (64 KiB), so writing meets the closed pipe for sure.
+    # The runs come from event-model's compose_run, as a RunEngine's do, in one ingest: a
+    # RunEngine takes minutes for 1,500 runs.
+    docs = []
+    for scan_id in range(1500):
+        bundle = compose_run(metadata={"scan_id": scan_id, "plan_name": "count"})
+        docs += [("start", bundle.start_doc), ("stop", bundle.compose_stop())]
+    with runbroker.open(tmp_path / "many.db") as cat:
+        cat.ingest(docs)
+    command = (
+        f"{shlex.quote(sys.executable)} -m runbroker.cli ls "
+        f"{shlex.quote(str(tmp_path / 'many.db'))} -n 1500 | head -1"
+    )
+    out = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
+    assert out.stdout == f"1500 runs in {tmp_path / 'many.db'}\n"
+    assert out.stderr == ""

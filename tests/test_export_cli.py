@@ -3,6 +3,7 @@ and the round trip of lossless exports back into a new catalog."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,146 @@ def test_ingest_of_nothing_says_so(tmp_path: Path, capsys):
     (tmp_path / "notes.txt").write_text("x")
     assert main(["ingest", str(tmp_path / "c.db"), str(tmp_path)]) == 1
     assert "no .jsonl, .msgpack or .h5 export" in capsys.readouterr().err
+
+
+def test_export_and_copy_take_uid_prefixes_and_scan_ids_as_show_does(export_runs, tmp_path):
+    scalar, grid = export_runs["scalar"], export_runs["grid"]
+    out = tmp_path / "out"
+    uids = [scalar.uid[:8], grid.uid[:6]]
+    assert main(["export", _db(export_runs), str(out), "-f", "jsonl", "-q", "--uid", *uids]) == 0
+    assert {p.stem.rsplit("_", 1)[-1] for p in out.iterdir()} == {scalar.uid[:8], grid.uid[:8]}
+    copy = tmp_path / "copy.db"
+    assert main(["copy", _db(export_runs), str(copy), "-q", "--uid", "-1", scalar.uid[:8]]) == 0
+    with runbroker.open(copy, readonly=True) as again:
+        assert set(again) == {export_runs["catalog"][-1].uid, scalar.uid}
+
+
+def test_export_names_every_uid_it_cannot_find(export_runs, tmp_path):
+    keys = ["zzzz", export_runs["scalar"].uid[:8], "999"]
+    command = ["runbroker.cli", "export", _db(export_runs), str(tmp_path / "o"), "-f", "jsonl"]
+    proc = subprocess.run(
+        [sys.executable, "-m", *command, "--uid", *keys], capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "--uid: no run whose uid is or starts with 'zzzz'" in proc.stderr
+    assert "999" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_skip_existing_leaves_exported_runs_and_writes_the_others(export_runs, tmp_path):
+    out = tmp_path / "out"
+    args = ["export", _db(export_runs), str(out), "-f", "jsonl", "-q"]
+    assert main(args) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    gone = sorted(before)[0]
+    (out / gone).unlink()
+    assert main(args) == 1  # without the flag, an existing file stops the export
+    assert main([*args, "--skip-existing"]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert after.keys() == before.keys()
+    assert all(after[name] == before[name] for name in before if name != gone)
+
+
+def test_export_skip_existing_reports_what_it_skipped(export_runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["export", _db(export_runs), str(out), "-f", "csv", "-q"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--skip-existing"]) == 0
+    n = len(export_runs["catalog"])
+    assert f"exported 0 run(s) as csv: 0 file(s), skipped {n} whose files exist" in (
+        capsys.readouterr().out
+    )
+
+
+def test_batch_export_reports_runs_the_format_cannot_hold_and_goes_on(
+    export_runs, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    args = ["export", _db(export_runs), str(out), "-f", "dx", "-q"]
+    assert main(args) == 2
+    text = capsys.readouterr().out
+    # Runs with images are written; those of scalars alone are reported by uid, with why.
+    with_images = [export_runs[k] for k in ("inline_image", "file_image", "tomo")]
+    assert "exported 3 run(s) as dx: 3 file(s), 3 failed:" in text
+    for key in ("scalar", "grid", "two_descriptors"):
+        assert f"run {export_runs[key].uid}: no projections" in text
+    assert {p.stem.rsplit("_", 1)[-1] for p in out.iterdir()} == {r.uid[:8] for r in with_images}
+    # --strict stops at the first such run, with its reason.
+    assert main([*args, "--strict", "--overwrite"]) == 1
+    assert "no projections" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-f", "csv", "-o", "nope=1"], "the csv export has no option 'nope'; its options are: "),
+        (["-f", "tiff", "-o", "per=run"], "per='run'"),
+        (["-f", "jsonl", "--template", "{start[nope]}"], "'nope'"),
+    ],
+)
+def test_export_checks_its_arguments_before_the_progress_bar(export_runs, tmp_path, extra, message):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "runbroker.cli", "export", _db(export_runs), str(out), *extra],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("runbroker: ") and message in proc.stderr
+    assert "event" not in proc.stderr  # no progress bar was drawn
+    assert not out.exists()
+
+
+def test_unknown_option_lists_the_valid_ones(export_runs, tmp_path, capsys):
+    assert main(["export", _db(export_runs), str(tmp_path), "-f", "csv", "-o", "nope=1"]) == 1
+    assert "its options are: arrays, assets, overwrite, template" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dest", ["new.db", "new/"])
+def test_ingest_creates_no_catalog_when_nothing_can_be_read(export_runs, tmp_path, dest, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.jsonl").write_text('["start", {"uid": "x"\n')
+    assert main(["ingest", str(tmp_path / dest), str(tmp_path / "in"), "-q"]) == 2
+    assert "broken.jsonl" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    # A file that begins with a good start document and is damaged further on.
+    (path,) = export_runs["scalar"].export("jsonl", tmp_path / "in", template="scalar")
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + b"[not json\n")
+    assert main(["ingest", str(tmp_path / dest), str(tmp_path / "in"), "-q"]) == 2
+    assert "scalar.jsonl" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_ingest_passes_over_detector_file_folders(export_runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["export", _db(export_runs), str(out), "-f", "hdf5", "-q"]) == 0
+    # Detector files beside the exports, as a beamline folder holds them.
+    shutil.copytree(export_runs["folder"] / "detector", out / "detector")
+    (out / "images" / "deeper").mkdir(parents=True)
+    (out / "images" / "frame_000.tiff").write_bytes(b"II*\x00")
+    (out / "images" / "deeper" / "stray.jsonl").write_text("not read: its folder holds images")
+    assert main(["ingest", str(tmp_path / "copy.db"), str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert f"copied {len(export_runs['catalog'])} runs" in text and "0 failed" in text
+    # A detector folder named on its own holds no export.
+    assert main(["ingest", str(tmp_path / "none.db"), str(out / "detector"), "-q"]) == 1
+    assert "no .jsonl, .msgpack or .h5 export" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_a_uid_prefix_of_digits_is_found_when_no_scan_id_matches(tmp_path, capsys):
+    from event_model import compose_run
+
+    bundle = compose_run(uid="20251231-0000-4000-8000-000000000000", metadata={"scan_id": 7})
+    with runbroker.open(tmp_path / "runs.db") as cat:
+        cat.ingest([("start", bundle.start_doc), ("stop", bundle.compose_stop())])
+    db = str(tmp_path / "runs.db")
+    assert main(["show", db, "20251231"]) == 0
+    assert "20251231-0000" in capsys.readouterr().out
+    assert main(["show", db, "7"]) == 0  # digits are a scan_id first
+    assert main(["export", db, str(tmp_path / "out"), "-f", "jsonl", "-q", "--uid", "2025"]) == 0
+    assert len(list((tmp_path / "out").iterdir())) == 1
+    assert main(["show", db, "8"]) == 1
+    assert "no run with scan_id 8" in capsys.readouterr().err

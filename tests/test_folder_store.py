@@ -214,9 +214,7 @@ def test_broken_files_are_left_out_with_a_warning_naming_file_and_line(export_ru
     folder = tmp_path / "runs"
     files = _copy_exports(export_runs, folder, ("scalar", "grid"))
     good = files["scalar"].read_bytes().splitlines(keepends=True)
-    (folder / "bad-json.jsonl").write_bytes(
-        b"".join(good[:3]) + b"[not json\n" + b"".join(good[3:])
-    )
+    (folder / "bad-json.jsonl").write_bytes(b"[not json\n" + b"".join(good))
     (folder / "no-start.jsonl").write_bytes(b"".join(good[1:]))
     other = files["grid"].read_bytes().splitlines(keepends=True)
     (folder / "two-starts.jsonl").write_bytes(good[0] + other[0] + b"".join(other[1:]))
@@ -227,7 +225,7 @@ def test_broken_files_are_left_out_with_a_warning_naming_file_and_line(export_ru
     messages = [str(w.message) for w in caught if issubclass(w.category, FolderWarning)]
     assert len(messages) == 4, messages
     found = {Path(m.split(": ", 2)[1].split(",")[0]).name: m for m in messages}
-    assert "line 4" in found["bad-json.jsonl"] and "not JSON" in found["bad-json.jsonl"]
+    assert "line 1" in found["bad-json.jsonl"] and "not JSON" in found["bad-json.jsonl"]
     assert "line 1" in found["no-start.jsonl"] and "not a start" in found["no-start.jsonl"]
     assert "line 2" in found["two-starts.jsonl"] and "second start" in found["two-starts.jsonl"]
     assert "empty.msgpack" in found
@@ -244,6 +242,60 @@ def test_broken_files_are_left_out_with_a_warning_naming_file_and_line(export_ru
         cat = runbroker.open(folder)
     assert export_runs["grid"].uid in cat and len(cat) == 2  # a second copy of grid: left out
     cat.close()
+
+
+@pytest.mark.parametrize("where", ["cut short at the end", "garbage in the middle"])
+def test_a_damaged_line_keeps_the_documents_before_it(export_runs, tmp_path, where):
+    folder = tmp_path / "runs"
+    source = export_runs["scalar"]
+    (path,) = source.export("jsonl", folder)
+    lines = path.read_bytes().splitlines(keepends=True)
+    if where == "cut short at the end":  # a crash while the stop document was written
+        bad = len(lines)
+        path.write_bytes(b"".join(lines[:-1]) + lines[-1][:20])
+    else:
+        bad = len(lines) - 2
+        path.write_bytes(b"".join(lines[: bad - 1]) + b'["event", {"ui\x00\n' + lines[-1])
+    # What a catalog given the same documents up to the damage holds.
+    prefix = tmp_path / "prefix.jsonl"
+    prefix.write_bytes(b"".join(lines[: bad - 1]))
+    expected = runbroker.temp()
+    expected.ingest(read_jsonl(prefix))
+    with pytest.warns(FolderWarning) as caught:
+        cat = runbroker.open(folder)
+    (message,) = [str(w.message) for w in caught if issubclass(w.category, FolderWarning)]
+    assert message.startswith(f"partly read: {path}")
+    assert f"line {bad}" in message and "the documents after it are left out" in message
+    run = cat[source.uid]
+    assert run.stop is None and "running (no stop document)" in repr(run)
+    assert_same_run(run, expected[source.uid])
+    assert len(run.primary.read()["time"]) == len(expected[source.uid].primary.read()["time"])
+    cat.close()
+    with warnings.catch_warnings(record=True) as again:  # the index remembers the damage
+        warnings.simplefilter("always")
+        runbroker.open(folder).close()
+    assert [str(w.message) for w in again if issubclass(w.category, FolderWarning)] == [message]
+
+
+def test_a_lookup_that_misses_says_files_were_left_out(export_runs, tmp_path):
+    folder = tmp_path / "runs"
+    files = _copy_exports(export_runs, folder, ("scalar", "grid"))
+    lost = export_runs["grid"]
+    files["grid"].write_bytes(b"[not json\n" + files["grid"].read_bytes())
+    with pytest.warns(FolderWarning):
+        cat = runbroker.open(folder)
+    for key in (lost.uid[:8], lost.start["scan_id"]):
+        with pytest.raises(KeyError) as err:
+            cat[key]
+        assert f"1 file(s) of {folder} were left out as unreadable ({files['grid'].name})" in (
+            str(err.value)
+        )
+    cat.close()
+    # With every file read, a miss is only a miss.
+    files["grid"].unlink()
+    with runbroker.open(folder) as cat, pytest.raises(KeyError) as err:
+        cat[lost.uid[:8]]
+    assert "left out" not in str(err.value)
 
 
 def test_runs_with_equal_times_are_in_a_deterministic_order(tmp_path):

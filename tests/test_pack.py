@@ -911,3 +911,13 @@ def test_a_pack_on_read_only_media_opens_from_the_index_it_ships(source, tmp_pat
     assert Path(got["index"]).parent == cache / "runbroker" / "folders"
     assert got["uids"] == list(source)
     assert verify(dest).ok  # the pack itself was not touched
+
+
+def test_cli_pack_takes_uid_prefixes_and_scan_ids_as_show_does(source, tmp_path, capsys):
+    uri = source.store.uri.removeprefix("sqlite:///")
+    run = source.search(Key("sample") == SAMPLES["tif"])[-1]
+    (tmp_path / "uids.txt").write_text(f"{run.uid[:8]}  # a prefix\n-1\n")
+    assert main(["pack", uri, str(tmp_path / "p"), "--uids", str(tmp_path / "uids.txt"), "-q"]) == 0
+    assert "packed 2 runs" in capsys.readouterr().out
+    with runbroker.open(tmp_path / "p", readonly=True) as packed:
+        assert set(packed) == {run.uid, source[-1].uid}

@@ -20,7 +20,7 @@ from .assets import Assets, external_kind, fill_flag
 from .derived import derived_from, save_derived
 from .display import duration, plural
 from .queries import And, Key, PartialUID, Query, ScanID
-from .store.base import RunRecord, Store
+from .store.base import LeavesOut, RunRecord, Store
 from .stream import Stream
 
 if TYPE_CHECKING:
@@ -165,32 +165,19 @@ class Catalog:
     ) -> list[Path]:
         """Export every run of this catalog (or of a search) into ``directory``.
 
-        ``progress=True`` shows a bar counting events. Options as for ``Run.export``.
+        ``progress=True`` shows a bar counting events. Options as for ``Run.export``, plus
+        ``strict=False`` (a run the format cannot hold is left out, the others written) and
+        ``skip_existing=True`` (a run whose files exist is left as it is); see
+        ``runbroker.export.export_runs``, which also reports what it left out.
 
         Example:
             >>> files = cat.search(Key("sample") == "Ni").export("jsonl", tmp_path)
             >>> len(files)
             1
         """
-        from .export import export_run
+        from .export import export_runs
 
-        runs = list(self.values())
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            total = sum(sum((r.stop or {}).get("num_events", {}).values()) for r in runs)
-            bar = tqdm(total=total or None, unit="event", desc=f"export {format}")
-        files: list[Path] = []
-        try:
-            for run in runs:
-                files += export_run(
-                    run, format, directory, progress=bar.update if bar else None, **options
-                )
-        finally:
-            if bar is not None:
-                bar.close()
-        return files
+        return export_runs(self.values(), format, directory, progress=progress, **options).files
 
     def flush(self) -> None:
         """Make every inserted event visible to other processes now."""
@@ -278,7 +265,9 @@ class Catalog:
         if isinstance(key, str):
             record = self._by_uid(key, exact=False)
             if record is None:
-                raise _LookupError(f"no run whose uid is or starts with {key!r}{self._where()}")
+                raise _LookupError(
+                    f"no run whose uid is or starts with {key!r}{self._where()}{self._left_out()}"
+                )
             return Run(self.store, record, self.assets)
         if isinstance(key, slice):
             return self._slice(key)
@@ -290,6 +279,19 @@ class Catalog:
     def _where(self) -> str:
         return f" among runs matching {self.query!r}" if self.query is not None else ""
 
+    def _left_out(self) -> str:
+        """Why a run may be missing although its file is there, when the store knows."""
+        if not isinstance(self.store, LeavesOut):
+            return ""
+        names = self.store.left_out()
+        if not names:
+            return ""
+        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        return (
+            f"; {len(names)} file(s) of {self.store.uri} were left out as unreadable ({shown}): "
+            "the run may be in one of them (see the warnings given when it was opened)"
+        )
+
     def _and(self, query: Query) -> Query:
         return query if self.query is None else And(self.query, query)
 
@@ -298,7 +300,8 @@ class Catalog:
         if not found:
             raise _LookupError(
                 f"no run with scan_id {scan_id}{self._where()} (a non-negative int is a "
-                "scan_id; use a negative int such as cat[-1] for the most recent runs)"
+                f"scan_id; use a negative int such as cat[-1] for the most recent runs)"
+                f"{self._left_out()}"
             )
         return Run(self.store, found[0], self.assets)
 

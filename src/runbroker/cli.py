@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import open as open_catalog
-from .catalog import Catalog
+from .catalog import Catalog, Run, _LookupError
 from .queries import In, Query, QueryError
 from .store.sql import SchemaVersionError, SQLStore
 from .store.urls import driver_url, redact
@@ -38,12 +38,13 @@ def _ls(args: argparse.Namespace) -> int:
     if args.query:
         cat = cat.search(Query.from_json(args.query))
     print(f"{len(cat)} run{'' if len(cat) == 1 else 's'} in {redact(args.uri)}")
+    print(f"{'scan_id':>7}  {'uid':<8}  {'start':<19}  {'plan':<16} status")
     for run in islice(cat.values(), args.n):
         start, stop = run.start, run.stop
         when = datetime.fromtimestamp(start["time"]).strftime("%Y-%m-%d %H:%M:%S")
         status = stop.get("exit_status", "?") if stop else "running"
         print(
-            f"{start.get('scan_id', ''):>6}  {run.uid[:8]}  {when}  "
+            f"{start.get('scan_id', ''):>7}  {run.uid[:8]}  {when}  "
             f"{start.get('plan_name', ''):<16} {status}"
         )
     return 0
@@ -51,13 +52,66 @@ def _ls(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     cat = _open(args.uri, readonly=True)
-    key: int | str = int(args.key) if args.key.lstrip("-").isdigit() else args.key
-    run = cat[key]
+    run = _run_named(cat, args.key)
     print(repr(run))
     print(json.dumps(run.start, indent=2, default=str))
     for name in run:
         print(run[name].read())
     return 0
+
+
+def _key(text: str) -> int | str:
+    """A run as a shell names it: scan_id, -N (recency), uid or uid prefix.
+
+    Example:
+        >>> _key("554"), _key("-1"), _key("c6b4")
+        (554, -1, 'c6b4')
+    """
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _run_named(cat: Catalog, text: str) -> Run:
+    """The run ``text`` names (see ``_key``); digits that are no scan_id may still begin a
+    uid (``0278``), and are looked up as one before giving up.
+
+    Example:
+        >>> _run_named(cat, run.uid[:8]) == run
+        True
+    """
+    key = _key(text)
+    try:
+        return cat[key]
+    except KeyError:
+        if not (isinstance(key, int) and key >= 0):
+            raise
+        try:
+            return cat[text]
+        except KeyError:
+            pass
+        raise
+
+
+def _uids(cat: Catalog, keys: Sequence[str], flag: str) -> list[str]:
+    """The full uids of the runs ``keys`` name as ``show`` takes them (full uids, prefixes,
+    scan_ids, -N), every key that names no run or several listed in one error.
+
+    Example:
+        >>> _uids(cat, [run.uid[:8]], "--uid") == [run.uid]
+        True
+    """
+    exact = {r.uid for r in cat.search(In("uid", list(keys))).values()} if keys else set()
+    out, problems = [], []
+    for key in keys:
+        if key in exact:
+            out.append(key)
+            continue
+        try:
+            out.append(_run_named(cat, key).uid)
+        except KeyError as err:  # not found, or an ambiguous prefix (its candidates listed)
+            problems.append(str(err))
+    if problems:
+        raise _LookupError(f"{flag}: " + "; ".join(problems))
+    return out
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
@@ -119,7 +173,7 @@ def _selected(args: argparse.Namespace) -> Catalog:
     if args.query:
         cat = cat.search(Query.from_json(args.query))
     if args.uid:
-        cat = cat.search(In("uid", args.uid))
+        cat = cat.search(In("uid", _uids(cat, args.uid, "--uid")))
     return cat
 
 
@@ -139,15 +193,24 @@ def _options(pairs: Sequence[str]) -> dict[str, Any]:
 def _export(args: argparse.Namespace) -> int:
     cat = _selected(args)
     if len(cat) == 0:
-        raise ValueError(f"no run in {args.uri} matches; nothing exported")
+        raise ValueError(f"no run in {redact(args.uri)} matches; nothing exported")
+    from .export import export_runs
+
     options = _options(args.option)
     if args.template:
         options["template"] = args.template
-    files = cat.export(
-        args.format, args.dest, progress=not args.quiet, overwrite=args.overwrite, **options
+    report = export_runs(
+        cat.values(),
+        args.format,
+        args.dest,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        strict=args.strict,
+        skip_existing=args.skip_existing,
+        **options,
     )
-    print(f"exported {len(cat)} run(s) as {args.format}: {len(files)} file(s) in {args.dest}")
-    return 0
+    print(f"{report} in {args.dest}" if not report.failed else report)
+    return 2 if report.failed else 0
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -156,7 +219,10 @@ def _ingest(args: argparse.Namespace) -> int:
 
     files = export_files(args.files)
     if not files:
-        raise FileNotFoundError(f"no .jsonl, .msgpack or .h5 export in {' '.join(args.files)}")
+        raise FileNotFoundError(
+            f"no .jsonl, .msgpack or .h5 export in {' '.join(args.files)} (folders holding "
+            "detector files are passed over)"
+        )
     report = CopyReport()
     runs = []
     for path in files:
@@ -166,6 +232,10 @@ def _ingest(args: argparse.Namespace) -> int:
             if args.strict:
                 raise
             report.failed.append((str(path), str(err)))
+    if not runs:  # a catalog is made only once there is something to put in it
+        print(report)
+        return 2
+    new = _new_catalog_path(args.uri)
     cat = _open(args.uri)
     try:
         copy_runs(
@@ -179,8 +249,32 @@ def _ingest(args: argparse.Namespace) -> int:
         )
     finally:
         cat.close()
+        if new is not None and not report.copied:
+            _remove_new_catalog(new)
     print(report)
     return 2 if report.failed else 0
+
+
+def _new_catalog_path(uri: str) -> Path | None:
+    """The file or folder opening ``uri`` is about to create, if it creates one."""
+    from .config import NamedCatalogs
+
+    if "://" in uri or Path(uri).expanduser().exists() or uri in NamedCatalogs().entries():
+        return None
+    return Path(uri).expanduser()
+
+
+def _remove_new_catalog(path: Path) -> None:
+    """Remove the catalog this command created when nothing went into it after all (every
+    file began well and failed later)."""
+    import shutil
+
+    if path.is_dir():
+        if {p.name for p in path.iterdir()} <= {".runbroker"}:
+            shutil.rmtree(path)
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def _copy(args: argparse.Namespace) -> int:
@@ -193,7 +287,7 @@ def _copy(args: argparse.Namespace) -> int:
             source,
             dest,
             query=Query.from_json(args.query) if args.query else None,
-            uids=args.uid,
+            uids=_uids(source, args.uid, "--uid") if args.uid else None,
             progress=not args.quiet,
             strict=args.strict,
         )
@@ -224,6 +318,8 @@ def _pack(args: argparse.Namespace) -> int:
             raise QueryError(f"--query {args.query!r}: {err}") from None
     source = _open(args.source, readonly=True)
     try:
+        if uids is not None:
+            uids = _uids(source, uids, f"--uids {args.uids}")
         report = pack(
             source,
             args.dest,
@@ -348,7 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["ls", "/no/such/catalog.db"])
         1
     """
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="runbroker", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"runbroker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("ls", help="list runs, newest first")
     ls.add_argument("uri", help="catalog file, folder, URL or name")
@@ -381,9 +480,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp.add_argument("dest", help="folder to write into (created if missing)")
     exp.add_argument("-f", "--format", required=True, help="csv, json, jsonl, msgpack, spec, ...")
     exp.add_argument("--query", help="export the runs matching this query (its JSON form)")
-    exp.add_argument("--uid", nargs="+", help="export these runs (full uids)")
+    exp.add_argument("--uid", nargs="+", help="export these runs (uids, uid prefixes, scan_ids)")
     exp.add_argument("--template", help='file names, e.g. "{start[scan_id]:05d}-{stream}"')
     exp.add_argument("--overwrite", action="store_true", help="replace files that exist")
+    exp.add_argument(
+        "--skip-existing", action="store_true", help="leave runs whose files exist as they are"
+    )
+    exp.add_argument(
+        "--strict", action="store_true", help="stop at the first run the format cannot hold"
+    )
     exp.add_argument(
         "-o",
         "--option",
@@ -404,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp.add_argument("source", help="catalog file or URL to copy from")
     cp.add_argument("dest", help="catalog file or URL to copy into (created if missing)")
     cp.add_argument("--query", help="copy the runs matching this query (its JSON form)")
-    cp.add_argument("--uid", nargs="+", help="copy these runs (full uids)")
+    cp.add_argument("--uid", nargs="+", help="copy these runs (uids, uid prefixes, scan_ids)")
     cp.add_argument("--strict", action="store_true", help="stop at the first run refused")
     cp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cp.set_defaults(func=_copy)
@@ -457,7 +562,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cr.set_defaults(func=_catalogs_remove)
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here when all of the output fit the buffer
+        return code
+    except BrokenPipeError:
+        # The reader went away (`runbroker ls ... | head`): stop quietly, as shell tools do.
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for such a pipeline
     except (
         KeyError,
         QueryError,
@@ -474,6 +585,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = redact(str(cause).strip(), getattr(args, "uri", None) or "")
         print(f"runbroker: database error: {message}", file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush finds no closed pipe."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # a stream without a descriptor (tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

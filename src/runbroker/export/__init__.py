@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .base import Exporter, ExportError, Page
+from .batch import ExportReport, check_options, export_runs, exporter_options
 from .live import LiveExport
 from .naming import DEFAULT_TEMPLATE, TemplateError, render, safe_name
 
@@ -34,12 +35,16 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "FORMATS",
     "ExportError",
+    "ExportReport",
     "Exporter",
     "LiveExport",
     "Page",
     "TemplateError",
+    "check_options",
     "export_run",
+    "export_runs",
     "exporter",
+    "exporter_options",
     "live",
     "read_documents",
     "register_exporter",
@@ -106,12 +111,14 @@ def exporter(format: str, directory: str | os.PathLike[str], **options: Any) -> 
 
     Options common to every format: ``template`` (file names), ``overwrite`` (replace
     existing files), ``assets`` (where detector files are, as a catalog's ``Assets``).
-    Each format documents its own.
+    Each format documents its own; one it does not know is refused with the list of those it
+    does.
 
     Example:
         >>> exporter("spec", tmp_path, template="{start[scan_id]:04d}").format
         'spec'
     """
+    check_options(format, options)
     return exporter_class(format)(directory, **options)
 
 
@@ -142,11 +149,14 @@ def export_run(
     directory: str | os.PathLike[str],
     *,
     progress: Callable[[int], None] | None = None,
+    skip_existing: bool = False,
     **options: Any,
 ) -> list[Path]:
     """Write ``run`` in ``format`` into ``directory``; return the files written.
 
-    ``progress`` is called with the number of events in each page consumed.
+    ``progress`` is called with the number of events in each page consumed. A file that
+    exists already stops the export (``FileExistsError``), unless ``skip_existing``: then the
+    run is left as it is and nothing is returned (files this call had begun are removed).
 
     Example:
         >>> [p.name for p in export_run(run, "jsonl", tmp_path, template="{scan_id}")]
@@ -162,6 +172,15 @@ def export_run(
             exp(name, doc)
             if progress is not None and name == "event_page":
                 progress(len(doc["seq_num"]))
+    except FileExistsError:
+        with contextlib.suppress(Exception):
+            exp.close()
+        if not skip_existing:
+            raise
+        # Every file listed was created by this call: an exporter never lists one that existed.
+        for path in exp.files:
+            path.unlink(missing_ok=True)
+        return []
     except BaseException:
         # Close what was written (marked incomplete), but report the first error, not a later one.
         with contextlib.suppress(Exception):
@@ -210,14 +229,51 @@ def run_of_export(path: str | os.PathLike[str]) -> tuple[str, Callable[[], Itera
     return start["uid"], lambda: read_documents(path)
 
 
+#: Suffixes of detector files: a folder holding one is a detector's, not an export folder.
+_DETECTOR_SUFFIXES = (".tif", ".tiff", ".cbf", ".edf")
+
+
 def export_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """The files ``runbroker ingest`` reads from ``paths`` (folders are searched, sorted)."""
+    """The files ``runbroker ingest`` reads from ``paths``.
+
+    A file named is read whatever it is (an error names it if it is no export). A folder is
+    searched, with its subfolders, for ``.jsonl`` and ``.msgpack`` files and for HDF5 files
+    that are runbroker raw HDF5 exports; a folder that holds detector files (an HDF5 file
+    that is not an export, or a TIFF, CBF or EDF image) is passed over with its subfolders:
+    detector files are read through the runs that point at them, never on their own.
+
+    Example:
+        >>> _ = run.export("jsonl", tmp_path / "out")
+        >>> _ = run.export("hdf5", tmp_path / "out" / "raw")
+        >>> (tmp_path / "out" / "detector").mkdir()
+        >>> (tmp_path / "out" / "detector" / "frames.tiff").write_bytes(b"")
+        0
+        >>> [p.suffix for p in export_files([tmp_path / "out"])]
+        ['.jsonl', '.h5']
+    """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in READERS))
+            out.extend(_exports_in(p))
         elif p.exists():
             out.append(p)
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
     return out
+
+
+def _exports_in(folder: Path) -> list[Path]:
+    from .hdf5 import is_export
+
+    found: list[Path] = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        here = [Path(root, n) for n in sorted(names) if Path(n).suffix.lower() in READERS]
+        hdf5 = [p for p in here if p.suffix.lower() in (".h5", ".hdf5")]
+        if any(Path(n).suffix.lower() in _DETECTOR_SUFFIXES for n in names) or not all(
+            map(is_export, hdf5)  # stops at the first detector file
+        ):
+            dirs.clear()
+            continue
+        found.extend(here)
+    return found

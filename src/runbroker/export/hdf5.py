@@ -649,6 +649,23 @@ def read_documents(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict]]:
             yield "stop", stop
 
 
+def is_export(path: str | os.PathLike[str]) -> bool:
+    """Whether an HDF5 file is a runbroker raw HDF5 export (and not, say, a detector's file).
+
+    A file that cannot be opened as HDF5 counts as one, so that reading it names the problem.
+
+    Example:
+        >>> path, = run.export("hdf5", tmp_path)
+        >>> is_export(path)
+        True
+    """
+    try:
+        with _open(Path(path)) as h5:
+            return h5.attrs.get("runbroker_export") == "hdf5"
+    except ExportError:
+        return True
+
+
 def _open(path: Path) -> h5py.File:
     # A plain open checks the file's length against what HDF5 wrote (a SWMR open does not);
     # a file a writer holds in SWMR mode opens only for SWMR reading.

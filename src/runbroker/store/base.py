@@ -14,7 +14,7 @@ import numpy as np
 
 from ..queries import Query
 
-__all__ = ["Columns", "PageGone", "PageInfo", "RunRecord", "Store"]
+__all__ = ["Columns", "LeavesOut", "PageGone", "PageInfo", "RunRecord", "Store"]
 
 Columns = dict[str, "np.ndarray | list"]
 
@@ -113,3 +113,13 @@ class Store(Protocol):
 
     def datums(self, datum_ids: list[str]) -> dict[str, tuple[str, dict]]:
         """datum_id -> (resource uid, datum_kwargs) for those of ``datum_ids`` stored."""
+
+
+@runtime_checkable
+class LeavesOut(Protocol):
+    """A store that may leave some of its sources out (a folder's unreadable run files), so
+    that a run looked for is missing from it without being absent from its files."""
+
+    def left_out(self) -> list[str]:
+        """Names of the sources left out (empty when every one is read)."""
+        ...

@@ -45,7 +45,8 @@ _N_BITS, _NUMBER_BITS = 24, 20
 
 
 class FolderWarning(UserWarning):
-    """A file of a folder catalog was left out (it is not one valid run); the others load."""
+    """A file of a folder catalog was left out (it is not one valid run), or is read only up
+    to a damaged document; the others load."""
 
 
 def _page_id(file_id: int, number: int, n: int) -> int:
@@ -110,14 +111,30 @@ class FolderStore(FolderWriting):
 
     def refresh(self) -> None:
         """Take in files added, changed or removed since the folder was last looked at
-        (warning once about each file left out)."""
+        (warning once about each file left out or read only in part)."""
         with self._lock:
             problems = self._index.sync(self._cache.put)
             self._refreshed = time.monotonic()
         for problem in problems:
             if problem not in self._warned:
                 self._warned.add(problem)
-                warnings.warn(f"left out of the catalog: {problem}", FolderWarning, stacklevel=3)
+                warnings.warn(problem, FolderWarning, stacklevel=3)
+
+    def left_out(self) -> list[str]:
+        """Names of the folder's files left out of the catalog: a run in one is not found.
+
+        Example:
+            >>> _ = (tmp_path / "broken.jsonl").write_text("[not json\\n")
+            >>> import warnings
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")
+            ...     store = FolderStore(tmp_path)
+            >>> store.left_out()
+            ['broken.jsonl']
+            >>> store.close()
+        """
+        self._refresh_if_due()
+        return self._index.left_out()
 
     def _refresh_if_due(self) -> None:
         if time.monotonic() - self._refreshed >= self.refresh_interval:

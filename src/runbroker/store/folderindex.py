@@ -6,7 +6,8 @@ as in an SQLite catalog, with every query type. Beside its tables are two of the
 
 - ``folder_files``: each run file by its name relative to the folder (so the index survives the
   folder being moved or renamed), its size and modification time (a file whose size or time
-  changed is read again), the uid of the run it holds, or the problem that keeps it out;
+  changed is read again), the uid of the run it holds, or the problem that keeps it out, and
+  where it is damaged if the run is read only up to there;
 - ``folder_parents``: the uid of every descriptor, resource and stream resource, and its run,
   so that a document pointing at one finds its run without reading files.
 
@@ -39,14 +40,14 @@ from .sql import SchemaVersionError, SQLStore
 __all__ = ["Entry", "FolderIndex", "index_path", "run_files"]
 
 #: Bumped when the folder tables change: an index of another version is built again.
-INDEX_VERSION = "1"
+INDEX_VERSION = "2"
 FOLDER = ".runbroker"
 _DDL = (
     "CREATE TABLE IF NOT EXISTS folder_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     # AUTOINCREMENT: a file indexed again gets a new id, so page ids handed out before fail.
     "CREATE TABLE IF NOT EXISTS folder_files (id INTEGER PRIMARY KEY AUTOINCREMENT, "
     "name TEXT NOT NULL UNIQUE, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
-    "uid TEXT, problem TEXT)",
+    "uid TEXT, problem TEXT, damage TEXT)",
     "CREATE INDEX IF NOT EXISTS ix_folder_files_uid ON folder_files (uid)",
     # ``declared``: data keys whose dtype_numpy the store's writer added (JSON list), left out
     # when the descriptor is read so that it replays as it was inserted.
@@ -71,6 +72,7 @@ class Entry(NamedTuple):
     mtime_ns: int
     uid: str | None
     problem: str | None
+    damage: str | None = None
 
 
 def index_path(folder: Path, readonly: bool = False) -> Path:
@@ -216,7 +218,7 @@ class FolderIndex:
         """Every file the index knows, by name."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, name, size, mtime_ns, uid, problem FROM folder_files"
+                "SELECT id, name, size, mtime_ns, uid, problem, damage FROM folder_files"
             ).fetchall()
         return {row[1]: Entry(*row) for row in rows}
 
@@ -231,7 +233,7 @@ class FolderIndex:
     def _entry_where(self, condition: str, value: object) -> Entry | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT id, name, size, mtime_ns, uid, problem FROM folder_files "
+                "SELECT id, name, size, mtime_ns, uid, problem, damage FROM folder_files "
                 f"WHERE {condition}",
                 (value,),
             ).fetchone()
@@ -259,8 +261,9 @@ class FolderIndex:
 
     def sync(self, keep: Callable[[int, ParsedRun], None] | None = None) -> list[str]:
         """Bring the index up to date with the folder, reading only files added or changed
-        since; return the problems of the files left out. ``keep(file_id, parsed)`` is
-        given each run parsed on the way (a cache may keep it)."""
+        since; return what to warn of: each file left out, and each file read only up to a
+        damaged document. ``keep(file_id, parsed)`` is given each run parsed on the way (a
+        cache may keep it)."""
         on_disk = run_files(self.folder)
         with self._lock:
             known = self.entries()
@@ -275,11 +278,20 @@ class FolderIndex:
                 self._write(lambda db: [self._drop(db, e) for e in removed])
             for i in range(0, len(todo), _BATCH):
                 self._index_files(todo[i : i + _BATCH], known, keep)
-            return [
-                e.problem
-                for e in sorted(self.entries().values(), key=lambda e: e.name)
-                if e.problem
-            ]
+            entries = sorted(self.entries().values(), key=lambda e: e.name)
+        return [
+            f"left out of the catalog: {e.problem}" if e.problem else f"partly read: {e.damage}"
+            for e in entries
+            if e.problem or e.damage
+        ]
+
+    def left_out(self) -> list[str]:
+        """Names of the files left out of the catalog (not one valid run each)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name FROM folder_files WHERE problem IS NOT NULL ORDER BY name"
+            ).fetchall()
+        return [name for (name,) in rows]
 
     def _orphans_of(self, removed: list[Entry], known: dict[str, Entry]) -> set[str]:
         """Files left out as copies of a run whose indexed file is going away: read again."""
@@ -358,10 +370,11 @@ class FolderIndex:
                         _UPSERT_PARENT, [(child, kind, uid) for child, kind in run.children()]
                     )
                 db.execute("DELETE FROM folder_files WHERE name = ?", (name,))
+                damage = run.damage if run is not None and problem is None else None
                 db.execute(
-                    "INSERT INTO folder_files (name, size, mtime_ns, uid, problem) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (name, size, mtime, uid, problem),
+                    "INSERT INTO folder_files (name, size, mtime_ns, uid, problem, damage) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, size, mtime, uid, problem, damage),
                 )
 
         self._write(record)
@@ -443,7 +456,8 @@ class FolderIndex:
             def change(db: sqlite3.Connection) -> None:
                 for name, uid, size, mtime in files:
                     updated = db.execute(
-                        "UPDATE folder_files SET size = ?, mtime_ns = ?, uid = ?, problem = NULL "
+                        "UPDATE folder_files SET size = ?, mtime_ns = ?, uid = ?, problem = NULL, "
+                        "damage = NULL "
                         "WHERE name = ?",
                         (size, mtime, uid, name),
                     ).rowcount

@@ -93,6 +93,8 @@ class ParsedRun:
     assets: list[tuple[str, bytes]] = field(default_factory=list)
     datums: dict[str, tuple[str, dict]] = field(default_factory=dict)
     nbytes: int = 0
+    #: Where the file is damaged and what was left out because of it (None: read whole).
+    damage: str | None = None
 
     @property
     def uid(self) -> str:
@@ -168,7 +170,7 @@ class _Builder:
         self.waiting: dict[str, None] = {}
 
     def add(self, number: int, name: str, doc: dict) -> None:
-        doc = validate(name, doc)
+        """Take in one document, checked already (``validate``)."""
         if name not in ("event", "event_page"):
             doc = to_builtin(doc)  # msgpack gives numpy values; stores keep plain JSON
         if self.run is None:
@@ -265,6 +267,11 @@ class _Builder:
                 run.nbytes += len(page.data) + len(page.extra)
         self.waiting.clear()
 
+    def damaged(self, message: str) -> None:
+        """The file cannot be read past here: keep what came before, and say so."""
+        assert self.run is not None
+        self.run.damage = message
+
     def finish(self) -> ParsedRun:
         if self.run is None:
             raise BadRunFile("no documents; a run file starts with its start document")
@@ -280,11 +287,20 @@ class _Builder:
 def parse(path: str | Path) -> ParsedRun:
     """Read and check one run's file; raise :class:`BadRunFile` naming what is wrong where.
 
+    A damaged document after the start (a line cut short by a crash, or one that is not a
+    valid document) ends the reading there: the documents before it are kept, the run has
+    no stop (as a crashed run in any catalog) unless one came before, and ``damage`` says
+    where the file is damaged and that what follows was left out.
+
     Example:
         >>> path, = run.export("jsonl", tmp_path)
         >>> parsed = parse(path)
-        >>> parsed.uid == run.uid, len(parsed.descriptor_docs())
-        (True, 1)
+        >>> parsed.uid == run.uid, len(parsed.descriptor_docs()), parsed.damage
+        (True, 1, None)
+        >>> with open(path, "ab") as f:
+        ...     _ = f.write(b'["event", {"uid": "cut sh')
+        >>> parse(path).damage.endswith("the documents after it are left out")
+        True
     """
     global _parsed
     _parsed += 1
@@ -292,8 +308,21 @@ def parse(path: str | Path) -> ParsedRun:
     stat = path.stat()
     builder = _Builder(path, stat.st_size, stat.st_mtime_ns)
     number = 0
+    documents = iter(read_documents(path))
     try:
-        for number, (name, doc) in enumerate(read_documents(path), 1):
+        while True:
+            number += 1
+            try:
+                name, doc = next(documents)
+                doc = validate(name, doc)
+            except StopIteration:
+                number -= 1
+                break
+            except (ExportError, DocumentError) as err:
+                if builder.run is None:
+                    raise
+                builder.damaged(_damage(path, number, err))
+                break
             builder.add(number, name, doc)
         return builder.finish()
     except ExportError as err:
@@ -301,6 +330,23 @@ def parse(path: str | Path) -> ParsedRun:
     except (BadRunFile, DocumentError, KeyError, TypeError, ValueError) as err:
         reason = f"missing key {err}" if isinstance(err, KeyError) else str(err)
         raise BadRunFile(f"{path}, {_where(path, number)}: {reason}") from None
+    finally:
+        close = getattr(documents, "close", None)
+        if close is not None:
+            close()
+
+
+def _damage(path: Path, number: int, err: Exception) -> str:
+    """What a warning says of a file damaged at its ``number``-th document."""
+    reason = str(err)
+    if reason.startswith(str(path)):  # the reader names the file and the line itself
+        text = reason
+    else:
+        text = f"{path}, {_where(path, number)}: {reason}"
+    return (
+        f"{text}; the run is read up to there (with no stop document, as a crashed run, "
+        "unless one came before) and the documents after it are left out"
+    )
 
 
 def _where(path: Path, number: int) -> str:
