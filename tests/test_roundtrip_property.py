@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import runbroker
 from runbroker.queries import (
+    epoch,
     And,
     Comparison,
     Contains,
@@ -294,9 +295,11 @@ def leaf_queries():
         st.builds(KeyPresent, query_key),
         st.builds(
             lambda a, b: (
-                TimeRange(since=a, until=b)
+                TimeRange(
+                    since=None if a is None else epoch(a), until=None if b is None else epoch(b)
+                )
                 if a is None or b is None or a <= b
-                else TimeRange(since=b, until=a)
+                else TimeRange(since=epoch(b), until=epoch(a))
             ),
             st.none() | st.sampled_from([0.0, 1.0, 2.0, 3.5, 5.0]),
             st.none() | st.sampled_from([1.0, 2.0, 3.5, 11.0]),

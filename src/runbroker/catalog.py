@@ -18,6 +18,7 @@ from event_model import unpack_datum_page, unpack_event_page
 
 from .assets import Assets, external_kind
 from .derived import derived_from, save_derived
+from .emptysearch import warn_if_unknown
 from .queries import And, Key, PartialUID, Query, ScanID
 from .store.base import RunRecord, Store
 from .stream import Stream
@@ -201,16 +202,24 @@ class Catalog:
         self.close()
 
     # -- finding
-    def search(self, query: Query) -> Catalog:
+    def search(self, query: Query | Mapping[str, Any]) -> Catalog:
         """A new catalog of the runs that also match ``query``; chainable.
+
+        ``query`` is a query object or a MongoDB-style dict (see :mod:`runbroker.mongoquery`).
 
         Example:
             >>> hits = cat.search(Key("plan_name") == "scan").search(ScanIDRange(1, 9))
             >>> [run.start["plan_name"] for run in hits.values()]
             ['scan']
+            >>> len(cat.search({"plan_name": "scan", "scan_id": {"$lt": 9}}))
+            1
         """
+        if isinstance(query, Mapping):
+            query = Query.from_mongo(query)
         if not isinstance(query, Query):
-            raise TypeError(f"search() takes a runbroker query, not {type(query).__name__}")
+            raise TypeError(
+                f"search() takes a runbroker query or a dict query, not {type(query).__name__}"
+            )
         return Catalog(
             self.store,
             query if self.query is None else And(self.query, query),
@@ -218,7 +227,10 @@ class Catalog:
         )
 
     def __len__(self) -> int:
-        return self.store.count(self.query)
+        n = self.store.count(self.query)
+        if not n:
+            warn_if_unknown(self.store, self.query)
+        return n
 
     def _records(self) -> Iterator[RunRecord]:
         # Small first batch (people often look at the first few), growing after that.
@@ -227,6 +239,8 @@ class Catalog:
         before, size = None, _FIRST_BATCH
         while True:
             batch = self.store.search(self.query, limit=size, before=before)
+            if not batch and before is None:
+                warn_if_unknown(self.store, self.query)
             yield from batch
             if len(batch) < size:
                 return

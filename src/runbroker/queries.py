@@ -62,6 +62,7 @@ __all__ = [
     "And",
     "Comparison",
     "Contains",
+    "EmptySearchWarning",
     "FullText",
     "In",
     "Key",
@@ -76,6 +77,7 @@ __all__ = [
     "ScanID",
     "ScanIDRange",
     "TimeRange",
+    "epoch",
     "lookup",
     "parse_time",
     "scalar_equal",
@@ -86,14 +88,28 @@ __all__ = [
 _OPS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 _ORDER = {"lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge}
 _TIME_EXAMPLES = (
-    "'2021-12-06', '2021-12-06 15:46', '2021-12-06 15:46:30', '2021-12-06T15:46:30+02:00'"
+    "'2021', '2021-12', '2021-12-06', '2021-12-06 15:46', '2021-12-06 15:46:30', "
+    "'2021-12-06T15:46:30+02:00' or '@1638805560' (epoch seconds)"
 )
+# A year, or a year and month: databroker's shortest time strings, which ISO parsing refuses.
+_YEAR_MONTH = re.compile(r"(\d{4})(?:-(\d{2}))?")
 
 
 class QueryError(ValueError):
     """A query is malformed; the message names the offending key, value or field.
 
     >>> isinstance(QueryError("bad"), ValueError)
+    True
+    """
+
+
+class EmptySearchWarning(UserWarning):
+    """A search found nothing, and a key or a value of its query may be why.
+
+    Raised (as a warning, once per catalog and key) when no run has a key the query names,
+    or when a comparison's value is of a type the key never holds (``"108"`` for a number).
+
+    >>> issubclass(EmptySearchWarning, UserWarning)
     True
     """
 
@@ -208,25 +224,62 @@ def _zone(timezone: str | None) -> ZoneInfo | None:
         raise QueryError(f"unknown timezone {timezone!r}; use an IANA name like 'UTC'") from err
 
 
-def parse_time(value: Any, timezone: str | None = None) -> float:
-    """Convert epoch seconds, a datetime/date or an ISO 8601 string to epoch seconds.
+def epoch(seconds: float) -> str:
+    """Mark epoch seconds for a time bound: ``TimeRange(since=epoch(time.time() - 3600))``.
 
+    A bare number is refused as a time (a year or epoch seconds?); this says which it is.
+
+    >>> epoch(1638805560), parse_time(epoch(0.1 + 0.2)) == 0.1 + 0.2
+    ('@1638805560.0', True)
+    """
+    value = _plain(seconds)
+    if _kind(value) != "number" or not math.isfinite(value):
+        raise QueryError(f"epoch seconds must be a finite number, got {seconds!r}")
+    return f"@{float(value)!r}"
+
+
+def _parse_text(text: str) -> datetime | float:
+    if text.startswith("@"):
+        try:
+            seconds = float(text[1:])
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds):
+            raise QueryError(f"time {text!r}: '@' must be followed by epoch seconds, e.g. '@1.7e9'")
+        return seconds
+    try:
+        partial = _YEAR_MONTH.fullmatch(text)
+        if partial:
+            return datetime(int(partial[1]), int(partial[2] or 1), 1)
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise QueryError(
+            f"cannot parse time {text!r}; expected a datetime or a string like {_TIME_EXAMPLES}"
+        ) from None
+
+
+def parse_time(value: Any, timezone: str | None = None) -> float:
+    """Convert a datetime/date, an ISO 8601 string or ``"@<epoch seconds>"`` to epoch seconds.
+
+    ``"2021"`` and ``"2021-12"`` mean the start of that year or month, as in databroker.
     Naive datetimes and strings without an offset are read in ``timezone`` (an IANA name),
-    or in the machine's local timezone when it is None.
+    or in the machine's local timezone when it is None. A bare number is refused: it could
+    be a year or epoch seconds. Mark epoch seconds as ``"@1638805560"``, or pass
+    ``datetime.fromtimestamp(seconds)``.
 
     >>> parse_time("2021-12-06 15:46", timezone="UTC")
     1638805560.0
+    >>> parse_time("2021", timezone="UTC") == parse_time("2021-01-01", timezone="UTC")
+    True
+    >>> parse_time("@1638805560.5")
+    1638805560.5
     """
     value = _plain(value)
     zone = _zone(timezone)
     if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise QueryError(
-                f"cannot parse time {value!r}; expected epoch seconds, a datetime, "
-                f"or a string like {_TIME_EXAMPLES}"
-            ) from None
+        value = _parse_text(value.strip())
+        if isinstance(value, float):
+            return value
     elif isinstance(value, date) and not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
     if isinstance(value, datetime):
@@ -236,10 +289,15 @@ def parse_time(value: Any, timezone: str | None = None) -> float:
             return value.timestamp()
         except (OverflowError, OSError, ValueError) as err:  # e.g. year 1 in a +hh zone
             raise QueryError(f"time {value!r} is out of range: {err}") from None
-    if _kind(value) == "number" and math.isfinite(value):
-        return float(value)
+    if _kind(value) == "number":
+        year = isinstance(value, int) and 1000 <= value <= 9999
+        raise QueryError(
+            f"time {value!r} is a bare number, which could be a year or epoch seconds: "
+            + (f"write the year as a string, '{value}', or " if year else "")
+            + f"mark epoch seconds as '@{value}' or pass datetime.fromtimestamp({value})"
+        )
     raise QueryError(
-        f"time must be epoch seconds, a datetime or a string like {_TIME_EXAMPLES}; "
+        f"time must be a datetime or a string like {_TIME_EXAMPLES}; "
         f"got {type(value).__name__} {value!r}"
     )
 
@@ -333,12 +391,29 @@ class Query:
                     raise QueryError(f"query type {tag!r}: 'queries' must be a list")
                 value = [Query.from_dict(v) for v in value]
             kwargs[f.name] = value
+        kwargs = target._decode(kwargs)
         if target._varargs is not None:
             values = kwargs[target._varargs]
             if not isinstance(values, list | tuple):
                 raise QueryError(f"query type {tag!r}: {target._varargs!r} must be a list")
             return target(*values)
         return target(**kwargs)
+
+    @classmethod
+    def _decode(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # Where a field's serialised form differs from what the constructor takes.
+        return kwargs
+
+    @classmethod
+    def from_mongo(cls, spec: Mapping[str, Any]) -> Query:
+        """Translate a MongoDB-style dict, as databroker users write them (see mongoquery).
+
+        >>> Query.from_mongo({"num_points": {"$gt": 20}})
+        Key('num_points') > 20
+        """
+        from .mongoquery import from_mongo
+
+        return from_mongo(spec)
 
     def to_json(self) -> str:
         """Compact JSON text of :meth:`to_dict`.
@@ -644,9 +719,21 @@ class TimeRange(Query, tag="time_range"):
         for name in ("since", "until"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, parse_time(value, self.timezone))
+                try:
+                    seconds = parse_time(value, self.timezone)
+                except QueryError as err:
+                    raise QueryError(f"TimeRange {name}: {err}") from None
+                object.__setattr__(self, name, seconds)
         if self.since is not None and self.until is not None and self.since > self.until:
             raise QueryError(f"{self!r}: since is after until")
+
+    @classmethod
+    def _decode(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # The JSON form holds epoch seconds, which the constructor takes only when marked.
+        return {
+            name: epoch(value) if name in ("since", "until") and _is_number(value) else value
+            for name, value in kwargs.items()
+        }
 
     def _show(self, t: float | None) -> str:
         if t is None:
@@ -655,9 +742,9 @@ class TimeRange(Query, tag="time_range"):
             zone = _zone(self.timezone)
             text = datetime.fromtimestamp(t, zone).astimezone(zone).isoformat(" ")
         except (OverflowError, OSError, ValueError):
-            return repr(t)
+            return repr(epoch(t))
         # Show the readable form only if it parses back to exactly the same float.
-        return repr(text) if parse_time(text) == t else repr(t)
+        return repr(text) if parse_time(text) == t else repr(epoch(t))
 
     def __repr__(self) -> str:
         since, until = self._show(self.since), self._show(self.until)
