@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 import runbroker.queries as rq
 from runbroker.queries import (
-    epoch,
     MISSING,
     And,
     Comparison,
@@ -33,6 +32,7 @@ from runbroker.queries import (
     ScanID,
     ScanIDRange,
     TimeRange,
+    epoch,
     lookup,
     parse_time,
     scalar_equal,
@@ -761,3 +761,48 @@ def test_time_range_evaluation():
     assert day.matches(run({"time": datetime(2021, 12, 6, 18, 29, tzinfo=utc).timestamp()}))
     assert not day.matches(run({"time": datetime(2021, 12, 6, 18, 30, tzinfo=utc).timestamp()}))
     assert not day.matches(run({"time": datetime(2021, 12, 5, 18, 29, tzinfo=utc).timestamp()}))
+
+
+def test_year_and_month_strings_as_databroker_took_them():
+    utc = ZoneInfo("UTC")
+    year = TimeRange(since="2026", until="2027", timezone="UTC")
+    assert (year.since, year.until) == (
+        datetime(2026, 1, 1, tzinfo=utc).timestamp(),
+        datetime(2027, 1, 1, tzinfo=utc).timestamp(),
+    )
+    november = TimeRange(since="2026-11", until="2026-12", timezone="Europe/Paris")
+    assert november.since == datetime(2026, 11, 1, tzinfo=ZoneInfo("Europe/Paris")).timestamp()
+    assert november.matches(run({"time": datetime(2026, 11, 30, 12, tzinfo=utc).timestamp()}))
+    assert not november.matches(run({"time": datetime(2026, 12, 1, tzinfo=utc).timestamp()}))
+    for bad in ["2026-13", "2026-1", "0000", "20261"]:
+        with pytest.raises(QueryError, match=re.escape(repr(bad))):
+            TimeRange(since=bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (1.7e9, ["since", "bare number", "'@1700000000.0'", "datetime.fromtimestamp"]),
+        (2026, ["since", "write the year as a string, '2026'", "'@2026'"]),
+        (np.float64(5.0), ["'@5.0'"]),
+    ],
+)
+def test_a_bare_number_is_refused_as_a_time(value, says):
+    with pytest.raises(QueryError) as info:
+        TimeRange(since=value)
+    for needle in says:
+        assert needle in str(info.value)
+
+
+def test_epoch_seconds_when_marked():
+    assert TimeRange(since="@1700000000", until=epoch(1.7e9 + 0.5)).until == 1.7e9 + 0.5
+    assert parse_time(datetime.fromtimestamp(1.7e9)) == 1.7e9
+    for bad in ["@", "@soon", "@nan", "@inf"]:
+        with pytest.raises(QueryError, match="epoch seconds"):
+            parse_time(bad)
+    for bad in [True, math.nan, "1.5"]:
+        with pytest.raises(QueryError):
+            epoch(bad)
+    # The JSON form holds epoch seconds: what earlier versions wrote still reads back.
+    q = Query.from_json('{"type":"time_range","since":1700000000,"until":null,"timezone":null}')
+    assert q == TimeRange(since="@1700000000") and Query.from_json(q.to_json()) == q

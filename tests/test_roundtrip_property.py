@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 import runbroker
 from runbroker.queries import (
-    epoch,
     And,
     Comparison,
     Contains,
@@ -30,6 +29,7 @@ from runbroker.queries import (
     ScanID,
     ScanIDRange,
     TimeRange,
+    epoch,
 )
 from runbroker.testing.postgres import new_schema
 

@@ -221,7 +221,7 @@ def parse_query(text: str, option: str = "--query") -> Query:
     try:
         data = json.loads(text)
     except ValueError as err:
-        raise QueryError(f"{option} {text!r} is not valid JSON: {err}") from None
+        raise QueryError(f"{option} {text!r}: not valid JSON: {err}") from None
     try:
         return Query.from_dict(data) if is_query_form(data) else from_mongo(data)
     except QueryError as err:
