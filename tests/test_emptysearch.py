@@ -72,3 +72,9 @@ def test_no_warning_when_the_keys_and_types_are_right(filled, catalog):
 def test_an_empty_catalog_does_not_warn(make_catalog):
     found, said = _warnings(lambda: len(make_catalog().search(Key("smaple") == "Ni")))
     assert (found, said) == (0, [])
+
+
+def test_searches_runbroker_makes_itself_do_not_warn(filled):
+    # run.derived searches a key only derived runs have: finding nothing is the usual answer.
+    found, said = _warnings(lambda: (len(filled[-1].derived), list(filled[-1].derived)))
+    assert (found, said) == ((0, []), [])

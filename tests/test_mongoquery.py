@@ -22,6 +22,7 @@ from runbroker.queries import (
     QueryError,
     Regex,
     ScanIDRange,
+    SubDocument,
 )
 
 
@@ -54,6 +55,12 @@ def test_each_operator_translates_to_the_query_objects():
     assert from_mongo({"a": None}) == Or(Key("a") == None, Contains("a", None), ~KeyPresent("a"))  # noqa: E711
     assert from_mongo({"n": {"$gte": 1, "$lt": 5}}) == (Key("n") >= 1) & (Key("n") < 5)
     assert from_mongo({"sample.name": "Cu"}) == _eq("sample.name", "Cu")
+    whole = SubDocument("sample", {"name": "Cu", "x": {"y": 1}})
+    assert from_mongo({"sample": {"x": {"y": 1}, "name": "Cu"}}) == whole
+    assert from_mongo({"sample": {"$eq": {"name": "Cu", "x": {"y": 1}}}}) == whole
+    assert from_mongo({"sample": {"$in": [{"name": "Cu", "x": {"y": 1}}, "Ni"]}}) == Or(
+        whole, Key("sample") == "Ni", Contains("sample", "Ni")
+    )
     assert from_mongo({"stop.exit_status": "success"}) == _eq("stop.exit_status", "success")
     assert from_mongo({}) == from_mongo({"$and": [{}]}).queries[0]  # {} matches every run
     assert Query.from_mongo({"n": {"$gt": 1}}) == (Key("n") > 1)
@@ -67,7 +74,8 @@ def test_each_operator_translates_to_the_query_objects():
         ({"a": {"$where": "x"}}, ["'$where'", "key 'a'", "supported operators: $eq"]),
         ({"$where": "x"}, ["'$where'", "top level", "$and"]),
         ({"a": {"$elemMatch": {"b": 1}}}, ["'$elemMatch'"]),
-        ({"sample": {"name": "Cu"}}, ["key 'sample'", "sub-document", '"sample.name"']),
+        ({"sample": {"name": [1]}}, ["key 'sample.name'", "JSON scalar"]),
+        ({"sample": {"a.b": 1}}, ["key 'sample'", "'a.b'", "dotless"]),
         ({"a": [1, 2]}, ["key 'a'", "array equality", "$in"]),
         ({"a": {"$in": [[1]]}}, ["key 'a'", "array equality"]),
         ({"a": {"$in": "ab"}}, ["key 'a'", "$in takes a list"]),
@@ -153,3 +161,36 @@ def test_dict_searches_find_what_the_query_objects_find(catalog, runs):
         assert len(catalog.search(spec)) == len(expected), spec
     chained = catalog.search({"plan_name": "scan"}).search({"sample": "Cu"})
     assert [run.start["num_points"] for run in chained.values()] == [25]
+
+
+def test_a_dict_value_is_the_whole_sub_document_as_in_mongodb(catalog, RE):
+    shapes = {
+        "exact": {"name": "Cu"},
+        "more": {"name": "Cu", "form": "foil"},
+        "nested": {"name": "Cu", "x": {"y": 1}},
+        "deeper": {"name": "Cu", "x": {"y": 1, "z": 2}},
+        "listed": {"name": "Cu", "l": [1]},
+        "empty": {},
+        "flat": "Cu",
+    }
+    for label, sample in shapes.items():
+        RE(count([det], 1), sample=sample, label=label)
+    catalog.flush()
+    records = [{"start": run.start, "stop": run.stop} for run in catalog.values()]
+
+    def labels(found):
+        return sorted(run.start["label"] for run in found.values())
+
+    for spec, expected in [
+        ({"sample": {"name": "Cu"}}, ["exact"]),
+        ({"sample": {"form": "foil", "name": "Cu"}}, ["more"]),
+        ({"sample": {"name": "Cu", "x": {"y": 1}}}, ["nested"]),
+        ({"sample": {"name": "Cu", "x": {}}}, []),
+        ({"sample": {}}, ["empty"]),
+        ({"sample": {"$ne": {"name": "Cu"}}}, sorted(set(shapes) - {"exact"})),
+        ({"sample.name": "Cu"}, ["deeper", "exact", "listed", "more", "nested"]),
+    ]:
+        query = from_mongo(spec)
+        assert labels(catalog.search(spec)) == expected, spec
+        reference = sorted(r["start"]["label"] for r in records if query.matches(r))
+        assert reference == expected, spec

@@ -80,6 +80,9 @@ class Catalog:
         self.query = query
         # How detector files are found and read (handlers, root_map); shared by searches.
         self.assets = assets if assets is not None else Assets()
+        # The queries given to search(), looked into when nothing is found: not those that
+        # runbroker makes itself (run.derived), where finding nothing is the usual answer.
+        self._searched: tuple[Query, ...] = ()
 
     # -- writing
     def insert(self, name: str, doc: dict) -> None:
@@ -220,16 +223,18 @@ class Catalog:
             raise TypeError(
                 f"search() takes a runbroker query or a dict query, not {type(query).__name__}"
             )
-        return Catalog(
+        found = Catalog(
             self.store,
             query if self.query is None else And(self.query, query),
             assets=self.assets,
         )
+        found._searched = (*self._searched, query)
+        return found
 
     def __len__(self) -> int:
         n = self.store.count(self.query)
         if not n:
-            warn_if_unknown(self.store, self.query)
+            warn_if_unknown(self.store, self._searched)
         return n
 
     def _records(self) -> Iterator[RunRecord]:
@@ -240,7 +245,7 @@ class Catalog:
         while True:
             batch = self.store.search(self.query, limit=size, before=before)
             if not batch and before is None:
-                warn_if_unknown(self.store, self.query)
+                warn_if_unknown(self.store, self._searched)
             yield from batch
             if len(batch) < size:
                 return

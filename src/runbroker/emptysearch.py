@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -26,6 +26,7 @@ from .queries import (
     Or,
     Query,
     Regex,
+    SubDocument,
     lookup,
 )
 from .store.base import Store
@@ -42,22 +43,21 @@ _checked: WeakKeyDictionary[Any, set[tuple[str, str | None]]] = WeakKeyDictionar
 _warned: WeakKeyDictionary[Any, set[str]] = WeakKeyDictionary()
 
 
-def warn_if_unknown(store: Store, query: Query | None) -> None:
-    """Warn about the keys of ``query`` (whose search found nothing) that explain why.
+def warn_if_unknown(store: Store, queries: Iterable[Query]) -> None:
+    """Warn about the keys of ``queries`` (whose search found nothing) that explain why.
 
     Example:
         >>> import warnings
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")
-        ...     warn_if_unknown(cat.store, Key("plan_nam") == "scan")
+        ...     warn_if_unknown(cat.store, [Key("plan_nam") == "scan"])
         >>> print(caught[0].message)  # doctest: +ELLIPSIS
         no run in ... has the key 'plan_nam'; nearest keys: 'plan_name', ...
     """
-    if query is None:
-        return
     checked = _checked.setdefault(store, set())
     warned = _warned.setdefault(store, set())
-    todo = [(key, kind, leaf) for key, kind, leaf in _leaves(query) if (key, kind) not in checked]
+    leaves = [leaf for query in queries for leaf in _leaves(query)]
+    todo = [(key, kind, leaf) for key, kind, leaf in leaves if (key, kind) not in checked]
     if not todo or not store.search(None, limit=1):
         return  # nothing new to look into, or a catalog without runs, which has no keys
     for key, kind, leaf in todo:
@@ -88,7 +88,7 @@ def _leaves(query: Query) -> Iterator[tuple[str, str | None, Query]]:
     elif isinstance(query, Regex):
         yield query.key, None, query
         yield query.key, "str", query
-    elif isinstance(query, Contains | KeyPresent):
+    elif isinstance(query, Contains | KeyPresent | SubDocument):
         yield query.key, None, query
 
 

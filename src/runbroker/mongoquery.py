@@ -19,10 +19,13 @@ Meaning, as in MongoDB:
 - Dotted keys reach into nested dicts: ``{"sample.name": "Cu"}``; ``stop.`` reaches the stop
   document.
 
-A dict as a value (``{"sample": {"name": "Cu"}}``) means, in MongoDB, that the whole
-sub-document equals it, field for field and in order; a list means the whole array equals it.
-Neither is searchable here and both are refused, naming the dotted form to use instead. So is
-any other operator.
+- A dict as a value, ``{"sample": {"name": "Cu"}}``, asks that the whole sub-document equals
+  it: the same fields (in any order, where MongoDB also wants the same order) and values
+  (:class:`~runbroker.queries.SubDocument`). ``{"sample.name": "Cu"}`` asks only for the one
+  field.
+
+A list as a value means in MongoDB that the whole array equals it: that is not searchable
+here and is refused, naming ``$in`` instead. So is any other operator.
 """
 
 from __future__ import annotations
@@ -33,7 +36,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from .queries import _REGISTRY as TAGS
-from .queries import And, Comparison, Contains, In, Key, KeyPresent, Not, Or, Query, QueryError
+from .queries import (
+    And,
+    Comparison,
+    Contains,
+    In,
+    Key,
+    KeyPresent,
+    Not,
+    Or,
+    Query,
+    QueryError,
+    SubDocument,
+)
 from .queries import Regex as RegexQuery
 
 __all__ = ["OPERATORS", "from_mongo", "is_query_form", "parse_query"]
@@ -97,7 +112,7 @@ def _field(key: str, value: Any) -> Query:
     if isinstance(value, Mapping):
         ops = [op for op in value if isinstance(op, str) and op.startswith("$")]
         if not ops:
-            raise _whole_value(key, value)
+            return _equal_any(key, [value])
         if len(ops) != len(value):
             raise QueryError(
                 f"key {key!r}: {dict(value)!r} mixes operators and field names; "
@@ -148,14 +163,17 @@ def _operators(key: str, ops: Mapping[str, Any]) -> Query:
 def _equal_any(key: str, values: list[Any]) -> Query:
     # MongoDB's equality also matches a list holding the value, and a null matches a
     # missing key: both are habits of databroker queries ({"detectors": "det"}).
-    for v in values:
-        if isinstance(v, Mapping | list | tuple):
-            raise _whole_value(key, v)
-    equal: Query = Comparison(key, "eq", values[0]) if len(values) == 1 else In(key, values)
-    parts = [equal, *(Contains(key, v) for v in values)]
-    if None in values:
+    parts: list[Query] = [SubDocument(key, v) for v in values if isinstance(v, Mapping)]
+    scalars = [v for v in values if not isinstance(v, Mapping)]
+    for v in scalars:
+        if isinstance(v, list | tuple):
+            raise _whole_array(key, v)
+    if scalars:
+        parts.append(Comparison(key, "eq", scalars[0]) if len(scalars) == 1 else In(key, scalars))
+        parts.extend(Contains(key, v) for v in scalars)
+    if None in scalars:
         parts.append(Not(KeyPresent(key)))
-    return Or(*parts)
+    return parts[0] if len(parts) == 1 else Or(*parts)
 
 
 def _regex(key: str, pattern: Any, options: Any) -> Query:
@@ -178,13 +196,7 @@ def _regex(key: str, pattern: Any, options: Any) -> Query:
     return RegexQuery(key, pattern, case_sensitive=not ignore_case)
 
 
-def _whole_value(key: str, value: Any) -> QueryError:
-    if isinstance(value, Mapping):
-        dotted = ", ".join(f"{json.dumps(key + '.' + str(k))}: ..." for k in value)
-        return QueryError(
-            f"key {key!r}: a dict value {dict(value)!r} asks for exact sub-document equality, "
-            f"which runbroker does not search; match its fields by dotted keys: {{{dotted}}}"
-        )
+def _whole_array(key: str, value: Any) -> QueryError:
     return QueryError(
         f"key {key!r}: a list value {list(value)!r} asks for exact array equality, which "
         f"runbroker does not search; use {{{json.dumps(key)}: {{'$in': [...]}}}} for any of "

@@ -29,6 +29,8 @@ equivalent Python scalars. Query values must be scalars; floats must be finite.
 - ``Contains(key, v)``: the value is a list with an element scalar_equal to v.
 - ``Regex(key, p, case_sensitive)``: the value is a str and ``re.search(p, value)`` finds a
   match (Python ``re`` syntax; ``re.IGNORECASE`` when not case sensitive).
+- ``SubDocument(key, d)``: the value is a dict with exactly the fields of d, each equal
+  (scalar_equal, or SubDocument again for a dict); d holds no lists.
 - ``KeyPresent(key)``: the key is not missing (any value, None included).
 - ``FullText(text)``: every token of text equals some token of some str value anywhere in the
   start document (through nested dicts and lists; values only, not field names). Tokens are
@@ -76,6 +78,7 @@ __all__ = [
     "Regex",
     "ScanID",
     "ScanIDRange",
+    "SubDocument",
     "TimeRange",
     "epoch",
     "lookup",
@@ -624,6 +627,73 @@ class Contains(Query, tag="contains"):
     def matches(self, record: Mapping[str, Any]) -> bool:
         value = lookup(record, self.key)
         return isinstance(value, list | tuple) and any(scalar_equal(v, self.value) for v in value)
+
+
+def _subdocument(key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise QueryError(f"key {key!r}: SubDocument takes a dict, got {value!r}")
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not name or "." in name:
+            raise QueryError(f"key {key!r}: field {name!r} of a sub-document must be a dotless str")
+        path = f"{key}.{name}"
+        out[name] = _subdocument(path, item) if isinstance(item, Mapping) else _scalar(path, item)
+    return out
+
+
+def _same_document(stored: Any, wanted: Mapping[str, Any]) -> bool:
+    return (
+        isinstance(stored, Mapping)
+        and set(stored) == set(wanted)
+        and all(
+            _same_document(stored[k], v) if isinstance(v, Mapping) else scalar_equal(stored[k], v)
+            for k, v in wanted.items()
+        )
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class SubDocument(Query, tag="sub_document"):
+    """The value at key is a dict with exactly these fields and values (in any order), as
+    MongoDB's ``{"sample": {"name": "Cu"}}`` asks.
+
+    >>> q = SubDocument("sample", {"name": "Cu"})
+    >>> q.matches({"start": {"sample": {"name": "Cu"}}}), q.matches({"start": {"sample": {}}})
+    (True, False)
+    """
+
+    key: str
+    value: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        split_key(self.key)
+        object.__setattr__(self, "value", _subdocument(self.key, self.value))
+
+    def _canonical(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)  # fields in any order are equal
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SubDocument) and other._canonical() == self._canonical()
+
+    def __hash__(self) -> int:
+        return hash(self._canonical())
+
+    def leaves(self) -> list[tuple[str, Any]]:
+        """Every (dotted key, value) of the sub-document, dicts before their fields.
+
+        >>> SubDocument("s", {"a": {"b": 1}}).leaves()
+        [('s', {'a': {'b': 1}}), ('s.a', {'b': 1}), ('s.a.b', 1)]
+        """
+        out, stack = [], [(self.key, self.value)]
+        while stack:
+            key, value = stack.pop(0)
+            out.append((key, value))
+            if isinstance(value, Mapping):
+                stack[:0] = [(f"{key}.{k}", v) for k, v in value.items()]
+        return out
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return _same_document(lookup(record, self.key), self.value)
 
 
 @dataclass(frozen=True)
