@@ -28,10 +28,14 @@ from runbroker.queries import (
     Regex,
     ScanID,
     ScanIDRange,
+    SubDocument,
     TimeRange,
     epoch,
 )
 from runbroker.testing.postgres import new_schema
+
+# Generated queries name keys and types that no generated run has, on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::runbroker.queries.EmptySearchWarning")
 
 SETTINGS = settings(
     deadline=None,
@@ -293,6 +297,15 @@ def leaf_queries():
             st.lists(st.sampled_from(WORDS), min_size=1, max_size=3).map(" ".join),
         ),
         st.builds(KeyPresent, query_key),
+        st.builds(
+            SubDocument,
+            query_key,
+            st.recursive(
+                st.dictionaries(pool_key, pool_value, max_size=2),
+                lambda inner: st.dictionaries(pool_key, inner | pool_value, max_size=2),
+                max_leaves=4,
+            ),
+        ),
         st.builds(
             lambda a, b: (
                 TimeRange(
