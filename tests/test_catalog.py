@@ -186,7 +186,7 @@ def test_bad_key_types(catalog, three):
         with pytest.raises(TypeError):
             catalog[key]
     with pytest.raises(TypeError, match="query"):
-        catalog.search({"plan_name": "scan"})
+        catalog.search("plan_name == 'scan'")  # a dict query is taken: see test_mongoquery
 
 
 def test_order_is_time_then_uid(catalog):

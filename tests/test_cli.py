@@ -61,8 +61,28 @@ def test_errors_are_one_readable_line(catalog, RE, tmp_path):
     nothing = _run("ls", str(tmp_path / "absent.db"))
     assert nothing.returncode == 1 and "no catalog at" in nothing.stderr
     assert not (tmp_path / "absent.db").exists()
-    bad = _run("ls", path, "--query", '{"type": "nonsense"}')
+    bad = _run("ls", path, "--query", '{"type": "and", "queries": [{"type": "nonsense"}]}')
     assert bad.returncode == 1 and "nonsense" in bad.stderr
+    unsupported = _run("ls", path, "--query", '{"sample": {"$size": 1}}')
+    assert unsupported.returncode == 1 and "Traceback" not in unsupported.stderr
+    assert "--query" in unsupported.stderr and "'$size'" in unsupported.stderr
+
+
+def test_query_option_takes_dict_queries_and_the_query_json_form(catalog, RE, tmp_path):
+    RE(count([det], 2), sample="Ni")
+    RE(scan([det], motor, -1, 1, 30), sample="Cu")
+    RE(scan([det], motor, -1, 1, 3), sample="Cu")
+    catalog.flush()
+    path = catalog.store.uri.removeprefix("sqlite:///")
+    dict_query = '{"plan_name": "scan", "num_points": {"$gt": 20}, "sample": {"$in": ["Cu"]}}'
+    for query in [dict_query, ((Key("num_points") > 20) & (Key("sample") == "Cu")).to_json()]:
+        out = _run("ls", path, "--query", query)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[0] == f"1 run in {path}", query
+        assert catalog.search({"num_points": 30}).keys().__next__()[:8] in out.stdout
+    exported = _run("export", path, str(tmp_path / "out"), "-f", "jsonl", "--query", dict_query)
+    assert exported.returncode == 0, exported.stderr
+    assert len(list((tmp_path / "out").iterdir())) == 1
 
 
 def test_version():

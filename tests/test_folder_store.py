@@ -76,7 +76,7 @@ def test_a_folder_of_exports_reads_as_its_source(exported, export_runs):
             Regex("sample", "^Fe"),
             ScanID(scalar.start["scan_id"]),
             PartialUID(scalar.uid[:6]),
-            TimeRange(since=scalar.start["time"] - 1, until=scalar.start["time"] + 1),
+            TimeRange(since=f"@{scalar.start['time'] - 1}", until=f"@{scalar.start['time'] + 1}"),
         ):
             assert list(cat.search(query)) == list(export_runs["catalog"].search(query)), query
 

@@ -71,7 +71,7 @@ def big_catalog(catalog):
         (Key("temperature") > 95.0, "ix_meta_num"),
         (Contains("detectors", "cam1"), "ix_meta_txt"),
         (ScanID(42), "ix_runs_scan_id"),
-        (TimeRange(since=1e9 + 10, until=1e9 + 20), "ix_runs_time_uid"),
+        (TimeRange(since="@1000000010", until="@1000000020"), "ix_runs_time_uid"),
     ],
     ids=["sample", "proposal", "beamtime", "range", "contains", "scan_id", "time"],
 )

@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 
 import runbroker
+from runbroker.cli import _mongo_filter
 from runbroker.importers import ImportReport, import_mongo
+from runbroker.queries import Key
 
 mongomock = pytest.importorskip("mongomock")
 
@@ -211,6 +213,21 @@ def test_query_selects_runs(
     assert report.copied == len(scans) == 2
     assert sorted(catalog) == sorted(scans)
     assert {run.start["plan_name"] for run in catalog.values()} == {"scan"}
+
+
+def test_query_object_and_the_cli_query_form_select_runs(
+    catalog: runbroker.Catalog, mongo_db: Any, recorded: dict[str, Docs]
+) -> None:
+    # A query object is applied to each run's start and stop, which MongoDB never sees.
+    scans = _by_plan(recorded, "scan")
+    query = (Key("plan_name") == "scan") & (Key("stop.exit_status") == "success")
+    report = import_mongo(mongo_db, catalog, query=query, progress=False)
+    assert report.copied == len(scans) == 2 and sorted(catalog) == sorted(scans)
+    # The command line's --query: a dict goes to MongoDB as it is, the JSON form is applied.
+    assert _mongo_filter('{"plan_name": {"$in": ["scan"]}}') == {"plan_name": {"$in": ["scan"]}}
+    assert _mongo_filter(query.to_json()) == query
+    with pytest.raises(runbroker.queries.QueryError, match="--query '\\[1\\]'"):
+        _mongo_filter("[1]")
 
 
 def test_old_resources_without_run_start(

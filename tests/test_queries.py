@@ -32,6 +32,7 @@ from runbroker.queries import (
     ScanID,
     ScanIDRange,
     TimeRange,
+    epoch,
     lookup,
     parse_time,
     scalar_equal,
@@ -67,7 +68,11 @@ def time_ranges(draw):
     since, until = draw(bounds), draw(bounds)
     if since is not None and until is not None and since > until:
         since, until = until, since
-    return TimeRange(since=since, until=until, timezone=draw(zones))
+    return TimeRange(
+        since=None if since is None else epoch(since),
+        until=None if until is None else epoch(until),
+        timezone=draw(zones),
+    )
 
 
 @st.composite
@@ -170,7 +175,7 @@ def test_to_dict_shapes():
     }
     assert FullText("x").to_dict() == {"type": "full_text", "text": "x"}
     assert KeyPresent("a").to_dict() == {"type": "key_present", "key": "a"}
-    assert TimeRange(since=1.5).to_dict() == {
+    assert TimeRange(since="@1.5").to_dict() == {
         "type": "time_range",
         "since": 1.5,
         "until": None,
@@ -221,7 +226,7 @@ def test_from_dict_rejects_bad_input(data, needle):
 
 def test_from_dict_fills_in_defaults_for_optional_fields():
     assert Query.from_dict({"type": "regex", "key": "a", "pattern": "x"}) == Regex("a", "x")
-    assert Query.from_dict({"type": "time_range", "since": 5}) == TimeRange(since=5)
+    assert Query.from_dict({"type": "time_range", "since": 5}) == TimeRange(since="@5")
     assert Query.from_dict({"type": "time_range"}) == TimeRange()
 
 
@@ -309,13 +314,13 @@ def test_reprs():
     assert repr(ScanID(1, 2)) == "ScanID(1, 2)"
     assert repr(PartialUID("ab")) == "PartialUID('ab')"
     assert repr(ScanID(1) & ~PartialUID("a")) == "And(ScanID(1), Not(PartialUID('a')))"
-    q = TimeRange(since="2021-12-06", until=1638900000.25, timezone="Europe/Paris")
+    q = TimeRange(since="2021-12-06", until="@1638900000.25", timezone="Europe/Paris")
     assert repr(q) == (
         "TimeRange(since='2021-12-06 00:00:00+01:00', "
         "until='2021-12-07 19:00:00.250000+01:00', timezone='Europe/Paris')"
     )
-    assert repr(TimeRange(until=0.1 + 0.2, timezone="UTC")).startswith(
-        "TimeRange(since=None, until=0.30000000000000004"
+    assert repr(TimeRange(until=epoch(0.1 + 0.2), timezone="UTC")).startswith(
+        "TimeRange(since=None, until='@0.30000000000000004'"
     )
 
 
@@ -691,10 +696,10 @@ def test_naive_values_use_local_time_when_no_timezone(local_tz):
 
 
 def test_parse_time_numbers_and_datetimes():
-    assert parse_time(1638748800) == 1638748800.0
-    assert type(parse_time(5)) is float
-    assert parse_time(1.25, "Europe/Paris") == 1.25
-    assert parse_time(np.float32(2.5)) == 2.5
+    assert parse_time("@1638748800") == 1638748800.0
+    assert type(parse_time("@5")) is float
+    assert parse_time("@1.25", "Europe/Paris") == 1.25
+    assert parse_time(" @-2.5e3 ") == -2500.0
     assert parse_time(datetime(2021, 12, 6), "UTC") == 1638748800.0
     assert parse_time(date(2021, 12, 6), "UTC") == 1638748800.0
 
@@ -722,13 +727,13 @@ def test_parse_time_out_of_range_is_a_query_error(local_tz):
 def test_unknown_timezone():
     for tz in ["Mars/Olympus", "", "../etc", 5]:
         with pytest.raises(QueryError, match=re.escape(repr(tz))):
-            TimeRange(since=0, timezone=tz)
+            TimeRange(since="@0", timezone=tz)
 
 
 def test_time_range_validation_and_storage():
     q = TimeRange(since="2021-12-06", until="2021-12-07", timezone="UTC")
     assert (q.since, q.until, q.timezone) == (1638748800.0, 1638835200.0, "UTC")
-    assert TimeRange(since=5, until=5).since == 5.0
+    assert TimeRange(since="@5", until="@5").since == 5.0
     with pytest.raises(QueryError, match="since is after until"):
         TimeRange(since="2021-12-07", until="2021-12-06", timezone="UTC")
     with pytest.raises(QueryError, match="'someday'"):
@@ -736,7 +741,7 @@ def test_time_range_validation_and_storage():
 
 
 def test_time_range_evaluation():
-    q = TimeRange(since=100, until=200)
+    q = TimeRange(since="@100", until="@200")
     assert q.matches(run({"time": 100}))
     assert q.matches(run({"time": 199.999}))
     assert not q.matches(run({"time": 200}))
@@ -746,9 +751,9 @@ def test_time_range_evaluation():
     assert not q.matches(run({}))
     assert TimeRange().matches(run({"time": -1e9}))
     assert not TimeRange().matches(run({}))
-    assert TimeRange(since=100).matches(run({"time": 1e12}))
-    assert TimeRange(until=100).matches(run({"time": -1e12}))
-    assert not TimeRange(since=100).matches(run({"time": math.nan}))
+    assert TimeRange(since="@100").matches(run({"time": 1e12}))
+    assert TimeRange(until="@100").matches(run({"time": -1e12}))
+    assert not TimeRange(since="@100").matches(run({"time": math.nan}))
     # The Kolkata day (UTC+05:30) runs from 18:30 UTC the day before to 18:30 UTC.
     day = TimeRange(since="2021-12-06", until="2021-12-07", timezone="Asia/Kolkata")
     utc = ZoneInfo("UTC")
@@ -756,3 +761,48 @@ def test_time_range_evaluation():
     assert day.matches(run({"time": datetime(2021, 12, 6, 18, 29, tzinfo=utc).timestamp()}))
     assert not day.matches(run({"time": datetime(2021, 12, 6, 18, 30, tzinfo=utc).timestamp()}))
     assert not day.matches(run({"time": datetime(2021, 12, 5, 18, 29, tzinfo=utc).timestamp()}))
+
+
+def test_year_and_month_strings_as_databroker_took_them():
+    utc = ZoneInfo("UTC")
+    year = TimeRange(since="2026", until="2027", timezone="UTC")
+    assert (year.since, year.until) == (
+        datetime(2026, 1, 1, tzinfo=utc).timestamp(),
+        datetime(2027, 1, 1, tzinfo=utc).timestamp(),
+    )
+    november = TimeRange(since="2026-11", until="2026-12", timezone="Europe/Paris")
+    assert november.since == datetime(2026, 11, 1, tzinfo=ZoneInfo("Europe/Paris")).timestamp()
+    assert november.matches(run({"time": datetime(2026, 11, 30, 12, tzinfo=utc).timestamp()}))
+    assert not november.matches(run({"time": datetime(2026, 12, 1, tzinfo=utc).timestamp()}))
+    for bad in ["2026-13", "2026-1", "0000", "20261"]:
+        with pytest.raises(QueryError, match=re.escape(repr(bad))):
+            TimeRange(since=bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (1.7e9, ["since", "bare number", "'@1700000000.0'", "datetime.fromtimestamp"]),
+        (2026, ["since", "write the year as a string, '2026'", "'@2026'"]),
+        (np.float64(5.0), ["'@5.0'"]),
+    ],
+)
+def test_a_bare_number_is_refused_as_a_time(value, says):
+    with pytest.raises(QueryError) as info:
+        TimeRange(since=value)
+    for needle in says:
+        assert needle in str(info.value)
+
+
+def test_epoch_seconds_when_marked():
+    assert TimeRange(since="@1700000000", until=epoch(1.7e9 + 0.5)).until == 1.7e9 + 0.5
+    assert parse_time(datetime.fromtimestamp(1.7e9)) == 1.7e9
+    for bad in ["@", "@soon", "@nan", "@inf"]:
+        with pytest.raises(QueryError, match="epoch seconds"):
+            parse_time(bad)
+    for bad in [True, math.nan, "1.5"]:
+        with pytest.raises(QueryError):
+            epoch(bad)
+    # The JSON form holds epoch seconds: what earlier versions wrote still reads back.
+    q = Query.from_json('{"type":"time_range","since":1700000000,"until":null,"timezone":null}')
+    assert q == TimeRange(since="@1700000000") and Query.from_json(q.to_json()) == q

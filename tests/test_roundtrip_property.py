@@ -28,9 +28,14 @@ from runbroker.queries import (
     Regex,
     ScanID,
     ScanIDRange,
+    SubDocument,
     TimeRange,
+    epoch,
 )
 from runbroker.testing.postgres import new_schema
+
+# Generated queries name keys and types that no generated run has, on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::runbroker.queries.EmptySearchWarning")
 
 SETTINGS = settings(
     deadline=None,
@@ -293,10 +298,21 @@ def leaf_queries():
         ),
         st.builds(KeyPresent, query_key),
         st.builds(
+            SubDocument,
+            query_key,
+            st.recursive(
+                st.dictionaries(pool_key, pool_value, max_size=2),
+                lambda inner: st.dictionaries(pool_key, inner | pool_value, max_size=2),
+                max_leaves=4,
+            ),
+        ),
+        st.builds(
             lambda a, b: (
-                TimeRange(since=a, until=b)
+                TimeRange(
+                    since=None if a is None else epoch(a), until=None if b is None else epoch(b)
+                )
                 if a is None or b is None or a <= b
-                else TimeRange(since=b, until=a)
+                else TimeRange(since=epoch(b), until=epoch(a))
             ),
             st.none() | st.sampled_from([0.0, 1.0, 2.0, 3.5, 5.0]),
             st.none() | st.sampled_from([1.0, 2.0, 3.5, 11.0]),

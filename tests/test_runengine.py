@@ -444,8 +444,8 @@ def test_search_chains_and_lengths(catalog, five_runs):
     assert list(narrowed.search(ScanIDRange(1, 4))) == [uids[2]]
     assert list(catalog.search(ScanID(2, 4))) == [uids[3], uids[1]]
     assert list(catalog.search(PartialUID(uids[0][:10]))) == [uids[0]]
-    assert list(catalog.search(TimeRange(since=time.time() + 3600))) == []
-    assert len(catalog.search(TimeRange(until=time.time() + 3600))) == 5
+    assert list(catalog.search(TimeRange(since=f"@{time.time() + 3600}"))) == []
+    assert len(catalog.search(TimeRange(until=f"@{time.time() + 3600}"))) == 5
     either = catalog.search((Key("index") == 0) | (Key("index") == 3))
     assert list(either) == [uids[3], uids[0]]
     assert list(catalog.search(~(Key("kind") == "even"))) == [uids[3], uids[1]]

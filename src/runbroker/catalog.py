@@ -19,6 +19,7 @@ from event_model import unpack_datum_page, unpack_event_page
 from .assets import Assets, external_kind, fill_flag
 from .derived import derived_from, save_derived
 from .display import duration, plural
+from .emptysearch import warn_if_unknown
 from .queries import And, Key, PartialUID, Query, ScanID
 from .store.base import LeavesOut, RunRecord, Store
 from .stream import Stream
@@ -85,6 +86,9 @@ class Catalog:
         self.query = query
         # How detector files are found and read (handlers, root_map); shared by searches.
         self.assets = assets if assets is not None else Assets()
+        # The queries given to search(), looked into when nothing is found: not those that
+        # runbroker makes itself (run.derived), where finding nothing is the usual answer.
+        self._searched: tuple[Query, ...] = ()
 
     # -- writing
     def insert(self, name: str, doc: dict) -> None:
@@ -194,24 +198,37 @@ class Catalog:
         self.close()
 
     # -- finding
-    def search(self, query: Query) -> Catalog:
+    def search(self, query: Query | Mapping[str, Any]) -> Catalog:
         """A new catalog of the runs that also match ``query``; chainable.
+
+        ``query`` is a query object or a MongoDB-style dict (see :mod:`runbroker.mongoquery`).
 
         Example:
             >>> hits = cat.search(Key("plan_name") == "scan").search(ScanIDRange(1, 9))
             >>> [run.start["plan_name"] for run in hits.values()]
             ['scan']
+            >>> len(cat.search({"plan_name": "scan", "scan_id": {"$lt": 9}}))
+            1
         """
+        if isinstance(query, Mapping):
+            query = Query.from_mongo(query)
         if not isinstance(query, Query):
-            raise TypeError(f"search() takes a runbroker query, not {type(query).__name__}")
-        return Catalog(
+            raise TypeError(
+                f"search() takes a runbroker query or a dict query, not {type(query).__name__}"
+            )
+        found = Catalog(
             self.store,
             query if self.query is None else And(self.query, query),
             assets=self.assets,
         )
+        found._searched = (*self._searched, query)
+        return found
 
     def __len__(self) -> int:
-        return self.store.count(self.query)
+        n = self.store.count(self.query)
+        if not n:
+            warn_if_unknown(self.store, self._searched)
+        return n
 
     @property
     def v1(self) -> Broker:
@@ -232,6 +249,8 @@ class Catalog:
         before, size = None, _FIRST_BATCH
         while True:
             batch = self.store.search(self.query, limit=size, before=before)
+            if not batch and before is None:
+                warn_if_unknown(self.store, self._searched)
             yield from batch
             if len(batch) < size:
                 return

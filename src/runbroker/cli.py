@@ -3,7 +3,7 @@
 Example:
     $ runbroker ls runs.db -n 5
     $ runbroker db index runs.db sample proposal_id
-    $ runbroker ls runs.db --query '{"type": "key_present", "key": "sample"}'
+    $ runbroker ls runs.db --query '{"plan_name": "scan", "num_points": {"$gt": 20}}'
     $ runbroker show runs.db -1
     $ runbroker export runs.db out/ --format nexus --uid 3f2a9c1e-...
     $ runbroker ingest copy.db out/
@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import open as open_catalog
 from .catalog import Catalog, Run, _LookupError
+from .mongoquery import is_query_form, parse_query
 from .queries import In, Query, QueryError
 from .store.sql import SchemaVersionError, SQLStore
 from .store.urls import driver_url, redact
@@ -36,7 +37,7 @@ from .store.urls import driver_url, redact
 def _ls(args: argparse.Namespace) -> int:
     cat = _open(args.uri, readonly=True)
     if args.query:
-        cat = cat.search(Query.from_json(args.query))
+        cat = cat.search(parse_query(args.query))
     print(f"{len(cat)} run{'' if len(cat) == 1 else 's'} in {redact(args.uri)}")
     print(f"{'scan_id':>7}  {'uid':<8}  {'start':<19}  {'plan':<16} status")
     for run in islice(cat.values(), args.n):
@@ -159,7 +160,7 @@ def _import_mongo(args: argparse.Namespace) -> int:
     report = import_mongo(
         args.source,
         args.dest,
-        query=json.loads(args.query) if args.query else None,
+        query=_mongo_filter(args.query) if args.query else None,
         progress=not args.quiet,
         batch_events=args.batch_events,
         strict=args.strict,
@@ -168,10 +169,21 @@ def _import_mongo(args: argparse.Namespace) -> int:
     return 2 if report.failed else 0
 
 
+def _mongo_filter(text: str) -> dict | Query:
+    # A dict query goes to MongoDB as it is: MongoDB reads it natively (operators runbroker
+    # does not search included). The JSON form of a query object is applied to the runs
+    # found there; anything else is refused by parse_query, with the reason.
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    return data if isinstance(data, dict) and not is_query_form(data) else parse_query(text)
+
+
 def _selected(args: argparse.Namespace) -> Catalog:
     cat = _open(args.uri, readonly=True)
     if args.query:
-        cat = cat.search(Query.from_json(args.query))
+        cat = cat.search(parse_query(args.query))
     if args.uid:
         cat = cat.search(In("uid", _uids(cat, args.uid, "--uid")))
     return cat
@@ -286,7 +298,7 @@ def _copy(args: argparse.Namespace) -> int:
         report = copy_catalog(
             source,
             dest,
-            query=Query.from_json(args.query) if args.query else None,
+            query=parse_query(args.query) if args.query else None,
             uids=_uids(source, args.uid, "--uid") if args.uid else None,
             progress=not args.quiet,
             strict=args.strict,
@@ -312,10 +324,7 @@ def _pack(args: argparse.Namespace) -> int:
         uids = [line.split("#")[0].strip() for line in text.splitlines()]
         uids = [u for u in uids if u]
     if args.query:
-        try:
-            query = Query.from_json(args.query)
-        except QueryError as err:
-            raise QueryError(f"--query {args.query!r}: {err}") from None
+        query = parse_query(args.query)
     source = _open(args.source, readonly=True)
     try:
         if uids is not None:
@@ -437,6 +446,12 @@ def _catalogs_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+_QUERY_HELP = (
+    'a dict query in JSON, {"plan_name": "scan", "num_points": {"$gt": 20}}, '
+    "or a query object's Query.to_json()"
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``runbroker`` command.
 
@@ -452,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ls = sub.add_parser("ls", help="list runs, newest first")
     ls.add_argument("uri", help="catalog file, folder, URL or name")
     ls.add_argument("-n", type=int, default=20, help="how many runs to list (default 20)")
-    ls.add_argument("--query", help="a query in its JSON form (Query.to_json())")
+    ls.add_argument("--query", help=f"list the runs matching this query: {_QUERY_HELP}")
     ls.set_defaults(func=_ls)
     show = sub.add_parser("show", help="metadata and data of one run")
     show.add_argument("uri", help="catalog file, folder, URL or name")
@@ -470,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     imp = sub.add_parser("import", help="copy runs from a databroker MongoDB (mongodb://host/db)")
     imp.add_argument("source", help="mongodb://host:27017/dbname")
     imp.add_argument("dest", help="catalog file or URL (created if missing)")
-    imp.add_argument("--query", help='MongoDB filter on run_start, as JSON: {"plan_name": "scan"}')
+    imp.add_argument("--query", help=f"import the runs matching this query: {_QUERY_HELP}")
     imp.add_argument("--batch-events", type=int, default=10_000, help="events per page")
     imp.add_argument("--strict", action="store_true", help="stop at the first refused document")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -479,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp.add_argument("uri", help="catalog file, folder, URL or name")
     exp.add_argument("dest", help="folder to write into (created if missing)")
     exp.add_argument("-f", "--format", required=True, help="csv, json, jsonl, msgpack, spec, ...")
-    exp.add_argument("--query", help="export the runs matching this query (its JSON form)")
+    exp.add_argument("--query", help=f"export the runs matching this query: {_QUERY_HELP}")
     exp.add_argument("--uid", nargs="+", help="export these runs (uids, uid prefixes, scan_ids)")
     exp.add_argument("--template", help='file names, e.g. "{start[scan_id]:05d}-{stream}"')
     exp.add_argument("--overwrite", action="store_true", help="replace files that exist")
@@ -508,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp = sub.add_parser("copy", help="copy runs between catalogs, skipping those present")
     cp.add_argument("source", help="catalog file or URL to copy from")
     cp.add_argument("dest", help="catalog file or URL to copy into (created if missing)")
-    cp.add_argument("--query", help="copy the runs matching this query (its JSON form)")
+    cp.add_argument("--query", help=f"copy the runs matching this query: {_QUERY_HELP}")
     cp.add_argument("--uid", nargs="+", help="copy these runs (uids, uid prefixes, scan_ids)")
     cp.add_argument("--strict", action="store_true", help="stop at the first run refused")
     cp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -516,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pk = sub.add_parser("pack", help="pack runs and their detector files into a folder or archive")
     pk.add_argument("source", help="catalog file, folder, URL or name to pack from")
     pk.add_argument("dest", help="the pack: a new folder (or archive, with --archive)")
-    pk.add_argument("--query", help="pack the runs matching this query (its JSON form)")
+    pk.add_argument("--query", help=f"pack the runs matching this query: {_QUERY_HELP}")
     pk.add_argument("--uids", metavar="FILE", help="pack the runs listed in FILE (- for stdin)")
     pk.add_argument("--all", action="store_true", help="pack every run")
     pk.add_argument(

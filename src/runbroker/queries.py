@@ -29,6 +29,8 @@ equivalent Python scalars. Query values must be scalars; floats must be finite.
 - ``Contains(key, v)``: the value is a list with an element scalar_equal to v.
 - ``Regex(key, p, case_sensitive)``: the value is a str and ``re.search(p, value)`` finds a
   match (Python ``re`` syntax; ``re.IGNORECASE`` when not case sensitive).
+- ``SubDocument(key, d)``: the value is a dict with exactly the fields of d, each equal
+  (scalar_equal, or SubDocument again for a dict); d holds no lists.
 - ``KeyPresent(key)``: the key is not missing (any value, None included).
 - ``FullText(text)``: every token of text equals some token of some str value anywhere in the
   start document (through nested dicts and lists; values only, not field names). Tokens are
@@ -62,6 +64,7 @@ __all__ = [
     "And",
     "Comparison",
     "Contains",
+    "EmptySearchWarning",
     "FullText",
     "In",
     "Key",
@@ -75,7 +78,9 @@ __all__ = [
     "Regex",
     "ScanID",
     "ScanIDRange",
+    "SubDocument",
     "TimeRange",
+    "epoch",
     "lookup",
     "parse_time",
     "scalar_equal",
@@ -86,14 +91,28 @@ __all__ = [
 _OPS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 _ORDER = {"lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge}
 _TIME_EXAMPLES = (
-    "'2021-12-06', '2021-12-06 15:46', '2021-12-06 15:46:30', '2021-12-06T15:46:30+02:00'"
+    "'2021', '2021-12', '2021-12-06', '2021-12-06 15:46', '2021-12-06 15:46:30', "
+    "'2021-12-06T15:46:30+02:00' or '@1638805560' (epoch seconds)"
 )
+# A year, or a year and month: databroker's shortest time strings, which ISO parsing refuses.
+_YEAR_MONTH = re.compile(r"(\d{4})(?:-(\d{2}))?")
 
 
 class QueryError(ValueError):
     """A query is malformed; the message names the offending key, value or field.
 
     >>> isinstance(QueryError("bad"), ValueError)
+    True
+    """
+
+
+class EmptySearchWarning(UserWarning):
+    """A search found nothing, and a key or a value of its query may be why.
+
+    Raised (as a warning, once per catalog and key) when no run has a key the query names,
+    or when a comparison's value is of a type the key never holds (``"108"`` for a number).
+
+    >>> issubclass(EmptySearchWarning, UserWarning)
     True
     """
 
@@ -208,25 +227,62 @@ def _zone(timezone: str | None) -> ZoneInfo | None:
         raise QueryError(f"unknown timezone {timezone!r}; use an IANA name like 'UTC'") from err
 
 
-def parse_time(value: Any, timezone: str | None = None) -> float:
-    """Convert epoch seconds, a datetime/date or an ISO 8601 string to epoch seconds.
+def epoch(seconds: float) -> str:
+    """Mark epoch seconds for a time bound: ``TimeRange(since=epoch(time.time() - 3600))``.
 
+    A bare number is refused as a time (a year or epoch seconds?); this says which it is.
+
+    >>> epoch(1638805560), parse_time(epoch(0.1 + 0.2)) == 0.1 + 0.2
+    ('@1638805560.0', True)
+    """
+    value = _plain(seconds)
+    if _kind(value) != "number" or not math.isfinite(value):
+        raise QueryError(f"epoch seconds must be a finite number, got {seconds!r}")
+    return f"@{float(value)!r}"
+
+
+def _parse_text(text: str) -> datetime | float:
+    if text.startswith("@"):
+        try:
+            seconds = float(text[1:])
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds):
+            raise QueryError(f"time {text!r}: '@' must be followed by epoch seconds, e.g. '@1.7e9'")
+        return seconds
+    try:
+        partial = _YEAR_MONTH.fullmatch(text)
+        if partial:
+            return datetime(int(partial[1]), int(partial[2] or 1), 1)
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise QueryError(
+            f"cannot parse time {text!r}; expected a datetime or a string like {_TIME_EXAMPLES}"
+        ) from None
+
+
+def parse_time(value: Any, timezone: str | None = None) -> float:
+    """Convert a datetime/date, an ISO 8601 string or ``"@<epoch seconds>"`` to epoch seconds.
+
+    ``"2021"`` and ``"2021-12"`` mean the start of that year or month, as in databroker.
     Naive datetimes and strings without an offset are read in ``timezone`` (an IANA name),
-    or in the machine's local timezone when it is None.
+    or in the machine's local timezone when it is None. A bare number is refused: it could
+    be a year or epoch seconds. Mark epoch seconds as ``"@1638805560"``, or pass
+    ``datetime.fromtimestamp(seconds)``.
 
     >>> parse_time("2021-12-06 15:46", timezone="UTC")
     1638805560.0
+    >>> parse_time("2021", timezone="UTC") == parse_time("2021-01-01", timezone="UTC")
+    True
+    >>> parse_time("@1638805560.5")
+    1638805560.5
     """
     value = _plain(value)
     zone = _zone(timezone)
     if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise QueryError(
-                f"cannot parse time {value!r}; expected epoch seconds, a datetime, "
-                f"or a string like {_TIME_EXAMPLES}"
-            ) from None
+        value = _parse_text(value.strip())
+        if isinstance(value, float):
+            return value
     elif isinstance(value, date) and not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
     if isinstance(value, datetime):
@@ -236,10 +292,15 @@ def parse_time(value: Any, timezone: str | None = None) -> float:
             return value.timestamp()
         except (OverflowError, OSError, ValueError) as err:  # e.g. year 1 in a +hh zone
             raise QueryError(f"time {value!r} is out of range: {err}") from None
-    if _kind(value) == "number" and math.isfinite(value):
-        return float(value)
+    if _kind(value) == "number":
+        year = isinstance(value, int) and 1000 <= value <= 9999
+        raise QueryError(
+            f"time {value!r} is a bare number, which could be a year or epoch seconds: "
+            + (f"write the year as a string, '{value}', or " if year else "")
+            + f"mark epoch seconds as '@{value}' or pass datetime.fromtimestamp({value})"
+        )
     raise QueryError(
-        f"time must be epoch seconds, a datetime or a string like {_TIME_EXAMPLES}; "
+        f"time must be a datetime or a string like {_TIME_EXAMPLES}; "
         f"got {type(value).__name__} {value!r}"
     )
 
@@ -333,12 +394,29 @@ class Query:
                     raise QueryError(f"query type {tag!r}: 'queries' must be a list")
                 value = [Query.from_dict(v) for v in value]
             kwargs[f.name] = value
+        kwargs = target._decode(kwargs)
         if target._varargs is not None:
             values = kwargs[target._varargs]
             if not isinstance(values, list | tuple):
                 raise QueryError(f"query type {tag!r}: {target._varargs!r} must be a list")
             return target(*values)
         return target(**kwargs)
+
+    @classmethod
+    def _decode(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # Where a field's serialised form differs from what the constructor takes.
+        return kwargs
+
+    @classmethod
+    def from_mongo(cls, spec: Mapping[str, Any]) -> Query:
+        """Translate a MongoDB-style dict, as databroker users write them (see mongoquery).
+
+        >>> Query.from_mongo({"num_points": {"$gt": 20}})
+        Key('num_points') > 20
+        """
+        from .mongoquery import from_mongo
+
+        return from_mongo(spec)
 
     def to_json(self) -> str:
         """Compact JSON text of :meth:`to_dict`.
@@ -551,6 +629,73 @@ class Contains(Query, tag="contains"):
         return isinstance(value, list | tuple) and any(scalar_equal(v, self.value) for v in value)
 
 
+def _subdocument(key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise QueryError(f"key {key!r}: SubDocument takes a dict, got {value!r}")
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not name or "." in name:
+            raise QueryError(f"key {key!r}: field {name!r} of a sub-document must be a dotless str")
+        path = f"{key}.{name}"
+        out[name] = _subdocument(path, item) if isinstance(item, Mapping) else _scalar(path, item)
+    return out
+
+
+def _same_document(stored: Any, wanted: Mapping[str, Any]) -> bool:
+    return (
+        isinstance(stored, Mapping)
+        and set(stored) == set(wanted)
+        and all(
+            _same_document(stored[k], v) if isinstance(v, Mapping) else scalar_equal(stored[k], v)
+            for k, v in wanted.items()
+        )
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class SubDocument(Query, tag="sub_document"):
+    """The value at key is a dict with exactly these fields and values (in any order), as
+    MongoDB's ``{"sample": {"name": "Cu"}}`` asks.
+
+    >>> q = SubDocument("sample", {"name": "Cu"})
+    >>> q.matches({"start": {"sample": {"name": "Cu"}}}), q.matches({"start": {"sample": {}}})
+    (True, False)
+    """
+
+    key: str
+    value: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        split_key(self.key)
+        object.__setattr__(self, "value", _subdocument(self.key, self.value))
+
+    def _canonical(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)  # fields in any order are equal
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SubDocument) and other._canonical() == self._canonical()
+
+    def __hash__(self) -> int:
+        return hash(self._canonical())
+
+    def leaves(self) -> list[tuple[str, Any]]:
+        """Every (dotted key, value) of the sub-document, dicts before their fields.
+
+        >>> SubDocument("s", {"a": {"b": 1}}).leaves()
+        [('s', {'a': {'b': 1}}), ('s.a', {'b': 1}), ('s.a.b', 1)]
+        """
+        out, stack = [], [(self.key, self.value)]
+        while stack:
+            key, value = stack.pop(0)
+            out.append((key, value))
+            if isinstance(value, Mapping):
+                stack[:0] = [(f"{key}.{k}", v) for k, v in value.items()]
+        return out
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return _same_document(lookup(record, self.key), self.value)
+
+
 @dataclass(frozen=True)
 class Regex(Query, tag="regex"):
     """The value at key is a str in which ``re.search(pattern)`` finds a match.
@@ -644,9 +789,21 @@ class TimeRange(Query, tag="time_range"):
         for name in ("since", "until"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, parse_time(value, self.timezone))
+                try:
+                    seconds = parse_time(value, self.timezone)
+                except QueryError as err:
+                    raise QueryError(f"TimeRange {name}: {err}") from None
+                object.__setattr__(self, name, seconds)
         if self.since is not None and self.until is not None and self.since > self.until:
             raise QueryError(f"{self!r}: since is after until")
+
+    @classmethod
+    def _decode(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # The JSON form holds epoch seconds, which the constructor takes only when marked.
+        return {
+            name: epoch(value) if name in ("since", "until") and _is_number(value) else value
+            for name, value in kwargs.items()
+        }
 
     def _show(self, t: float | None) -> str:
         if t is None:
@@ -655,9 +812,9 @@ class TimeRange(Query, tag="time_range"):
             zone = _zone(self.timezone)
             text = datetime.fromtimestamp(t, zone).astimezone(zone).isoformat(" ")
         except (OverflowError, OSError, ValueError):
-            return repr(t)
+            return repr(epoch(t))
         # Show the readable form only if it parses back to exactly the same float.
-        return repr(text) if parse_time(text) == t else repr(t)
+        return repr(text) if parse_time(text) == t else repr(epoch(t))
 
     def __repr__(self) -> str:
         since, until = self._show(self.since), self._show(self.until)

@@ -33,6 +33,7 @@ from event_model import pack_datum_page, pack_event_page
 
 from ..catalog import Catalog
 from ..documents import DocumentError
+from ..queries import Query
 from ..transfer import CopyReport, copy_runs
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def import_mongo(
     source: Database | str,
     catalog: Catalog | str | os.PathLike,
     *,
-    query: Mapping[str, Any] | None = None,
+    query: Mapping[str, Any] | Query | None = None,
     progress: bool = True,
     batch_events: int = 10_000,
     strict: bool = False,
@@ -67,7 +68,9 @@ def import_mongo(
     ``catalog`` is a :class:`runbroker.Catalog` or a path/URL given to :func:`runbroker.open`
     (that catalog is closed again at the end). ``query`` is a MongoDB filter on the
     ``run_start`` collection, e.g. ``{"plan_name": "scan"}`` or
-    ``{"time": {"$gte": 1.6e9}}``: only matching runs are copied.
+    ``{"time": {"$gte": 1.6e9}}``: only matching runs are copied. A runbroker query object
+    (``Key("plan_name") == "scan"``) is applied to each run's start and stop documents
+    instead, after they are read.
 
     A run whose uid is already in the catalog is skipped, so running the same import again
     after an interruption copies only what is missing. Each run is stored in one transaction.
@@ -109,12 +112,14 @@ def import_mongo(
     """
     if batch_events < 1:
         raise ValueError(f"batch_events must be at least 1, not {batch_events}")
+    if not isinstance(query, Query):
+        query = dict(query or {})
     db, client = _open_source(source)
     try:
         if isinstance(catalog, Catalog):
-            return _import(db, catalog, dict(query or {}), progress, batch_events, strict)
+            return _import(db, catalog, query, progress, batch_events, strict)
         with _open_catalog(catalog) as cat:
-            return _import(db, cat, dict(query or {}), progress, batch_events, strict)
+            return _import(db, cat, query, progress, batch_events, strict)
     finally:
         if client is not None:
             client.close()
@@ -186,7 +191,7 @@ def _check_layout(db: Any) -> None:
 def _import(
     db: Any,
     cat: Catalog,
-    query: dict[str, Any],
+    query: dict[str, Any] | Query,
     progress: bool,
     batch_events: int,
     strict: bool,
@@ -196,10 +201,18 @@ def _import(
     # and sorting here needs no index on run_start.time.
     report = ImportReport()
     heads: list[tuple[float, str]] = []
-    for head in db["run_start"].find(query, {"uid": True, "time": True}):
+    after = query if isinstance(query, Query) else None
+    found = (
+        db["run_start"].find({})
+        if after is not None
+        else db["run_start"].find(query, {"uid": True, "time": True})
+    )
+    for head in found:
         uid, time = head.get("uid"), head.get("time")
         if not isinstance(uid, str):
             report.failed.append((f"_id {head.get('_id')}", "run_start document without a uid"))
+            continue
+        if after is not None and not after.matches(_record(db, head)):
             continue
         heads.append((time if isinstance(time, (int, float)) else 0.0, uid))
     heads.sort()
@@ -207,6 +220,12 @@ def _import(
     return copy_runs(
         runs, cat, total=len(heads), progress=progress, strict=strict, desc="import", report=report
     )
+
+
+def _record(db: Any, start: dict) -> dict[str, Any]:
+    # The stop is read for every run, as a query may reach it (stop.exit_status).
+    stop = db["run_stop"].find_one({"run_start": start["uid"]}, _NO_ID)
+    return {"start": _strip(start), "stop": stop}
 
 
 def _run_documents(db: Any, uid: str, batch_events: int) -> Iterator[tuple[str, dict]] | None:

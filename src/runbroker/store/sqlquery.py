@@ -154,6 +154,25 @@ def _(query: q.KeyPresent, dialect: str = "sqlite") -> ColumnElement[bool]:
 
 
 @compile_query.register
+def _(query: q.SubDocument, dialect: str = "sqlite") -> ColumnElement[bool]:
+    leaves = query.leaves()
+    conds = [
+        _meta_exists(key, meta.c.elem.is_(False), meta.c.typ == "d", dialect=dialect)
+        if isinstance(value, dict)
+        else _value_exists(key, value, False, dialect)
+        for key, value in leaves
+    ]
+    # No field beyond those asked for, at any depth (list elements share their list's key).
+    inside = meta_key(query.key) + "."
+    extra = select(meta.c.run_id).where(
+        meta.c.run_id == runs.c.id,
+        meta.c.key.startswith(inside, autoescape=True),
+        meta.c.key.not_in([meta_key(key) for key, _ in leaves]),
+    )
+    return and_(*conds, ~exists(extra))
+
+
+@compile_query.register
 def _(query: q.Regex, dialect: str = "sqlite") -> ColumnElement[bool]:
     flags = "" if query.case_sensitive else "(?i)"
     if dialect == "sqlite":
