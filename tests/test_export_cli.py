@@ -12,6 +12,7 @@ import pytest
 
 import runbroker
 from runbroker.cli import main
+from runbroker.display import plural
 from runbroker.queries import Key
 from runbroker.testing.compare import assert_same_run
 
@@ -25,7 +26,7 @@ def test_export_then_ingest_reads_the_same(export_runs, tmp_path, fmt, capsys):
     out = tmp_path / "out"
     assert main(["export", _db(export_runs), str(out), "-f", fmt, "-q"]) == 0
     source = export_runs["catalog"]
-    assert f"exported {len(source)} run(s) as {fmt}" in capsys.readouterr().out
+    assert f"exported {plural(len(source), 'run')} as {fmt}" in capsys.readouterr().out
     copy = tmp_path / "copy.db"
     assert main(["ingest", str(copy), str(out), "-q"]) == 0
     assert f"copied {len(source)} runs" in capsys.readouterr().out
@@ -135,7 +136,7 @@ def test_export_skip_existing_reports_what_it_skipped(export_runs, tmp_path, cap
     capsys.readouterr()
     assert main([*args, "--skip-existing"]) == 0
     n = len(export_runs["catalog"])
-    assert f"exported 0 run(s) as csv: 0 file(s), skipped {n} whose files exist" in (
+    assert f"exported 0 runs as csv: 0 files, skipped {n} whose files exist" in (
         capsys.readouterr().out
     )
 
@@ -149,7 +150,7 @@ def test_batch_export_reports_runs_the_format_cannot_hold_and_goes_on(
     text = capsys.readouterr().out
     # Runs with images are written; those of scalars alone are reported by uid, with why.
     with_images = [export_runs[k] for k in ("inline_image", "file_image", "tomo")]
-    assert "exported 3 run(s) as dx: 3 file(s), 3 failed:" in text
+    assert "exported 3 runs as dx: 3 files, 3 failed:" in text
     for key in ("scalar", "grid", "two_descriptors"):
         assert f"run {export_runs[key].uid}: no projections" in text
     assert {p.stem.rsplit("_", 1)[-1] for p in out.iterdir()} == {r.uid[:8] for r in with_images}
@@ -188,14 +189,14 @@ def test_unknown_option_lists_the_valid_ones(export_runs, tmp_path, capsys):
 def test_ingest_creates_no_catalog_when_nothing_can_be_read(export_runs, tmp_path, dest, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "broken.jsonl").write_text('["start", {"uid": "x"\n')
-    assert main(["ingest", str(tmp_path / dest), str(tmp_path / "in"), "-q"]) == 2
+    assert main(["ingest", f"{tmp_path}/{dest}", str(tmp_path / "in"), "-q"]) == 2
     assert "broken.jsonl" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
     # A file that begins with a good start document and is damaged further on.
     (path,) = export_runs["scalar"].export("jsonl", tmp_path / "in", template="scalar")
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(lines[0] + b"[not json\n")
-    assert main(["ingest", str(tmp_path / dest), str(tmp_path / "in"), "-q"]) == 2
+    assert main(["ingest", f"{tmp_path}/{dest}", str(tmp_path / "in"), "-q"]) == 2
     assert "scalar.jsonl" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
@@ -231,3 +232,21 @@ def test_a_uid_prefix_of_digits_is_found_when_no_scan_id_matches(tmp_path, capsy
     assert len(list((tmp_path / "out").iterdir())) == 1
     assert main(["show", db, "8"]) == 1
     assert "no run with scan_id 8" in capsys.readouterr().err
+
+
+def test_ingest_and_copy_create_an_unusual_catalog_name_only_with_create(
+    export_runs, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    assert main(["export", _db(export_runs), str(out), "-f", "jsonl", "-q"]) == 0
+    target = str(tmp_path / "mycatalog")
+    assert main(["ingest", target, str(out), "-q"]) == 1
+    assert "--create" in capsys.readouterr().err and not Path(target).exists()
+    assert main(["ingest", target, str(out), "-q", "--create"]) == 0
+    n = len(export_runs["catalog"])
+    assert len(runbroker.open(target, readonly=True)) == n
+    copy = str(tmp_path / "new" / "copy.db")
+    assert main(["copy", _db(export_runs), copy, "-q"]) == 1
+    assert "--create" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    assert main(["copy", _db(export_runs), copy, "-q", "--create"]) == 0
+    assert len(runbroker.open(copy, readonly=True)) == n

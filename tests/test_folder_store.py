@@ -287,7 +287,7 @@ def test_a_lookup_that_misses_says_files_were_left_out(export_runs, tmp_path):
     for key in (lost.uid[:8], lost.start["scan_id"]):
         with pytest.raises(KeyError) as err:
             cat[key]
-        assert f"1 file(s) of {folder} were left out as unreadable ({files['grid'].name})" in (
+        assert f"1 file of {folder} left out as unreadable ({files['grid'].name})" in (
             str(err.value)
         )
     cat.close()

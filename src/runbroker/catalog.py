@@ -307,7 +307,7 @@ class Catalog:
             return ""
         shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
         return (
-            f"; {len(names)} file(s) of {self.store.uri} were left out as unreadable ({shown}): "
+            f"; {plural(len(names), 'file')} of {self.store.uri} left out as unreadable ({shown}): "
             "the run may be in one of them (see the warnings given when it was opened)"
         )
 

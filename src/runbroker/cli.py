@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import open as open_catalog
 from .catalog import Catalog, Run, _LookupError
+from .errors import CatalogNotFoundError, NotACatalogError
 from .mongoquery import is_query_form, parse_query
 from .queries import In, Query, QueryError
 from .store.sql import SchemaVersionError, SQLStore
@@ -154,6 +155,12 @@ def _url(uri: str) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
+_CREATE_HELP = (
+    "create the catalog even where runbroker.open would refuse to (a name without .db, a "
+    "missing folder)"
+)
+
+
 def _import_mongo(args: argparse.Namespace) -> int:
     from .importers import import_mongo
 
@@ -248,7 +255,7 @@ def _ingest(args: argparse.Namespace) -> int:
         print(report)
         return 2
     new = _new_catalog_path(args.uri)
-    cat = _open(args.uri)
+    cat = _open(args.uri, create=args.create)
     try:
         copy_runs(
             runs,
@@ -293,7 +300,7 @@ def _copy(args: argparse.Namespace) -> int:
     from .transfer import copy_catalog
 
     source = _open(args.source, readonly=True)
-    dest = _open(args.dest)
+    dest = _open(args.dest, create=args.create)
     try:
         report = copy_catalog(
             source,
@@ -357,7 +364,7 @@ def _pack(args: argparse.Namespace) -> int:
     return 2 if report.failed else 0
 
 
-def _open(uri: str, *, readonly: bool = False) -> Catalog:
+def _open(uri: str, *, readonly: bool = False, create: bool = False) -> Catalog:
     """A catalog by file, folder or URL, or by its configured name (opened with its
     root_map and handlers, which find detector files that moved) when no such file exists.
 
@@ -377,7 +384,13 @@ def _open(uri: str, *, readonly: bool = False) -> Catalog:
                 options.pop("indexes", None)
                 options["readonly"] = True
             return open_catalog(entry.uri, **options)
-    return open_catalog(uri, readonly=readonly)
+    try:
+        return open_catalog(uri, readonly=readonly, create=create)
+    except (CatalogNotFoundError, NotACatalogError) as err:
+        if readonly or "create=True" not in str(err):
+            raise
+        # The library's advice, in this command's words.
+        raise type(err)(f"{err} (on the command line: --create)") from None
 
 
 def _unpack(args: argparse.Namespace) -> int:
@@ -515,17 +528,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     exp.set_defaults(func=_export)
     ing = sub.add_parser("ingest", help="read .jsonl, .msgpack and .h5 exports into a catalog")
-    ing.add_argument("uri", help="catalog file or URL (created if missing)")
+    ing.add_argument("uri", help="catalog file or URL (a new .db file or folder/ is created)")
     ing.add_argument("files", nargs="+", metavar="FILE", help="export files or folders of them")
     ing.add_argument("--strict", action="store_true", help="stop at the first file refused")
+    ing.add_argument("--create", action="store_true", help=_CREATE_HELP)
     ing.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ing.set_defaults(func=_ingest)
     cp = sub.add_parser("copy", help="copy runs between catalogs, skipping those present")
     cp.add_argument("source", help="catalog file or URL to copy from")
-    cp.add_argument("dest", help="catalog file or URL to copy into (created if missing)")
+    cp.add_argument("dest", help="catalog to copy into (a new .db file or folder/ is created)")
     cp.add_argument("--query", help=f"copy the runs matching this query: {_QUERY_HELP}")
     cp.add_argument("--uid", nargs="+", help="copy these runs (uids, uid prefixes, scan_ids)")
     cp.add_argument("--strict", action="store_true", help="stop at the first run refused")
+    cp.add_argument("--create", action="store_true", help=_CREATE_HELP)
     cp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cp.set_defaults(func=_copy)
     pk = sub.add_parser("pack", help="pack runs and their detector files into a folder or archive")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..display import plural
 from .base import Exporter, ExportError
 from .naming import DEFAULT_TEMPLATE, render
 
@@ -34,7 +35,7 @@ class ExportReport:
         >>> report = ExportReport("dx", exported=1, files=[Path("a.h5")], skipped=["3f2a9c1e"])
         >>> report.failed.append(("0b1c2d3e", "no projections"))
         >>> print(report)
-        exported 1 run(s) as dx: 1 file(s), skipped 1 whose files exist, 1 failed:
+        exported 1 run as dx: 1 file, skipped 1 whose files exist, 1 failed:
           0b1c2d3e: no projections
     """
 
@@ -45,7 +46,10 @@ class ExportReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
-        text = f"exported {self.exported} run(s) as {self.format}: {len(self.files)} file(s)"
+        text = (
+            f"exported {plural(self.exported, 'run')} as {self.format}: "
+            f"{plural(len(self.files), 'file')}"
+        )
         if self.skipped:
             text += f", skipped {len(self.skipped)} whose files exist"
         if self.failed:

@@ -503,7 +503,7 @@ def _copy_tree(folder: Path, manifest: Manifest, root: Path) -> None:
     differ = [str(target) for rel, target in there if found[rel] != manifest.files[rel]]
     if differ:
         raise PackError(
-            f"{len(differ)} detector file(s) of the pack differ from files already there, "
+            f"detector files of the pack differ from files already there ({len(differ)}), "
             f"e.g. {differ[0]}; nothing was copied: unpack with --files-root DIR (another "
             "folder) to keep both"
         )
