@@ -119,7 +119,7 @@ def test_relative_stream_resource_uris_are_made_absolute_for_a_catalog_elsewhere
     source = runbroker.open(facility / "runs.db")
     source.ingest((n, {**d, "uri": relative} if n == "stream_resource" else d) for n, d in docs)
     run = source[-1]
-    laptop = runbroker.open(tmp_path / "laptop" / "runs.db")
+    laptop = runbroker.open(tmp_path / "laptop" / "runs.db", create=True)
     assert (
         main(["copy", str(facility / "runs.db"), str(tmp_path / "laptop" / "runs.db"), "-q"]) == 0
     )
