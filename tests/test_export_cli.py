@@ -250,3 +250,27 @@ def test_ingest_and_copy_create_an_unusual_catalog_name_only_with_create(
     assert "--create" in capsys.readouterr().err and not (tmp_path / "new").exists()
     assert main(["copy", _db(export_runs), copy, "-q", "--create"]) == 0
     assert len(runbroker.open(copy, readonly=True)) == n
+
+
+def test_db_commands_name_what_is_not_a_catalog(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a catalog\n")
+    assert main(["db", "upgrade", str(notes)]) == 1
+    assert f"{str(notes)!r} is not a runbroker catalog" in capsys.readouterr().err
+    assert main(["db", "index", str(tmp_path), "sample"]) == 1
+    assert "is a folder" in capsys.readouterr().err
+    assert notes.read_text() == "not a catalog\n" and sorted(tmp_path.iterdir()) == [notes]
+
+
+def test_create_reaches_a_catalog_given_by_its_configured_name(
+    export_runs, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    target = tmp_path / "sub" / "beamcat"
+    assert main(["catalogs", "add", "beam", str(target)]) == 0
+    out = tmp_path / "out"
+    assert main(["export", _db(export_runs), str(out), "-f", "jsonl", "-q"]) == 0
+    assert main(["ingest", "beam", str(out), "-q"]) == 1
+    assert "--create" in capsys.readouterr().err
+    assert main(["ingest", "beam", str(out), "-q", "--create"]) == 0
+    assert len(runbroker.open(target, readonly=True)) == len(export_runs["catalog"])

@@ -139,7 +139,7 @@ def test_run_files_and_other_files_are_named_as_not_catalogs(tmp_path):
     (exported,) = source[uid].export("jsonl", tmp_path / "out")
     with pytest.raises(runbroker.NotACatalogError) as info:
         runbroker.open(exported)
-    assert str(exported) in str(info.value) and "runbroker ingest" in str(info.value)
+    assert f"runbroker ingest runs.db {exported}" in str(info.value)
     junk = tmp_path / "notes.db"
     junk.write_text("shopping list: flour, eggs\n" * 100)
     with pytest.raises(runbroker.NotACatalogError) as info:
@@ -275,3 +275,40 @@ def test_a_catalog_whose_log_cannot_be_read_on_read_only_media_says_why(tmp_path
     assert result.returncode == 1
     assert "ReadOnlyMediumError" in result.stderr and "runs.db-wal" in result.stderr
     assert sorted(os.listdir(media)) == ["runs.db", "runs.db-wal"]
+
+
+def test_a_damaged_catalog_opened_by_its_path_is_named_as_damaged(tmp_path):
+    path = tmp_path / "runs.db"
+    cat = runbroker.open(path)
+    _record(cat)
+    cat.close()
+    data = bytearray(path.read_bytes())
+    data[1024:] = b"\xff" * (len(data) - 1024)  # the header survives, the pages do not
+    path.write_bytes(bytes(data))
+    with pytest.raises(runbroker.errors.CorruptCatalogError) as info:
+        runbroker.open(path)
+    assert str(path) in str(info.value) and "sqlalche.me" not in str(info.value)
+
+
+def test_sqlite_urls_keep_their_query_and_scheme_case(tmp_path):
+    runbroker.open(tmp_path / "runs.db").close()
+    for url in (
+        f"sqlite:///{tmp_path}/runs.db?timeout=30",
+        f"SQLITE:///{tmp_path}/runs.db",
+    ):
+        assert len(runbroker.open(url, readonly=True)) == 0, url
+    assert len(runbroker.open(f"sqlite:///file:{tmp_path}/runs.db?uri=true")) == 0
+    for url in ("sqlite:///:memory:", "sqlite://"):
+        with pytest.raises(ValueError, match=r"runbroker\.temp\(\)"):
+            runbroker.open(url)
+
+
+def test_read_only_refusals_give_no_advice_to_create(tmp_path):
+    runbroker.open(tmp_path / "api.db").close()
+    with pytest.raises(runbroker.CatalogNotFoundError, match=r"did you mean 'api\.db'") as info:
+        runbroker.open(tmp_path / "apii.db", readonly=True)
+    assert "create=True" not in str(info.value)
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(runbroker.NotACatalogError) as info:
+        runbroker.open(tmp_path / "plain", readonly=True)
+    assert "create=True" not in str(info.value) and not list((tmp_path / "plain").iterdir())

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from sqlalchemy.engine import make_url
+
 from . import export  # runbroker.export.live(...) without a second import
 from .assets import (
     Assets,
@@ -106,9 +108,11 @@ def open(
     ``postgresql://user@host/db``) or a folder of run files (``.jsonl`` / ``.msgpack``, one
     per run, as ``run.export`` writes them; see ``docs/folder-store.md``). A new SQLite
     catalog is created for a path whose name ends in ``.db``, ``.sqlite`` or ``.sqlite3``
-    in a folder that exists; anything else that is not there yet (a missing parent folder,
-    another name, a new folder catalog) and an existing folder that holds no run files
-    are refused with a message, unless ``create=True`` (see ``docs/catalog.md``).
+    in a folder that exists, and a new folder catalog for a path ending in ``/`` whose
+    parent folder exists; anything else that is not there yet (a missing parent folder,
+    another name, a name one typo away from a catalog beside it) and an existing folder that
+    holds no run files are refused with a message, unless ``create=True`` (see
+    ``docs/catalog.md``).
     ``readonly=True`` writes nothing beside the catalog, and opens catalogs on read-only
     folders and media. ``check=True`` runs SQLite's integrity check on a catalog file first.
 
@@ -134,6 +138,8 @@ def open(
     text = os.fspath(uri)
     sqlite_file: Path | None = None
     if "://" in text:
+        head, rest = text.split("://", 1)
+        text = f"{head.lower()}://{rest}"  # SQLITE:///runs.db is sqlite:///runs.db
         scheme = scheme_of(text)
         if scheme not in SCHEMES:
             hint = ""
@@ -147,12 +153,12 @@ def open(
                 f"{', '.join(s + '://' for s in SCHEMES)} URLs, file paths and folders{hint}"
             )
         url = driver_url(text)
-        if scheme == "sqlite" and text != "sqlite://":
-            sqlite_file = Path(text.split(":///", 1)[1])
+        if scheme == "sqlite":
+            sqlite_file = _sqlite_file(text)
     else:
         path = Path(text).expanduser()
         if path.is_dir() or (text.endswith(("/", os.sep)) and not path.exists()):
-            check_folder(path, create=create)
+            check_folder(path, create=create, readonly=readonly)
             return _open_folder(path, readonly, durability, indexes, root_map, handlers, readers)
         sqlite_file = path.resolve()
         url = f"sqlite:///{sqlite_file}"
@@ -177,11 +183,24 @@ def open(
             max_overflow=max_overflow,
         )
     except Exception as err:
-        translated = translate(err, text)
+        translated = translate(err, url)
         if translated is err:
             raise
         raise translated from None
     return _catalog(store, indexes, assets)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The catalog file an ``sqlite://`` URL names, or None for SQLite's own ``file:`` URI
+    form (its options are SQLite's business)."""
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        # Each connection of the pool would get a database of its own, without the catalog.
+        raise ValueError(
+            f"cannot open {url!r}: an in-memory SQLite database cannot hold a catalog shared by "
+            "runbroker's connections; runbroker.temp() gives a throwaway catalog instead"
+        )
+    return None if database.startswith("file:") else Path(database)
 
 
 def _catalog(store: SQLStore | FolderStore, indexes: Iterable[str], assets: Assets) -> Catalog:

@@ -30,6 +30,7 @@ from . import open as open_catalog
 from .catalog import Catalog, Run, _LookupError
 from .errors import CatalogNotFoundError, NotACatalogError
 from .mongoquery import is_query_form, parse_query
+from .opening import check_sqlite_path
 from .queries import In, Query, QueryError
 from .store.sql import SchemaVersionError, SQLStore
 from .store.urls import driver_url, redact
@@ -147,12 +148,18 @@ def _db_index(args: argparse.Namespace) -> int:
 
 
 def _url(uri: str) -> str:
+    """The database URL of a catalog given as a URL or an SQLite file, checked as
+    ``runbroker.open`` checks it (``db`` commands work on databases, not folders)."""
     if "://" in uri:
         return driver_url(uri)
-    path = Path(uri).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"no catalog at {uri!r}")
-    return f"sqlite:///{path.resolve()}"
+    path = Path(uri).expanduser().resolve()
+    if path.is_dir():
+        raise NotACatalogError(
+            f"{uri!r} is a folder: `runbroker db` works on a catalog database (an SQLite file or "
+            "a postgresql:// URL); a folder catalog has no schema to upgrade nor SQL indexes"
+        )
+    check_sqlite_path(path, create=False, readonly=True)
+    return f"sqlite:///{path}"
 
 
 _CREATE_HELP = (
@@ -376,16 +383,16 @@ def _open(uri: str, *, readonly: bool = False, create: bool = False) -> Catalog:
     """
     from .config import NamedCatalogs
 
+    options: dict[str, Any] = {"readonly": readonly, "create": create}
     if "://" not in uri and not Path(uri).expanduser().exists():
         entry = NamedCatalogs().entries().get(uri)
         if entry is not None:
-            options = dict(entry.options)
+            named = dict(entry.options)
             if readonly:  # indexes are the catalog's business, not a reader's
-                options.pop("indexes", None)
-                options["readonly"] = True
-            return open_catalog(entry.uri, **options)
+                named.pop("indexes", None)
+            uri, options = entry.uri, {**named, **{k: v for k, v in options.items() if v}}
     try:
-        return open_catalog(uri, readonly=readonly, create=create)
+        return open_catalog(uri, **options)
     except (CatalogNotFoundError, NotACatalogError) as err:
         if readonly or "create=True" not in str(err):
             raise

@@ -69,8 +69,14 @@ def check_sqlite_path(path: Path, *, create: bool, readonly: bool) -> None:
     if path.is_file():
         _check_header(path)
         return
+    near = _near_catalogs(path) if path.parent.is_dir() else []
+    did_you_mean = f"; did you mean {' or '.join(map(repr, near))} in the same folder?"
     if readonly:
-        raise CatalogNotFoundError(f"no catalog at {shown!r} (opening read-only creates none)")
+        raise CatalogNotFoundError(
+            f"no catalog at {shown!r}"
+            + (did_you_mean if near else "")
+            + " (opening read-only creates none)"
+        )
     if create:
         return
     if not path.parent.is_dir():
@@ -84,12 +90,10 @@ def check_sqlite_path(path: Path, *, create: bool, readonly: bool) -> None:
             f"no catalog at {shown!r}: a new SQLite catalog file needs a name ending in "
             f".db, .sqlite or .sqlite3 (or pass create=True to create {path.name!r} as one)"
         )
-    near = _near_catalogs(path)
     if near:
         raise CatalogNotFoundError(
-            f"no catalog at {shown!r}; did you mean {' or '.join(map(repr, near))} in the same "
-            f"folder? runbroker.open(..., create=True) creates a new, empty catalog "
-            f"{path.name!r} beside it"
+            f"no catalog at {shown!r}{did_you_mean} runbroker.open(..., create=True) creates "
+            f"a new, empty catalog {path.name!r} beside it"
         )
 
 
@@ -121,14 +125,14 @@ def _check_header(path: Path) -> None:
     if path.name.lower().endswith(_INGESTIBLE):
         hint = (
             f": it looks like a file of documents or data; read its runs into a catalog with "
-            f"`runbroker ingest {path} runs.db`"
+            f"`runbroker ingest runs.db {path}`"
         )
     raise NotACatalogError(
         f"{str(path)!r} is not a runbroker catalog (not an SQLite database){hint}"
     )
 
 
-def check_folder(path: Path, *, create: bool) -> None:
+def check_folder(path: Path, *, create: bool, readonly: bool = False) -> None:
     """Refuse to open a folder that holds no run files (and was never a folder catalog),
     and to make a new one (asked for by a path ending in ``/``) in a folder that does not
     exist, unless ``create=True``.
@@ -155,9 +159,14 @@ def check_folder(path: Path, *, create: bool) -> None:
         for entry in entries:
             if not entry.name.startswith(".") and entry.name.lower().endswith(RUN_FILE_SUFFIXES):
                 return
-    raise NotACatalogError(
+    what = (
         f"the folder {str(path)!r} holds no run files (.jsonl, .msgpack) and is not a folder "
-        "catalog: runbroker.open(..., create=True) makes it an empty folder catalog (new runs "
+        "catalog"
+    )
+    if readonly:
+        raise NotACatalogError(what)
+    raise NotACatalogError(
+        f"{what}: runbroker.open(..., create=True) makes it an empty folder catalog (new runs "
         "are written into it as .jsonl files)"
     )
 
