@@ -8,6 +8,7 @@ on PostgreSQL alone; the behaviour they protect is tested on every store elsewhe
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -91,6 +92,28 @@ def test_a_parameter_that_cannot_be_sent_leaves_no_name_unprepared_and_no_row_be
             s.execute(insert, ["a\x00b"])
         assert s.execute(insert, ["ok"]).fetchall() == [("ok",)]
         assert s.execute("SELECT v FROM t ORDER BY v", ()).fetchall() == [("kept",), ("ok",)]
+
+
+@POSTGRES_ONLY
+def test_a_process_with_more_than_1024_files_open_reads_and_writes(catalog):
+    """select() refuses descriptors numbered 1024 and above ('filedescriptor out of range in
+    select()', seen late in a long test run); the store's waits must not."""
+    held = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        other = runbroker.open(catalog.store.uri)  # its connections get descriptors > 1024
+        try:
+            first, desc = _run(other, sample="Ni")
+            other.insert("event", desc.compose_event(data={"x": 1.0}, timestamps={"x": 0.0}))
+            other.insert("stop", first.compose_stop())
+            other.flush()
+            assert other[-1].primary.read()["x"].values.tolist() == [1.0]
+        finally:
+            other.close()
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 @POSTGRES_ONLY

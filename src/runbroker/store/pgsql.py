@@ -509,16 +509,38 @@ class Session:
     def _flush(self) -> None:
         pg = self.pg
         while pg.flush():  # more to send: wait without holding the GIL
-            readable, _, _ = select.select([pg.socket], [pg.socket], [])
-            if readable:
+            if _wait(pg.socket, write=True):
                 pg.consume_input()
 
     def _next(self) -> Any:
         pg = self.pg
         while pg.is_busy():
-            select.select([pg.socket], [], [])
+            _wait(pg.socket)
             pg.consume_input()
         return pg.get_result()
+
+
+if hasattr(select, "poll"):
+
+    def _wait(fd: int, write: bool = False) -> bool:
+        """Wait until ``fd`` can be read (or written, with ``write``); whether it can be
+        read. poll(), unlike select(), takes descriptors numbered 1024 and above (a process
+        with many files open)."""
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | (select.POLLOUT if write else 0))
+        while True:
+            ready = 0
+            for _, happened in poller.poll():
+                ready |= happened
+            if ready:
+                # A closed or failed socket counts as readable: libpq reads what happened.
+                return bool(ready & (select.POLLIN | select.POLLHUP | select.POLLERR))
+
+else:  # Windows, whose select() takes any socket
+
+    def _wait(fd: int, write: bool = False) -> bool:
+        readable, _, _ = select.select([fd], [fd] if write else [], [])
+        return bool(readable)
 
 
 _sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()

@@ -289,6 +289,9 @@ class SQLStore(SQLWriting):
         engine = create_engine(uri, **kwargs)
         engine.dialect.statement_compiler = SQLiteCompiler  # renders INDEXED BY
         sync = "FULL" if self.durability == "event" else "NORMAL"
+        # The listeners must not hold the store: the committer thread keeps a connection of
+        # this engine, and through it the store would never be freed if it were not closed.
+        readonly = self.readonly
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_conn: Any, _record: Any) -> None:
@@ -296,7 +299,7 @@ class SQLStore(SQLWriting):
             dbapi_conn.isolation_level = None
             dbapi_conn.create_function("regexp", 2, _regexp, deterministic=True)
             cur = dbapi_conn.cursor()
-            if uri != "sqlite://" and not self.readonly:
+            if uri != "sqlite://" and not readonly:
                 # Only takes effect when the file is created: 16 KiB pages read page blobs
                 # several times faster than the 4 KiB default (shorter overflow chains).
                 cur.execute("PRAGMA page_size=16384")
