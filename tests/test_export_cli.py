@@ -218,6 +218,23 @@ def test_ingest_passes_over_detector_file_folders(export_runs, tmp_path, capsys)
     assert not (tmp_path / "none.db").exists()
 
 
+@pytest.mark.parametrize("fmt", ["tiff", "dx"])
+def test_ingest_reads_the_exports_beside_detector_files_in_the_same_folder(
+    export_runs, tmp_path, fmt, capsys
+):
+    out = tmp_path / "out"
+    assert main(["export", _db(export_runs), str(out), "-f", "jsonl", "-q"]) == 0
+    jsonl = sorted(out.glob("*.jsonl"))
+    # Images (or a Data Exchange HDF5 file) of one run, written into the same folder.
+    uid = export_runs["file_image"].uid
+    assert main(["export", _db(export_runs), str(out), "-f", fmt, "--uid", uid, "-q"]) == 0
+    assert len(list(out.iterdir())) > len(jsonl)
+    capsys.readouterr()
+    assert main(["ingest", str(tmp_path / "copy.db"), f"{out}/", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert f"copied {len(jsonl)} runs" in text and "0 failed" in text
+
+
 def test_a_uid_prefix_of_digits_is_found_when_no_scan_id_matches(tmp_path, capsys):
     from event_model import compose_run
 

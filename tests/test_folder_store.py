@@ -244,6 +244,19 @@ def test_broken_files_are_left_out_with_a_warning_naming_file_and_line(export_ru
     cat.close()
 
 
+def _open_damaged(folder: Path, before: list[bytes], tmp_path: Path) -> tuple:
+    """Open ``folder``, which holds one damaged run file, and a catalog given the documents
+    before the damage (``before``, lines): the catalog, the warning and what it should hold."""
+    prefix = tmp_path / "prefix.jsonl"
+    prefix.write_bytes(b"".join(before))
+    expected = runbroker.temp()
+    expected.ingest(read_jsonl(prefix))
+    with pytest.warns(FolderWarning) as caught:
+        cat = runbroker.open(folder)
+    (message,) = [str(w.message) for w in caught if issubclass(w.category, FolderWarning)]
+    return cat, message, expected
+
+
 @pytest.mark.parametrize("where", ["cut short at the end", "garbage in the middle"])
 def test_a_damaged_line_keeps_the_documents_before_it(export_runs, tmp_path, where):
     folder = tmp_path / "runs"
@@ -256,14 +269,7 @@ def test_a_damaged_line_keeps_the_documents_before_it(export_runs, tmp_path, whe
     else:
         bad = len(lines) - 2
         path.write_bytes(b"".join(lines[: bad - 1]) + b'["event", {"ui\x00\n' + lines[-1])
-    # What a catalog given the same documents up to the damage holds.
-    prefix = tmp_path / "prefix.jsonl"
-    prefix.write_bytes(b"".join(lines[: bad - 1]))
-    expected = runbroker.temp()
-    expected.ingest(read_jsonl(prefix))
-    with pytest.warns(FolderWarning) as caught:
-        cat = runbroker.open(folder)
-    (message,) = [str(w.message) for w in caught if issubclass(w.category, FolderWarning)]
+    cat, message, expected = _open_damaged(folder, lines[: bad - 1], tmp_path)
     assert message.startswith(f"partly read: {path}")
     assert f"line {bad}" in message and "the documents after it are left out" in message
     run = cat[source.uid]
@@ -275,6 +281,51 @@ def test_a_damaged_line_keeps_the_documents_before_it(export_runs, tmp_path, whe
         warnings.simplefilter("always")
         runbroker.open(folder).close()
     assert [str(w.message) for w in again if issubclass(w.category, FolderWarning)] == [message]
+
+
+def _event_page_of_nope(doc: dict) -> dict:
+    return dict(doc, descriptor="nope")
+
+
+def _undeclared_field(doc: dict) -> dict:
+    return dict(doc, data=dict(doc["data"], zz=[0] * len(doc["uid"])))
+
+
+def _stop_of_another_run(doc: dict) -> dict:
+    return dict(doc, run_start="nope")
+
+
+def _times_too_few(doc: dict) -> dict:
+    return dict(doc, time=doc["time"][:-1])
+
+
+@pytest.mark.parametrize(
+    "key, kind, change, words",
+    [
+        ("scalar", "event_page", _event_page_of_nope, "an event of descriptor 'nope'"),
+        ("scalar", "event_page", _undeclared_field, "data.zz"),
+        ("scalar", "stop", _stop_of_another_run, "belongs to run 'nope'"),
+        ("file_image", "event_page", _times_too_few, "values but the page has 4 uids"),
+    ],
+)
+def test_a_valid_document_the_run_cannot_take_keeps_the_documents_before_it(
+    export_runs, tmp_path, key, kind, change, words
+):
+    folder = tmp_path / "runs"
+    source = export_runs[key]
+    (path,) = source.export("jsonl", folder)
+    lines = path.read_bytes().splitlines(keepends=True)
+    bad = 1 + next(i for i, line in enumerate(lines) if json.loads(line)[0] == kind)
+    name, doc = json.loads(lines[bad - 1])
+    lines[bad - 1] = json.dumps([name, change(doc)]).encode() + b"\n"
+    path.write_bytes(b"".join(lines))
+    cat, message, expected = _open_damaged(folder, lines[: bad - 1], tmp_path)
+    assert message.startswith(f"partly read: {path}, line {bad}: "), message
+    assert words in message and "the documents after it are left out" in message
+    run = cat[source.uid]
+    assert run.stop is None
+    assert_same_run(run, expected[source.uid])
+    cat.close()
 
 
 def test_a_lookup_that_misses_says_files_were_left_out(export_runs, tmp_path):

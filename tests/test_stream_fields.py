@@ -12,6 +12,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from bluesky import RunEngine
 from bluesky.plans import scan
 from event_model import unpack_event_page
@@ -90,6 +91,8 @@ def test_json_export_writes_the_references(tmp_path):
     exported = json.loads(path.read_text())["streams"]["primary"]
     assert exported["data"]["sd_image"] == refs
     assert refs[0].endswith("/0")
+    # The events stamp the motor, never the stream detector.
+    assert "motor" in exported["timestamps"] and "sd_image" not in exported["timestamps"]
 
 
 def test_raw_hdf5_without_fill_keeps_references_and_reads_back_the_same(tmp_path):
@@ -101,8 +104,33 @@ def test_raw_hdf5_without_fill_keeps_references_and_reads_back_the_same(tmp_path
     (path,) = run.export("hdf5", tmp_path / "h5", fill=False)
     with h5py.File(path) as h5:
         assert h5["primary/data/sd_image"].asstr()[:].tolist() == refs
+        assert "motor" in h5["primary/timestamps"] and "sd_image" not in h5["primary/timestamps"]
     # The references are for readers of the file: ingested again, the events are as sent.
     assert _by_kind(read_documents(path)) == _by_kind(sent)
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_filled_raw_hdf5_stamps_no_stream_field_and_reads_back(tmp_path, live):
+    from runbroker.export import live as live_exporter
+
+    sent = _stream_scan(tmp_path)
+    if live:  # page by page, as a RunEngine callback writes it
+        exporter = live_exporter("hdf5", tmp_path / "h5")
+        for name, doc in sent:
+            exporter(name, doc)
+        exporter.close()
+        (path,) = (tmp_path / "h5").glob("*.h5")
+    else:
+        cat = runbroker.open(tmp_path / "runs.db")
+        cat.ingest(sent)
+        (path,) = cat[-1].export("hdf5", tmp_path / "h5")
+    with h5py.File(path) as h5:
+        assert h5["primary/data/sd_image"].shape == (N, *SHAPE)
+        assert "sd_image" not in h5["primary/timestamps"]
+    events = [e for n, d in read_documents(path) if n == "event_page" for e in unpack_event_page(d)]
+    assert all("sd_image" not in e["timestamps"] for e in events)
+    frames = np.stack([e["data"]["sd_image"] for e in events])
+    np.testing.assert_array_equal(frames, np.stack([expected_frame(k, SHAPE) for k in range(N)]))
 
 
 def test_documents_fill_puts_the_stream_frames_in_the_events(catalog, tmp_path):

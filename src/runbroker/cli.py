@@ -246,8 +246,8 @@ def _ingest(args: argparse.Namespace) -> int:
     files = export_files(args.files)
     if not files:
         raise FileNotFoundError(
-            f"no .jsonl, .msgpack or .h5 export in {' '.join(args.files)} (folders holding "
-            "detector files are passed over)"
+            f"no .jsonl, .msgpack or .h5 export in {' '.join(args.files)} (detector files "
+            "are passed over)"
         )
     report = CopyReport()
     runs = []

@@ -229,7 +229,7 @@ def run_of_export(path: str | os.PathLike[str]) -> tuple[str, Callable[[], Itera
     return start["uid"], lambda: read_documents(path)
 
 
-#: Suffixes of detector files: a folder holding one is a detector's, not an export folder.
+#: Suffixes of detector images, never read as exports.
 _DETECTOR_SUFFIXES = (".tif", ".tiff", ".cbf", ".edf")
 
 
@@ -238,13 +238,16 @@ def export_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
     A file named is read whatever it is (an error names it if it is no export). A folder is
     searched, with its subfolders, for ``.jsonl`` and ``.msgpack`` files and for HDF5 files
-    that are runbroker raw HDF5 exports; a folder that holds detector files (an HDF5 file
-    that is not an export, or a TIFF, CBF or EDF image) is passed over with its subfolders:
-    detector files are read through the runs that point at them, never on their own.
+    that are runbroker raw HDF5 exports; detector files beside them (an HDF5 file that is not
+    an export, or a TIFF, CBF or EDF image) are left out one by one: they are read through the
+    runs that point at them, never on their own. A subfolder that holds detector files and no
+    export is passed over with everything under it, so a tree of frames is not walked.
 
     Example:
         >>> _ = run.export("jsonl", tmp_path / "out")
         >>> _ = run.export("hdf5", tmp_path / "out" / "raw")
+        >>> (tmp_path / "out" / "frames.tiff").write_bytes(b"")
+        0
         >>> (tmp_path / "out" / "detector").mkdir()
         >>> (tmp_path / "out" / "detector" / "frames.tiff").write_bytes(b"")
         0
@@ -269,11 +272,11 @@ def _exports_in(folder: Path) -> list[Path]:
     for root, dirs, names in os.walk(folder):
         dirs.sort()
         here = [Path(root, n) for n in sorted(names) if Path(n).suffix.lower() in READERS]
-        hdf5 = [p for p in here if p.suffix.lower() in (".h5", ".hdf5")]
-        if any(Path(n).suffix.lower() in _DETECTOR_SUFFIXES for n in names) or not all(
-            map(is_export, hdf5)  # stops at the first detector file
-        ):
+        exports = [p for p in here if p.suffix.lower() not in (".h5", ".hdf5") or is_export(p)]
+        found.extend(exports)
+        holds_detector_files = len(exports) < len(here) or any(
+            Path(n).suffix.lower() in _DETECTOR_SUFFIXES for n in names
+        )
+        if holds_detector_files and not exports and Path(root) != folder:
             dirs.clear()
-            continue
-        found.extend(here)
     return found

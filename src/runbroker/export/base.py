@@ -260,8 +260,9 @@ class Exporter:
                 )
             else:
                 data[key] = self._stream_references(desc["uid"], key, dk, seq)
-            # As Stream.timestamps(): a detector writing files stamps no event.
-            stamps.setdefault(key, np.full(len(seq), np.nan))
+            if kind != "stream":  # events never stamp a STREAM: field: none is made up
+                # As Stream.timestamps(): a detector writing files stamps no event.
+                stamps.setdefault(key, np.full(len(seq), np.nan))
         page = Page(
             stream=desc.get("name", "primary"),
             descriptor=desc,

@@ -7,7 +7,7 @@ Layout (``read_documents`` turns it back into the run's documents)::
     /<stream>/             attrs: stream, descriptors (uids of the descriptors stored here)
         time, seq_num, uid, descriptor      one row per event (descriptor: index into attrs)
         data/<field>       (events, *shape) in the catalog's dtype; strings as UTF-8
-        timestamps/<field>
+        timestamps/<field>  (none for a field the events never stamp: STREAM: fields)
         configuration/<object>/<key>        one row per descriptor of the group
     /_asset_documents      resource/datum/stream_* documents as JSON, when references are kept
 
@@ -68,6 +68,8 @@ class _Group:
     recorded: int = 0  # descriptors whose configuration is in the file
     rows: int = 0
     fields: dict[str, str] = field(default_factory=dict)  # field -> dataset name
+    # Fields the events carry no timestamp for (STREAM: fields): no timestamps dataset.
+    unstamped: set[str] = field(default_factory=set)
     # A prompt export's pages not written yet, with their descriptor's index.
     held: list[tuple[Page, int]] = field(default_factory=list)
 
@@ -208,7 +210,8 @@ class HDF5Exporter(Exporter):
                     f"events {page.seq_num[0]}..{page.seq_num[-1]} but earlier events have it"
                 )
             values[f"data/{ds_name}"] = page.data[key]
-            values[f"timestamps/{ds_name}"] = page.timestamps.get(key, page.time)
+            if key not in group.unstamped:
+                values[f"timestamps/{ds_name}"] = page.timestamps.get(key, page.time)
         # Every column is checked before any is written, so that the rows stay aligned.
         while True:
             columns = self._columns(group)
@@ -318,7 +321,10 @@ class HDF5Exporter(Exporter):
                 ds_name = f"{_h5name(key)}_{i}"
             used.add(ds_name)
             data_key = page.descriptor["data_keys"].get(key)
-            self._field(group, parts, key, ds_name, page.data[key], data_key, rows)
+            stamped = key in page.timestamps
+            if not stamped:
+                group.unstamped.add(key)
+            self._field(group, parts, key, ds_name, page.data[key], data_key, rows, stamped)
             group.fields[key] = ds_name
         if self.swmr and self.live:
             h5.swmr_mode = True
@@ -365,6 +371,7 @@ class HDF5Exporter(Exporter):
         column: np.ndarray,
         data_key: Mapping[str, Any] | None,
         rows: int | None,
+        stamped: bool,
     ) -> None:
         column = np.asarray(column)
         shape = column.shape[1:]
@@ -391,6 +398,8 @@ class HDF5Exporter(Exporter):
         # without HDF5 scattering them through its chunk cache (about 30% faster).
         frames = rows is None and chunk == 1 and not compression and encoding is None
         self._made(group, f"data/{ds_name}", _Column(ds, dtype, encoding, frames and shape))
+        if not stamped:
+            return
         f8 = np.dtype("f8")
         ts = _dataset(parts[1], ds_name, (), f8, rows, _CHUNK_BYTES // 8)
         set_attrs(ts, {"field": key}, new=True)
@@ -517,7 +526,8 @@ def _joined(held: list[tuple[Page, int]]) -> tuple[Page, np.ndarray] | None:
         if not (kinds <= set("biuf") or kinds == {"U"}) or len({p.shape[1:] for p in parts}) > 1:
             return None
         data[key] = np.concatenate(parts)  # numbers: the dtype widening would give
-        stamps[key] = np.concatenate([page.timestamps.get(key, page.time) for page in pages])
+        if any(key in page.timestamps for page in pages):
+            stamps[key] = np.concatenate([page.timestamps.get(key, page.time) for page in pages])
     page = Page(
         stream=pages[0].stream,
         descriptor=pages[0].descriptor,
@@ -719,7 +729,8 @@ def _pages(path: Path, g: h5py.Group, skip: set[str]) -> Iterator[tuple[str, dic
             if key in skip:
                 continue
             data[key] = _column(ds, n)
-            stamps[key] = g["timestamps"][name][:n]
+            if name in g["timestamps"]:  # none for a field the events never stamped
+                stamps[key] = g["timestamps"][name][:n]
     except (KeyError, ValueError, OSError, RuntimeError) as err:
         raise ExportError(f"{path}: group {g.name} is damaged or incomplete ({err})") from None
     cuts = [0, *(np.flatnonzero(np.diff(index)) + 1).tolist(), n]

@@ -256,7 +256,7 @@ class NeXusExporter(Exporter):
             column = _join([p.data.get(field) for p in pages], lengths, dk)
             put(group, names(field), column, _field_attrs(field, names(field), dk))
             if external_kind(dk) == "stream":
-                # Events carry no timestamp for these (the base Page gives the event time);
+                # Events carry no timestamp for these (the pages hold none);
                 # the catalog reads them as missing, and so does the file.
                 stamp = np.full(sum(lengths), np.nan)
             else:

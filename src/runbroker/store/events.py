@@ -241,10 +241,10 @@ class DescriptorState:
                 f"this uid was already used by another event of descriptor {self.uid!r} "
                 f"(seq_num {seq} is new)",
             )
-        self.uids.add(doc["uid"])
         # Keep what the event says now: the caller may change its dicts or arrays later.
         data = _own(doc["data"]) if self.has_arrays else dict(doc["data"])
         doc = dict(doc, data=data, timestamps=dict(doc["timestamps"]))
+        self.uids.add(doc["uid"])  # after the copies, which may fail: all or nothing
         self._touch(1)
         self.pending.append(doc)
         self.pending_seqs[seq] = doc

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from event_model import pack_datum_page, unpack_datum_page
 
-from ..documents import DocumentError, to_builtin, validate
+from ..documents import to_builtin, validate
 from ..export import ExportError, read_documents
 from . import jsoncodec
 from . import pages as codec
@@ -56,6 +56,10 @@ def files_parsed() -> int:
 
 class BadRunFile(ValueError):
     """A file that is not one valid run; the message names the file and the line or record."""
+
+
+class _TwoRuns(BadRunFile):
+    """A second start document: the file is runs put together, not one damaged run."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,11 @@ class _Builder:
         self.waiting: dict[str, None] = {}
 
     def add(self, number: int, name: str, doc: dict) -> None:
-        """Take in one document, checked already (``validate``)."""
+        """Take in one document, checked already (``validate``).
+
+        Every check comes before the first change, so a document refused (an error) leaves
+        the run as it was: the caller can keep what came before as an undamaged run.
+        """
         if name not in ("event", "event_page"):
             doc = to_builtin(doc)  # msgpack gives numpy values; stores keep plain JSON
         if self.run is None:
@@ -180,13 +188,13 @@ class _Builder:
             return
         run = self.run
         if name == "start":
-            raise BadRunFile(
+            raise _TwoRuns(
                 f"a second start document (uid {doc['uid']!r}); a file holds one run ({run.uid!r})"
             )
         if name == "event":
             state = self._state(doc["descriptor"])
             state.check_keys(name, doc["uid"], doc)
-            state.add(doc)
+            state.add(doc)  # checks its seq_num and uid before queueing it
             self._arrived(state.uid)
             return
         if name == "event_page":
@@ -197,11 +205,11 @@ class _Builder:
                 state.add_batch(batch)
                 self._arrived(state.uid)
             return
-        self._close_segment()
         if name == "stop":
             if run.stop is not None:
                 raise BadRunFile(f"a second stop document (uid {doc['uid']!r})")
             self._same_run(name, doc, doc["run_start"])
+            self._close_segment()
             run.stop = doc
             return
         body = jsoncodec.dumps(doc)
@@ -209,19 +217,27 @@ class _Builder:
             self._same_run(name, doc, doc["run_start"])
             if doc["uid"] in self.states:
                 raise BadRunFile(f"descriptor {doc['uid']!r} appears twice")
-            self.states[doc["uid"]] = DescriptorState.from_descriptor(0, 0, run.uid, doc, 0)
+            state = DescriptorState.from_descriptor(0, 0, run.uid, doc, 0)
+            self._close_segment()
+            self.states[doc["uid"]] = state
             run.descriptors.append(body)
             run.by_descriptor[doc["uid"]] = []
         elif name in _ASSETS:
             if name != "stream_datum" and "run_start" in doc:
                 self._same_run(name, doc, doc["run_start"])
+            self._close_segment()
             run.assets.append((name, body))
         elif name in ("datum", "datum_page"):
             page = doc if name == "datum_page" else pack_datum_page(doc)
-            for datum in unpack_datum_page(page):
-                run.datums[datum["datum_id"]] = (datum["resource"], datum["datum_kwargs"])
-            run.nbytes += _DATUM_BYTES * len(page["datum_id"])
+            datums = {
+                d["datum_id"]: (d["resource"], d["datum_kwargs"]) for d in unpack_datum_page(page)
+            }
             name, body = "datum_page", jsoncodec.dumps(page)
+            self._close_segment()
+            run.datums.update(datums)
+            run.nbytes += _DATUM_BYTES * len(datums)
+        else:
+            self._close_segment()
         run.replay.append(("doc", name, body))
         run.nbytes += len(body)
 
@@ -287,10 +303,12 @@ class _Builder:
 def parse(path: str | Path) -> ParsedRun:
     """Read and check one run's file; raise :class:`BadRunFile` naming what is wrong where.
 
-    A damaged document after the start (a line cut short by a crash, or one that is not a
-    valid document) ends the reading there: the documents before it are kept, the run has
+    A damaged document after the start (a line cut short by a crash, one that is not a
+    valid document, or a valid one the run cannot take, such as an event of a descriptor
+    the file does not hold) ends the reading there: the documents before it are kept, the run has
     no stop (as a crashed run in any catalog) unless one came before, and ``damage`` says
-    where the file is damaged and that what follows was left out.
+    where the file is damaged and that what follows was left out. A second start document
+    is no damage but two runs in one file: the file is refused whole.
 
     Example:
         >>> path, = run.export("jsonl", tmp_path)
@@ -315,30 +333,41 @@ def parse(path: str | Path) -> ParsedRun:
             try:
                 name, doc = next(documents)
                 doc = validate(name, doc)
+                builder.add(number, name, doc)
             except StopIteration:
                 number -= 1
                 break
-            except (ExportError, DocumentError) as err:
-                if builder.run is None:
+            except _DAMAGE as err:
+                if builder.run is None or isinstance(err, _TwoRuns):  # no one run to keep
                     raise
                 builder.damaged(_damage(path, number, err))
                 break
-            builder.add(number, name, doc)
         return builder.finish()
     except ExportError as err:
         raise BadRunFile(str(err)) from None
-    except (BadRunFile, DocumentError, KeyError, TypeError, ValueError) as err:
-        reason = f"missing key {err}" if isinstance(err, KeyError) else str(err)
-        raise BadRunFile(f"{path}, {_where(path, number)}: {reason}") from None
+    except _DAMAGE as err:
+        raise BadRunFile(f"{path}, {_where(path, number)}: {_reason(err)}") from None
     finally:
         close = getattr(documents, "close", None)
         if close is not None:
             close()
 
 
+#: What a document that cannot be read or taken in raises (``LookupError``: a key or a list
+#: entry it lacks, ``ValueError``: covers BadRunFile and DocumentError).
+_DAMAGE = (ExportError, LookupError, TypeError, ValueError)
+
+
+def _reason(err: Exception) -> str:
+    """``err`` in words: a missing key is named as such, not as a bare quoted name."""
+    if isinstance(err, KeyError):
+        return f"missing key {err}"
+    return str(err)
+
+
 def _damage(path: Path, number: int, err: Exception) -> str:
     """What a warning says of a file damaged at its ``number``-th document."""
-    reason = str(err)
+    reason = _reason(err)
     if reason.startswith(str(path)):  # the reader names the file and the line itself
         text = reason
     else:
