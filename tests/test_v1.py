@@ -83,6 +83,18 @@ def test_keywords_search_as_dict_queries_do(catalog, runs):
         db(since=t1, start_time="2000")
 
 
+def test_empty_search_warning_points_at_the_search(catalog, runs):
+    # The warning names the line of the user's code, not a line of runbroker's v1 layer.
+    hits = catalog.v1(plan_nam="scan")
+    with pytest.warns(runbroker.queries.EmptySearchWarning, match="plan_nam") as caught:
+        assert len(hits) == 0
+    assert [w.filename for w in caught] == [__file__]
+    # Each unknown key is warned about once per catalog: another misspelling.
+    with pytest.warns(runbroker.queries.EmptySearchWarning, match="plan_nme") as caught:
+        assert list(catalog.v1(plan_nme="count")) == []
+    assert [w.filename for w in caught] == [__file__]
+
+
 def test_table_is_indexed_by_seq_num_with_datetimes(catalog, runs):
     _, scan = runs
     h = catalog.v1[-1]

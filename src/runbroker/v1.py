@@ -7,7 +7,9 @@ here reads storage itself. What is covered and what is not: ``docs/v1.md``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -287,10 +289,17 @@ class Results:
         self._db = db
 
     def __iter__(self) -> Iterator[Header]:
-        return (Header(run, self._db) for run in self.catalog.values())
+        runs = iter(self.catalog.values())
+        while True:
+            with _warnings_to_caller():
+                run = next(runs, None)
+            if run is None:
+                return
+            yield Header(run, self._db)
 
     def __len__(self) -> int:
-        return len(self.catalog)
+        with _warnings_to_caller():
+            return len(self.catalog)
 
     def __repr__(self) -> str:
         return f"<v1 Results: {plural(len(self), 'header')}>"
@@ -470,6 +479,18 @@ class Header:
 
     def _repr_html_(self) -> str:
         return self.run._repr_html_()
+
+
+@contextmanager
+def _warnings_to_caller() -> Iterator[None]:
+    """Give the warnings raised inside (a search that found nothing, and why) to the code that
+    called a ``Results`` method: they are about its ``db(...)``, not about this module."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        # 4: this generator, contextlib's __exit__, the Results method, its caller.
+        warnings.warn(warning.message, warning.category, stacklevel=4)
 
 
 def _time_keyword(kwargs: dict[str, Any], name: str, alias: str) -> Any:
