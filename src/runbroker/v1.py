@@ -495,9 +495,9 @@ def _warnings_to_caller() -> Iterator[None]:
 
 def _time_keyword(kwargs: dict[str, Any], name: str, alias: str) -> Any:
     """Pop ``name`` and its v1 alias from ``kwargs``: the time they give, or None."""
-    given = {k: kwargs.pop(k) for k in (name, alias) if kwargs.get(k) is not None}
-    kwargs.pop(name, None), kwargs.pop(alias, None)
-    if len(set(map(repr, given.values()))) > 1:
+    given = {k: kwargs.pop(k) for k in (name, alias) if k in kwargs}
+    given = {k: v for k, v in given.items() if v is not None}
+    if len(given) == 2 and given[name] != given[alias]:
         raise ValueError(
             f"db({name}={given[name]!r}, {alias}={given[alias]!r}): {alias} is another name "
             f"for {name}; give one of them"
