@@ -13,6 +13,7 @@ files (resource and datum documents).
 from __future__ import annotations
 
 import copy
+import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,6 +229,37 @@ def test_query_object_and_the_cli_query_form_select_runs(
     assert _mongo_filter(query.to_json()) == query
     with pytest.raises(runbroker.queries.QueryError, match="--query '\\[1\\]'"):
         _mongo_filter("[1]")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"stop.exit_status": "success", "plan_name": "scan"},  # the stop is another collection
+        {"$or": [{"stop.exit_status": "success"}, {"plan_name": "none"}]},
+        {"start.plan_name": "scan"},  # run_start holds no "start" key
+        {"sample": {"temp": 300, "name": "Cu"}},  # a sub-document in another field order
+        {"detectors": "det", "num_points": {"$gt": 3}},
+    ],
+)
+def test_dict_query_means_what_it_means_in_search(
+    catalog: runbroker.Catalog, mongo_db: Any, spec: dict
+) -> None:
+    import_mongo(mongo_db, catalog, progress=False)
+    expected = sorted(catalog.search(spec))
+    assert expected  # each query selects some runs, so that selecting none is seen
+    selected = runbroker.temp()
+    import_mongo(mongo_db, selected, query=spec, progress=False)
+    assert sorted(selected) == expected
+    # The command line's --query gives import_mongo the same.
+    assert _mongo_filter(json.dumps(spec)) == spec
+
+
+def test_dict_query_refused_as_search_refuses_it(mongo_db: Any) -> None:
+    # MongoDB would answer $size, but no other command would: one language for --query.
+    with pytest.raises(runbroker.queries.QueryError, match=r"'\$size'"):
+        import_mongo(mongo_db, runbroker.temp(), query={"detectors": {"$size": 1}})
+    with pytest.raises(runbroker.queries.QueryError, match=r"--query .*'\$size'"):
+        _mongo_filter('{"detectors": {"$size": 1}}')
 
 
 def test_old_resources_without_run_start(

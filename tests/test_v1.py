@@ -66,6 +66,35 @@ def test_search_keywords_time_and_text(catalog, runs):
         db(data_key="det")
 
 
+def test_keywords_search_as_dict_queries_do(catalog, runs):
+    # db(detectors="det") is an everyday v1 search: a list holding the value matches, as
+    # in cat.search({"detectors": "det"}) and in databroker.
+    count, scan = runs
+    db = catalog.v1
+    assert [h.uid for h in db(detectors="det")] == [scan.uid, count.uid]
+    assert [h.uid for h in db(motors="motor")] == [scan.uid]
+    assert len(db(detectors="det")) == len(catalog.search({"detectors": "det"})) == 2
+    assert [h.uid for h in db(scan_id={"$gt": count.start["scan_id"]})] == [scan.uid]
+    # Both names of a time bound: neither is taken for a metadata key.
+    t1 = scan.start["time"]
+    assert [h.uid for h in db(since=t1, start_time=t1)] == [scan.uid]
+    assert [h.uid for h in db(until=t1, stop_time=t1)] == [count.uid]
+    with pytest.raises(ValueError, match="start_time is another name for since"):
+        db(since=t1, start_time="2000")
+
+
+def test_empty_search_warning_points_at_the_search(catalog, runs):
+    # The warning names the line of the user's code, not a line of runbroker's v1 layer.
+    hits = catalog.v1(plan_nam="scan")
+    with pytest.warns(runbroker.queries.EmptySearchWarning, match="plan_nam") as caught:
+        assert len(hits) == 0
+    assert [w.filename for w in caught] == [__file__]
+    # Each unknown key is warned about once per catalog: another misspelling.
+    with pytest.warns(runbroker.queries.EmptySearchWarning, match="plan_nme") as caught:
+        assert list(catalog.v1(plan_nme="count")) == []
+    assert [w.filename for w in caught] == [__file__]
+
+
 def test_table_is_indexed_by_seq_num_with_datetimes(catalog, runs):
     _, scan = runs
     h = catalog.v1[-1]

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from event_model import unpack_datum_page, unpack_event_page
@@ -20,12 +20,11 @@ from .assets import Assets, external_kind, fill_flag
 from .derived import derived_from, save_derived
 from .display import duration, plural
 from .emptysearch import warn_if_unknown
+from .mongoquery import from_mongo
 from .queries import And, Key, PartialUID, Query, ScanID
 from .store.base import LeavesOut, RunRecord, Store
 from .stream import Stream
-
-if TYPE_CHECKING:
-    from .v1 import Broker, Header
+from .v1 import Broker, Header
 
 __all__ = ["AmbiguousUIDError", "Catalog", "Run"]
 
@@ -211,7 +210,7 @@ class Catalog:
             1
         """
         if isinstance(query, Mapping):
-            query = Query.from_mongo(query)
+            query = from_mongo(query)
         if not isinstance(query, Query):
             raise TypeError(
                 f"search() takes a runbroker query or a dict query, not {type(query).__name__}"
@@ -238,8 +237,6 @@ class Catalog:
             >>> cat.v1[run.uid].table()["motor"].tolist()
             [-1.0, -0.5, 0.0, 0.5, 1.0]
         """
-        from .v1 import Broker
-
         return Broker(self)
 
     def _records(self) -> Iterator[RunRecord]:
@@ -520,9 +517,8 @@ class Run(Mapping[str, Stream]):
             >>> run.v1.stream_names
             ['primary']
         """
-        from .v1 import Header
-
-        return Header(self)
+        # Made here, not in Header, so that v1 needs nothing from this module.
+        return Header(self, Broker(Catalog(self.store, assets=self.assets)))
 
     @property
     def primary(self) -> Stream:

@@ -184,14 +184,12 @@ def _import_mongo(args: argparse.Namespace) -> int:
 
 
 def _mongo_filter(text: str) -> dict | Query:
-    # A dict query goes to MongoDB as it is: MongoDB reads it natively (operators runbroker
-    # does not search included). The JSON form of a query object is applied to the runs
-    # found there; anything else is refused by parse_query, with the reason.
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    return data if isinstance(data, dict) and not is_query_form(data) else parse_query(text)
+    # The same --query as the other commands: parse_query refuses what they refuse, naming
+    # the option. A dict query is handed on as a dict, so that import_mongo can give its
+    # start keys to MongoDB to answer rather than read every run.
+    query = parse_query(text)
+    data = json.loads(text)
+    return query if is_query_form(data) else data
 
 
 def _selected(args: argparse.Namespace) -> Catalog:

@@ -35,7 +35,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .queries import _REGISTRY as TAGS
 from .queries import (
     And,
     Comparison,
@@ -48,6 +47,7 @@ from .queries import (
     Query,
     QueryError,
     SubDocument,
+    is_query_form,
 )
 from .queries import Regex as RegexQuery
 
@@ -61,7 +61,7 @@ OPERATORS: tuple[str, ...] = tuple(dict.fromkeys((*_FIELD, *_LOGICAL)))
 
 
 def from_mongo(spec: Mapping[str, Any]) -> Query:
-    """The query object for a MongoDB-style dict query; also ``Query.from_mongo``.
+    """The query object for a MongoDB-style dict query.
 
     Raises :class:`QueryError` naming the key and operator for anything it cannot translate.
 
@@ -208,16 +208,6 @@ def _unsupported(op: str, where: str) -> QueryError:
     return QueryError(
         f"operator {op!r} {where} is not supported; supported operators: {', '.join(OPERATORS)}"
     )
-
-
-def is_query_form(data: Any) -> bool:
-    """True for the JSON form of a query object (:meth:`Query.to_dict`), told apart from a
-    dict query by its ``"type"`` tag naming a query type.
-
-    >>> is_query_form({"type": "key_present", "key": "sample"}), is_query_form({"type": "x"})
-    (True, False)
-    """
-    return isinstance(data, Mapping) and isinstance(data.get("type"), str) and data["type"] in TAGS
 
 
 def parse_query(text: str, option: str = "--query") -> Query:

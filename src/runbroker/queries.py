@@ -81,6 +81,7 @@ __all__ = [
     "SubDocument",
     "TimeRange",
     "epoch",
+    "is_query_form",
     "lookup",
     "parse_time",
     "scalar_equal",
@@ -308,6 +309,20 @@ def parse_time(value: Any, timezone: str | None = None) -> float:
 _REGISTRY: dict[str, type[Query]] = {}
 
 
+def is_query_form(data: Any) -> bool:
+    """True for the JSON form of a query object (:meth:`Query.to_dict`), told apart from a
+    dict query by its ``"type"`` tag naming a query type.
+
+    >>> is_query_form({"type": "key_present", "key": "sample"}), is_query_form({"type": "x"})
+    (True, False)
+    """
+    return (
+        isinstance(data, Mapping)
+        and isinstance(data.get("type"), str)
+        and data["type"] in _REGISTRY
+    )
+
+
 class Query:
     """Base of all queries: combine with ``&``, ``|``, ``~``; serialise; evaluate.
 
@@ -406,17 +421,6 @@ class Query:
     def _decode(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
         # Where a field's serialised form differs from what the constructor takes.
         return kwargs
-
-    @classmethod
-    def from_mongo(cls, spec: Mapping[str, Any]) -> Query:
-        """Translate a MongoDB-style dict, as databroker users write them (see mongoquery).
-
-        >>> Query.from_mongo({"num_points": {"$gt": 20}})
-        Key('num_points') > 20
-        """
-        from .mongoquery import from_mongo
-
-        return from_mongo(spec)
 
     def to_json(self) -> str:
         """Compact JSON text of :meth:`to_dict`.

@@ -7,7 +7,9 @@ here reads storage itself. What is covered and what is not: ``docs/v1.md``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -16,7 +18,7 @@ from event_model import unpack_datum_page, unpack_event_page
 
 from .assets import external_kind
 from .display import plural
-from .queries import FullText, Key, TimeRange
+from .queries import FullText, TimeRange
 
 if TYPE_CHECKING:
     from .catalog import Catalog, Run
@@ -83,9 +85,12 @@ class Broker:
     def __call__(self, text_search: str | None = None, **kwargs: Any) -> Results:
         """Headers whose start document matches: ``db(plan_name="scan", since="2024-03-01")``.
 
-        Each keyword is an equality on a start key (``Key(k) == v``); ``since``/``start_time``
-        and ``until``/``stop_time`` bound the start time (``timezone=`` names the zone of
-        dates without one); ``text_search`` is a full-text search. Newest first.
+        The keywords are a dict query, as in ``cat.search({...})`` (see ``docs/queries.md``):
+        ``db(detectors="det")`` finds the runs whose list of detectors holds ``"det"``, and
+        ``db(scan_id={"$gt": 10})`` works too. ``since``/``start_time`` and
+        ``until``/``stop_time`` bound the start time: a date (``timezone=`` names the zone of
+        dates without one) or, as in v1, a number of epoch seconds. ``text_search`` is a
+        full-text search. Newest first.
 
         Example:
             >>> db = runbroker.v1(cat)
@@ -93,18 +98,20 @@ class Broker:
             (True, False)
             >>> other_run.v1 in db("Ni"), len(db(sample="Ni", plan_name="scan"))
             (True, 0)
+            >>> len(db(detectors="det", plan_name="scan"))
+            1
         """
         for key, instead in _UNSUPPORTED_SEARCH.items():
             if key in kwargs:
                 raise ValueError(f"db({key}=...) is not supported by runbroker: {instead}")
-        since = kwargs.pop("since", None) or kwargs.pop("start_time", None)
-        until = kwargs.pop("until", None) or kwargs.pop("stop_time", None)
+        since = _time_keyword(kwargs, "since", "start_time")
+        until = _time_keyword(kwargs, "until", "stop_time")
         timezone = kwargs.pop("timezone", None)
         found = self.catalog
         if since is not None or until is not None:
             found = found.search(TimeRange(since=since, until=until, timezone=timezone))
-        for key, value in kwargs.items():
-            found = found.search(Key(key) == value)
+        if kwargs:
+            found = found.search(kwargs)
         if text_search:
             found = found.search(FullText(text_search))
         return Results(found, self)
@@ -282,10 +289,17 @@ class Results:
         self._db = db
 
     def __iter__(self) -> Iterator[Header]:
-        return (Header(run, self._db) for run in self.catalog.values())
+        runs = iter(self.catalog.values())
+        while True:
+            with _warnings_to_caller():
+                run = next(runs, None)
+            if run is None:
+                return
+            yield Header(run, self._db)
 
     def __len__(self) -> int:
-        return len(self.catalog)
+        with _warnings_to_caller():
+            return len(self.catalog)
 
     def __repr__(self) -> str:
         return f"<v1 Results: {plural(len(self), 'header')}>"
@@ -303,10 +317,9 @@ class Header:
     """
 
     def __init__(self, run: Run, db: Broker | None = None) -> None:
-        from .catalog import Catalog
-
         self.run = run
-        self.db = db if db is not None else Broker(Catalog(run.store, assets=run.assets))
+        # Without a Broker, the run's own (``run.v1``) gives one over the run's catalog.
+        self.db = db if db is not None else run.v1.db
 
     @property
     def v2(self) -> Run:
@@ -466,6 +479,35 @@ class Header:
 
     def _repr_html_(self) -> str:
         return self.run._repr_html_()
+
+
+@contextmanager
+def _warnings_to_caller() -> Iterator[None]:
+    """Give the warnings raised inside (a search that found nothing, and why) to the code that
+    called a ``Results`` method: they are about its ``db(...)``, not about this module."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        # 4: this generator, contextlib's __exit__, the Results method, its caller.
+        warnings.warn(warning.message, warning.category, stacklevel=4)
+
+
+def _time_keyword(kwargs: dict[str, Any], name: str, alias: str) -> Any:
+    """Pop ``name`` and its v1 alias from ``kwargs``: the time they give, or None."""
+    given = {k: kwargs.pop(k) for k in (name, alias) if k in kwargs}
+    given = {k: v for k, v in given.items() if v is not None}
+    if len(given) == 2 and given[name] != given[alias]:
+        raise ValueError(
+            f"db({name}={given[name]!r}, {alias}={given[alias]!r}): {alias} is another name "
+            f"for {name}; give one of them"
+        )
+    value = next(iter(given.values()), None)
+    # v1 read a number as epoch seconds; runbroker asks to mark them, as a bare 2021 could
+    # also be a year.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"@{value}"
+    return value
 
 
 def _headers(headers: Header | Iterable[Header]) -> list[Header]:

@@ -33,6 +33,7 @@ from event_model import pack_datum_page, pack_event_page
 
 from ..catalog import Catalog
 from ..documents import DocumentError
+from ..mongoquery import from_mongo
 from ..queries import Query
 from ..transfer import CopyReport, copy_runs
 
@@ -66,11 +67,13 @@ def import_mongo(
 
     ``source`` is a pymongo ``Database`` or a URL naming one, ``mongodb://host/dbname``.
     ``catalog`` is a :class:`runbroker.Catalog` or a path/URL given to :func:`runbroker.open`
-    (that catalog is closed again at the end). ``query`` is a MongoDB filter on the
-    ``run_start`` collection, e.g. ``{"plan_name": "scan"}`` or
-    ``{"time": {"$gte": 1.6e9}}``: only matching runs are copied. A runbroker query object
-    (``Key("plan_name") == "scan"``) is applied to each run's start and stop documents
-    instead, after they are read.
+    (that catalog is closed again at the end). ``query`` selects the runs copied; it means
+    what it means in :meth:`Catalog.search <runbroker.Catalog.search>`: a dict query such as
+    ``{"plan_name": "scan"}``, ``{"time": {"$gte": 1.6e9}}`` or
+    ``{"stop.exit_status": "success"}``, or a query object (``Key("plan_name") == "scan"``).
+    The parts of a dict query on start keys are handed to MongoDB's ``run_start`` collection;
+    the rest (``stop.`` keys, a ``$or`` reaching the stop, a whole sub-document) and query
+    objects are applied to each run's start and stop documents after they are read.
 
     A run whose uid is already in the catalog is skipped, so running the same import again
     after an interruption copies only what is missing. Each run is stored in one transaction.
@@ -114,6 +117,7 @@ def import_mongo(
         raise ValueError(f"batch_events must be at least 1, not {batch_events}")
     if not isinstance(query, Query):
         query = dict(query or {})
+        from_mongo(query)  # refused here as cat.search refuses it, before MongoDB is asked
     db, client = _open_source(source)
     try:
         if isinstance(catalog, Catalog):
@@ -201,11 +205,11 @@ def _import(
     # and sorting here needs no index on run_start.time.
     report = ImportReport()
     heads: list[tuple[float, str]] = []
-    after = query if isinstance(query, Query) else None
+    native, after = ({}, query) if isinstance(query, Query) else _split(query)
     found = (
-        db["run_start"].find({})
+        db["run_start"].find(native)
         if after is not None
-        else db["run_start"].find(query, {"uid": True, "time": True})
+        else db["run_start"].find(native, {"uid": True, "time": True})
     )
     for head in found:
         uid, time = head.get("uid"), head.get("time")
@@ -220,6 +224,35 @@ def _import(
     return copy_runs(
         runs, cat, total=len(heads), progress=progress, strict=strict, desc="import", report=report
     )
+
+
+def _split(query: dict[str, Any]) -> tuple[dict[str, Any], Query | None]:
+    """``(the part of a dict query MongoDB's run_start answers as runbroker does, the rest as
+    a query to apply after reading, or None)``. The top-level fields are ANDed, so each goes
+    to one side."""
+    native = {key: value for key, value in query.items() if _native(key, value)}
+    rest = {key: value for key, value in query.items() if key not in native}
+    return native, (from_mongo(rest) if rest else None)
+
+
+def _native(key: str, value: Any) -> bool:
+    # run_start holds only start documents, and keys there have no "start." in front.
+    # $and, $or, $nor and $not are applied after reading, whole: exact, if slower.
+    if key.startswith(("$", "start.", "stop.")):
+        return False
+    return _plain(value)
+
+
+def _plain(value: Any) -> bool:
+    # A dict value is a whole sub-document, which MongoDB compares in field order and
+    # runbroker does not: those are applied after reading, the one place they agree.
+    if isinstance(value, Mapping):
+        return bool(value) and all(
+            isinstance(op, str) and op.startswith("$") and _plain(arg) for op, arg in value.items()
+        )
+    if isinstance(value, list | tuple):
+        return not any(isinstance(item, Mapping) for item in value)
+    return True
 
 
 def _record(db: Any, start: dict) -> dict[str, Any]:
