@@ -237,3 +237,28 @@ def test_statements_deallocated_between_transactions_are_prepared_again(catalog)
     assert sorted(r.start["sample"] for r in catalog.values()) == ["Cu", "Ni"]
     assert catalog[first.start_doc["uid"]].primary.read()["x"].values.tolist() == [2.0]
     assert catalog[second.start_doc["uid"]].stop is None
+
+
+@POSTGRES_ONLY
+def test_a_connection_with_a_descriptor_above_1023_reads_and_writes(make_catalog):
+    """select() cannot watch descriptors from 1024 on; a process with many files open (a
+    server) gives such numbers to its new connections, which must work all the same."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard == resource.RLIM_INFINITY or hard > 1100, "the test needs 1100 descriptors"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    held = []
+    try:
+        while not held or held[-1] < 1030:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        cat = make_catalog()  # its connections get descriptors above 1030
+        run, desc = _run(cat, sample="Ni")
+        cat.insert("event", desc.compose_event(data={"x": 1.5}, timestamps={"x": 0.0}, seq_num=1))
+        cat.insert("stop", run.compose_stop())
+        assert cat[run.start_doc["uid"]].primary.read()["x"].values.tolist() == [1.5]
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -80,6 +80,20 @@ def dump(value: Any) -> tuple[bytes | None, int]:
     return _number(value).encode(), 0
 
 
+# What makes the connection's socket worth reading: data, or an error or hang-up that
+# consume_input then reports.
+_READABLE = select.POLLIN | select.POLLERR | select.POLLHUP
+
+
+def _wait(fd: int, events: int) -> int:
+    """Wait until ``fd`` is ready for ``events``; the events that came. poll, not select:
+    select() refuses a descriptor numbered 1024 or more, which a process holding many files
+    (a server, a long test run) hands to its new connections."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return poller.poll()[0][1]
+
+
 class Rows:
     """The rows of one statement, as a DBAPI cursor would give them."""
 
@@ -280,13 +294,12 @@ class Session:
     def _flush(self) -> None:
         pg = self.pg
         while pg.flush():  # more to send: wait without holding the GIL
-            readable, _, _ = select.select([pg.socket], [pg.socket], [])
-            if readable:
+            if _wait(pg.socket, select.POLLIN | select.POLLOUT) & _READABLE:
                 pg.consume_input()
 
     def _next(self) -> Any:
         pg = self.pg
         while pg.is_busy():
-            select.select([pg.socket], [], [])
+            _wait(pg.socket, select.POLLIN)
             pg.consume_input()
         return pg.get_result()
