@@ -110,3 +110,26 @@ def test_ls_piped_into_head_stops_quietly(tmp_path):
     out = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
     assert out.stdout == f"1500 runs in {tmp_path / 'many.db'}\n"
     assert out.stderr == ""
+
+
+def test_warnings_are_printed_as_the_commands_own_lines(catalog, RE):
+    """A warning (here: a query key no run has) is one `runbroker: warning:` line, not
+    Python's file:line and source line; -W error (here for the warnings runbroker gives)
+    leaves it a warning, not a failure."""
+    RE(count([det], 1), sample="Ni")
+    catalog.flush()
+    path = catalog.store.uri.removeprefix("sqlite:///")
+    command = ["-m", "runbroker.cli", "ls", path, "--query", '{"sampel": "Ni"}']
+    for python_options in ([], ["-W", "error::UserWarning"]):
+        out = subprocess.run(
+            [sys.executable, *python_options, *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("0 runs in ")
+        lines = out.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("runbroker: warning: "), out.stderr
+        assert "sampel" in lines[0] and "sample" in lines[0]
+        assert "EmptySearchWarning" not in out.stderr and ".py:" not in out.stderr

@@ -19,6 +19,7 @@ from ophyd.sim import det
 
 import runbroker
 from runbroker.cli import main
+from runbroker.store.urls import redact
 from runbroker.testing.readonly import run_read_only
 
 
@@ -331,3 +332,44 @@ def test_a_catalog_dropped_without_close_frees_its_files(tmp_path, name):
         gc.collect()
         time.sleep(0.05)  # the committer lets go of it between rounds
     assert store() is None
+
+
+def test_redact_changes_the_password_and_nothing_else():
+    """Only where a password stands (user:PASSWORD@, password=PASSWORD) is it replaced: a
+    host, port or database name that holds the same characters is shown as it is."""
+    assert (
+        redact("postgresql://postgres:postgres@db.host:5432/postgres")
+        == "postgresql://postgres:***@db.host:5432/postgres"
+    )
+    url = "postgresql://u:5@db5.host:5432/runs5"
+    assert redact(url) == "postgresql://u:***@db5.host:5432/runs5"
+    message = f"cannot connect to {url} (host db5.host, port 5432, database runs5)"
+    assert redact(message, url) == message.replace("u:5@", "u:***@")
+    assert redact("mongodb://u:pw@h1:1,h2:2/db") == "mongodb://u:***@h1:1,h2:2/db"
+    assert redact("postgresql://u@h/db?password=pw&sslmode=require", None).count("pw") == 0
+    assert redact("dsn: host=h password=pa/ss port=1", "postgresql://u:pa%2Fss@h/db") == (
+        "dsn: host=h password=*** port=1"
+    )
+
+
+def test_import_runbroker_loads_no_database_driver_nor_migrations():
+    """psycopg is imported when a PostgreSQL catalog is opened and alembic when a catalog is
+    created or upgraded, not by `import runbroker` (which every CLI command pays for)."""
+    code = "import sys, runbroker; print(sorted({'psycopg', 'alembic'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_db_upgrade_of_what_is_no_catalog_shows_no_password(postgres_url, capsys):
+    from runbroker.testing.postgres import new_schema
+
+    url = new_schema(postgres_url, f"nocat{os.getpid()}")
+    url = url.replace("runbroker@", "runbroker:hunter2secret@", 1)
+    assert "hunter2secret" in url
+    assert main(["db", "upgrade", url]) == 1
+    err = capsys.readouterr().err
+    assert "is not a runbroker catalog" in err and "runbroker:***@" in err
+    assert "hunter2secret" not in err

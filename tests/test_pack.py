@@ -639,6 +639,15 @@ def test_an_archive_member_escaping_the_pack_is_refused(source, tmp_path, member
     assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
 
 
+def test_unpack_into_a_database_it_cannot_reach_shows_no_password(source, tmp_path, capsys):
+    pack(source, tmp_path / "p", progress=False)
+    url = "postgresql://u:hunter2secret@127.0.0.1:1/db"  # port 1: nothing listens there
+    assert main(["unpack", str(tmp_path / "p"), "--into", url, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot unpack into postgresql://u:***@127.0.0.1:1/db" in err
+    assert "hunter2secret" not in err
+
+
 def test_unpack_into_postgresql(source, tmp_path, postgres_url):
     from runbroker.testing.postgres import new_schema
 

@@ -18,11 +18,13 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from datetime import datetime
+from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -596,6 +598,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     cr.add_argument("name")
     cr.set_defaults(func=_catalogs_remove)
     args = parser.parse_args(argv)
+    # Every URL the command was given (a catalog, --into, a source and a destination): their
+    # passwords are kept out of whatever it prints, drivers' messages included.
+    urls = [v for v in vars(args).values() if isinstance(v, str) and "://" in v]
+    with warnings.catch_warnings():
+        # A warning is a message to the user of the command, shown in its words rather than
+        # as Python shows it (file, line, source); -W error does not turn it into a failure.
+        warnings.simplefilter("default", UserWarning)
+        warnings.showwarning = partial(_show_warning, urls=urls)
+        return _run(args, urls)
+
+
+def _run(args: argparse.Namespace, urls: list[str]) -> int:
+    """Run the command ``args`` names; an error is one line on stderr and an exit status."""
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here when all of the output fit the buffer
@@ -613,13 +628,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         SchemaVersionError,
         OSError,
     ) as err:
-        print(f"runbroker: {err}", file=sys.stderr)
+        print(f"runbroker: {redact(str(err), *urls)}", file=sys.stderr)
         return 1
     except SQLAlchemyError as err:  # an unreachable server, a refused login, ...
         cause = getattr(err, "orig", None) or err
-        message = redact(str(cause).strip(), getattr(args, "uri", None) or "")
+        message = redact(str(cause).strip(), *urls)
         print(f"runbroker: database error: {message}", file=sys.stderr)
         return 1
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+    *,
+    urls: Sequence[str] = (),
+) -> None:
+    """Print a warning as ``runbroker: warning: ...`` (a warning of another library names
+    its kind), in place of :func:`warnings.showwarning`.
+
+    Example:
+        >>> _show_warning(UserWarning("no run has the key 'sampel'"), UserWarning, "x.py", 1,
+        ...               file=sys.stdout)
+        runbroker: warning: no run has the key 'sampel'
+    """
+    text = redact(str(message), *urls)
+    if not category.__module__.startswith("runbroker") and category is not UserWarning:
+        text = f"{category.__name__}: {text}"
+    print(f"runbroker: warning: {text}", file=sys.stderr if file is None else file)
 
 
 def _silence_stdout() -> None:

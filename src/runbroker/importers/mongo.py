@@ -24,7 +24,6 @@ Example (``mongomock`` stands in for a MongoDB server here):
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ from ..catalog import Catalog
 from ..documents import DocumentError
 from ..mongoquery import from_mongo
 from ..queries import Query
+from ..store.urls import redact
 from ..transfer import CopyReport, copy_runs
 
 if TYPE_CHECKING:
@@ -138,11 +138,6 @@ def _open_catalog(target: str | os.PathLike) -> Catalog:
     return open_catalog(target)
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, fit for an error message."""
-    return re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url)
-
-
 def _open_source(source: Any) -> tuple[Any, Any]:
     """``(database, client we opened or None)``."""
     if not isinstance(source, str):
@@ -154,7 +149,7 @@ def _open_source(source: Any) -> tuple[Any, Any]:
         _check_layout(source)
         return source, None
     if not source.startswith(("mongodb://", "mongodb+srv://")):
-        raise ValueError(f"{_redact(source)!r} is not a MongoDB URL (mongodb://host/dbname)")
+        raise ValueError(f"{redact(source)!r} is not a MongoDB URL (mongodb://host/dbname)")
     try:
         import pymongo
         from pymongo.errors import ConfigurationError
@@ -168,7 +163,7 @@ def _open_source(source: Any) -> tuple[Any, Any]:
     except ConfigurationError:
         client.close()
         raise ValueError(
-            f"{_redact(source)!r} names no database: put it in the path, as in "
+            f"{redact(source)!r} names no database: put it in the path, as in "
             "mongodb://host:27017/metadatastore"
         ) from None
     try:

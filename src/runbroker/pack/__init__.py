@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
+from ..store.urls import redact
 from ..transfer import CopyReport, copy_runs, gc_paused, select_runs
 from .archive import extract, is_archive, pack_name, verify_archive, write_archive
 from .manifest import (
@@ -358,8 +359,8 @@ def unpack(
         entry = NamedCatalogs().entries().get(name)
         if entry is not None and _local(entry.uri) != _local(into):
             raise PackError(
-                f"--name {name}: that name is taken by {entry.uri}; choose another name (or "
-                "leave out --into to merge the pack into that catalog)"
+                f"--name {name}: that name is taken by {redact(entry.uri)}; choose another name "
+                "(or leave out --into to merge the pack into that catalog)"
             )
     if path.is_file():
         report = verify_archive(path)
@@ -446,7 +447,7 @@ def _ingest(
         )
         report = PackReport(
             path=folder,
-            into=uri,
+            into=redact(uri),
             files=len(manifest.files),
             bytes=sum(e.size for e in manifest.files.values()),
         )
@@ -472,7 +473,7 @@ def _open_destination(uri: str, options: dict[str, Any] | None) -> Catalog:
         return open_catalog(uri, **{"create": True, **(options or {})})
     except Exception as exc:  # a driver's error (no such host, ...) or a path that is not one
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PackError(f"cannot unpack into {uri}: {reason}") from exc
+        raise PackError(f"cannot unpack into {redact(uri)}: {redact(reason, uri)}") from exc
 
 
 def _files_root(
@@ -485,7 +486,7 @@ def _files_root(
     if base is None:
         raise PackError(
             f"the pack holds detector files; say where they go with --files-root DIR "
-            f"(a folder every reader of {uri} can see)"
+            f"(a folder every reader of {redact(uri)} can see)"
         )
     return base / FILES
 

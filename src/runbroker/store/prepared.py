@@ -72,7 +72,7 @@ class Prepared:
         ``rowcount``).
 
         On PostgreSQL the statement runs through the connection's
-        :class:`~runbroker.store.pgsql.Session` (prepared on first use, after a pending
+        :class:`~runbroker.store.pgwire.Session` (prepared on first use, after a pending
         savepoint) and its rows come back already fetched.
         """
         raw = conn.connection.driver_connection

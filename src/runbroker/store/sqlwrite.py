@@ -184,7 +184,7 @@ class SQLWriting(SQLEvents):
 
         On PostgreSQL each statement is a round trip, so the savepoint (and the release of
         the previous document's) goes with the document's first statement, in the same
-        round trip (see :class:`~runbroker.store.pgsql.Session`); COMMIT releases the last.
+        round trip (see :class:`~runbroker.store.pgwire.Session`); COMMIT releases the last.
         """
         if self.dialect == "postgresql":
             pgsql.session(raw).savepoint()

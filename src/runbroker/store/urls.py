@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
@@ -55,17 +56,33 @@ def password_of(url: str) -> str | None:
     return found if isinstance(found, str) and found else None
 
 
-def redact(text: str, url: str | None = None) -> str:
-    """``text`` with the password of ``url`` (by default ``text`` itself, a URL) replaced by
-    ``***``, wherever it appears: for reprs, messages and logs.
+# The password of a URL written in a text (``scheme://user:PASSWORD@``) and of a libpq or
+# query-string setting (``password=PASSWORD``), whatever the password is.
+_IN_URL = re.compile(r"(://[^\s:/@?#]*:)[^\s/@?#]+(?=@)")
+_AS_SETTING = re.compile(r"(\bpassword=)[^\s&'\",;)]+")
+
+
+def redact(text: str, *urls: str | None) -> str:
+    """``text`` with passwords replaced by ``***``, for reprs, messages and logs: the password
+    of each of ``urls`` (by default ``text`` itself, a URL) and of any URL written in ``text``.
+
+    Only the places a password takes are changed (between ``user:`` and ``@``, and after
+    ``password=``), so a host, port or database name that happens to contain the password's
+    characters is shown as it is.
 
     Example:
-        >>> redact("cannot reach postgresql://u:pw@host/db", "postgresql://u:pw@host/db")
-        'cannot reach postgresql://u:***@host/db'
+        >>> redact("postgresql://postgres:postgres@db.host:5432/postgres")
+        'postgresql://postgres:***@db.host:5432/postgres'
+        >>> redact("cannot reach db.host:5432 (password=5)", "postgresql://u:5@db.host:5432/db")
+        'cannot reach db.host:5432 (password=***)'
     """
-    password = password_of(text if url is None else url)
-    if password is None:
-        return text
-    for form in {quote(password, safe=""), password}:
-        text = text.replace(form, "***")
-    return text
+    for url in urls or (text,):
+        password = password_of(url) if url else None
+        if password is None:
+            continue
+        for form in {quote(password, safe=""), password}:
+            escaped = re.escape(form)
+            # The patterns below stop at a / or @, which a password may hold.
+            text = re.sub(f"(?<=:){escaped}(?=@)", "***", text)
+            text = re.sub(f"(?<=password=){escaped}(?![^\\s&'\",;)])", "***", text)
+    return _AS_SETTING.sub(r"\1***", _IN_URL.sub(r"\1***", text))

@@ -8,15 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, create_engine, inspect, text
+
+from ..urls import redact
+
+# alembic is imported by the functions that run it: only creating or upgrading a catalog
+# needs it, and every `import runbroker` (every CLI command) would pay for it otherwise.
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = ["downgrade", "stamp_head", "upgrade"]
 
 
 def _config(conn: Connection) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent))
     cfg.attributes["connection"] = conn
@@ -25,7 +33,14 @@ def _config(conn: Connection) -> Config:
 
 def stamp_head(conn: Connection) -> None:
     """Record that a catalog just created has the newest schema."""
-    command.stamp(_config(conn), "head")
+    _stamp(conn, "head")
+
+
+def _stamp(conn: Connection, revision: str) -> None:
+    """Record that the catalog on ``conn`` has the schema of ``revision``, changing nothing else."""
+    from alembic import command
+
+    command.stamp(_config(conn), revision)
 
 
 def upgrade(url: str, revision: str = "head") -> str:
@@ -35,6 +50,8 @@ def upgrade(url: str, revision: str = "head") -> str:
         >>> upgrade("sqlite:////data/runs.db")                       # doctest: +SKIP
         '0003'
     """
+    from alembic import command
+
     return _migrate(url, revision, command.upgrade)
 
 
@@ -46,6 +63,8 @@ def downgrade(url: str, revision: str) -> str:
         >>> downgrade("sqlite:////data/runs.db", "0001")             # doctest: +SKIP
         '0001'
     """
+    from alembic import command
+
     return _migrate(url, revision, command.downgrade)
 
 
@@ -55,10 +74,10 @@ def _migrate(url: str, revision: str, step: Callable[[Config, str], None]) -> st
         with engine.begin() as conn:
             tables = set(inspect(conn).get_table_names())
             if "runbroker_info" not in tables:
-                raise ValueError(f"{url} is not a runbroker catalog")
+                raise ValueError(f"{redact(url)} is not a runbroker catalog")
             if "alembic_version" not in tables:
                 # Catalogs from before migrations existed carry schema version 1.
-                command.stamp(_config(conn), "0001")
+                _stamp(conn, "0001")
             step(_config(conn), revision)
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
     finally:
