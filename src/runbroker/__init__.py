@@ -152,6 +152,8 @@ def open(
                 f"cannot open {redact(text)!r}: unknown scheme {scheme!r}. runbroker opens "
                 f"{', '.join(s + '://' for s in SCHEMES)} URLs, file paths and folders{hint}"
             )
+        if text == "sqlite:///:memory:":
+            text = "sqlite://"  # one in-memory database shared by the store's connections
         url = driver_url(text)
         if scheme == "sqlite":
             sqlite_file = _sqlite_file(text)
@@ -191,16 +193,12 @@ def open(
 
 
 def _sqlite_file(url: str) -> Path | None:
-    """The catalog file an ``sqlite://`` URL names, or None for SQLite's own ``file:`` URI
-    form (its options are SQLite's business)."""
+    """The catalog file an ``sqlite://`` URL names, or None where it names none to check:
+    in memory (``sqlite://``), or SQLite's own ``file:`` URI form (its options are SQLite's)."""
     database = make_url(url).database
-    if not database or database == ":memory:":
-        # Each connection of the pool would get a database of its own, without the catalog.
-        raise ValueError(
-            f"cannot open {url!r}: an in-memory SQLite database cannot hold a catalog shared by "
-            "runbroker's connections; runbroker.temp() gives a throwaway catalog instead"
-        )
-    return None if database.startswith("file:") else Path(database)
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 def _catalog(store: SQLStore | FolderStore, indexes: Iterable[str], assets: Assets) -> Catalog:
