@@ -34,6 +34,7 @@ from .errors import (
     RunbrokerError,
 )
 from .store.runfile import SUFFIXES as RUN_FILE_SUFFIXES
+from .store.runfile import is_run_file
 from .store.urls import redact, scheme_of
 
 __all__ = ["SQLITE_SUFFIXES", "check_folder", "check_sqlite_path", "integrity_check", "translate"]
@@ -156,9 +157,8 @@ def check_folder(path: Path, *, create: bool, readonly: bool = False) -> None:
     if (path / ".runbroker").is_dir() or (path / "manifest.json").is_file():
         return  # a folder catalog (its index) or a pack, even with no run yet
     with os.scandir(path) as entries:
-        for entry in entries:
-            if not entry.name.startswith(".") and entry.name.lower().endswith(RUN_FILE_SUFFIXES):
-                return
+        if any(is_run_file(entry.name) for entry in entries):
+            return
     what = (
         f"the folder {str(path)!r} holds no run files (.jsonl, .msgpack) and is not a folder "
         "catalog"

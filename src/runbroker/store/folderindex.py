@@ -34,7 +34,7 @@ from ..documents import DocumentError
 from ..errors import NotACatalogError
 from ..export.naming import safe_name
 from .events import canonical
-from .runfile import SUFFIXES, BadRunFile, ParsedRun, parse
+from .runfile import BadRunFile, ParsedRun, is_run_file, parse
 from .sql import SchemaVersionError, SQLStore
 
 __all__ = ["Entry", "FolderIndex", "index_path", "run_files"]
@@ -132,7 +132,7 @@ def run_files(folder: Path) -> dict[str, tuple[int, int]]:
     with os.scandir(folder) as entries:
         for entry in entries:
             name = entry.name
-            if name.startswith(".") or not name.lower().endswith(SUFFIXES):
+            if not is_run_file(name):
                 continue
             try:
                 if not entry.is_file():

@@ -34,10 +34,31 @@ from .events import (
     rechunk,
 )
 
-__all__ = ["SUFFIXES", "BadRunFile", "ParsedRun", "RunCache", "files_parsed", "parse"]
+__all__ = [
+    "SUFFIXES",
+    "BadRunFile",
+    "ParsedRun",
+    "RunCache",
+    "files_parsed",
+    "is_run_file",
+    "parse",
+]
 
 #: File suffixes holding one run each.
 SUFFIXES = (".jsonl", ".msgpack")
+
+
+def is_run_file(name: str) -> bool:
+    """Whether a file named ``name`` in a folder catalog holds a run (hidden files do not:
+    files being written carry a hidden temporary name).
+
+    Example:
+        >>> is_run_file("scan.jsonl"), is_run_file(".scan.jsonl.tmp"), is_run_file("a.h5")
+        (True, False, False)
+    """
+    return not name.startswith(".") and name.lower().endswith(SUFFIXES)
+
+
 _ASSETS = ("resource", "stream_resource", "stream_datum")
 # What a parsed datum costs in memory, roughly (id, resource uid, kwargs dict).
 _DATUM_BYTES = 300
