@@ -32,7 +32,9 @@ __all__ = [
     "CorruptCatalogError",
     "MissingDependencyError",
     "NotACatalogError",
+    "NotFoundError",
     "ReadOnlyMediumError",
+    "RunNotFoundError",
     "RunbrokerError",
     "UnknownSchemeError",
 ]
@@ -68,3 +70,15 @@ class CatalogUnavailableError(RunbrokerError, ConnectionError):
 
 class MissingDependencyError(RunbrokerError, ImportError):
     """An optional package that this use of runbroker needs is not installed."""
+
+
+class NotFoundError(RunbrokerError, KeyError):
+    """Something looked up is not there (a run, a stream, a field): a ``KeyError`` for users,
+    whose message prints as a sentence rather than a quoted repr."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class RunNotFoundError(NotFoundError):
+    """A per-run call of a Store named a run the store does not hold."""
