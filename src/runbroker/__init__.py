@@ -20,6 +20,7 @@ from typing import Any, Literal
 from sqlalchemy.engine import make_url
 
 from . import export  # runbroker.export.live(...) without a second import
+from ._version import __version__ as __version__
 from .assets import (
     Assets,
     ExternalDataError,
@@ -78,8 +79,6 @@ __all__ = [
     "temp",
     "v1",
 ]
-
-__version__ = "0.1.0"
 
 #: Catalogs by name, as configured (``runbroker.catalog["45id"]``, ``list(runbroker.catalog)``;
 #: see ``runbroker.config``). The name is databroker's; it hides the ``runbroker.catalog``

@@ -9,6 +9,7 @@
      ├── UnknownSchemeError (ValueError)            a URL of a kind runbroker does not open
      ├── ReadOnlyMediumError (PermissionError)      what cannot be read without writing
      ├── CatalogUnavailableError (ConnectionError)  a database server that does not answer
+     ├── ExportError (ValueError)                   an export that cannot be written or read
      └── MissingDependencyError (ImportError)       an optional package is not installed
 
 Each also derives from the built-in exception that code written before it would catch.
@@ -30,6 +31,7 @@ __all__ = [
     "CatalogNotFoundError",
     "CatalogUnavailableError",
     "CorruptCatalogError",
+    "ExportError",
     "MissingDependencyError",
     "NotACatalogError",
     "NotFoundError",
@@ -66,6 +68,11 @@ class ReadOnlyMediumError(RunbrokerError, PermissionError):
 
 class CatalogUnavailableError(RunbrokerError, ConnectionError):
     """A database server that cannot be reached (or refuses the connection)."""
+
+
+class ExportError(RunbrokerError, ValueError):
+    """Documents an exporter cannot turn into a file (named by document and key), or a file
+    of documents that cannot be read back (named by file and line)."""
 
 
 class MissingDependencyError(RunbrokerError, ImportError):

@@ -20,13 +20,13 @@ import pandas as pd
 import xarray as xr
 
 from .assets import Assets, external_kind, fill_flag
+from .columns import DTYPES as _DTYPES
+from .columns import as_column, concat_columns
 from .display import plural
 from .store.base import PageGone, PageInfo, Store
-from .store.pages import concat_columns
 
 __all__ = ["Stream"]
 
-_DTYPES = {"number": "float64", "integer": "int64", "boolean": "bool"}
 # Catalogs made without a configuration read files as the documents locate them.
 _DEFAULT_ASSETS = Assets()
 # Size of one lazy piece of detector data: big enough to amortise a task, small enough to fit.
@@ -58,46 +58,6 @@ def _plan(infos: list[PageInfo]) -> list[_Chunk]:
         out.append(_Chunk(tuple(pages), pos, n))
         pos += n
     return out
-
-
-def as_column(values: np.ndarray | list, data_key: Mapping[str, Any]) -> np.ndarray:
-    """Give a column the dtype its descriptor declares (or a sensible inferred one)."""
-    declared = data_key.get("dtype_numpy")
-    dtype = np.dtype(declared) if declared else None
-    if dtype is None and data_key.get("dtype") == "number":
-        # "number" means float even when a device happened to report whole numbers.
-        dtype = np.dtype("float64")
-    if dtype is not None and dtype.kind in "USO" and dtype.itemsize == 0 and dtype.kind != "O":
-        dtype = None  # "<U0": a string of unknown length, let numpy size it
-    if isinstance(values, np.ndarray):
-        if dtype is not None and dtype.kind in "biufc" and values.dtype != dtype:
-            return values.astype(dtype)
-        return values
-    n = len(values)
-    kind = data_key.get("dtype")
-    numeric = kind in _DTYPES or (dtype is not None and dtype.kind in "biufc")
-    if numeric and any(v is None for v in values):
-        # Missing readings become NaN in a numeric column, as xarray users expect.
-        return np.array([np.nan if v is None else v for v in values], dtype="float64")
-    shape = data_key.get("shape") or []
-    if any(s is None for s in shape) or (values and isinstance(values[0], list)):
-        try:
-            arr = np.array(values, dtype=dtype) if dtype is not None else np.array(values)
-            if arr.dtype != object:
-                return arr
-        except (ValueError, TypeError):
-            pass
-        out = np.empty(n, dtype=object)  # ragged: one array per event
-        out[:] = [np.asarray(v) if v is not None else None for v in values]
-        return out
-    try:
-        if any(v is None for v in values):
-            raise TypeError
-        return np.array(values, dtype=dtype) if dtype is not None else np.array(values)
-    except (ValueError, TypeError):
-        out = np.empty(n, dtype=object)
-        out[:] = values
-        return out
 
 
 def _variable(

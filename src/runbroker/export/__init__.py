@@ -16,20 +16,24 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..naming import DEFAULT_TEMPLATE, TemplateError, render, safe_name
 from .base import Exporter, ExportError, Page
-from .batch import ExportReport, check_options, export_runs, exporter_options
+from .batch import ExportReport, export_run, export_runs
+from .formats import (
+    FORMATS,
+    check_options,
+    exporter,
+    exporter_class,
+    exporter_options,
+    load,
+    register_exporter,
+)
 from .live import LiveExport
-from .naming import DEFAULT_TEMPLATE, TemplateError, render, safe_name
-
-if TYPE_CHECKING:
-    from ..catalog import Run
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -53,19 +57,6 @@ __all__ = [
     "safe_name",
 ]
 
-#: Format name -> exporter class (``"module:Class"`` until first used, to keep imports light).
-FORMATS: dict[str, str | type[Exporter]] = {
-    "csv": "runbroker.export.csv:CSVExporter",
-    "json": "runbroker.export.jsondoc:JSONExporter",
-    "jsonl": "runbroker.export.jsondoc:JSONLinesExporter",
-    "msgpack": "runbroker.export.jsondoc:MsgpackExporter",
-    "spec": "runbroker.export.spec:SpecExporter",
-    "hdf5": "runbroker.export.hdf5:HDF5Exporter",
-    "nexus": "runbroker.export.nexus:NeXusExporter",
-    "dx": "runbroker.export.dx:DataExchangeExporter",
-    "tiff": "runbroker.export.tiff:TIFFExporter",
-}
-
 #: File suffix -> ``"module:function"`` reading an export back as ``(name, doc)`` pairs.
 READERS: dict[str, str] = {
     ".jsonl": "runbroker.export.jsondoc:read_jsonl",
@@ -73,53 +64,6 @@ READERS: dict[str, str] = {
     ".h5": "runbroker.export.hdf5:read_documents",
     ".hdf5": "runbroker.export.hdf5:read_documents",
 }
-
-
-def _load(target: str) -> Any:
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def register_exporter(name: str, cls: type[Exporter] | str) -> None:
-    """Make a format known to ``run.export`` and ``runbroker export`` (class or ``"mod:Class"``).
-
-    Example:
-        >>> class Null(Exporter):
-        ...     format = "null"
-        >>> register_exporter("null", Null)
-        >>> exporter("null", tmp_path).format
-        'null'
-    """
-    FORMATS[name] = cls
-
-
-def exporter_class(format: str) -> type[Exporter]:
-    """The exporter class of ``format``; the error lists the formats there are."""
-    try:
-        cls = FORMATS[format]
-    except KeyError:
-        raise ExportError(
-            f"no export format {format!r}; choose one of {', '.join(sorted(FORMATS))}"
-        ) from None
-    if isinstance(cls, str):
-        cls = FORMATS[format] = _load(cls)
-    return cls
-
-
-def exporter(format: str, directory: str | os.PathLike[str], **options: Any) -> Exporter:
-    """A new exporter of ``format`` writing into ``directory`` (for one run).
-
-    Options common to every format: ``template`` (file names), ``overwrite`` (replace
-    existing files), ``assets`` (where detector files are, as a catalog's ``Assets``).
-    Each format documents its own; one it does not know is refused with the list of those it
-    does.
-
-    Example:
-        >>> exporter("spec", tmp_path, template="{start[scan_id]:04d}").format
-        'spec'
-    """
-    check_options(format, options)
-    return exporter_class(format)(directory, **options)
 
 
 def live(
@@ -143,52 +87,6 @@ def live(
     return LiveExport(lambda: cls(directory, **options), strict=strict)
 
 
-def export_run(
-    run: Run,
-    format: str,
-    directory: str | os.PathLike[str],
-    *,
-    progress: Callable[[int], None] | None = None,
-    skip_existing: bool = False,
-    **options: Any,
-) -> list[Path]:
-    """Write ``run`` in ``format`` into ``directory``; return the files written.
-
-    ``progress`` is called with the number of events in each page consumed. A file that
-    exists already stops the export (``FileExistsError``), unless ``skip_existing``: then the
-    run is left as it is and nothing is returned (files this call had begun are removed).
-
-    Example:
-        >>> [p.name for p in export_run(run, "jsonl", tmp_path, template="{scan_id}")]
-        ['2.jsonl']
-    """
-    options.setdefault("assets", run.assets)
-    exp = exporter(format, directory, **options)
-    exp.live = False
-    try:
-        # Straight from the store: exporters fill detector data themselves, and formats that
-        # never write event uids spare decoding them.
-        for name, doc in run.store.documents(run.uid, arrays=True, uids=exp.needs_uids):
-            exp(name, doc)
-            if progress is not None and name == "event_page":
-                progress(len(doc["seq_num"]))
-    except FileExistsError:
-        with contextlib.suppress(Exception):
-            exp.close()
-        if not skip_existing:
-            raise
-        # Every file listed was created by this call: an exporter never lists one that existed.
-        for path in exp.files:
-            path.unlink(missing_ok=True)
-        return []
-    except BaseException:
-        # Close what was written (marked incomplete), but report the first error, not a later one.
-        with contextlib.suppress(Exception):
-            exp.close()
-        raise
-    return exp.close()
-
-
 def read_documents(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict]]:
     """The documents of an export (JSON Lines, msgpack or raw HDF5), to ingest again.
 
@@ -207,7 +105,7 @@ def read_documents(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict]]:
             f"{path}: cannot ingest {suffix or 'a file without suffix'}; runbroker reads back "
             f"{', '.join(sorted(READERS))} exports"
         )
-    return _load(READERS[suffix])(path)
+    return load(READERS[suffix])(path)
 
 
 def run_of_export(path: str | os.PathLike[str]) -> tuple[str, Callable[[], Iterator]]:

@@ -25,17 +25,14 @@ from event_model import pack_event_page
 
 from ..assets import Assets, external_kind
 from ..assets.seen import SeenAssets
+from ..columns import as_column
 from ..documents import to_builtin
-from ..stream import as_column
-from .naming import DEFAULT_TEMPLATE, render
+from ..errors import ExportError
+from ..naming import DEFAULT_TEMPLATE, render
 
 __all__ = ["ExportError", "Exporter", "Page"]
 
 _ASSET_DOCS = ("resource", "datum", "datum_page", "stream_resource", "stream_datum")
-
-
-class ExportError(ValueError):
-    """Documents an exporter cannot turn into a file, named by document and key."""
 
 
 @dataclass(frozen=True)
@@ -345,7 +342,7 @@ class Exporter:
 
     def record(self) -> dict[str, Any]:
         """What traces a file back to its run: uid, start, stop, descriptors, completeness."""
-        from .. import __version__
+        from .._version import __version__
 
         return {
             "uid": self.uid,

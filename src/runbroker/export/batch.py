@@ -1,26 +1,28 @@
-"""Exporting many runs at once: arguments checked before anything is written, runs the format
-cannot hold reported while the others are written, runs exported before left alone on request.
+"""Exporting runs: one (:func:`export_run`), or many at once (:func:`export_runs`): arguments
+checked before anything is written, runs the format cannot hold reported while the others are
+written, runs exported before left alone on request.
 
 ``Catalog.export`` and ``runbroker export`` both go through :func:`export_runs`.
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..display import plural
-from .base import Exporter, ExportError
-from .naming import DEFAULT_TEMPLATE, render
+from ..errors import ExportError
+from ..naming import DEFAULT_TEMPLATE, render
+from .formats import check_options, exporter
 
 if TYPE_CHECKING:
     from ..catalog import Run
 
-__all__ = ["ExportReport", "check_options", "export_runs", "exporter_options"]
+__all__ = ["ExportReport", "export_run", "export_runs"]
 
 
 @dataclass
@@ -61,45 +63,50 @@ class ExportReport:
         return text
 
 
-def exporter_options(cls: type[Exporter]) -> list[str]:
-    """The keyword options an exporter class takes, its own and those of the classes it
-    hands the rest on to (``**options``), sorted.
+def export_run(
+    run: Run,
+    format: str,
+    directory: str | os.PathLike[str],
+    *,
+    progress: Callable[[int], None] | None = None,
+    skip_existing: bool = False,
+    **options: Any,
+) -> list[Path]:
+    """Write ``run`` in ``format`` into ``directory``; return the files written.
+
+    ``progress`` is called with the number of events in each page consumed. A file that
+    exists already stops the export (``FileExistsError``), unless ``skip_existing``: then the
+    run is left as it is and nothing is returned (files this call had begun are removed).
 
     Example:
-        >>> from runbroker.export import exporter_class
-        >>> exporter_options(exporter_class("jsonl"))
-        ['assets', 'fill', 'opener', 'overwrite', 'template']
+        >>> [p.name for p in export_run(run, "jsonl", tmp_path, template="{scan_id}")]
+        ['2.jsonl']
     """
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        names.update(p.name for p in params if p.kind is p.KEYWORD_ONLY)
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break  # what this class does not pass on, no base class sees
-    return sorted(names)
-
-
-def check_options(format: str, options: dict[str, Any]) -> None:
-    """Refuse options ``format`` does not know, listing those it does.
-
-    Example:
-        >>> check_options("csv", {"nope": 1})
-        Traceback (most recent call last):
-        ...
-        runbroker.export.base.ExportError: the csv export has no option 'nope'; its options are: ...
-    """
-    from . import exporter_class
-
-    known = exporter_options(exporter_class(format))
-    unknown = [key for key in options if key not in known]
-    if unknown:
-        raise ExportError(
-            f"the {format} export has no option {', '.join(map(repr, unknown))}; its options "
-            f"are: {', '.join(known)}"
-        )
+    options.setdefault("assets", run.assets)
+    exp = exporter(format, directory, **options)
+    exp.live = False
+    try:
+        # Straight from the store: exporters fill detector data themselves, and formats that
+        # never write event uids spare decoding them.
+        for name, doc in run.store.documents(run.uid, arrays=True, uids=exp.needs_uids):
+            exp(name, doc)
+            if progress is not None and name == "event_page":
+                progress(len(doc["seq_num"]))
+    except FileExistsError:
+        with contextlib.suppress(Exception):
+            exp.close()
+        if not skip_existing:
+            raise
+        # Every file listed was created by this call: an exporter never lists one that existed.
+        for path in exp.files:
+            path.unlink(missing_ok=True)
+        return []
+    except BaseException:
+        # Close what was written (marked incomplete), but report the first error, not a later one.
+        with contextlib.suppress(Exception):
+            exp.close()
+        raise
+    return exp.close()
 
 
 def export_runs(
@@ -126,8 +133,6 @@ def export_runs(
         >>> report.exported, len(report.failed) == len(cat)  # none of them has images
         (0, True)
     """
-    from . import export_run, exporter
-
     runs = list(runs)
     check_options(format, options)
     exporter(format, directory, **options)  # the values too: a format checks them on creation

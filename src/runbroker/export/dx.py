@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 import orjson
 
-from .. import __version__
+from .._version import __version__
 from .base import Exporter, ExportError, Page
 from .hints import axes
 
@@ -142,7 +142,7 @@ class DataExchangeExporter(Exporter):
         >>> run.export("dx", tmp_path)
         Traceback (most recent call last):
         ...
-        runbroker.export.base.ExportError: run ...: no projections for /exchange/data: ...
+        runbroker.errors.ExportError: run ...: no projections for /exchange/data: ...
     """
 
     needs_uids = False  # event uids are not written

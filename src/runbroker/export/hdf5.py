@@ -39,12 +39,12 @@ import h5py
 import numpy as np
 
 from ..assets import external_kind, fill_flag
-from ..store.pages import concat_columns, uid_list
+from ..columns import concat_columns, uid_list
+from ..docfiles import dumps
 from .base import Exporter, ExportError, Page
 from .h5write import STR as _STR
 from .h5write import contiguous, set_attrs
 from .h5write import group as new_group
-from .jsondoc import dumps
 
 __all__ = ["HDF5Exporter", "read_documents"]
 

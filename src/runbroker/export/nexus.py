@@ -37,8 +37,7 @@ import numpy as np
 import orjson
 
 from ..assets import external_kind
-from ..store.pages import concat_columns
-from ..stream import as_column
+from ..columns import as_column, concat_columns
 from .base import Exporter, ExportError, Page
 from .h5write import STR, contiguous, link, set_attrs, text
 from .h5write import group as new_group
@@ -151,7 +150,7 @@ class NeXusExporter(Exporter):
     # -- the hooks ----------------------------------------------------------------------------
 
     def start(self, doc: dict[str, Any]) -> None:
-        from .. import __version__
+        from .._version import __version__
 
         path = self.new_path()
         # Opened now so that a name clash is reported before the run, not after it.
@@ -335,7 +334,7 @@ class NeXusExporter(Exporter):
     # -- the NeXus groups ---------------------------------------------------------------------
 
     def _write_entry(self, entry: Any) -> None:
-        from .. import __version__
+        from .._version import __version__
 
         start, stop = self.start_doc, self.stop_doc
         _text(entry, "title", _title(start))

@@ -321,7 +321,7 @@ class SpecExporter(Exporter):
 
     def _file_header(self, when: float, *, first: bool) -> None:
         """``#F #E #D #C``; the ``#O`` lines follow once the positioners are known."""
-        from .. import __version__
+        from .._version import __version__
 
         assert self._path is not None
         self._epoch = int(when)

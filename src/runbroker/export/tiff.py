@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import tifffile
 
-from .. import __version__
+from .._version import __version__
 from .base import Exporter, ExportError, Page
 
 __all__ = ["TIFFExporter"]

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..columns import DATA, FILLED, TIMESTAMP, concat_columns, uid_list
 from ..documents import ConflictError, DocumentError, to_builtin
-from .pages import concat_columns, to_column, uid_list
+from .pages import to_column
 
 __all__ = ["Batch", "DescriptorState", "canonical", "event_from_columns", "page_from_columns"]
 
@@ -313,12 +314,12 @@ class DescriptorState:
         for f in self.fields:
             if f in self.stream_fields and not any(f in d for d in datas + stamps):
                 continue
-            data["d:" + f] = to_column([d.get(f) for d in datas])
-            extra["t:" + f] = to_column([t.get(f) for t in stamps])
+            data[DATA + f] = to_column([d.get(f) for d in datas])
+            extra[TIMESTAMP + f] = to_column([t.get(f) for t in stamps])
         if any("filled" in e for e in events):
             fills = [e.get("filled") or {} for e in events]
             for f in {k for fill in fills for k in fill}:
-                extra["f:" + f] = [fill.get(f) for fill in fills]
+                extra[FILLED + f] = [fill.get(f) for fill in fills]
         return Batch(len(events), int(seqs.min()), int(seqs.max()), data, extra)
 
     def page_batch(self, doc: dict) -> Batch | None:
@@ -357,14 +358,14 @@ class DescriptorState:
         for f in self.fields:
             if f in self.stream_fields and f not in doc["data"] and f not in doc["timestamps"]:
                 continue
-            data["d:" + f] = col("data", f)
-            extra["t:" + f] = col("timestamps", f)
+            data[DATA + f] = col("data", f)
+            extra[TIMESTAMP + f] = col("timestamps", f)
         for f, values in (doc.get("filled") or {}).items():
             if len(values) != n:
                 raise DocumentError(
                     "event_page", uids, f"filled.{f}", f"has {len(values)} values, not {n}"
                 )
-            extra["f:" + f] = list(values)
+            extra[FILLED + f] = list(values)
         return Batch(n, int(seqs.min()), int(seqs.max()), data, extra)
 
 
@@ -441,10 +442,10 @@ def event_from_columns(descriptor: str, data: dict, extra: dict, i: int) -> dict
         "time": float(data["time"][i]),
         "seq_num": int(data["seq_num"][i]),
         "descriptor": descriptor,
-        "data": {k[2:]: _value(v, i) for k, v in data.items() if k.startswith("d:")},
-        "timestamps": {k[2:]: _value(v, i) for k, v in extra.items() if k.startswith("t:")},
+        "data": {k[2:]: _value(v, i) for k, v in data.items() if k.startswith(DATA)},
+        "timestamps": {k[2:]: _value(v, i) for k, v in extra.items() if k.startswith(TIMESTAMP)},
     }
-    filled = {k[2:]: v[i] for k, v in extra.items() if k.startswith("f:")}
+    filled = {k[2:]: v[i] for k, v in extra.items() if k.startswith(FILLED)}
     if filled:
         ev["filled"] = filled
     return ev
@@ -478,10 +479,10 @@ def page_from_columns(
         "time": as_list(data["time"]),
         "seq_num": as_list(data["seq_num"]),
         "descriptor": descriptor,
-        "data": {k[2:]: as_list(v) for k, v in data.items() if k.startswith("d:")},
-        "timestamps": {k[2:]: as_list(v) for k, v in extra.items() if k.startswith("t:")},
+        "data": {k[2:]: as_list(v) for k, v in data.items() if k.startswith(DATA)},
+        "timestamps": {k[2:]: as_list(v) for k, v in extra.items() if k.startswith(TIMESTAMP)},
     }
-    filled = {k[2:]: list(v) for k, v in extra.items() if k.startswith("f:")}
+    filled = {k[2:]: list(v) for k, v in extra.items() if k.startswith(FILLED)}
     if filled:
         page["filled"] = filled
     return page

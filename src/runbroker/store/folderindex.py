@@ -32,7 +32,7 @@ import sqlalchemy.exc
 
 from ..documents import DocumentError
 from ..errors import NotACatalogError
-from ..export.naming import safe_name
+from ..naming import safe_name
 from .events import canonical
 from .runfile import BadRunFile, ParsedRun, is_run_file, parse
 from .sql import SchemaVersionError, SQLStore

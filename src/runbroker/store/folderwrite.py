@@ -22,9 +22,10 @@ from typing import Any
 
 from event_model import pack_datum_page, pack_event_page, unpack_datum_page, unpack_event_page
 
+from ..docfiles import JSONLinesWriter as JSONLinesExporter
+from ..docfiles import dumps
 from ..documents import ConflictError, DocumentError, UnknownParentError, validate
-from ..export import DEFAULT_TEMPLATE, TemplateError, render, safe_name
-from ..export.jsondoc import JSONLinesExporter, dumps
+from ..naming import DEFAULT_TEMPLATE, TemplateError, render, safe_name
 from .events import DescriptorState, canonical, check_datum_ids, event_is_new
 from .folderindex import FolderIndex
 from .runfile import ParsedRun, RunCache
@@ -84,7 +85,7 @@ class _Lines(JSONLinesExporter):
     run's file once the documents are accepted."""
 
     def __init__(self, start: dict, descriptors: Iterable[dict] = (), fresh: bool = True) -> None:
-        super().__init__(".")
+        super().__init__()
         self._seen = _Unseen()  # the exporter never fills: no need to keep asset documents
         #: descriptor uid -> data keys whose dtype_numpy this exporter declared
         self.declared: dict[str, list[str]] = {}

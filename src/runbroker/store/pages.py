@@ -21,6 +21,9 @@ The header maps each column name to ``[codec, dtype, shape, offset, nbytes]``:
 Decoding a numeric column is ``np.frombuffer`` on a slice: zero copies until concatenation.
 A uid block decodes to a fixed-width bytes array (what HDF5 stores); :func:`uid_list` turns it
 into the ``str`` uids documents carry.
+
+(:func:`uid_list`, :func:`concat_columns` and ``MISSING_VALUE`` live in
+:mod:`runbroker.columns`, shared with streams and exporters; they are re-exported here.)
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 import orjson
 import zstandard
 
+from ..columns import MISSING_VALUE, concat_columns, uid_list
 from . import jsoncodec
 
 __all__ = ["MISSING_VALUE", "concat_columns", "decode", "encode", "to_column", "uid_list"]
@@ -42,9 +46,6 @@ _HEADER = struct.Struct("<I")
 _COMPRESS_MIN_BYTES = 4096
 _zc = zstandard.ZstdCompressor(level=1)
 _zd = zstandard.ZstdDecompressor()
-
-# Placeholder for a field an event did not carry; becomes NaN or None when read.
-MISSING_VALUE = None
 
 
 def to_column(values: Sequence[Any]) -> np.ndarray | list:
@@ -179,37 +180,6 @@ def decode(
     return out
 
 
-def concat_columns(parts: Sequence[np.ndarray | list], lengths: Sequence[int]) -> np.ndarray | list:
-    """Join one column's pieces from several pages into one column.
-
-    Pieces that are all ndarrays with the same per-event shape are concatenated (numpy picks
-    the common dtype); otherwise the result is a list of per-event values. A ``None`` piece
-    stands for a page where the field was absent and is filled with missing values.
-
-    Example:
-        >>> concat_columns([np.arange(2), None], [2, 1])
-        [0, 1, None]
-        >>> concat_columns([np.arange(2), np.arange(1.0)], [2, 1]).tolist()
-        [0.0, 1.0, 0.0]
-    """
-    arrays = [p for p in parts if isinstance(p, np.ndarray)]
-    if len(arrays) == len(parts) and len({a.shape[1:] for a in arrays}) <= 1:
-        if not arrays:
-            return np.empty(0)
-        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-    out: list = []
-    for part, n in zip(parts, lengths, strict=True):
-        if part is None:
-            out.extend([MISSING_VALUE] * n)
-        elif isinstance(part, np.ndarray) and part.dtype.kind == "S":
-            out.extend(uid_list(part))
-        elif isinstance(part, np.ndarray):
-            out.extend(list(part) if part.ndim > 1 else part.tolist())
-        else:
-            out.extend(part)
-    return out
-
-
 def _ascii_block(uids: Sequence[str] | np.ndarray) -> tuple[bytes | memoryview, str] | None:
     """Event uids as one fixed-width ASCII block and its dtype, or None when they are not all
     ASCII strings of one length without NUL (numpy strips NUL from the end of fixed-width
@@ -234,29 +204,3 @@ def _ascii_block(uids: Sequence[str] | np.ndarray) -> tuple[bytes | memoryview, 
     if min(map(len, uids)) != width:
         return None
     return joined.encode("ascii"), f"|S{width}"
-
-
-def uid_list(uids: np.ndarray | Sequence[str]) -> list[str]:
-    """Event uids as a list of ``str``, from a decoded uid block (or any sequence of str).
-
-    A block holds ASCII values; the NUL padding of values shorter than its width is dropped.
-
-    Example:
-        >>> block = decode(encode({"uid": ["e1", "e2"]}))["uid"]
-        >>> block.dtype.str, uid_list(block)
-        ('|S2', ['e1', 'e2'])
-    """
-    if not isinstance(uids, np.ndarray) or uids.dtype.kind != "S":
-        return [str(u) for u in uids] if isinstance(uids, np.ndarray) else list(uids)
-    n, width = len(uids), uids.dtype.itemsize
-    raw = np.ascontiguousarray(uids).view(np.uint8).reshape(n, width)
-    if not n or (raw == ord("\n")).any():  # no separator to split on: value by value
-        return [u.decode("ascii") for u in uids.tolist()]
-    # One decode and one split in C: far faster than decoding value by value.
-    rows = np.empty((n, width + 1), dtype=np.uint8)
-    rows[:, :width] = raw
-    rows[:, width] = ord("\n")
-    text = rows.tobytes().decode("ascii")
-    if "\0" in text:  # padding of values shorter than the block's width
-        text = text.replace("\0", "")
-    return text.split("\n")[:-1]

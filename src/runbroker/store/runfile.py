@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 from event_model import pack_datum_page, unpack_datum_page
 
+from .. import docfiles
+from ..docfiles import SUFFIXES
 from ..documents import to_builtin, validate
-from ..export import ExportError, read_documents
+from ..errors import ExportError
 from . import jsoncodec
 from . import pages as codec
 from .events import (
@@ -43,9 +45,6 @@ __all__ = [
     "is_run_file",
     "parse",
 ]
-
-#: File suffixes holding one run each.
-SUFFIXES = (".jsonl", ".msgpack")
 
 
 def is_run_file(name: str) -> bool:
@@ -347,7 +346,7 @@ def parse(path: str | Path) -> ParsedRun:
     stat = path.stat()
     builder = _Builder(path, stat.st_size, stat.st_mtime_ns)
     number = 0
-    documents = iter(read_documents(path))
+    documents = iter(docfiles.read(path))
     try:
         while True:
             number += 1

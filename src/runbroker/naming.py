@@ -1,4 +1,5 @@
-"""File names for exported runs, from a ``str.format`` template over the start document.
+"""File names for exported runs and for the folder store's run files, from a ``str.format``
+template over the start document.
 
 A template sees ``start`` (the start document), ``uid``, ``short_uid`` (8 characters),
 ``scan_id``, ``plan_name``, ``time`` (the start time as a local ``datetime``, so
