@@ -93,7 +93,7 @@ class NamedCatalog:
 
     def open(self) -> Catalog:
         """Open this catalog with its options."""
-        from . import open as open_catalog
+        from .opening import open as open_catalog
 
         return open_catalog(self.uri, **self.options)
 

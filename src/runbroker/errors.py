@@ -21,7 +21,7 @@ Example:
     ... except runbroker.UnknownSchemeError as err:
     ...     print(err)
     cannot open 'mongodb://host/db': unknown scheme 'mongodb'. runbroker opens sqlite://,
-    postgresql:// URLs, file paths and folders (to copy runs out of a databroker MongoDB,
+    postgresql://, file:// URLs, file paths and folders (to copy runs out of a databroker MongoDB,
     use: runbroker import mongodb://... runs.db)
 """
 

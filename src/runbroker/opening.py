@@ -1,4 +1,7 @@
-"""What :func:`runbroker.open` may open or create, and its errors in the user's terms.
+""":func:`runbroker.open`: what it may open or create, and its errors in the user's terms.
+
+The scheme of a URL chooses the store (:mod:`runbroker.store.registry`): this module registers
+``sqlite``, ``postgresql`` and ``file`` (what a plain path is).
 
 A path opens what is there: an SQLite catalog file, or a folder of run files. It creates a
 catalog only where that is plainly what was asked for, a new file whose name ends in one of
@@ -21,23 +24,43 @@ import difflib
 import os
 import re
 import sqlite3
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from .assets import Assets, Registry
+from .catalog import Catalog
 from .errors import (
     CatalogNotFoundError,
     CatalogUnavailableError,
     CorruptCatalogError,
     NotACatalogError,
     RunbrokerError,
+    UnknownSchemeError,
 )
+from .store import registry
+from .store.base import Store
+from .store.files import FolderStore
 from .store.runfile import SUFFIXES as RUN_FILE_SUFFIXES
 from .store.runfile import is_run_file
-from .store.urls import redact, scheme_of
+from .store.sql import SQLStore
+from .store.urls import driver_url, redact, scheme_of
 
-__all__ = ["SQLITE_SUFFIXES", "check_folder", "check_sqlite_path", "integrity_check", "translate"]
+__all__ = [
+    "SQLITE_SUFFIXES",
+    "check_folder",
+    "check_sqlite_path",
+    "integrity_check",
+    "open",
+    "open_path",
+    "open_sql",
+    "translate",
+]
 
 #: Names that :func:`runbroker.open` creates a new SQLite catalog under without ``create=True``.
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -237,3 +260,212 @@ def _unreachable_message(url: str, text: str) -> str:
         "host and port (pg_isready -h HOST -p PORT), that a firewall lets you through, and "
         "that the user, password and database name are right"
     )
+
+
+def open(
+    uri: str | os.PathLike,
+    *,
+    create: bool = False,
+    check: bool = False,
+    durability: Literal["batch", "event"] = "batch",
+    flush_interval: float = 0.05,
+    readonly: bool = False,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    indexes: Iterable[str] = (),
+    root_map: Mapping[str, str] | None = None,
+    handlers: Mapping[str, type | str] | None = None,
+    readers: Mapping[str, type | str] | None = None,
+) -> Catalog:
+    """Open a catalog (or create one, where that is plainly what was asked for).
+
+    ``uri`` is a file path (an SQLite catalog), a URL (``sqlite:///path``,
+    ``postgresql://user@host/db``, ``file:///path``; a package may add schemes, see
+    :mod:`runbroker.store.registry`) or a folder of run files (``.jsonl`` / ``.msgpack``, one
+    per run, as ``run.export`` writes them; see ``docs/folder-store.md``). A new SQLite
+    catalog is created for a path whose name ends in ``.db``, ``.sqlite`` or ``.sqlite3``
+    in a folder that exists, and a new folder catalog for a path ending in ``/`` whose
+    parent folder exists; anything else that is not there yet (a missing parent folder,
+    another name, a name one typo away from a catalog beside it) and an existing folder that
+    holds no run files are refused with a message, unless ``create=True`` (see
+    ``docs/catalog.md``).
+    ``readonly=True`` writes nothing beside the catalog, and opens catalogs on read-only
+    folders and media. ``check=True`` runs SQLite's integrity check on a catalog file first.
+
+    ``durability="event"`` commits every single event to disk before ``insert`` returns; the
+    default queues events for at most ``flush_interval`` seconds.
+    ``pool_size`` and ``max_overflow`` size each process's connection pool to a server
+    database (PostgreSQL). ``indexes`` names metadata keys (``"sample"``, ``"proposal_id"``)
+    to give an index of their own (see ``docs/catalog.md``): missing ones are created, ones
+    that exist cost nothing; a read-only open refuses with the command that creates them.
+
+    Detector files: ``root_map`` maps roots recorded in resource documents to where the files
+    are now (``{"/nsls2/data": "/mnt/copy"}``); relative roots are taken from the catalog's
+    folder (from the folder itself, for a folder of run files). ``handlers`` (by spec) and
+    ``readers`` (by mimetype) add or replace the classes that read them, as classes or
+    ``"module:Class"`` strings.
+
+    Example:
+        >>> import runbroker, tempfile, os
+        >>> cat = runbroker.open(os.path.join(tempfile.mkdtemp(), "runs.db"))
+        >>> len(cat)
+        0
+    """
+    text = os.fspath(uri)
+    scheme = "file"
+    if "://" in text:
+        head, rest = text.split("://", 1)
+        text = f"{head.lower()}://{rest}"  # SQLITE:///runs.db is sqlite:///runs.db
+        scheme = scheme_of(text)
+    opener = registry.opener(scheme)
+    if opener is None:
+        raise UnknownSchemeError(_unknown_scheme(text, scheme))
+    handler_registry = Registry(handlers, readers)  # bad handler names fail before any opening
+    store = opener(
+        text,
+        create=create,
+        check=check,
+        readonly=readonly,
+        durability=durability,
+        flush_interval=flush_interval,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+    )
+    assets = Assets(handler_registry, dict(root_map or {}), _resource_base(store, text, scheme))
+    if indexes:
+        try:
+            store.create_index(*indexes)
+        except BaseException:
+            store.close()
+            raise
+    return Catalog(store, assets=assets)
+
+
+def _unknown_scheme(text: str, scheme: str) -> str:
+    hint = ""
+    if scheme.startswith("mongodb"):
+        hint = (
+            " (to copy runs out of a databroker MongoDB, use: "
+            "runbroker import mongodb://... runs.db)"
+        )
+    return (
+        f"cannot open {redact(text)!r}: unknown scheme {scheme!r}. runbroker opens "
+        f"{', '.join(s + '://' for s in registry.schemes())} URLs, file paths and folders{hint}"
+    )
+
+
+def _resource_base(store: Store, text: str, scheme: str) -> str | None:
+    """The folder relative resource roots are taken from: the folder of run files itself, or
+    an SQLite catalog file's folder (None for a server database or a store of a package)."""
+    if isinstance(store, FolderStore):
+        return store.uri
+    if scheme == "file":
+        return str(_path(text).resolve().parent)
+    sqlite_file = _sqlite_file(text) if scheme == "sqlite" else None
+    return str(sqlite_file.resolve().parent) if sqlite_file else None
+
+
+def open_sql(
+    url: str,
+    *,
+    create: bool = False,
+    check: bool = False,
+    readonly: bool = False,
+    durability: Literal["batch", "event"] = "batch",
+    flush_interval: float = 0.05,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+) -> SQLStore:
+    """The SQL store at an ``sqlite://`` or ``postgresql://`` URL (the opener of both), after
+    the checks of :func:`check_sqlite_path` (and :func:`integrity_check` if ``check``) on an
+    SQLite catalog file; database errors come as ours, in the user's terms (:func:`translate`).
+
+    Example:
+        >>> open_sql("sqlite:///:memory:").uri
+        'sqlite://'
+    """
+    if url == "sqlite:///:memory:":
+        url = "sqlite://"  # one in-memory database shared by the store's connections
+    sqlite_file = _sqlite_file(url) if scheme_of(url) == "sqlite" else None
+    if check and sqlite_file is None:
+        raise ValueError(f"check=True checks SQLite catalog files; {redact(url)!r} is not one")
+    if sqlite_file is not None:
+        check_sqlite_path(sqlite_file, create=create, readonly=readonly)
+        if check:
+            integrity_check(sqlite_file)
+        if create and not readonly:
+            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+    url = driver_url(url)
+    try:
+        return SQLStore(
+            url,
+            durability=durability,
+            flush_interval=flush_interval,
+            readonly=readonly,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+        )
+    except Exception as err:
+        translated = translate(err, url)
+        if translated is err:
+            raise
+        raise translated from None
+
+
+def open_path(
+    location: str,
+    *,
+    create: bool = False,
+    readonly: bool = False,
+    durability: Literal["batch", "event"] = "batch",
+    **options: Any,
+) -> Store:
+    """The store at a path or ``file://`` URL (the opener of ``file``): the folder store for a
+    folder (or a new one, for a path ending in ``/``), else an SQLite catalog file
+    (:func:`open_sql` takes ``options``).
+
+    Example:
+        >>> open_path(str(tmp_path) + "/runs/")
+        FolderStore('.../runs')
+    """
+    path = _path(location)
+    if not (path.is_dir() or (location.endswith(("/", os.sep)) and not path.exists())):
+        return open_sql(
+            _sql_url(location), create=create, readonly=readonly, durability=durability, **options
+        )
+    check_folder(path, create=create, readonly=readonly)
+    if not path.exists():
+        if readonly:
+            raise CatalogNotFoundError(
+                f"no folder at {str(path)!r} (opening read-only creates none)"
+            )
+        path.mkdir(parents=True)
+    return FolderStore(path, readonly=readonly, durability=durability)
+
+
+def _path(location: str) -> Path:
+    """The local path a plain path or a ``file://`` URL names."""
+    if not location.startswith("file://"):
+        return Path(location).expanduser()
+    parts = urlsplit(location)
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(f"{location!r} names a file on {parts.netloc!r}; file:// URLs are local")
+    return Path(url2pathname(parts.path))
+
+
+def _sql_url(location: str) -> str:
+    """The ``sqlite:///`` URL of the catalog file a path or ``file://`` URL names."""
+    return f"sqlite:///{_path(location).resolve()}"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The catalog file an ``sqlite://`` URL names, or None where it names none to check:
+    in memory (``sqlite://``), or SQLite's own ``file:`` URI form (its options are SQLite's)."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+for _scheme, _opener in (("sqlite", open_sql), ("postgresql", open_sql), ("file", open_path)):
+    registry.register(_scheme, _opener)
