@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import runbroker
+from runbroker.store import registry
 from runbroker.testing.stores import EXCLUDED, STORES
 
 _schemas = itertools.count()
@@ -26,6 +27,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("tests kept off some stores")
         for test, (kinds, reason) in sorted(EXCLUDED.items()):
             terminalreporter.write_line(f"{test}: not on {', '.join(kinds)}: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def _store_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Schemes a test (or a docs example) registers are forgotten after it, so an error that
+    lists the known schemes reads the same in every later test."""
+    monkeypatch.setattr(registry, "_openers", dict(registry._openers))
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,6 @@ from runbroker.store.sql import SQLStore
 OPTIONS = {"create", "check", "readonly", "durability", "flush_interval", "pool_size"}
 
 
-@pytest.fixture(autouse=True)
-def _own_registry(monkeypatch):
-    # What a test registers is forgotten after it (and entry points loaded are looked up again).
-    monkeypatch.setattr(registry, "_openers", dict(registry._openers))
-
-
 def test_a_registered_scheme_opens(tmp_path):
     calls = []
 
