@@ -4,13 +4,13 @@ streams and exporters.
 Every page of events is a set of named columns:
 
 * ``time``, ``seq_num`` and ``uid`` of the events;
-* ``d:<field>`` the field's values (:func:`data`), ``t:<field>`` its timestamps
-  (:func:`timestamp`) and ``f:<field>`` whether each value was filled from detector files
-  (:func:`filled`).
+* ``d:<field>`` the field's values, ``t:<field>`` its timestamps and ``f:<field>`` whether
+  each value was filled from detector files: :data:`DATA`, :data:`TIMESTAMP` and
+  :data:`FILLED` followed by the field's name.
 
 Example:
-    >>> data("det"), timestamp("det"), field_of("f:det")
-    ('d:det', 't:det', ('f:', 'det'))
+    >>> DATA + "det", concat_columns([np.arange(2.0), None], [2, 1])
+    ('d:det', [0.0, 1.0, None])
 """
 
 from __future__ import annotations
@@ -31,10 +31,6 @@ __all__ = [
     "UID",
     "as_column",
     "concat_columns",
-    "data",
-    "field_of",
-    "filled",
-    "timestamp",
     "uid_list",
 ]
 
@@ -48,50 +44,6 @@ DATA, TIMESTAMP, FILLED = "d:", "t:", "f:"
 DTYPES = {"number": "float64", "integer": "int64", "boolean": "bool"}
 #: Placeholder for a field an event did not carry; becomes NaN or None when read.
 MISSING_VALUE = None
-
-
-def data(field: str) -> str:
-    """The column of ``field``'s values.
-
-    Example:
-        >>> data("motor")
-        'd:motor'
-    """
-    return DATA + field
-
-
-def timestamp(field: str) -> str:
-    """The column of ``field``'s timestamps.
-
-    Example:
-        >>> timestamp("motor")
-        't:motor'
-    """
-    return TIMESTAMP + field
-
-
-def filled(field: str) -> str:
-    """The column saying which of ``field``'s values were filled from detector files.
-
-    Example:
-        >>> filled("img")
-        'f:img'
-    """
-    return FILLED + field
-
-
-def field_of(column: str) -> tuple[str, str]:
-    """``(prefix, field)`` of a field's column; ``("", column)`` for ``time``, ``seq_num``
-    and ``uid``.
-
-    Example:
-        >>> field_of("t:x"), field_of("seq_num")
-        (('t:', 'x'), ('', 'seq_num'))
-    """
-    prefix = column[:2]
-    if prefix in (DATA, TIMESTAMP, FILLED):
-        return prefix, column[2:]
-    return "", column
 
 
 def concat_columns(parts: Sequence[np.ndarray | list], lengths: Sequence[int]) -> np.ndarray | list:
