@@ -15,6 +15,8 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
+from ..errors import UnsafePathError
+
 __all__ = [
     "Location",
     "UnsafePathError",
@@ -23,10 +25,6 @@ __all__ = [
     "locate_resource",
     "locate_uri",
 ]
-
-
-class UnsafePathError(ValueError):
-    """A resource or datum names a file outside its root (``..`` or an absolute path)."""
 
 
 @dataclass(frozen=True)

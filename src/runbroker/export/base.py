@@ -26,16 +26,13 @@ from event_model import pack_event_page
 from ..assets import Assets, external_kind
 from ..assets.seen import SeenAssets
 from ..documents import to_builtin
+from ..errors import ExportError
 from ..stream import as_column
 from .naming import DEFAULT_TEMPLATE, render
 
 __all__ = ["ExportError", "Exporter", "Page"]
 
 _ASSET_DOCS = ("resource", "datum", "datum_page", "stream_resource", "stream_datum")
-
-
-class ExportError(ValueError):
-    """Documents an exporter cannot turn into a file, named by document and key."""
 
 
 @dataclass(frozen=True)

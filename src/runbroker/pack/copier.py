@@ -29,14 +29,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
+from ..errors import CopyError
+
 __all__ = ["Copiers", "CopyError", "copy", "write"]
 
 #: Files are copied (and hashed) this many bytes at a time.
 BLOCK = 16 << 20
-
-
-class CopyError(Exception):
-    """A file could not be copied or written; the message says which and why."""
 
 
 def copy(src: str, dest: str) -> tuple[int, str]:

@@ -23,6 +23,7 @@ import numpy as np
 from event_model import pack_datum_page, unpack_datum_page
 
 from ..documents import to_builtin, validate
+from ..errors import BadRunFile
 from ..export import ExportError, read_documents
 from . import jsoncodec
 from . import pages as codec
@@ -73,10 +74,6 @@ def files_parsed() -> int:
         True
     """
     return _parsed
-
-
-class BadRunFile(ValueError):
-    """A file that is not one valid run; the message names the file and the line or record."""
 
 
 class _TwoRuns(BadRunFile):
