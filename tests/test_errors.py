@@ -3,11 +3,13 @@ and survives the trip to JSON and back (what a server sends and a client rebuild
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import json
 import pkgutil
 import re
+from pathlib import Path
 
 import pytest
 from event_model import compose_run
@@ -200,3 +202,13 @@ def test_a_missing_run_or_stream_is_the_not_found_family():
     with pytest.raises(errors.NoStreamError, match="has no stream 'baseline'"):
         cat[7]["baseline"]
     assert getattr(cat[7], "baseline", None) is None
+
+
+def test_errors_imports_nothing_from_runbroker():
+    """Every module may import errors (and the pack's copier loads it alone, as a script)."""
+    tree = ast.parse(Path(errors.__file__).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and not (node.module or "").startswith("runbroker")
+        elif isinstance(node, ast.Import):
+            assert not any(alias.name.startswith("runbroker") for alias in node.names)

@@ -29,7 +29,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
-from ..errors import CopyError
+if __name__ == "__main__":  # a process of Copiers: no package, so errors.py (stdlib only) alone
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from errors import CopyError
+else:
+    from ..errors import CopyError
 
 __all__ = ["Copiers", "CopyError", "copy", "write"]
 
