@@ -212,3 +212,13 @@ def test_errors_imports_nothing_from_runbroker():
             assert node.level == 0 and not (node.module or "").startswith("runbroker")
         elif isinstance(node, ast.Import):
             assert not any(alias.name.startswith("runbroker") for alias in node.names)
+
+
+@pytest.mark.parametrize("name", ["runs.db", "runs/"])
+def test_a_write_to_a_read_only_catalog_is_a_read_only_error(tmp_path, name):
+    runbroker.open(tmp_path / name, create=True).close()
+    cat = runbroker.open(tmp_path / name, readonly=True)
+    with pytest.raises(errors.ReadOnlyError, match="read-only") as info:
+        cat.insert("start", compose_run(uid="r1", time=1.0).start_doc)
+        cat.store.flush()
+    assert isinstance(info.value, PermissionError) and info.value.status == 403

@@ -23,6 +23,7 @@ from typing import Any
 from event_model import pack_datum_page, pack_event_page, unpack_datum_page, unpack_event_page
 
 from ..documents import ConflictError, DocumentError, UnknownParentError, validate
+from ..errors import ReadOnlyError
 from ..export import DEFAULT_TEMPLATE, TemplateError, render, safe_name
 from ..export.jsondoc import JSONLinesExporter, dumps
 from .events import DescriptorState, canonical, check_datum_ids, event_is_new
@@ -261,7 +262,7 @@ class FolderWriting:
 
     def _begin(self, many: bool) -> _Txn:
         if self.readonly:
-            raise PermissionError(
+            raise ReadOnlyError(
                 f"{self.uri} is opened read-only (runbroker.open(..., readonly=True)); "
                 "open it without readonly=True to add runs"
             )
