@@ -322,7 +322,8 @@ class UnsafePathError(RunbrokerError, ValueError):
 
 
 class ExportError(RunbrokerError, ValueError):
-    """Documents an exporter cannot turn into a file, named by document and key."""
+    """Documents an exporter cannot turn into a file (named by document and key), or a file
+    of documents that cannot be read back (named by file and line)."""
 
     status, code = 422, "export_refused"
 
