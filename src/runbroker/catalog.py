@@ -20,6 +20,7 @@ from .assets import Assets, external_kind, fill_flag
 from .derived import derived_from, save_derived
 from .display import duration, plural
 from .emptysearch import warn_if_unknown
+from .errors import AmbiguousUIDError, NoStreamError, RunNotFoundError
 from .mongoquery import from_mongo
 from .queries import And, Key, PartialUID, Query, ScanID
 from .store.base import LeavesOut, RunRecord, Store
@@ -32,34 +33,6 @@ _FIRST_BATCH = 100
 # Runs a catalog's HTML repr lists (the most recent ones).
 _HTML_ROWS = 10
 _MAX_BATCH = 10_000
-
-
-class AmbiguousUIDError(KeyError):
-    """A uid prefix matched more than one run. ``candidates`` lists their uids."""
-
-    def __init__(self, prefix: str, candidates: list[str]) -> None:
-        self.prefix, self.candidates = prefix, candidates
-        super().__init__(prefix)
-
-    def __str__(self) -> str:
-        shown = "\n  ".join(self.candidates)
-        more = " (showing the first 10)" if len(self.candidates) >= 10 else ""
-        return (
-            f"uid prefix {self.prefix!r} matches several runs{more}; "
-            f"give more characters. Candidates:\n  {shown}"
-        )
-
-
-class _LookupError(KeyError):
-    """KeyError whose message prints as a sentence rather than a quoted repr."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class NoStreamError(_LookupError, AttributeError):
-    """A run has no stream of that name: a KeyError for ``run[name]``, an AttributeError for
-    ``run.baseline`` (so that ``getattr(run, "baseline", None)`` works)."""
 
 
 def _when(t: float | None) -> str:
@@ -281,7 +254,7 @@ class Catalog:
         if isinstance(key, str):
             record = self._by_uid(key, exact=False)
             if record is None:
-                raise _LookupError(
+                raise RunNotFoundError(
                     f"no run whose uid is or starts with {key!r}{self._where()}{self._left_out()}"
                 )
             return Run(self.store, record, self.assets)
@@ -314,7 +287,7 @@ class Catalog:
     def _by_scan_id(self, scan_id: int) -> Run:
         found = self.store.search(self._and(ScanID(scan_id)), limit=1)
         if not found:
-            raise _LookupError(
+            raise RunNotFoundError(
                 f"no run with scan_id {scan_id}{self._where()} (a non-negative int is a "
                 f"scan_id; use a negative int such as cat[-1] for the most recent runs)"
                 f"{self._left_out()}"
@@ -324,7 +297,7 @@ class Catalog:
     def _by_recency(self, index: int) -> Run:
         found = self.store.search(self.query, offset=-index - 1, limit=1)
         if not found:
-            raise _LookupError(
+            raise RunNotFoundError(
                 f"no run at recency {index}: the catalog has {len(self)} runs{self._where()} "
                 "(a negative int counts back from the most recent run, cat[-1])"
             )
@@ -332,7 +305,7 @@ class Catalog:
 
     def _by_uid(self, key: str, exact: bool) -> RunRecord | None:
         if not key:
-            raise _LookupError("an empty string is not a uid")
+            raise RunNotFoundError("an empty string is not a uid")
         if self.query is None:
             record = self.store.get_run(key)
         else:

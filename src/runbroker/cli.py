@@ -29,8 +29,8 @@ from typing import Any, TextIO
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import open as open_catalog
-from .catalog import Catalog, Run, _LookupError
-from .errors import CatalogNotFoundError, NotACatalogError
+from .catalog import Catalog, Run
+from .errors import CatalogNotFoundError, NotACatalogError, NotFoundError
 from .mongoquery import is_query_form, parse_query
 from .opening import check_sqlite_path
 from .queries import In, Query, QueryError
@@ -115,7 +115,7 @@ def _uids(cat: Catalog, keys: Sequence[str], flag: str) -> list[str]:
         except KeyError as err:  # not found, or an ambiguous prefix (its candidates listed)
             problems.append(str(err))
     if problems:
-        raise _LookupError(f"{flag}: " + "; ".join(problems))
+        raise NotFoundError(f"{flag}: " + "; ".join(problems))
     return out
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
+from .errors import CatalogConfigError
 from .store.urls import redact
 
 if TYPE_CHECKING:
@@ -65,10 +66,6 @@ OPTIONS = frozenset(
         "max_overflow",
     }
 )
-
-
-class CatalogConfigError(ValueError):
-    """A catalog configuration file that cannot be used, named with its line."""
 
 
 class ConfigWarning(UserWarning):

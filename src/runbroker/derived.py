@@ -20,6 +20,7 @@ import numpy as np
 from event_model import compose_run
 
 from .assets.writers import WRITERS, Writer
+from .errors import ProvenanceError
 from .queries import Contains, Query
 
 if TYPE_CHECKING:
@@ -30,10 +31,6 @@ __all__ = ["ProvenanceError", "derived_from", "save_derived"]
 # Per-event values with more elements than this go to files; fewer stay in the events.
 INLINE_MAX = 64
 _SUFFIX = {"HDF5": ".h5", "AD_HDF5": ".h5", "NPY": ".npy", "TIFF_SERIES": ".tiff"}
-
-
-class ProvenanceError(ValueError):
-    """Derived data was saved without saying where it came from."""
 
 
 def derived_from(run: Run | str) -> Query:

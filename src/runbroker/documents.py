@@ -15,6 +15,8 @@ import jsonschema_rs
 import numpy as np
 from event_model import DocumentNames, schemas
 
+from .errors import ConflictError, DocumentError, UnknownParentError, describe
+
 __all__ = [
     "DOCUMENT_NAMES",
     "ConflictError",
@@ -44,71 +46,6 @@ _ID_KEY = {"datum": "datum_id", "datum_page": "datum_id"}
 # Errors caused by an earlier failure in the same document are less useful to a person,
 # so report the most specific kind first.
 _KIND_RANK = {"required": 0, "type": 1, "unevaluatedProperties": 9, "additionalProperties": 8}
-
-
-class DocumentError(ValueError):
-    """A document was refused. The message names the document type, its uid and the key.
-
-    Attributes ``name``, ``uid`` and ``key`` carry the same facts for programs.
-
-    Example:
-        >>> try:
-        ...     validate("stop", {"uid": "s1", "time": 0.0, "exit_status": "success"})
-        ... except DocumentError as err:
-        ...     print(err.name, err.uid, err.key)
-        stop s1 run_start
-    """
-
-    def __init__(self, name: str, uid: Any, key: str | None, reason: str) -> None:
-        self.name, self.uid, self.key, self.reason = name, uid, key, reason
-        where = f" at key {key!r}" if key else ""
-        super().__init__(f"Invalid {name} document {describe(name, uid)}{where}: {reason}")
-
-
-class UnknownParentError(DocumentError):
-    """A document points at a parent (run, descriptor, resource) that the store has not seen."""
-
-    @classmethod
-    def missing(cls, name: str, uid: Any, key: str, parent: Any) -> UnknownParentError:
-        """The error for a ``name`` document whose ``key`` names ``parent``, not stored.
-
-        Example:
-            >>> print(UnknownParentError.missing("stop", "s1", "run_start", "r1"))
-            Invalid stop document (uid 's1') at key 'run_start': refers to run 'r1', which is \
-not in this catalog (insert its start document first)
-        """
-        kind, hint = _PARENTS[key]
-        return cls(
-            name, uid, key, f"refers to {kind} {parent!r}, which is not in this catalog{hint}"
-        )
-
-
-# What each key that names a parent points at, and what to do when it is missing.
-_PARENTS = {
-    "run_start": ("run", " (insert its start document first)"),
-    "descriptor": ("descriptor", " (insert the descriptor before its events)"),
-    "resource": ("resource", ""),
-    "stream_resource": ("stream_resource", ""),
-}
-
-
-class ConflictError(DocumentError):
-    """A document reuses the uid of a stored document but differs from it."""
-
-
-def describe(name: str, uid: Any) -> str:
-    """Short human form of a document's identity, e.g. ``(uid 'ab12…')``.
-
-    Example:
-        >>> describe("event_page", ["a", "b", "c"])
-        "(uids 'a' … 'c', 3 events)"
-    """
-    if isinstance(uid, list):
-        if not uid:
-            return "(empty page)"
-        unit = "datums" if name.startswith("datum") else "events"
-        return f"(uids {uid[0]!r} … {uid[-1]!r}, {len(uid)} {unit})"
-    return f"(uid {uid!r})" if uid is not None else "(no uid)"
 
 
 @cache

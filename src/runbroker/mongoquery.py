@@ -73,7 +73,7 @@ def from_mongo(spec: Mapping[str, Any]) -> Query:
     >>> from_mongo({"$or": [{"stop.exit_status": {"$ne": "success"}}, {"temp": {"$exists": 0}}]})
     Traceback (most recent call last):
     ...
-    runbroker.queries.QueryError: key 'temp': $exists takes true or false, got 0
+    runbroker.errors.QueryError: key 'temp': $exists takes true or false, got 0
     """
     return _filter(spec, "query")
 

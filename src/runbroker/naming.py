@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from .errors import TemplateError
+
 __all__ = ["DEFAULT_TEMPLATE", "TemplateError", "render", "safe_name"]
 
 #: Sorts by date, then scan id; the short uid keeps two runs of one second apart.
@@ -23,10 +25,6 @@ DEFAULT_TEMPLATE = "{time:%Y%m%d-%H%M%S}_scan{scan_id}_{short_uid}"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 _MAX = 200  # well under the 255 bytes most filesystems allow, leaving room for a suffix
-
-
-class TemplateError(ValueError):
-    """A file-name template names something the run does not have, or is malformed."""
 
 
 def safe_name(name: str) -> str:

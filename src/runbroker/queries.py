@@ -59,6 +59,8 @@ from datetime import date, datetime
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .errors import QueryError
+
 __all__ = [
     "MISSING",
     "And",
@@ -97,14 +99,6 @@ _TIME_EXAMPLES = (
 )
 # A year, or a year and month: databroker's shortest time strings, which ISO parsing refuses.
 _YEAR_MONTH = re.compile(r"(\d{4})(?:-(\d{2}))?")
-
-
-class QueryError(ValueError):
-    """A query is malformed; the message names the offending key, value or field.
-
-    >>> isinstance(QueryError("bad"), ValueError)
-    True
-    """
 
 
 class EmptySearchWarning(UserWarning):

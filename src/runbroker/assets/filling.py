@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ExternalDataError
 from ..store.base import Store
 from .handlers import Handler
 from .paths import Location, UnsafePathError, check_inside, locate_resource, locate_uri
@@ -26,11 +27,6 @@ __all__ = ["Assets", "ExternalDataError", "external_kind", "fill_flag"]
 
 #: ``get_file_list`` of handlers and readers that read only the resource's own file.
 _OWN_FILE_ONLY = (Handler.get_file_list, Reader.get_file_list)
-
-
-class ExternalDataError(OSError):
-    """Detector data an event points at cannot be read: the message names the run, the field,
-    the file (and whether ``root_map`` changed its path) and the handler used."""
 
 
 def fill_flag(fill: Any) -> bool:

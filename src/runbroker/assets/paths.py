@@ -15,6 +15,8 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
+from ..errors import UnsafePathError
+
 __all__ = [
     "Location",
     "UnsafePathError",
@@ -23,10 +25,6 @@ __all__ = [
     "locate_resource",
     "locate_uri",
 ]
-
-
-class UnsafePathError(ValueError):
-    """A resource or datum names a file outside its root (``..`` or an absolute path)."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ def check_inside(path: str, root: str, what: str) -> str:
         >>> check_inside("/data/../etc/passwd", "/data", "resource_path")
         Traceback (most recent call last):
         ...
-        runbroker.assets.paths.UnsafePathError: resource_path leads to /etc/passwd, outside ...
+        runbroker.errors.UnsafePathError: resource_path leads to /etc/passwd, outside ...
     """
     norm = os.path.normpath(path)
     root_norm = os.path.normpath(root)
@@ -114,7 +112,7 @@ def relative_part(value: str, what: str) -> str:
         >>> relative_part("../../etc", "resource_path")
         Traceback (most recent call last):
         ...
-        runbroker.assets.paths.UnsafePathError: resource_path '../../etc' climbs out of ...
+        runbroker.errors.UnsafePathError: resource_path '../../etc' climbs out of ...
     """
     if os.path.isabs(value) or PurePosixPath(value).is_absolute() or value[1:3] == ":\\":
         raise UnsafePathError(

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
+from ..errors import HandlerNotFoundError
 from .handlers import BUILTIN_HANDLERS
 from .readers import BUILTIN_READERS
 
@@ -33,10 +34,6 @@ _registered: dict[str, dict[str, Any]] = {"handlers": {}, "readers": {}}
 _generation = [0]  # bumped by every registration: cached lookups are then redone
 _WORDS = {"handlers": ("handler", "spec"), "readers": ("reader", "mimetype")}
 _lock = threading.Lock()
-
-
-class HandlerNotFoundError(LookupError):
-    """No handler is known for a resource's ``spec`` (or no reader for a mimetype)."""
 
 
 def normalise_mimetype(mimetype: str) -> str:
@@ -123,7 +120,7 @@ class Registry:
         >>> Registry().handler("NO_SUCH_SPEC")
         Traceback (most recent call last):
         ...
-        runbroker.assets.registry.HandlerNotFoundError: no handler for spec 'NO_SUCH_SPEC'. ...
+        runbroker.errors.HandlerNotFoundError: no handler for spec 'NO_SUCH_SPEC'. ...
     """
 
     def __init__(

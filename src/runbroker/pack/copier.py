@@ -29,14 +29,16 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
+if __name__ == "__main__":  # a process of Copiers: no package, so errors.py (stdlib only) alone
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from errors import CopyError
+else:
+    from ..errors import CopyError
+
 __all__ = ["Copiers", "CopyError", "copy", "write"]
 
 #: Files are copied (and hashed) this many bytes at a time.
 BLOCK = 16 << 20
-
-
-class CopyError(Exception):
-    """A file could not be copied or written; the message says which and why."""
 
 
 def copy(src: str, dest: str) -> tuple[int, str]:

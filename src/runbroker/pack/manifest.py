@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from ..errors import PackCorruptError, PackError
+
 __all__ = [
     "MANIFEST",
     "SUMS",
@@ -42,18 +44,6 @@ _KIND = "runbroker-pack"
 _VERSION = 1
 #: Threads that copy and checksum files at once (more only contend for the disk).
 WORKERS = min(4, os.cpu_count() or 2)
-
-
-class PackError(ValueError):
-    """A pack (or a run going into one) that cannot be used; the message says which file."""
-
-
-class PackCorruptError(PackError):
-    """Files of a pack are missing or differ from its manifest; ``report`` lists them."""
-
-    def __init__(self, message: str, report: VerifyReport) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import PageGone
 from ..queries import Query
 
 __all__ = ["Columns", "LeavesOut", "PageGone", "PageInfo", "RunRecord", "Store"]
 
 Columns = dict[str, "np.ndarray | list"]
-
-
-class PageGone(LookupError):
-    """A page listed by ``Store.pages`` was merged away before it was read; list again."""
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def check_datum_ids(name: str, ids: list[str]) -> None:
         >>> check_datum_ids("datum_page", ["r/0", "r/0"])
         Traceback (most recent call last):
         ...
-        runbroker.documents.DocumentError: ...datum_id 'r/0' appears twice in the page
+        runbroker.errors.DocumentError: ...datum_id 'r/0' appears twice in the page
     """
     if len(set(ids)) != len(ids):
         repeated = next(i for i in ids if ids.count(i) > 1)

@@ -25,6 +25,7 @@ from event_model import pack_datum_page, pack_event_page, unpack_datum_page, unp
 from ..docfiles import JSONLinesWriter as JSONLinesExporter
 from ..docfiles import dumps
 from ..documents import ConflictError, DocumentError, UnknownParentError, validate
+from ..errors import ReadOnlyError
 from ..naming import DEFAULT_TEMPLATE, TemplateError, render, safe_name
 from .events import DescriptorState, canonical, check_datum_ids, event_is_new
 from .folderindex import FolderIndex
@@ -262,7 +263,7 @@ class FolderWriting:
 
     def _begin(self, many: bool) -> _Txn:
         if self.readonly:
-            raise PermissionError(
+            raise ReadOnlyError(
                 f"{self.uri} is opened read-only (runbroker.open(..., readonly=True)); "
                 "open it without readonly=True to add runs"
             )

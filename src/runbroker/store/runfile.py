@@ -25,7 +25,7 @@ from event_model import pack_datum_page, unpack_datum_page
 from .. import docfiles
 from ..docfiles import SUFFIXES
 from ..documents import to_builtin, validate
-from ..errors import ExportError
+from ..errors import BadRunFile, ExportError
 from . import jsoncodec
 from . import pages as codec
 from .events import (
@@ -72,10 +72,6 @@ def files_parsed() -> int:
         True
     """
     return _parsed
-
-
-class BadRunFile(ValueError):
-    """A file that is not one valid run; the message names the file and the line or record."""
 
 
 class _TwoRuns(BadRunFile):

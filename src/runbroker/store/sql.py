@@ -48,7 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
-from ..errors import NotACatalogError, ReadOnlyMediumError
+from ..errors import NotACatalogError, ReadOnlyError, ReadOnlyMediumError, SchemaVersionError
 from ..queries import Query
 from . import jsoncodec, keyindex, migrations, pgsql
 from . import pages as codec
@@ -149,10 +149,6 @@ _FULLTEXT_DDL = {
         "ALTER COLUMN extra SET STORAGE EXTERNAL",
     ],
 }
-
-
-class SchemaVersionError(RuntimeError):
-    """The catalog was written by a different schema version than this runbroker uses."""
 
 
 _dumps = jsoncodec.dumps
@@ -418,7 +414,7 @@ class SQLStore(SQLWriting):
             return []
         if self.readonly:
             names = " ".join(repr(keyindex.user_key(k)) for k in missing)
-            raise PermissionError(
+            raise ReadOnlyError(
                 f"{self.uri} is opened read-only and has no index on {names}; create it with:  "
                 f"runbroker db index {self.uri} {names}"
             )

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Engine
 
 from ..documents import ConflictError, DocumentError, UnknownParentError, validate
+from ..errors import ReadOnlyError
 from . import jsoncodec, pgsql
 from .events import DescriptorState, canonical, check_datum_ids
 from .flatten import flatten, fulltext
@@ -248,7 +249,7 @@ class SQLWriting(SQLEvents):
     def _conn(self) -> Connection:
         """The write connection, inside the open (group-commit) transaction."""
         if self.readonly:
-            raise PermissionError(f"{self.uri} is opened read-only")
+            raise ReadOnlyError(f"{self.uri} is opened read-only")
         if self._wconn is None:
             self._wconn = self._wengine.connect()
         if not self._wconn.in_transaction():
