@@ -43,6 +43,7 @@ from .errors import (
     UnknownSchemeError,
 )
 from .opening import check_folder, check_sqlite_path, integrity_check, translate
+from .store.base import indexing
 from .store.files import FolderStore
 from .store.sql import SchemaVersionError, SQLStore
 from .store.urls import SCHEMES, driver_url, redact, scheme_of
@@ -205,7 +206,7 @@ def _catalog(store: SQLStore | FolderStore, indexes: Iterable[str], assets: Asse
     """The catalog of ``store``, after giving it the ``indexes`` it lacks."""
     if indexes:
         try:
-            store.create_index(*indexes)
+            indexing(store).create_index(*indexes)
         except BaseException:
             store.close()
             raise
