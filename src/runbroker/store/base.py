@@ -24,9 +24,13 @@ so reads of a run that exists cost nothing more. :meth:`Store.documents` is a ge
 it raises at the first ``next()`` at the latest.
 
 **Order.** Runs come newest first, ordered by ``(time, uid)`` descending, in every store:
-``cat[-1]`` is the latest run everywhere. A run's descriptors and documents come in the order
-they were stored; pages come grouped by descriptor in the order the descriptors were asked
-for, each descriptor's pages by ``seq_min``.
+``cat[-1]`` is the latest run everywhere. A run's descriptors come in the order they were
+stored; pages come grouped by descriptor in the order the descriptors were asked for, each
+descriptor's pages by ``seq_min``. A replay (:meth:`Store.documents`) gives the documents
+that are not events in the order they were stored and each descriptor's events in the order
+they were stored; a store keeping events in pages may gather a descriptor's events into
+fewer pages, which moves events later than other documents stored after them, never
+earlier (an event always comes after every document stored before it).
 
 **Column vocabulary.** A page holds the columns of some events of one descriptor:
 
@@ -57,7 +61,9 @@ for that run there is no such page (``PageGone``), whether it was merged away, b
 another run or never existed. A wrapper hiding a run thus reveals nothing about its pages.
 
 **Writes and visibility.** :meth:`Store.insert` makes a document visible to readers of the
-same store at once and to other processes within 100 ms (or at :meth:`Store.flush`).
+same store at once, to stores opened on the catalog after :meth:`Store.flush`, and to stores
+already open within 100 ms (a store may say it takes longer: an open folder store looks at
+its folder again every ``refresh_interval``, 2 s).
 :meth:`Store.ingest` is atomic: if one document of a batch is refused
 (:class:`~runbroker.documents.DocumentError`), none of the batch is stored. Inserting a
 document identical to a stored one is a no-op; a different document under a stored uid
@@ -217,8 +223,9 @@ class Store(Protocol):
     def documents(
         self, run_uid: str, arrays: bool = False, uids: bool | str = True
     ) -> Iterator[tuple[str, Any]]:
-        """Replay the run: ``(name, document)`` in the order they were stored, from its
-        start to its stop (if any). Events come as event pages, their columns as lists (or
+        """Replay the run: ``(name, document)`` from its start to its stop (if any), in the
+        order they were stored (events possibly later, see the module docstring). Events
+        come as event pages, their columns as lists (or
         as the numpy arrays stored, with ``arrays=True``). ``uids=False`` leaves the event
         uids out of the pages (empty lists), for readers that do not need them: decoding
         them is much of a replay's time. With ``arrays=True``, ``uids="bytes"`` gives the
