@@ -17,10 +17,10 @@ import pytest
 from event_model import compose_run
 
 import runbroker
+from runbroker.errors import RunNotFoundError
 from runbroker.export import DEFAULT_TEMPLATE, render
 from runbroker.export.jsondoc import read_jsonl
 from runbroker.queries import FullText, Key, PartialUID, Regex, ScanID, TimeRange
-from runbroker.store.base import PageGone
 from runbroker.store.files import FolderStore, FolderWarning
 from runbroker.store.runfile import files_parsed
 from runbroker.testing.compare import assert_same_run
@@ -169,11 +169,12 @@ def test_a_file_holding_another_run_since_it_was_indexed_never_serves_it(export_
     (path,) = scalar.export("jsonl", folder, template="run")
     # No refresh on its own while the test runs: the store meets the change when it reads.
     cat = Catalog(FolderStore(folder, readonly=True, refresh_interval=3600))
-    pages = cat.store.pages([d["uid"] for d in cat.store.descriptors(scalar.uid)])
+    pages = cat.store.pages(scalar.uid, [d["uid"] for d in cat.store.descriptors(scalar.uid)])
     (other,) = grid.export("jsonl", tmp_path / "other", template="run")
     os.replace(other, path)  # the file now holds another run, under the same name
-    with pytest.raises(PageGone):
-        cat.store.read_pages([p.id for p in pages], None)
+    # The folder no longer holds the run: not found (the Store contract), never grid's pages.
+    with pytest.raises(RunNotFoundError):
+        cat.store.read_pages(scalar.uid, [p.id for p in pages], None)
     with pytest.raises(KeyError):
         cat[scalar.uid].primary.read()  # gone: the folder was looked at again
     assert_same_run(cat[grid.uid], grid)

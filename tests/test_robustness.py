@@ -369,10 +369,10 @@ def test_reader_racing_a_compaction_reads_the_stream(tmp_path, monkeypatch):
 
     stop = bundle.compose_stop()
 
-    def racing(page_ids, columns):
+    def racing(run_uid, page_ids, columns):
         writer.insert("stop", stop)  # compacts the stream's pages (a repeat is a no-op)
         writer.flush()
-        return read_pages(page_ids, columns)
+        return read_pages(run_uid, page_ids, columns)
 
     monkeypatch.setattr(reader.store, "read_pages", racing)
     try:
@@ -409,13 +409,13 @@ def test_a_page_listed_before_a_compaction_is_never_read_with_other_events(tmp_p
     read_pages = reader.store.read_pages
     more = sqlevents._COMPACT_AFTER
 
-    def racing(page_ids, columns):
+    def racing(run_uid, page_ids, columns):
         if not raced:  # once: the read lists the pages again and reads them
             raced.append(True)
             for seq in range(big + 2, big + 2 + more):  # small pages until they are merged
                 writer.insert("event", _event(desc, seq, x=float(seq)))
                 writer.flush()
-        return read_pages(page_ids, columns)
+        return read_pages(run_uid, page_ids, columns)
 
     raced: list[bool] = []
     monkeypatch.setattr(reader.store, "read_pages", racing)
@@ -508,9 +508,9 @@ def test_to_dask_reads_nothing_before_compute(tmp_path, monkeypatch):
     calls = []
     read_pages = cat.store.read_pages
 
-    def counting(page_ids, columns):
+    def counting(run_uid, page_ids, columns):
         calls.append(page_ids)
-        return read_pages(page_ids, columns)
+        return read_pages(run_uid, page_ids, columns)
 
     monkeypatch.setattr(cat.store, "read_pages", counting)
     stream.to_dask()

@@ -29,7 +29,7 @@ def _new_run(cat: runbroker.Catalog, **md):
 
 def _page_ids(cat: runbroker.Catalog) -> list:
     stream = cat[-1].primary
-    return cat.store.pages([d["uid"] for d in stream.descriptors])
+    return cat.store.pages(stream.run_uid, [d["uid"] for d in stream.descriptors])
 
 
 def test_codecs_round_trip_constant_and_repeated_columns():

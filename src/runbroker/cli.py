@@ -34,6 +34,7 @@ from .errors import CatalogNotFoundError, NotACatalogError, NotFoundError
 from .mongoquery import is_query_form, parse_query
 from .opening import check_sqlite_path
 from .queries import In, Query, QueryError
+from .store.base import indexing
 from .store.sql import SchemaVersionError, SQLStore
 from .store.urls import driver_url, redact
 
@@ -137,12 +138,12 @@ def _db_index(args: argparse.Namespace) -> int:
         if args.keys:
             store.close()
             store = SQLStore(url)
-            made = store.create_index(*args.keys)
+            made = indexing(store).create_index(*args.keys)
             print(
                 f"indexed in {redact(args.uri)}: {', '.join(made)}" if made else "already indexed"
             )
         if args.list:
-            for key in store.indexed_keys():
+            for key in indexing(store).indexed_keys():
                 print(key)
     finally:
         store.close()

@@ -44,7 +44,7 @@ from .errors import (
     UnknownSchemeError,
 )
 from .store import registry
-from .store.base import Store
+from .store.base import Store, indexing
 from .store.files import FolderStore
 from .store.runfile import SUFFIXES as RUN_FILE_SUFFIXES
 from .store.runfile import is_run_file
@@ -334,7 +334,7 @@ def open(
     assets = Assets(handler_registry, dict(root_map or {}), _resource_base(store, text, scheme))
     if indexes:
         try:
-            store.create_index(*indexes)
+            indexing(store).create_index(*indexes)
         except BaseException:
             store.close()
             raise

@@ -136,7 +136,7 @@ class Stream:
         return list(self.data_keys)
 
     def _chunks(self) -> list[_Chunk]:
-        return _plan(self.store.pages([d["uid"] for d in self._descriptors]))
+        return _plan(self.store.pages(self.run_uid, [d["uid"] for d in self._descriptors]))
 
     def __len__(self) -> int:
         return sum(c.n for c in self._chunks())
@@ -162,7 +162,8 @@ class Stream:
         unsorted = any(len(c.pages) > 1 or not c.pages[0].ordered for c in chunks)
         counted = all(p.seq_max - p.seq_min + 1 == p.n for p in pages)
         wanted = ["seq_num", *names] if unsorted or not counted else names
-        decoded = self.store.read_pages([p.id for p in pages], wanted) if pages else []
+        ids = [p.id for p in pages]
+        decoded = self.store.read_pages(self.run_uid, ids, wanted) if pages else []
         lengths = [p.n for p in pages]
         for page, columns in zip(pages, decoded, strict=True):
             if any(len(v) != page.n for v in columns.values()):

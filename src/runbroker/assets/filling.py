@@ -253,7 +253,7 @@ class Assets:
         if kind == "stream":
             groups = self._stream_groups(where, field_name, docs, seq_nums, descriptor_uids)
         else:
-            groups = self._datum_groups(where, store, refs or [])
+            groups = self._datum_groups(where, store, run_uid, refs or [])
         for res_uid, _, _ in groups:
             if res_uid is not None and res_uid not in docs:
                 raise ExternalDataError(f"{where}: resource {res_uid!r} is not in this run")
@@ -276,10 +276,10 @@ class Assets:
         return out
 
     def _datum_groups(
-        self, where: str, store: Store, refs: Sequence[Any]
+        self, where: str, store: Store, run_uid: str, refs: Sequence[Any]
     ) -> list[tuple[str | None, np.ndarray, list[Any]]]:
         ids = [r for r in refs if isinstance(r, str)]
-        datums = store.datums(list(dict.fromkeys(ids))) if ids else {}
+        datums = store.datums(run_uid, list(dict.fromkeys(ids))) if ids else {}
         missing = [i for i in ids if i not in datums]
         if missing:
             raise ExternalDataError(

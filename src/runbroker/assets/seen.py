@@ -27,7 +27,7 @@ class SeenAssets:
         >>> seen = SeenAssets()
         >>> seen.add("resource", {"uid": "r1", "spec": "NPY", "root": "/", "resource_path": "a"})
         >>> seen.add("datum", {"datum_id": "r1/0", "resource": "r1", "datum_kwargs": {}})
-        >>> seen.datums(["r1/0"])
+        >>> seen.datums("run", ["r1/0"])
         {'r1/0': ('r1', {})}
     """
 
@@ -95,7 +95,7 @@ class SeenAssets:
         """The resource, stream_resource and stream_datum documents seen, in order."""
         return list(self._docs)
 
-    def datums(self, datum_ids: list[str]) -> dict[str, tuple[str, Any]]:
+    def datums(self, run_uid: str, datum_ids: list[str]) -> dict[str, tuple[str, Any]]:
         """datum_id -> (resource uid, datum_kwargs), for the ids seen."""
         pages, self._pages = self._pages, []
         for page in pages:

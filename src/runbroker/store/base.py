@@ -1,7 +1,88 @@
-"""The narrow Store protocol that the user API (``runbroker.catalog``) is written against.
+"""The Store protocol: the one narrow interface the user API (``runbroker.catalog``) is
+written against, with every rule a store must keep written out here.
 
-Every storage backend -- SQLite, PostgreSQL, a folder of files, an HTTP client -- implements
-these few methods and nothing else, so the catalog behaves the same over each of them.
+SQLite, PostgreSQL and a folder of run files are each a :class:`Store`; so will be the HTTP
+client, and a cache, an access guard or a federation will be Store *wrappers*. The catalog,
+its runs and streams only ever call the methods below, so every rule that the user API relies
+on is a rule of this page. :mod:`runbroker.testing.conformance` checks each one; a new store
+(or wrapper) passes that suite before it is used.
+
+Rules that hold for every method
+--------------------------------
+
+**Runs are named by uid.** Every per-run call (:meth:`Store.descriptors`,
+:meth:`~Store.pages`, :meth:`~Store.read_pages`, :meth:`~Store.documents`,
+:meth:`~Store.assets`, :meth:`~Store.datums`) takes the run's uid first, so a wrapper can
+check that the caller may see the run, key a cache on it, or route the call to the store
+that holds it.
+
+**Not found.** :meth:`Store.get_run` is the existence check: ``None`` for a run the store does
+not hold. Every per-run call raises :class:`~runbroker.errors.RunNotFoundError` (a
+``KeyError``) naming the run and the store for such a run. A store may look the run up only
+when its answer would be empty (a run with no descriptors yet is normal and gives ``[]``),
+so reads of a run that exists cost nothing more. :meth:`Store.documents` is a generator:
+it raises at the first ``next()`` at the latest.
+
+**Order.** Runs come newest first, ordered by ``(time, uid)`` descending, in every store:
+``cat[-1]`` is the latest run everywhere. A run's descriptors come in the order they were
+stored; pages come grouped by descriptor in the order the descriptors were asked for, each
+descriptor's pages by ``seq_min``. A replay (:meth:`Store.documents`) gives the documents
+that are not events in the order they were stored and each descriptor's events in the order
+they were stored; a store keeping events in pages may gather a descriptor's events into
+fewer pages, which moves events later than other documents stored after them, never
+earlier (an event always comes after every document stored before it).
+
+**Column vocabulary.** A page holds the columns of some events of one descriptor:
+
+==================  ===========================================================
+``time``            event times (float64 array)
+``seq_num``         event seq_nums (int64 array)
+``uid``             event uids (a list of str, or a fixed-width bytes array)
+``d:<field>``       the field's values: ``data[<field>]`` of each event
+``t:<field>``       the field's timestamps: ``timestamps[<field>]`` of each event
+``f:<field>``       the field's ``filled`` flags (only where events carried them)
+==================  ===========================================================
+
+A column is a numpy array when its values are homogeneous numbers (one row per event, the
+event's shape after it), else a list. A page lacks the ``d:``/``t:`` columns of a field its
+events did not carry (a stream whose fields changed); asked for, they are left out of its
+dict, not an error. ``time`` and ``seq_num`` are in every page.
+
+**Page ids are opaque tokens.** An id is only valid as given by :meth:`Store.pages`, for the
+same run: a caller never makes one, does arithmetic on one or keeps one across a re-listing
+(the folder store packs a file id, a page number and a length into it; the SQL store uses row
+ids that merging pages retires).
+
+**PageGone and the retry.** Writers may merge a run's small pages into big ones while it is
+read, so a listed page can be gone by the time it is read. :meth:`Store.read_pages` then
+raises :class:`PageGone`, and the caller lists the pages again and retries (``Stream``
+retries 3 times). A page id that is not a page of the named run is treated the same way:
+for that run there is no such page (``PageGone``), whether it was merged away, belongs to
+another run or never existed. A wrapper hiding a run thus reveals nothing about its pages.
+
+**Writes and visibility.** :meth:`Store.insert` makes a document visible to readers of the
+same store at once, to stores opened on the catalog after :meth:`Store.flush`, and to stores
+already open within 100 ms (a store may say it takes longer: an open folder store looks at
+its folder again every ``refresh_interval``, 2 s).
+:meth:`Store.ingest` is atomic: if one document of a batch is refused
+(:class:`~runbroker.documents.DocumentError`), none of the batch is stored. Inserting a
+document identical to a stored one is a no-op; a different document under a stored uid
+raises :class:`~runbroker.documents.ConflictError`.
+
+**Threads and processes.** A store may be used from many threads at once. Pickled (to send
+it to a dask worker), a store reduces to a function that reopens the same catalog read-only in
+the receiving process, once per process (``__reduce__`` -> ``_reader_for(uri)``): it carries
+no connection, lock or writing state. :meth:`Store.close` flushes, then releases connections;
+closing twice is allowed.
+
+Optional capabilities
+---------------------
+
+What only some stores can do is a small protocol of its own, checked with ``isinstance`` (all
+are ``runtime_checkable``), never with ``hasattr``: :class:`Indexes` (indexes on chosen
+metadata keys) and :class:`LeavesOut` (sources left out, for clearer not-found messages).
+Filling detector data from files, annotating runs and following a live run will be
+capability protocols of the same kind.
 """
 
 from __future__ import annotations
@@ -12,12 +93,34 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import PageGone
+from ..errors import PageGone, RunNotFoundError
 from ..queries import Query
 
-__all__ = ["Columns", "LeavesOut", "PageGone", "PageInfo", "RunRecord", "Store"]
+__all__ = [
+    "Columns",
+    "Indexes",
+    "LeavesOut",
+    "PageGone",
+    "PageInfo",
+    "RunRecord",
+    "Store",
+    "indexing",
+    "run_not_found",
+]
 
 Columns = dict[str, "np.ndarray | list"]
+
+
+def run_not_found(store: Any, run_uid: str) -> RunNotFoundError:
+    """The error every per-run call of ``store`` raises for a run it does not hold.
+
+    Example:
+        >>> class Demo:
+        ...     uri = "sqlite:///runs.db"
+        >>> print(run_not_found(Demo(), "abc123"))
+        no run 'abc123' in sqlite:///runs.db
+    """
+    return RunNotFoundError(f"no run {run_uid!r} in {store.uri}")
 
 
 @dataclass(frozen=True)
@@ -34,7 +137,8 @@ class PageInfo:
     """Where a block of a stream's events lives, without its data.
 
     ``n`` events of ``descriptor`` whose seq_nums lie in ``[seq_min, seq_max]``, stored in
-    increasing seq_num order when ``ordered``.
+    increasing seq_num order when ``ordered``. ``id`` is an opaque token for
+    :meth:`Store.read_pages` of the same run.
     """
 
     id: int
@@ -47,21 +151,29 @@ class PageInfo:
 
 @runtime_checkable
 class Store(Protocol):
-    """What the catalog needs from storage. Runs are ordered newest first: (time, uid) desc."""
+    """What the catalog needs from storage (the module docstring gives the rules).
+
+    ``uri`` names the catalog (without any password), in messages and for reopening it.
+    """
 
     uri: str
 
     def insert(self, name: str, doc: dict) -> None:
-        """Validate and store one document (readers see it within 100 ms)."""
+        """Validate and store one document (``name`` is its kind: ``"start"``, ``"event"``
+        ...). Readers of this store see it at once, other processes within 100 ms. Raises
+        :class:`~runbroker.documents.DocumentError` for an invalid document, one whose run
+        or descriptor is not stored, or (:class:`~runbroker.documents.ConflictError`) one
+        whose uid is stored with different content; an identical repeat is a no-op."""
 
     def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
-        """Store many documents at once, atomically; return how many were given."""
+        """Store many ``(name, document)`` pairs at once, atomically (a refused document
+        stores none of them); return how many were given. The same checks as ``insert``."""
 
     def flush(self) -> None:
         """Make everything inserted so far visible to other processes now."""
 
     def close(self) -> None:
-        """Flush and release connections."""
+        """Flush and release connections; a second call does nothing."""
 
     def search(
         self,
@@ -71,51 +183,96 @@ class Store(Protocol):
         limit: int | None = None,
         before: tuple[float, str] | None = None,
     ) -> list[RunRecord]:
-        """Runs matching ``query``, newest first, from ``offset``, at most ``limit``.
+        """Runs matching ``query`` (all when None), newest first by ``(time, uid)``
+        descending, skipping ``offset``, at most ``limit``.
 
-        ``before=(time, uid)`` starts after that run in this order (stable paging while
-        runs are being added).
+        ``before=(time, uid)`` starts after that run in this order, so paging with the
+        last run of a page stays stable while runs are being added.
         """
 
     def count(self, query: Query | None) -> int:
-        """How many runs match ``query``."""
+        """How many runs match ``query``: the length of ``search(query)``."""
 
     def get_run(self, uid: str) -> RunRecord | None:
-        """The run with exactly this uid, or None."""
+        """The run with exactly this uid, or None: the existence check (no prefixes)."""
 
     def descriptors(self, run_uid: str) -> list[dict]:
-        """The run's descriptor documents in the order they were stored."""
+        """The run's descriptor documents in the order they were stored (``[]`` for a run
+        with none yet). Raises ``RunNotFoundError`` for an unknown run."""
 
-    def pages(self, descriptor_uids: list[str]) -> list[PageInfo]:
-        """Pages of these descriptors, grouped by descriptor in the given order, by seq_min."""
+    def pages(self, run_uid: str, descriptor_uids: list[str]) -> list[PageInfo]:
+        """The pages of these descriptors of the run: grouped by descriptor in the order
+        given, each descriptor's by ``seq_min``. A uid that is not a descriptor of the run
+        has no pages. Raises ``RunNotFoundError`` for an unknown run."""
 
-    def read_pages(self, page_ids: list[int], columns: list[str] | None) -> list[Columns]:
-        """Decoded columns of each page (all when ``columns`` is None), in the given order.
+    def read_pages(
+        self, run_uid: str, page_ids: list[int], columns: list[str] | None
+    ) -> list[Columns]:
+        """The columns (see the vocabulary above; all of them when ``columns`` is None) of
+        each page, one dict per id in the order of ``page_ids``.
 
-        Raises :class:`PageGone` if a page no longer exists (merged by a writer).
+        Raises :class:`PageGone` for an id that is no page of the run now (the caller
+        lists the pages again), ``RunNotFoundError`` for an unknown run.
         """
 
     def documents(
         self, run_uid: str, arrays: bool = False, uids: bool | str = True
     ) -> Iterator[tuple[str, Any]]:
-        """The run's documents in the order they were stored; events come as event pages,
-        their columns as lists (or as the numpy arrays stored, with ``arrays=True``).
-        ``uids=False`` leaves the event uids out of the pages (empty lists), for readers
-        that do not need them: decoding them is much of a replay's time. With
-        ``arrays=True``, ``uids="bytes"`` gives the uids of a page as a fixed-width bytes
-        array (numpy ``S``) where the store keeps them so (ASCII uids), else as a list."""
+        """Replay the run: ``(name, document)`` from its start to its stop (if any), in the
+        order they were stored (events possibly later, see the module docstring). Events
+        come as event pages, their columns as lists (or
+        as the numpy arrays stored, with ``arrays=True``). ``uids=False`` leaves the event
+        uids out of the pages (empty lists), for readers that do not need them: decoding
+        them is much of a replay's time. With ``arrays=True``, ``uids="bytes"`` gives the
+        uids of a page as a fixed-width bytes array (numpy ``S``) where the store keeps them
+        so (ASCII uids), else as a list. A generator: ``RunNotFoundError`` for an unknown
+        run comes at the first ``next()`` at the latest."""
 
     def assets(self, run_uid: str) -> list[tuple[str, dict]]:
-        """The run's ``resource``, ``stream_resource`` and ``stream_datum`` documents."""
+        """The run's ``resource``, ``stream_resource`` and ``stream_datum`` documents in
+        stored order. Raises ``RunNotFoundError`` for an unknown run."""
 
-    def datums(self, datum_ids: list[str]) -> dict[str, tuple[str, dict]]:
-        """datum_id -> (resource uid, datum_kwargs) for those of ``datum_ids`` stored."""
+    def datums(self, run_uid: str, datum_ids: list[str]) -> dict[str, tuple[str, dict]]:
+        """datum_id -> (resource uid, datum_kwargs) for those of ``datum_ids`` stored in the
+        run (others are left out). Raises ``RunNotFoundError`` for an unknown run."""
+
+
+@runtime_checkable
+class Indexes(Protocol):
+    """A store that can give chosen metadata keys an index of their own, so that searches
+    on them stay fast in large catalogs."""
+
+    def indexed_keys(self) -> list[str]:
+        """The metadata keys (query keys: ``"sample"``, ``"sample.name"``) with an index."""
+        ...
+
+    def create_index(self, *keys: str) -> list[str]:
+        """Index each key that lacks an index; return the keys indexed now, sorted."""
+        ...
+
+
+def indexing(store: object) -> Indexes:
+    """``store`` as an :class:`Indexes`, or a ``TypeError`` naming it when it keeps none.
+
+    Example:
+        >>> from runbroker.store.sql import SQLStore
+        >>> indexing(SQLStore("sqlite://")).indexed_keys()
+        []
+        >>> indexing(object())
+        Traceback (most recent call last):
+        ...
+        TypeError: <object object at ...> keeps no indexes on metadata keys
+    """
+    if not isinstance(store, Indexes):
+        raise TypeError(f"{store!r} keeps no indexes on metadata keys")
+    return store
 
 
 @runtime_checkable
 class LeavesOut(Protocol):
     """A store that may leave some of its sources out (a folder's unreadable run files), so
-    that a run looked for is missing from it without being absent from its files."""
+    that a run looked for is missing from it without being absent from its files: the
+    catalog names them in its not-found message."""
 
     def left_out(self) -> list[str]:
         """Names of the sources left out (empty when every one is read)."""

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from ..queries import Query
 from . import pages as codec
-from .base import PageGone, PageInfo, RunRecord
+from .base import PageGone, PageInfo, RunRecord, run_not_found
 from .folderindex import FolderIndex
 from .folderwrite import FolderWriting, undeclared
 from .runfile import ParsedRun, RunCache
@@ -92,7 +92,6 @@ class FolderStore(FolderWriting):
         self._writers = OrderedDict()  # typed in FolderWriting
         self._owner: dict[str, tuple[str, str]] = {}  # child uid -> (kind, run uid)
         self._closed = False
-        self._datum_hint: str | None = None
         self._index = FolderIndex(self.folder, readonly)
         self._warned: set[str] = set()
         self._refreshed = 0.0
@@ -197,99 +196,73 @@ class FolderStore(FolderWriting):
             "now; the folder changed since it was indexed (open it again)"
         )
 
-    def descriptors(self, run_uid: str) -> list[dict]:
-        """The run's descriptors, in the order of its file."""
+    def _run(self, run_uid: str) -> ParsedRun:
+        """The run's file, parsed; RunNotFoundError when the folder holds no such run."""
         run = self._parsed(run_uid)
         if run is None:
-            return []
+            raise run_not_found(self, run_uid)
+        return run
+
+    def descriptors(self, run_uid: str) -> list[dict]:
+        """The run's descriptors, in the order of its file."""
+        run = self._run(run_uid)
         declared = self._index.declared(run_uid)
         return [undeclared(d, declared) for d in run.descriptor_docs()]
 
-    def _run_of(self, uid: str) -> str | None:
-        """The run of descriptor, resource or stream resource ``uid``."""
-        found = self._owner.get(uid) or self._index.parent(uid)
-        return found[1] if found else None
-
-    def pages(self, descriptor_uids: list[str]) -> list[PageInfo]:
-        """Pages of these descriptors, in descriptor order then seq order."""
+    def pages(self, run_uid: str, descriptor_uids: list[str]) -> list[PageInfo]:
+        """Pages of these descriptors of the run, in descriptor order then seq order."""
+        run = self._run(run_uid)
+        entry = self._index.file_of(run_uid)
+        if entry is None:  # the file went since it was parsed
+            raise run_not_found(self, run_uid)
         out = []
         for uid in descriptor_uids:
-            run_uid = self._run_of(uid)
-            run = self._parsed(run_uid) if run_uid is not None else None
-            entry = self._index.file_of(run_uid) if run is not None else None
-            if run is None or entry is None:
-                continue
             for number in run.by_descriptor.get(uid, ()):
                 p = run.pages[number]
                 page_id = _page_id(entry.id, number, p.n)
                 out.append(PageInfo(page_id, uid, p.n, p.seq_min, p.seq_max, p.ordered))
         return out
 
-    def read_pages(self, page_ids: list[int], columns: list[str] | None) -> list[dict]:
-        """Decoded columns of each page, in the order of ``page_ids``."""
+    def read_pages(
+        self, run_uid: str, page_ids: list[int], columns: list[str] | None
+    ) -> list[dict]:
+        """Decoded columns of each page of the run, in the order of ``page_ids``."""
         extra = columns is None or any(c == "uid" or c[:2] in ("t:", "f:") for c in columns)
+        run = self._run(run_uid)
+        entry = self._index.file_of(run_uid)
         out = []
-        runs: dict[int, ParsedRun | None] = {}
         for page_id in page_ids:
             file_id, number, n = _split_page_id(page_id)
-            if file_id not in runs:
-                runs[file_id] = self._file_run(file_id)
-            run = runs[file_id]
-            if run is None or number >= len(run.pages) or run.pages[number].n != n:
-                raise PageGone(f"page {page_id} of {self.uri} changed; list pages again")
-            page = run.pages[number]
+            # A file indexed again has a new id: pages listed before it changed are gone.
+            page = run.pages[number] if number < len(run.pages) else None
+            if entry is None or file_id != entry.id or page is None or page.n != n:
+                raise PageGone(
+                    f"page {page_id} is no page of run {run_uid} in {self.uri} (its file "
+                    "changed, or it is of another run); list pages again"
+                )
             decoded = codec.decode(page.data, columns)
             if extra:
                 decoded.update(codec.decode(page.extra, columns))
             out.append(decoded)
         return out
 
-    def _file_run(self, file_id: int) -> ParsedRun | None:
-        """The run in the file with this id, if it is still the run indexed there."""
-        entry = self._index.entry(file_id)
-        try:
-            run = self._cache.get(file_id, self.folder / entry.name) if entry else None
-        except FileNotFoundError:
-            return None
-        return run if run is not None and entry is not None and run.uid == entry.uid else None
-
     def documents(
         self, run_uid: str, arrays: bool = False, uids: bool = True
     ) -> Iterator[tuple[str, Any]]:
         """The run's documents, replayed as the SQL store replays them."""
-        run = self._parsed(run_uid)
-        if run is None:
-            raise KeyError(run_uid)
+        run = self._run(run_uid)
         declared = self._index.declared(run_uid)
         for name, doc in run.documents(arrays, uids):
             yield name, undeclared(doc, declared) if name == "descriptor" else doc
 
     def assets(self, run_uid: str) -> list[tuple[str, dict]]:
         """The run's resource, stream_resource and stream_datum documents, in file order."""
-        run = self._parsed(run_uid)
-        self._datum_hint = run_uid
-        return run.asset_docs() if run is not None else []
+        return self._run(run_uid).asset_docs()
 
-    def datums(self, datum_ids: list[str]) -> dict[str, tuple[str, dict]]:
-        """datum_id -> (resource uid, datum_kwargs) for those of ``datum_ids`` stored."""
-        out: dict[str, tuple[str, dict]] = {}
-        wanted = list(dict.fromkeys(datum_ids))
-        tried: set[str] = set()
-
-        def look(run_uid: str | None) -> None:
-            if run_uid is None or run_uid in tried:
-                return
-            tried.add(run_uid)
-            run = self._parsed(run_uid)
-            if run is not None:
-                out.update((i, run.datums[i]) for i in wanted if i in run.datums)
-
-        # The run whose assets were asked for last is the one being filled, almost always.
-        look(self._datum_hint)
-        for datum_id in wanted:
-            if datum_id not in out and "/" in datum_id:  # "<resource uid>/<n>", usually
-                look(self._run_of(datum_id.rsplit("/", 1)[0]))
-        return out
+    def datums(self, run_uid: str, datum_ids: list[str]) -> dict[str, tuple[str, dict]]:
+        """datum_id -> (resource uid, datum_kwargs) for those of ``datum_ids`` in the run."""
+        stored = self._run(run_uid).datums
+        return {i: stored[i] for i in datum_ids if i in stored}
 
     # -- writing -----------------------------------------------------------------------------
 

@@ -133,9 +133,11 @@ def make_engine(
     return engine
 
 
+# Only pages of the named run are found (the Store contract: ids of another run are gone).
+_IN_RUN = " AND run_id = (SELECT id FROM runs WHERE uid = %s)"
 _PAGE_BLOBS = {
-    False: "SELECT id, data FROM pages WHERE id = ANY(%s)",
-    True: "SELECT id, data, extra FROM pages WHERE id = ANY(%s)",
+    False: "SELECT id, data FROM pages WHERE id = ANY(%s)" + _IN_RUN,
+    True: "SELECT id, data, extra FROM pages WHERE id = ANY(%s)" + _IN_RUN,
 }
 
 
@@ -144,8 +146,11 @@ _PAGE_BLOBS = {
 _PAGES_PER_QUERY = 4
 
 
-def page_blobs(conn: Any, page_ids: list[int], extra: bool) -> dict[int, tuple[bytes, ...]]:
-    """page id -> (data,) or (data, extra) of those of ``page_ids`` that exist.
+def page_blobs(
+    conn: Any, run_uid: str, page_ids: list[int], extra: bool
+) -> dict[int, tuple[bytes, ...]]:
+    """page id -> (data,) or (data, extra) of those of ``page_ids`` that are pages of run
+    ``run_uid``.
 
     A few pages per round trip, in binary format: a blob arrives as its bytes, not
     hex-encoded at twice the size.
@@ -154,7 +159,8 @@ def page_blobs(conn: Any, page_ids: list[int], extra: bool) -> dict[int, tuple[b
     out: dict[int, tuple[bytes, ...]] = {}
     with raw.cursor(binary=True) as cur:
         for i in range(0, len(page_ids), _PAGES_PER_QUERY):
-            cur.execute(_PAGE_BLOBS[extra], (list(page_ids[i : i + _PAGES_PER_QUERY]),))
+            batch = list(page_ids[i : i + _PAGES_PER_QUERY])
+            cur.execute(_PAGE_BLOBS[extra], (batch, run_uid))
             out.update((row[0], row[1:]) for row in cur.fetchall())
     return out
 

@@ -52,7 +52,7 @@ from ..errors import NotACatalogError, ReadOnlyError, ReadOnlyMediumError, Schem
 from ..queries import Query
 from . import jsoncodec, keyindex, migrations, pgsql
 from . import pages as codec
-from .base import PageGone, PageInfo, RunRecord
+from .base import PageGone, PageInfo, RunRecord, run_not_found
 from .events import (
     MAX_EVENTS_PER_PAGE,
     DescriptorState,
@@ -88,16 +88,25 @@ _DESCRIPTORS_OF_RUN = Prepared(
     .where(runs.c.uid == bindparam("uid"))
     .order_by(descriptors.c.ord)
 )
+# Pages and datums are looked up within the named run: an id of another run is not found.
+_RUN_ID = select(runs.c.id).where(runs.c.uid == bindparam("run_uid")).scalar_subquery()
 _PAGES_OF_DESCRIPTOR = Prepared(
     select(pages.c.id, pages.c.n, pages.c.seq_min, pages.c.seq_max, pages.c.ordered)
     .join(descriptors, descriptors.c.id == pages.c.descriptor_id)
-    .where(descriptors.c.uid == bindparam("uid"))
+    .where(descriptors.c.uid == bindparam("uid"), descriptors.c.run_id == _RUN_ID)
     .order_by(pages.c.seq_min, pages.c.id)
 )
-_PAGE_DATA = Prepared(select(pages.c.data).where(pages.c.id == bindparam("id")), binary=True)
-_PAGE_BLOBS = Prepared(
-    select(pages.c.data, pages.c.extra).where(pages.c.id == bindparam("id")), binary=True
+_PAGE_DATA = Prepared(
+    select(pages.c.data).where(pages.c.id == bindparam("id"), pages.c.run_id == _RUN_ID),
+    binary=True,
 )
+_PAGE_BLOBS = Prepared(
+    select(pages.c.data, pages.c.extra).where(
+        pages.c.id == bindparam("id"), pages.c.run_id == _RUN_ID
+    ),
+    binary=True,
+)
+_RUN_EXISTS = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
 # Replaying a run (run.documents(), copies, packs): its documents in stored order.
 _RUN_ROW = Prepared(
     select(runs.c.id, runs.c.start, runs.c.stop).where(runs.c.uid == bindparam("uid"))
@@ -543,34 +552,47 @@ class SQLStore(SQLWriting):
         self._flush_if_pending()
         with self._read() as conn:
             rows = _DESCRIPTORS_OF_RUN.execute(conn, {"uid": run_uid}).fetchall()
+            if not rows:
+                self._check_run(conn, run_uid)
         return [_loads(b) for (b,) in rows]
 
-    def pages(self, descriptor_uids: list[str]) -> list[PageInfo]:
-        """Pages of these descriptors, in descriptor order then seq order."""
+    def pages(self, run_uid: str, descriptor_uids: list[str]) -> list[PageInfo]:
+        """Pages of these descriptors of the run, in descriptor order then seq order."""
         self._flush_if_pending()
         out = []
         with self._read() as conn:
             for uid in descriptor_uids:
-                rows = _PAGES_OF_DESCRIPTOR.execute(conn, {"uid": uid}).fetchall()
+                params = {"uid": uid, "run_uid": run_uid}
+                rows = _PAGES_OF_DESCRIPTOR.execute(conn, params).fetchall()
                 out.extend(PageInfo(i, uid, n, lo, hi, bool(o)) for i, n, lo, hi, o in rows)
+            if not out:
+                self._check_run(conn, run_uid)
         return out
 
-    def read_pages(self, page_ids: list[int], columns: list[str] | None) -> list[dict]:
-        """Decoded data columns of each page, in the order of ``page_ids``."""
+    def read_pages(
+        self, run_uid: str, page_ids: list[int], columns: list[str] | None
+    ) -> list[dict]:
+        """Decoded data columns of each page of the run, in the order of ``page_ids``."""
         extra = columns is None or any(c == "uid" or c[:2] in ("t:", "f:") for c in columns)
         statement = _PAGE_BLOBS if extra else _PAGE_DATA
         out = []
         with self._read() as conn:
+            if not page_ids:
+                self._check_run(conn, run_uid)
             # A server: a few pages per round trip. SQLite: one cheap statement per page.
             pg = self.dialect == "postgresql"
-            found = pgsql.page_blobs(conn, page_ids, extra) if pg else None
+            found = pgsql.page_blobs(conn, run_uid, page_ids, extra) if pg else None
             for page_id in page_ids:
                 if found is not None:
                     blobs = found.get(page_id)
                 else:
-                    blobs = statement.execute(conn, {"id": page_id}).fetchone()
+                    blobs = statement.execute(conn, {"id": page_id, "run_uid": run_uid}).fetchone()
                 if blobs is None:
-                    raise PageGone(f"page {page_id} of {self.uri} was merged; list pages again")
+                    self._check_run(conn, run_uid)
+                    raise PageGone(
+                        f"page {page_id} is no page of run {run_uid} in {self.uri} (merged, "
+                        "or of another run); list pages again"
+                    )
                 decoded = codec.decode(blobs[0], columns)
                 if extra:
                     decoded.update(codec.decode(blobs[1], columns))
@@ -585,7 +607,7 @@ class SQLStore(SQLWriting):
         with self._read() as conn:
             row = _RUN_ROW.execute(conn, {"uid": run_uid}).fetchone()
             if row is None:
-                raise KeyError(run_uid)
+                raise run_not_found(self, run_uid)
             run_id, start, stop = row
             yield "start", _loads(start)
             found = _RUN_BODIES.execute(conn, {"run_id": run_id})
@@ -614,22 +636,27 @@ class SQLStore(SQLWriting):
                 .where(runs.c.uid == run_uid, documents.c.kind.in_(_ASSET_KINDS))
                 .order_by(documents.c.ord)
             ).all()
+            if not rows:
+                self._check_run(conn, run_uid)
         return [(kind, _loads(body)) for kind, body in rows]
 
-    def datums(self, datum_ids: list[str]) -> dict[str, tuple[str, dict]]:
-        """datum_id -> (resource uid, datum_kwargs), one query per thousand ids."""
+    def datums(self, run_uid: str, datum_ids: list[str]) -> dict[str, tuple[str, dict]]:
+        """datum_id -> (resource uid, datum_kwargs) of the run, one query per thousand ids."""
         self._flush_if_pending()
         wanted = set(datum_ids)
         out: dict[str, tuple[str, dict]] = {}
         with self._read() as conn:
             for i in range(0, len(datum_ids), 1000):
                 bodies = conn.execute(
-                    select(documents.c.body).where(
+                    select(documents.c.body)
+                    .join(runs, runs.c.id == documents.c.run_id)
+                    .where(
+                        runs.c.uid == run_uid,
                         documents.c.id.in_(
                             select(datums.c.document_id)
                             .where(datums.c.datum_id.in_(datum_ids[i : i + 1000]))
                             .distinct()
-                        )
+                        ),
                     )
                 ).scalars()
                 for body in bodies:
@@ -637,7 +664,14 @@ class SQLStore(SQLWriting):
                     for datum in unpack_datum_page(page):
                         if datum["datum_id"] in wanted:
                             out[datum["datum_id"]] = (datum["resource"], datum["datum_kwargs"])
+            if not out:
+                self._check_run(conn, run_uid)
         return out
+
+    def _check_run(self, conn: Connection, run_uid: str) -> None:
+        """Raise RunNotFoundError unless the run is stored: asked only of empty answers."""
+        if _RUN_EXISTS.execute(conn, {"uid": run_uid}).fetchone() is None:
+            raise run_not_found(self, run_uid)
 
     def _flush_if_pending(self) -> None:
         # Reads in the writing process see its own pending writes.

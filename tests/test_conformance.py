@@ -1,0 +1,54 @@
+"""The Store contract (runbroker.testing.conformance) on every store runbroker has."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from runbroker.store.base import Indexes, LeavesOut, Store
+from runbroker.store.files import FolderStore
+from runbroker.store.sql import SQLStore
+from runbroker.testing.conformance import StoreContract
+
+_schemas = itertools.count()
+
+
+class TestSQLite(StoreContract):
+    capabilities = frozenset({Indexes})
+
+    def make_store(self, path: Path, request: pytest.FixtureRequest) -> Store:
+        return SQLStore(f"sqlite:///{path / 'runs.db'}")
+
+    def reopen(self, store: Store) -> Store:
+        return SQLStore(store.uri, readonly=True)
+
+
+class TestPostgreSQL(StoreContract):
+    capabilities = frozenset({Indexes})
+
+    def make_store(self, path: Path, request: pytest.FixtureRequest) -> Store:
+        from runbroker.store.urls import driver_url
+        from runbroker.testing.postgres import new_schema
+
+        base = request.getfixturevalue("postgres_url")
+        # The URL as given: a store's uri leaves any password out.
+        self.url = driver_url(new_schema(base, f"c{os.getpid()}_{next(_schemas)}"))
+        return SQLStore(self.url)
+
+    def reopen(self, store: Store) -> Store:
+        return SQLStore(self.url, readonly=True)
+
+
+class TestFolder(StoreContract):
+    capabilities = frozenset({Indexes, LeavesOut})
+    # An open folder store looks at its folder again at most every refresh_interval.
+    visible_within = 2.0
+
+    def make_store(self, path: Path, request: pytest.FixtureRequest) -> Store:
+        return FolderStore(path)
+
+    def reopen(self, store: Store) -> Store:
+        return FolderStore(store.uri, readonly=True)
