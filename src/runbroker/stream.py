@@ -310,10 +310,13 @@ class Stream:
         return self.filler.fill(events) if fill else self.filler.references(events)
 
     def _events(self, field: str, values: Any, seq: np.ndarray) -> FieldEvents:
-        """Events of a file-backed field as the filler is asked about them."""
-        refs = list(values) if values is not None else None
+        """Events of a file-backed field as the filler is asked about them (the events of a
+        ``STREAM:`` field hold no references)."""
+        dk = self.data_keys[field]
+        datum = values is not None and external_kind(dk) == "datum"
+        refs = list(values) if datum else None
         descriptors = tuple(d["uid"] for d in self._descriptors)
-        return FieldEvents(self.run_uid, descriptors, field, self.data_keys[field], refs, seq)
+        return FieldEvents(self.run_uid, descriptors, field, dk, refs, seq)
 
     def _attrs(self, field: str) -> dict[str, Any]:
         dk = self.data_keys[field]
