@@ -171,7 +171,8 @@ def family() -> dict[str, object]:
 
 
 def _scoped(family: dict[str, object]) -> Catalog:
-    return Catalog(family["catalog"].store, scope=Key("sample") == "Ni")
+    opened = family["catalog"]
+    return Catalog(opened.store, scope=Key("sample") == "Ni", assets=opened.assets)
 
 
 def test_a_scope_hides_runs_from_every_lookup(family):
@@ -207,3 +208,15 @@ def test_a_search_does_not_hide_relatives_but_keeps_the_scope(family):
     assert sorted(analysis.whole) == sorted(cat)
     assert list(cat.search(Key("plan_name") == "count")[-1].derived) == [family["derived"]]
     assert sorted(derived.v1.db.catalog) == sorted(cat)
+
+
+def test_saving_derived_data_from_a_search_looks_parents_up_in_the_scope(family):
+    analysis = _scoped(family).search(Key("plan_name") == "derived")
+    code = {"name": "fit", "version": "1"}
+    data = {"primary": {"I": np.arange(3.0)}}
+    fit = analysis.save_derived(
+        data, metadata={"sample": "Ni", "plan_name": "fit"}, parents=[family["raw"][:8]], code=code
+    )
+    assert [p.uid for p in fit.parents] == [family["raw"]]  # the new run, outside the search
+    with pytest.raises(KeyError):
+        analysis.save_derived(data, parents=[family["secret_raw"]], code=code)
