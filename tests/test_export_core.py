@@ -71,7 +71,7 @@ def _column(pages: list[Page], stream: str, field: str) -> np.ndarray:
 )
 def test_pages_carry_the_values_read_gives(export_runs, tmp_path, key):
     run = export_runs[key]
-    exp = exporter("probe", tmp_path, pixels=True, assets=run.assets)
+    exp = exporter("probe", tmp_path, pixels=True, assets=run.catalog.assets)
     for name, doc in run.documents(arrays=True):
         exp(name, doc)
     assert exp.completed is True

@@ -1,7 +1,15 @@
 """The user API -- Catalog, Run and Stream -- written once over the Store protocol.
 
 Nothing here knows which database (or folder, or server) holds the runs: every call goes through
-the few methods of :class:`runbroker.store.base.Store`.
+the few methods of :class:`runbroker.store.base.Store`, and detector data through the catalog's
+:class:`runbroker.filler.Filler`.
+
+Every run is reached through a catalog's view. A catalog has a *scope*, the query every one of
+its views ANDs (access control sets it when the catalog is opened; None shows every run), and
+the user's search query on top. A run keeps the catalog it was reached through; its parents,
+the runs derived from it and ``run.v1``'s Broker are looked up in that catalog's scope, never
+in the bare store, and never only among the results of the user's search (a search for
+analysis runs must not hide their raw parents).
 """
 
 from __future__ import annotations
@@ -16,11 +24,12 @@ from typing import Any
 import numpy as np
 from event_model import unpack_datum_page, unpack_event_page
 
-from .assets import Assets, external_kind, fill_flag
+from .assets import Assets, LocalFiller, external_kind, fill_flag
 from .derived import derived_from, save_derived
 from .display import duration, plural
 from .emptysearch import warn_if_unknown
 from .errors import AmbiguousUIDError, NoStreamError, RunNotFoundError
+from .filler import FieldEvents, Filler, Fills
 from .mongoquery import from_mongo
 from .queries import And, Key, PartialUID, Query, ScanID
 from .store.base import LeavesOut, RunRecord, Store
@@ -42,6 +51,12 @@ def _when(t: float | None) -> str:
 class Catalog:
     """A searchable, ordered collection of runs (newest first).
 
+    ``query`` is the user's search; ``scope`` the query every view of this catalog ANDs,
+    searches or not (None: every run of the store). ``assets`` says how detector files are
+    found on this machine (handlers, ``root_map``); the catalog reads them with ``filler``, by
+    default the store's own if it fills by itself (:class:`runbroker.filler.Fills`), else a
+    :class:`~runbroker.assets.LocalFiller` over ``assets``.
+
     Example:
         >>> import runbroker
         >>> cat = runbroker.temp()
@@ -52,12 +67,25 @@ class Catalog:
     """
 
     def __init__(
-        self, store: Store, query: Query | None = None, *, assets: Assets | None = None
+        self,
+        store: Store,
+        query: Query | None = None,
+        *,
+        scope: Query | None = None,
+        assets: Assets | None = None,
+        filler: Filler | None = None,
     ) -> None:
         self.store = store
         self.query = query
-        # How detector files are found and read (handlers, root_map); shared by searches.
+        self.scope = scope
+        # What every store call asks: the scope and the user's search together.
+        self._view = query if scope is None else scope if query is None else And(scope, query)
+        # How detector files are found on this machine (pack, copy and derived data use it
+        # too); shared by searches, as is the filler chosen once here.
         self.assets = assets if assets is not None else Assets()
+        if filler is None:
+            filler = store.filler() if isinstance(store, Fills) else LocalFiller(store, self.assets)
+        self.filler = filler
         # The queries given to search(), looked into when nothing is found: not those that
         # runbroker makes itself (run.derived), where finding nothing is the usual answer.
         self._searched: tuple[Query, ...] = ()
@@ -188,16 +216,27 @@ class Catalog:
             raise TypeError(
                 f"search() takes a runbroker query or a dict query, not {type(query).__name__}"
             )
-        found = Catalog(
-            self.store,
-            query if self.query is None else And(self.query, query),
-            assets=self.assets,
-        )
+        found = self._within(query if self.query is None else And(self.query, query))
         found._searched = (*self._searched, query)
         return found
 
+    @property
+    def whole(self) -> Catalog:
+        """This catalog before any search: every run its scope shows.
+
+        Example:
+            >>> hits = cat.search(Key("plan_name") == "no such plan")
+            >>> len(hits), len(hits.whole) == len(cat)
+            (0, True)
+        """
+        return self if self.query is None else self._within(None)
+
+    def _within(self, query: Query | None) -> Catalog:
+        """The runs of ``query`` within this catalog's scope, read as this catalog reads."""
+        return Catalog(self.store, query, scope=self.scope, assets=self.assets, filler=self.filler)
+
     def __len__(self) -> int:
-        n = self.store.count(self.query)
+        n = self.store.count(self._view)
         if not n:
             warn_if_unknown(self.store, self._searched)
         return n
@@ -218,7 +257,7 @@ class Catalog:
         # at the front) neither shift the batches nor show up twice.
         before, size = None, _FIRST_BATCH
         while True:
-            batch = self.store.search(self.query, limit=size, before=before)
+            batch = self.store.search(self._view, limit=size, before=before)
             if not batch and before is None:
                 warn_if_unknown(self.store, self._searched)
             yield from batch
@@ -236,11 +275,11 @@ class Catalog:
 
     def values(self) -> Iterator[Run]:
         """Runs, newest first."""
-        return (Run(self.store, r, self.assets) for r in self._records())
+        return (Run(self, r) for r in self._records())
 
     def items(self) -> Iterator[tuple[str, Run]]:
         """``(uid, run)`` pairs, newest first."""
-        return ((r.uid, Run(self.store, r, self.assets)) for r in self._records())
+        return ((r.uid, Run(self, r)) for r in self._records())
 
     def __contains__(self, uid: object) -> bool:
         return isinstance(uid, str) and self._by_uid(uid, exact=True) is not None
@@ -257,7 +296,7 @@ class Catalog:
                 raise RunNotFoundError(
                     f"no run whose uid is or starts with {key!r}{self._where()}{self._left_out()}"
                 )
-            return Run(self.store, record, self.assets)
+            return Run(self, record)
         if isinstance(key, slice):
             return self._slice(key)
         raise TypeError(
@@ -282,7 +321,7 @@ class Catalog:
         )
 
     def _and(self, query: Query) -> Query:
-        return query if self.query is None else And(self.query, query)
+        return query if self._view is None else And(self._view, query)
 
     def _by_scan_id(self, scan_id: int) -> Run:
         found = self.store.search(self._and(ScanID(scan_id)), limit=1)
@@ -292,21 +331,21 @@ class Catalog:
                 f"scan_id; use a negative int such as cat[-1] for the most recent runs)"
                 f"{self._left_out()}"
             )
-        return Run(self.store, found[0], self.assets)
+        return Run(self, found[0])
 
     def _by_recency(self, index: int) -> Run:
-        found = self.store.search(self.query, offset=-index - 1, limit=1)
+        found = self.store.search(self._view, offset=-index - 1, limit=1)
         if not found:
             raise RunNotFoundError(
                 f"no run at recency {index}: the catalog has {len(self)} runs{self._where()} "
                 "(a negative int counts back from the most recent run, cat[-1])"
             )
-        return Run(self.store, found[0], self.assets)
+        return Run(self, found[0])
 
     def _by_uid(self, key: str, exact: bool) -> RunRecord | None:
         if not key:
             raise RunNotFoundError("an empty string is not a uid")
-        if self.query is None:
+        if self._view is None:
             record = self.store.get_run(key)
         else:
             exact_hit = self.store.search(self._and(Key("uid") == key), limit=1)
@@ -334,10 +373,7 @@ class Catalog:
         limit = None if hi is None else max(0, hi - lo)
         if limit == 0:
             return []
-        return [
-            Run(self.store, r, self.assets)
-            for r in self.store.search(self.query, offset=lo, limit=limit)
-        ]
+        return [Run(self, r) for r in self.store.search(self._view, offset=lo, limit=limit)]
 
     # -- display
     def __repr__(self) -> str:
@@ -382,7 +418,7 @@ class Catalog:
 
 
 class Run(Mapping[str, Stream]):
-    """One run: its metadata and its streams.
+    """One run: its metadata and its streams, as reached through ``catalog``.
 
     Example:
         >>> run = cat[-2]
@@ -392,10 +428,10 @@ class Run(Mapping[str, Stream]):
         3
     """
 
-    def __init__(self, store: Store, record: RunRecord, assets: Assets | None = None) -> None:
-        self.store = store
+    def __init__(self, catalog: Catalog, record: RunRecord) -> None:
+        self.catalog = catalog
+        self.store = catalog.store
         self._record = record
-        self.assets = assets if assets is not None else Assets()
 
     @property
     def uid(self) -> str:
@@ -458,29 +494,34 @@ class Run(Mapping[str, Stream]):
                 f"run {self.uid[:8]} has no stream {name!r}; its streams are {names}"
             )
         mine = [d for d in descriptors if d.get("name", "primary") == name]
-        return Stream(self.store, self.uid, name, mine, self.assets)
+        return Stream(self.store, self.uid, name, mine, self.catalog.filler)
 
     @property
     def parents(self) -> list[Run]:
         """The runs this run was derived from (its ``provenance.parents``), oldest first.
+
+        They are looked up in the scope of the catalog the run was reached through (a search
+        does not hide them); a parent outside it is left out.
 
         Example:
             >>> run.parents
             []
         """
         uids = ((self.start.get("provenance") or {}).get("parents")) or []
-        found = [self.store.get_run(uid) for uid in uids]
-        return [Run(self.store, r, self.assets) for r in found if r is not None]
+        whole = self.catalog.whole
+        found = [whole._by_uid(uid, exact=True) for uid in uids]
+        return [Run(whole, r) for r in found if r is not None]
 
     @property
     def derived(self) -> Catalog:
-        """The runs derived from this one, as a catalog (newest first).
+        """The runs derived from this one, as a catalog (newest first), within the scope of
+        the catalog the run was reached through.
 
         Example:
             >>> len(other_run.derived)
             0
         """
-        return Catalog(self.store, derived_from(self), assets=self.assets)
+        return self.catalog._within(derived_from(self))
 
     @property
     def v1(self) -> Header:
@@ -491,7 +532,7 @@ class Run(Mapping[str, Stream]):
             ['primary']
         """
         # Made here, not in Header, so that v1 needs nothing from this module.
-        return Header(self, Broker(Catalog(self.store, assets=self.assets)))
+        return Header(self, Broker(self.catalog.whole))
 
     @property
     def primary(self) -> Stream:
@@ -572,9 +613,8 @@ class Run(Mapping[str, Stream]):
         seq = np.asarray(page["seq_num"], dtype=np.int64)
         for key, (dk, kind) in external.items():
             refs = list(data[key]) if kind == "datum" else None
-            data[key] = self.assets.fill(
-                self.store, self.uid, key, dk, refs, seq, [descriptor["uid"]]
-            )
+            events = FieldEvents(self.uid, (descriptor["uid"],), key, dk, refs, seq)
+            data[key] = self.catalog.filler.fill(events)
             filled[key] = [True] * len(seq)
         return {**page, "data": data, "filled": filled}
 

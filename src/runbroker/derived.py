@@ -93,7 +93,9 @@ def _provenance(
     parent_uids = []
     for p in parents:
         if isinstance(p, str):
-            p = cat[p]  # a full uid or a unique prefix; a missing one is a KeyError
+            # A full uid or a unique prefix, within the catalog's scope: a search for
+            # analysis runs does not hide their raw parents. A missing one is a KeyError.
+            p = cat.whole[p]
         parent_uids.append(p.uid)
     files = []
     for f in inputs:
@@ -172,7 +174,7 @@ def save_derived(
                 elif os.path.exists(f):
                     os.remove(f)
         raise
-    return cat[uid]
+    return cat.whole[uid]  # the new run, even where cat is a search it does not match
 
 
 def _root(cat: Catalog, directory: str | os.PathLike | None) -> tuple[str, str]:

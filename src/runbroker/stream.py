@@ -19,16 +19,15 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .assets import Assets, external_kind, fill_flag
+from .assets import external_kind, fill_flag
 from .columns import DTYPES as _DTYPES
 from .columns import as_column, concat_columns
 from .display import plural
+from .filler import FieldEvents, Filler
 from .store.base import PageGone, PageInfo, Store
 
 __all__ = ["Stream"]
 
-# Catalogs made without a configuration read files as the documents locate them.
-_DEFAULT_ASSETS = Assets()
 # Size of one lazy piece of detector data: big enough to amortise a task, small enough to fit.
 _DASK_CHUNK_BYTES = 128 * 2**20
 
@@ -84,7 +83,7 @@ def _empty(data_key: Mapping[str, Any]) -> np.ndarray:
 
 
 class Stream:
-    """One named stream of a run.
+    """One named stream of a run; ``filler`` reads the detector data of file-backed fields.
 
     Example:
         >>> ds = run.primary.read()
@@ -99,13 +98,13 @@ class Stream:
         store: Store,
         run_uid: str,
         name: str,
-        descriptors: list[dict] | None = None,
-        assets: Assets | None = None,
+        descriptors: list[dict] | None,
+        filler: Filler,
     ) -> None:
         self.store = store
         self.run_uid = run_uid
         self.name = name
-        self.assets = assets if assets is not None else _DEFAULT_ASSETS
+        self.filler = filler
         if descriptors is not None:
             # The caller just read them: spare a query (a read is only a few of them).
             self.__dict__["_descriptors"] = descriptors
@@ -268,19 +267,17 @@ class Stream:
         self, field: str, values: Any, seq: np.ndarray, window: slice, fill: bool
     ) -> np.ndarray:
         """A field whose data lives in detector files: filled, or its references."""
+        events = self._events(field, values, seq)[window]
+        return self.filler.fill(events) if fill else self.filler.references(events)
+
+    def _events(self, field: str, values: Any, seq: np.ndarray) -> FieldEvents:
+        """Events of a file-backed field as the filler is asked about them (the events of a
+        ``STREAM:`` field hold no references)."""
         dk = self.data_keys[field]
-        refs = list(values[window]) if values is not None else None
-        seq = seq[window]
-        plan = self.assets.plan(
-            self.store, self.run_uid, field, dk, refs, seq, [d["uid"] for d in self._descriptors]
-        )
-        if not fill:
-            if external_kind(dk) == "stream":
-                return self.assets.references(plan, len(seq))
-            out = np.empty(len(seq), dtype=object)
-            out[:] = refs if refs is not None else [None] * len(seq)
-            return out
-        return self.assets.read_plan(self.run_uid, field, dk, plan, len(seq))
+        datum = values is not None and external_kind(dk) == "datum"
+        refs = list(values) if datum else None
+        descriptors = tuple(d["uid"] for d in self._descriptors)
+        return FieldEvents(self.run_uid, descriptors, field, dk, refs, seq)
 
     def _attrs(self, field: str) -> dict[str, Any]:
         dk = self.data_keys[field]
@@ -381,9 +378,7 @@ class Stream:
                 dtype, shape = specs[f]
                 parts = [
                     da.from_delayed(
-                        dask.delayed(_read_field)(
-                            self.store, self.run_uid, self.name, chunk, f, dtype
-                        ),
+                        dask.delayed(_read_field)(self, chunk, f, dtype),
                         shape=(chunk.n, *shape),
                         dtype=dtype,
                     )
@@ -408,45 +403,22 @@ class Stream:
         import dask
         import dask.array as da
 
-        dk = self.data_keys[field]
-        refs = list(refs) if refs is not None else None
-        descriptors = [d["uid"] for d in self._descriptors]
-        plan = self.assets.plan(self.store, self.run_uid, field, dk, refs, seq, descriptors)
+        events = self._events(field, refs, seq)
+        cuts = self.filler.cuts(events)
         dtype, shape = specs[field]
+        dk = events.data_key
         if dtype.kind == "O" or not dk.get("dtype_numpy") or not shape:
             # The descriptor does not say: read the first event to learn dtype and shape.
-            first = self.assets.fill(
-                self.store,
-                self.run_uid,
-                field,
-                dk,
-                refs[:1] if refs else None,
-                seq[:1],
-                descriptors,
-            )
+            first = self.filler.fill(events[:1])
             dtype, shape = first.dtype, first.shape[1:]
             specs[field] = (dtype, shape)
-        owner = np.full(len(seq), -1, dtype=np.int64)
-        for i, (_, positions, _) in enumerate(plan):
-            owner[positions] = i
-        cuts = [0, *(np.flatnonzero(np.diff(owner)) + 1).tolist(), len(seq)]
         per_event = max(1, int(np.prod(shape)) * dtype.itemsize)
         step = max(1, _DASK_CHUNK_BYTES // per_event)
         parts = []
         for lo, hi in itertools.pairwise(cuts):
             for a in range(lo, hi, step):
                 b = min(hi, a + step)
-                task = dask.delayed(_fill_field)(
-                    self.assets,
-                    self.store,
-                    self.run_uid,
-                    field,
-                    dk,
-                    refs[a:b] if refs is not None else None,
-                    seq[a:b],
-                    descriptors,
-                    dtype,
-                )
+                task = dask.delayed(_fill_field)(self.filler, events[a:b], dtype)
                 parts.append(da.from_delayed(task, shape=(b - a, *shape), dtype=dtype))
         return parts
 
@@ -559,25 +531,11 @@ def _spec(data_key: Mapping[str, Any]) -> tuple[np.dtype, tuple[int, ...]]:
     return np.dtype(_DTYPES.get(kind, "float64")), tuple(shape)
 
 
-def _fill_field(
-    assets: Assets,
-    store: Store,
-    run_uid: str,
-    field: str,
-    data_key: Mapping[str, Any],
-    refs: list | None,
-    seq: np.ndarray,
-    descriptors: list[str],
-    dtype: np.dtype,
-) -> np.ndarray:
-    values = assets.fill(store, run_uid, field, data_key, refs, seq, descriptors)
-    return values.astype(dtype, copy=False)
+def _fill_field(filler: Filler, events: FieldEvents, dtype: np.dtype) -> np.ndarray:
+    return filler.fill(events).astype(dtype, copy=False)
 
 
-def _read_field(
-    store: Store, run_uid: str, name: str, chunk: _Chunk, field: str, dtype: np.dtype
-) -> np.ndarray:
-    stream = Stream(store, run_uid, name)
+def _read_field(stream: Stream, chunk: _Chunk, field: str, dtype: np.dtype) -> np.ndarray:
     try:
         values = stream._read_chunks([chunk], [field])[field].values
     except PageGone:  # pages merged since to_dask() planned: same events, same positions

@@ -102,10 +102,9 @@ def copy_runs(
         >>> print(copy_runs([(run.uid, run.documents)], dest, progress=False))
         copied 1 run (4 documents), skipped 0 already in the catalog, 0 failed
     """
-    from .catalog import Catalog
-
-    # uid look-ups must see every run of the destination, not only those of a search result.
-    present = dest if dest.query is None else Catalog(dest.store)  # type: ignore[attr-defined]
+    # uid look-ups must see every run of the destination (within its scope), not only those
+    # of a search result.
+    present = dest if dest.query is None else dest.whole  # type: ignore[attr-defined]
     report = report if report is not None else CopyReport()
     bar = _bar(total, desc) if progress else None
     try:

@@ -6,7 +6,7 @@ Example:
     'ADTIFFHandler'
 """
 
-from .filling import Assets, ExternalDataError, external_kind, fill_flag
+from .filling import Assets, ExternalDataError, LocalFiller, external_kind, fill_flag
 from .paths import UnsafePathError
 from .registry import HandlerNotFoundError, Registry, register_handler, register_reader
 
@@ -14,6 +14,7 @@ __all__ = [
     "Assets",
     "ExternalDataError",
     "HandlerNotFoundError",
+    "LocalFiller",
     "Registry",
     "UnsafePathError",
     "external_kind",

@@ -1,8 +1,10 @@
 """Filling: turn the references events hold (datum ids, stream_datum rows) into arrays.
 
-One :class:`Assets` object per catalog holds what filling needs -- the handler registry, the
-``root_map``, the catalog's folder for relative roots -- and a bounded cache of open handlers,
-so a file is opened once per read (not once per frame) and no more than ``max_open`` stay open.
+One :class:`Assets` object per catalog holds what finding and opening files needs -- the
+handler registry, the ``root_map``, the catalog's folder for relative roots -- and a bounded
+cache of open handlers, so a file is opened once per read (not once per frame) and no more than
+``max_open`` stay open. :class:`LocalFiller` is the catalog's filler over them
+(:mod:`runbroker.filler`): it plans which file each event reads and reads each file's share.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExternalDataError
+from ..filler import FieldEvents
 from ..store.base import Store
 from .handlers import Handler
 from .paths import Location, UnsafePathError, check_inside, locate_resource, locate_uri
 from .readers import Reader
 from .registry import HandlerNotFoundError, Registry
 
-__all__ = ["Assets", "ExternalDataError", "external_kind", "fill_flag"]
+__all__ = ["Assets", "ExternalDataError", "LocalFiller", "external_kind", "fill_flag"]
 
 #: ``get_file_list`` of handlers and readers that read only the resource's own file.
 _OWN_FILE_ONLY = (Handler.get_file_list, Reader.get_file_list)
@@ -211,180 +214,8 @@ class Assets:
             ) from exc
         return loc, [check_inside(str(n), loc.root, f"a file of {where}") for n in names]
 
-    # -- filling --------------------------------------------------------------------------
-
-    def fill(
-        self,
-        store: Store,
-        run_uid: str,
-        field_name: str,
-        data_key: Mapping[str, Any],
-        refs: Sequence[Any] | None,
-        seq_nums: np.ndarray,
-        descriptor_uids: Sequence[str],
-    ) -> np.ndarray:
-        """The arrays behind one field's references, stacked along the events.
-
-        ``refs`` are the field's values as stored (datum ids, or values already filled);
-        ``seq_nums`` identify the events for ``stream_resource`` fields, which store nothing
-        in the events themselves.
-        """
-        plan = self.plan(store, run_uid, field_name, data_key, refs, seq_nums, descriptor_uids)
-        return self.read_plan(run_uid, field_name, data_key, plan, len(seq_nums))
-
-    def plan(
-        self,
-        store: Store,
-        run_uid: str,
-        field_name: str,
-        data_key: Mapping[str, Any],
-        refs: Sequence[Any] | None,
-        seq_nums: np.ndarray,
-        descriptor_uids: Sequence[str],
-    ) -> list[tuple[tuple[str, Mapping[str, Any]] | None, np.ndarray, list[Any]]]:
-        """Group events by the file they read: ``((kind, document), positions, arguments)``.
-
-        Arguments are datum kwargs (legacy resources), dataset rows (stream resources) or,
-        with no document, values that were stored already filled.
-        """
-        kind = external_kind(data_key)
-        where = f"field {field_name!r} of run {run_uid[:8]}"
-        docs = {d["uid"]: (k, d) for k, d in store.assets(run_uid)}
-        if kind == "stream":
-            groups = self._stream_groups(where, field_name, docs, seq_nums, descriptor_uids)
-        else:
-            groups = self._datum_groups(where, store, run_uid, refs or [])
-        for res_uid, _, _ in groups:
-            if res_uid is not None and res_uid not in docs:
-                raise ExternalDataError(f"{where}: resource {res_uid!r} is not in this run")
-        return [
-            (docs[res] if res is not None else None, positions, args)
-            for res, positions, args in groups
-        ]
-
-    @staticmethod
-    def references(
-        plan: list[tuple[tuple[str, Mapping[str, Any]] | None, np.ndarray, list[Any]]], n: int
-    ) -> np.ndarray:
-        """What an unfilled read shows: datum ids as stored, ``<stream_resource>/<row>`` for
-        stream fields."""
-        out = np.empty(n, dtype=object)
-        for doc, positions, args in plan:
-            if doc is not None and doc[0] == "stream_resource":
-                per = len(args) // max(len(positions), 1)
-                out[positions] = [f"{doc[1]['uid']}/{r}" for r in args[::per]]
-        return out
-
-    def _datum_groups(
-        self, where: str, store: Store, run_uid: str, refs: Sequence[Any]
-    ) -> list[tuple[str | None, np.ndarray, list[Any]]]:
-        ids = [r for r in refs if isinstance(r, str)]
-        datums = store.datums(run_uid, list(dict.fromkeys(ids))) if ids else {}
-        missing = [i for i in ids if i not in datums]
-        if missing:
-            raise ExternalDataError(
-                f"{where}: datum {missing[0]!r} is not in this catalog "
-                f"({len(missing)} datum(s) missing); the events point at data never recorded"
-            )
-        groups: dict[str | None, tuple[list[int], list[Any]]] = {}
-        for pos, ref in enumerate(refs):
-            if isinstance(ref, str):
-                res, kwargs = datums[ref]
-                for value in kwargs.values():
-                    if isinstance(value, str) and ".." in value.replace("\\", "/").split("/"):
-                        raise UnsafePathError(
-                            f"{where}: datum {ref!r} has datum_kwargs value {value!r} "
-                            "that climbs out of its root with '..'; refused"
-                        )
-                g = groups.setdefault(res, ([], []))
-                g[0].append(pos)
-                g[1].append(kwargs)
-            else:
-                g = groups.setdefault(None, ([], []))
-                g[0].append(pos)
-                g[1].append(ref)
-        return [(res, np.asarray(p, dtype=np.int64), a) for res, (p, a) in groups.items()]
-
-    def _stream_groups(
-        self,
-        where: str,
-        key: str,
-        docs: Mapping[str, tuple[str, Mapping[str, Any]]],
-        seq_nums: np.ndarray,
-        descriptor_uids: Sequence[str],
-    ) -> list[tuple[str | None, np.ndarray, list[Any]]]:
-        wanted = set(descriptor_uids)
-        datums = sorted(
-            (
-                d
-                for k, d in docs.values()
-                if k == "stream_datum"
-                and d.get("descriptor") in wanted
-                and docs.get(d["stream_resource"], ("", {}))[1].get("data_key") == key
-            ),
-            key=lambda d: d["seq_nums"]["start"],
-        )
-        seq = np.asarray(seq_nums, dtype=np.int64)
-        if not datums:
-            if len(seq):
-                raise ExternalDataError(
-                    f"{where}: no stream_datum document covers its events (seq_num "
-                    f"{int(seq[0])} ...); the detector's data was never announced"
-                )
-            return []
-        starts = np.array([d["seq_nums"]["start"] for d in datums], dtype=np.int64)
-        stops = np.array([d["seq_nums"]["stop"] for d in datums], dtype=np.int64)
-        which, bad = spans_of(starts, stops, seq)
-        if bad.any():
-            raise ExternalDataError(
-                f"{where}: no stream_datum covers seq_num {int(seq[np.argmax(bad)])}"
-            )
-        groups: dict[str, tuple[list[int], list[int]]] = {}
-        for pos, (w, s) in enumerate(zip(which.tolist(), seq.tolist(), strict=True)):
-            d = datums[w]
-            per = (d["indices"]["stop"] - d["indices"]["start"]) // max(
-                1, d["seq_nums"]["stop"] - d["seq_nums"]["start"]
-            )
-            first = d["indices"]["start"] + (s - d["seq_nums"]["start"]) * per
-            g = groups.setdefault(d["stream_resource"], ([], []))
-            g[0].append(pos)
-            g[1].extend(range(first, first + per))
-        return [(res, np.asarray(p, dtype=np.int64), rows) for res, (p, rows) in groups.items()]
-
-    def read_plan(
-        self,
-        run_uid: str,
-        field_name: str,
-        data_key: Mapping[str, Any],
-        plan: list[tuple[tuple[str, Mapping[str, Any]] | None, np.ndarray, list[Any]]],
-        n: int,
-    ) -> np.ndarray:
-        """Read each file's share of the events and put it in place."""
-        where = f"field {field_name!r} of run {run_uid[:8]}"
-        shape = data_key.get("shape") or []
-        parts = []
-        for doc, positions, args in plan:
-            source = None
-            if doc is None:
-                data = np.asarray(args)
-            else:
-                source = self._resolve(where, *doc)
-                data = self._read_source(where, source, args, len(positions))
-            parts.append((positions, _conform(where, source, data, shape, len(positions))))
-        if len(parts) == 1 and len(parts[0][0]) == n and _in_order(parts[0][0]):
-            return parts[0][1]
-        if not parts:
-            return _empty(data_key)
-        first = parts[0][1]
-        out = np.empty((n, *first.shape[1:]), dtype=np.result_type(*(p for _, p in parts)))
-        for positions, data in parts:
-            if len(positions) and positions[-1] - positions[0] == len(positions) - 1:
-                out[positions[0] : positions[-1] + 1] = data  # a slice copies far faster
-            else:
-                out[positions] = data
-        return out
-
     def _read_source(self, where: str, source: _Source, args: list[Any], n: int) -> np.ndarray:
+        """Read ``args`` (datum kwargs, or dataset rows) from one file, for ``n`` events."""
         loc = source.location
         context = f"{where}: cannot read {loc.describe()} with handler {source.name}"
         try:
@@ -412,6 +243,187 @@ class Assets:
         except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:
             self._forget(source)
             raise ExternalDataError(f"{context}: {type(exc).__name__}: {exc}") from exc
+
+
+#: Events grouped by the file they read: ``((kind, document), positions, arguments)``, with
+#: no document for values that were stored already filled.
+_Plan = list[tuple[tuple[str, Mapping[str, Any]] | None, np.ndarray, list[Any]]]
+
+
+@dataclass(frozen=True, eq=False)
+class LocalFiller:
+    """The :class:`~runbroker.filler.Filler` that reads detector files on this machine.
+
+    ``documents`` answers for a run's resource and datum documents (the store, or what an
+    exporter has seen, :class:`~runbroker.assets.seen.SeenAssets`); ``assets`` finds and opens
+    the files. It pickles as both do, so that a dask worker opens files of its own.
+
+    Example:
+        >>> import os, tempfile
+        >>> from runbroker.assets.seen import SeenAssets
+        >>> from runbroker.filler import FieldEvents
+        >>> folder = tempfile.mkdtemp()
+        >>> np.save(os.path.join(folder, "img.npy"), np.arange(6.0).reshape(3, 2))
+        >>> seen = SeenAssets()
+        >>> seen.add("stream_resource", {"uid": "s1", "data_key": "img", "uri": "img.npy",
+        ...                              "mimetype": "application/x-npy"})
+        >>> seen.add("stream_datum", {"uid": "s1/0", "stream_resource": "s1", "descriptor": "d1",
+        ...     "seq_nums": {"start": 1, "stop": 4}, "indices": {"start": 0, "stop": 3}})
+        >>> filler = LocalFiller(seen, Assets(base=folder))
+        >>> events = FieldEvents("r1", ("d1",), "img", {"external": "STREAM:", "shape": [2]},
+        ...                      None, np.array([2, 3]))
+        >>> filler.fill(events).tolist()
+        [[2.0, 3.0], [4.0, 5.0]]
+        >>> filler.references(events).tolist(), filler.cuts(events)
+        (['s1/1', 's1/2'], [0, 2])
+    """
+
+    documents: Store
+    assets: Assets = field(default_factory=Assets)
+
+    def fill(self, events: FieldEvents) -> np.ndarray:
+        """The arrays behind the events' references, stacked along the events."""
+        return self._read(events, self._plan(events))
+
+    def references(self, events: FieldEvents) -> np.ndarray:
+        """Datum ids as stored, ``<stream_resource>/<row>`` for stream fields."""
+        plan = self._plan(events)  # even for datum ids: they must lead somewhere
+        out = np.empty(len(events), dtype=object)
+        if external_kind(events.data_key) != "stream":
+            out[:] = events.refs if events.refs is not None else [None] * len(events)
+            return out
+        for doc, positions, args in plan:
+            if doc is not None:
+                per = len(args) // max(len(positions), 1)
+                out[positions] = [f"{doc[1]['uid']}/{r}" for r in args[::per]]
+        return out
+
+    def cuts(self, events: FieldEvents) -> list[int]:
+        """Where the file read changes along the events (the references tell; no pixels)."""
+        owner = np.full(len(events), -1, dtype=np.int64)
+        for i, (_, positions, _) in enumerate(self._plan(events)):
+            owner[positions] = i
+        return [0, *(np.flatnonzero(np.diff(owner)) + 1).tolist(), len(events)]
+
+    def _plan(self, events: FieldEvents) -> _Plan:
+        """Group the events by the file they read; arguments are datum kwargs (legacy
+        resources), dataset rows (stream resources) or values stored already filled."""
+        where = _where(events)
+        docs = {d["uid"]: (k, d) for k, d in self.documents.assets(events.run_uid)}
+        if external_kind(events.data_key) == "stream":
+            groups = _stream_groups(where, events, docs)
+        else:
+            groups = self._datum_groups(where, events.run_uid, events.refs or [])
+        for res_uid, _, _ in groups:
+            if res_uid is not None and res_uid not in docs:
+                raise ExternalDataError(f"{where}: resource {res_uid!r} is not in this run")
+        return [
+            (docs[res] if res is not None else None, positions, args)
+            for res, positions, args in groups
+        ]
+
+    def _datum_groups(
+        self, where: str, run_uid: str, refs: Sequence[Any]
+    ) -> list[tuple[str | None, np.ndarray, list[Any]]]:
+        ids = [r for r in refs if isinstance(r, str)]
+        datums = self.documents.datums(run_uid, list(dict.fromkeys(ids))) if ids else {}
+        missing = [i for i in ids if i not in datums]
+        if missing:
+            raise ExternalDataError(
+                f"{where}: datum {missing[0]!r} is not in this catalog "
+                f"({len(missing)} datum(s) missing); the events point at data never recorded"
+            )
+        groups: dict[str | None, tuple[list[int], list[Any]]] = {}
+        for pos, ref in enumerate(refs):
+            if isinstance(ref, str):
+                res, kwargs = datums[ref]
+                for value in kwargs.values():
+                    if isinstance(value, str) and ".." in value.replace("\\", "/").split("/"):
+                        raise UnsafePathError(
+                            f"{where}: datum {ref!r} has datum_kwargs value {value!r} "
+                            "that climbs out of its root with '..'; refused"
+                        )
+                g = groups.setdefault(res, ([], []))
+                g[0].append(pos)
+                g[1].append(kwargs)
+            else:
+                g = groups.setdefault(None, ([], []))
+                g[0].append(pos)
+                g[1].append(ref)
+        return [(res, np.asarray(p, dtype=np.int64), a) for res, (p, a) in groups.items()]
+
+    def _read(self, events: FieldEvents, plan: _Plan) -> np.ndarray:
+        """Read each file's share of the events and put it in place."""
+        where = _where(events)
+        n = len(events)
+        shape = events.data_key.get("shape") or []
+        parts = []
+        for doc, positions, args in plan:
+            source = None
+            if doc is None:
+                data = np.asarray(args)
+            else:
+                source = self.assets._resolve(where, *doc)
+                data = self.assets._read_source(where, source, args, len(positions))
+            parts.append((positions, _conform(where, source, data, shape, len(positions))))
+        if len(parts) == 1 and len(parts[0][0]) == n and _in_order(parts[0][0]):
+            return parts[0][1]
+        if not parts:
+            return _empty(events.data_key)
+        first = parts[0][1]
+        out = np.empty((n, *first.shape[1:]), dtype=np.result_type(*(p for _, p in parts)))
+        for positions, data in parts:
+            if len(positions) and positions[-1] - positions[0] == len(positions) - 1:
+                out[positions[0] : positions[-1] + 1] = data  # a slice copies far faster
+            else:
+                out[positions] = data
+        return out
+
+
+def _where(events: FieldEvents) -> str:
+    return f"field {events.field!r} of run {events.run_uid[:8]}"
+
+
+def _stream_groups(
+    where: str, events: FieldEvents, docs: Mapping[str, tuple[str, Mapping[str, Any]]]
+) -> list[tuple[str | None, np.ndarray, list[Any]]]:
+    wanted = set(events.descriptors)
+    datums = sorted(
+        (
+            d
+            for k, d in docs.values()
+            if k == "stream_datum"
+            and d.get("descriptor") in wanted
+            and docs.get(d["stream_resource"], ("", {}))[1].get("data_key") == events.field
+        ),
+        key=lambda d: d["seq_nums"]["start"],
+    )
+    seq = np.asarray(events.seq_nums, dtype=np.int64)
+    if not datums:
+        if len(seq):
+            raise ExternalDataError(
+                f"{where}: no stream_datum document covers its events (seq_num "
+                f"{int(seq[0])} ...); the detector's data was never announced"
+            )
+        return []
+    starts = np.array([d["seq_nums"]["start"] for d in datums], dtype=np.int64)
+    stops = np.array([d["seq_nums"]["stop"] for d in datums], dtype=np.int64)
+    which, bad = spans_of(starts, stops, seq)
+    if bad.any():
+        raise ExternalDataError(
+            f"{where}: no stream_datum covers seq_num {int(seq[np.argmax(bad)])}"
+        )
+    groups: dict[str, tuple[list[int], list[int]]] = {}
+    for pos, (w, s) in enumerate(zip(which.tolist(), seq.tolist(), strict=True)):
+        d = datums[w]
+        per = (d["indices"]["stop"] - d["indices"]["start"]) // max(
+            1, d["seq_nums"]["stop"] - d["seq_nums"]["start"]
+        )
+        first = d["indices"]["start"] + (s - d["seq_nums"]["start"]) * per
+        g = groups.setdefault(d["stream_resource"], ([], []))
+        g[0].append(pos)
+        g[1].extend(range(first, first + per))
+    return [(res, np.asarray(p, dtype=np.int64), rows) for res, (p, rows) in groups.items()]
 
 
 def _in_order(positions: np.ndarray) -> bool:

@@ -1,6 +1,6 @@
 """The detector-file documents of a run as they stream past, for filling without a store.
 
-``Assets.fill`` asks a store for a run's resources and datums; an exporter subscribed to a
+``LocalFiller`` asks a store for a run's resources and datums; an exporter subscribed to a
 RunEngine has no store, only the documents it was sent. ``SeenAssets`` keeps those documents
 and answers the same two questions.
 """
@@ -39,7 +39,7 @@ class SeenAssets:
         self._pages: list[dict] = []
         self._data_keys: dict[str, str] = {}  # stream_resource uid -> its data_key
         #: (descriptor uid, data_key) -> (seq_num start, stop) of its stream_datums, in the
-        #: order they came, and the same as arrays sorted as ``Assets.fill`` sorts them
+        #: order they came, and the same as arrays sorted as ``LocalFiller`` sorts them
         self._spans: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self._sorted: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -78,7 +78,7 @@ class SeenAssets:
         where = (descriptor, data_key)
         found = self._sorted.get(where)
         if found is None:
-            # Sorted by start alone, ties in the order they came: the span Assets.fill picks
+            # Sorted by start alone, ties in the order they came: the span LocalFiller picks
             # for an event is the one judged here.
             spans = sorted(self._spans.get(where, []), key=lambda span: span[0])
             found = self._sorted[where] = (

@@ -23,11 +23,12 @@ import numpy as np
 import orjson
 from event_model import pack_event_page
 
-from ..assets import Assets, external_kind
+from ..assets import Assets, LocalFiller, external_kind
 from ..assets.seen import SeenAssets
 from ..columns import as_column
 from ..documents import to_builtin
 from ..errors import ExportError
+from ..filler import FieldEvents
 from ..naming import DEFAULT_TEMPLATE, render
 
 __all__ = ["ExportError", "Exporter", "Page"]
@@ -252,9 +253,8 @@ class Exporter:
                 continue
             refs = list(doc["data"][key]) if kind == "datum" else None
             if self.needs_pixels:
-                data[key] = self.assets.fill(
-                    self._seen, self.uid, key, dk, refs, seq, [desc["uid"]]
-                )
+                events = FieldEvents(self.uid, (desc["uid"],), key, dk, refs, seq)
+                data[key] = LocalFiller(self._seen, self.assets).fill(events)
             else:
                 data[key] = self._stream_references(desc["uid"], key, dk, seq)
             if kind != "stream":  # events never stamp a STREAM: field: none is made up
@@ -282,10 +282,8 @@ class Exporter:
             known = np.array([self._seen.covers(descriptor, key, [s]) for s in seq], dtype=bool)
         out = np.full(len(seq), "", dtype=object)
         if known.any():
-            plan = self.assets.plan(
-                self._seen, self.uid, key, data_key, None, seq[known], [descriptor]
-            )
-            out[known] = self.assets.references(plan, int(known.sum()))
+            events = FieldEvents(self.uid, (descriptor,), key, data_key, None, seq[known])
+            out[known] = LocalFiller(self._seen, self.assets).references(events)
         return out.astype(str)
 
     # -- helpers for formats ----------------------------------------------------------------

@@ -82,7 +82,7 @@ def export_run(
         >>> [p.name for p in export_run(run, "jsonl", tmp_path, template="{scan_id}")]
         ['2.jsonl']
     """
-    options.setdefault("assets", run.assets)
+    options.setdefault("assets", run.catalog.assets)
     exp = exporter(format, directory, **options)
     exp.live = False
     try:

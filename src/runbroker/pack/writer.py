@@ -74,7 +74,7 @@ class PackWriter:
 
     Example:
         >>> from runbroker.pack.manifest import Manifest
-        >>> writer = PackWriter(tmp_path, Manifest("demo"), run.assets)
+        >>> writer = PackWriter(tmp_path, Manifest("demo"), run.catalog.assets)
         >>> writer.ingest(run.documents()) > 0
         True
         >>> run.uid in writer

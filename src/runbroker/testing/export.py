@@ -66,7 +66,7 @@ def without_stop(
         >>> exp.stop_doc is None and [p.suffix for p in exp.close()]
         ['.csv', '.json']
     """
-    exp = exporter(format, directory, assets=run.assets, **options)
+    exp = exporter(format, directory, assets=run.catalog.assets, **options)
     for name, doc in run.documents(arrays=True):
         if name != "stop":
             exp(name, doc)
