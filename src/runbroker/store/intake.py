@@ -101,7 +101,7 @@ def apply(sink: Sink, name: str, doc: dict) -> None:
         >>> apply(MemorySink(), "stop", {"uid": "s1", "run_start": "r9", "time": 0.0})
         Traceback (most recent call last):
         ...
-        runbroker.documents.UnknownParentError: ...refers to run 'r9', which is not in this catalog...
+        runbroker.documents.UnknownParentError: ...refers to run 'r9', which is not in this...
     """
     _RULES[name](sink, name, doc)
 
@@ -198,9 +198,8 @@ def _event_page(sink: Sink, name: str, doc: dict) -> None:
         # (Pages are keyed by seq_num only: checking every uid of every page would cost a
         # third of a page's ingest time.)
         events = list(unpack_event_page(doc))
-        fresh = [
-            e for e in events if event_is_new(state.uid, sink.stored_event(state, e["seq_num"]), e, doc)
-        ]
+        stored = sink.stored_event
+        fresh = [e for e in events if event_is_new(state.uid, stored(state, e["seq_num"]), e, doc)]
         if not fresh:
             return
         if len(fresh) < len(events):
