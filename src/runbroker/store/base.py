@@ -65,9 +65,9 @@ same store at once, to stores opened on the catalog after :meth:`Store.flush`, a
 already open within 100 ms (a store may say it takes longer: an open folder store looks at
 its folder again every ``refresh_interval``, 2 s).
 :meth:`Store.ingest` is atomic: if one document of a batch is refused
-(:class:`~runbroker.documents.DocumentError`), none of the batch is stored. Inserting a
+(:class:`~runbroker.errors.DocumentError`), none of the batch is stored. Inserting a
 document identical to a stored one is a no-op; a different document under a stored uid
-raises :class:`~runbroker.documents.ConflictError`.
+raises :class:`~runbroker.errors.ConflictError`.
 
 **Threads and processes.** A store may be used from many threads at once. Pickled (to send
 it to a dask worker), a store reduces to a function that reopens the same catalog read-only in
@@ -161,8 +161,8 @@ class Store(Protocol):
     def insert(self, name: str, doc: dict) -> None:
         """Validate and store one document (``name`` is its kind: ``"start"``, ``"event"``
         ...). Readers of this store see it at once, other processes within 100 ms. Raises
-        :class:`~runbroker.documents.DocumentError` for an invalid document, one whose run
-        or descriptor is not stored, or (:class:`~runbroker.documents.ConflictError`) one
+        :class:`~runbroker.errors.DocumentError` for an invalid document, one whose run
+        or descriptor is not stored, or (:class:`~runbroker.errors.ConflictError`) one
         whose uid is stored with different content; an identical repeat is a no-op."""
 
     def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:

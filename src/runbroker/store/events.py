@@ -254,21 +254,6 @@ class DescriptorState:
             self._cut()
         return True
 
-    def add_from_page(self, page: dict, events: list[dict]) -> None:
-        """Queue these events of ``page`` (already checked against the store): all or none."""
-        uids = [e["uid"] for e in events]
-        reused = [u for u in uids if u in self.uids]
-        if reused or len(set(uids)) != len(uids):
-            raise ConflictError(
-                "event_page",
-                page["uid"],
-                "uid",
-                f"event uid {(reused or uids)[0]!r} was already used by another event of "
-                f"descriptor {self.uid!r}",
-            )
-        for e in events:
-            self.add(e)
-
     def add_batch(self, batch: Batch) -> None:
         """Queue a page's worth of columns, after any single events queued before it."""
         # Pages are keyed by seq_num only: checking every uid of a page against every uid

@@ -1,9 +1,9 @@
 """Writing into a folder of run files: the part of :class:`~runbroker.store.files.FolderStore`
 that takes documents.
 
-Each document is checked as the SQL store checks it (same errors, repeats ignored, conflicts
-refused) against what the store knows of its run (:class:`_Writer`, read from the run's file
-when needed), then written by the JSON Lines exporter into memory; when the call succeeds, what
+Each document is checked by :mod:`~runbroker.store.intake` (as for the SQL store), against
+what the store knows of its run (:class:`_Writer`, read from the run's file when needed),
+then written by the JSON Lines exporter into memory; when the call succeeds, what
 was written is appended to the run's file and the index is told. ``ingest`` appends as it goes
 once much is waiting, and truncates the files back if a later document is refused.
 """
@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from event_model import pack_datum_page, pack_event_page, unpack_datum_page, unpack_event_page
+from event_model import unpack_datum_page
 
 from ..docfiles import JSONLinesWriter as JSONLinesExporter
 from ..docfiles import dumps
-from ..documents import ConflictError, DocumentError, UnknownParentError, validate
+from ..documents import validate
 from ..errors import ReadOnlyError
 from ..naming import DEFAULT_TEMPLATE, TemplateError, render, safe_name
-from .events import DescriptorState, canonical, check_datum_ids, event_is_new
+from . import intake
+from .events import Batch, DescriptorState, canonical
 from .folderindex import FolderIndex
 from .runfile import ParsedRun, RunCache
 
@@ -208,10 +209,15 @@ class _Txn:
     sizes: dict[str, int | None] = field(default_factory=dict)
     files: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # name -> uid, stat
     declared: list[tuple[str, list[str]]] = field(default_factory=list)
+    last: _Writer | None = None  # the writer given a document last
 
 
 class FolderWriting:
-    """Taking documents into a folder of run files (mixed into ``FolderStore``)."""
+    """Taking documents into a folder of run files (mixed into ``FolderStore``).
+
+    It is the :class:`~runbroker.store.intake.Sink` of its documents; run handles are
+    :class:`_Writer` objects, and what is stored goes into the call's ``_txn``.
+    """
 
     folder: Path
     uri: str
@@ -223,6 +229,7 @@ class FolderWriting:
     _writers: OrderedDict[str, _Writer]
     _owner: dict[str, tuple[str, str]]  # child uid -> (kind, run uid)
     _closed: bool
+    _txn: _Txn
 
     def insert(self, name: str, doc: dict) -> None:
         """Check one document and append it to its run's file (a start makes a new file)."""
@@ -230,7 +237,7 @@ class FolderWriting:
         with self._lock:
             txn = self._begin(many=False)
             try:
-                self._put(txn, name, doc)
+                intake.apply(self, name, doc)
             except BaseException:
                 self._rollback(txn)
                 raise
@@ -243,8 +250,9 @@ class FolderWriting:
             txn = self._begin(many=True)
             try:
                 for name, doc in pairs:
-                    writer = self._put(txn, name, validate(name, doc))
+                    intake.take(self, name, doc)
                     count += 1
+                    writer = txn.last
                     if writer is not None and writer.lines.buffered >= _SPILL_BYTES:
                         self._spill(txn, writer)
             except BaseException:
@@ -269,7 +277,8 @@ class FolderWriting:
             )
         if self._closed:
             raise RuntimeError(f"{self.uri} is closed: open the catalog again to insert")
-        return _Txn(many)
+        self._txn = _Txn(many)
+        return self._txn
 
     def _append(self, writer: _Writer, data: bytes) -> tuple[str, str, int, int]:
         """Append ``data`` to the run's file (making it if new); return the file's entry."""
@@ -364,32 +373,85 @@ class FolderWriting:
     def _owner_of(self, uid: str) -> tuple[str, str] | None:
         return self._owner.get(uid) or self._index.parent(uid)
 
-    def _put(self, txn: _Txn, name: str, doc: dict) -> _Writer | None:
-        """Check ``doc`` and, unless it repeats a stored one, write it into the call; return
-        the writer of its run."""
-        if name == "start":
-            return self._put_start(txn, doc)
-        if name in ("event", "event_page"):
-            return self._put_events(txn, name, doc)
-        if name in ("datum", "datum_page"):
-            return self._put_datums(txn, name, doc)
-        if name == "stream_datum":
-            return self._put_stream_datum(txn, doc)
-        # stop, descriptor, resource, stream_resource
-        if "run_start" not in doc:
-            raise DocumentError(name, doc["uid"], "run_start", "is required to attach it to a run")
-        writer = self._writer(txn, doc["run_start"])
-        if writer is None:
-            raise UnknownParentError.missing(name, doc["uid"], "run_start", doc["run_start"])
-        if name == "stop":
-            self._put_stop(txn, writer, doc)
-        elif name == "descriptor":
-            self._put_descriptor(txn, writer, doc)
-        else:
-            self._put_asset(txn, writer, name, doc)
-        return writer
+    # -- the intake sink (see runbroker.store.intake.Sink) ---------------------------------
 
-    def _put_start(self, txn: _Txn, doc: dict) -> _Writer:
+    def same(self, name: str, stored: dict, doc: dict) -> bool:
+        return _same_descriptor(stored, doc) if name == "descriptor" else _same(stored, doc)
+
+    def run(self, uid: str) -> _Writer | None:
+        return self._writer(self._txn, uid)
+
+    def add(self, name: str, run: _Writer | None, doc: dict) -> dict | None:
+        txn, uid = self._txn, doc["uid"]
+        if name == "start":
+            return self._add_start(txn, doc)
+        assert run is not None
+        if name == "stop":
+            if run.stop is not None:
+                return run.stop
+        elif uid in run.descriptors or uid in run.docs:
+            return run.descriptors.get(uid) or run.docs[uid][1]
+        elif name != "stream_datum" and self._owner_of(uid) is not None:
+            stored = self._stored_child(txn, uid)  # of another run
+            if stored is not None:
+                return stored
+        self._feed(run, name, doc)  # first: the writer changes only if the file can
+        if name == "stop":
+            run.stop = _as_read(doc)
+            txn.headers.append(("stop", run.stop))
+        elif name == "descriptor":
+            run.descriptors[uid] = doc
+            run.states[uid] = DescriptorState.from_descriptor(0, 0, run.uid, doc, 0)
+        else:
+            run.docs[uid] = (name, _as_read(doc))
+        if name in ("descriptor", "resource", "stream_resource"):
+            self._owner[uid] = (name, run.uid)
+            txn.children.append((uid, name, run.uid))
+        return None
+
+    def parent(self, uid: str, kind: str) -> _Writer | None:
+        owner = self._owner_of(uid)
+        return self._writer(self._txn, owner[1]) if owner and owner[0] == kind else None
+
+    def stored_datums(self, run: _Writer, ids: list[str]) -> dict[str, dict]:
+        return {
+            i: {"datum_id": i, "resource": old[0], "datum_kwargs": old[1]}
+            for i in ids
+            if (old := run.datums.get(i)) is not None
+        }
+
+    def add_datums(self, run: _Writer, name: str, doc: dict) -> None:
+        for datum in unpack_datum_page(doc) if name == "datum_page" else [doc]:
+            run.datums[datum["datum_id"]] = (datum["resource"], _as_read(datum["datum_kwargs"]))
+        self._feed(run, name, doc)
+
+    def descriptor(self, uid: str) -> DescriptorState | None:
+        writer = self.parent(uid, "descriptor")
+        return writer.states.get(uid) if writer is not None else None
+
+    def stored_event(self, state: DescriptorState, seq_num: int) -> dict | None:
+        writer = self._writer(self._txn, state.run_uid)
+        if writer is None or writer.lines.holds(state.uid):
+            return None  # nothing of this descriptor is written yet
+        # Compare with what the file holds, including what this call wrote before.
+        self._spill(self._txn, writer)
+        run = self._parsed_for_writer(writer)
+        return run.event(state.uid, seq_num) if run is not None else None
+
+    def add_event(self, state: DescriptorState, doc: dict) -> None:
+        state.seq_max = max(state.seq_max, doc["seq_num"])
+        self._feed(self._writer(self._txn, state.run_uid), "event", doc)
+
+    def add_page(self, state: DescriptorState, doc: dict, batch: Batch) -> None:
+        state.seq_max = max(state.seq_max, batch.seq_max)
+        self._feed(self._writer(self._txn, state.run_uid), "event_page", doc)
+
+    def _feed(self, writer: _Writer | None, name: str, doc: dict) -> None:
+        assert writer is not None
+        writer.feed(name, doc)
+        self._txn.last = writer
+
+    def _add_start(self, txn: _Txn, doc: dict) -> dict | None:
         uid = doc["uid"]
         writer = txn.touched.get(uid) or self._writers.get(uid)
         stored = writer.start if writer is not None else None
@@ -397,16 +459,13 @@ class FolderWriting:
             record = self._index.store.get_run(uid)
             stored = record.start if record is not None else None
         if stored is not None:
-            if not _same(stored, doc):
-                raise ConflictError(
-                    "start", uid, "uid", "a different document with this uid is already stored"
-                )
-            return writer
+            return stored
         start = _as_read(doc)
         writer = _Writer(uid, self._new_name(txn, start), start, None, _Lines(doc), new=True)
         txn.touched[uid] = writer
         txn.headers.append(("start", start))
-        return writer
+        txn.last = writer
+        return None
 
     def _new_name(self, txn: _Txn, start: dict) -> str:
         """A file name for a new run, as ``run.export("jsonl", ...)`` gives it."""
@@ -426,43 +485,6 @@ class FolderWriting:
             n += 1
         return f"{candidate}_{n}.jsonl"
 
-    def _put_stop(self, txn: _Txn, writer: _Writer, doc: dict) -> None:
-        if writer.stop is not None:
-            if not _same(writer.stop, doc):
-                raise ConflictError(
-                    "stop",
-                    doc["uid"],
-                    "uid",
-                    "a different document with this uid is already stored",
-                )
-            return
-        writer.stop = _as_read(doc)
-        writer.feed("stop", doc)
-        txn.headers.append(("stop", writer.stop))
-
-    def _put_descriptor(self, txn: _Txn, writer: _Writer, doc: dict) -> None:
-        uid = doc["uid"]
-        stored = writer.descriptors.get(uid)
-        if stored is None and self._owner_of(uid) is not None:
-            stored = self._stored_child(txn, uid)
-        if stored is not None:
-            if not _same_descriptor(stored, doc):
-                raise ConflictError(
-                    "descriptor",
-                    uid,
-                    "uid",
-                    "a different document with this uid is already stored",
-                )
-            return
-        writer.feed("descriptor", doc)
-        writer.descriptors[uid] = doc
-        writer.states[uid] = DescriptorState.from_descriptor(0, 0, writer.uid, doc, 0)
-        self._adopt(txn, uid, "descriptor", writer.uid)
-
-    def _adopt(self, txn: _Txn, uid: str, kind: str, run_uid: str) -> None:
-        self._owner[uid] = (kind, run_uid)
-        txn.children.append((uid, kind, run_uid))
-
     def _stored_child(self, txn: _Txn, uid: str) -> dict | None:
         """The stored descriptor or asset document ``uid``, of whichever run holds it."""
         owner = self._owner_of(uid)
@@ -476,108 +498,6 @@ class FolderWriting:
         found = other.docs.get(uid)
         return found[1] if found else None
 
-    def _put_asset(self, txn: _Txn, writer: _Writer, name: str, doc: dict) -> None:
-        """A resource or stream_resource."""
-        uid = doc["uid"]
-        stored = self._stored_child(txn, uid) if uid not in writer.docs else writer.docs[uid][1]
-        if stored is not None:
-            if not _same(stored, doc):
-                raise ConflictError(
-                    name, uid, "uid", "a different document with this uid is already stored"
-                )
-            return
-        writer.feed(name, doc)
-        writer.docs[uid] = (name, _as_read(doc))
-        self._adopt(txn, uid, name, writer.uid)
-
-    def _put_stream_datum(self, txn: _Txn, doc: dict) -> _Writer:
-        uid = doc["uid"]
-        owner = self._owner_of(doc["stream_resource"])
-        writer = self._writer(txn, owner[1]) if owner and owner[0] == "stream_resource" else None
-        if writer is None:
-            raise UnknownParentError.missing(
-                "stream_datum", uid, "stream_resource", doc["stream_resource"]
-            )
-        if uid in writer.docs:
-            if not _same(writer.docs[uid][1], doc):
-                raise ConflictError(
-                    "stream_datum",
-                    uid,
-                    "uid",
-                    "a different document with this uid is already stored",
-                )
-            return writer
-        if doc.get("descriptor") and doc["descriptor"] not in writer.states:
-            self._descriptor_state(txn, doc["descriptor"], "stream_datum", uid)
-        writer.feed("stream_datum", doc)
-        writer.docs[uid] = ("stream_datum", _as_read(doc))
-        return writer
-
-    def _descriptor_state(
-        self, txn: _Txn, uid: str, name: str, child: Any
-    ) -> tuple[_Writer, DescriptorState]:
-        owner = self._owner_of(uid)
-        writer = self._writer(txn, owner[1]) if owner and owner[0] == "descriptor" else None
-        if writer is None or uid not in writer.states:
-            raise UnknownParentError.missing(name, child, "descriptor", uid)
-        return writer, writer.states[uid]
-
-    def _put_events(self, txn: _Txn, name: str, doc: dict) -> _Writer:
-        writer, state = self._descriptor_state(txn, doc["descriptor"], name, doc["uid"])
-        state.check_keys(name, doc["uid"], doc)
-        if name == "event":
-            seq = doc["seq_num"]
-            if seq <= state.seq_max and not self._is_new(txn, writer, state, doc):
-                return writer
-            if doc["uid"] in state.uids:
-                raise ConflictError(
-                    "event",
-                    doc["uid"],
-                    "uid",
-                    f"this uid was already used by another event of descriptor {state.uid!r} "
-                    f"(seq_num {seq} is new)",
-                )
-            state.uids.add(doc["uid"])
-            state.seq_max = max(state.seq_max, seq)
-            writer.feed("event", doc)
-            return writer
-        batch = state.page_batch(doc)
-        if batch is None:
-            return writer  # an empty page: nothing to store
-        if batch.seq_min <= state.seq_max:
-            events = list(unpack_event_page(doc))
-            fresh = [e for e in events if self._is_new(txn, writer, state, e, page=doc)]
-            if not fresh:
-                return writer
-            if len(fresh) < len(events):
-                uids = [e["uid"] for e in fresh]
-                reused = [u for u in uids if u in state.uids]
-                if reused:
-                    raise ConflictError(
-                        "event_page",
-                        doc["uid"],
-                        "uid",
-                        f"event uid {reused[0]!r} was already used by another event of "
-                        f"descriptor {state.uid!r}",
-                    )
-                doc = pack_event_page(*fresh)
-                state.uids.update(uids)
-        state.seq_max = max(state.seq_max, batch.seq_max)
-        writer.feed("event_page", doc)
-        return writer
-
-    def _is_new(
-        self, txn: _Txn, writer: _Writer, state: DescriptorState, doc: dict, page: Any = None
-    ) -> bool:
-        """False if ``doc`` repeats a stored event; raise if it contradicts one."""
-        if writer.lines.holds(state.uid):
-            return True  # nothing of this descriptor is written yet
-        # Compare with what the file holds, including what this call wrote before.
-        self._spill(txn, writer)
-        run = self._parsed_for_writer(writer)
-        stored = run.event(state.uid, doc["seq_num"]) if run is not None else None
-        return event_is_new(state.uid, stored, doc, page)
-
     def _parsed_for_writer(self, writer: _Writer) -> ParsedRun | None:
         path = self.folder / writer.name
         if not path.exists():
@@ -585,33 +505,3 @@ class FolderWriting:
         entry = self._index.file_of(writer.uid)
         # A run started in this call is not in the index yet: cached by name meanwhile.
         return self._cache.get(entry.id if entry else ("new", writer.name), path)
-
-    def _put_datums(self, txn: _Txn, name: str, doc: dict) -> _Writer:
-        page = doc if name == "datum_page" else pack_datum_page(doc)
-        owner = self._owner_of(page["resource"])
-        writer = self._writer(txn, owner[1]) if owner and owner[0] == "resource" else None
-        if writer is None:
-            raise UnknownParentError.missing(name, doc["datum_id"], "resource", page["resource"])
-        ids = page["datum_id"]
-        check_datum_ids(name, ids)
-        singles = list(unpack_datum_page(page))
-        fresh = []
-        for datum in singles:
-            old = writer.datums.get(datum["datum_id"])
-            if old is None:
-                fresh.append(datum)
-            elif not _same(
-                {"resource": old[0], "datum_kwargs": old[1]},
-                {"resource": datum["resource"], "datum_kwargs": datum["datum_kwargs"]},
-            ):
-                raise ConflictError(
-                    name, datum["datum_id"], "datum_id", "a different datum is stored"
-                )
-        if not fresh:
-            return writer
-        if len(fresh) < len(singles):
-            name, doc = "datum_page", pack_datum_page(*fresh)
-        for datum in fresh:
-            writer.datums[datum["datum_id"]] = (datum["resource"], _as_read(datum["datum_kwargs"]))
-        writer.feed(name, doc)
-        return writer

@@ -12,13 +12,12 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
-from event_model import unpack_event_page
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
 
-from ..documents import ConflictError, UnknownParentError
+from ..documents import ConflictError
 from . import jsoncodec, pgsql
 from . import pages as codec
-from .events import DescriptorState, canonical, event_from_columns, event_is_new, merge_batches
+from .events import Batch, DescriptorState, canonical, event_from_columns, merge_batches
 from .prepared import Prepared
 from .schema import descriptors, pages, runs
 
@@ -53,51 +52,53 @@ class SQLEvents:
     """Queued events and their pages (state and connection handling: see SQLWriting)."""
 
     dialect: str
+    _wconn: Connection | None
     _states: dict[str, DescriptorState]
     _txn_descriptors: set[int]
     _deferred_error: Exception | None
     _last_queued: DescriptorState | None
 
-    def _queue(self, conn: Connection, name: str, doc: dict) -> None:
-        """Check an event or event page against its descriptor and queue it for writing."""
-        uid = doc["uid"]
-        state = self._states.get(doc["descriptor"]) or self._state(
-            conn, doc["descriptor"], name, uid
+    # -- the intake sink for events (see runbroker.store.intake.Sink) -----------------------
+
+    def descriptor(self, uid: str) -> DescriptorState | None:
+        state = self._states.get(uid)
+        if state is not None:
+            return state
+        conn = self._wconn
+        row = conn.execute(
+            select(descriptors.c.id, descriptors.c.run_id, descriptors.c.body, runs.c.uid)
+            .join(runs, runs.c.id == descriptors.c.run_id)
+            .where(descriptors.c.uid == uid)
+        ).first()
+        if row is None:
+            return None
+        seq_max = conn.execute(
+            select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == row.id)
+        ).scalar()
+        state = DescriptorState.from_descriptor(
+            row.id, row.run_id, row.uid, jsoncodec.loads(row.body), seq_max or 0
         )
-        state.check_keys(name, uid, doc)
+        self._states[uid] = state
+        return state
+
+    def stored_event(self, state: DescriptorState, seq_num: int) -> dict | None:
+        queued = state.pending_seqs.get(seq_num)
+        if queued is not None:
+            return queued
+        # Everything queued must be in the database before we can compare with it.
+        conn = self._wconn
+        self._flush_states(conn)
+        return self._stored_event(conn, state, seq_num)
+
+    def add_event(self, state: DescriptorState, doc: dict) -> None:
         self._last_queued = state
         state.arrival = next(self._arrivals)
-        if name == "event":
-            seq = doc["seq_num"]
-            if seq > state.seq_max or seq in state.pending_seqs or self._is_new(conn, state, doc):
-                state.add(doc)
-            return
-        batch = state.page_batch(doc)
-        if batch is None:
-            return  # an empty page: nothing to store
-        if batch.seq_min > state.seq_max:
-            state.add_batch(batch)
-            return
-        # The page overlaps events seen before: keep the new ones, refuse changed ones.
-        events = list(unpack_event_page(doc))
-        fresh = [e for e in events if self._is_new(conn, state, e, page=doc)]
-        if len(fresh) == len(events):
-            state.add_batch(batch)
-        else:
-            state.add_from_page(doc, fresh)
+        state.add(doc)
 
-    def _is_new(
-        self, conn: Connection, state: DescriptorState, doc: dict, page: Any = None
-    ) -> bool:
-        """False if ``doc`` repeats a stored event; raise if it contradicts one.
-
-        ``page`` is the event_page the event came in, named in the error if there is one.
-        """
-        # Everything queued must be in the database before we can compare with it.
-        self._flush_states(conn)
-        seq = doc["seq_num"]
-        stored = self._stored_event(conn, state, seq)
-        return event_is_new(state.uid, stored, doc, page)
+    def add_page(self, state: DescriptorState, doc: dict, batch: Batch) -> None:
+        self._last_queued = state
+        state.arrival = next(self._arrivals)
+        state.add_batch(batch)
 
     def _stored_event(self, conn: Connection, state: DescriptorState, seq: int) -> Any:
         rows = conn.execute(
@@ -113,26 +114,6 @@ class SQLEvents:
             if len(hits):
                 return event_from_columns(state.uid, data, extra, int(hits[0]))
         return None
-
-    def _state(self, conn: Connection, uid: str, name: str, child: Any) -> DescriptorState:
-        state = self._states.get(uid)
-        if state is not None:
-            return state
-        row = conn.execute(
-            select(descriptors.c.id, descriptors.c.run_id, descriptors.c.body, runs.c.uid)
-            .join(runs, runs.c.id == descriptors.c.run_id)
-            .where(descriptors.c.uid == uid)
-        ).first()
-        if row is None:
-            raise UnknownParentError.missing(name, child, "descriptor", uid)
-        seq_max = conn.execute(
-            select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == row.id)
-        ).scalar()
-        state = DescriptorState.from_descriptor(
-            row.id, row.run_id, row.uid, jsoncodec.loads(row.body), seq_max or 0
-        )
-        self._states[uid] = state
-        return state
 
     def _flush_states(self, conn: Connection) -> None:
         """Write every queued event into the open transaction, as column pages."""

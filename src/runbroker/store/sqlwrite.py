@@ -22,10 +22,10 @@ from event_model import pack_datum_page, unpack_datum_page
 from sqlalchemy import Connection, bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Engine
 
-from ..documents import ConflictError, DocumentError, UnknownParentError, validate
+from ..documents import validate
 from ..errors import ReadOnlyError
-from . import jsoncodec, pgsql
-from .events import DescriptorState, canonical, check_datum_ids
+from . import intake, jsoncodec, pgsql
+from .events import DescriptorState, canonical
 from .flatten import flatten, fulltext
 from .prepared import Prepared
 from .schema import datums, descriptors, documents, meta, pages, runs
@@ -118,7 +118,10 @@ def scan_id_column(start: dict) -> int | float | None:
 
 class SQLWriting(SQLEvents):
     """The writing half of :class:`~runbroker.store.sql.SQLStore` (which sets up the state
-    used here: engines, the lock, the caches of descriptor states, run ids and positions)."""
+    used here: engines, the lock, the caches of descriptor states, run ids and positions).
+
+    It is the :class:`~runbroker.store.intake.Sink` of its documents, writing into the open
+    transaction of the write connection (``_wconn``)."""
 
     uri: str
     dialect: str
@@ -156,13 +159,13 @@ class SQLWriting(SQLEvents):
                 raise RuntimeError(f"queued documents could not be written to {self.uri}") from err
             conn = self._conn()
             if name in ("event", "event_page"):
-                self._queue(conn, name, doc)
+                intake.apply(self, name, doc)
             else:
                 self._flush_states(conn)
                 raw = conn.connection.driver_connection  # type: ignore[union-attr]
                 self._savepoint(raw)
                 try:
-                    self._write(conn, name, doc)
+                    intake.apply(self, name, doc)
                 except BaseException:
                     # Undo this document only; earlier ones in the open transaction stay.
                     self._undo_document(raw)
@@ -220,14 +223,11 @@ class SQLWriting(SQLEvents):
             savepoint = conn.begin_nested()
             try:
                 for name, doc in pairs:
-                    doc = validate(name, doc)
-                    if name in ("event", "event_page"):
-                        self._queue(conn, name, doc)
-                        if self._queue_full():
-                            self._flush_states(conn)
-                    else:
+                    if name not in ("event", "event_page"):
                         self._flush_states(conn)
-                        self._write(conn, name, doc)
+                    intake.take(self, name, doc)
+                    if self._queue_full():
+                        self._flush_states(conn)
                     count += 1
                 self._flush_states(conn)
             except BaseException:
@@ -351,187 +351,54 @@ class SQLWriting(SQLEvents):
             self._flusher.start()
         self._wake.set()
 
-    def _run_id(self, conn: Connection, uid: str, name: str, child: Any) -> int:
+    # -- the intake sink (see runbroker.store.intake.Sink) ---------------------------------
+
+    def same(self, name: str, stored: dict, doc: dict) -> bool:
+        return canonical(stored) == canonical(doc)
+
+    def run(self, uid: str) -> int | None:
         run_id = self._run_ids.get(uid)
         if run_id is None:
-            row = _RUN_ID.execute(conn, {"uid": uid}).fetchone()
-            run_id = row[0] if row else None
-            if run_id is None:
-                raise UnknownParentError.missing(name, child, "run_start", uid)
-            self._run_ids[uid] = run_id
+            row = _RUN_ID.execute(self._wconn, {"uid": uid}).fetchone()
+            if row is None:
+                return None
+            run_id = self._run_ids[uid] = row[0]
         return run_id
 
-    def _write(self, conn: Connection, name: str, doc: dict) -> None:
-        """Store one non-event document inside the caller's transaction."""
+    def add(self, name: str, run: Any, doc: dict) -> dict | None:
+        conn = self._wconn
         if name == "start":
-            self._write_start(conn, doc)
-        elif name == "stop":
-            self._write_stop(conn, doc)
-        elif name == "descriptor":
-            self._write_descriptor(conn, doc)
-        elif name in ("datum", "datum_page"):
-            self._write_datums(conn, name, doc)
-        else:
-            self._write_document(conn, name, doc)
+            return self._write_start(conn, doc)
+        if name == "stop":
+            return self._write_stop(conn, run, doc)
+        if name == "descriptor":
+            return self._write_descriptor(conn, run, doc)
+        return self._write_document(conn, run, name, doc)
 
-    def _insert_new(
-        self,
-        conn: Connection,
-        name: str,
-        doc: dict,
-        insert_new: Prepared,
-        params: dict,
-        stored_body: Prepared,
-    ) -> int | None:
-        """Insert (ON CONFLICT DO NOTHING) and return the new row id, or None if a copy was
-        stored before -- a repeat, or another writer at the same time -- after checking that
-        it is the same document (ConflictError otherwise)."""
-        row = insert_new.execute(conn, params).fetchone()
-        if row is not None:
-            return row[0]
-        stored = stored_body.execute(conn, {"uid": doc["uid"]}).fetchone()
-        self._same_or_conflict(name, doc, stored[0], "uid")
-        return None
-
-    def _same_or_conflict(self, name: str, doc: dict, stored: bytes | None, key: str) -> bool:
-        """True if ``doc`` repeats the stored one; raise if it differs from it."""
-        if stored is None:
-            return False
-        if canonical(_loads(stored)) == canonical(doc):
-            return True
-        raise ConflictError(
-            name, doc.get(key), key, "a different document with this uid is already stored"
-        )
-
-    def _write_start(self, conn: Connection, doc: dict) -> None:
-        # No look-up first: the insert itself finds a stored copy (ON CONFLICT), see below.
-        params = {
-            "uid": doc["uid"],
-            "time": doc["time"],
-            "scan_id": scan_id_column(doc),
-            "start": _dumps(doc),
-        }
-        if self.dialect == "postgresql":
-            # Run, metadata and full-text rows in one round trip.
-            params.update(pgsql.meta_arrays(flatten("start", doc)), fulltext=fulltext(doc))
-            run_id = self._insert_new(conn, "start", doc, _PG_INSERT_START, params, _START_OF)
-            if run_id is None:
-                return
-        else:
-            run_id = self._insert_new(conn, "start", doc, _INSERT_RUN, params, _START_OF)
-            if run_id is None:
-                return
-            self._index(conn, run_id, "start", doc)
-            content = fulltext(doc)
-            _INSERT_FULLTEXT[self.dialect].execute(conn, {"run_id": run_id, "content": content})
-        self._run_ids[doc["uid"]] = run_id
-        self._ords[run_id] = 0  # a new run: nothing to look up
-
-    def _index(self, conn: Connection, run_id: int, prefix: str, doc: dict) -> None:
-        rows = [
-            {"run_id": run_id, "key": k, "elem": e, "typ": t, "num": n, "txt": s}
-            for k, e, t, n, s in flatten(prefix, doc)
-        ]
-        if rows:
-            _INSERT_META.executemany(conn, rows)
-
-    def _write_stop(self, conn: Connection, doc: dict) -> None:
-        run_id = self._run_id(conn, doc["run_start"], "stop", doc["uid"])
-        if self.dialect == "postgresql":
-            # Stop and metadata rows in one round trip; a stop stored before (a repeat, or
-            # another writer) leaves the run as it is, and is compared below.
-            params = {"run_id": run_id, "stop": _dumps(doc), "time": doc["time"]}
-            params.update(pgsql.meta_arrays(flatten("stop", doc)))
-            if _PG_SET_STOP.execute(conn, params).fetchone() is None:
-                stored = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
-                self._same_or_conflict("stop", doc, stored and stored[0], "uid")
-                return
-        else:
-            params = {"rid": run_id, "new_stop": _dumps(doc), "new_time": doc["time"]}
-            if _SET_STOP.execute(conn, params).rowcount == 0:
-                # A stop was stored before (a repeat, or another writer): the same one?
-                stored = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
-                self._same_or_conflict("stop", doc, stored[0], "uid")
-                return
-            self._index(conn, run_id, "stop", doc)
-        # The run is complete: lay each stream it wrote out in as few pages as possible for
-        # reading, and forget what was kept in memory to write it.
-        for uid, state in list(self._states.items()):
-            if state.run_id == run_id:
-                if state.pages_written > 1:
-                    self._compact(conn, state, below=state.max_events)
-                del self._states[uid]
-        self._run_ids.pop(doc["run_start"], None)
-        self._ords.pop(run_id, None)
-
-    def _write_descriptor(self, conn: Connection, doc: dict) -> None:
-        run_id = self._run_id(conn, doc["run_start"], "descriptor", doc["uid"])
-        params = {
-            "uid": doc["uid"],
-            "run_id": run_id,
-            "ord": self._next_ord(conn, run_id),
-            "name": doc.get("name", "primary"),
-            "time": doc["time"],
-            "body": _dumps(doc),
-        }
-        descriptor_id = self._insert_new(
-            conn, "descriptor", doc, _INSERT_DESCRIPTOR, params, _DESCRIPTOR_OF
-        )
-        if descriptor_id is None:
-            return
-        self._txn_descriptors.add(descriptor_id)
-        # Its events come next: know the descriptor without reading it back.
-        self._states[doc["uid"]] = DescriptorState.from_descriptor(
-            descriptor_id, run_id, doc["run_start"], doc, 0
-        )
-
-    def _write_datums(self, conn: Connection, name: str, doc: dict) -> None:
-        page = doc if name == "datum_page" else pack_datum_page(doc)
-        resource = conn.execute(
-            select(documents.c.run_id).where(
-                documents.c.uid == page["resource"], documents.c.kind == "resource"
-            )
+    def parent(self, uid: str, kind: str) -> int | None:
+        return self._wconn.execute(
+            select(documents.c.run_id).where(documents.c.uid == uid, documents.c.kind == kind)
         ).scalar()
-        if resource is None:
-            raise UnknownParentError.missing(name, doc["datum_id"], "resource", page["resource"])
-        ids = page["datum_id"]
-        check_datum_ids(name, ids)
-        existing = dict(
-            conn.execute(
-                select(datums.c.datum_id, documents.c.body)
-                .join(documents, documents.c.id == datums.c.document_id)
-                .where(datums.c.datum_id.in_(ids))
-            ).all()
-        )
-        if existing:
-            singles = list(unpack_datum_page(page))
-            for d in singles:
-                if d["datum_id"] in existing:
-                    old = next(
-                        x
-                        for x in unpack_datum_page(_loads(existing[d["datum_id"]]))
-                        if x["datum_id"] == d["datum_id"]
-                    )
-                    if canonical(old) != canonical(d):
-                        raise ConflictError(
-                            name, d["datum_id"], "datum_id", "a different datum is stored"
-                        )
-            fresh = [d for d in singles if d["datum_id"] not in existing]
-            if not fresh:
-                return
-            page = {
-                "resource": page["resource"],
-                "datum_id": [d["datum_id"] for d in fresh],
-                "datum_kwargs": {
-                    k: [d["datum_kwargs"][k] for d in fresh] for k in page["datum_kwargs"]
-                },
-            }
+
+    def stored_datums(self, run: int, ids: list[str]) -> dict[str, dict]:
+        rows = self._wconn.execute(
+            select(datums.c.datum_id, documents.c.body)
+            .join(documents, documents.c.id == datums.c.document_id)
+            .where(datums.c.datum_id.in_(ids))
+        ).all()
+        pages = {body: unpack_datum_page(_loads(body)) for _, body in rows}
+        singles = {d["datum_id"]: d for found in pages.values() for d in found}
+        return {i: singles[i] for i, _ in rows}
+
+    def add_datums(self, run: int, name: str, doc: dict) -> None:
+        conn = self._wconn
+        page = doc if name == "datum_page" else pack_datum_page(doc)
         doc_id = conn.execute(
             insert(documents)
             .values(
                 uid=None,
-                run_id=resource,
-                ord=self._next_ord(conn, resource),
+                run_id=run,
+                ord=self._next_ord(conn, run),
                 kind="datum_page",
                 body=_dumps(page),
             )
@@ -545,32 +412,100 @@ class SQLWriting(SQLEvents):
             ],
         )
 
-    def _write_document(self, conn: Connection, name: str, doc: dict) -> None:
-        """resource, stream_resource and stream_datum: stored whole."""
-        stored = conn.execute(
-            select(documents.c.body).where(documents.c.uid == doc["uid"])
-        ).scalar()
-        if self._same_or_conflict(name, doc, stored, "uid"):
-            return
-        if name == "stream_datum":
-            run_id = conn.execute(
-                select(documents.c.run_id).where(
-                    documents.c.uid == doc["stream_resource"],
-                    documents.c.kind == "stream_resource",
-                )
-            ).scalar()
+    # -- writing documents ------------------------------------------------------------------
+
+    def _insert_new(
+        self, conn: Connection, doc: dict, insert_new: Prepared, params: dict, stored: Prepared
+    ) -> tuple[int | None, dict | None]:
+        """Insert (ON CONFLICT DO NOTHING): (the new row id, None), or (None, the copy stored
+        before -- a repeat, or another writer at the same time)."""
+        row = insert_new.execute(conn, params).fetchone()
+        if row is not None:
+            return row[0], None
+        return None, _loads(stored.execute(conn, {"uid": doc["uid"]}).fetchone()[0])
+
+    def _write_start(self, conn: Connection, doc: dict) -> dict | None:
+        # No look-up first: the insert itself finds a stored copy (ON CONFLICT), see below.
+        params = {
+            "uid": doc["uid"],
+            "time": doc["time"],
+            "scan_id": scan_id_column(doc),
+            "start": _dumps(doc),
+        }
+        if self.dialect == "postgresql":
+            # Run, metadata and full-text rows in one round trip.
+            params.update(pgsql.meta_arrays(flatten("start", doc)), fulltext=fulltext(doc))
+            run_id, stored = self._insert_new(conn, doc, _PG_INSERT_START, params, _START_OF)
             if run_id is None:
-                raise UnknownParentError.missing(
-                    name, doc["uid"], "stream_resource", doc["stream_resource"]
-                )
-            if doc.get("descriptor"):
-                self._state(conn, doc["descriptor"], name, doc["uid"])
+                return stored
         else:
-            if "run_start" not in doc:
-                raise DocumentError(
-                    name, doc["uid"], "run_start", "is required to attach it to a run"
-                )
-            run_id = self._run_id(conn, doc["run_start"], name, doc["uid"])
+            run_id, stored = self._insert_new(conn, doc, _INSERT_RUN, params, _START_OF)
+            if run_id is None:
+                return stored
+            self._index(conn, run_id, "start", doc)
+            content = fulltext(doc)
+            _INSERT_FULLTEXT[self.dialect].execute(conn, {"run_id": run_id, "content": content})
+        self._run_ids[doc["uid"]] = run_id
+        self._ords[run_id] = 0  # a new run: nothing to look up
+        return None
+
+    def _index(self, conn: Connection, run_id: int, prefix: str, doc: dict) -> None:
+        rows = [
+            {"run_id": run_id, "key": k, "elem": e, "typ": t, "num": n, "txt": s}
+            for k, e, t, n, s in flatten(prefix, doc)
+        ]
+        if rows:
+            _INSERT_META.executemany(conn, rows)
+
+    def _write_stop(self, conn: Connection, run_id: int, doc: dict) -> dict | None:
+        if self.dialect == "postgresql":
+            # Stop and metadata rows in one round trip; a stop stored before (a repeat, or
+            # another writer) leaves the run as it is.
+            params = {"run_id": run_id, "stop": _dumps(doc), "time": doc["time"]}
+            params.update(pgsql.meta_arrays(flatten("stop", doc)))
+            stored = _PG_SET_STOP.execute(conn, params).fetchone() is None
+        else:
+            params = {"rid": run_id, "new_stop": _dumps(doc), "new_time": doc["time"]}
+            stored = _SET_STOP.execute(conn, params).rowcount == 0
+            if not stored:
+                self._index(conn, run_id, "stop", doc)
+        if stored:  # a stop was stored before (a repeat, or another writer)
+            row = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
+            return _loads(row[0]) if row and row[0] is not None else None
+        # The run is complete: lay each stream it wrote out in as few pages as possible for
+        # reading, and forget what was kept in memory to write it.
+        for uid, state in list(self._states.items()):
+            if state.run_id == run_id:
+                if state.pages_written > 1:
+                    self._compact(conn, state, below=state.max_events)
+                del self._states[uid]
+        self._run_ids.pop(doc["run_start"], None)
+        self._ords.pop(run_id, None)
+        return None
+
+    def _write_descriptor(self, conn: Connection, run_id: int, doc: dict) -> dict | None:
+        params = {
+            "uid": doc["uid"],
+            "run_id": run_id,
+            "ord": self._next_ord(conn, run_id),
+            "name": doc.get("name", "primary"),
+            "time": doc["time"],
+            "body": _dumps(doc),
+        }
+        descriptor_id, stored = self._insert_new(
+            conn, doc, _INSERT_DESCRIPTOR, params, _DESCRIPTOR_OF
+        )
+        if descriptor_id is None:
+            return stored
+        self._txn_descriptors.add(descriptor_id)
+        # Its events come next: know the descriptor without reading it back.
+        self._states[doc["uid"]] = DescriptorState.from_descriptor(
+            descriptor_id, run_id, doc["run_start"], doc, 0
+        )
+        return None
+
+    def _write_document(self, conn: Connection, run_id: int, name: str, doc: dict) -> dict | None:
+        """resource, stream_resource and stream_datum: stored whole."""
         params = {
             "uid": doc["uid"],
             "run_id": run_id,
@@ -578,11 +513,10 @@ class SQLWriting(SQLEvents):
             "kind": name,
             "body": _dumps(doc),
         }
-        if _INSERT_DOCUMENT.execute(conn, params).rowcount == 0:  # another writer was first
-            stored = conn.execute(
-                select(documents.c.body).where(documents.c.uid == doc["uid"])
-            ).scalar()
-            self._same_or_conflict(name, doc, stored, "uid")
+        if _INSERT_DOCUMENT.execute(conn, params).rowcount:
+            return None
+        stored = select(documents.c.body).where(documents.c.uid == doc["uid"])
+        return _loads(conn.execute(stored).scalar_one())
 
 
 def _flush_loop(ref: weakref.ref) -> None:
