@@ -80,9 +80,10 @@ Optional capabilities
 
 What only some stores can do is a small protocol of its own, checked with ``isinstance`` (all
 are ``runtime_checkable``), never with ``hasattr``: :class:`Indexes` (indexes on chosen
-metadata keys) and :class:`LeavesOut` (sources left out, for clearer not-found messages).
-Filling detector data from files, annotating runs and following a live run will be
-capability protocols of the same kind.
+metadata keys), :class:`LeavesOut` (sources left out, for clearer not-found messages) and
+:class:`runbroker.filler.Fills` (a store that fills detector data by itself, as a remote one
+will; for any other store the catalog reads the files through a local filler). Annotating
+runs and following a live run will be capability protocols of the same kind.
 """
 
 from __future__ import annotations
