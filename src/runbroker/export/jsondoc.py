@@ -72,19 +72,19 @@ class _DocumentStream(DescriptorsHeldBack, Exporter):
         self._pending = {}
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        if name in EVENT_DOCS and not self.fill and self.start_doc and not self._closed:
-            desc = self.descriptors.get(doc.get("descriptor", ""))
-            if desc is not None:
-                # Events go out as they came: no Page (and no copy) is needed.
-                data = doc["data"]
-                self._release(desc, data if name == "event_page" else None, data)
-                self._write(name, doc)
-                return
+        if (
+            name in EVENT_DOCS
+            and not self.fill
+            and self.start_doc
+            and not self._closed
+            and doc.get("descriptor", "") in self.descriptors
+        ):
+            # Events go out as they came: no Page (and no copy) is needed.
+            self._write_after_descriptor(name, doc)
+            return
         super().__call__(name, doc)
         if name in _ASSET_DOCS and not self.fill:
-            if name == "stream_datum" and doc.get("descriptor") in self.descriptors:
-                self._release(self.descriptors[doc["descriptor"]], None, None)
-            self._write(name, doc)
+            self._write_after_descriptor(name, doc)
 
     def start(self, doc: dict[str, Any]) -> None:
         path = self.new_path(make_directory=self.opener is None)
