@@ -53,6 +53,9 @@ _ASSET_DOCS = ("resource", "datum", "datum_page", "stream_resource", "stream_dat
 class _DocumentStream(DescriptorsHeldBack, Exporter):
     """Writes the documents themselves, one record each, flushed as they come."""
 
+    #: ``(name, doc)`` -> the bytes of one record of the file.
+    _record: Callable[[str, Mapping[str, Any]], bytes]
+
     def __init__(
         self,
         directory: str | os.PathLike[str],
@@ -125,6 +128,12 @@ class _DocumentStream(DescriptorsHeldBack, Exporter):
         finally:
             self._file.close()
 
+    def _write(self, name: str, doc: Mapping[str, Any]) -> None:
+        assert self._file is not None
+        self._file.write(self._record(name, doc))
+        if self.live:  # a live file is read as it grows; a prompt export is read when closed
+            self._file.flush()
+
 
 class JSONLinesExporter(_DocumentStream):
     """The run's documents as JSON Lines: one ``[name, document]`` per line.
@@ -145,12 +154,7 @@ class JSONLinesExporter(_DocumentStream):
     format = "jsonl"
     suffix = ".jsonl"
     declare_dtypes = True
-
-    def _write(self, name: str, doc: Mapping[str, Any]) -> None:
-        assert self._file is not None
-        self._file.write(jsonl_line(name, doc))
-        if self.live:  # a live file is read as it grows; a prompt export is read when closed
-            self._file.flush()
+    _record = staticmethod(jsonl_line)
 
 
 class MsgpackExporter(_DocumentStream):
@@ -170,12 +174,7 @@ class MsgpackExporter(_DocumentStream):
 
     format = "msgpack"
     suffix = ".msgpack"
-
-    def _write(self, name: str, doc: Mapping[str, Any]) -> None:
-        assert self._file is not None
-        self._file.write(msgpack_record(name, doc))
-        if self.live:  # a live file is read as it grows; a prompt export is read when closed
-            self._file.flush()
+    _record = staticmethod(msgpack_record)
 
 
 class JSONExporter(Exporter):
