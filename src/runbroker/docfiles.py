@@ -264,8 +264,6 @@ class DescriptorsHeldBack:
             self._release(desc, data if name == "event_page" else None, data)
         self._write(name, doc)
 
-    # A descriptor is held back until its first event, whose values tell the dtypes that the
-    # encoding would lose (and, when filling, the dtype of the pixels).
     def _release(
         self,
         desc: Mapping[str, Any],
