@@ -17,28 +17,29 @@ from typing import Any
 
 from . import export  # runbroker.export.live(...) without a second import
 from ._version import __version__ as __version__
-from .assets import (
-    ExternalDataError,
-    HandlerNotFoundError,
-    UnsafePathError,
-    register_handler,
-    register_reader,
-)
-from .catalog import AmbiguousUIDError, Catalog, Run
+from .assets import register_handler, register_reader
+from .catalog import Catalog, Run
 from .config import NamedCatalogs
-from .derived import ProvenanceError, derived_from
-from .documents import ConflictError, DocumentError, UnknownParentError
+from .derived import derived_from
 from .errors import (
+    AmbiguousUIDError,
     CatalogNotFoundError,
     CatalogUnavailableError,
+    ConflictError,
     CorruptCatalogError,
+    DocumentError,
+    ExternalDataError,
+    HandlerNotFoundError,
     MissingDependencyError,
     NotACatalogError,
+    ProvenanceError,
     RunbrokerError,
+    SchemaVersionError,
+    UnknownParentError,
     UnknownSchemeError,
+    UnsafePathError,
 )
 from .opening import open
-from .store.sql import SchemaVersionError
 from .stream import Stream
 from .v1 import Broker
 

@@ -16,13 +16,9 @@ protobuf's JSON mapping does); the reader turns both back into floats. In metada
 non-finite floats become ``null``. Integers beyond 64 bits are written exactly.
 
 Example:
-    >>> import io
-    >>> out = io.BytesIO()
-    >>> writer = JSONLinesWriter(out)
-    >>> for name, doc in run.documents():
-    ...     writer(name, doc)
-    >>> out.getvalue().splitlines()[0][:10]
-    b'["start",{'
+    >>> path, = run.export("jsonl", tmp_path)
+    >>> [name for name, _ in read(path)][:2]
+    ['start', 'descriptor']
 """
 
 from __future__ import annotations
@@ -33,7 +29,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 
 import msgpack
 import numpy as np
@@ -48,7 +44,6 @@ __all__ = [
     "READERS",
     "SUFFIXES",
     "DescriptorsHeldBack",
-    "JSONLinesWriter",
     "dumps",
     "json_values",
     "jsonl_line",
@@ -255,13 +250,20 @@ class DescriptorsHeldBack:
 
     declare_dtypes: ClassVar[bool] = False
     fill: bool = False
+    descriptors: dict[str, dict[str, Any]]
     _pending: dict[str, Mapping[str, Any]]  # descriptors not written yet, in arrival order
 
     def _write(self, name: str, doc: Mapping[str, Any]) -> None:
         raise NotImplementedError
 
-    # A descriptor is held back until its first event, whose values tell the dtypes that the
-    # encoding would lose (and, when filling, the dtype of the pixels).
+    def _write_after_descriptor(self, name: str, doc: Mapping[str, Any]) -> None:
+        """Write ``doc`` as it came, after its descriptor if that is still held back."""
+        desc = self.descriptors.get(doc.get("descriptor", ""))
+        if desc is not None:
+            data = doc["data"] if name in EVENT_DOCS else None
+            self._release(desc, data if name == "event_page" else None, data)
+        self._write(name, doc)
+
     def _release(
         self,
         desc: Mapping[str, Any],
@@ -312,57 +314,6 @@ class DescriptorsHeldBack:
             changed |= new != dk
             keys[key] = new
         return {**desc, "data_keys": keys} if changed else desc
-
-
-class JSONLinesWriter(DescriptorsHeldBack):
-    """Writes one run's documents as JSON Lines into ``file`` as they come (the folder store's
-    run files; :class:`runbroker.export.jsondoc.JSONLinesExporter` adds file names, filling
-    and the other options of an export).
-
-    The documents are taken as valid: whoever feeds the writer has checked them.
-    """
-
-    declare_dtypes = True
-
-    def __init__(self, file: IO[bytes] | None = None) -> None:
-        self._file = file
-        self.start_doc: dict[str, Any] = {}
-        self.stop_doc: dict[str, Any] | None = None
-        self.descriptors: dict[str, dict[str, Any]] = {}
-        self._pending = {}
-
-    def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        if name == "start":
-            self.start_doc = doc
-            self.start(doc)
-        elif name == "descriptor":
-            self.descriptors[doc["uid"]] = self._pending[doc["uid"]] = doc
-        elif name in EVENT_DOCS:
-            data = doc["data"]
-            desc = self.descriptors[doc["descriptor"]]
-            self._release(desc, data if name == "event_page" else None, data)
-            self._write(name, doc)
-        elif name == "stop":
-            self.stop_doc = doc
-            self._release_all()
-            self._write(name, doc)
-            self.finish(True)
-        else:
-            if name == "stream_datum" and doc.get("descriptor") in self.descriptors:
-                self._release(self.descriptors[doc["descriptor"]], None, None)
-            self._write(name, doc)
-
-    def start(self, doc: dict[str, Any]) -> None:
-        """The run began: write its start document."""
-        self._write("start", doc)
-
-    def finish(self, complete: bool) -> None:
-        """The run ended (or the writer is closed): write what is held back."""
-        self._release_all()
-
-    def _write(self, name: str, doc: Mapping[str, Any]) -> None:
-        assert self._file is not None
-        self._file.write(jsonl_line(name, doc))
 
 
 def _dtype_of(values: Any) -> np.dtype | None:

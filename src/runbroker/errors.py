@@ -1,44 +1,10 @@
 """runbroker's errors: one tree, each class with an HTTP status and a machine-readable code.
 
-::
-
-    RunbrokerError (Exception)                     500 error
-     ├── NotFoundError (KeyError)                  404 not_found
-     │    ├── RunNotFoundError                     404 run_not_found
-     │    └── NoStreamError (AttributeError)       404 stream_not_found
-     ├── AmbiguousUIDError (KeyError)              409 ambiguous_uid
-     ├── PageGone (LookupError)                    410 page_gone      list the pages again
-     ├── QueryError (ValueError)                   400 bad_query
-     ├── DocumentError (ValueError)                400 bad_document
-     │    ├── UnknownParentError                   400 unknown_parent
-     │    └── ConflictError                        409 conflict
-     ├── ProvenanceError (ValueError)              400 missing_provenance
-     ├── ReadOnlyError (PermissionError)           403 read_only
-     ├── UnsafePathError (ValueError)              403 unsafe_path
-     ├── ExportError (ValueError)                  422 export_refused
-     ├── TemplateError (ValueError)                422 bad_template
-     ├── BadRunFile (ValueError)                   422 bad_run_file
-     ├── PackError (ValueError)                    400 bad_pack
-     │    └── PackCorruptError                     422 pack_corrupt
-     ├── CopyError                                 500 copy_failed
-     ├── ExternalDataError (OSError)               500 external_data
-     ├── HandlerNotFoundError (LookupError)        501 handler_not_found
-     ├── MissingDependencyError (ImportError)      501 missing_dependency
-     ├── CatalogConfigError (ValueError)           500 catalog_config
-     ├── CatalogNotFoundError (FileNotFoundError)  404 catalog_not_found
-     ├── NotACatalogError (ValueError)             400 not_a_catalog
-     │    └── CorruptCatalogError                  500 corrupt_catalog
-     ├── UnknownSchemeError (ValueError)           400 unknown_scheme
-     ├── SchemaVersionError (RuntimeError)         500 schema_version
-     ├── ReadOnlyMediumError (PermissionError)     503 read_only_medium
-     └── CatalogUnavailableError (ConnectionError) 503 catalog_unavailable
-
 Each also derives from the built-in exception that code written before it would catch, so
 ``except KeyError`` still catches a missing run and ``except ValueError`` a refused document.
 The status is what a server answers with; the code names the class on the wire, and
 ``err.to_dict()`` / :func:`from_dict` carry an error from a server to a client unchanged.
-An ambiguous uid prefix is a 409, not a 400: the request is well formed, and the same prefix
-named one run until another run arrived, so it conflicts with the catalog's current state.
+``docs/errors.md`` tabulates the classes with their statuses and codes.
 
 Example:
     >>> import runbroker
@@ -218,28 +184,14 @@ class PageGone(RunbrokerError, LookupError):
 
 
 class QueryError(RunbrokerError, ValueError):
-    """A query is malformed; the message names the offending key, value or field.
-
-    >>> isinstance(QueryError("bad"), ValueError)
-    True
-    """
+    """A query is malformed; the message names the offending key, value or field."""
 
     status, code = 400, "bad_query"
 
 
 class DocumentError(RunbrokerError, ValueError):
-    """A document was refused. The message names the document type, its uid and the key.
-
-    Attributes ``name``, ``uid`` and ``key`` carry the same facts for programs.
-
-    Example:
-        >>> from runbroker.documents import validate
-        >>> try:
-        ...     validate("stop", {"uid": "s1", "time": 0.0, "exit_status": "success"})
-        ... except DocumentError as err:
-        ...     print(err.name, err.uid, err.key)
-        stop s1 run_start
-    """
+    """A document was refused; the message names its type, uid and key, as do the attributes
+    ``name``, ``uid`` and ``key`` (and ``reason``)."""
 
     status, code, detail = 400, "bad_document", ("name", "uid", "key", "reason")
 

@@ -366,19 +366,12 @@ def _resource_base(store: Store, text: str, scheme: str) -> str | None:
 
 
 def open_sql(
-    url: str,
-    *,
-    create: bool = False,
-    check: bool = False,
-    readonly: bool = False,
-    durability: Literal["batch", "event"] = "batch",
-    flush_interval: float = 0.05,
-    pool_size: int = 5,
-    max_overflow: int = 10,
+    url: str, *, create: bool = False, check: bool = False, readonly: bool = False, **options: Any
 ) -> SQLStore:
     """The SQL store at an ``sqlite://`` or ``postgresql://`` URL (the opener of both), after
     the checks of :func:`check_sqlite_path` (and :func:`integrity_check` if ``check``) on an
     SQLite catalog file; database errors come as ours, in the user's terms (:func:`translate`).
+    ``options`` go to :class:`~runbroker.store.sql.SQLStore` (``durability``, ...).
 
     Example:
         >>> open_sql("sqlite:///:memory:").uri
@@ -397,14 +390,7 @@ def open_sql(
             sqlite_file.parent.mkdir(parents=True, exist_ok=True)
     url = driver_url(url)
     try:
-        return SQLStore(
-            url,
-            durability=durability,
-            flush_interval=flush_interval,
-            readonly=readonly,
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-        )
+        return SQLStore(url, readonly=readonly, **options)
     except Exception as err:
         translated = translate(err, url)
         if translated is err:

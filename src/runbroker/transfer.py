@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .documents import DocumentError
+from .errors import DocumentError
 
 if TYPE_CHECKING:
     from .catalog import Catalog, Run

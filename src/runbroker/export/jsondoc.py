@@ -53,6 +53,9 @@ _ASSET_DOCS = ("resource", "datum", "datum_page", "stream_resource", "stream_dat
 class _DocumentStream(DescriptorsHeldBack, Exporter):
     """Writes the documents themselves, one record each, flushed as they come."""
 
+    #: ``(name, doc)`` -> the bytes of one record of the file.
+    _record: Callable[[str, Mapping[str, Any]], bytes]
+
     def __init__(
         self,
         directory: str | os.PathLike[str],
@@ -72,19 +75,19 @@ class _DocumentStream(DescriptorsHeldBack, Exporter):
         self._pending = {}
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        if name in EVENT_DOCS and not self.fill and self.start_doc and not self._closed:
-            desc = self.descriptors.get(doc.get("descriptor", ""))
-            if desc is not None:
-                # Events go out as they came: no Page (and no copy) is needed.
-                data = doc["data"]
-                self._release(desc, data if name == "event_page" else None, data)
-                self._write(name, doc)
-                return
+        if (
+            name in EVENT_DOCS
+            and not self.fill
+            and self.start_doc
+            and not self._closed
+            and doc.get("descriptor", "") in self.descriptors
+        ):
+            # Events go out as they came: no Page (and no copy) is needed.
+            self._write_after_descriptor(name, doc)
+            return
         super().__call__(name, doc)
         if name in _ASSET_DOCS and not self.fill:
-            if name == "stream_datum" and doc.get("descriptor") in self.descriptors:
-                self._release(self.descriptors[doc["descriptor"]], None, None)
-            self._write(name, doc)
+            self._write_after_descriptor(name, doc)
 
     def start(self, doc: dict[str, Any]) -> None:
         path = self.new_path(make_directory=self.opener is None)
@@ -125,6 +128,12 @@ class _DocumentStream(DescriptorsHeldBack, Exporter):
         finally:
             self._file.close()
 
+    def _write(self, name: str, doc: Mapping[str, Any]) -> None:
+        assert self._file is not None
+        self._file.write(self._record(name, doc))
+        if self.live:  # a live file is read as it grows; a prompt export is read when closed
+            self._file.flush()
+
 
 class JSONLinesExporter(_DocumentStream):
     """The run's documents as JSON Lines: one ``[name, document]`` per line.
@@ -145,12 +154,7 @@ class JSONLinesExporter(_DocumentStream):
     format = "jsonl"
     suffix = ".jsonl"
     declare_dtypes = True
-
-    def _write(self, name: str, doc: Mapping[str, Any]) -> None:
-        assert self._file is not None
-        self._file.write(jsonl_line(name, doc))
-        if self.live:  # a live file is read as it grows; a prompt export is read when closed
-            self._file.flush()
+    _record = staticmethod(jsonl_line)
 
 
 class MsgpackExporter(_DocumentStream):
@@ -170,12 +174,7 @@ class MsgpackExporter(_DocumentStream):
 
     format = "msgpack"
     suffix = ".msgpack"
-
-    def _write(self, name: str, doc: Mapping[str, Any]) -> None:
-        assert self._file is not None
-        self._file.write(msgpack_record(name, doc))
-        if self.live:  # a live file is read as it grows; a prompt export is read when closed
-            self._file.flush()
+    _record = staticmethod(msgpack_record)
 
 
 class JSONExporter(Exporter):

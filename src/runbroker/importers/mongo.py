@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from event_model import pack_datum_page, pack_event_page
 
 from ..catalog import Catalog
-from ..documents import DocumentError
+from ..errors import DocumentError
 from ..mongoquery import from_mongo
 from ..queries import Query
 from ..store.urls import redact

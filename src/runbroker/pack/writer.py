@@ -192,7 +192,7 @@ class PackWriter:
     def index(self) -> None:
         """Tell the folder store's index about the runs packed, so that opening the pack reads
         no run file (otherwise its first open reads every one)."""
-        from ..documents import DocumentError
+        from ..errors import DocumentError
         from ..store.folderindex import FolderIndex
 
         files, packed = [], []

@@ -30,12 +30,11 @@ from typing import NamedTuple
 import platformdirs
 import sqlalchemy.exc
 
-from ..documents import DocumentError
-from ..errors import NotACatalogError
+from ..errors import BadRunFile, DocumentError, NotACatalogError, SchemaVersionError
 from ..naming import safe_name
 from .events import canonical
-from .runfile import BadRunFile, ParsedRun, is_run_file, parse
-from .sql import SchemaVersionError, SQLStore
+from .runfile import ParsedRun, is_run_file, parse
+from .sql import SQLStore
 
 __all__ = ["Entry", "FolderIndex", "index_path", "run_files"]
 

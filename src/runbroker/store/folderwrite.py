@@ -3,9 +3,9 @@ that takes documents.
 
 Each document is checked by :mod:`~runbroker.store.intake` (as for the SQL store), against
 what the store knows of its run (:class:`_Writer`, read from the run's file when needed),
-then written by the JSON Lines exporter into memory; when the call succeeds, what
-was written is appended to the run's file and the index is told. ``ingest`` appends as it goes
-once much is waiting, and truncates the files back if a later document is refused.
+then written as JSON Lines into memory; when the call succeeds, what was written is appended
+to the run's file and the index is told. ``ingest`` appends as it goes once much is waiting,
+and truncates the files back if a later document is refused.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from typing import Any
 
 from event_model import unpack_datum_page
 
-from ..docfiles import JSONLinesWriter as JSONLinesExporter
-from ..docfiles import dumps
+from ..docfiles import DescriptorsHeldBack, dumps, jsonl_line
 from ..documents import validate
 from ..errors import ReadOnlyError
 from ..naming import DEFAULT_TEMPLATE, TemplateError, render, safe_name
@@ -82,28 +81,35 @@ def _same_descriptor(stored: dict, doc: dict) -> bool:
     return _same({**stored, "data_keys": keys}, doc)
 
 
-class _Lines(JSONLinesExporter):
-    """The JSON Lines exporter, writing into memory: the store appends what it wrote to the
-    run's file once the documents are accepted."""
+class _Lines(DescriptorsHeldBack):
+    """Writes one run's documents as JSON Lines into memory, as the ``jsonl`` export does; the
+    store appends what was written to the run's file once the documents are accepted. The
+    documents are taken as valid: intake checked them.
 
-    def __init__(self, start: dict, descriptors: Iterable[dict] = (), fresh: bool = True) -> None:
-        super().__init__()
-        self._seen = _Unseen()  # the exporter never fills: no need to keep asset documents
-        #: descriptor uid -> data keys whose dtype_numpy this exporter declared
-        self.declared: dict[str, list[str]] = {}
-        self("start", start)
-        if not fresh:  # a run in the file already: adopt its descriptors, write neither again
-            self.take()
-            for desc in descriptors:
-                self("descriptor", desc)
-                self._pending.pop(desc["uid"], None)
+    ``start`` is written first unless None: a run in the file already gives its
+    ``descriptors`` instead, which are adopted and not written again.
+    """
 
-    def start(self, doc: dict[str, Any]) -> None:
+    declare_dtypes = True
+
+    def __init__(self, start: dict | None, descriptors: Iterable[dict] = ()) -> None:
         self._file = io.BytesIO()
-        self._write("start", doc)
+        self._pending = {}
+        self.descriptors = {desc["uid"]: desc for desc in descriptors}
+        self.stop_doc: dict | None = None
+        #: descriptor uid -> data keys whose dtype_numpy this writer declared
+        self.declared: dict[str, list[str]] = {}
+        if start is not None:
+            self._write("start", start)
 
-    def finish(self, complete: bool) -> None:
-        self._release_all()  # nothing to close: the buffer is taken by the store
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "descriptor":
+            self.descriptors[doc["uid"]] = self._pending[doc["uid"]] = doc
+            return
+        if name == "stop":
+            self.stop_doc = doc
+            self._release_all()
+        self._write_after_descriptor(name, doc)
 
     def _write(self, name: str, doc: Any) -> None:
         if name == "descriptor":
@@ -115,7 +121,7 @@ class _Lines(JSONLinesExporter):
             ]
             if added:
                 self.declared[doc["uid"]] = added
-        super()._write(name, doc)
+        self._file.write(jsonl_line(name, doc))
 
     def release(self) -> None:
         """Write the descriptors held back for their first event now."""
@@ -133,7 +139,6 @@ class _Lines(JSONLinesExporter):
     @property
     def buffered(self) -> int:
         """Bytes written since the last :meth:`take`."""
-        assert self._file is not None
         return self._file.tell()
 
     def take_declared(self) -> list[tuple[str, list[str]]]:
@@ -143,16 +148,10 @@ class _Lines(JSONLinesExporter):
 
     def take(self) -> bytes:
         """What was written since the last call."""
-        assert self._file is not None
-        data = self._file.getvalue()  # type: ignore[attr-defined]
+        data = self._file.getvalue()
         self._file.seek(0)
         self._file.truncate()
         return data
-
-
-class _Unseen:
-    def add(self, name: str, doc: dict) -> None:
-        pass
 
 
 @dataclass
@@ -179,7 +178,7 @@ class _Writer:
             name,
             run.start,
             run.stop,
-            _Lines(run.start, descriptors, fresh=False),
+            _Lines(None, descriptors),
             docs={d["uid"]: (k, d) for k, d in run.asset_docs()},
             datums=dict(run.datums),
         )
@@ -193,7 +192,7 @@ class _Writer:
     def feed(self, name: str, doc: dict) -> None:
         if self.lines.stop_doc is not None:
             # Documents after the stop: a fresh exporter appends them.
-            self.lines = _Lines(self.start, self.descriptors.values(), fresh=False)
+            self.lines = _Lines(None, self.descriptors.values())
         self.lines(name, doc)
 
 

@@ -20,10 +20,8 @@ The header maps each column name to ``[codec, dtype, shape, offset, nbytes]``:
 
 Decoding a numeric column is ``np.frombuffer`` on a slice: zero copies until concatenation.
 A uid block decodes to a fixed-width bytes array (what HDF5 stores); :func:`uid_list` turns it
-into the ``str`` uids documents carry.
-
-(:func:`uid_list`, :func:`concat_columns` and ``MISSING_VALUE`` live in
-:mod:`runbroker.columns`, shared with streams and exporters; they are re-exported here.)
+into the ``str`` uids documents carry (it lives in :mod:`runbroker.columns`, shared with
+streams and exporters).
 """
 
 from __future__ import annotations
@@ -36,10 +34,10 @@ import numpy as np
 import orjson
 import zstandard
 
-from ..columns import MISSING_VALUE, concat_columns, uid_list
+from ..columns import uid_list
 from . import jsoncodec
 
-__all__ = ["MISSING_VALUE", "concat_columns", "decode", "encode", "to_column", "uid_list"]
+__all__ = ["decode", "encode", "to_column", "uid_list"]
 
 _HEADER = struct.Struct("<I")
 # Arrays smaller than this gain too little from compression to pay for it.

@@ -1,4 +1,4 @@
-"""Catalog URLs: the schemes runbroker opens, the driver each uses, and hiding passwords.
+"""Catalog URLs: their scheme, the driver each uses, and hiding passwords.
 
 Example:
     >>> redact("postgresql://beamline:s3cret@db.example.org/runs")
@@ -13,10 +13,7 @@ from urllib.parse import quote
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-__all__ = ["SCHEMES", "driver_url", "password_of", "redact", "scheme_of"]
-
-#: The URL schemes :func:`runbroker.open` accepts (besides file paths and folders).
-SCHEMES = ("sqlite", "postgresql")
+__all__ = ["driver_url", "password_of", "redact", "scheme_of"]
 
 
 def scheme_of(url: str) -> str:
