@@ -27,16 +27,15 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import h5py
 import numpy as np
-import orjson
 
 from .._version import __version__
-from .base import Exporter, ExportError, Page
+from ..docfiles import dumps
+from .base import ExportError, Page
+from .h5write import H5Exporter, dataset, grow, iso
 from .hints import axes
 
 __all__ = ["DataExchangeExporter"]
@@ -110,7 +109,7 @@ def _is_image(data_key: Mapping[str, Any]) -> bool:
     return len(data_key.get("shape") or []) >= 2
 
 
-class DataExchangeExporter(Exporter):
+class DataExchangeExporter(H5Exporter):
     """Write a tomography run as a Data Exchange HDF5 file (``format="dx"``).
 
     Options (besides ``template``, ``overwrite``, ``assets``):
@@ -159,7 +158,6 @@ class DataExchangeExporter(Exporter):
         darks: Sources = None,
         flats: Sources = None,
         theta: str | bool | None = None,
-        compression: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__(directory, **options)
@@ -175,10 +173,6 @@ class DataExchangeExporter(Exporter):
                 f"dx option theta={theta!r}: give 'FIELD' or 'STREAM:FIELD' (or False)"
             )
         self._theta = theta
-        self._compression = compression
-        self._path: Path | None = None
-        self._file: h5py.File | None = None
-        self._failed = False
         # descriptor uid -> what its pages fill: (dataset, field) for frames, plus the angle
         self._plan: dict[str, tuple[list[tuple[str, str]], _Angle | None]] = {}
         self._used: dict[str, list[str]] = {"data": [], "data_dark": [], "data_white": []}
@@ -186,10 +180,8 @@ class DataExchangeExporter(Exporter):
 
     # -- hooks ---------------------------------------------------------------------------
 
-    def start(self, doc: dict[str, Any]) -> None:
-        self._path = self.new_path()
-        self._file = h5py.File(self._path, self.mode)
-        f = self._file
+    def begin(self, doc: dict[str, Any]) -> None:
+        f = self.h5
         f.attrs["implements"] = IMPLEMENTS
         f.require_group("exchange")
         _measurement(f.require_group("measurement"), doc)
@@ -198,7 +190,7 @@ class DataExchangeExporter(Exporter):
         acq["plan_name"] = str(doc.get("plan_name", ""))
         if "scan_id" in doc:
             acq["scan_id"] = doc["scan_id"]
-        acq["start_date"] = _iso(doc.get("time"))
+        acq["start_date"] = iso(doc.get("time"))
         acq["start"] = _json(doc)
         software = acq.require_group("software")
         software["name"] = "runbroker"
@@ -206,17 +198,17 @@ class DataExchangeExporter(Exporter):
         f.flush()
 
     def descriptor(self, doc: dict[str, Any]) -> None:
-        if self._failed:
+        if self.h5 is None:  # given up
             return
         stream = doc.get("name", "primary")
         keys = doc["data_keys"]
         frames: list[tuple[str, str]] = []
-        for option, dataset in _ROLES.items():
+        for option, name in _ROLES.items():
             for source in self._wanted(option, stream):
                 field = self._image_field(option, source, keys)
                 if field is not None:
-                    frames.append((dataset, field))
-                    self._used[dataset].append(f"{stream}:{field}")
+                    frames.append((name, field))
+                    self._used[name].append(f"{stream}:{field}")
         projecting = any(d == "data" for d, _ in frames)
         angle = self._angle(stream, doc, projecting)
         if angle is not None:
@@ -225,13 +217,13 @@ class DataExchangeExporter(Exporter):
             self._plan[doc["uid"]] = (frames, angle)
 
     def event_page(self, page: Page) -> None:
-        if self._failed or not len(page):
+        if self.h5 is None or not len(page):
             return
         frames, angle = self._plan.get(page.descriptor["uid"], ([], None))
         per_event = 1
-        for dataset, field in frames:
-            n = self._append_frames(dataset, page, field)
-            if dataset == "data":
+        for name, field in frames:
+            n = self._append_frames(name, page, field)
+            if name == "data":
                 per_event = n
         if angle is not None:
             values = page.data[angle.field].astype(np.float64) * angle.scale
@@ -239,17 +231,15 @@ class DataExchangeExporter(Exporter):
                 values = np.repeat(values, per_event)
             self._append("theta", values)
         if frames or angle is not None:
-            self._h5.flush()  # so a reader sees the frames of a live scan as they come
+            self.h5.flush()  # so a reader sees the frames of a live scan as they come
 
-    def finish(self, complete: bool) -> None:
-        if self._failed or self._file is None:
-            return
-        f = self._file
+    def end(self, complete: bool) -> None:
+        f = self.h5
         exchange = f["exchange"]
         if "data" not in exchange:
-            self._fail(self._no_projections())
+            self.discard(self._no_projections())
         if "theta" in exchange and len(exchange["theta"]) != len(exchange["data"]):
-            self._fail(
+            self.discard(
                 f"run {self.uid}: {len(exchange['theta'])} angles from "
                 f"{', '.join(self._theta_used)} for {len(exchange['data'])} projections from "
                 f"{', '.join(self._used['data'])}; a tomography reader needs one angle per "
@@ -261,7 +251,7 @@ class DataExchangeExporter(Exporter):
             str(self.stop_doc.get("exit_status", "")) if self.stop_doc else "incomplete"
         )
         if self.stop_doc:
-            acq["end_date"] = _iso(self.stop_doc.get("time"))
+            acq["end_date"] = iso(self.stop_doc.get("time"))
         acq["stop"] = _json(self.stop_doc)
         acq["descriptors"] = _json(list(self.descriptors.values()))
         mapping = {
@@ -272,8 +262,6 @@ class DataExchangeExporter(Exporter):
         }
         mapping = {k: list(dict.fromkeys(v)) for k, v in mapping.items()}  # one per descriptor
         acq["sources"] = _json(mapping)
-        f.close()
-        self._file = None
 
     # -- choosing streams and fields --------------------------------------------------------
 
@@ -290,7 +278,7 @@ class DataExchangeExporter(Exporter):
             return []
         other = "flats" if option == "darks" else "darks"
         if self._sources[other] is None and _DEFAULT_NAMES[other].search(stream):
-            self._fail(
+            self.discard(
                 f"run {self.uid}: stream {stream!r} could hold darks or flats; "
                 f"say which with darks='{stream}' or flats='{stream}'"
             )
@@ -307,7 +295,7 @@ class DataExchangeExporter(Exporter):
             dk = keys.get(source.field)
             if dk is None or not _is_image(dk):
                 what = "is not a field" if dk is None else f"has shape {dk.get('shape')}"
-                self._fail(
+                self.discard(
                     f"run {self.uid}: {option}='{source}': {source.field!r} {what} of stream "
                     f"{stream!r}; its image fields: {_names(k for k in keys if _is_image(keys[k]))}"
                 )
@@ -320,11 +308,11 @@ class DataExchangeExporter(Exporter):
             return None  # e.g. a 'dark_current' stream of scalars: not a dark field
         if not images:
             what = "no projections for /exchange/data" if option == "projections" else option
-            self._fail(
+            self.discard(
                 f"run {self.uid}: {what}: stream {stream!r} has no image field (it has "
                 f"{_names(keys)}); name one with {option}='STREAM:FIELD'"
             )
-        self._fail(
+        self.discard(
             f"run {self.uid}: stream {stream!r} has several image fields ({_names(images)}); "
             f"choose one with {option}='{stream}:FIELD'"
         )
@@ -342,7 +330,7 @@ class DataExchangeExporter(Exporter):
             dk = keys.get(field)
             if dk is None or dk.get("shape"):
                 what = "is not a field" if dk is None else "is not one number per event"
-                self._fail(
+                self.discard(
                     f"run {self.uid}: theta={self._theta!r}: {field!r} {what} of stream "
                     f"{stream!r} (it has {_names(keys)})"
                 )
@@ -368,7 +356,7 @@ class DataExchangeExporter(Exporter):
             hinted = [k for k in found if k in axes(self.start_doc, desc)]
             found = hinted or [k for k in found if not k.endswith("setpoint")] or found
         if len(found) > 1:
-            self._fail(
+            self.discard(
                 f"run {self.uid}: stream {stream!r} has several angle fields "
                 f"({_names(found)}); choose one with theta='{stream}:FIELD' (or theta=False)"
             )
@@ -377,7 +365,7 @@ class DataExchangeExporter(Exporter):
     def _to_degrees(self, stream: str, field: str, dk: Mapping[str, Any]) -> float:
         units = str(dk.get("units") or "").strip().lower().replace(" ", "")
         if units not in _TO_DEGREES:
-            self._fail(
+            self.discard(
                 f"run {self.uid}: angle {stream}:{field} has units {dk.get('units')!r}, which "
                 "is not an angle (degrees or radians); choose the rotation angle with "
                 "theta='STREAM:FIELD' (or theta=False)"
@@ -386,26 +374,21 @@ class DataExchangeExporter(Exporter):
 
     # -- writing -------------------------------------------------------------------------
 
-    @property
-    def _h5(self) -> h5py.File:
-        assert self._file is not None, "the DX file is open from start to finish"
-        return self._file
-
     def _append_frames(self, dataset: str, page: Page, field: str) -> int:
         """Append ``field``'s frames to ``/exchange/<dataset>``; return frames per event."""
         values = page.data.get(field)
         where = f"{page.stream}:{field}"
         if values is None or values.dtype == object or values.ndim < 3:
             shape = None if values is None else values.shape[1:]
-            self._fail(
+            self.discard(
                 f"run {self.uid}: {where} (event {int(page.seq_num[0])}) is not a stack of "
                 f"frames (per event: {shape}); /exchange/{dataset} needs 2-D images"
             )
         frames = values.reshape(-1, *values.shape[-2:])
-        exchange = self._h5["exchange"]
+        exchange = self.h5["exchange"]
         for other in _AXES:
             if other in exchange and exchange[other].shape[1:] != frames.shape[1:]:
-                self._fail(
+                self.discard(
                     f"run {self.uid}: frames of {where} are {frames.shape[1:]}, those already "
                     f"in /exchange/{other} are {exchange[other].shape[1:]}; darks, flats and "
                     "projections must share one frame size"
@@ -415,23 +398,18 @@ class DataExchangeExporter(Exporter):
         self._append(dataset, frames)
         return len(frames) // len(page)
 
-    def _create_frames(self, dataset: str, page: Page, field: str, frames: np.ndarray) -> None:
-        rows, cols = frames.shape[1:]
-        ds = self._h5["exchange"].create_dataset(
-            dataset,
-            shape=(0, rows, cols),
-            maxshape=(None, rows, cols),
-            chunks=(1, rows, cols),  # one frame a chunk: readers slice by projection
-            dtype=frames.dtype,
-            compression=self._compression,
+    def _create_frames(self, name: str, page: Page, field: str, frames: np.ndarray) -> None:
+        # One frame a chunk: readers slice by projection.
+        ds = dataset(
+            self.h5["exchange"], name, frames.shape[1:], frames.dtype, None, 1, self.compression
         )
-        ds.attrs["axes"] = _AXES[dataset]
+        ds.attrs["axes"] = _AXES[name]
         ds.attrs["units"] = "counts"
-        if dataset == "data":
-            _detector(self._h5["measurement/instrument"], page.descriptor, field, frames)
+        if name == "data":
+            _detector(self.h5["measurement/instrument"], page.descriptor, field, frames)
 
     def _append(self, dataset: str, values: np.ndarray) -> None:
-        exchange = self._h5["exchange"]
+        exchange = self.h5["exchange"]
         if dataset not in exchange:
             ds = exchange.create_dataset(
                 dataset, shape=(0,), maxshape=(None,), chunks=True, dtype="f8"
@@ -439,13 +417,11 @@ class DataExchangeExporter(Exporter):
             ds.attrs["units"] = "degrees"
         ds = exchange[dataset]
         if not np.can_cast(values.dtype, ds.dtype, "safe"):
-            self._fail(
+            self.discard(
                 f"run {self.uid}: frames of dtype {values.dtype} cannot join /exchange/{dataset} "
                 f"({ds.dtype}) without loss; map them apart with the dx options"
             )
-        n = ds.shape[0]
-        ds.resize(n + len(values), axis=0)
-        ds[n:] = values
+        grow(ds, values)
 
     def _no_projections(self) -> str:
         streams = _names(self.streams) or "none"
@@ -461,17 +437,6 @@ class DataExchangeExporter(Exporter):
             f"run {self.uid}: no projections for /exchange/data: {why} (streams: {streams}); "
             "name them with projections='STREAM:FIELD'"
         )
-
-    def _fail(self, message: str) -> NoReturn:
-        """Give up on this run: remove the half-written file, then raise."""
-        self._failed = True
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._path is not None and self._path in self.files:
-            self.files.remove(self._path)
-            self._path.unlink(missing_ok=True)
-        raise ExportError(message)
 
 
 def _measurement(group: h5py.Group, start: Mapping[str, Any]) -> None:
@@ -527,11 +492,7 @@ def _put(group: h5py.Group, name: str, value: Any) -> None:
 
 
 def _json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY, default=str).decode()
-
-
-def _iso(t: Any) -> str:
-    return datetime.fromtimestamp(float(t or 0)).astimezone().isoformat()
+    return dumps(value).decode()
 
 
 def _names(items: Iterable[str]) -> str:

@@ -18,13 +18,16 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from typing import Any
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, NoReturn
 
 import h5py
 import numpy as np
 
-__all__ = ["STR", "contiguous", "group", "htype", "link", "set_attrs", "text"]
+from .base import Exporter, ExportError, Page
 
 #: h5py's variable-length UTF-8 string dtype.
 STR = h5py.string_dtype("utf-8")
@@ -130,3 +133,147 @@ def set_attrs(obj: h5py.HLObject, values: Mapping[str, Any], new: bool = False) 
             h5py.h5a.delete(oid, key)
         space = _SCALAR if data.ndim == 0 else h5py.h5s.create_simple(data.shape)
         h5py.h5a.create(oid, key, ftype, space).write(data, mtype=mtype)
+
+
+def dataset(
+    parent: h5py.Group,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    rows: int | None,
+    chunk: int,
+    compression: str | None = None,
+) -> h5py.Dataset:
+    """A per-event dataset (events, *shape): growable, in chunks of ``chunk`` events, when
+    ``rows`` is None, else ``rows`` long and contiguous (chunked only to be compressed).
+
+    Example:
+        >>> with h5py.File(tmp_path / "d.h5", "w") as f:
+        ...     ds = dataset(f, "x", (2,), "f4", None, 16)
+        ...     grow(ds, np.ones((3, 2), "f4"))
+        ...     ds.shape, ds.maxshape, ds.chunks
+        ((3, 2), (None, 2), (16, 2))
+    """
+    if rows is None:
+        maxshape, chunks = (None, *shape), (chunk, *shape)
+        return parent.create_dataset(
+            name, (0, *shape), dtype, maxshape=maxshape, chunks=chunks, compression=compression
+        )
+    if compression:
+        chunks = (max(1, min(chunk, rows)), *shape)
+        return parent.create_dataset(
+            name, (rows, *shape), dtype=dtype, chunks=chunks, compression=compression
+        )
+    return contiguous(parent, name, (rows, *shape), np.dtype(dtype))
+
+
+def grow(ds: h5py.Dataset, rows: np.ndarray) -> None:
+    """Append ``rows`` to a growable dataset (see ``dataset``)."""
+    end = ds.shape[0]
+    ds.resize(end + len(rows), axis=0)
+    ds[end:] = rows
+
+
+def unique(base: str, taken: set[str]) -> str:
+    """``base``, else ``base_2``, ``base_3``..., the first not ``taken`` (and now taken).
+
+    Example:
+        >>> taken = {"x"}
+        >>> unique("x", taken), unique("x", taken), unique("y", taken)
+        ('x_2', 'x_3', 'y')
+    """
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name
+
+
+def iso(t: Any) -> str:
+    """A POSIX time in ISO 8601 with the local UTC offset (NeXus ``NX_DATE_TIME``).
+
+    Example:
+        >>> iso(86400).startswith("1970-01-0")
+        True
+    """
+    return datetime.fromtimestamp(float(t or 0), UTC).astimezone().isoformat()
+
+
+class H5Exporter(Exporter):
+    """Base of the formats writing a run into one HDF5 file, ``self.h5``.
+
+    The file is made at start (a name clash is reported before the run, not after it) and
+    closed after ``end`` whatever happens; ``discard`` removes it when the export gives up.
+    ``hold`` keeps pages (``self.held``) to write datasets whole, up to ``buffer_bytes``.
+
+    Example:
+        >>> class Title(H5Exporter):
+        ...     format, suffix = "title", ".h5"
+        ...     def end(self, complete):
+        ...         text(self.h5, "title", self.start_doc["plan_name"])
+        >>> out = Title(tmp_path)
+        >>> for name, doc in run.documents():
+        ...     out(name, doc)
+        >>> with h5py.File(out.close()[0]) as f:
+        ...     f["title"].asstr()[()]
+        'scan'
+    """
+
+    #: Keyword arguments of ``h5py.File`` for the new file.
+    file_options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        compression: str | None = None,
+        buffer_bytes: int = 64 * 2**20,
+        **options: Any,
+    ) -> None:
+        super().__init__(directory, **options)
+        self.compression = compression
+        self.buffer_bytes = buffer_bytes
+        self.path: Path | None = None
+        self.h5: Any = None  # the open h5py.File
+        self.held: dict[Any, list[Page]] = {}
+        self.held_bytes = 0
+
+    def start(self, doc: dict[str, Any]) -> None:
+        self.path = self.new_path()
+        self.h5 = h5py.File(self.path, self.mode, **self.file_options)
+        self.begin(doc)
+
+    def begin(self, doc: dict[str, Any]) -> None:
+        """Write what the file holds from the start."""
+
+    def end(self, complete: bool) -> None:
+        """Write what the file holds at the end."""
+
+    def finish(self, complete: bool) -> None:
+        if self.h5 is not None:
+            try:
+                self.end(complete)
+            finally:
+                if self.h5 is not None:
+                    self.h5.close()
+                    self.h5 = None
+
+    def hold(self, key: Any, page: Page) -> None:
+        """Keep ``page`` among those of ``key``, to write later."""
+        self.held.setdefault(key, []).append(page)
+        self.held_bytes += self.cost(page)
+
+    def cost(self, page: Page) -> int:
+        """About what holding ``page`` costs (small arrays cost more than their bytes)."""
+        return sum(a.nbytes + 100 for a in [*page.data.values(), *page.timestamps.values()])
+
+    def discard(self, message: str) -> NoReturn:
+        """Give up on this run: remove the half-written file, then raise ``ExportError``."""
+        if self.h5 is not None:
+            self.h5.close()
+            self.h5 = None
+        if self.path in self.files:
+            self.files.remove(self.path)
+            self.path.unlink(missing_ok=True)
+        raise ExportError(message)

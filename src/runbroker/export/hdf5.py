@@ -41,9 +41,9 @@ import numpy as np
 from ..assets import external_kind, fill_flag
 from ..columns import concat_columns, uid_list
 from ..docfiles import dumps
-from .base import Exporter, ExportError, Page
+from .base import ExportError, Page
 from .h5write import STR as _STR
-from .h5write import contiguous, set_attrs
+from .h5write import H5Exporter, dataset, set_attrs, unique
 from .h5write import group as new_group
 
 __all__ = ["HDF5Exporter", "read_documents"]
@@ -70,11 +70,9 @@ class _Group:
     fields: dict[str, str] = field(default_factory=dict)  # field -> dataset name
     # Fields the events carry no timestamp for (STREAM: fields): no timestamps dataset.
     unstamped: set[str] = field(default_factory=set)
-    # A prompt export's pages not written yet, with their descriptor's index.
-    held: list[tuple[Page, int]] = field(default_factory=list)
 
 
-class HDF5Exporter(Exporter):
+class HDF5Exporter(H5Exporter):
     """A lossless HDF5 mirror of the run, growing page by page, readable live (SWMR).
 
     Options: ``fill`` (default True) writes detector data from files into the file so it
@@ -94,28 +92,23 @@ class HDF5Exporter(Exporter):
     format = "hdf5"
     suffix = ".h5"
     needs_uids = "bytes"  # uuid4 uids come as the fixed-width block the dataset stores
+    file_options = {"libver": "latest"}
 
     def __init__(
         self,
         directory: str | os.PathLike[str],
         *,
         fill: bool = True,
-        compression: str | None = None,
         swmr: bool = True,
-        buffer_bytes: int = 64 * 2**20,
         **options: Any,
     ) -> None:
         super().__init__(directory, **options)
         self.fill = fill = fill_flag(fill)
         self.needs_pixels = fill
-        self.compression = compression
         self.swmr = swmr
-        self.buffer_bytes = buffer_bytes
-        self._held_bytes = 0
-        self.path: Path | None = None
-        self._h5: h5py.File | None = None
         self._groups: dict[str, _Group] = {}  # descriptor uid -> its group
         self._by_name: dict[str, _Group] = {}
+        self._taken = {_ASSETS}  # group names
         self._layouts: dict[tuple, _Group] = {}
         self._assets: list[bytes] = []
         self._cache: dict[str, dict[str, _Column]] = {}  # group -> dataset path -> column
@@ -127,19 +120,15 @@ class HDF5Exporter(Exporter):
         if name in _ASSET_DOCS and not self.fill:
             self._assets.append(dumps([name, doc]))
 
-    def start(self, doc: dict[str, Any]) -> None:
-        self.path = self.new_path()
-        # Created now, so that a name clash is reported before the run, not after it.
-        self._h5 = h5py.File(self.path, self.mode, libver="latest")
+    def begin(self, doc: dict[str, Any]) -> None:
         if self.live:  # a prompt export's file is read once closed: its root is written then
             self._write_root(complete=False)
-            self._h5.flush()
+            self.h5.flush()
 
     def _write_root(self, complete: bool) -> None:
         """The root attributes: what the file is and the run's documents."""
-        assert self._h5 is not None
         set_attrs(
-            self._h5,
+            self.h5,
             {
                 "runbroker_export": self.format,
                 "format_version": FORMAT_VERSION,
@@ -159,10 +148,7 @@ class HDF5Exporter(Exporter):
         layout = (stream, _layout(doc))
         group = self._layouts.get(layout)
         if group is None:
-            name, k = _h5name(stream), 1
-            while name in self._by_name or name == _ASSETS:
-                k += 1
-                name = f"{_h5name(stream)}_{k}"
+            name = unique(_h5name(stream), self._taken)
             group = self._layouts[layout] = self._by_name[name] = _Group(name, stream)
         group.descriptors.append(doc["uid"])
         self._groups[doc["uid"]] = group
@@ -171,10 +157,8 @@ class HDF5Exporter(Exporter):
         group = self._groups[page.descriptor["uid"]]
         index = group.descriptors.index(page.descriptor["uid"])
         if not self.live and not group.rows:
-            size = _nbytes(page)
-            if self._held_bytes + size <= self.buffer_bytes:
-                group.held.append((page, index))
-                self._held_bytes += size
+            if self.held_bytes + self.cost(page) <= self.buffer_bytes:
+                self.hold(group.name, page)
                 return
             self._write_held(whole=False)
         self._append(group, page, np.full(len(page), index, "i4"))
@@ -183,14 +167,18 @@ class HDF5Exporter(Exporter):
         """Write the pages held by a prompt export: each group's as one page when ``whole``
         and they join (then every dataset is written in one piece), else page by page."""
         for group in self._by_name.values():
-            held, group.held = group.held, []
+            pages = self.held.pop(group.name, [])
+            held = [(page, group.descriptors.index(page.descriptor["uid"])) for page in pages]
             joined = _joined(held) if whole and held else None
             if joined is not None:
                 self._append(group, *joined, whole=True)
                 continue
             for page, index in held:
                 self._append(group, page, np.full(len(page), index, "i4"))
-        self._held_bytes = 0
+        self.held_bytes = 0
+
+    def cost(self, page: Page) -> int:
+        return super().cost(page) + 64 * len(page)
 
     def _append(self, group: _Group, page: Page, index: np.ndarray, whole: bool = False) -> None:
         """Write ``page`` after the group's rows; ``whole``: it holds every row the group will
@@ -230,34 +218,25 @@ class HDF5Exporter(Exporter):
         for path, arr in ready.items():
             columns[path].append(n, arr)
         group.rows = n + k
-        assert self._h5 is not None
         if self.live:  # readers follow the file; a prompt export is read once it is closed
-            self._h5.flush()
+            self.h5.flush()
 
-    def finish(self, complete: bool) -> None:
-        if self._h5 is None:
-            return
-        try:
-            self._write_held(whole=True)
-            h5 = self._writable()
-            for group in self._by_name.values():
-                self._record(h5, group)
-            if self._assets:
-                ds = h5.create_dataset(_ASSETS, (len(self._assets),), dtype=_STR)
-                ds[:] = np.asarray([a.decode() for a in self._assets], dtype=object)
-            self._write_root(complete)
-        finally:
-            if self._h5 is not None:
-                self._h5.close()
-                self._h5 = None
+    def end(self, complete: bool) -> None:
+        self._write_held(whole=True)
+        h5 = self._writable()
+        for group in self._by_name.values():
+            self._record(h5, group)
+        if self._assets:
+            ds = h5.create_dataset(_ASSETS, (len(self._assets),), dtype=_STR)
+            ds[:] = np.asarray([a.decode() for a in self._assets], dtype=object)
+        self._write_root(complete)
 
     def _columns(self, group: _Group) -> dict[str, _Column]:
         """The group's datasets, looked up once (h5py lookups cost more than small writes);
         datasets made since are added as they are made."""
-        assert self._h5 is not None
         cols = self._cache.get(group.name)
         if cols is None:
-            g = self._h5[group.name]
+            g = self.h5[group.name]
             cols = {p: _Column.look_up(g[p]) for p in ("time", "seq_num", "uid", "descriptor")}
             for part in ("data", "timestamps"):
                 for name, ds in g[part].items():
@@ -296,30 +275,24 @@ class HDF5Exporter(Exporter):
 
     def _writable(self) -> h5py.File:
         """The file, open for adding groups and datasets (SWMR mode off)."""
-        assert self._h5 is not None and self.path is not None
-        if self._h5.swmr_mode:
-            self._h5.close()
-            self._h5 = h5py.File(self.path, "r+", libver="latest")
+        if self.h5.swmr_mode:
+            self.h5.close()
+            self.h5 = h5py.File(self.path, "r+", **self.file_options)
             self._cache.clear()
-        return self._h5
+        return self.h5
 
     def _structure(self, group: _Group, page: Page, rows: int | None = None) -> h5py.File:
         """The file, with everything ``page`` is written into created (``rows`` long and
         contiguous, or growable when None)."""
-        assert self._h5 is not None
         new = [k for k in page.data if k not in group.fields]
         if group.recorded == len(group.descriptors) and not new:
-            return self._h5
+            return self.h5
         h5 = self._writable()
         g = self._record(h5, group, rows)
         parts = (g["data"], g["timestamps"]) if new else ()
         used = set(group.fields.values())
         for key in new:
-            ds_name, i = _h5name(key), 1
-            while ds_name in used:
-                i += 1
-                ds_name = f"{_h5name(key)}_{i}"
-            used.add(ds_name)
+            ds_name = unique(_h5name(key), used)
             data_key = page.descriptor["data_keys"].get(key)
             stamped = key in page.timestamps
             if not stamped:
@@ -348,7 +321,7 @@ class HDF5Exporter(Exporter):
                 ("descriptor", np.dtype("i4")),
             ):
                 chunk = 2048 if name == "uid" else _CHUNK_BYTES // 8
-                ds = _dataset(g, name, (), dtype, rows, chunk)
+                ds = dataset(g, name, (), dtype, rows, chunk)
                 cols[name] = _Column(ds, dtype, None, frames=False)
             for part in ("data", "timestamps", "configuration"):
                 new_group(g, part)
@@ -388,7 +361,7 @@ class HDF5Exporter(Exporter):
         else:
             chunk = max(1, _CHUNK_BYTES // row_bytes)
         compression = self.compression if encoding is None else None
-        ds = _dataset(parts[0], ds_name, shape, dtype, rows, chunk, compression)
+        ds = dataset(parts[0], ds_name, shape, dtype, rows, chunk, compression)
         attrs = {"field": key, "encoding": encoding}
         for attr in ("units", "source", "dtype"):
             if data_key and data_key.get(attr) is not None:
@@ -401,7 +374,7 @@ class HDF5Exporter(Exporter):
         if not stamped:
             return
         f8 = np.dtype("f8")
-        ts = _dataset(parts[1], ds_name, (), f8, rows, _CHUNK_BYTES // 8)
+        ts = dataset(parts[1], ds_name, (), f8, rows, _CHUNK_BYTES // 8)
         set_attrs(ts, {"field": key}, new=True)
         self._made(group, f"timestamps/{ds_name}", _Column(ts, f8, None, frames=False))
 
@@ -501,12 +474,6 @@ class _Column:
         dsid.write(h5py.h5s.create_simple(arr.shape), space, arr)
 
 
-def _nbytes(page: Page) -> int:
-    """About what holding ``page`` costs (small arrays cost more than their bytes)."""
-    arrays = [*page.data.values(), *page.timestamps.values()]
-    return sum(a.nbytes + 100 for a in arrays) + 64 * len(page)
-
-
 def _joined(held: list[tuple[Page, int]]) -> tuple[Page, np.ndarray] | None:
     """Pages of one group as one page and its rows' descriptor indexes, or None when joining
     them could store other values than writing them one by one would (fields that come and
@@ -538,34 +505,6 @@ def _joined(held: list[tuple[Page, int]]) -> tuple[Page, np.ndarray] | None:
         uid=concat_columns([page.uid for page in pages], lengths),
     )
     return page, index
-
-
-def _dataset(
-    parent: h5py.Group,
-    name: str,
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    rows: int | None,
-    chunk: int,
-    compression: str | None = None,
-) -> h5py.Dataset:
-    """A per-event dataset (events, *shape): growable, in chunks of ``chunk`` events, when
-    ``rows`` is None, else ``rows`` long and contiguous (chunked only to be compressed)."""
-    if rows is None:
-        return parent.create_dataset(
-            name,
-            (0, *shape),
-            maxshape=(None, *shape),
-            dtype=dtype,
-            chunks=(chunk, *shape),
-            compression=compression,
-        )
-    if compression:
-        chunks = (max(1, min(chunk, rows)), *shape)
-        return parent.create_dataset(
-            name, (rows, *shape), dtype=dtype, chunks=chunks, compression=compression
-        )
-    return contiguous(parent, name, (rows, *shape), dtype)
 
 
 def _configuration(group: h5py.Group, index: int, desc: Mapping[str, Any]) -> None:

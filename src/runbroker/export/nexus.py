@@ -38,8 +38,8 @@ import orjson
 
 from ..assets import external_kind
 from ..columns import as_column, concat_columns
-from .base import Exporter, ExportError, Page
-from .h5write import STR, contiguous, link, set_attrs, text
+from .base import ExportError, Page
+from .h5write import STR, H5Exporter, contiguous, grow, iso, link, set_attrs, text, unique
 from .h5write import group as new_group
 
 __all__ = ["NeXusExporter"]
@@ -73,17 +73,11 @@ class _Names:
     def __call__(self, name: str) -> str:
         got = self._given.get(name)
         if got is None:
-            base = got = nexus_name(name)
-            n = 1
-            while got in self._taken:
-                n += 1
-                got = f"{base}_{n}"
-            self._given[name] = got
-            self._taken.add(got)
+            got = self._given[name] = unique(nexus_name(name), self._taken)
         return got
 
 
-class NeXusExporter(Exporter):
+class NeXusExporter(H5Exporter):
     """Write a run as one NeXus file (``.nxs``): ``NXentry`` > ``NXdata`` plotted by default.
 
     The default plot follows the plan's hints: the signal is the first numeric field the
@@ -125,17 +119,10 @@ class NeXusExporter(Exporter):
         directory: str | os.PathLike[str],
         *,
         grid: bool = True,
-        compression: str | None = None,
-        buffer_bytes: int = 64 * 2**20,
         **options: Any,
     ) -> None:
         super().__init__(directory, **options)
         self.grid = grid
-        self.compression = compression
-        self.buffer_bytes = buffer_bytes
-        self._file: Any = None
-        self._pending: dict[str, list[Page]] = {}
-        self._pending_size = 0
         self._written: dict[str, int] = {}  # stream -> events already in the file
         self._stream_names = _Names()
         self._field_names: dict[str, _Names] = {}
@@ -149,65 +136,53 @@ class NeXusExporter(Exporter):
 
     # -- the hooks ----------------------------------------------------------------------------
 
-    def start(self, doc: dict[str, Any]) -> None:
+    def begin(self, doc: dict[str, Any]) -> None:
         from .._version import __version__
 
-        path = self.new_path()
-        # Opened now so that a name clash is reported before the run, not after it.
-        self._file = f = h5py.File(path, self.mode)
         root = {
             "NX_class": "NXroot",
             "default": "entry",
-            "file_name": path.name,
-            "file_time": _iso(datetime.now(UTC).timestamp()),
+            "file_name": self.path.name,
+            "file_time": iso(datetime.now(UTC).timestamp()),
             "creator": "runbroker",
             "creator_version": __version__,
             "HDF5_Version": h5py.version.hdf5_version,
             "h5py_version": h5py.version.version,
         }
-        set_attrs(f, root, new=True)
-        _group(f, "entry", "NXentry", new=True)
+        set_attrs(self.h5, root, new=True)
+        _group(self.h5, "entry", "NXentry", new=True)
 
     def event_page(self, page: Page) -> None:
         if not len(page):
             return
-        self._pending.setdefault(page.stream, []).append(page)
-        # Small arrays cost more than their bytes: count their overhead too, so that a
-        # long live run of single events is written out now and then as well.
-        self._pending_size += sum(a.nbytes + 100 for a in page.data.values())
-        self._pending_size += sum(a.nbytes + 100 for a in page.timestamps.values())
-        if self._pending_size > self.buffer_bytes:
-            for stream in list(self._pending):
+        # Counting small arrays' overhead, a long live run of single events is written out
+        # now and then as well.
+        self.hold(page.stream, page)
+        if self.held_bytes > self.buffer_bytes:
+            for stream in list(self.held):
                 self._flush(stream)
-            self._pending_size = 0
+            self.held_bytes = 0
 
-    def finish(self, complete: bool) -> None:
-        f = self._file
-        if f is None:
-            return
-        try:
-            for stream in self.streams:
-                self._flush(stream, final=True)
-            entry = f["entry"]
-            self._write_entry(entry)
-            self._write_documents(entry)
-            self._write_configuration(entry)
-            main = self._main_stream()
-            if main is not None:
-                self._write_instrument(entry, main)
-                if self._write_data(entry, main):
-                    set_attrs(entry, {"default": "data"}, new=True)
-            self._write_sample(entry)
-        finally:
-            f.close()
-            self._file = None
+    def end(self, complete: bool) -> None:
+        for stream in self.streams:
+            self._flush(stream, final=True)
+        entry = self.h5["entry"]
+        self._write_entry(entry)
+        self._write_documents(entry)
+        self._write_configuration(entry)
+        main = self._main_stream()
+        if main is not None:
+            self._write_instrument(entry, main)
+            if self._write_data(entry, main):
+                set_attrs(entry, {"default": "data"}, new=True)
+        self._write_sample(entry)
 
     # -- streams ------------------------------------------------------------------------------
 
     def _stream_group(self, stream: str) -> Any:
         group = self._groups.get(stream)
         if group is None:
-            streams = _group(self._file["entry"], "streams", "NXcollection")
+            streams = _group(self.h5["entry"], "streams", "NXcollection")
             group = _group(streams, self._stream_names(stream), "NXcollection", new=True)
             self._groups[stream] = group
             set_attrs(group, {"stream": stream}, new=True)
@@ -223,7 +198,7 @@ class NeXusExporter(Exporter):
     def _flush(self, stream: str, final: bool = False) -> None:
         """Write the buffered events of ``stream``; at ``final`` an empty stream gets its
         (empty) datasets too. Datasets made before the final flush are made growable."""
-        pages = self._pending.pop(stream, [])
+        pages = self.held.pop(stream, [])
         done = self._written.get(stream, 0)
         if not pages and (done or not final):
             return
@@ -277,7 +252,7 @@ class NeXusExporter(Exporter):
         name: str,
         column: np.ndarray,
         done: int,
-        grow: bool,
+        growable: bool,
         attrs: Mapping[str, Any],
         ds: Any,
     ) -> Any:
@@ -292,14 +267,12 @@ class NeXusExporter(Exporter):
                     f"{ds.dtype}{list(ds.shape[1:])} to {data.dtype}{list(data.shape[1:])} "
                     "mid-stream; one NeXus dataset cannot hold both"
                 )
-            end = ds.shape[0]
-            ds.resize(end + len(data), axis=0)
-            ds[end:] = data
+            grow(ds, data)
             return ds
         options: dict[str, Any] = {}
         if data.ndim > 1 and self.compression:
             options["compression"] = self.compression
-        if grow:
+        if growable:
             row = int(np.prod(data.shape[1:], dtype=np.int64)) * max(data.dtype.itemsize, 16)
             rows = max(1, _CHUNK_BYTES // max(row, 1))
             options.update(maxshape=(None, *data.shape[1:]), chunks=(rows, *data.shape[1:]))
@@ -339,9 +312,9 @@ class NeXusExporter(Exporter):
         start, stop = self.start_doc, self.stop_doc
         _text(entry, "title", _title(start))
         _text(entry, "entry_identifier", self.uid)
-        _text(entry, "start_time", _iso(start["time"]))
+        _text(entry, "start_time", iso(start["time"]))
         if stop is not None:
-            _text(entry, "end_time", _iso(stop["time"]))
+            _text(entry, "end_time", iso(stop["time"]))
             duration = np.array(float(stop["time"]) - float(start["time"]))
             set_attrs(contiguous(entry, "duration", (), duration.dtype, duration), _SECONDS, True)
         set_attrs(_text(entry, "program_name", "runbroker"), {"version": __version__}, True)
@@ -587,11 +560,6 @@ def _value(group: Any, name: str, value: Any) -> None:
     else:
         ds = _text(group, name, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode())
         set_attrs(ds, {"type": _JSON}, new=True)
-
-
-def _iso(t: float) -> str:
-    """ISO 8601 with the local UTC offset, as NeXus ``NX_DATE_TIME`` wants."""
-    return datetime.fromtimestamp(float(t), UTC).astimezone().isoformat()
 
 
 def _title(start: Mapping[str, Any]) -> str:
