@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
@@ -83,7 +83,7 @@ def contiguous(
     return h5py.Dataset(dsid)
 
 
-def text(parent: h5py.Group, name: str, value: str | list[str]) -> h5py.Dataset:
+def text(parent: h5py.Group, name: str, value: str | Sequence[str]) -> h5py.Dataset:
     """A string dataset (scalar for a ``str``): fixed-length UTF-8, which HDF5 writes at less
     than half the cost of variable-length strings (h5py reads both as bytes, ``asstr()``
     as ``str``)."""

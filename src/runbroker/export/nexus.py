@@ -226,7 +226,7 @@ class NeXusExporter(H5Exporter):
         # same dataset; growing ones could part ways later.
         whole = final and not done
         same_as_time: dict[tuple, np.ndarray] = {}
-        for field, dk in _data_keys(descs).items():
+        for field, dk in _merged(descs, "data_keys").items():
             column = _join([p.data.get(field) for p in pages], lengths, dk)
             put(group, names(field), column, _field_attrs(field, names(field), dk))
             if external_kind(dk) == "stream":
@@ -310,17 +310,17 @@ class NeXusExporter(H5Exporter):
         from .._version import __version__
 
         start, stop = self.start_doc, self.stop_doc
-        _text(entry, "title", _title(start))
-        _text(entry, "entry_identifier", self.uid)
-        _text(entry, "start_time", iso(start["time"]))
+        text(entry, "title", _title(start))
+        text(entry, "entry_identifier", self.uid)
+        text(entry, "start_time", iso(start["time"]))
         if stop is not None:
-            _text(entry, "end_time", iso(stop["time"]))
+            text(entry, "end_time", iso(stop["time"]))
             duration = np.array(float(stop["time"]) - float(start["time"]))
             set_attrs(contiguous(entry, "duration", (), duration.dtype, duration), _SECONDS, True)
-        set_attrs(_text(entry, "program_name", "runbroker"), {"version": __version__}, True)
+        set_attrs(text(entry, "program_name", "runbroker"), {"version": __version__}, True)
         proposal = next((start[k] for k in _PROPOSAL_KEYS if start.get(k) not in (None, "")), None)
         if proposal is not None:
-            _text(entry, "experiment_identifier", str(proposal))
+            text(entry, "experiment_identifier", str(proposal))
         if stop is None:
             note = (
                 "INCOMPLETE: no stop document was received; the export was closed before the "
@@ -331,8 +331,8 @@ class NeXusExporter(H5Exporter):
         else:
             return
         notes = _group(entry, "notes", "NXnote")
-        _text(notes, "type", "text/plain")
-        _text(notes, "description", note)
+        text(notes, "type", "text/plain")
+        text(notes, "description", note)
 
     def _write_documents(self, entry: Any) -> None:
         docs = _group(entry, "documents", "NXcollection", new=True)
@@ -341,7 +341,7 @@ class NeXusExporter(H5Exporter):
         contiguous(docs, "complete", (), complete.dtype, complete)
         for key in ("start", "stop", "descriptors"):
             if record[key] is not None:
-                ds = _text(docs, key, orjson.dumps(record[key]).decode())
+                ds = text(docs, key, orjson.dumps(record[key]).decode())
                 set_attrs(ds, {"type": _JSON}, new=True)
 
     def _write_configuration(self, entry: Any) -> None:
@@ -352,7 +352,7 @@ class NeXusExporter(H5Exporter):
             conf = _group(entry, "configuration", "NXcollection")
             group = _group(conf, self._stream_names(stream), "NXcollection")
             group.attrs["stream"] = stream
-            _text(group, "descriptor_uid", [d["uid"] for d in descs])
+            text(group, "descriptor_uid", [d["uid"] for d in descs])
             groups = _Names(frozenset({"descriptor_uid"}))
             for dev in devices:
                 found = [(d.get("configuration") or {}).get(dev) or {} for d in descs]
@@ -372,7 +372,7 @@ class NeXusExporter(H5Exporter):
 
     def _write_instrument(self, entry: Any, stream: str) -> None:
         descs = self.streams[stream]
-        keys, hints, objects = _data_keys(descs), _merged(descs, "hints"), _objects(descs)
+        keys, hints, objects = _merged(descs, "data_keys"), _merged(descs, "hints"), _objects(descs)
         names = self._field_names[stream]
 
         def put(where: Any, name: str, field: str) -> None:
@@ -386,7 +386,7 @@ class NeXusExporter(H5Exporter):
                 continue
             instrument = instrument or _group(entry, "instrument", "NXinstrument", new=True)
             positioner = _group(instrument, members(motor), "NXpositioner", new=True)
-            _text(positioner, "name", motor)
+            text(positioner, "name", motor)
             put(positioner, "value", fields[0])
             for setpoint in (
                 f"{fields[0]}_setpoint",
@@ -405,7 +405,7 @@ class NeXusExporter(H5Exporter):
             main = max(fields, key=lambda f: (len(keys[f].get("shape") or []), f in hinted))
             instrument = instrument or _group(entry, "instrument", "NXinstrument", new=True)
             detector = _group(instrument, members(det), "NXdetector", new=True)
-            _text(detector, "local_name", det)
+            text(detector, "local_name", det)
             put(detector, "data", main)
             inner = _Names(frozenset({"data", "local_name"}))
             for f in fields:
@@ -417,7 +417,7 @@ class NeXusExporter(H5Exporter):
         from .hints import axes, signals
 
         descs = self.streams[stream]
-        keys = _data_keys(descs)
+        keys = _merged(descs, "data_keys")
         cols, names, kinds = self._columns[stream], self._field_names[stream], self._kinds[stream]
         merged = {
             "name": stream,
@@ -541,14 +541,10 @@ def _strings(values: Sequence[str]) -> np.ndarray:
     return np.array(list(values), dtype=STR)
 
 
-def _text(group: Any, name: str, value: str | Sequence[str]) -> Any:
-    return text(group, name, value if isinstance(value, str) else list(value))
-
-
 def _value(group: Any, name: str, value: Any) -> None:
     """A metadata value as a dataset: text, numbers, or JSON for anything nested."""
     if isinstance(value, str):
-        _text(group, name, value)
+        text(group, name, value)
         return
     try:
         arr = np.asarray(value)
@@ -558,7 +554,7 @@ def _value(group: Any, name: str, value: Any) -> None:
         data, _ = _storable(arr)
         group.create_dataset(name, data=data)
     else:
-        ds = _text(group, name, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+        ds = text(group, name, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode())
         set_attrs(ds, {"type": _JSON}, new=True)
 
 
@@ -570,16 +566,8 @@ def _title(start: Mapping[str, Any]) -> str:
     return f"scan {scan_id}: {plan}" if scan_id is not None else plan
 
 
-def _data_keys(descs: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
-    """Field -> data key over all descriptors of a stream, in declaration order."""
-    out: dict[str, dict] = {}
-    for d in descs:
-        for k, dk in d["data_keys"].items():
-            out.setdefault(k, dk)
-    return out
-
-
 def _merged(descs: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
+    """The ``key`` mappings of a stream's descriptors as one, in declaration order."""
     out: dict[str, Any] = {}
     for d in descs:
         for k, v in (d.get(key) or {}).items():
