@@ -382,3 +382,19 @@ def _fallback(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
+
+
+def unique(base: str, taken: set[str]) -> str:
+    """``base``, else ``base_2``, ``base_3``..., the first not ``taken`` (and now taken).
+
+    Example:
+        >>> taken = {"x"}
+        >>> unique("x", taken), unique("x", taken), unique("y", taken)
+        ('x_2', 'x_3', 'y')
+    """
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name

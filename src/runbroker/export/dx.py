@@ -52,18 +52,10 @@ _ANGLE = re.compile(r"theta|angle|rot", re.IGNORECASE)
 _AXES = {"data": "theta:y:x", "data_dark": "theta_dark:y:x", "data_white": "theta_white:y:x"}
 #: Angle units -> factor to degrees (units are compared lower-case, without spaces).
 _TO_DEGREES = {
-    "": 1.0,
-    "deg": 1.0,
-    "degree": 1.0,
-    "degrees": 1.0,
-    "°": 1.0,
-    "rad": 180.0 / np.pi,
-    "radian": 180.0 / np.pi,
-    "radians": 180.0 / np.pi,
+    **dict.fromkeys(["", "deg", "degree", "degrees", "°"], 1.0),
+    **dict.fromkeys(["rad", "radian", "radians"], 180.0 / np.pi),
     "mrad": 180.0 / np.pi / 1e3,
-    "urad": 180.0 / np.pi / 1e6,
-    "µrad": 180.0 / np.pi / 1e6,
-    "μrad": 180.0 / np.pi / 1e6,
+    **dict.fromkeys(["urad", "µrad", "μrad"], 180.0 / np.pi / 1e6),
 }
 
 Sources = str | Sequence[str] | bool | None
@@ -161,11 +153,8 @@ class DataExchangeExporter(H5Exporter):
         **options: Any,
     ) -> None:
         super().__init__(directory, **options)
-        self._sources = {
-            "projections": _parse("projections", projections),
-            "darks": _parse("darks", darks),
-            "flats": _parse("flats", flats),
-        }
+        given = (projections, darks, flats)
+        self._sources = {o: _parse(o, v) for o, v in zip(_ROLES, given, strict=True)}
         if theta is True:
             theta = None
         if not (theta is None or theta is False or (isinstance(theta, str) and theta.strip(":"))):
@@ -175,7 +164,7 @@ class DataExchangeExporter(H5Exporter):
         self._theta = theta
         # descriptor uid -> what its pages fill: (dataset, field) for frames, plus the angle
         self._plan: dict[str, tuple[list[tuple[str, str]], _Angle | None]] = {}
-        self._used: dict[str, list[str]] = {"data": [], "data_dark": [], "data_white": []}
+        self._used: dict[str, list[str]] = {name: [] for name in _ROLES.values()}
         self._theta_used: list[str] = []
 
     # -- hooks ---------------------------------------------------------------------------
@@ -254,14 +243,9 @@ class DataExchangeExporter(H5Exporter):
             acq["end_date"] = iso(self.stop_doc.get("time"))
         acq["stop"] = _json(self.stop_doc)
         acq["descriptors"] = _json(list(self.descriptors.values()))
-        mapping = {
-            "projections": self._used["data"],
-            "darks": self._used["data_dark"],
-            "flats": self._used["data_white"],
-            "theta": self._theta_used,
-        }
-        mapping = {k: list(dict.fromkeys(v)) for k, v in mapping.items()}  # one per descriptor
-        acq["sources"] = _json(mapping)
+        used = {option: self._used[name] for option, name in _ROLES.items()}
+        used["theta"] = self._theta_used
+        acq["sources"] = _json({k: list(dict.fromkeys(v)) for k, v in used.items()})  # once each
 
     # -- choosing streams and fields --------------------------------------------------------
 

@@ -174,22 +174,6 @@ def grow(ds: h5py.Dataset, rows: np.ndarray) -> None:
     ds[end:] = rows
 
 
-def unique(base: str, taken: set[str]) -> str:
-    """``base``, else ``base_2``, ``base_3``..., the first not ``taken`` (and now taken).
-
-    Example:
-        >>> taken = {"x"}
-        >>> unique("x", taken), unique("x", taken), unique("y", taken)
-        ('x_2', 'x_3', 'y')
-    """
-    name, n = base, 1
-    while name in taken:
-        n += 1
-        name = f"{base}_{n}"
-    taken.add(name)
-    return name
-
-
 def iso(t: Any) -> str:
     """A POSIX time in ISO 8601 with the local UTC offset (NeXus ``NX_DATE_TIME``).
 

@@ -41,9 +41,9 @@ import numpy as np
 from ..assets import external_kind, fill_flag
 from ..columns import concat_columns, uid_list
 from ..docfiles import dumps
-from .base import ExportError, Page
+from .base import ExportError, Page, unique
 from .h5write import STR as _STR
-from .h5write import H5Exporter, dataset, set_attrs, unique
+from .h5write import H5Exporter, dataset, set_attrs
 from .h5write import group as new_group
 
 __all__ = ["HDF5Exporter", "read_documents"]

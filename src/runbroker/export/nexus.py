@@ -38,8 +38,8 @@ import orjson
 
 from ..assets import external_kind
 from ..columns import as_column, concat_columns
-from .base import ExportError, Page
-from .h5write import STR, H5Exporter, contiguous, grow, iso, link, set_attrs, text, unique
+from .base import ExportError, Page, unique
+from .h5write import STR, H5Exporter, contiguous, grow, iso, link, set_attrs, text
 from .h5write import group as new_group
 
 __all__ = ["NeXusExporter"]
@@ -520,6 +520,7 @@ _DESCRIPTOR_INDEX = {
     "long_name": "descriptor of each event (its row in /entry/configuration/<stream>)"
 }
 _JSON = "application/json"
+_DTYPES = {"number": "float64", "integer": "int64", "boolean": "bool", "string": "U1"}
 _PROPOSAL_KEYS = ("experiment_identifier", "proposal_id", "proposal", "proposal_number")
 
 
@@ -614,12 +615,7 @@ def _empty(dk: Mapping[str, Any]) -> np.ndarray:
     shape = dk.get("shape") or []
     if any(s is None for s in shape):
         return np.empty(0, dtype=object)
-    dtype = dk.get("dtype_numpy") or {
-        "number": "float64",
-        "integer": "int64",
-        "boolean": "bool",
-        "string": "U1",
-    }.get(dk.get("dtype", ""), "float64")
+    dtype = dk.get("dtype_numpy") or _DTYPES.get(dk.get("dtype", ""), "float64")
     return np.empty((0, *shape), dtype=dtype)
 
 

@@ -26,7 +26,7 @@ import orjson
 
 from ..assets import Assets, external_kind
 from ..documents import to_builtin
-from .base import Exporter, ExportError, Page
+from .base import Exporter, ExportError, Page, unique
 from .csv import column_text, is_array
 from .hints import axes, signals
 
@@ -47,15 +47,8 @@ def _is_number(data_key: Mapping[str, Any]) -> bool:
 
 def _labels(names: Iterable[str]) -> list[str]:
     """Unique labels without double spaces: SPEC separates labels by two spaces."""
-    out: list[str] = []
-    for name in names:
-        label = base = " ".join(str(name).split()) or "unnamed"
-        n = 1
-        while label in out:
-            n += 1
-            label = f"{base}_{n}"
-        out.append(label)
-    return out
+    taken: set[str] = set()
+    return [unique(" ".join(str(name).split()) or "unnamed", taken) for name in names]
 
 
 def _one_line(text: str) -> str:
