@@ -2,7 +2,7 @@
 in libpq pipeline mode, with what nobody waits for (page rows, a document's savepoint) going
 along with the next round trip.
 
-This is the one module that imports the psycopg driver; :func:`runbroker.store.pgsql.session`
+This is the one module that imports the psycopg driver; :func:`runbroker.store.prepared.session`
 imports it when the first PostgreSQL connection needs its :class:`Session`, so that
 ``import runbroker`` (and every command of the CLI) does not pay for a driver that SQLite
 and folder catalogs never use.

@@ -12,16 +12,19 @@ strings, bytes, bools).
 
 from __future__ import annotations
 
+import re
+import weakref
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 from sqlalchemy.sql import ClauseElement
 
-from .pgsql import numbered, session
+if TYPE_CHECKING:
+    from .pgwire import Session
 
-__all__ = ["Prepared"]
+__all__ = ["Prepared", "numbered", "session", "sessions"]
 
 
 class Prepared:
@@ -115,3 +118,42 @@ def _arguments(compiled: Any) -> Callable[[dict[str, Any]], Any]:
         key = order[0]
         return lambda params: (params[key],)
     return itemgetter(*order)
+
+
+_PARAM = re.compile(r"%\((\w+)\)s|%%")
+
+
+def numbered(sql: str) -> tuple[str, list[str]]:
+    """A pyformat statement (``%(name)s``) in PostgreSQL's own form (``$1``), and the names
+    of its parameters in order.
+
+    Example:
+        >>> numbered("SELECT %(a)s, %(b)s, %(a)s, 100 %% 7")
+        ('SELECT $1, $2, $1, 100 % 7', ['a', 'b'])
+    """
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        name = match.group(1)
+        if name is None:
+            return "%"
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _PARAM.sub(number, sql), names
+
+
+#: The :class:`~runbroker.store.pgwire.Session` of each psycopg connection that has one.
+sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
+
+
+def session(raw: Any) -> Session:
+    """The :class:`~runbroker.store.pgwire.Session` of a psycopg connection (made on first
+    use)."""
+    found = sessions.get(raw)
+    if found is None or found.pg is not raw.pgconn:
+        from .pgwire import Session  # imports psycopg: only once a connection exists
+
+        found = sessions[raw] = Session(raw)
+    return found

@@ -9,14 +9,16 @@ stays a handful of blob reads.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, bindparam, delete, func, insert, select
+from sqlalchemy import Connection, func, insert, select
 
+from ..columns import SEQ_NUM
 from ..documents import ConflictError
-from . import jsoncodec, pgsql
+from . import jsoncodec
 from . import pages as codec
+from .dialects import Dialect
 from .events import Batch, DescriptorState, canonical, event_from_columns, merge_batches
 from .prepared import Prepared
 from .schema import descriptors, pages, runs
@@ -37,21 +39,13 @@ _PAGE_KEYS = [
     "data",
     "extra",
 ]
-_MAX_SEQ = select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == bindparam("d"))
-_PG_MAX_SEQ = "SELECT max(seq_max) FROM pages WHERE descriptor_id = $1"
-# A descriptor's pages in seq order, with the blobs of those smaller than $2 events.
-_PG_PAGES_TO_MERGE = (
-    "SELECT id, n, ord, n, CASE WHEN n < $2 THEN data END, CASE WHEN n < $2 THEN extra END "
-    "FROM pages WHERE descriptor_id = $1 ORDER BY seq_min, id"
-)
-_PG_DELETE_PAGES = "DELETE FROM pages WHERE id = ANY($1)"
 _INSERT_PAGE = Prepared(insert(pages), _PAGE_KEYS)
 
 
 class SQLEvents:
     """Queued events and their pages (state and connection handling: see SQLWriting)."""
 
-    dialect: str
+    _db: Dialect
     _wconn: Connection | None
     _states: dict[str, DescriptorState]
     _txn_descriptors: set[int]
@@ -110,7 +104,7 @@ class SQLEvents:
         ).all()
         for data_blob, extra_blob in rows:
             data, extra = codec.decode(data_blob), codec.decode(extra_blob)
-            hits = (data["seq_num"] == seq).nonzero()[0]
+            hits = (data[SEQ_NUM] == seq).nonzero()[0]
             if len(hits):
                 return event_from_columns(state.uid, data, extra, int(hits[0]))
         return None
@@ -125,7 +119,7 @@ class SQLEvents:
             batches = state.take()
             # A descriptor inserted in this transaction is unknown to every other writer.
             foreign = state.id not in self._txn_descriptors
-            stored_max = self._stored_max(conn, state.id) if foreign else 0
+            stored_max = self._db.stored_max(conn, state.id) if foreign else 0
             if stored_max > state.flushed_max:
                 # Another writer (process or catalog object) wrote this descriptor meanwhile:
                 # its pages took replay positions this writer has not counted, so the next
@@ -161,19 +155,6 @@ class SQLEvents:
             if state.small_pages >= _COMPACT_AFTER:
                 self._compact(conn, state)
 
-    def _stored_max(self, conn: Connection, descriptor_id: int) -> int:
-        """The highest seq_num stored for the descriptor, once no other writer can add one
-        until this transaction ends."""
-        if self.dialect != "postgresql":
-            return conn.execute(_MAX_SEQ, {"d": descriptor_id}).scalar() or 0
-        # Writers of one descriptor take turns (a lock held to the end of the transaction),
-        # so the count sees every page. One round trip: the statements run one after the
-        # other, and the second reads the database as it is once the lock is held.
-        rows = pgsql.session(conn.connection.driver_connection).run(
-            [(pgsql.LOCK_DESCRIPTOR, [descriptor_id]), (_PG_MAX_SEQ, [descriptor_id])]
-        )
-        return rows.fetchone()[0] or 0
-
     def _drop_repeats(
         self, conn: Connection, state: DescriptorState, batches: list, stored_max: int
     ) -> list:
@@ -185,7 +166,7 @@ class SQLEvents:
         """
         kept = []
         for batch in batches:
-            seqs = np.asarray(batch.data["seq_num"])
+            seqs = np.asarray(batch.data[SEQ_NUM])
             mask = np.ones(batch.n, dtype=bool)
             for i in np.nonzero(seqs <= stored_max)[0]:
                 stored = self._stored_event(conn, state, int(seqs[i]))
@@ -213,20 +194,7 @@ class SQLEvents:
         Live runs write a small page per flush; merging them keeps reads to a few blobs.
         """
         below = state.max_events // 8 if below is None else below
-        blobs: dict[int, Any] = {}
-        if self.dialect == "postgresql":
-            # The list and the blobs of the small pages in one round trip.
-            found = pgsql.session(conn.connection.driver_connection).execute(
-                _PG_PAGES_TO_MERGE, [state.id, below]
-            )
-            listing = [_Page(i, n) for i, n, *_ in found.fetchall()]
-            blobs = {row[0]: _Blobs(*row[2:]) for row in found.fetchall() if row[1] < below}
-        else:
-            listing = conn.execute(
-                select(pages.c.id, pages.c.n)
-                .where(pages.c.descriptor_id == state.id)
-                .order_by(pages.c.seq_min, pages.c.id)
-            ).all()
+        listing, blobs = self._db.pages_to_merge(conn, state.id, below)
         groups: list[list[Any]] = [[]]
         for row in listing:
             fits = sum(r.n for r in groups[-1]) + row.n <= state.max_events
@@ -253,7 +221,7 @@ class SQLEvents:
         data, extra = merge_batches(
             [(codec.decode(r.data), codec.decode(r.extra), r.n) for r in rows]
         )
-        seqs = np.asarray(data["seq_num"])
+        seqs = np.asarray(data[SEQ_NUM])
         merged = {
             "descriptor_id": state.id,
             "run_id": state.run_id,
@@ -269,20 +237,4 @@ class SQLEvents:
         # The merged page first: SQLite numbers a new row after the largest id left, and a
         # page id must never come back with other events (a reader may hold the old list).
         _INSERT_PAGE.executemany(conn, [merged])
-        if self.dialect == "postgresql":
-            # Nothing waits for these: they go with the next round trip.
-            pgsql.session(conn.connection.driver_connection).defer(_PG_DELETE_PAGES, [ids])
-        else:
-            conn.execute(delete(pages).where(pages.c.id.in_(ids)))
-
-
-class _Page(NamedTuple):
-    id: int
-    n: int
-
-
-class _Blobs(NamedTuple):
-    ord: int
-    n: int
-    data: bytes
-    extra: bytes
+        self._db.delete_pages(conn, ids)

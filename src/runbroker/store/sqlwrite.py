@@ -19,16 +19,16 @@ from typing import Any
 
 import numpy as np
 from event_model import pack_datum_page, unpack_datum_page
-from sqlalchemy import Connection, bindparam, func, insert, select, text, update
+from sqlalchemy import Connection, bindparam, func, insert, select, text
 from sqlalchemy.engine import Engine
 
 from ..documents import validate
 from ..errors import ReadOnlyError
-from . import intake, jsoncodec, pgsql
+from . import intake, jsoncodec
+from .dialects import Dialect
 from .events import DescriptorState, canonical
-from .flatten import flatten, fulltext
 from .prepared import Prepared
-from .schema import datums, descriptors, documents, meta, pages, runs
+from .schema import datums, descriptors, documents, pages, runs
 from .sqlevents import SQLEvents
 
 __all__ = ["SQLWriting", "scan_id_column"]
@@ -41,34 +41,15 @@ _MAX_CACHED = 256
 # WAL sizes that start a background checkpoint, and a blocking one.
 _WAL_BACKGROUND = 64 * 2**20
 _WAL_BLOCKING = 512 * 2**20
-# Documents per transaction at most: each has a savepoint, and PostgreSQL keeps the first 64
-# subtransactions of a transaction where other sessions check them cheaply.
-_MAX_SAVEPOINTS = 60
 # Queued events are written at the latest when this many (or this many bytes) wait.
 _FLUSH_EVENTS = 100_000
 _FLUSH_BYTES = 64 * 2**20
 
 
 _START_OF = Prepared(select(runs.c.start).where(runs.c.uid == bindparam("uid")))
-# "ON CONFLICT DO NOTHING" (same syntax in SQLite and PostgreSQL): when two writers store the
-# same run at once (a retried RunEngine), the second finds the first's row -- after waiting for
-# its commit -- and compares, instead of failing on the unique index.
-_INSERT_RUN = Prepared(
-    text(
-        "INSERT INTO runs (uid, time, scan_id, start) VALUES (:uid, :time, :scan_id, :start) "
-        "ON CONFLICT (uid) DO NOTHING RETURNING id"
-    )
-)
-_INSERT_META = Prepared(insert(meta), ["run_id", "key", "elem", "typ", "num", "txt"])
-_PG_INSERT_START = Prepared(text(pgsql.INSERT_START))
-_PG_SET_STOP = Prepared(text(pgsql.SET_STOP))
 _RUN_ID = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
 _STOP_OF = Prepared(select(runs.c.stop).where(runs.c.id == bindparam("rid")))
-_SET_STOP = Prepared(
-    update(runs)
-    .where(runs.c.id == bindparam("rid"), runs.c.stop.is_(None))
-    .values(stop=bindparam("new_stop"), stop_time=bindparam("new_time"))
-)
+# Descriptors and documents are stored ON CONFLICT DO NOTHING, as runs are (see dialects).
 _DESCRIPTOR_OF = Prepared(select(descriptors.c.body).where(descriptors.c.uid == bindparam("uid")))
 _INSERT_DESCRIPTOR = Prepared(
     text(
@@ -87,14 +68,6 @@ _MAX_ORDS = [
     select(func.max(t.c.ord)).where(t.c.run_id == bindparam("run_id"))
     for t in (descriptors, pages, documents)
 ]
-
-
-_INSERT_FULLTEXT = {
-    "sqlite": Prepared(text("INSERT INTO runs_fts(rowid, content) VALUES (:run_id, :content)")),
-    "postgresql": Prepared(
-        text("INSERT INTO runs_fts(run_id, content) VALUES (:run_id, :content)")
-    ),
-}
 
 
 def scan_id_column(start: dict) -> int | float | None:
@@ -124,7 +97,7 @@ class SQLWriting(SQLEvents):
     transaction of the write connection (``_wconn``)."""
 
     uri: str
-    dialect: str
+    _db: Dialect
     durability: str
     flush_interval: float
     readonly: bool
@@ -163,53 +136,26 @@ class SQLWriting(SQLEvents):
             else:
                 self._flush_states(conn)
                 raw = conn.connection.driver_connection  # type: ignore[union-attr]
-                self._savepoint(raw)
+                # Where this document's writes begin, so that a refusal undoes only them.
+                self._db.savepoint(raw)
+                self._savepoints += 1
                 try:
                     intake.apply(self, name, doc)
                 except BaseException:
                     # Undo this document only; earlier ones in the open transaction stay.
-                    self._undo_document(raw)
+                    self._db.undo(raw)
                     self._ords.clear()
                     raise
-                if self.dialect != "postgresql":
-                    raw.execute("RELEASE rb_document")
+                self._db.release(raw)
             # The committer thread (woken when the transaction began) commits on time; commit
             # here if it is held up, if durability asks, or if the queue has grown large.
             if (
                 self.durability == "event"
                 or self._queue_full()
                 or time.monotonic() - self._dirty_since >= self.flush_interval / 4
-                or (self._savepoints >= _MAX_SAVEPOINTS and self.dialect == "postgresql")
+                or self._savepoints >= self._db.max_savepoints
             ):
                 self._commit_locked()
-
-    def _savepoint(self, raw: Any) -> None:
-        """Mark where the next document's writes begin, so that a refusal undoes only them.
-
-        On PostgreSQL each statement is a round trip, so the savepoint (and the release of
-        the previous document's) goes with the document's first statement, in the same
-        round trip (see :class:`~runbroker.store.pgwire.Session`); COMMIT releases the last.
-        """
-        if self.dialect == "postgresql":
-            pgsql.session(raw).savepoint()
-        else:
-            raw.execute("SAVEPOINT rb_document")
-        self._savepoints += 1
-
-    def _undo_document(self, raw: Any) -> None:
-        """Roll back what the document being written wrote, after it was refused."""
-        if self.dialect != "postgresql":
-            raw.execute("ROLLBACK TO rb_document")
-            raw.execute("RELEASE rb_document")
-            return
-        session = pgsql.session(raw)
-        if session.savepoint_pending:
-            # Nothing of this document reached the server (refused before its first write).
-            session.savepoint_pending = False
-        elif session.savepoint_exists:
-            raw.execute("ROLLBACK TO SAVEPOINT rb_document")
-        # Otherwise the savepoint itself failed: the transaction is lost, and the error says so
-        # at the next commit, as for any failed write outside a document.
 
     def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
         """Store many documents at once: all of them, or none if one is refused.
@@ -255,8 +201,7 @@ class SQLWriting(SQLEvents):
         if not self._wconn.in_transaction():
             self._wconn.begin()
             self._savepoints = 0
-            if self.dialect == "postgresql":
-                pgsql.session(self._wconn.connection.driver_connection).new_transaction()
+            self._db.begun(self._wconn.connection.driver_connection)
             # Even a transaction that ends up empty (a refused document) holds the write
             # lock: commit it on the usual schedule.
             self._dirty_since = time.monotonic()
@@ -274,10 +219,7 @@ class SQLWriting(SQLEvents):
         conn = self._conn()
         try:
             self._flush_states(conn)
-            if self.dialect == "postgresql":
-                # The last pages and COMMIT in one round trip (SQLAlchemy's commit then
-                # finds the transaction over and only closes its own books).
-                pgsql.session(conn.connection.driver_connection).commit()
+            self._db.commit(conn.connection.driver_connection)
             conn.commit()
             self._txn_descriptors.clear()
             self._after_commit()
@@ -414,62 +356,23 @@ class SQLWriting(SQLEvents):
 
     # -- writing documents ------------------------------------------------------------------
 
-    def _insert_new(
-        self, conn: Connection, doc: dict, insert_new: Prepared, params: dict, stored: Prepared
-    ) -> tuple[int | None, dict | None]:
-        """Insert (ON CONFLICT DO NOTHING): (the new row id, None), or (None, the copy stored
-        before -- a repeat, or another writer at the same time)."""
-        row = insert_new.execute(conn, params).fetchone()
-        if row is not None:
-            return row[0], None
-        return None, _loads(stored.execute(conn, {"uid": doc["uid"]}).fetchone()[0])
-
     def _write_start(self, conn: Connection, doc: dict) -> dict | None:
-        # No look-up first: the insert itself finds a stored copy (ON CONFLICT), see below.
+        # No look-up first: the insert itself finds a stored copy (ON CONFLICT).
         params = {
             "uid": doc["uid"],
             "time": doc["time"],
             "scan_id": scan_id_column(doc),
             "start": _dumps(doc),
         }
-        if self.dialect == "postgresql":
-            # Run, metadata and full-text rows in one round trip.
-            params.update(pgsql.meta_arrays(flatten("start", doc)), fulltext=fulltext(doc))
-            run_id, stored = self._insert_new(conn, doc, _PG_INSERT_START, params, _START_OF)
-            if run_id is None:
-                return stored
-        else:
-            run_id, stored = self._insert_new(conn, doc, _INSERT_RUN, params, _START_OF)
-            if run_id is None:
-                return stored
-            self._index(conn, run_id, "start", doc)
-            content = fulltext(doc)
-            _INSERT_FULLTEXT[self.dialect].execute(conn, {"run_id": run_id, "content": content})
+        run_id = self._db.insert_start(conn, params, doc)
+        if run_id is None:  # stored before (a repeat, or another writer at the same time)
+            return _loads(_START_OF.execute(conn, {"uid": doc["uid"]}).fetchone()[0])
         self._run_ids[doc["uid"]] = run_id
         self._ords[run_id] = 0  # a new run: nothing to look up
         return None
 
-    def _index(self, conn: Connection, run_id: int, prefix: str, doc: dict) -> None:
-        rows = [
-            {"run_id": run_id, "key": k, "elem": e, "typ": t, "num": n, "txt": s}
-            for k, e, t, n, s in flatten(prefix, doc)
-        ]
-        if rows:
-            _INSERT_META.executemany(conn, rows)
-
     def _write_stop(self, conn: Connection, run_id: int, doc: dict) -> dict | None:
-        if self.dialect == "postgresql":
-            # Stop and metadata rows in one round trip; a stop stored before (a repeat, or
-            # another writer) leaves the run as it is.
-            params = {"run_id": run_id, "stop": _dumps(doc), "time": doc["time"]}
-            params.update(pgsql.meta_arrays(flatten("stop", doc)))
-            stored = _PG_SET_STOP.execute(conn, params).fetchone() is None
-        else:
-            params = {"rid": run_id, "new_stop": _dumps(doc), "new_time": doc["time"]}
-            stored = _SET_STOP.execute(conn, params).rowcount == 0
-            if not stored:
-                self._index(conn, run_id, "stop", doc)
-        if stored:  # a stop was stored before (a repeat, or another writer)
+        if not self._db.set_stop(conn, run_id, doc):  # a repeat, or another writer's
             row = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
             return _loads(row[0]) if row and row[0] is not None else None
         # The run is complete: lay each stream it wrote out in as few pages as possible for
@@ -492,11 +395,10 @@ class SQLWriting(SQLEvents):
             "time": doc["time"],
             "body": _dumps(doc),
         }
-        descriptor_id, stored = self._insert_new(
-            conn, doc, _INSERT_DESCRIPTOR, params, _DESCRIPTOR_OF
-        )
-        if descriptor_id is None:
-            return stored
+        row = _INSERT_DESCRIPTOR.execute(conn, params).fetchone()
+        if row is None:  # stored before
+            return _loads(_DESCRIPTOR_OF.execute(conn, {"uid": doc["uid"]}).fetchone()[0])
+        descriptor_id = row[0]
         self._txn_descriptors.add(descriptor_id)
         # Its events come next: know the descriptor without reading it back.
         self._states[doc["uid"]] = DescriptorState.from_descriptor(
