@@ -34,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler as SQLiteBaseCompiler
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import ReadOnlyMediumError, UnknownSchemeError
@@ -114,8 +115,6 @@ class SQLite:
         if readonly and uri.startswith("sqlite:///"):
             uri = _readonly_url(Path(uri.removeprefix("sqlite:///")))
         if memory:
-            from sqlalchemy.pool import StaticPool
-
             kwargs["poolclass"] = StaticPool
         if not writer:
             # Reads run in autocommit, so a returned connection has nothing to roll back.
@@ -212,10 +211,9 @@ class SQLite:
 
     def pages_to_merge(
         self, conn: Connection, descriptor_id: int, below: int
-    ) -> tuple[list[Any], dict[int, Any]]:
-        """The descriptor's pages (``id``, ``n``) in seq order, and the blobs (``ord``,
-        ``n``, ``data``, ``extra``) of those smaller than ``below`` events if they come with
-        the list at no cost (else an empty dict)."""
+    ) -> tuple[list[tuple[int, int]], dict[int, tuple]]:
+        """The descriptor's pages (id, n) in seq order, and (ord, n, data, extra) of those
+        smaller than ``below`` events if they come with the list at no cost (else none)."""
         listing = conn.execute(
             select(pages.c.id, pages.c.n)
             .where(pages.c.descriptor_id == descriptor_id)

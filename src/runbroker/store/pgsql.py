@@ -1,9 +1,8 @@
 """The PostgreSQL dialect of the SQL store (see :mod:`runbroker.store.dialects`).
 
-The schema and most SQL are shared with SQLite (:mod:`runbroker.store.sql`). PostgreSQL is a
-server, so every statement is a network round trip (tens of microseconds, plus the driver's
-own work): a document that SQLite stores with five statements at no cost costs five round
-trips here. :class:`PostgreSQL` does the same work in fewer of them:
+PostgreSQL is a server, so every statement is a network round trip (tens of microseconds,
+plus the driver's own work): a document that SQLite stores with five statements at no cost
+costs five round trips here. :class:`PostgreSQL` does the same work in fewer of them:
 
 * a start or stop document and its flattened metadata rows (and the full-text row) in one
   statement (a data-modifying ``WITH``, the rows passed as arrays);
@@ -23,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Select, bindparam, create_engine, event, exc, text
 from sqlalchemy.engine import Engine
@@ -68,17 +67,14 @@ class PostgreSQL:
     )
 
     def engine(self, uri: str, writer: bool, store: SQLStore) -> Engine:
-        """A pooled engine: each process keeps a small pool, many stateless processes share
-        one server.
+        """A pooled engine (a small pool per process: many processes share one server).
 
         Readers run every statement in autocommit: a single SELECT sees one consistent
-        snapshot anyway, and a returned connection then has no transaction to roll back
-        (SQLAlchemy would otherwise send ``ROLLBACK``, one more round trip per read). Instead
-        of SQLAlchemy's ``pool_pre_ping`` (a round trip at every checkout), a connection is
-        pinged when it has been idle for more than :data:`PING_AFTER` seconds, and dropped if
-        the driver already knows it is broken. Writers commit with ``synchronous_commit``
-        off for the store's ``durability="batch"``, on for ``"event"`` (the same promise as
-        SQLite's synchronous=NORMAL / FULL, see :class:`~runbroker.store.sql.SQLStore`).
+        snapshot anyway, and a returned connection has no transaction to roll back (one
+        ``ROLLBACK`` round trip less per read). Instead of ``pool_pre_ping`` (a round trip at
+        every checkout), a connection idle for more than :data:`PING_AFTER` seconds is
+        pinged, and one the driver knows is broken dropped. Writers commit with
+        ``synchronous_commit`` off for ``durability="batch"``, on for ``"event"``.
         """
         # The driver comes with the `postgres` extra: without it SQLite and folder catalogs
         # work. It is imported here, when a PostgreSQL catalog is opened, not with runbroker.
@@ -196,14 +192,13 @@ class PostgreSQL:
 
     def pages_to_merge(
         self, conn: Connection, descriptor_id: int, below: int
-    ) -> tuple[list[Page], dict[int, Blobs]]:
+    ) -> tuple[list[tuple[int, int]], dict[int, tuple]]:
         # The list and the blobs of the small pages in one round trip.
         found = session(conn.connection.driver_connection).execute(
             _PAGES_TO_MERGE, [descriptor_id, below]
         )
         rows = found.fetchall()
-        blobs = {r[0]: Blobs(*r[2:]) for r in rows if r[1] < below}
-        return [Page(i, n) for i, n, *_ in rows], blobs
+        return [(i, n) for i, n, *_ in rows], {r[0]: r[2:] for r in rows if r[1] < below}
 
     def delete_pages(self, conn: Connection, ids: list[int]) -> None:
         # Nothing waits for these: they go with the next round trip.
@@ -237,18 +232,6 @@ class PostgreSQL:
             "SELECT run_id FROM runs_fts "
             "WHERE to_tsvector('simple', content) @@ to_tsquery('simple', :fts)"
         ).bindparams(bindparam("fts", phrase, unique=True))
-
-
-class Page(NamedTuple):
-    id: int
-    n: int
-
-
-class Blobs(NamedTuple):
-    ord: int
-    n: int
-    data: bytes
-    extra: bytes
 
 
 # Only pages of the named run are found (the Store contract: ids of another run are gone).
@@ -317,15 +300,9 @@ def meta_arrays(rows: Iterable[tuple[str, bool, str, Any, Any]]) -> dict[str, li
         >>> arrays["keys"], arrays["ints"], arrays["floats"], arrays["txts"]
         (['start.a', 'start.b', 'start.c'], [1, None, None], [None, 0.5, None], [None, None, 'x'])
     """
-    keys, elems, typs, ints, floats, txts = [], [], [], [], [], []
-    for key, elem, typ, num, txt in rows:
-        keys.append(key)
-        elems.append(elem)
-        typs.append(typ)
-        is_float = isinstance(num, float)
-        ints.append(None if is_float else num)
-        floats.append(num if is_float else None)
-        txts.append(txt)
+    keys, elems, typs, nums, txts = (list(c) for c in list(zip(*rows, strict=True)) or [()] * 5)
+    ints = [None if isinstance(n, float) else n for n in nums]
+    floats = [n if isinstance(n, float) else None for n in nums]
     return {
         "keys": keys,
         "elems": elems,

@@ -7,18 +7,15 @@ another process sees an event within ``flush_interval`` + a few ms. A crash can 
 events still queued: never anything older than that. ``durability="event"`` commits every
 event on its own, with ``synchronous=FULL`` on SQLite.
 
-This module sets the store up and reads; writing is :mod:`runbroker.store.sqlwrite` (documents
-and transactions) and :mod:`runbroker.store.sqlevents` (events and their pages), and what
-differs between the databases is :mod:`runbroker.store.dialects`.
+This module sets the store up and reads; writing is :mod:`runbroker.store.sqlwrite`, and what
+differs between SQLite and PostgreSQL is :mod:`runbroker.store.dialects`.
 """
 
 from __future__ import annotations
 
 import atexit
-import itertools
 import math
 import sqlite3
-import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -48,25 +45,11 @@ from . import jsoncodec, keyindex, migrations
 from . import pages as codec
 from .base import PageGone, PageInfo, RunRecord, run_not_found
 from .dialects import dialect_of
-from .events import (
-    MAX_EVENTS_PER_PAGE,
-    DescriptorState,
-    page_from_columns,
-    rechunk,
-)
+from .events import MAX_EVENTS_PER_PAGE, page_from_columns, rechunk
 from .prepared import Prepared
-from .schema import (
-    SCHEMA_VERSION,
-    datums,
-    descriptors,
-    documents,
-    info,
-    metadata,
-    pages,
-    runs,
-)
+from .schema import SCHEMA_VERSION, datums, descriptors, documents, info, metadata, pages, runs
 from .sqlquery import compile_query, indexed, is_common
-from .sqlwrite import SQLWriting
+from .sqlwrite import RUN_ID, SQLWriting
 from .urls import redact
 
 __all__ = ["SQLStore", "SchemaVersionError"]
@@ -93,15 +76,12 @@ _PAGES_OF_DESCRIPTOR = Prepared(
 )
 _PAGE_DATA = Prepared(
     select(pages.c.data).where(pages.c.id == bindparam("id"), pages.c.run_id == _RUN_ID),
-    binary=True,
 )
 _PAGE_BLOBS = Prepared(
     select(pages.c.data, pages.c.extra).where(
         pages.c.id == bindparam("id"), pages.c.run_id == _RUN_ID
     ),
-    binary=True,
 )
-_RUN_EXISTS = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
 # Replaying a run (run.documents(), copies, packs): its documents in stored order.
 _RUN_ROW = Prepared(
     select(runs.c.id, runs.c.start, runs.c.stop).where(runs.c.uid == bindparam("uid"))
@@ -134,7 +114,6 @@ _RUN_BODIES = Prepared(
         .join(descriptors, descriptors.c.id == pages.c.descriptor_id)
         .where(pages.c.run_id == bindparam("run_id")),
     ).order_by("ord"),
-    binary=True,
 )
 
 
@@ -178,31 +157,12 @@ class SQLStore(SQLWriting):
         # What differs between databases, chosen once; ``dialect`` is its name.
         self._db = dialect_of(uri)
         self.dialect = self._db.name
-        self._lock = threading.RLock()
-        self._states: dict[str, DescriptorState] = {}
-        self._run_ids: dict[str, int] = {}
-        self._closed = False
-        self._flush_error: Exception | None = None
-        self._deferred_error: Exception | None = None
-        self._last_queued: DescriptorState | None = None
-        self._arrivals = itertools.count(1)
-        self._txn_descriptors: set[int] = set()  # descriptors inserted in the open transaction
-        self._savepoints = 0  # documents written (each under a savepoint) in the open one
-        self._ords: dict[int, int] = {}
-        # When the oldest write of the open transaction happened (None: nothing pending).
-        self._dirty_since: float | None = None
         self._engine = self._db.engine(uri, False, self)
         self._wengine = self._engine if uri == "sqlite://" else self._db.engine(uri, True, self)
-        self._wconn: Connection | None = None
+        self._init_writing(uri)
         self._init_schema()
         with self._engine.connect() as conn:
             self._indexed = frozenset(keyindex.recorded(conn))
-        self._wake = threading.Event()
-        self._flusher: threading.Thread | None = None
-        self._wal = (
-            Path(uri.removeprefix("sqlite:///") + "-wal") if uri.startswith("sqlite:///") else None
-        )
-        self._checkpoint_due = False
         self._runs_estimated = (0, -1e9)  # (largest run id, when it was read)
         ref = weakref.ref(self)
         atexit.register(lambda: (s := ref()) is not None and s.close())
@@ -308,6 +268,7 @@ class SQLStore(SQLWriting):
             self._commit_locked()
             conn = self._conn()
             try:
+                self._db.lock(conn, 7250105)  # see keyindex.create
                 now = keyindex.create(conn, missing)
                 conn.commit()
             except BaseException:
@@ -546,7 +507,7 @@ class SQLStore(SQLWriting):
 
     def _check_run(self, conn: Connection, run_uid: str) -> None:
         """Raise RunNotFoundError unless the run is stored: asked only of empty answers."""
-        if _RUN_EXISTS.execute(conn, {"uid": run_uid}).fetchone() is None:
+        if RUN_ID.execute(conn, {"uid": run_uid}).fetchone() is None:
             raise run_not_found(self, run_uid)
 
     def _flush_if_pending(self) -> None:
