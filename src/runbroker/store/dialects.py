@@ -1,12 +1,10 @@
 """What differs between the databases the SQL store keeps runs in: one object per database.
 
 :class:`~runbroker.store.sql.SQLStore` picks its dialect once, from its URL
-(:func:`dialect_of`), and asks it for whatever is not the same SQL everywhere: how engines
-and connections are set up, how a document's savepoint is made and undone, how a start or
-stop document is stored with its metadata rows, how pages are read and merged, and the SQL
-of regular expressions and full-text search. :class:`SQLite` here is the reference;
-:class:`~runbroker.store.pgsql.PostgreSQL` has the same methods and does their work in fewer
-round trips to its server.
+(:func:`dialect_of`), and asks it for whatever is not the same SQL everywhere: engines,
+savepoints, storing start and stop documents with their metadata rows, reading and merging
+pages, regular expressions and full-text search. :class:`SQLite` here is the reference;
+:class:`~runbroker.store.pgsql.PostgreSQL` has the same methods.
 """
 
 from __future__ import annotations

@@ -4,15 +4,13 @@ PostgreSQL is a server, so every statement is a network round trip (tens of micr
 plus the driver's own work): a document that SQLite stores with five statements at no cost
 costs five round trips here. :class:`PostgreSQL` does the same work in fewer of them:
 
-* a start or stop document and its flattened metadata rows (and the full-text row) in one
-  statement (a data-modifying ``WITH``, the rows passed as arrays);
-* the store's statements prepared once per connection and sent through a
+* a start or stop document and its metadata rows (and full-text row) in one statement;
+* statements prepared once per connection and sent through a
   :class:`~runbroker.store.pgwire.Session`, which sends what nobody waits for (page rows, a
-  document's savepoint) together with the next statement or COMMIT, in one round trip (libpq
-  pipeline mode);
-* the pages of a read a few per ``SELECT ... WHERE id = ANY(...)``, in binary format;
-* reader connections in autocommit (no ``BEGIN``/``ROLLBACK`` around each read) and checked
-  for life only after they have been idle (see :meth:`PostgreSQL.engine`).
+  document's savepoint) with the next statement or COMMIT, in one round trip;
+* the pages of a read a few per ``SELECT``, in binary format;
+* readers in autocommit, checked for life only after they have been idle (see
+  :meth:`PostgreSQL.engine`).
 
 This module does not import the psycopg driver: :mod:`runbroker.store.pgwire` does, when the
 first PostgreSQL connection is made.

@@ -11,7 +11,7 @@ and folder catalogs never use.
 from __future__ import annotations
 
 import select
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -105,6 +105,9 @@ class Rows:
 
     def fetchall(self) -> list[tuple]:
         return self.rows
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self.rows)
 
 
 # Transaction control, prepared like the store's statements: the server then parses and

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import math
-import sqlite3
 import time
 import weakref
 from collections.abc import Iterator
@@ -447,10 +446,9 @@ class SQLStore(SQLWriting):
                 raise run_not_found(self, run_uid)
             run_id, start, stop = row
             yield "start", _loads(start)
-            found = _RUN_BODIES.execute(conn, {"run_id": run_id})
             # SQLite's cursor hands documents over one by one: a run of many large pages is
-            # never held whole. PostgreSQL's rows come fetched.
-            rows = found if isinstance(found, sqlite3.Cursor) else found.fetchall()
+            # never held whole (PostgreSQL's rows come fetched).
+            rows = _RUN_BODIES.execute(conn, {"run_id": run_id})
             for (kind, descriptor), items in groupby(rows, key=_replay_key):
                 if kind != "event_page":
                     for _, _, body, _, _ in items:

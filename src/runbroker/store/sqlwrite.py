@@ -449,19 +449,7 @@ class SQLWriting:
         for state, batches in sorted(taken, key=lambda t: t[0].arrival):
             for batch in batches:
                 state.flushed_max = max(state.flushed_max, batch.seq_max)
-                rows.append(
-                    {
-                        "descriptor_id": state.id,
-                        "run_id": state.run_id,
-                        "ord": self._next_ord(conn, state.run_id),
-                        "n": batch.n,
-                        "seq_min": batch.seq_min,
-                        "seq_max": batch.seq_max,
-                        "ordered": batch.ordered,
-                        "data": codec.encode(batch.data),
-                        "extra": codec.encode(batch.extra),
-                    }
-                )
+                rows.append(_page_row(state, self._next_ord(conn, state.run_id), batch))
                 state.pages_written += 1
                 if batch.n < state.max_events // 8:
                     state.small_pages += 1
@@ -536,21 +524,11 @@ class SQLWriting:
             ).all()
         data, extra = merge_batches([(codec.decode(d), codec.decode(e), n) for _, n, d, e in rows])
         seqs = np.asarray(data[SEQ_NUM])
-        merged = {
-            "descriptor_id": state.id,
-            "run_id": state.run_id,
-            # The last position of the group: every datum the events need comes before.
-            "ord": max(r[0] for r in rows),
-            "n": len(seqs),
-            "seq_min": int(seqs.min()),
-            "seq_max": int(seqs.max()),
-            "ordered": bool((np.diff(seqs) > 0).all()),
-            "data": codec.encode(data),
-            "extra": codec.encode(extra),
-        }
+        merged = Batch(len(seqs), int(seqs.min()), int(seqs.max()), data, extra)
         # The merged page first: SQLite numbers a new row after the largest id left, and a
         # page id must never come back with other events (a reader may hold the old list).
-        _INSERT_PAGE.executemany(conn, [merged])
+        # Its position is the group's last: every datum the events need comes before.
+        _INSERT_PAGE.executemany(conn, [_page_row(state, max(r[0] for r in rows), merged)])
         self._db.delete_pages(conn, ids)
 
     # -- writing documents ------------------------------------------------------------------
@@ -618,6 +596,21 @@ class SQLWriting:
             return None
         stored = select(documents.c.body).where(documents.c.uid == doc["uid"])
         return _loads(conn.execute(stored).scalar_one())
+
+
+def _page_row(state: DescriptorState, ord: int, batch: Batch) -> dict[str, Any]:
+    """The ``pages`` row of ``batch``, events of ``state``'s descriptor."""
+    return {
+        "descriptor_id": state.id,
+        "run_id": state.run_id,
+        "ord": ord,
+        "n": batch.n,
+        "seq_min": batch.seq_min,
+        "seq_max": batch.seq_max,
+        "ordered": batch.ordered,
+        "data": codec.encode(batch.data),
+        "extra": codec.encode(batch.extra),
+    }
 
 
 def _flush_loop(ref: weakref.ref) -> None:
