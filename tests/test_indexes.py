@@ -31,7 +31,7 @@ from runbroker.testing.stores import stores_except
 
 def _plan(catalog, query) -> str:
     store = catalog.store
-    stmt = select(runs.c.id).where(compile_query(query, store.dialect))
+    stmt = select(runs.c.id).where(compile_query(query, store._db))
     with store._engine.connect() as conn:
         sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
         if store.dialect == "sqlite":

@@ -389,7 +389,7 @@ def test_a_page_listed_before_a_compaction_is_never_read_with_other_events(tmp_p
     page written after its pieces were deleted took the id of the small page listed, and
     the read joined columns of different lengths ("conflicting sizes for dimension 'time'",
     seen with four writers and four readers)."""
-    from runbroker.store import sqlevents
+    from runbroker.store import sqlwrite
 
     path = tmp_path / "runs.db"
     writer, reader = runbroker.open(path), runbroker.open(path)
@@ -407,7 +407,7 @@ def test_a_page_listed_before_a_compaction_is_never_read_with_other_events(tmp_p
     writer.flush()  # pages now: the big one and one small one
     stream = reader[-1].primary
     read_pages = reader.store.read_pages
-    more = sqlevents._COMPACT_AFTER
+    more = sqlwrite._COMPACT_AFTER
 
     def racing(run_uid, page_ids, columns):
         if not raced:  # once: the read lists the pages again and reads them

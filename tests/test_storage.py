@@ -11,7 +11,7 @@ from runbroker import ConflictError, DocumentError
 from runbroker.queries import Key, Not
 from runbroker.store import pages as codec
 from runbroker.store import sql as sqlstore
-from runbroker.store import sqlevents
+from runbroker.store import sqlwrite
 
 DATA_KEYS = {
     "x": {"dtype": "number", "shape": [], "source": "sim:x"},
@@ -117,7 +117,7 @@ def test_slow_live_run_is_compacted_to_few_pages(catalog):
             desc.compose_event(data={"x": float(i), "y": -i}, timestamps={"x": 0, "y": 0}),
         )
         catalog.flush()
-    assert len(_page_ids(catalog)) < sqlevents._COMPACT_AFTER + 1
+    assert len(_page_ids(catalog)) < sqlwrite._COMPACT_AFTER + 1
     catalog.insert("stop", run.compose_stop())
     assert len(_page_ids(catalog)) == 1
     ds = catalog[-1].primary.read()

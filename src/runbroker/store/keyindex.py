@@ -23,9 +23,6 @@ __all__ = ["create", "index_name", "meta_key", "recorded", "user_key"]
 
 # The runbroker_info row that lists the indexed keys (as stored in meta.key), in JSON.
 _INFO_KEY = "indexed_keys"
-# Serialises index creation by several processes on PostgreSQL (CREATE INDEX IF NOT EXISTS
-# run at once by two of them can still collide on the index name).
-_PG_LOCK = 7250105
 
 
 def meta_key(key: str) -> str:
@@ -98,10 +95,9 @@ def recorded(conn: Connection) -> list[str]:
 
 def create(conn: Connection, stored_keys: list[str]) -> list[str]:
     """Create the indexes of these ``meta`` keys (inside the caller's write transaction)
-    and record them; return all the keys indexed now.
+    and record them; return all the keys indexed now. The caller makes other writers
+    wait (two that run CREATE INDEX IF NOT EXISTS at once can collide on the name).
     """
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
     keys = set(recorded(conn))
     for stored in stored_keys:
         for index in _indexes(stored):

@@ -2,7 +2,7 @@
 in libpq pipeline mode, with what nobody waits for (page rows, a document's savepoint) going
 along with the next round trip.
 
-This is the one module that imports the psycopg driver; :func:`runbroker.store.pgsql.session`
+This is the one module that imports the psycopg driver; :func:`runbroker.store.prepared.session`
 imports it when the first PostgreSQL connection needs its :class:`Session`, so that
 ``import runbroker`` (and every command of the CLI) does not pay for a driver that SQLite
 and folder catalogs never use.
@@ -11,7 +11,7 @@ and folder catalogs never use.
 from __future__ import annotations
 
 import select
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -105,6 +105,9 @@ class Rows:
 
     def fetchall(self) -> list[tuple]:
         return self.rows
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self.rows)
 
 
 # Transaction control, prepared like the store's statements: the server then parses and

@@ -12,16 +12,19 @@ strings, bytes, bools).
 
 from __future__ import annotations
 
+import re
+import weakref
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 from sqlalchemy.sql import ClauseElement
 
-from .pgsql import numbered, session
+if TYPE_CHECKING:
+    from .pgwire import Session
 
-__all__ = ["Prepared"]
+__all__ = ["Prepared", "numbered", "session", "sessions"]
 
 
 class Prepared:
@@ -40,31 +43,27 @@ class Prepared:
         ('1',)
     """
 
-    def __init__(
-        self, statement: ClauseElement, keys: Sequence[str] | None = None, binary: bool = False
-    ) -> None:
+    def __init__(self, statement: ClauseElement, keys: Sequence[str] | None = None) -> None:
         self.statement = statement
         self.keys = list(keys) if keys is not None else None
-        # PostgreSQL (psycopg) sends results as text unless asked: blobs would come hex-coded,
-        # twice their size, and be decoded in Python.
-        self.binary = binary
         self._compiled: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {}
-        self._compiled_pg: tuple[str, list[str]] | None = None
 
     def _sql(self, conn: Connection) -> tuple[str, Callable[[dict[str, Any]], Any]]:
         """The SQL for the connection's dialect, and what turns named parameters into the
-        driver's (a tuple in the statement's order, for positional drivers)."""
+        driver's (a tuple in the statement's order, for positional drivers and PostgreSQL's
+        numbered ``$1``)."""
         dialect = conn.dialect
         found = self._compiled.get(dialect.name)
         if found is None:
             compiled = self.statement.compile(dialect=dialect, column_keys=self.keys)
-            found = self._compiled[dialect.name] = (compiled.string, _arguments(compiled))
-        return found
-
-    def _pg(self, conn: Connection) -> tuple[str, list[str]]:
-        found = self._compiled_pg
-        if found is None:
-            found = self._compiled_pg = numbered(self._sql(conn)[0])
+            if dialect.name == "postgresql":
+                sql, names = numbered(compiled.string)
+                found = (sql, _getter(tuple(names)))
+            elif compiled.positional:
+                found = (compiled.string, _getter(tuple(compiled.positiontup)))
+            else:
+                found = (compiled.string, lambda params: params)
+            self._compiled[dialect.name] = found
         return found
 
     def execute(self, conn: Connection, params: dict[str, Any]) -> Any:
@@ -76,10 +75,9 @@ class Prepared:
         savepoint) and its rows come back already fetched.
         """
         raw = conn.connection.driver_connection
-        if conn.dialect.name == "postgresql":
-            sql, names = self._pg(conn)
-            return session(raw).execute(sql, [params[k] for k in names])
         sql, arguments = self._sql(conn)
+        if conn.dialect.name == "postgresql":
+            return session(raw).execute(sql, arguments(params))
         cur = raw.cursor()  # type: ignore[union-attr]
         cur.execute(sql, arguments(params))
         return cur
@@ -91,27 +89,62 @@ class Prepared:
         or COMMIT), and an error they cause is raised there.
         """
         raw = conn.connection.driver_connection
+        sql, arguments = self._sql(conn)
         if conn.dialect.name == "postgresql":
-            sql, names = self._pg(conn)
             found = session(raw)
             for r in rows:
-                found.defer(sql, [r[k] for k in names])
+                found.defer(sql, arguments(r))
             return
-        sql, arguments = self._sql(conn)
         cur = raw.cursor()  # type: ignore[union-attr]
         cur.executemany(sql, map(arguments, rows))
         cur.close()
 
 
-def _arguments(compiled: Any) -> Callable[[dict[str, Any]], Any]:
-    """Named parameters as the compiled statement takes them: the dict itself, or a tuple in
-    its order (built by ``itemgetter`` in C: thousands of rows an ingest)."""
-    if not compiled.positional:
-        return lambda params: params
-    order = tuple(compiled.positiontup)
+def _getter(order: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple]:
+    """Named parameters as a tuple in ``order`` (built by ``itemgetter`` in C: thousands of
+    rows an ingest)."""
     if not order:
         return lambda params: ()
     if len(order) == 1:
         key = order[0]
         return lambda params: (params[key],)
     return itemgetter(*order)
+
+
+_PARAM = re.compile(r"%\((\w+)\)s|%%")
+
+
+def numbered(sql: str) -> tuple[str, list[str]]:
+    """A pyformat statement (``%(name)s``) in PostgreSQL's own form (``$1``), and the names
+    of its parameters in order.
+
+    Example:
+        >>> numbered("SELECT %(a)s, %(b)s, %(a)s, 100 %% 7")
+        ('SELECT $1, $2, $1, 100 % 7', ['a', 'b'])
+    """
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        name = match.group(1)
+        if name is None:
+            return "%"
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _PARAM.sub(number, sql), names
+
+
+#: The :class:`~runbroker.store.pgwire.Session` of each psycopg connection that has one.
+sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
+
+
+def session(raw: Any) -> Session:
+    """The :class:`~runbroker.store.pgwire.Session` of a psycopg connection (made on first
+    use)."""
+    found = sessions.get(raw)
+    if found is None or found.pg is not raw.pgconn:
+        from .pgwire import Session  # imports psycopg: only once a connection exists
+
+        found = sessions[raw] = Session(raw)
+    return found

@@ -1,4 +1,4 @@
-"""The SQL store: runs in SQLite (the embedded default) or any SQLAlchemy database.
+"""The SQL store: runs in SQLite (the embedded default) or PostgreSQL.
 
 Writes go through one connection guarded by a lock. Single events are queued per descriptor
 and written as column pages when a page fills up, when any other document arrives, or at the
@@ -7,28 +7,20 @@ another process sees an event within ``flush_interval`` + a few ms. A crash can 
 events still queued: never anything older than that. ``durability="event"`` commits every
 event on its own, with ``synchronous=FULL`` on SQLite.
 
-This module sets the store up and reads; writing is :mod:`runbroker.store.sqlwrite` (documents
-and transactions) and :mod:`runbroker.store.sqlevents` (events and their pages), and what
-PostgreSQL does differently is :mod:`runbroker.store.pgsql`.
+This module sets the store up and reads; writing is :mod:`runbroker.store.sqlwrite`, and what
+differs between SQLite and PostgreSQL is :mod:`runbroker.store.dialects`.
 """
 
 from __future__ import annotations
 
 import atexit
-import itertools
 import math
-import os
-import re
-import sqlite3
-import threading
 import time
 import weakref
 from collections.abc import Iterator
-from functools import lru_cache
 from itertools import groupby
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
 
 from event_model import unpack_datum_page
 from sqlalchemy import (
@@ -36,8 +28,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
-    create_engine,
-    event,
     func,
     insert,
     literal_column,
@@ -46,32 +36,19 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
-from sqlalchemy.engine import Engine
 
-from ..errors import NotACatalogError, ReadOnlyError, ReadOnlyMediumError, SchemaVersionError
+from ..columns import FILLED, TIME, TIMESTAMP, UID
+from ..errors import NotACatalogError, ReadOnlyError, SchemaVersionError
 from ..queries import Query
-from . import jsoncodec, keyindex, migrations, pgsql
+from . import jsoncodec, keyindex, migrations
 from . import pages as codec
 from .base import PageGone, PageInfo, RunRecord, run_not_found
-from .events import (
-    MAX_EVENTS_PER_PAGE,
-    DescriptorState,
-    page_from_columns,
-    rechunk,
-)
+from .dialects import dialect_of
+from .events import MAX_EVENTS_PER_PAGE, page_from_columns, rechunk
 from .prepared import Prepared
-from .schema import (
-    SCHEMA_VERSION,
-    datums,
-    descriptors,
-    documents,
-    info,
-    metadata,
-    pages,
-    runs,
-)
-from .sqlquery import SQLiteCompiler, compile_query, indexed, is_common
-from .sqlwrite import SQLWriting
+from .schema import SCHEMA_VERSION, datums, descriptors, documents, info, metadata, pages, runs
+from .sqlquery import compile_query, indexed, is_common
+from .sqlwrite import RUN_ID, SQLWriting
 from .urls import redact
 
 __all__ = ["SQLStore", "SchemaVersionError"]
@@ -98,15 +75,12 @@ _PAGES_OF_DESCRIPTOR = Prepared(
 )
 _PAGE_DATA = Prepared(
     select(pages.c.data).where(pages.c.id == bindparam("id"), pages.c.run_id == _RUN_ID),
-    binary=True,
 )
 _PAGE_BLOBS = Prepared(
     select(pages.c.data, pages.c.extra).where(
         pages.c.id == bindparam("id"), pages.c.run_id == _RUN_ID
     ),
-    binary=True,
 )
-_RUN_EXISTS = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
 # Replaying a run (run.documents(), copies, packs): its documents in stored order.
 _RUN_ROW = Prepared(
     select(runs.c.id, runs.c.start, runs.c.stop).where(runs.c.uid == bindparam("uid"))
@@ -139,65 +113,10 @@ _RUN_BODIES = Prepared(
         .join(descriptors, descriptors.c.id == pages.c.descriptor_id)
         .where(pages.c.run_id == bindparam("run_id")),
     ).order_by("ord"),
-    binary=True,
 )
 
 
-# Full-text search: SQLite's FTS5, PostgreSQL's text search over the same word list.
-_FULLTEXT_DDL = {
-    "sqlite": [
-        "CREATE VIRTUAL TABLE IF NOT EXISTS runs_fts USING fts5("
-        "content, tokenize='unicode61 remove_diacritics 0')"
-    ],
-    "postgresql": [
-        "CREATE TABLE IF NOT EXISTS runs_fts (run_id INTEGER PRIMARY KEY, content TEXT)",
-        "CREATE INDEX IF NOT EXISTS ix_runs_fts ON runs_fts "
-        "USING GIN (to_tsvector('simple', content))",
-        # Page blobs are numbers that do not compress: spare PostgreSQL from trying.
-        "ALTER TABLE pages ALTER COLUMN data SET STORAGE EXTERNAL, "
-        "ALTER COLUMN extra SET STORAGE EXTERNAL",
-    ],
-}
-
-
-_dumps = jsoncodec.dumps
 _loads = jsoncodec.loads
-
-
-@lru_cache(maxsize=256)
-def _regex(pattern: str) -> re.Pattern:
-    return re.compile(pattern)
-
-
-def _readonly_url(path: Path) -> str:
-    """The URL that reads the catalog file ``path`` without writing it: on read-only folders
-    and media as ``immutable`` (SQLite then needs no ``-shm`` file beside it).
-
-    Example:
-        >>> _readonly_url(Path("/data/runs.db"))
-        'sqlite:///file:/data/runs.db?mode=ro&uri=true'
-    """
-    target = f"sqlite:///file:{quote(str(path))}?mode=ro&uri=true"
-    try:
-        medium = os.statvfs(path.parent).f_flag & os.ST_RDONLY
-    except OSError:
-        return target
-    if not medium and os.access(path.parent, os.W_OK):
-        return target
-    wal = Path(f"{path}-wal")
-    if wal.is_file() and wal.stat().st_size and not Path(f"{path}-shm").is_file():
-        raise ReadOnlyMediumError(
-            f"{str(path)!r} is on a read-only folder and its log {wal.name!r} holds commits "
-            f"not yet copied into it, which SQLite cannot read without writing {path.name}-shm "
-            "beside it: open it once where it can be written (closing it folds the log in), "
-            "or copy the catalog with its -wal file to a writable folder"
-        )
-    # Nothing is written there, so nothing changes under us: immutable skips all locking.
-    return target + "&immutable=1"
-
-
-def _regexp(pattern: str, value: Any) -> bool:
-    return isinstance(value, str) and _regex(pattern).search(value) is not None
 
 
 class SQLStore(SQLWriting):
@@ -234,102 +153,20 @@ class SQLStore(SQLWriting):
         self.durability = durability
         self.flush_interval = flush_interval
         self.readonly = readonly
-        self.dialect = uri.split(":", 1)[0].split("+", 1)[0]
-        self._lock = threading.RLock()
-        self._states: dict[str, DescriptorState] = {}
-        self._run_ids: dict[str, int] = {}
-        self._closed = False
-        self._flush_error: Exception | None = None
-        self._deferred_error: Exception | None = None
-        self._last_queued: DescriptorState | None = None
-        self._arrivals = itertools.count(1)
-        self._txn_descriptors: set[int] = set()  # descriptors inserted in the open transaction
-        self._savepoints = 0  # documents written (each under a savepoint) in the open one
-        self._ords: dict[int, int] = {}
-        # When the oldest write of the open transaction happened (None: nothing pending).
-        self._dirty_since: float | None = None
-        self._engine = self._make_engine(uri, writer=False)
-        self._wengine = self._engine if uri == "sqlite://" else self._make_engine(uri, writer=True)
-        self._wconn: Connection | None = None
+        # What differs between databases, chosen once; ``dialect`` is its name.
+        self._db = dialect_of(uri)
+        self.dialect = self._db.name
+        self._engine = self._db.engine(uri, False, self)
+        self._wengine = self._engine if uri == "sqlite://" else self._db.engine(uri, True, self)
+        self._init_writing(uri)
         self._init_schema()
         with self._engine.connect() as conn:
             self._indexed = frozenset(keyindex.recorded(conn))
-        self._wake = threading.Event()
-        self._flusher: threading.Thread | None = None
-        self._wal = (
-            Path(uri.removeprefix("sqlite:///") + "-wal") if uri.startswith("sqlite:///") else None
-        )
-        self._checkpoint_due = False
         self._runs_estimated = (0, -1e9)  # (largest run id, when it was read)
         ref = weakref.ref(self)
         atexit.register(lambda: (s := ref()) is not None and s.close())
 
     # -- setup -------------------------------------------------------------------------------
-
-    def _make_engine(self, uri: str, writer: bool) -> Engine:
-        if self.dialect == "postgresql":
-            # Each process keeps a small pool: many stateless processes share one server.
-            # The same promise as SQLite's synchronous=NORMAL / FULL (see the class doc).
-            sync = "on" if self.durability == "event" else "off"
-            return pgsql.make_engine(
-                uri,
-                writer=writer,
-                pool_size=self.pool_size,
-                max_overflow=self.max_overflow,
-                synchronous_commit=sync,
-            )
-        if self.dialect != "sqlite":
-            pool = {"pool_size": self.pool_size, "max_overflow": self.max_overflow}
-            return create_engine(uri, pool_pre_ping=True, **pool)
-        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 60}}
-        if self.readonly and uri.startswith("sqlite:///"):
-            uri = _readonly_url(Path(uri.removeprefix("sqlite:///")))
-        if uri == "sqlite://":
-            from sqlalchemy.pool import StaticPool
-
-            kwargs["poolclass"] = StaticPool
-        if not writer:
-            # Reads run in autocommit, so a returned connection has nothing to roll back.
-            kwargs["pool_reset_on_return"] = None
-        engine = create_engine(uri, **kwargs)
-        engine.dialect.statement_compiler = SQLiteCompiler  # renders INDEXED BY
-        sync = "FULL" if self.durability == "event" else "NORMAL"
-        # The listeners must not hold the store: the committer thread keeps a connection of
-        # this engine, and through it the store would never be freed if it were not closed.
-        readonly = self.readonly
-
-        @event.listens_for(engine, "connect")
-        def _connect(dbapi_conn: Any, _record: Any) -> None:
-            # Let SQLAlchemy's begin hook (below) decide how transactions start.
-            dbapi_conn.isolation_level = None
-            dbapi_conn.create_function("regexp", 2, _regexp, deterministic=True)
-            cur = dbapi_conn.cursor()
-            if uri != "sqlite://" and not readonly:
-                # Only takes effect when the file is created: 16 KiB pages read page blobs
-                # several times faster than the 4 KiB default (shorter overflow chains).
-                cur.execute("PRAGMA page_size=16384")
-                cur.execute("PRAGMA journal_mode=WAL")
-            for pragma in (
-                f"synchronous={sync}",
-                "busy_timeout=60000",
-                "cache_size=-65536",
-                "mmap_size=1073741824",
-                "temp_store=MEMORY",
-                # Checkpoints (copying the WAL into the database, with fsync) are run by
-                # the committer thread, beside ingest, instead of inside a commit.
-                "wal_autocheckpoint=0",
-            ):
-                cur.execute(f"PRAGMA {pragma}")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _begin(conn: Connection) -> None:
-            # Writers take the write lock up front so two writers never deadlock on upgrade;
-            # readers run each statement in autocommit (a single SELECT is consistent).
-            if writer or uri == "sqlite://":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
 
     def _init_schema(self) -> None:
         if self.readonly:
@@ -337,7 +174,7 @@ class SQLStore(SQLWriting):
             with self._engine.connect() as conn:
                 self._check_version(conn, None)
             return
-        if self.dialect == "sqlite" and self.uri.startswith("sqlite:///"):
+        if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         if self.uri != "sqlite://":
             # An existing catalog opens without waiting for a writer's transaction.
@@ -345,16 +182,15 @@ class SQLStore(SQLWriting):
                 if conn.dialect.has_table(conn, "runbroker_info"):
                     self._check_version(conn, None)
                     return
-                if self.dialect == "sqlite" and conn.dialect.get_table_names(conn):
+                if self._db.owns_database and conn.dialect.get_table_names(conn):
                     # Another program's database: adding the catalog's tables would mix.
                     raise NotACatalogError(
                         f"{self.uri} is not a runbroker catalog (an SQLite database of "
                         "something else); runbroker adds no tables to it"
                     )
         with self._wengine.begin() as conn:
-            if self.dialect == "postgresql":
-                # Processes creating one catalog at once take turns (the check comes after).
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7250104)")
+            # Processes creating one catalog at once take turns (the check comes after).
+            self._db.lock(conn, 7250104)
             version = None
             if conn.dialect.has_table(conn, "runbroker_info"):
                 version = conn.execute(
@@ -362,7 +198,7 @@ class SQLStore(SQLWriting):
                 ).scalar()
             if version is None:
                 metadata.create_all(conn)
-                for ddl in _FULLTEXT_DDL.get(self.dialect, ()):
+                for ddl in self._db.schema_ddl:
                     conn.exec_driver_sql(ddl)
                 conn.execute(insert(info).values(key="schema_version", value=str(SCHEMA_VERSION)))
                 if self.uri != "sqlite://":
@@ -431,6 +267,7 @@ class SQLStore(SQLWriting):
             self._commit_locked()
             conn = self._conn()
             try:
+                self._db.lock(conn, 7250105)  # see keyindex.create
                 now = keyindex.create(conn, missing)
                 conn.commit()
             except BaseException:
@@ -446,7 +283,7 @@ class SQLStore(SQLWriting):
         """``query`` as a condition on ``runs``, using this catalog's per-key indexes."""
         token = indexed.set(self._indexed)
         try:
-            return compile_query(query, self.dialect)
+            return compile_query(query, self._db)
         finally:
             indexed.reset(token)
 
@@ -573,15 +410,14 @@ class SQLStore(SQLWriting):
         self, run_uid: str, page_ids: list[int], columns: list[str] | None
     ) -> list[dict]:
         """Decoded data columns of each page of the run, in the order of ``page_ids``."""
-        extra = columns is None or any(c == "uid" or c[:2] in ("t:", "f:") for c in columns)
+        extra = columns is None or any(c == UID or c[:2] in (TIMESTAMP, FILLED) for c in columns)
         statement = _PAGE_BLOBS if extra else _PAGE_DATA
         out = []
         with self._read() as conn:
             if not page_ids:
                 self._check_run(conn, run_uid)
             # A server: a few pages per round trip. SQLite: one cheap statement per page.
-            pg = self.dialect == "postgresql"
-            found = pgsql.page_blobs(conn, run_uid, page_ids, extra) if pg else None
+            found = self._db.page_blobs(conn, run_uid, page_ids, extra)
             for page_id in page_ids:
                 if found is not None:
                     blobs = found.get(page_id)
@@ -610,10 +446,9 @@ class SQLStore(SQLWriting):
                 raise run_not_found(self, run_uid)
             run_id, start, stop = row
             yield "start", _loads(start)
-            found = _RUN_BODIES.execute(conn, {"run_id": run_id})
             # SQLite's cursor hands documents over one by one: a run of many large pages is
-            # never held whole. PostgreSQL's rows come fetched.
-            rows = found if isinstance(found, sqlite3.Cursor) else found.fetchall()
+            # never held whole (PostgreSQL's rows come fetched).
+            rows = _RUN_BODIES.execute(conn, {"run_id": run_id})
             for (kind, descriptor), items in groupby(rows, key=_replay_key):
                 if kind != "event_page":
                     for _, _, body, _, _ in items:
@@ -670,7 +505,7 @@ class SQLStore(SQLWriting):
 
     def _check_run(self, conn: Connection, run_uid: str) -> None:
         """Raise RunNotFoundError unless the run is stored: asked only of empty answers."""
-        if _RUN_EXISTS.execute(conn, {"uid": run_uid}).fetchone() is None:
+        if RUN_ID.execute(conn, {"uid": run_uid}).fetchone() is None:
             raise run_not_found(self, run_uid)
 
     def _flush_if_pending(self) -> None:
@@ -696,7 +531,7 @@ def _reader_for(uri: str) -> SQLStore:
 
 def _decoded_page(data_blob: bytes, extra_blob: bytes, uids: bool = True) -> tuple[dict, dict, int]:
     data = codec.decode(data_blob)
-    return data, codec.decode(extra_blob, skip=() if uids else ("uid",)), len(data["time"])
+    return data, codec.decode(extra_blob, skip=() if uids else (UID,)), len(data[TIME])
 
 
 def _replay_key(row: tuple) -> tuple[str, str | None]:

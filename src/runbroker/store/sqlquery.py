@@ -12,16 +12,16 @@ from contextvars import ContextVar
 from functools import singledispatch
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, exists, false, not_, or_, select, text, true
-from sqlalchemy.dialects.sqlite.base import SQLiteCompiler as SQLiteBaseCompiler
+from sqlalchemy import Select, and_, bindparam, exists, false, not_, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from .. import queries as q
+from .dialects import SQLITE, Dialect
 from .flatten import scalar_row
 from .keyindex import index_name, meta_key
 from .schema import meta, runs
 
-__all__ = ["SQLiteCompiler", "compile_query", "indexed", "is_common"]
+__all__ = ["compile_query", "indexed", "is_common"]
 
 _MAX_CHAR = "\U0010ffff"
 
@@ -33,15 +33,8 @@ is_common: ContextVar[Callable[[Select], bool] | None] = ContextVar("is_common",
 indexed: ContextVar[frozenset[str]] = ContextVar("indexed", default=frozenset())
 
 
-class SQLiteCompiler(SQLiteBaseCompiler):
-    """SQLAlchemy's SQLite compiler, plus table hints (``INDEXED BY``), which it drops."""
-
-    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
-        return text
-
-
 def _meta_exists(
-    key: str, *conds: Any, dialect: str = "sqlite", column: str = "txt"
+    key: str, *conds: Any, dialect: Dialect = SQLITE, column: str = "txt"
 ) -> ColumnElement[bool]:
     """Runs having a metadata row at ``key`` that satisfies ``conds`` (on ``column``).
 
@@ -58,22 +51,17 @@ def _meta_exists(
         meta.c.key == bindparam(None, stored, type_=meta.c.key.type, literal_execute=True),
         *conds,
     )
-    if dialect == "sqlite" and stored in indexed.get():
+    if stored in indexed.get():
         # SQLite's planner ranks the covering (key, value) index as high as the key's own
-        # index, which is smaller: name the latter.
+        # index, which is smaller: name the latter (other databases ignore the hint).
         rows = rows.with_hint(meta, f"INDEXED BY {index_name(stored, column)}", "sqlite")
     common = is_common.get()
     if common is not None and common(rows):
-        probe = rows.where(meta.c.run_id == runs.c.id)
-        if dialect == "postgresql":
-            # OFFSET 0 keeps PostgreSQL from turning the test into a join over every hit
-            # (which it prefers when it underestimates them): it must probe run by run.
-            probe = probe.offset(0)
-        return exists(probe)
+        return exists(dialect.probe(rows.where(meta.c.run_id == runs.c.id)))
     return runs.c.id.in_(rows)
 
 
-def _value_exists(key: str, value: Any, elem: bool, dialect: str) -> ColumnElement[bool]:
+def _value_exists(key: str, value: Any, elem: bool, dialect: Dialect) -> ColumnElement[bool]:
     """Runs whose ``key`` equals ``value`` (``elem``: has it as a list element)."""
     typ, num, txt = scalar_row(value)  # type: ignore[misc]
     conds: list[Any] = [meta.c.elem.is_(elem), meta.c.typ == typ]
@@ -89,7 +77,7 @@ def _value_exists(key: str, value: Any, elem: bool, dialect: str) -> ColumnEleme
 
 
 @singledispatch
-def compile_query(query: Any, dialect: str = "sqlite") -> ColumnElement[bool]:
+def compile_query(query: Any, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     """A SQL condition on ``runs`` that is true for the runs ``query`` matches.
 
     Example:
@@ -100,12 +88,12 @@ def compile_query(query: Any, dialect: str = "sqlite") -> ColumnElement[bool]:
 
 
 @compile_query.register
-def _(query: None, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: None, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     return true()
 
 
 @compile_query.register
-def _(query: q.Comparison, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: q.Comparison, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     if query.op == "eq":
         return _value_exists(query.key, query.value, False, dialect)
     if query.op == "ne":
@@ -132,29 +120,29 @@ def _(query: q.Comparison, dialect: str = "sqlite") -> ColumnElement[bool]:
 
 
 @compile_query.register
-def _(query: q.In, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: q.In, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     if not query.values:
         return false()
     return or_(*(compile_query(q.Key(query.key) == v, dialect) for v in query.values))
 
 
 @compile_query.register
-def _(query: q.NotIn, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: q.NotIn, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     return not_(compile_query(q.In(query.key, query.values), dialect))
 
 
 @compile_query.register
-def _(query: q.Contains, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: q.Contains, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     return _value_exists(query.key, query.value, True, dialect)
 
 
 @compile_query.register
-def _(query: q.KeyPresent, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: q.KeyPresent, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     return _meta_exists(query.key, meta.c.elem.is_(False), dialect=dialect)
 
 
 @compile_query.register
-def _(query: q.SubDocument, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: q.SubDocument, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     leaves = query.leaves()
     conds = [
         _meta_exists(key, meta.c.elem.is_(False), meta.c.typ == "d", dialect=dialect)
@@ -173,38 +161,20 @@ def _(query: q.SubDocument, dialect: str = "sqlite") -> ColumnElement[bool]:
 
 
 @compile_query.register
-def _(query: q.Regex, dialect: str = "sqlite") -> ColumnElement[bool]:
-    flags = "" if query.case_sensitive else "(?i)"
-    if dialect == "sqlite":
-        # The regexp() function is registered on every SQLite connection (Python's re).
-        match = meta.c.txt.op("REGEXP")(flags + query.pattern)
-    else:
-        match = meta.c.txt.op("~" if query.case_sensitive else "~*")(query.pattern)
+def _(query: q.Regex, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
+    match = dialect.regex(meta.c.txt, query.pattern, query.case_sensitive)
     return _meta_exists(
         query.key, meta.c.elem.is_(False), meta.c.typ == "s", match, dialect=dialect
     )
 
 
 @compile_query.register
-def _(query: q.FullText, dialect: str = "sqlite") -> ColumnElement[bool]:
-    tokens = q.text_tokens(query.text)
-    # unique=True: two FullText queries in one statement must not share a parameter.
-    if dialect == "sqlite":
-        phrase = " AND ".join('"' + t.replace('"', '""') + '"' for t in tokens)
-        sub = text("SELECT rowid FROM runs_fts WHERE runs_fts MATCH :fts").bindparams(
-            bindparam("fts", phrase, unique=True)
-        )
-    else:
-        phrase = " & ".join("'" + t.replace("'", "''") + "'" for t in tokens)
-        sub = text(
-            "SELECT run_id FROM runs_fts "
-            "WHERE to_tsvector('simple', content) @@ to_tsquery('simple', :fts)"
-        ).bindparams(bindparam("fts", phrase, unique=True))
-    return runs.c.id.in_(sub)
+def _(query: q.FullText, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
+    return runs.c.id.in_(dialect.fulltext(q.text_tokens(query.text)))
 
 
 @compile_query.register
-def _(query: q.TimeRange, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: q.TimeRange, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     conds = []
     if query.since is not None:
         conds.append(runs.c.time >= query.since)
@@ -214,34 +184,34 @@ def _(query: q.TimeRange, dialect: str = "sqlite") -> ColumnElement[bool]:
 
 
 @compile_query.register
-def _(query: q.ScanID, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: q.ScanID, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     # "IS NOT NULL" keeps the condition two-valued, so that Not() of it is exact.
     return and_(runs.c.scan_id.is_not(None), runs.c.scan_id.in_(list(query.scan_ids)))
 
 
 @compile_query.register
-def _(query: q.ScanIDRange, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: q.ScanIDRange, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     return and_(
         runs.c.scan_id.is_not(None), runs.c.scan_id >= query.start_id, runs.c.scan_id < query.end_id
     )
 
 
 @compile_query.register
-def _(query: q.PartialUID, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: q.PartialUID, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     # A range on the uid index: anchored prefix match without a scan.
     return or_(*(and_(runs.c.uid >= p, runs.c.uid < p + _MAX_CHAR) for p in query.prefixes))
 
 
 @compile_query.register
-def _(query: q.And, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: q.And, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     return and_(true(), *(compile_query(sub, dialect) for sub in query.queries))
 
 
 @compile_query.register
-def _(query: q.Or, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: q.Or, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     return or_(false(), *(compile_query(sub, dialect) for sub in query.queries))
 
 
 @compile_query.register
-def _(query: q.Not, dialect: str = "sqlite") -> ColumnElement[bool]:
+def _(query: q.Not, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     return not_(compile_query(query.query, dialect))

@@ -3,33 +3,37 @@
 :class:`SQLWriting` is the writing half of :class:`~runbroker.store.sql.SQLStore` (see that
 module for the guarantees). Writes go through one connection guarded by a lock, inside a
 transaction that a background thread commits every quarter ``flush_interval``. Every document
-written by ``insert`` has a savepoint of its own, so a refused one undoes only itself; single
-events are queued per descriptor and written as column pages.
+written by ``insert`` has a savepoint of its own, so a refused one undoes only itself. Events
+are checked against their descriptor, queued per descriptor and written as column pages
+(leaving out events another writer stored meanwhile); the small pages a slow live run leaves
+are merged into few large ones, so that reading a stream stays a handful of blob reads.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from event_model import pack_datum_page, unpack_datum_page
-from sqlalchemy import Connection, bindparam, func, insert, select, text, update
+from sqlalchemy import Connection, bindparam, func, insert, select, text
 from sqlalchemy.engine import Engine
 
-from ..documents import validate
+from ..columns import SEQ_NUM
+from ..documents import ConflictError, validate
 from ..errors import ReadOnlyError
-from . import intake, jsoncodec, pgsql
-from .events import DescriptorState, canonical
-from .flatten import flatten, fulltext
+from . import intake, jsoncodec
+from . import pages as codec
+from .dialects import Dialect
+from .events import Batch, DescriptorState, canonical, event_from_columns, merge_batches
 from .prepared import Prepared
-from .schema import datums, descriptors, documents, meta, pages, runs
-from .sqlevents import SQLEvents
+from .schema import datums, descriptors, documents, pages, runs
 
 __all__ = ["SQLWriting", "scan_id_column"]
 
@@ -41,34 +45,17 @@ _MAX_CACHED = 256
 # WAL sizes that start a background checkpoint, and a blocking one.
 _WAL_BACKGROUND = 64 * 2**20
 _WAL_BLOCKING = 512 * 2**20
-# Documents per transaction at most: each has a savepoint, and PostgreSQL keeps the first 64
-# subtransactions of a transaction where other sessions check them cheaply.
-_MAX_SAVEPOINTS = 60
 # Queued events are written at the latest when this many (or this many bytes) wait.
 _FLUSH_EVENTS = 100_000
 _FLUSH_BYTES = 64 * 2**20
+# A descriptor's pages are merged once this many small ones have piled up (slow live runs).
+_COMPACT_AFTER = 32
 
 
 _START_OF = Prepared(select(runs.c.start).where(runs.c.uid == bindparam("uid")))
-# "ON CONFLICT DO NOTHING" (same syntax in SQLite and PostgreSQL): when two writers store the
-# same run at once (a retried RunEngine), the second finds the first's row -- after waiting for
-# its commit -- and compares, instead of failing on the unique index.
-_INSERT_RUN = Prepared(
-    text(
-        "INSERT INTO runs (uid, time, scan_id, start) VALUES (:uid, :time, :scan_id, :start) "
-        "ON CONFLICT (uid) DO NOTHING RETURNING id"
-    )
-)
-_INSERT_META = Prepared(insert(meta), ["run_id", "key", "elem", "typ", "num", "txt"])
-_PG_INSERT_START = Prepared(text(pgsql.INSERT_START))
-_PG_SET_STOP = Prepared(text(pgsql.SET_STOP))
-_RUN_ID = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
+RUN_ID = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
 _STOP_OF = Prepared(select(runs.c.stop).where(runs.c.id == bindparam("rid")))
-_SET_STOP = Prepared(
-    update(runs)
-    .where(runs.c.id == bindparam("rid"), runs.c.stop.is_(None))
-    .values(stop=bindparam("new_stop"), stop_time=bindparam("new_time"))
-)
+# Descriptors and documents are stored ON CONFLICT DO NOTHING, as runs are (see dialects).
 _DESCRIPTOR_OF = Prepared(select(descriptors.c.body).where(descriptors.c.uid == bindparam("uid")))
 _INSERT_DESCRIPTOR = Prepared(
     text(
@@ -83,18 +70,14 @@ _INSERT_DOCUMENT = Prepared(
         "VALUES (:uid, :run_id, :ord, :kind, :body) ON CONFLICT (uid) DO NOTHING"
     )
 )
+_INSERT_PAGE = Prepared(
+    insert(pages),
+    ["descriptor_id", "run_id", "ord", "n", "seq_min", "seq_max", "ordered", "data", "extra"],
+)
 _MAX_ORDS = [
     select(func.max(t.c.ord)).where(t.c.run_id == bindparam("run_id"))
     for t in (descriptors, pages, documents)
 ]
-
-
-_INSERT_FULLTEXT = {
-    "sqlite": Prepared(text("INSERT INTO runs_fts(rowid, content) VALUES (:run_id, :content)")),
-    "postgresql": Prepared(
-        text("INSERT INTO runs_fts(run_id, content) VALUES (:run_id, :content)")
-    ),
-}
 
 
 def scan_id_column(start: dict) -> int | float | None:
@@ -116,37 +99,41 @@ def scan_id_column(start: dict) -> int | float | None:
     return scan_id
 
 
-class SQLWriting(SQLEvents):
-    """The writing half of :class:`~runbroker.store.sql.SQLStore` (which sets up the state
-    used here: engines, the lock, the caches of descriptor states, run ids and positions).
+class SQLWriting:
+    """The writing half of :class:`~runbroker.store.sql.SQLStore` (which sets up its
+    settings, dialect and engines, then calls ``_init_writing``).
 
     It is the :class:`~runbroker.store.intake.Sink` of its documents, writing into the open
     transaction of the write connection (``_wconn``)."""
 
     uri: str
-    dialect: str
+    _db: Dialect
     durability: str
     flush_interval: float
     readonly: bool
-    _lock: threading.RLock
-    _states: dict[str, DescriptorState]
-    _run_ids: dict[str, int]
-    _ords: dict[int, int]
-    _closed: bool
-    _flush_error: Exception | None
-    _deferred_error: Exception | None
-    _last_queued: DescriptorState | None
-    _arrivals: Iterator[int]
-    _txn_descriptors: set[int]
-    _savepoints: int
-    _dirty_since: float | None
     _engine: Engine
     _wengine: Engine
-    _wconn: Connection | None
-    _wake: threading.Event
-    _flusher: threading.Thread | None
-    _wal: Path | None
-    _checkpoint_due: bool
+
+    def _init_writing(self, uri: str) -> None:
+        self._lock = threading.RLock()
+        self._wconn: Connection | None = None
+        self._states: dict[str, DescriptorState] = {}
+        self._run_ids: dict[str, int] = {}
+        self._ords: dict[int, int] = {}  # run id -> its last position in replay order
+        self._closed = False
+        self._flush_error: Exception | None = None
+        self._deferred_error: Exception | None = None
+        self._last_queued: DescriptorState | None = None
+        self._arrivals = itertools.count(1)
+        self._txn_descriptors: set[int] = set()  # descriptors inserted in the open transaction
+        self._savepoints = 0  # documents written (each under a savepoint) in the open one
+        # When the oldest write of the open transaction happened (None: nothing pending).
+        self._dirty_since: float | None = None
+        self._wake = threading.Event()
+        self._flusher: threading.Thread | None = None
+        wal = uri.removeprefix("sqlite:///") + "-wal"
+        self._wal = Path(wal) if uri.startswith("sqlite:///") else None
+        self._checkpoint_due = False
 
     def insert(self, name: str, doc: dict) -> None:
         """Validate and store one document. See the module docstring for visibility."""
@@ -163,53 +150,26 @@ class SQLWriting(SQLEvents):
             else:
                 self._flush_states(conn)
                 raw = conn.connection.driver_connection  # type: ignore[union-attr]
-                self._savepoint(raw)
+                # Where this document's writes begin, so that a refusal undoes only them.
+                self._db.savepoint(raw)
+                self._savepoints += 1
                 try:
                     intake.apply(self, name, doc)
                 except BaseException:
                     # Undo this document only; earlier ones in the open transaction stay.
-                    self._undo_document(raw)
+                    self._db.undo(raw)
                     self._ords.clear()
                     raise
-                if self.dialect != "postgresql":
-                    raw.execute("RELEASE rb_document")
+                self._db.release(raw)
             # The committer thread (woken when the transaction began) commits on time; commit
             # here if it is held up, if durability asks, or if the queue has grown large.
             if (
                 self.durability == "event"
                 or self._queue_full()
                 or time.monotonic() - self._dirty_since >= self.flush_interval / 4
-                or (self._savepoints >= _MAX_SAVEPOINTS and self.dialect == "postgresql")
+                or self._savepoints >= self._db.max_savepoints
             ):
                 self._commit_locked()
-
-    def _savepoint(self, raw: Any) -> None:
-        """Mark where the next document's writes begin, so that a refusal undoes only them.
-
-        On PostgreSQL each statement is a round trip, so the savepoint (and the release of
-        the previous document's) goes with the document's first statement, in the same
-        round trip (see :class:`~runbroker.store.pgwire.Session`); COMMIT releases the last.
-        """
-        if self.dialect == "postgresql":
-            pgsql.session(raw).savepoint()
-        else:
-            raw.execute("SAVEPOINT rb_document")
-        self._savepoints += 1
-
-    def _undo_document(self, raw: Any) -> None:
-        """Roll back what the document being written wrote, after it was refused."""
-        if self.dialect != "postgresql":
-            raw.execute("ROLLBACK TO rb_document")
-            raw.execute("RELEASE rb_document")
-            return
-        session = pgsql.session(raw)
-        if session.savepoint_pending:
-            # Nothing of this document reached the server (refused before its first write).
-            session.savepoint_pending = False
-        elif session.savepoint_exists:
-            raw.execute("ROLLBACK TO SAVEPOINT rb_document")
-        # Otherwise the savepoint itself failed: the transaction is lost, and the error says so
-        # at the next commit, as for any failed write outside a document.
 
     def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
         """Store many documents at once: all of them, or none if one is refused.
@@ -255,8 +215,7 @@ class SQLWriting(SQLEvents):
         if not self._wconn.in_transaction():
             self._wconn.begin()
             self._savepoints = 0
-            if self.dialect == "postgresql":
-                pgsql.session(self._wconn.connection.driver_connection).new_transaction()
+            self._db.begun(self._wconn.connection.driver_connection)
             # Even a transaction that ends up empty (a refused document) holds the write
             # lock: commit it on the usual schedule.
             self._dirty_since = time.monotonic()
@@ -274,10 +233,7 @@ class SQLWriting(SQLEvents):
         conn = self._conn()
         try:
             self._flush_states(conn)
-            if self.dialect == "postgresql":
-                # The last pages and COMMIT in one round trip (SQLAlchemy's commit then
-                # finds the transaction over and only closes its own books).
-                pgsql.session(conn.connection.driver_connection).commit()
+            self._db.commit(conn.connection.driver_connection)
             conn.commit()
             self._txn_descriptors.clear()
             self._after_commit()
@@ -359,7 +315,7 @@ class SQLWriting(SQLEvents):
     def run(self, uid: str) -> int | None:
         run_id = self._run_ids.get(uid)
         if run_id is None:
-            row = _RUN_ID.execute(self._wconn, {"uid": uid}).fetchone()
+            row = RUN_ID.execute(self._wconn, {"uid": uid}).fetchone()
             if row is None:
                 return None
             run_id = self._run_ids[uid] = row[0]
@@ -412,64 +368,188 @@ class SQLWriting(SQLEvents):
             ],
         )
 
+    # -- events and their pages (the rest of the intake sink) ------------------------------
+
+    def descriptor(self, uid: str) -> DescriptorState | None:
+        state = self._states.get(uid)
+        if state is not None:
+            return state
+        conn = self._wconn
+        row = conn.execute(
+            select(descriptors.c.id, descriptors.c.run_id, descriptors.c.body, runs.c.uid)
+            .join(runs, runs.c.id == descriptors.c.run_id)
+            .where(descriptors.c.uid == uid)
+        ).first()
+        if row is None:
+            return None
+        seq_max = conn.execute(
+            select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == row.id)
+        ).scalar()
+        state = DescriptorState.from_descriptor(
+            row.id, row.run_id, row.uid, _loads(row.body), seq_max or 0
+        )
+        self._states[uid] = state
+        return state
+
+    def stored_event(self, state: DescriptorState, seq_num: int) -> dict | None:
+        queued = state.pending_seqs.get(seq_num)
+        if queued is not None:
+            return queued
+        # Everything queued must be in the database before we can compare with it.
+        conn = self._wconn
+        self._flush_states(conn)
+        return self._stored_event(conn, state, seq_num)
+
+    def add_event(self, state: DescriptorState, doc: dict) -> None:
+        self._last_queued = state
+        state.arrival = next(self._arrivals)
+        state.add(doc)
+
+    def add_page(self, state: DescriptorState, doc: dict, batch: Batch) -> None:
+        self._last_queued = state
+        state.arrival = next(self._arrivals)
+        state.add_batch(batch)
+
+    def _stored_event(self, conn: Connection, state: DescriptorState, seq: int) -> Any:
+        rows = conn.execute(
+            select(pages.c.data, pages.c.extra).where(
+                pages.c.descriptor_id == state.id,
+                pages.c.seq_min <= seq,
+                pages.c.seq_max >= seq,
+            )
+        ).all()
+        for data_blob, extra_blob in rows:
+            data, extra = codec.decode(data_blob), codec.decode(extra_blob)
+            hits = (data[SEQ_NUM] == seq).nonzero()[0]
+            if len(hits):
+                return event_from_columns(state.uid, data, extra, int(hits[0]))
+        return None
+
+    def _flush_states(self, conn: Connection) -> None:
+        """Write every queued event into the open transaction, as column pages."""
+        taken = []
+        # Descriptors in id order: writers that lock several of them never wait in a circle.
+        for state in sorted(self._states.values(), key=lambda s: s.id):
+            if not state.queued:
+                continue
+            batches = state.take()
+            # A descriptor inserted in this transaction is unknown to every other writer.
+            foreign = state.id not in self._txn_descriptors
+            stored_max = self._db.stored_max(conn, state.id) if foreign else 0
+            if stored_max > state.flushed_max:
+                # Another writer (process or catalog object) wrote this descriptor meanwhile:
+                # its pages took replay positions this writer has not counted, so the next
+                # one is read again (else two pages share one, and replay may swap them).
+                batches = self._drop_repeats(conn, state, batches, stored_max)
+                self._ords.pop(state.run_id, None)
+            taken.append((state, batches))
+        rows = []
+        # Replay positions follow arrival (the descriptor whose events came last goes last),
+        # not flush timing: a run copied from its replay replays identically.
+        for state, batches in sorted(taken, key=lambda t: t[0].arrival):
+            for batch in batches:
+                state.flushed_max = max(state.flushed_max, batch.seq_max)
+                rows.append(_page_row(state, self._next_ord(conn, state.run_id), batch))
+                state.pages_written += 1
+                if batch.n < state.max_events // 8:
+                    state.small_pages += 1
+        if rows:
+            _INSERT_PAGE.executemany(conn, rows)
+        for state in self._states.values():
+            if state.small_pages >= _COMPACT_AFTER:
+                self._compact(conn, state)
+
+    def _drop_repeats(
+        self, conn: Connection, state: DescriptorState, batches: list, stored_max: int
+    ) -> list:
+        """Leave out queued events another writer already stored; keep refusals for later.
+
+        An identical event is a repeat (a retried RunEngine). A different one with a stored
+        seq_num cannot be refused by ``insert`` any more (it returned): it is not stored,
+        and the ConflictError is raised by the next ``flush``/``insert``.
+        """
+        kept = []
+        for batch in batches:
+            seqs = np.asarray(batch.data[SEQ_NUM])
+            mask = np.ones(batch.n, dtype=bool)
+            for i in np.nonzero(seqs <= stored_max)[0]:
+                stored = self._stored_event(conn, state, int(seqs[i]))
+                if stored is None:
+                    continue
+                mask[i] = False
+                mine = event_from_columns(state.uid, batch.data, batch.extra, int(i))
+                if canonical(stored) != canonical(mine) and self._deferred_error is None:
+                    self._deferred_error = ConflictError(
+                        "event",
+                        mine["uid"],
+                        "seq_num",
+                        f"another writer stored seq_num {int(seqs[i])} of descriptor "
+                        f"{state.uid!r} (uid {stored['uid']!r}) with different content; "
+                        "this event was not stored",
+                    )
+            kept_batch = batch if mask.all() else batch.keep(mask)
+            if kept_batch is not None:
+                kept.append(kept_batch)
+        return kept
+
+    def _compact(self, conn: Connection, state: DescriptorState, below: int | None = None) -> None:
+        """Merge runs of consecutive pages smaller than ``below`` events into bigger pages.
+
+        Live runs write a small page per flush; merging them keeps reads to a few blobs.
+        """
+        below = state.max_events // 8 if below is None else below
+        listing, blobs = self._db.pages_to_merge(conn, state.id, below)
+        groups: list[list[tuple[int, int]]] = [[]]
+        for page_id, n in listing:
+            fits = sum(m for _, m in groups[-1]) + n <= state.max_events
+            if n >= below or not fits:
+                groups.append([])
+            if n < below:
+                groups[-1].append((page_id, n))
+        for group in groups:
+            if len(group) > 1:
+                ids = [i for i, _ in group]
+                self._merge_pages(conn, state, ids, [blobs[i] for i in ids] if blobs else None)
+        state.small_pages = 0
+
+    def _merge_pages(
+        self, conn: Connection, state: DescriptorState, ids: list[int], rows: Any = None
+    ) -> None:
+        """Replace pages ``ids`` by one (``rows``: their ord, n, data, extra if known)."""
+        if rows is None:
+            rows = conn.execute(
+                select(pages.c.ord, pages.c.n, pages.c.data, pages.c.extra)
+                .where(pages.c.id.in_(ids))
+                .order_by(pages.c.seq_min, pages.c.id)
+            ).all()
+        data, extra = merge_batches([(codec.decode(d), codec.decode(e), n) for _, n, d, e in rows])
+        seqs = np.asarray(data[SEQ_NUM])
+        merged = Batch(len(seqs), int(seqs.min()), int(seqs.max()), data, extra)
+        # The merged page first: SQLite numbers a new row after the largest id left, and a
+        # page id must never come back with other events (a reader may hold the old list).
+        # Its position is the group's last: every datum the events need comes before.
+        _INSERT_PAGE.executemany(conn, [_page_row(state, max(r[0] for r in rows), merged)])
+        self._db.delete_pages(conn, ids)
+
     # -- writing documents ------------------------------------------------------------------
 
-    def _insert_new(
-        self, conn: Connection, doc: dict, insert_new: Prepared, params: dict, stored: Prepared
-    ) -> tuple[int | None, dict | None]:
-        """Insert (ON CONFLICT DO NOTHING): (the new row id, None), or (None, the copy stored
-        before -- a repeat, or another writer at the same time)."""
-        row = insert_new.execute(conn, params).fetchone()
-        if row is not None:
-            return row[0], None
-        return None, _loads(stored.execute(conn, {"uid": doc["uid"]}).fetchone()[0])
-
     def _write_start(self, conn: Connection, doc: dict) -> dict | None:
-        # No look-up first: the insert itself finds a stored copy (ON CONFLICT), see below.
+        # No look-up first: the insert itself finds a stored copy (ON CONFLICT).
         params = {
             "uid": doc["uid"],
             "time": doc["time"],
             "scan_id": scan_id_column(doc),
             "start": _dumps(doc),
         }
-        if self.dialect == "postgresql":
-            # Run, metadata and full-text rows in one round trip.
-            params.update(pgsql.meta_arrays(flatten("start", doc)), fulltext=fulltext(doc))
-            run_id, stored = self._insert_new(conn, doc, _PG_INSERT_START, params, _START_OF)
-            if run_id is None:
-                return stored
-        else:
-            run_id, stored = self._insert_new(conn, doc, _INSERT_RUN, params, _START_OF)
-            if run_id is None:
-                return stored
-            self._index(conn, run_id, "start", doc)
-            content = fulltext(doc)
-            _INSERT_FULLTEXT[self.dialect].execute(conn, {"run_id": run_id, "content": content})
+        run_id = self._db.insert_start(conn, params, doc)
+        if run_id is None:  # stored before (a repeat, or another writer at the same time)
+            return _loads(_START_OF.execute(conn, {"uid": doc["uid"]}).fetchone()[0])
         self._run_ids[doc["uid"]] = run_id
         self._ords[run_id] = 0  # a new run: nothing to look up
         return None
 
-    def _index(self, conn: Connection, run_id: int, prefix: str, doc: dict) -> None:
-        rows = [
-            {"run_id": run_id, "key": k, "elem": e, "typ": t, "num": n, "txt": s}
-            for k, e, t, n, s in flatten(prefix, doc)
-        ]
-        if rows:
-            _INSERT_META.executemany(conn, rows)
-
     def _write_stop(self, conn: Connection, run_id: int, doc: dict) -> dict | None:
-        if self.dialect == "postgresql":
-            # Stop and metadata rows in one round trip; a stop stored before (a repeat, or
-            # another writer) leaves the run as it is.
-            params = {"run_id": run_id, "stop": _dumps(doc), "time": doc["time"]}
-            params.update(pgsql.meta_arrays(flatten("stop", doc)))
-            stored = _PG_SET_STOP.execute(conn, params).fetchone() is None
-        else:
-            params = {"rid": run_id, "new_stop": _dumps(doc), "new_time": doc["time"]}
-            stored = _SET_STOP.execute(conn, params).rowcount == 0
-            if not stored:
-                self._index(conn, run_id, "stop", doc)
-        if stored:  # a stop was stored before (a repeat, or another writer)
+        if not self._db.set_stop(conn, run_id, doc):  # a repeat, or another writer's
             row = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
             return _loads(row[0]) if row and row[0] is not None else None
         # The run is complete: lay each stream it wrote out in as few pages as possible for
@@ -492,11 +572,10 @@ class SQLWriting(SQLEvents):
             "time": doc["time"],
             "body": _dumps(doc),
         }
-        descriptor_id, stored = self._insert_new(
-            conn, doc, _INSERT_DESCRIPTOR, params, _DESCRIPTOR_OF
-        )
-        if descriptor_id is None:
-            return stored
+        row = _INSERT_DESCRIPTOR.execute(conn, params).fetchone()
+        if row is None:  # stored before
+            return _loads(_DESCRIPTOR_OF.execute(conn, {"uid": doc["uid"]}).fetchone()[0])
+        descriptor_id = row[0]
         self._txn_descriptors.add(descriptor_id)
         # Its events come next: know the descriptor without reading it back.
         self._states[doc["uid"]] = DescriptorState.from_descriptor(
@@ -517,6 +596,21 @@ class SQLWriting(SQLEvents):
             return None
         stored = select(documents.c.body).where(documents.c.uid == doc["uid"])
         return _loads(conn.execute(stored).scalar_one())
+
+
+def _page_row(state: DescriptorState, ord: int, batch: Batch) -> dict[str, Any]:
+    """The ``pages`` row of ``batch``, events of ``state``'s descriptor."""
+    return {
+        "descriptor_id": state.id,
+        "run_id": state.run_id,
+        "ord": ord,
+        "n": batch.n,
+        "seq_min": batch.seq_min,
+        "seq_max": batch.seq_max,
+        "ordered": batch.ordered,
+        "data": codec.encode(batch.data),
+        "extra": codec.encode(batch.extra),
+    }
 
 
 def _flush_loop(ref: weakref.ref) -> None:
