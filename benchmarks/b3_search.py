@@ -345,7 +345,7 @@ def run() -> list[Result]:
         ),
         (
             "TimeRange, 30-day window",
-            TimeRange(since=since, until=until),
+            TimeRange(since=f"@{since}", until=f"@{until}"),  # "@": epoch seconds
             lambda r: since <= r["time"] < until,
         ),
     ]
