@@ -170,8 +170,12 @@ def _state(sink: Sink, name: str, doc: dict) -> DescriptorState:
 
 
 def _event(sink: Sink, name: str, doc: dict) -> None:
-    state = _state(sink, name, doc)
+    # The hot path of live ingest (one call per event): _state written out, no extra calls.
     uid, seq = doc["uid"], doc["seq_num"]
+    state = sink.descriptor(doc["descriptor"])
+    if state is None:
+        raise UnknownParentError.missing(name, uid, "descriptor", doc["descriptor"])
+    state.check_keys(name, uid, doc)
     if seq <= state.seq_max and not event_is_new(
         state.uid, sink.stored_event(state, seq), doc, None
     ):
