@@ -267,7 +267,8 @@ class Stream:
         self, field: str, values: Any, seq: np.ndarray, window: slice, fill: bool
     ) -> np.ndarray:
         """A field whose data lives in detector files: filled, or its references."""
-        events = self._events(field, values, seq)[window]
+        # Only the window's references are listed: a read of a few events of a long run.
+        events = self._events(field, None if values is None else values[window], seq[window])
         return self.filler.fill(events) if fill else self.filler.references(events)
 
     def _events(self, field: str, values: Any, seq: np.ndarray) -> FieldEvents:
