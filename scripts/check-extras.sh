@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 extras=("$@")
-[ ${#extras[@]} -gt 0 ] || extras=(core server export postgres mongo demo all)
+[ ${#extras[@]} -gt 0 ] || extras=(core client server export postgres mongo demo all)
 work=$(mktemp -d "${TMPDIR:-/tmp}/runbroker-extras.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 

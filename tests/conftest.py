@@ -51,6 +51,26 @@ def postgres_url() -> Iterator[str]:
         cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The test server: real uvicorn on loopback in its own process, a catalog per prefix
+    (:mod:`runbroker.testing.server`)."""
+    from runbroker.testing.server import ServerProcess
+
+    server = ServerProcess(tmp_path_factory.mktemp("served")).start()
+    # Tests reopen a catalog by its URL (catalog.store.uri) as they would a local one.
+    previous = os.environ.get("RUNBROKER_API_KEY")
+    os.environ["RUNBROKER_API_KEY"] = server.api_key
+    try:
+        yield server
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop("RUNBROKER_API_KEY", None)
+        else:
+            os.environ["RUNBROKER_API_KEY"] = previous
+
+
 def _open(
     kind: str, folder: Path, request: pytest.FixtureRequest, **options: Any
 ) -> runbroker.Catalog:
@@ -61,6 +81,11 @@ def _open(
 
         base = request.getfixturevalue("postgres_url")
         return runbroker.open(new_schema(base, f"t{os.getpid()}_{next(_schemas)}"), **options)
+    if kind == "http":
+        # A fresh SQLite catalog on the test server (one uvicorn process per test run).
+        server = request.getfixturevalue("http_server")
+        name = f"t{os.getpid()}-{next(_schemas)}"
+        return runbroker.open(server.catalog_url(name), api_key=server.api_key, **options)
     if kind == "folder":
         # An empty folder becomes a catalog only when asked (runbroker.open's rule).
         return runbroker.open(folder, **{"create": True, **options})

@@ -43,6 +43,7 @@ __all__ = [
     "MissingDependencyError",
     "NoStreamError",
     "NotACatalogError",
+    "NotAuthenticatedError",
     "NotFoundError",
     "PackCorruptError",
     "PackError",
@@ -51,10 +52,14 @@ __all__ = [
     "QueryError",
     "ReadOnlyError",
     "ReadOnlyMediumError",
+    "RequestError",
+    "RequestTooLargeError",
     "RunNotFoundError",
     "RunbrokerError",
     "SchemaVersionError",
+    "ServerUnreachableError",
     "TemplateError",
+    "TruncatedStreamError",
     "UnknownParentError",
     "UnknownSchemeError",
     "UnsafePathError",
@@ -387,3 +392,40 @@ class CatalogUnavailableError(RunbrokerError, ConnectionError):
     """A database server that cannot be reached (or refuses the connection)."""
 
     status, code = 503, "catalog_unavailable"
+
+
+# -- the service ---------------------------------------------------------------------------
+
+
+class NotAuthenticatedError(RunbrokerError, PermissionError):
+    """A request to a runbroker server without a valid API key (or a write, without one, to a
+    server that serves reads anonymously)."""
+
+    status, code = 401, "not_authenticated"
+
+
+class RequestError(RunbrokerError, ValueError):
+    """A request a server cannot take as sent: a malformed body, a parameter of the wrong
+    type or out of range, an unknown format."""
+
+    status, code = 400, "bad_request"
+
+
+class RequestTooLargeError(RequestError):
+    """A request body larger than the server takes (``max_body`` in its settings)."""
+
+    status, code = 413, "request_too_large"
+
+
+class ServerUnreachableError(CatalogUnavailableError):
+    """A runbroker server did not answer (down, restarting, or the network is in the way),
+    after the client's retries. The message names the URL."""
+
+    code = "server_unreachable"
+
+
+class TruncatedStreamError(RunbrokerError, ConnectionError):
+    """A server's answer ended before its end record: the server stopped mid-answer
+    (restarted or killed) or the connection dropped. None of a cut answer is handed on."""
+
+    status, code = 502, "truncated_stream"

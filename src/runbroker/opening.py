@@ -39,6 +39,7 @@ from .errors import (
     CatalogNotFoundError,
     CatalogUnavailableError,
     CorruptCatalogError,
+    MissingDependencyError,
     NotACatalogError,
     RunbrokerError,
     UnknownSchemeError,
@@ -276,6 +277,9 @@ def open(
     root_map: Mapping[str, str] | None = None,
     handlers: Mapping[str, type | str] | None = None,
     readers: Mapping[str, type | str] | None = None,
+    api_key: str | None = None,
+    timeout: float | None = None,
+    cache: str | os.PathLike | bool | None = None,
 ) -> Catalog:
     """Open a catalog (or create one, where that is plainly what was asked for).
 
@@ -305,6 +309,10 @@ def open(
     ``readers`` (by mimetype) add or replace the classes that read them, as classes or
     ``"module:Class"`` strings.
 
+    A runbroker server (``http://host:8000``, see ``docs/server.md``): ``api_key`` (default
+    ``$RUNBROKER_API_KEY``), ``timeout`` in seconds, and ``cache``: where downloaded data is
+    kept (a folder; ``False`` keeps none; default: the user's cache folder).
+
     Example:
         >>> import runbroker, tempfile, os
         >>> cat = runbroker.open(os.path.join(tempfile.mkdtemp(), "runs.db"))
@@ -321,8 +329,16 @@ def open(
     if opener is None:
         raise UnknownSchemeError(_unknown_scheme(text, scheme))
     handler_registry = Registry(handlers, readers)  # bad handler names fail before any opening
+    remote = {"api_key": api_key, "timeout": timeout, "cache": cache}
+    remote = {k: v for k, v in remote.items() if v is not None}
+    if remote and scheme not in ("http", "https"):
+        raise ValueError(
+            f"{', '.join(remote)} apply to catalogs on a server (http:// URLs), not to "
+            f"{redact(text)!r}"
+        )
     store = opener(
         text,
+        **remote,
         create=create,
         check=check,
         readonly=readonly,
@@ -453,5 +469,25 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(database)
 
 
-for _scheme, _opener in (("sqlite", open_sql), ("postgresql", open_sql), ("file", open_path)):
+def open_remote(url: str, **options: Any) -> Store:
+    """The store of a runbroker server (the opener of ``http`` and ``https``): see
+    :func:`runbroker.client.open_http`. The client's packages (the ``client`` extra) are
+    loaded only when a server is opened."""
+    try:
+        from .client import open_http
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"opening {redact(url)!r} needs the remote client's packages ({err.name} is "
+            "missing): pip install 'runbroker[client]'"
+        ) from None
+    return open_http(url, **options)
+
+
+for _scheme, _opener in (
+    ("sqlite", open_sql),
+    ("postgresql", open_sql),
+    ("file", open_path),
+    ("http", open_remote),
+    ("https", open_remote),
+):
     registry.register(_scheme, _opener)

@@ -14,7 +14,7 @@ from typing import Any
 __all__ = ["EXCLUDED", "STORES", "stores_except"]
 
 #: The stores the suite runs on (see ``tests/conftest.py`` for how each is opened).
-STORES = ["sqlite", "postgresql", "folder"]
+STORES = ["sqlite", "postgresql", "folder", "http"]
 #: ``module::test`` -> (stores it is kept off, why).
 EXCLUDED: dict[str, tuple[list[str], str]] = {}
 

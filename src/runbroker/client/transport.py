@@ -1,0 +1,159 @@
+"""One runbroker server, as requests: timeouts, retries, and the server's errors as ours.
+
+:class:`Transport` is the only place the client touches HTTP. It sends the API key, asks for
+msgpack, turns an error answer back into the exception the server raised
+(:func:`runbroker.errors.from_dict`: a missing run is a ``RunNotFoundError`` remotely as
+locally), and retries with backoff where that is safe: on connection errors and 503 answers,
+for requests that change nothing or that may be repeated without harm (every runbroker write
+is idempotent: storing the same document twice is a no-op). A server that does not answer
+after the retries is a :class:`~runbroker.errors.ServerUnreachableError` naming the URL.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from .. import wire
+from ..errors import RunbrokerError, ServerUnreachableError, TruncatedStreamError, from_dict
+
+__all__ = ["Transport"]
+
+_RETRY_STATUS = {502, 503, 504}
+
+
+class Transport:
+    """Requests to the server at ``url`` (its API under ``url + "/api/v1"``).
+
+    ``timeout`` (seconds) bounds connecting and each read; ``retries`` is how many times a
+    failed request is sent again, waiting ``backoff * 2**n`` seconds (with jitter) before the
+    n-th retry.
+
+    Example:
+        >>> t = Transport("http://127.0.0.1:1", retries=0, timeout=0.5)
+        >>> t.get("/info")
+        Traceback (most recent call last):
+        ...
+        runbroker.errors.ServerUnreachableError: cannot reach the runbroker server at ...
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        headers = {"accept": wire.MSGPACK, "user-agent": "runbroker-client"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self.client = httpx.Client(
+            base_url=self.url + "/api/v1",
+            headers=headers,
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        )
+        #: Requests sent (each retry counts): tests and the cache's users count them.
+        self.requests = 0
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- one request, retried
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self._attempts(lambda: self.client.request(method, path, **kwargs), method, path)
+
+    def _attempts(self, send: Any, method: str, path: str) -> Any:
+        for attempt in range(self.retries + 1):
+            self.requests += 1
+            try:
+                response = send()
+            except (httpx.TransportError, TruncatedStreamError) as err:
+                if attempt == self.retries:
+                    raise self._unreachable(err) from None
+            else:
+                status = getattr(response, "status_code", None)
+                if status not in _RETRY_STATUS or attempt == self.retries:
+                    return response
+            time.sleep(self.backoff * 2**attempt * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _unreachable(self, err: Exception) -> RunbrokerError:
+        if isinstance(err, TruncatedStreamError):
+            return err
+        return ServerUnreachableError(
+            f"cannot reach the runbroker server at {self.url} ({type(err).__name__}: {err}); "
+            f"tried {self.retries + 1} times. Is it running, and is the URL right?"
+        )
+
+    @staticmethod
+    def _check(response: httpx.Response) -> httpx.Response:
+        if response.status_code < 400:
+            return response
+        try:
+            error = wire.unpack(response.content)["error"]
+        except Exception:
+            error = {"code": "error", "message": response.text[:500] or response.reason_phrase}
+        err = from_dict(error)
+        if type(err) is RunbrokerError:
+            err = RunbrokerError(f"the server answered {response.status_code}: {err}")
+        raise err
+
+    # -- what the store calls
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET ``path`` and decode the answer."""
+        return wire.unpack(self._check(self._send("GET", path, params=params)).content)
+
+    def post(self, path: str, json: Any = None, content: Any = None) -> Any:
+        """POST a JSON value (``json``) or msgpack-packed ``content`` and decode the answer."""
+        if content is not None:
+            kwargs: dict[str, Any] = {
+                "content": wire.pack(content),
+                "headers": {"content-type": wire.MSGPACK},
+            }
+        else:
+            kwargs = {"json": json}
+        return wire.unpack(self._check(self._send("POST", path, **kwargs)).content)
+
+    def records(self, method: str, path: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """All records of a framed answer; an answer cut short is asked for again (within the
+        retries), never returned in part."""
+
+        def whole() -> list[tuple[str, Any]]:
+            with self.client.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._check(response)
+                return list(wire.records(response.iter_bytes()))
+
+        return self._attempts(whole, method, path)
+
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        """The records of a framed answer as they arrive (a replay of documents): a cut
+        answer raises :class:`~runbroker.errors.TruncatedStreamError` where it stops."""
+        self.requests += 1
+        try:
+            with self.client.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._check(response)
+                yield from wire.records(response.iter_bytes())
+        except httpx.ConnectError as err:
+            raise self._unreachable(err) from None
+        except httpx.TransportError as err:
+            raise TruncatedStreamError(
+                f"the answer from {self.url} stopped mid-way ({type(err).__name__}: {err})"
+            ) from None

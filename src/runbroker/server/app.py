@@ -1,0 +1,98 @@
+"""Build the ASGI application that serves one catalog.
+
+Example:
+    >>> import runbroker
+    >>> from runbroker.server import Settings, build_app
+    >>> app = build_app(runbroker.temp(), Settings(api_key="s3cret"))
+    >>> "/api/v1/search" in app.openapi()["paths"]
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..catalog import Catalog
+from ..errors import NotAuthenticatedError, RequestError, RunbrokerError
+from . import live, ops, protocol, resources
+from .context import Service
+from .encoding import reply
+from .settings import Settings
+
+__all__ = ["build_app"]
+
+log = logging.getLogger("runbroker.server")
+
+
+def build_app(catalog: Catalog, settings: Settings | None = None) -> FastAPI:
+    """The ASGI app serving ``catalog`` with ``settings``; run it with any ASGI server
+    (``uvicorn.run(app)``), or use ``runbroker serve``.
+
+    A server must either have an API key or be public: one without either would be open to
+    anyone by accident, so it is refused.
+    """
+    settings = settings if settings is not None else Settings.from_env()
+    if settings.api_key is None and not settings.public:
+        raise ValueError(
+            "a server needs an API key (Settings(api_key=...), $RUNBROKER_API_KEY) or "
+            "public=True to serve reads anonymously"
+        )
+    app = FastAPI(
+        title="runbroker",
+        version=__version__,
+        description="Bluesky runs: search them, read their data, replay their documents.",
+    )
+    app.state.service = Service(catalog, settings)
+    for module in (protocol, resources, live, ops):
+        app.include_router(module.router)
+    ops.instrument(app)
+    app.add_exception_handler(RunbrokerError, _our_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    return app
+
+
+def _error(request: Request, err: RunbrokerError) -> Response:
+    response = reply(request, {"error": err.to_dict()}, err.status)
+    if isinstance(err, NotAuthenticatedError):
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+async def _our_error(request: Request, err: Exception) -> Response:
+    assert isinstance(err, RunbrokerError)
+    return _error(request, err)
+
+
+async def _invalid_request(request: Request, err: Exception) -> Response:
+    assert isinstance(err, RequestValidationError)
+    problems = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e.get("loc", ()))
+        problems.append(f"{where}: {e.get('msg', 'invalid')}")
+    return _error(request, RequestError("bad request: " + "; ".join(problems)))
+
+
+async def _http_error(request: Request, err: Exception) -> Response:
+    assert isinstance(err, StarletteHTTPException)
+    body: dict[str, Any] = {"code": f"http_{err.status_code}", "message": str(err.detail)}
+    body["detail"] = {}
+    return reply(request, {"error": body}, err.status_code)
+
+
+async def _unexpected(request: Request, err: Exception) -> Response:
+    log.exception("unexpected error serving %s %s", request.method, request.url.path)
+    body = {
+        "code": "error",
+        "message": f"the server failed on this request ({type(err).__name__}); its log has why",
+        "detail": {},
+    }
+    return reply(request, {"error": body}, 500)

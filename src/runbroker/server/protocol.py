@@ -1,0 +1,270 @@
+"""The store routes: one route per :class:`~runbroker.store.base.Store` method.
+
+:class:`runbroker.client.HTTPStore` calls these and nothing else, so a catalog over it is the
+whole user API over HTTP. Each route hands its arguments to the caller's store
+(:func:`~runbroker.server.context.context`) and writes the answer back; the rules (order,
+not-found, PageGone) are the store's. Bodies and answers are msgpack for the Python client and
+JSON for anyone else (:mod:`runbroker.server.encoding`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import RequestError, RunNotFoundError
+from ..filler import FieldEvents
+from ..queries import Query as RunQuery
+from ..store.base import PageInfo, RunRecord
+from .context import Context, Ctx, Writer
+from .encoding import body, framed, reply
+
+__all__ = ["parse_query", "record", "router"]
+
+router = APIRouter(prefix="/api/v1", tags=["store"])
+
+# Pages read per store call while streaming a read: bounds the memory one answer holds.
+_PAGES_PER_READ = 16
+# Detector data filled per store call while streaming a fill (bytes, roughly).
+_FILL_BYTES = 64 * 2**20
+
+
+def record(run: RunRecord, keys: list[str] | None = None) -> dict[str, Any]:
+    """A run record as sent: ``{"uid", "start", "stop"}``; ``keys`` keeps only those
+    top-level keys of the start document (and always ``uid`` and ``time``)."""
+    start = run.start
+    if keys is not None:
+        start = {k: start[k] for k in ("uid", "time", *keys) if k in start}
+    return {"uid": run.uid, "start": start, "stop": run.stop}
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def parse_query(ctx: Context, data: Any) -> RunQuery | None:
+    """The query of a request (its JSON form), or None for all runs; a query nested deeper
+    than the server allows is refused before it is built."""
+    if data is None:
+        return None
+    limit = ctx.service.settings.max_query_depth
+    if _depth(data) > 2 * limit:
+        raise RequestError(f"the query nests deeper than the {limit} levels this server takes")
+    return RunQuery.from_dict(data)
+
+
+class SearchBody(BaseModel):
+    query: dict[str, Any] | None = Field(None, description="a query in its JSON form")
+    offset: int = Field(0, ge=0, le=2**62)
+    limit: int | None = Field(None, ge=0, le=2**62)
+    before: tuple[float, str] | None = Field(
+        None, description="(time, uid) of the last run of the previous page: the cursor"
+    )
+    keys: list[str] | None = Field(None, description="start keys to send (default: all)")
+
+
+@router.post("/search", summary="Runs matching a query, newest first")
+def search(request: Request, args: SearchBody, ctx: Ctx) -> Response:
+    query = parse_query(ctx, args.query)
+    limit = ctx.service.settings.max_page
+    if args.limit is not None and args.limit > limit:
+        raise RequestError(f"limit={args.limit} is over the {limit} runs one page may hold")
+    runs = ctx.store.search(
+        query, offset=args.offset, limit=args.limit or limit, before=args.before
+    )
+    return reply(request, [record(r, args.keys) for r in runs])
+
+
+class CountBody(BaseModel):
+    query: dict[str, Any] | None = None
+
+
+@router.post("/count", summary="How many runs match a query")
+def count(request: Request, args: CountBody, ctx: Ctx) -> Response:
+    return reply(request, ctx.store.count(parse_query(ctx, args.query)))
+
+
+@router.get("/runs/{uid}", summary="One run's start and stop documents")
+def get_run(request: Request, uid: str, ctx: Ctx) -> Response:
+    run = ctx.store.get_run(uid)
+    if run is None:
+        raise RunNotFoundError(f"no run {uid!r} in this catalog")
+    return reply(request, record(run))
+
+
+@router.get("/runs/{uid}/descriptors", summary="A run's descriptor documents")
+def descriptors(request: Request, uid: str, ctx: Ctx) -> Response:
+    return reply(request, ctx.store.descriptors(uid))
+
+
+class PagesBody(BaseModel):
+    descriptors: list[str]
+
+
+def page_row(page: PageInfo) -> list[Any]:
+    return [page.id, page.descriptor, page.n, page.seq_min, page.seq_max, page.ordered]
+
+
+@router.post("/runs/{uid}/pages", summary="Where a run's events are, by descriptor")
+def pages(request: Request, uid: str, args: PagesBody, ctx: Ctx) -> Response:
+    return reply(request, [page_row(p) for p in ctx.store.pages(uid, args.descriptors)])
+
+
+class ReadBody(BaseModel):
+    pages: list[int] = Field(description="page ids, as /pages gave them")
+    columns: list[str] | None = None
+
+
+@router.post("/runs/{uid}/read", summary="Columns of pages (a framed msgpack stream)")
+def read_pages(uid: str, args: ReadBody, ctx: Ctx) -> Response:
+    store, ids = ctx.store, args.pages
+    # The first block is read before the answer starts: an unknown run is a 404, not an
+    # error record inside a 200.
+    first = store.read_pages(uid, ids[:_PAGES_PER_READ], args.columns)
+
+    def produce() -> Iterator[tuple[str, Any]]:
+        yield from (("page", cols) for cols in first)
+        for i in range(_PAGES_PER_READ, len(ids), _PAGES_PER_READ):
+            block = store.read_pages(uid, ids[i : i + _PAGES_PER_READ], args.columns)
+            yield from (("page", cols) for cols in block)
+
+    return framed(produce())
+
+
+def _flag(value: str) -> bool | str:
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    return value
+
+
+@router.get("/runs/{uid}/documents", summary="Replay a run's documents (framed msgpack)")
+def documents(
+    uid: str,
+    ctx: Ctx,
+    arrays: bool = False,
+    uids: str = Query("true", pattern="^(true|false|bytes)$"),
+) -> Response:
+    replay = ctx.store.documents(uid, arrays=arrays, uids=_flag(uids))
+    first = next(replay, None)  # an unknown run raises here: a 404
+
+    def produce() -> Iterator[tuple[str, Any]]:
+        if first is not None:
+            yield "doc", first
+            yield from (("doc", pair) for pair in replay)
+
+    return framed(produce())
+
+
+@router.get("/runs/{uid}/assets", summary="A run's resource and stream documents")
+def assets(request: Request, uid: str, ctx: Ctx) -> Response:
+    return reply(request, ctx.store.assets(uid))
+
+
+class DatumsBody(BaseModel):
+    ids: list[str]
+
+
+@router.post("/runs/{uid}/datums", summary="Datums of a run by id")
+def datums(request: Request, uid: str, args: DatumsBody, ctx: Ctx) -> Response:
+    found = ctx.store.datums(uid, args.ids)
+    return reply(request, {k: list(v) for k, v in found.items()})
+
+
+@router.post(
+    "/documents",
+    summary="Store documents: a list of [name, document] pairs, atomically",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": "array", "items": {"type": "array"}}},
+                "application/x-msgpack": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def insert(request: Request, ctx: Writer) -> Response:
+    pairs = _pairs(await body(request))
+    n = await run_in_threadpool(ctx.store.ingest, pairs)
+    return reply(request, {"count": n})
+
+
+def _pairs(data: Any) -> list[tuple[str, dict]]:
+    if not isinstance(data, list):
+        raise RequestError(
+            f"the body must be a list of [name, document] pairs, not {type(data).__name__}"
+        )
+    pairs = []
+    for i, item in enumerate(data):
+        if not (
+            isinstance(item, list | tuple)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], dict)
+        ):
+            raise RequestError(
+                f"item {i} of the body is not a [name, document] pair: {item!r:.100}"
+            )
+        pairs.append((item[0], item[1]))
+    return pairs
+
+
+@router.post(
+    "/runs/{uid}/fill",
+    summary="Detector data of a file-backed field (framed msgpack)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-msgpack": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def fill(request: Request, uid: str, ctx: Ctx) -> Response:
+    """``op`` is ``fill``, ``references`` or ``cuts`` (:class:`runbroker.filler.Filler`)."""
+    args = await body(request)
+    if not isinstance(args, dict) or args.get("op") not in ("fill", "references", "cuts"):
+        raise RequestError("the body must be a map with op = fill, references or cuts")
+    try:
+        events = FieldEvents(
+            uid,
+            tuple(args["descriptors"]),
+            str(args["field"]),
+            dict(args["data_key"]),
+            args.get("refs"),
+            np.asarray(args["seq_nums"], dtype=np.int64),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise RequestError(f"the fill request lacks or mangles {err}") from None
+    filler = ctx.catalog.filler
+    if args["op"] == "cuts":
+        return reply(request, await run_in_threadpool(filler.cuts, events))
+    if args["op"] == "references":
+        return reply(request, await run_in_threadpool(filler.references, events))
+    cuts = await run_in_threadpool(filler.cuts, events)
+    # One event first: errors (a missing file) become the status, and its size sets how
+    # many events each later block holds.
+    first = await run_in_threadpool(filler.fill, events[0:1])
+    step = max(1, _FILL_BYTES // max(1, first.nbytes))
+
+    def produce() -> Iterator[tuple[str, Any]]:
+        yield "block", first
+        for a, b in itertools.pairwise(cuts):
+            for lo in range(max(a, 1), b, step):
+                yield "block", filler.fill(events[lo : min(b, lo + step)])
+
+    return framed(produce())

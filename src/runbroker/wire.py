@@ -1,0 +1,121 @@
+"""The bytes between a runbroker server and its clients: msgpack, with numpy arrays kept whole.
+
+Both ends of the HTTP service speak it (``application/x-msgpack``): documents, run records,
+page lists and page columns go out as msgpack maps and lists; a numpy array travels as an
+extension type holding its dtype, shape and raw bytes, so a column of a million floats costs
+one ``memcpy`` at each end instead of a million msgpack numbers.
+
+A long answer (a stream's pages, a run's documents) is a **framed stream**: a sequence of
+``[tag, payload]`` records. Every stream ends with ``["end", count]``; a reader that reaches
+the end of the bytes without it knows the answer was cut short (a server restarted mid-read)
+and raises instead of returning part of the data as if it were all. A server that fails
+mid-stream sends ``["error", {code, message, detail}]`` and stops.
+
+Example:
+    >>> import numpy as np
+    >>> back = unpack(pack({"x": np.arange(3.0), "n": np.int64(2)}))
+    >>> back["x"].tolist(), back["n"]
+    ([0.0, 1.0, 2.0], 2)
+    >>> list(records(iter([frame("page", 1), frame("end", 1)])))
+    [('page', 1)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from .errors import TruncatedStreamError, from_dict
+
+__all__ = [
+    "MSGPACK",
+    "end",
+    "frame",
+    "pack",
+    "records",
+    "unpack",
+]
+
+MSGPACK = "application/x-msgpack"
+
+_EXT_ARRAY = 1
+_EXT_BIGINT = 2
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "OV":
+            return value.tolist()
+        arr = np.ascontiguousarray(value)
+        head = msgpack.packb([arr.dtype.str, list(arr.shape)])
+        return msgpack.ExtType(_EXT_ARRAY, head + arr.tobytes())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, int):  # beyond 64 bits
+        return msgpack.ExtType(_EXT_BIGINT, str(value).encode())
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"cannot send a value of type {type(value).__name__}: {value!r:.80}")
+
+
+def _decode_ext(code: int, data: bytes) -> Any:
+    if code == _EXT_ARRAY:
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(data)
+        dtype, shape = unpacker.unpack()
+        body = memoryview(data)[unpacker.tell() :]
+        # A copy: arrays users get are writable, as a local read gives them.
+        return np.frombuffer(body, dtype=np.dtype(dtype)).reshape(shape).copy()
+    if code == _EXT_BIGINT:
+        return int(data.decode())
+    return msgpack.ExtType(code, data)
+
+
+def pack(value: Any) -> bytes:
+    """``value`` as msgpack bytes (numpy arrays as arrays, tuples as lists)."""
+    return msgpack.packb(value, default=_encode, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    """What :func:`pack` packed."""
+    return msgpack.unpackb(data, ext_hook=_decode_ext, raw=False, strict_map_key=False)
+
+
+def frame(tag: str, payload: Any) -> bytes:
+    """One record of a framed stream."""
+    return pack([tag, payload])
+
+
+def end(count: int) -> bytes:
+    """The record that ends a framed stream of ``count`` records."""
+    return frame("end", count)
+
+
+def records(chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
+    """The ``(tag, payload)`` records of a framed stream, read as its bytes arrive.
+
+    Raises the error a server sent mid-stream, and
+    :class:`~runbroker.errors.TruncatedStreamError` when the bytes end before the end record.
+    """
+    unpacker = msgpack.Unpacker(
+        ext_hook=_decode_ext, raw=False, strict_map_key=False, max_buffer_size=0
+    )
+    seen = 0
+    for chunk in chunks:
+        unpacker.feed(chunk)
+        for tag, payload in unpacker:
+            if tag == "end":
+                if payload != seen:
+                    raise TruncatedStreamError(f"the answer held {seen} records of {payload}")
+                return
+            if tag == "error":
+                raise from_dict(payload)
+            seen += 1
+            yield tag, payload
+    raise TruncatedStreamError(
+        f"the answer stopped after {seen} records without its end (the server stopped "
+        "mid-answer); nothing of it was used"
+    )
