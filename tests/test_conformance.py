@@ -52,3 +52,19 @@ class TestFolder(StoreContract):
 
     def reopen(self, store: Store) -> Store:
         return FolderStore(store.uri, readonly=True)
+
+
+class TestHTTP(StoreContract):
+    """The HTTP client over a fresh catalog of the test server (real uvicorn, own process)."""
+
+    def make_store(self, path: Path, request: pytest.FixtureRequest) -> Store:
+        from runbroker.client import HTTPStore
+
+        server = request.getfixturevalue("http_server")
+        url = server.catalog_url(f"contract{os.getpid()}-{next(_schemas)}")
+        return HTTPStore(url, api_key=server.api_key)
+
+    def reopen(self, store: Store) -> Store:
+        from runbroker.client import HTTPStore
+
+        return HTTPStore(store.uri, api_key=os.environ["RUNBROKER_API_KEY"], readonly=True)

@@ -16,6 +16,7 @@ document at once. A refused batched document raises from the next ``insert``, ``
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -27,7 +28,7 @@ from .. import wire
 from ..errors import ReadOnlyError, RunNotFoundError
 from ..filler import FieldEvents, Filler
 from ..queries import Query
-from ..store.base import Columns, PageInfo, RunRecord
+from ..store.base import Columns, PageInfo, RunRecord, run_not_found
 from .transport import Transport
 
 __all__ = ["HTTPStore", "RemoteFiller"]
@@ -97,7 +98,7 @@ class HTTPStore:
                 self._send_pending()
             return
         self._send_pending()
-        self.transport.post("/documents", content=[(name, doc)])
+        self.transport.post("/documents?atomic=false", content=[(name, doc)])
 
     def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
         self._refuse_if_readonly()
@@ -139,7 +140,7 @@ class HTTPStore:
                     self._timer.cancel()
                     self._timer = None
             if batch:
-                self.transport.post("/documents", content=batch)
+                self.transport.post("/documents?atomic=false", content=batch)
         if raise_deferred:
             self._raise_deferred()
 
@@ -176,43 +177,51 @@ class HTTPStore:
         except RunNotFoundError:
             return None
 
-    def descriptors(self, run_uid: str) -> list[dict]:
+    @contextlib.contextmanager
+    def _about(self, run_uid: str) -> Iterator[None]:
+        """Send what waits; name this store (its URL) when the run is not found."""
         self._send_pending()
-        return self.transport.get(_run(run_uid) + "/descriptors")
+        try:
+            yield
+        except RunNotFoundError:
+            raise run_not_found(self, run_uid) from None
+
+    def descriptors(self, run_uid: str) -> list[dict]:
+        with self._about(run_uid):
+            return self.transport.get(_run(run_uid) + "/descriptors")
 
     def pages(self, run_uid: str, descriptor_uids: list[str]) -> list[PageInfo]:
-        self._send_pending()
-        rows = self.transport.post(
-            _run(run_uid) + "/pages", json={"descriptors": list(descriptor_uids)}
-        )
+        with self._about(run_uid):
+            rows = self.transport.post(
+                _run(run_uid) + "/pages", json={"descriptors": list(descriptor_uids)}
+            )
         return [PageInfo(*row) for row in rows]
 
     def read_pages(
         self, run_uid: str, page_ids: list[int], columns: list[str] | None
     ) -> list[Columns]:
-        self._send_pending()
         body = {"pages": list(page_ids), "columns": columns}
-        return [
-            cols for _, cols in self.transport.records("POST", _run(run_uid) + "/read", json=body)
-        ]
+        with self._about(run_uid):
+            answer = self.transport.records("POST", _run(run_uid) + "/read", json=body)
+        return [cols for _, cols in answer]
 
     def documents(
         self, run_uid: str, arrays: bool = False, uids: bool | str = True
     ) -> Iterator[tuple[str, Any]]:
-        self._send_pending()
         params = {"arrays": "true" if arrays else "false", "uids": str(uids).lower()}
-        for _, (name, doc) in self.transport.stream(
-            "GET", _run(run_uid) + "/documents", params=params
-        ):
-            yield name, doc
+        with self._about(run_uid):
+            replay = self.transport.stream("GET", _run(run_uid) + "/documents", params=params)
+            for _, (name, doc) in replay:
+                yield name, doc
 
     def assets(self, run_uid: str) -> list[tuple[str, dict]]:
-        self._send_pending()
-        return [(name, doc) for name, doc in self.transport.get(_run(run_uid) + "/assets")]
+        with self._about(run_uid):
+            found = self.transport.get(_run(run_uid) + "/assets")
+        return [(name, doc) for name, doc in found]
 
     def datums(self, run_uid: str, datum_ids: list[str]) -> dict[str, tuple[str, dict]]:
-        self._send_pending()
-        found = self.transport.post(_run(run_uid) + "/datums", json={"ids": list(datum_ids)})
+        with self._about(run_uid):
+            found = self.transport.post(_run(run_uid) + "/datums", json={"ids": list(datum_ids)})
         return {k: (v[0], v[1]) for k, v in found.items()}
 
     # -- filling on the server
