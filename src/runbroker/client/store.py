@@ -10,8 +10,11 @@ Writes are batched: events and datums wait up to ``linger`` seconds (or until ``
 documents wait) and go in one request, so a RunEngine far from the database writes at full
 speed. Any other document (start, descriptor, resource, stop) first sends what waits and then
 goes at once, and every read sends what waits first, so this store's own readers see every
-document at once. A refused batched document raises from the next ``insert``, ``flush`` or
-``close`` (naming the document): call ``flush()`` where the exact point matters.
+document at once. A batched document is validated here first, and waits only when the server
+will surely take it (its descriptor was sent from here, its keys are declared, its seq_num is
+new); so nearly every refusal comes from the ``insert`` that sent the document, as locally.
+What only the server can know (an event reusing another's uid) raises from the next
+``insert``, ``flush`` or ``close``, naming the document.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from urllib.parse import quote
 import numpy as np
 
 from .. import wire
+from ..documents import validate
 from ..errors import ReadOnlyError, RunNotFoundError
 from ..filler import FieldEvents, Filler
 from ..queries import Query
@@ -73,6 +77,8 @@ class HTTPStore:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        # Descriptors (their data keys, the highest seq_num sent) and resources sent from here.
+        self._known: dict[str, tuple[frozenset, int]] = {}
 
     def __repr__(self) -> str:
         return f"HTTPStore({self.uri!r})"
@@ -86,7 +92,7 @@ class HTTPStore:
     def insert(self, name: str, doc: dict) -> None:
         self._refuse_if_readonly()
         self._raise_deferred()
-        if name in _BATCHED:
+        if name in _BATCHED and self._may_wait(name, validate(name, doc)):
             with self._lock:
                 self._pending.append((name, doc))
                 full = len(self._pending) >= self._batch
@@ -99,6 +105,34 @@ class HTTPStore:
             return
         self._send_pending()
         self.transport.post("/documents?atomic=false", content=[(name, doc)])
+        if name == "descriptor":
+            self._known[doc["uid"]] = (frozenset(doc["data_keys"]), -1)
+        elif name in ("resource", "stream_resource"):
+            self._known[doc["uid"]] = (frozenset(), -1)
+
+    def _may_wait(self, name: str, doc: dict) -> bool:
+        """Whether a valid batched document can wait for its batch: only when the server will
+        surely take it as this store has seen its parents -- a descriptor or resource sent
+        from here, declared keys, seq_nums above those sent. Anything else goes at once, so
+        that the server's refusal comes from this ``insert``, as a local store's would."""
+        if name in ("datum", "datum_page", "stream_datum"):
+            parent = doc.get("stream_resource" if name == "stream_datum" else "resource")
+            return parent in self._known
+        known = self._known.get(doc["descriptor"])
+        if known is None:
+            return False
+        keys, seq_max = known
+        if name == "event":
+            seqs = [doc["seq_num"]]
+        else:
+            seqs = list(doc["seq_num"])
+            columns = [doc["time"], doc["uid"], *doc["data"].values(), *doc["timestamps"].values()]
+            if not seqs or any(len(c) != len(seqs) for c in columns):
+                return False
+        if not doc["data"].keys() <= keys or min(seqs) <= seq_max:
+            return False
+        self._known[doc["descriptor"]] = (keys, max(seqs))
+        return True
 
     def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
         self._refuse_if_readonly()
