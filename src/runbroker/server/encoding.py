@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
@@ -38,6 +39,9 @@ def _plain(value: Any) -> Any:
         return value.decode("ascii", "replace")
     if isinstance(value, set | frozenset | tuple):
         return list(value)
+    if isinstance(value, np.ndarray | np.generic):
+        # What orjson leaves (strings, objects, arrays not in C order): as Python values.
+        return value.tolist()
     raise TypeError(f"cannot write a {type(value).__name__} as JSON")
 
 
