@@ -2,9 +2,10 @@
 
 An answer is compressed only where it helps: not when it is small (under
 :data:`MIN_SIZE`), not when it is compressed already (zip, gzip, images, or any answer with a
-``Content-Encoding``; server-sent events), and not when its first bytes do not shrink (random floats, packed
-detector frames: the time would be spent for nothing). A streamed answer stays streamed:
-each chunk is compressed and flushed as it comes, so the client can decode as it reads.
+``Content-Encoding``), not for server-sent events, and not when its first bytes do not shrink
+(random floats, packed detector frames: the time would be spent for nothing). A streamed
+answer stays streamed: each chunk is compressed and flushed as it comes, so the client can
+decode as it reads.
 
 Example:
     >>> choose("gzip, deflate, zstd")

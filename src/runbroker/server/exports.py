@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
@@ -25,7 +25,7 @@ from ..export import FORMATS
 from ..naming import safe_name
 from .context import Ctx
 
-__all__ = ["archive", "router"]
+__all__ = ["pack_files", "router"]
 
 router = APIRouter()
 
@@ -51,10 +51,12 @@ def export(
     uid: str,
     format: str,
     ctx: Ctx,
-    archive: Archive | None = Query(
-        None, description="pack the files in an archive (default: zip when there are several)"
-    ),
-    template: str | None = Query(None, description="file names, as run.export takes them"),
+    archive: Annotated[
+        Archive | None, Query(description="pack in an archive (default: zip if several files)")
+    ] = None,
+    template: Annotated[
+        str | None, Query(description="file names, as run.export takes them")
+    ] = None,
 ) -> FileResponse:
     if format not in FORMATS:
         raise NotFoundError(
@@ -77,7 +79,7 @@ def export(
                 background=cleanup,
             )
         kind = archive or "zip"
-        packed = archive(folder / f"{stem}.{kind}", folder / "files", files, kind)
+        packed = pack_files(folder / f"{stem}.{kind}", folder / "files", files, kind)
         return FileResponse(
             packed,
             media_type="application/zip" if kind == "zip" else "application/x-tar",
@@ -89,13 +91,13 @@ def export(
         raise
 
 
-def archive(target: Path, root: Path, files: list[Path], kind: Archive = "zip") -> Path:
+def pack_files(target: Path, root: Path, files: list[Path], kind: Archive = "zip") -> Path:
     """Pack ``files`` (under ``root``, named relative to it) into ``target``, a zip or tar.
 
     Example:
         >>> (tmp_path / "a.txt").write_text("x")
         1
-        >>> out = archive(tmp_path / "out.zip", tmp_path, [tmp_path / "a.txt"])
+        >>> out = pack_files(tmp_path / "out.zip", tmp_path, [tmp_path / "a.txt"])
         >>> zipfile.ZipFile(out).namelist()
         ['a.txt']
     """

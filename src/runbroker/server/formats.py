@@ -136,7 +136,13 @@ def _arrow_array(values: np.ndarray) -> Any:
         # Strings, or arrays whose shape changes from event to event: lists.
         return pa.array([v.tolist() if isinstance(v, np.ndarray) else v for v in values])
     if values.ndim > 1:
-        return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(values))
+        # Built from its storage (a fixed-size list of each event's values, C order), which
+        # also serves an empty block (from_numpy_ndarray refuses one).
+        shape = values.shape[1:]
+        type_ = pa.fixed_shape_tensor(pa.from_numpy_dtype(values.dtype), shape)
+        flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+        storage = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(shape)))
+        return pa.ExtensionArray.from_storage(type_, storage)
     return pa.array(values, from_pandas=values.dtype.kind == "f")
 
 

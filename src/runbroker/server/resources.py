@@ -11,8 +11,9 @@ each route with curl.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
@@ -102,11 +103,13 @@ def stream_data(
     uid: str,
     stream: str,
     ctx: Ctx,
-    fields: str | None = Query(None, description="comma-separated field names (default: all)"),
-    start: int = Query(0, ge=-_LIMIT, le=_LIMIT, description="first event (from 0)"),
-    stop: int | None = Query(None, ge=-_LIMIT, le=_LIMIT, description="event after the last"),
-    format: Format | None = Query(None, description="default: by Accept, else arrow"),
-    fill: bool = Query(True, description="detector data from files (false: references)"),
+    fields: Annotated[str | None, Query(description="comma-separated names (default: all)")] = None,
+    start: Annotated[int, Query(ge=-_LIMIT, le=_LIMIT, description="first event (from 0)")] = 0,
+    stop: Annotated[
+        int | None, Query(ge=-_LIMIT, le=_LIMIT, description="the event after the last")
+    ] = None,
+    format: Annotated[Format | None, Query(description="default: by Accept, else arrow")] = None,
+    fill: Annotated[bool, Query(description="detector data from files (false: references)")] = True,
 ) -> Response:
     s = _stream(ctx, uid, stream)
     names = _fields(s, fields)
@@ -131,7 +134,7 @@ def stream_data(
 
     def blocks() -> Iterator[Block]:
         yield first
-        for a, b in zip(edges[1:-1], edges[2:], strict=True):
+        for a, b in itertools.pairwise(edges[1:]):
             yield block(a, b)
 
     return StreamingResponse(
@@ -187,8 +190,8 @@ def run_documents(
     uid: str,
     kind: Literal["json-seq", "msgpack"],
     ctx: Ctx,
-    fill: bool = Query(False, description="put detector data from files into the events"),
-    pages: bool = Query(True, description="events as event_page documents (false: single)"),
+    fill: Annotated[bool, Query(description="detector data from files in the events")] = False,
+    pages: Annotated[bool, Query(description="events as event_page documents")] = True,
 ) -> Response:
     docs = _run(ctx, uid).documents(fill=fill, pages=pages, arrays=kind == "msgpack")
     if kind == "msgpack":
