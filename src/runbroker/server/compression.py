@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import anyio.to_thread
 import zstandard
 
 __all__ = ["Compression", "choose"]
@@ -29,9 +30,9 @@ MIN_SIZE = 1024
 # A sample of the first bytes is compressed to see if compression helps: it must save this
 # share of them.
 _SAMPLE = 64 * 1024
-_MIN_SAVING = 0.1
-_ZSTD_LEVEL = 3
-_GZIP_LEVEL = 5
+_MIN_SAVING = 0.25
+_ZSTD_LEVEL = 1
+_GZIP_LEVEL = 1
 
 # Media types that are compressed already.
 _PACKED = (
@@ -97,9 +98,14 @@ class _Gzip:
 _CODERS = {"zstd": _Zstd, "gzip": _Gzip}
 
 
-def _helps(sample: bytes) -> bool:
-    sample = sample[:_SAMPLE]
-    return len(zstandard.compress(sample, 1)) < (1 - _MIN_SAVING) * len(sample)
+def _helps(data: bytes) -> bool:
+    """Whether ``data`` shrinks, judged by pieces taken across it (the head of an answer may
+    be an index or a header that compresses well while the bulk after it does not)."""
+    n = len(data)
+    if n > _SAMPLE:
+        piece = _SAMPLE // 8
+        data = b"".join(data[i : i + piece] for i in range(0, n - piece + 1, (n - piece) // 7))
+    return len(zstandard.compress(data, 1)) < (1 - _MIN_SAVING) * len(data)
 
 
 class Compression:
@@ -145,7 +151,7 @@ class _Responder:
         if kind != "http.response.body":
             await self._send(message)
         elif self.decided:
-            await self._send(self._compressed(message) if self.coder else message)
+            await self._send(await self._compressed(message) if self.coder else message)
         else:
             await self._first(message)
 
@@ -158,7 +164,7 @@ class _Responder:
             await self._send(message)
             return
         self.coder = _CODERS[self.coding]()
-        message = self._compressed(message)
+        message = await self._compressed(message)
         # A whole body is sent with its new length; a stream goes on in chunks.
         await self._begin(True, None if more else len(message["body"]))
         await self._send(message)
@@ -177,9 +183,14 @@ class _Responder:
             headers.append((b"content-length", str(length).encode()))
         await self._send({**self.start, "headers": headers})
 
-    def _compressed(self, message: Message) -> Message:
+    async def _compressed(self, message: Message) -> Message:
         assert self.coder is not None
-        data = self.coder.chunk(message.get("body", b""))
+        body = message.get("body", b"")
+        if len(body) > _SAMPLE:
+            # Off the event loop: other requests go on while a large chunk is compressed.
+            data = await anyio.to_thread.run_sync(self.coder.chunk, body)
+        else:
+            data = self.coder.chunk(body)
         if not message.get("more_body", False):
             data += self.coder.finish()
         return {**message, "body": data}

@@ -25,7 +25,7 @@ Example:
     >>> enc.prepare(block, 1, {})
     {}
     >>> b"".join(enc.chunks(iter([block]))).decode()
-    'time,seq_num,x\\n1.5,1,2.0\\n'
+    '"time","seq_num","x"\\n1.5,1,2\\n'
 """
 
 from __future__ import annotations
@@ -221,13 +221,16 @@ class CSV:
         return {}
 
     def chunks(self, blocks: Iterable[Block]) -> Iterator[bytes]:
-        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.csv
 
         header = True
         for block in blocks:
-            text = pd.DataFrame(block).to_csv(index=False, header=header, lineterminator="\n")
+            table = pa.table({k: _arrow_array(v) for k, v in block.items()})
+            out = pa.BufferOutputStream()
+            pyarrow.csv.write_csv(table, out, pyarrow.csv.WriteOptions(include_header=header))
             header = False
-            yield text.encode()
+            yield out.getvalue().to_pybytes()
 
 
 class Raw:
