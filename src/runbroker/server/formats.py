@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import wire
 from ..errors import RequestError, RunbrokerError
-from .encoding import to_json
+from .encoding import frames, to_json
 
 __all__ = ["ENCODERS", "Block", "Encoder", "media_types"]
 
@@ -168,16 +168,7 @@ class Msgpack:
         return {}
 
     def chunks(self, blocks: Iterable[Block]) -> Iterator[bytes]:
-        n = 0
-        try:
-            for block in blocks:
-                yield wire.frame("block", block)
-                n += 1
-        except RunbrokerError as err:
-            # The status line is gone: the error goes in the stream, which a reader raises.
-            yield wire.frame("error", err.to_dict())
-            return
-        yield wire.end(n)
+        return frames(("block", block) for block in blocks)
 
 
 class JSON:
