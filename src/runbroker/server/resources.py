@@ -39,7 +39,6 @@ _UNSIZED = 64
 _LIMIT = 2**62
 
 Format = Literal["arrow", "msgpack", "json", "csv", "raw"]
-FORMATS = set(ENCODERS)
 
 
 def _run(ctx: Context, uid: str) -> Run:
