@@ -32,7 +32,7 @@ from .errors import AmbiguousUIDError, NoStreamError, RunNotFoundError
 from .filler import FieldEvents, Filler, Fills
 from .mongoquery import from_mongo
 from .queries import And, Key, PartialUID, Query, ScanID
-from .store.base import LeavesOut, RunRecord, Store
+from .store.base import LeavesOut, RunRecord, Store, distinct_values
 from .stream import Stream
 from .v1 import Broker, Header
 
@@ -219,6 +219,18 @@ class Catalog:
         found = self._within(query if self.query is None else And(self.query, query))
         found._searched = (*self._searched, query)
         return found
+
+    def distinct(self, key: str, limit: int = 100) -> list[tuple[Any, int]]:
+        """The distinct values of metadata ``key`` among this catalog's runs, with how many
+        runs hold each, most common first (for search forms: which samples, which plans).
+
+        Lists and dicts are not values here; runs without the key are not counted.
+
+        Example:
+            >>> cat.distinct("plan_name")
+            [('scan', 1)]
+        """
+        return distinct_values(self.store, key, self._view, limit)
 
     @property
     def whole(self) -> Catalog:

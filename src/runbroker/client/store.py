@@ -204,6 +204,11 @@ class HTTPStore:
         self._send_pending()
         return int(self.transport.post("/count", json={"query": _wire(query)}))
 
+    def distinct(self, key: str, query: Query | None, limit: int) -> list[tuple[Any, int]]:
+        self._send_pending()
+        body = {"key": key, "query": _wire(query), "limit": limit}
+        return [(value, n) for value, n in self.transport.post("/distinct", json=body)]
+
     def get_run(self, uid: str) -> RunRecord | None:
         self._send_pending()
         try:

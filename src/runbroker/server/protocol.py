@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import RequestError, RunbrokerError, RunNotFoundError
 from ..filler import FieldEvents
 from ..queries import Query as RunQuery
-from ..store.base import PageInfo, RunRecord
+from ..store.base import PageInfo, RunRecord, distinct_values
 from .context import Context, Ctx, Writer
 from .encoding import body, framed, reply
 
@@ -93,6 +93,18 @@ class CountBody(BaseModel):
 @router.post("/count", summary="How many runs match a query")
 def count(request: Request, args: CountBody, ctx: Ctx) -> Response:
     return reply(request, ctx.store.count(parse_query(ctx, args.query)))
+
+
+class DistinctBody(BaseModel):
+    key: str = Field(description="a metadata key, as queries name it: sample.name, stop.x")
+    query: dict[str, Any] | None = None
+    limit: int = Field(100, ge=1, le=10_000)
+
+
+@router.post("/distinct", summary="Distinct values of a metadata key, with their run counts")
+def distinct(request: Request, args: DistinctBody, ctx: Ctx) -> Response:
+    found = distinct_values(ctx.store, args.key, parse_query(ctx, args.query), args.limit)
+    return reply(request, [[value, n] for value, n in found])
 
 
 @router.get("/runs/{uid}", summary="One run's start and stop documents")

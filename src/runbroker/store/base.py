@@ -89,7 +89,9 @@ What only some stores can do is a small protocol of its own, checked with ``isin
 are ``runtime_checkable``), never with ``hasattr``: :class:`Indexes` (indexes on chosen
 metadata keys), :class:`LeavesOut` (sources left out, for clearer not-found messages) and
 :class:`runbroker.filler.Fills` (a store that fills detector data by itself, as a remote one
-will; for any other store the catalog reads the files through a local filler). Annotating
+does; for any other store the catalog reads the files through a local filler) and
+:class:`Distinct` (the distinct values of a metadata key, counted inside the database; any
+other store is scanned by :func:`distinct_values`). Annotating
 runs and following a live run will be capability protocols of the same kind.
 """
 
@@ -106,12 +108,14 @@ from ..queries import Query
 
 __all__ = [
     "Columns",
+    "Distinct",
     "Indexes",
     "LeavesOut",
     "PageGone",
     "PageInfo",
     "RunRecord",
     "Store",
+    "distinct_values",
     "indexing",
     "run_not_found",
 ]
@@ -285,3 +289,50 @@ class LeavesOut(Protocol):
     def left_out(self) -> list[str]:
         """Names of the sources left out (empty when every one is read)."""
         ...
+
+
+@runtime_checkable
+class Distinct(Protocol):
+    """A store that counts the distinct values of a metadata key by itself (in SQL, or by
+    asking a server), instead of the catalog reading every matching run."""
+
+    def distinct(self, key: str, query: Query | None, limit: int) -> list[tuple[Any, int]]:
+        """``(value, runs)`` for the scalar values ``key`` takes among the runs matching
+        ``query``: most runs first, then by value; at most ``limit``. Lists and dicts are
+        not values here; a run without the key counts for nothing."""
+        ...
+
+
+def distinct_values(
+    store: object, key: str, query: Query | None, limit: int = 100
+) -> list[tuple[Any, int]]:
+    """The distinct scalar values of ``key`` among the runs matching ``query``, with how many
+    runs hold each (see :class:`Distinct`): the store's own count where it has one, else a
+    scan of the matching runs.
+
+    Example:
+        >>> from runbroker.store.sql import SQLStore
+        >>> distinct_values(SQLStore("sqlite://"), "sample", None)
+        []
+    """
+    from ..queries import MISSING, lookup, split_key
+    from .flatten import scalar_row
+
+    split_key(key)  # a malformed key is refused before any work
+    if isinstance(store, Distinct):
+        return store.distinct(key, query, limit)
+    counts: dict[tuple[str, Any], list] = {}
+    for run in store.search(query):  # type: ignore[attr-defined]
+        value = lookup({"start": run.start, "stop": run.stop}, key)
+        if value is MISSING or isinstance(value, dict | list):
+            continue
+        slot = counts.setdefault((type(value).__name__, value), [value, 0])
+        slot[1] += 1
+
+    def order(value_count: list) -> tuple:
+        # as SQL orders meta rows: by type letter, then number, then text
+        typ, num, txt = scalar_row(value_count[0])  # type: ignore[misc]
+        return (-value_count[1], typ, num if num is not None else 0, txt or "")
+
+    ranked = sorted(counts.values(), key=order)
+    return [(v, n) for v, n in ranked[:limit]]

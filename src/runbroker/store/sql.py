@@ -46,7 +46,17 @@ from .base import PageGone, PageInfo, RunRecord, run_not_found
 from .dialects import dialect_of
 from .events import MAX_EVENTS_PER_PAGE, page_from_columns, rechunk
 from .prepared import Prepared
-from .schema import SCHEMA_VERSION, datums, descriptors, documents, info, metadata, pages, runs
+from .schema import (
+    SCHEMA_VERSION,
+    datums,
+    descriptors,
+    documents,
+    info,
+    meta,
+    metadata,
+    pages,
+    runs,
+)
 from .sqlquery import compile_query, indexed, is_common
 from .sqlwrite import RUN_ID, SQLWriting
 from .urls import redact
@@ -375,6 +385,34 @@ class SQLStore(SQLWriting):
         with self._read() as conn:
             return conn.execute(stmt).scalar_one()
 
+    def distinct(self, key: str, query: Query | None, limit: int) -> list[tuple[Any, int]]:
+        """The distinct scalar values of ``key`` among the runs matching ``query``, counted
+        in SQL (see :class:`~runbroker.store.base.Distinct`).
+
+        Example:
+            >>> store = SQLStore("sqlite://")
+            >>> store.distinct("sample", None, 10)
+            []
+        """
+        self._flush_if_pending()
+        n = func.count().label("n")
+        matching = select(runs.c.id).where(self._compile(query))
+        stmt = (
+            select(meta.c.typ, meta.c.num, meta.c.txt, n)
+            .where(
+                meta.c.key == keyindex.meta_key(key),
+                meta.c.elem.is_(False),
+                meta.c.typ.in_(("s", "n", "b", "z")),
+                meta.c.run_id.in_(matching),
+            )
+            .group_by(meta.c.typ, meta.c.num, meta.c.txt)
+            .order_by(n.desc(), meta.c.typ, meta.c.num, meta.c.txt)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        return [(_scalar_value(r.typ, r.num, r.txt), r.n) for r in rows]
+
     def get_run(self, uid: str) -> RunRecord | None:
         """The run with exactly this uid."""
         self._flush_if_pending()
@@ -536,3 +574,14 @@ def _decoded_page(data_blob: bytes, extra_blob: bytes, uids: bool = True) -> tup
 
 def _replay_key(row: tuple) -> tuple[str, str | None]:
     return row[1], row[3]
+
+
+def _scalar_value(typ: str, num: Any, txt: str | None) -> Any:
+    """The JSON scalar a ``meta`` row holds."""
+    if typ == "s":
+        return txt
+    if typ == "b":
+        return bool(num)
+    if typ == "z" or num is None:
+        return None
+    return int(num) if num == int(num) and not isinstance(num, float) else float(num)
