@@ -12,9 +12,10 @@ catalogs of real RunEngine runs (``runs.db``, ``facility.db``), a folder catalog
 (``beamtime/``). Its Python blocks start with ``RE`` (a RunEngine subscribed to nothing), and
 with ``cat`` (``runs.db`` opened) and ``run`` (``cat[-1]``) when the folder has ``runs.db``.
 Where an example names what this machine cannot give (a PostgreSQL server at a made-up host, a
-MongoDB server, a uid of the reader's own), ``SUBSTITUTIONS`` replaces that text before the
-block runs: the PostgreSQL cluster of the tests, a mongomock client holding real runs
-(``MONGO_PAGES``), the uids of ``runs.db``.
+MongoDB server, a runbroker server, a uid of the reader's own), ``SUBSTITUTIONS`` replaces
+that text before the block runs: the PostgreSQL cluster of the tests, a fresh catalog of the
+test server (``{server}``; its API key is in ``$RUNBROKER_API_KEY``), a mongomock client
+holding real runs (``MONGO_PAGES``), the uids of ``runs.db``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ SUBSTITUTIONS: dict[str, dict[str, str]] = {
         "77b0c1d2-...": "{uids[1]}",
     },
     "docs/export.md": {"3f2a9c1e-...": "{uids[0]}"},
+    "docs/live.md": {"http://localhost:8000": "{server}"},
 }
 # Pages whose ``pymongo.MongoClient`` is a mongomock client holding runs of a real RunEngine.
 MONGO_PAGES = {"docs/import.md"}
@@ -118,6 +120,7 @@ class Material:
     folder: Path
     postgres: str
     uids: list[str]
+    server: str = ""
 
 
 def _ids(page: Path) -> str:
@@ -259,11 +262,16 @@ def page_folder(
 
                 with runbroker.open(recorded / "runs.db") as src, runbroker.open(postgres) as to:
                     copy_catalog(src, to, progress=False)
+        server = ""
+        if "{server}" in values:
+            name = "docs-" + re.sub(r"\W", "-", page.removesuffix(".md")).lower()
+            server = request.getfixturevalue("http_server").catalog_url(name)
         with runbroker.open(recorded / "runs.db", readonly=True) as cat:
             uids = list(cat.keys())
         if page in MONGO_PAGES:
             _mongo(monkeypatch, recorded)
-        return Material(tmp_path, postgres, uids), _environment(tmp_path, monkeypatch)
+        material = Material(tmp_path, postgres, uids, server)
+        return material, _environment(tmp_path, monkeypatch)
 
     yield prepare
 

@@ -55,9 +55,7 @@ def newer(
     """
     for attempt in range(_ATTEMPTS):
         pages = [
-            p
-            for p in store.pages(run_uid, descriptor_uids)
-            if after is None or p.seq_max > after
+            p for p in store.pages(run_uid, descriptor_uids) if after is None or p.seq_max > after
         ]
         try:
             return _gather(store, run_uid, pages, after, columns)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -47,7 +47,7 @@ async def events(
     ctx: Ctx,
     after: int | None = Query(None, ge=-(2**62), le=2**62, description="last seq_num seen"),
     wait: float = Query(0.0, ge=0, le=3600, description="seconds to hold the request"),
-    field: list[str] | None = Query(None, description="fields to send (default: all)"),
+    field: Annotated[list[str] | None, Query(description="fields to send (default: all)")] = None,
 ) -> Response:
     settings = ctx.service.settings
     deadline = time.monotonic() + min(wait, settings.max_wait)
@@ -63,9 +63,7 @@ async def events(
     return reply(request, value)
 
 
-def _check(
-    store: Store, uid: str, stream: str, fields: list[str] | None, found: NewEvents
-) -> None:
+def _check(store: Store, uid: str, stream: str, fields: list[str] | None, found: NewEvents) -> None:
     """Refuse what can never be answered: a stream a stopped run lacks, unknown fields."""
     if not found.descriptors:
         if found.stopped:
