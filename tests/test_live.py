@@ -211,6 +211,25 @@ def test_an_event_stored_late_comes_in_its_place(catalog: Catalog) -> None:
     assert batches == [[1, 2], [3, 4, 5]]
 
 
+def test_follow_across_a_second_descriptor(catalog: Catalog) -> None:
+    """The stream is declared again mid-run (configuration changed): the follower reads on."""
+    from conftest import _two_descriptor_documents
+
+    docs = _two_descriptor_documents()
+    second = [i for i, (name, _) in enumerate(docs) if name == "descriptor"][1]
+    catalog.ingest(docs[:second])
+    batches: list[xr.Dataset] = []
+    follower = threading.Thread(
+        target=lambda: batches.extend(catalog[-1].primary.follow(timeout=20, poll=0.02))
+    )
+    follower.start()
+    time.sleep(0.3)
+    catalog.ingest(docs[second:])
+    follower.join(20)
+    assert len(batches) == 2
+    check_same(xr.concat(batches, dim="time"), catalog[-1].primary.read())
+
+
 def test_the_remote_store_waits_on_its_server(catalog: Catalog) -> None:
     """Only the HTTP store can wait by itself; every other store is polled."""
     assert isinstance(catalog.store, Follows) == isinstance(catalog.store, HTTPStore)

@@ -468,7 +468,9 @@ class Stream:
                 self.__dict__.pop("_descriptors", None)  # a new descriptor: new fields
             cols = cursor.take(found)
             if cols is not None:
-                yield self._dataset(cols, wanted or self.fields, slice(None), fill)
+                # (A descriptor stored since the look adds fields its events lack here.)
+                names = wanted or [f for f in self.fields if "d:" + f in cols]
+                yield self._dataset(cols, names, slice(None), fill)
                 last = time.monotonic()
             if found.stopped:
                 return
