@@ -12,9 +12,10 @@ catalogs of real RunEngine runs (``runs.db``, ``facility.db``), a folder catalog
 (``beamtime/``). Its Python blocks start with ``RE`` (a RunEngine subscribed to nothing), and
 with ``cat`` (``runs.db`` opened) and ``run`` (``cat[-1]``) when the folder has ``runs.db``.
 Where an example names what this machine cannot give (a PostgreSQL server at a made-up host, a
-MongoDB server, a uid of the reader's own), ``SUBSTITUTIONS`` replaces that text before the
-block runs: the PostgreSQL cluster of the tests, a mongomock client holding real runs
-(``MONGO_PAGES``), the uids of ``runs.db``.
+MongoDB server, a runbroker server, a uid of the reader's own), ``SUBSTITUTIONS`` replaces
+that text before the block runs: the PostgreSQL cluster of the tests, a fresh catalog of the
+test server (``{server}``; its API key is in ``$RUNBROKER_API_KEY``), a mongomock client
+holding real runs (``MONGO_PAGES``), the uids of ``runs.db``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ SUBSTITUTIONS: dict[str, dict[str, str]] = {
     },
     "docs/export.md": {"3f2a9c1e-...": "{uids[0]}"},
     "docs/http-api.md": {"http://127.0.0.1:8000": "{url}", "3f2a9c1e-...": "{uids[0]}"},
+    "docs/live.md": {"http://localhost:8000": "{server}"},
 }
 # Pages whose examples talk to ``runbroker serve runs.db --api-key KEY`` (page -> KEY): the
 # page's runs.db is served by uvicorn in a thread, on a free port, at ``{url}``.
@@ -123,6 +125,7 @@ class Material:
     postgres: str
     uids: list[str]
     url: str = ""
+    server: str = ""
 
 
 def _ids(page: Path) -> str:
@@ -264,12 +267,17 @@ def page_folder(
 
                 with runbroker.open(recorded / "runs.db") as src, runbroker.open(postgres) as to:
                     copy_catalog(src, to, progress=False)
+        server = ""
+        if "{server}" in values:
+            name = "docs-" + re.sub(r"\W", "-", page.removesuffix(".md")).lower()
+            server = request.getfixturevalue("http_server").catalog_url(name)
         with runbroker.open(recorded / "runs.db", readonly=True) as cat:
             uids = list(cat.keys())
         if page in MONGO_PAGES:
             _mongo(monkeypatch, recorded)
         url = _serve(tmp_path / "runs.db", SERVED[page], servers) if page in SERVED else ""
-        return Material(tmp_path, postgres, uids, url), _environment(tmp_path, monkeypatch)
+        material = Material(tmp_path, postgres, uids, url, server)
+        return material, _environment(tmp_path, monkeypatch)
 
     servers: list[Any] = []
     yield prepare

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,10 +25,13 @@ from .columns import DTYPES as _DTYPES
 from .columns import as_column, concat_columns
 from .display import plural
 from .filler import FieldEvents, Filler
-from .store.base import PageGone, PageInfo, Store
+from .follow import Cursor, Polling
+from .store.base import Follows, PageGone, PageInfo, Store
 
 __all__ = ["Stream"]
 
+# Longest single wait of a follow without a timeout (it then waits again).
+_FOLLOW_WAIT = 600.0
 # Size of one lazy piece of detector data: big enough to amortise a task, small enough to fit.
 _DASK_CHUNK_BYTES = 128 * 2**20
 
@@ -422,6 +426,69 @@ class Stream:
                 task = dask.delayed(_fill_field)(self.filler, events[a:b], dtype)
                 parts.append(da.from_delayed(task, shape=(b - a, *shape), dtype=dtype))
         return parts
+
+    def follow(
+        self,
+        fields: Sequence[str] | str | None = None,
+        *,
+        start: Literal["beginning", "new"] | int = "beginning",
+        timeout: float | None = None,
+        poll: float = 0.1,
+        fill: bool | str = True,
+    ) -> Iterator[xr.Dataset]:
+        """Follow the stream while its run is written: yield each batch of new events as an
+        ``xarray.Dataset`` (what :meth:`read` gives for those events) until the run stops.
+
+        Every event comes once, in seq_num order; joined, the batches are the stream's
+        ``read()``. ``start``: ``"beginning"`` (the events stored so far come first),
+        ``"new"`` (only events stored from now on) or a seq_num to follow after.
+        ``timeout``: seconds without a new event after which ``TimeoutError`` is raised
+        (None: wait as long as the run goes on). ``poll``: how often a local store is
+        looked at; a remote store instead waits on its server (one request per batch).
+
+        Example:
+            >>> [batch.sizes["time"] for batch in run.primary.follow(["det"])]
+            [5]
+        """
+        fill = fill_flag(fill)
+        wanted = None if fields is None else self._check_fields(fields)
+        store = self.store
+        waiter: Follows = store if isinstance(store, Follows) else Polling(store, poll)
+        cursor = Cursor(self._follow_after(start))
+        last = time.monotonic()
+        while True:
+            left = _FOLLOW_WAIT if timeout is None else timeout - (time.monotonic() - last)
+            if left <= 0:
+                raise TimeoutError(
+                    f"no new event in stream {self.name!r} of run {self.run_uid[:8]} for "
+                    f"{timeout} s (follow(timeout=...)), and the run has not stopped"
+                )
+            found = waiter.wait_events(self.run_uid, self.name, cursor.after, wanted, left)
+            if found.descriptors != [d["uid"] for d in self._descriptors]:
+                self.__dict__.pop("_descriptors", None)  # a new descriptor: new fields
+            cols = cursor.take(found)
+            if cols is not None:
+                # (A descriptor stored since the look adds fields its events lack here.)
+                names = wanted or [f for f in self.fields if "d:" + f in cols]
+                yield self._dataset(cols, names, slice(None), fill)
+                last = time.monotonic()
+            if found.stopped:
+                return
+            if cols is None and cursor.waiting:
+                time.sleep(poll)  # events after a gap: look again soon, not at once
+
+    def _follow_after(self, start: str | int) -> int | None:
+        """The seq_num a follow starts after (None: from the first event)."""
+        if start == "beginning":
+            return None
+        if start == "new":
+            pages = self.store.pages(self.run_uid, [d["uid"] for d in self._descriptors])
+            return max((p.seq_max for p in pages), default=None)
+        if isinstance(start, int) and not isinstance(start, bool):
+            return start
+        raise ValueError(
+            f"follow(start={start!r}): start is 'beginning', 'new' or a seq_num to follow after"
+        )
 
     def iter_chunks(
         self, fields: Sequence[str] | str | None = None, size: int = 100_000

@@ -33,6 +33,7 @@ from ..errors import ReadOnlyError, RunNotFoundError
 from ..filler import FieldEvents, Filler
 from ..queries import Query
 from ..store.base import Columns, PageInfo, RunRecord, run_not_found
+from ..store.base import Columns, NewEvents, PageInfo, RunRecord
 from .transport import Transport
 
 __all__ = ["HTTPStore", "RemoteFiller"]
@@ -262,6 +263,29 @@ class HTTPStore:
         with self._about(run_uid):
             found = self.transport.post(_run(run_uid) + "/datums", json={"ids": list(datum_ids)})
         return {k: (v[0], v[1]) for k, v in found.items()}
+
+    # -- following a live run (runbroker.store.base.Follows)
+
+    def wait_events(
+        self,
+        run_uid: str,
+        stream: str,
+        after: int | None,
+        fields: list[str] | None,
+        timeout: float,
+    ) -> NewEvents:
+        """One held request: the server answers when new events are stored (or the run
+        stops, or ``timeout`` passes), so a follower sends one request per batch."""
+        self._send_pending()
+        # Held no longer than half the read timeout: an idle wait is never a timeout error.
+        params: dict[str, Any] = {"wait": max(0.0, min(timeout, self.transport.timeout / 2))}
+        if after is not None:
+            params["after"] = after
+        if fields is not None:
+            params["field"] = list(fields)
+        path = f"{_run(run_uid)}/streams/{quote(stream, safe='')}/events"
+        got = self.transport.get(path, **params)
+        return NewEvents(got["columns"], got["descriptors"], got["stopped"])
 
     # -- filling on the server
 

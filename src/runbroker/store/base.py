@@ -87,12 +87,14 @@ Optional capabilities
 
 What only some stores can do is a small protocol of its own, checked with ``isinstance`` (all
 are ``runtime_checkable``), never with ``hasattr``: :class:`Indexes` (indexes on chosen
-metadata keys), :class:`LeavesOut` (sources left out, for clearer not-found messages) and
+metadata keys), :class:`LeavesOut` (sources left out, for clearer not-found messages),
 :class:`runbroker.filler.Fills` (a store that fills detector data by itself, as a remote one
-does; for any other store the catalog reads the files through a local filler) and
+does; for any other store the catalog reads the files through a local filler),
 :class:`Distinct` (the distinct values of a metadata key, counted inside the database; any
-other store is scanned by :func:`distinct_values`). Annotating
-runs and following a live run will be capability protocols of the same kind.
+other store is scanned by :func:`distinct_values`) and :class:`Follows` (a store that can
+wait for a run's new events where they are stored: the remote store waits on its server, one
+request per batch; for any other store :meth:`runbroker.stream.Stream.follow` polls
+:meth:`Store.pages`). Annotating runs will be a capability protocol of the same kind.
 """
 
 from __future__ import annotations
@@ -109,8 +111,10 @@ from ..queries import Query
 __all__ = [
     "Columns",
     "Distinct",
+    "Follows",
     "Indexes",
     "LeavesOut",
+    "NewEvents",
     "PageGone",
     "PageInfo",
     "RunRecord",
@@ -336,3 +340,41 @@ def distinct_values(
 
     ranked = sorted(counts.values(), key=order)
     return [(v, n) for v, n in ranked[:limit]]
+
+
+@dataclass(frozen=True)
+class NewEvents:
+    """A stream's events after a seq_num, as :meth:`Follows.wait_events` finds them.
+
+    ``columns``: ``time``, ``seq_num`` and the ``d:<field>`` columns of the new events, in
+    seq_num order (no events: empty columns). ``descriptors``: the uids of the stream's
+    descriptors now (a new one means new fields). ``stopped``: the run had stopped *before*
+    the events were looked for, so no event of it is missing from ``columns``.
+    """
+
+    columns: Columns
+    descriptors: list[str]
+    stopped: bool
+
+    def __len__(self) -> int:
+        return len(self.columns.get("seq_num", ()))
+
+
+@runtime_checkable
+class Follows(Protocol):
+    """A store that can wait for a run's new events where they are stored (the HTTP store
+    waits on its server), instead of being polled by the caller."""
+
+    def wait_events(
+        self,
+        run_uid: str,
+        stream: str,
+        after: int | None,
+        fields: list[str] | None,
+        timeout: float,
+    ) -> NewEvents:
+        """The events of ``stream`` with a seq_num above ``after`` (all when None), with the
+        ``fields`` columns (all when None): at once when there are some or the run has
+        stopped, else when some arrive, or empty after ``timeout`` seconds. Raises
+        ``RunNotFoundError`` for an unknown run."""
+        ...

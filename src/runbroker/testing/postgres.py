@@ -134,11 +134,15 @@ class Cluster:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def new_schema(url: str, name: str) -> str:
-    """Create schema ``name`` in the database at ``url``; return a URL that uses it."""
+def new_schema(url: str, name: str, *, fresh: bool = True) -> str:
+    """Create schema ``name`` in the database at ``url``; return a URL that uses it.
+
+    ``fresh=False`` keeps the schema if it exists (several processes sharing one catalog).
+    """
     plain = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        conn.execute(f'CREATE SCHEMA "{name}"')
+        if fresh:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{name}"')
     sep = "&" if "?" in url else "?"
     return f"{url}{sep}options=-csearch_path%3D{name}"

@@ -2,8 +2,9 @@
 
 :class:`ServerProcess` starts ``python -m runbroker.testing.server`` and waits until it
 answers. That process serves many catalogs at once, one per URL prefix: ``/c/NAME`` is the
-SQLite catalog ``ROOT/NAME/runs.db`` (``/c/pg-NAME``: a fresh schema of the PostgreSQL
-database in ``$RUNBROKER_TEST_POSTGRES``), made at its first request. So the whole API suite
+SQLite catalog ``ROOT/NAME/runs.db`` (``/c/pg-NAME``: the schema ``served_NAME`` of the PostgreSQL
+database in ``$RUNBROKER_TEST_POSTGRES``, shared by every server process given that database:
+name it afresh per test), made at its first request. So the whole API suite
 runs against one server started once per test run, each test with a fresh empty catalog of
 its own (``runbroker.open(server.url + "/c/" + name, api_key=server.api_key)``).
 
@@ -77,7 +78,12 @@ class Catalogs:
 
                 if not self.postgres:
                     raise LookupError("this test server has no PostgreSQL database")
-                cat = runbroker.open(new_schema(self.postgres, "s" + name[3:].replace("-", "_")))
+                # Kept if it exists: server processes given one database share the catalog.
+                # (PostgreSQL keeps names starting with pg_ for itself.)
+                schema = new_schema(
+                    self.postgres, "served_" + name[3:].replace("-", "_"), fresh=False
+                )
+                cat = runbroker.open(schema)
             else:
                 (self.root / name).mkdir(exist_ok=True)
                 cat = runbroker.open(self.root / name / "runs.db", create=True)
@@ -121,7 +127,7 @@ class ServerProcess:
 
     Example (not run here: it starts a process):
         >>> server = ServerProcess(tmp_path).start()    # doctest: +SKIP
-        >>> cat = runbroker.open(server.catalog_url("t1"), api_key=server.api_key)  # +SKIP
+        >>> cat = runbroker.open(server.catalog_url("t1"), api_key=server.api_key)  # doctest: +SKIP
     """
 
     def __init__(
