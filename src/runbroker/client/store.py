@@ -32,8 +32,7 @@ from ..documents import validate
 from ..errors import ReadOnlyError, RunNotFoundError
 from ..filler import FieldEvents, Filler
 from ..queries import Query
-from ..store.base import Columns, PageInfo, RunRecord, run_not_found
-from ..store.base import Columns, NewEvents, PageInfo, RunRecord
+from ..store.base import Columns, NewEvents, PageInfo, RunRecord, run_not_found
 from .transport import Transport
 
 __all__ = ["HTTPStore", "RemoteFiller"]
