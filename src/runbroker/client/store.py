@@ -187,13 +187,20 @@ class HTTPStore:
         offset: int = 0,
         limit: int | None = None,
         before: tuple[float, str] | None = None,
+        oldest_first: bool = False,
     ) -> list[RunRecord]:
         self._send_pending()
         wanted = query.to_dict() if query is not None else None
         found: list[RunRecord] = []
         while True:
             ask = _SEARCH_PAGE if limit is None else min(_SEARCH_PAGE, limit - len(found))
-            body = {"query": wanted, "offset": offset, "limit": ask, "before": before}
+            body = {
+                "query": wanted,
+                "offset": offset,
+                "limit": ask,
+                "before": before,
+                "sort": "time" if oldest_first else "-time",
+            }
             page = [_record(r) for r in self.transport.post("/search", json=body)]
             found.extend(page)
             if len(page) < ask or (limit is not None and len(found) >= limit):

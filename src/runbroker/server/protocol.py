@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
@@ -72,6 +72,7 @@ class SearchBody(BaseModel):
         None, description="(time, uid) of the last run of the previous page: the cursor"
     )
     keys: list[str] | None = Field(None, description="start keys to send (default: all)")
+    sort: Literal["-time", "time"] = Field("-time", description="newest first, or oldest")
 
 
 @router.post("/search", summary="Runs matching a query, newest first")
@@ -81,7 +82,11 @@ def search(request: Request, args: SearchBody, ctx: Ctx) -> Response:
     if args.limit is not None and args.limit > limit:
         raise RequestError(f"limit={args.limit} is over the {limit} runs one page may hold")
     runs = ctx.store.search(
-        query, offset=args.offset, limit=args.limit or limit, before=args.before
+        query,
+        offset=args.offset,
+        limit=args.limit or limit,
+        before=args.before,
+        oldest_first=args.sort == "time",
     )
     return reply(request, [record(r, args.keys) for r in runs])
 

@@ -198,9 +198,10 @@ class Store(Protocol):
         offset: int = 0,
         limit: int | None = None,
         before: tuple[float, str] | None = None,
+        oldest_first: bool = False,
     ) -> list[RunRecord]:
         """Runs matching ``query`` (all when None), newest first by ``(time, uid)``
-        descending, skipping ``offset``, at most ``limit``.
+        descending (``oldest_first``: ascending), skipping ``offset``, at most ``limit``.
 
         ``before=(time, uid)`` starts after that run in this order, so paging with the
         last run of a page stays stable while runs are being added.

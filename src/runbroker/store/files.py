@@ -158,10 +158,13 @@ class FolderStore(FolderWriting):
         offset: int = 0,
         limit: int | None = None,
         before: tuple[float, str] | None = None,
+        oldest_first: bool = False,
     ) -> list[RunRecord]:
         """Runs matching ``query``, newest first (the index answers)."""
         self._refresh_if_due()
-        return self._index.store.search(query, offset=offset, limit=limit, before=before)
+        return self._index.store.search(
+            query, offset=offset, limit=limit, before=before, oldest_first=oldest_first
+        )
 
     def count(self, query: Query | None) -> int:
         """How many runs match ``query``."""

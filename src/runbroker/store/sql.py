@@ -325,8 +325,9 @@ class SQLStore(SQLWriting):
         offset: int = 0,
         limit: int | None = None,
         before: tuple[float, str] | None = None,
+        oldest_first: bool = False,
     ) -> list[RunRecord]:
-        """Runs matching ``query``, newest first."""
+        """Runs matching ``query``, newest first (or oldest first)."""
         self._flush_if_pending()
         with self._read() as conn:
             wanted = None if limit is None else offset + limit
@@ -343,20 +344,20 @@ class SQLStore(SQLWriting):
                 is_common.reset(token)
         # Order and cut on (time, uid, id) alone, then fetch the documents of the survivors:
         # sorting thousands of hits never drags their start documents along.
+        key = tuple_(runs.c.time, runs.c.uid)
         if before is not None:
-            where = and_(where, tuple_(runs.c.time, runs.c.uid) < tuple_(*before))
-        ids = (
-            select(runs.c.id)
-            .where(where)
-            .order_by(runs.c.time.desc(), runs.c.uid.desc())
-            .offset(offset)
+            after = key > tuple_(*before) if oldest_first else key < tuple_(*before)
+            where = and_(where, after)
+        order = (
+            (runs.c.time.asc(), runs.c.uid.asc())
+            if oldest_first
+            else (runs.c.time.desc(), runs.c.uid.desc())
         )
+        ids = select(runs.c.id).where(where).order_by(*order).offset(offset)
         if limit is not None:
             ids = ids.limit(limit)
         stmt = (
-            select(runs.c.uid, runs.c.start, runs.c.stop)
-            .where(runs.c.id.in_(ids))
-            .order_by(runs.c.time.desc(), runs.c.uid.desc())
+            select(runs.c.uid, runs.c.start, runs.c.stop).where(runs.c.id.in_(ids)).order_by(*order)
         )
         with self._read() as conn:
             rows = conn.execute(stmt).all()

@@ -290,6 +290,19 @@ class StoreContract:
         after = store.search(None, limit=2, before=(last.start["time"], last.uid))
         assert [r.uid for r in after] == newest_first[2:4]
 
+    def test_oldest_first_is_the_same_order_reversed_with_its_own_cursor(
+        self, store: Store
+    ) -> None:
+        oldest_first = self._runs(store)[::-1]
+        assert [r.uid for r in store.search(None, oldest_first=True)] == oldest_first
+        first = store.search(None, limit=2, oldest_first=True)
+        store.ingest(scan_run(1, start_time=1.0))  # older than all: would shift offsets
+        last = first[-1]
+        after = store.search(
+            None, limit=2, before=(last.start["time"], last.uid), oldest_first=True
+        )
+        assert [r.uid for r in after] == oldest_first[2:4]
+
     def test_count_agrees_with_search(self, store: Store) -> None:
         self._runs(store)
         for query in (None, Key("sample") == "a", Key("sample") == "none"):
