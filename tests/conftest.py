@@ -58,17 +58,23 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from runbroker.testing.server import ServerProcess
 
     server = ServerProcess(tmp_path_factory.mktemp("served")).start()
-    # Tests reopen a catalog by its URL (catalog.store.uri) as they would a local one.
-    previous = os.environ.get("RUNBROKER_API_KEY")
-    os.environ["RUNBROKER_API_KEY"] = server.api_key
+    # Tests reopen a catalog by its URL (catalog.store.uri) as they would a local one; what
+    # the client caches goes to a folder of the test run, not the user's cache folder.
+    env = {
+        "RUNBROKER_API_KEY": server.api_key,
+        "RUNBROKER_CACHE_DIR": str(tmp_path_factory.mktemp("client-cache")),
+    }
+    previous = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
         yield server
     finally:
         server.stop()
-        if previous is None:
-            os.environ.pop("RUNBROKER_API_KEY", None)
-        else:
-            os.environ["RUNBROKER_API_KEY"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _open(
