@@ -77,6 +77,18 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                 os.environ[name] = value
 
 
+@pytest.fixture(scope="session")
+def http_server_pg(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Any]:
+    """A test server whose ``pg-NAME`` catalogs are schemas of the test PostgreSQL cluster."""
+    from runbroker.testing.server import ServerProcess
+
+    server = ServerProcess(tmp_path_factory.mktemp("served-pg"), postgres=postgres_url).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def _open(
     kind: str, folder: Path, request: pytest.FixtureRequest, **options: Any
 ) -> runbroker.Catalog:

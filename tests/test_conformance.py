@@ -52,3 +52,35 @@ class TestFolder(StoreContract):
 
     def reopen(self, store: Store) -> Store:
         return FolderStore(store.uri, readonly=True)
+
+
+class TestHTTP(StoreContract):
+    """The HTTP client over a fresh catalog of the test server (real uvicorn, own process)."""
+
+    server = "http_server"
+    prefix = "contract"
+
+    def make_store(self, path: Path, request: pytest.FixtureRequest) -> Store:
+        from runbroker.client import HTTPStore
+
+        server = request.getfixturevalue(self.server)
+        url = server.catalog_url(f"{self.prefix}{os.getpid()}-{next(_schemas)}")
+        return HTTPStore(url, api_key=server.api_key)
+
+    def reopen(self, store: Store) -> Store:
+        from runbroker.client import HTTPStore
+
+        return HTTPStore(store.uri, api_key=os.environ["RUNBROKER_API_KEY"], readonly=True)
+
+
+class TestHTTPOverPostgreSQL(TestHTTP):
+    """The same over a PostgreSQL catalog: the server's store differs, the client's answers
+    must not."""
+
+    server = "http_server_pg"
+    prefix = "pg-contract"
+
+    def reopen(self, store: Store) -> Store:
+        from runbroker.client import HTTPStore
+
+        return HTTPStore(store.uri, api_key="test-key", readonly=True)

@@ -29,7 +29,10 @@ def client():
 
 def _pids_reading(client: Client) -> set[int]:
     def opened() -> list[int]:
-        return [os.getpid()] if sqlstore._readers or folderstore._readers else []
+        from runbroker.client import store as httpstore
+
+        opened = sqlstore._readers or folderstore._readers or httpstore._readers
+        return [os.getpid()] if opened else []
 
     return {pid for pids in client.run(opened).values() for pid in pids}
 

@@ -73,7 +73,11 @@ SUBSTITUTIONS: dict[str, dict[str, str]] = {
         "77b0c1d2-...": "{uids[1]}",
     },
     "docs/export.md": {"3f2a9c1e-...": "{uids[0]}"},
+    "docs/http-api.md": {"http://127.0.0.1:8000": "{url}", "3f2a9c1e-...": "{uids[0]}"},
 }
+# Pages whose examples talk to ``runbroker serve runs.db --api-key KEY`` (page -> KEY): the
+# page's runs.db is served by uvicorn in a thread, on a free port, at ``{url}``.
+SERVED = {"docs/http-api.md": "s3cret"}
 # Pages whose ``pymongo.MongoClient`` is a mongomock client holding runs of a real RunEngine.
 MONGO_PAGES = {"docs/import.md"}
 # Pages whose PostgreSQL catalog starts with the runs of runs.db.
@@ -118,6 +122,7 @@ class Material:
     folder: Path
     postgres: str
     uids: list[str]
+    url: str = ""
 
 
 def _ids(page: Path) -> str:
@@ -263,9 +268,34 @@ def page_folder(
             uids = list(cat.keys())
         if page in MONGO_PAGES:
             _mongo(monkeypatch, recorded)
-        return Material(tmp_path, postgres, uids), _environment(tmp_path, monkeypatch)
+        url = _serve(tmp_path / "runs.db", SERVED[page], servers) if page in SERVED else ""
+        return Material(tmp_path, postgres, uids, url), _environment(tmp_path, monkeypatch)
 
+    servers: list[Any] = []
     yield prepare
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _serve(path: Path, key: str, servers: list[Any]) -> str:
+    """Serve the catalog at ``path`` with ``key`` (uvicorn in a thread); its URL."""
+    import threading
+
+    import uvicorn
+
+    from runbroker.server import Settings, build_app
+    from runbroker.testing.server import free_port, wait_until_up
+
+    port = free_port()
+    app = build_app(runbroker.open(path), Settings(api_key=key))
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    servers.append((server, thread))
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(url)
+    return url
 
 
 def _starting_names(folder: Path) -> dict[str, Any]:

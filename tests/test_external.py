@@ -36,6 +36,7 @@ from runbroker.testing.detectors import (
     expected_frame,
     npy_detector,
 )
+from runbroker.testing.stores import stores_except
 
 SHAPE = (6, 8)
 
@@ -142,6 +143,9 @@ def test_replay_keeps_stream_resource_and_stream_datum_apart(catalog, RE, tmp_pa
         assert [d for n, d in replayed if n == name] == [d for n, d in sent if n == name]
 
 
+@stores_except(
+    "http", reason="counts the detector files this process opens; over HTTP the server reads them"
+)
 def test_a_file_is_opened_once_per_read(make_catalog, RE, tmp_path):
     opened: list[str] = []
 
@@ -160,6 +164,9 @@ def test_a_file_is_opened_once_per_read(make_catalog, RE, tmp_path):
     assert len(opened) == 1
 
 
+@stores_except(
+    "http", reason="counts the detector files this process opens; over HTTP the server reads them"
+)
 def test_open_files_are_bounded(make_catalog, RE, tmp_path):
     cat = make_catalog()
     cat.assets.max_open = 2
@@ -175,6 +182,10 @@ def test_open_files_are_bounded(make_catalog, RE, tmp_path):
 # -- moved data and root_map -----------------------------------------------------------------
 
 
+@stores_except(
+    "http",
+    reason="root_map and handlers are settings of the process reading the files: the server's",
+)
 def test_root_map_finds_moved_files(make_catalog, RE, tmp_path):
     cat = make_catalog()
     RE.subscribe(cat.insert)
@@ -198,6 +209,10 @@ def test_root_map_finds_moved_files(make_catalog, RE, tmp_path):
     np.testing.assert_array_equal(ds["sdet_image"].values, _expected(3))
 
 
+@stores_except(
+    "http",
+    reason="root_map and handlers are settings of the process reading the files: the server's",
+)
 def test_root_map_is_named_when_the_mapped_file_is_missing(make_catalog, RE, tmp_path):
     cat = make_catalog(root_map={str(tmp_path / "beamline"): str(tmp_path / "nowhere")})
     RE.subscribe(cat.insert)
@@ -299,6 +314,10 @@ def test_a_deleted_file_names_run_field_path_and_handler(catalog, RE, tmp_path):
     assert _stored(catalog, uid) == before
 
 
+@stores_except(
+    "http",
+    reason="root_map and handlers are settings of the process reading the files: the server's",
+)
 def test_a_missing_handler_says_how_to_register_one(make_catalog, tmp_path, monkeypatch):
     # Registrations are process-wide: start from none and leave none behind.
     monkeypatch.setattr(registry, "_registered", {"handlers": {}, "readers": {}})
@@ -323,6 +342,10 @@ def test_a_missing_handler_says_how_to_register_one(make_catalog, tmp_path, monk
     np.testing.assert_array_equal(cat[uid].primary.read()["img"].values, _expected(2))
 
 
+@stores_except(
+    "http",
+    reason="root_map and handlers are settings of the process reading the files: the server's",
+)
 def test_handlers_are_found_through_entry_points(make_catalog, tmp_path, monkeypatch):
     # An installed package announces its handler in the runbroker.handlers entry-point group:
     # a real .dist-info folder on sys.path, read by importlib.metadata.
@@ -432,6 +455,10 @@ def test_lazy_chunks_pickle_to_other_processes(catalog, RE, tmp_path):
     np.testing.assert_array_equal(lazy.compute(scheduler="sync"), _expected(4))
 
 
+@stores_except(
+    "http",
+    reason="root_map and handlers are settings of the process reading the files: the server's",
+)
 def test_a_missing_stream_reader_names_the_mimetype(make_catalog, RE, tmp_path):
     cat = make_catalog(readers={"application/x-hdf5": "no_such_module:Reader"})
     RE.subscribe(cat.insert)

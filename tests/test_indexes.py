@@ -75,7 +75,9 @@ def big_catalog(catalog):
     ],
     ids=["sample", "proposal", "beamtime", "range", "contains", "scan_id", "time"],
 )
-@stores_except("folder", reason="SQL indexes on metadata keys: query plans, runbroker db index")
+@stores_except(
+    "folder", "http", reason="SQL indexes on metadata keys: query plans, runbroker db index"
+)
 def test_search_uses_the_index(big_catalog, query, index):
     plan = _plan(big_catalog, query)
     assert index in plan, plan
@@ -220,7 +222,9 @@ def test_postgresql_generic_plans_use_the_index(indexed_catalog):
     assert index_name("start.sample", "txt") in plan, plan
 
 
-@stores_except("folder", reason="SQL indexes on metadata keys: query plans, runbroker db index")
+@stores_except(
+    "folder", "http", reason="SQL indexes on metadata keys: query plans, runbroker db index"
+)
 def test_open_creates_missing_indexes_once(catalog):
     uri = catalog.store.uri
     catalog.close()
@@ -235,7 +239,9 @@ def test_open_creates_missing_indexes_once(catalog):
     again.close()
 
 
-@stores_except("folder", reason="SQL indexes on metadata keys: query plans, runbroker db index")
+@stores_except(
+    "folder", "http", reason="SQL indexes on metadata keys: query plans, runbroker db index"
+)
 def test_readonly_open_refuses_to_create_and_names_the_command(catalog):
     uri = catalog.store.uri
     catalog.store.create_index("sample")
@@ -248,7 +254,9 @@ def test_readonly_open_refuses_to_create_and_names_the_command(catalog):
         runbroker.open(uri, indexes=["a..b"])
 
 
-@stores_except("folder", reason="SQL indexes on metadata keys: query plans, runbroker db index")
+@stores_except(
+    "folder", "http", reason="SQL indexes on metadata keys: query plans, runbroker db index"
+)
 def test_cli_indexes_an_existing_catalog_for_other_processes(big_catalog):
     uri = big_catalog.store.uri
     big_catalog.close()

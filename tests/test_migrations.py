@@ -28,7 +28,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@stores_except("folder", reason="SQL schema migrations (alembic) of a catalog database")
+@stores_except(
+    "folder", "http", reason="SQL schema migrations (alembic) of a catalog database file"
+)
 def test_old_catalog_is_refused_upgraded_and_read_back(catalog, RE):
     RE(count([det], 3), sample="Ni")
     RE(scan([det], motor, -1, 1, 5), sample="Cu")
@@ -68,7 +70,9 @@ def test_old_catalog_is_refused_upgraded_and_read_back(catalog, RE):
         again.close()
 
 
-@stores_except("folder", reason="SQL schema migrations (alembic) of a catalog database")
+@stores_except(
+    "folder", "http", reason="SQL schema migrations (alembic) of a catalog database file"
+)
 def test_upgrading_a_current_catalog_changes_nothing(catalog):
     uri = catalog.store.uri
     catalog.close()
@@ -88,7 +92,9 @@ def test_upgrade_names_what_is_wrong(tmp_path):
     assert other.returncode == 1 and "not a runbroker catalog" in other.stderr
 
 
-@stores_except("folder", reason="SQL schema migrations (alembic) of a catalog database")
+@stores_except(
+    "folder", "http", reason="SQL schema migrations (alembic) of a catalog database file"
+)
 def test_meta_foreign_key_is_dropped_by_0003_and_restored_by_its_downgrade(catalog, RE):
     """PostgreSQL checked every meta row against runs; 0003 drops the key (SQLite never
     enforced it and keeps its tables as they are), and data stays readable either way."""

@@ -765,7 +765,11 @@ def test_unpack_into_with_a_name_taken_elsewhere_is_refused(source, tmp_path, co
 
 @pytest.mark.parametrize(
     ("uri", "says"),
-    [("http://localhost:1/", "unknown scheme"), ("postgresql://x@127.0.0.1:1/no", "127.0.0.1")],
+    [
+        ("gopher://localhost:1/", "unknown scheme"),
+        ("http://127.0.0.1:1/", "cannot reach the runbroker server at http://127.0.0.1:1"),
+        ("postgresql://x@127.0.0.1:1/no", "127.0.0.1"),
+    ],
 )
 def test_unpack_into_what_cannot_be_opened_names_it(source, tmp_path, capsys, uri, says):
     pack(source, tmp_path / "p", progress=False)

@@ -21,7 +21,10 @@ from runbroker.store import pgsql
 from runbroker.testing.stores import stores_except
 
 POSTGRES_ONLY = stores_except(
-    "sqlite", "folder", reason="PostgreSQL's savepoints, prepared statements and pooled sessions"
+    "sqlite",
+    "folder",
+    "http",
+    reason="PostgreSQL's savepoints, prepared statements and pooled sessions",
 )
 DATA_KEYS = {"x": {"dtype": "number", "shape": [], "source": "sim:x"}}
 

@@ -10,12 +10,16 @@ Writes are batched: events and datums wait up to ``linger`` seconds (or until ``
 documents wait) and go in one request, so a RunEngine far from the database writes at full
 speed. Any other document (start, descriptor, resource, stop) first sends what waits and then
 goes at once, and every read sends what waits first, so this store's own readers see every
-document at once. A refused batched document raises from the next ``insert``, ``flush`` or
-``close`` (naming the document): call ``flush()`` where the exact point matters.
+document at once. A batched document is validated here first, and waits only when the server
+will surely take it (its descriptor was sent from here, its keys are declared, its seq_num is
+new); so nearly every refusal comes from the ``insert`` that sent the document, as locally.
+What only the server can know (an event reusing another's uid) raises from the next
+``insert``, ``flush`` or ``close``, naming the document.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -24,10 +28,11 @@ from urllib.parse import quote
 import numpy as np
 
 from .. import wire
+from ..documents import validate
 from ..errors import ReadOnlyError, RunNotFoundError
 from ..filler import FieldEvents, Filler
 from ..queries import Query
-from ..store.base import Columns, PageInfo, RunRecord
+from ..store.base import Columns, PageInfo, RunRecord, run_not_found
 from .transport import Transport
 
 __all__ = ["HTTPStore", "RemoteFiller"]
@@ -72,6 +77,8 @@ class HTTPStore:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        # Descriptors (their data keys, the highest seq_num sent) and resources sent from here.
+        self._known: dict[str, tuple[frozenset, int]] = {}
 
     def __repr__(self) -> str:
         return f"HTTPStore({self.uri!r})"
@@ -85,7 +92,7 @@ class HTTPStore:
     def insert(self, name: str, doc: dict) -> None:
         self._refuse_if_readonly()
         self._raise_deferred()
-        if name in _BATCHED:
+        if name in _BATCHED and self._may_wait(name, validate(name, doc)):
             with self._lock:
                 self._pending.append((name, doc))
                 full = len(self._pending) >= self._batch
@@ -97,7 +104,35 @@ class HTTPStore:
                 self._send_pending()
             return
         self._send_pending()
-        self.transport.post("/documents", content=[(name, doc)])
+        self.transport.post("/documents?atomic=false", content=[(name, doc)])
+        if name == "descriptor":
+            self._known[doc["uid"]] = (frozenset(doc["data_keys"]), -1)
+        elif name in ("resource", "stream_resource"):
+            self._known[doc["uid"]] = (frozenset(), -1)
+
+    def _may_wait(self, name: str, doc: dict) -> bool:
+        """Whether a valid batched document can wait for its batch: only when the server will
+        surely take it as this store has seen its parents -- a descriptor or resource sent
+        from here, declared keys, seq_nums above those sent. Anything else goes at once, so
+        that the server's refusal comes from this ``insert``, as a local store's would."""
+        if name in ("datum", "datum_page", "stream_datum"):
+            parent = doc.get("stream_resource" if name == "stream_datum" else "resource")
+            return parent in self._known
+        known = self._known.get(doc["descriptor"])
+        if known is None:
+            return False
+        keys, seq_max = known
+        if name == "event":
+            seqs = [doc["seq_num"]]
+        else:
+            seqs = list(doc["seq_num"])
+            columns = [doc["time"], doc["uid"], *doc["data"].values(), *doc["timestamps"].values()]
+            if not seqs or any(len(c) != len(seqs) for c in columns):
+                return False
+        if not doc["data"].keys() <= keys or min(seqs) <= seq_max:
+            return False
+        self._known[doc["descriptor"]] = (keys, max(seqs))
+        return True
 
     def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
         self._refuse_if_readonly()
@@ -139,7 +174,7 @@ class HTTPStore:
                     self._timer.cancel()
                     self._timer = None
             if batch:
-                self.transport.post("/documents", content=batch)
+                self.transport.post("/documents?atomic=false", content=batch)
         if raise_deferred:
             self._raise_deferred()
 
@@ -176,43 +211,51 @@ class HTTPStore:
         except RunNotFoundError:
             return None
 
-    def descriptors(self, run_uid: str) -> list[dict]:
+    @contextlib.contextmanager
+    def _about(self, run_uid: str) -> Iterator[None]:
+        """Send what waits; name this store (its URL) when the run is not found."""
         self._send_pending()
-        return self.transport.get(_run(run_uid) + "/descriptors")
+        try:
+            yield
+        except RunNotFoundError:
+            raise run_not_found(self, run_uid) from None
+
+    def descriptors(self, run_uid: str) -> list[dict]:
+        with self._about(run_uid):
+            return self.transport.get(_run(run_uid) + "/descriptors")
 
     def pages(self, run_uid: str, descriptor_uids: list[str]) -> list[PageInfo]:
-        self._send_pending()
-        rows = self.transport.post(
-            _run(run_uid) + "/pages", json={"descriptors": list(descriptor_uids)}
-        )
+        with self._about(run_uid):
+            rows = self.transport.post(
+                _run(run_uid) + "/pages", json={"descriptors": list(descriptor_uids)}
+            )
         return [PageInfo(*row) for row in rows]
 
     def read_pages(
         self, run_uid: str, page_ids: list[int], columns: list[str] | None
     ) -> list[Columns]:
-        self._send_pending()
         body = {"pages": list(page_ids), "columns": columns}
-        return [
-            cols for _, cols in self.transport.records("POST", _run(run_uid) + "/read", json=body)
-        ]
+        with self._about(run_uid):
+            answer = self.transport.records("POST", _run(run_uid) + "/read", json=body)
+        return [cols for _, cols in answer]
 
     def documents(
         self, run_uid: str, arrays: bool = False, uids: bool | str = True
     ) -> Iterator[tuple[str, Any]]:
-        self._send_pending()
         params = {"arrays": "true" if arrays else "false", "uids": str(uids).lower()}
-        for _, (name, doc) in self.transport.stream(
-            "GET", _run(run_uid) + "/documents", params=params
-        ):
-            yield name, doc
+        with self._about(run_uid):
+            replay = self.transport.stream("GET", _run(run_uid) + "/documents", params=params)
+            for _, (name, doc) in replay:
+                yield name, doc
 
     def assets(self, run_uid: str) -> list[tuple[str, dict]]:
-        self._send_pending()
-        return [(name, doc) for name, doc in self.transport.get(_run(run_uid) + "/assets")]
+        with self._about(run_uid):
+            found = self.transport.get(_run(run_uid) + "/assets")
+        return [(name, doc) for name, doc in found]
 
     def datums(self, run_uid: str, datum_ids: list[str]) -> dict[str, tuple[str, dict]]:
-        self._send_pending()
-        found = self.transport.post(_run(run_uid) + "/datums", json={"ids": list(datum_ids)})
+        with self._about(run_uid):
+            found = self.transport.post(_run(run_uid) + "/datums", json={"ids": list(datum_ids)})
         return {k: (v[0], v[1]) for k, v in found.items()}
 
     # -- filling on the server

@@ -470,7 +470,9 @@ def _open_destination(uri: str, options: dict[str, Any] | None) -> Catalog:
 
     try:
         # The destination is named on purpose: it is made if new (missing folders too).
-        return open_catalog(uri, **{"create": True, **(options or {})})
+        dest = open_catalog(uri, **{"create": True, **(options or {})})
+        len(dest)  # a server is found unreachable here, before any file is copied
+        return dest
     except Exception as exc:  # a driver's error (no such host, ...) or a path that is not one
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PackError(f"cannot unpack into {redact(uri)}: {redact(reason, uri)}") from exc

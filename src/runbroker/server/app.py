@@ -22,6 +22,7 @@ from .. import __version__
 from ..catalog import Catalog
 from ..errors import NotAuthenticatedError, RequestError, RunbrokerError
 from . import live, ops, protocol, resources
+from .compression import Compression
 from .context import Service
 from .encoding import reply
 from .settings import Settings
@@ -53,6 +54,7 @@ def build_app(catalog: Catalog, settings: Settings | None = None) -> FastAPI:
     for module in (protocol, resources, live, ops):
         app.include_router(module.router)
     ops.instrument(app)
+    app.add_middleware(Compression)
     app.add_exception_handler(RunbrokerError, _our_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
@@ -19,7 +20,7 @@ from .. import wire
 from ..errors import RequestError, RequestTooLargeError, RunbrokerError
 from .context import Service
 
-__all__ = ["body", "framed", "reply", "wants_msgpack"]
+__all__ = ["body", "framed", "frames", "reply", "wants_msgpack"]
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -38,6 +39,9 @@ def _plain(value: Any) -> Any:
         return value.decode("ascii", "replace")
     if isinstance(value, set | frozenset | tuple):
         return list(value)
+    if isinstance(value, np.ndarray | np.generic):
+        # What orjson leaves (strings, objects, arrays not in C order): as Python values.
+        return value.tolist()
     raise TypeError(f"cannot write a {type(value).__name__} as JSON")
 
 
@@ -72,22 +76,23 @@ async def body(request: Request) -> Any:
         raise RequestError(f"the request body is not valid {kind}: {err}") from None
 
 
-def framed(records: Iterable[tuple[str, Any]]) -> StreamingResponse:
-    """A framed msgpack stream (:mod:`runbroker.wire`) of ``records``, sent as they come.
+def frames(records: Iterable[tuple[str, Any]]) -> Iterator[bytes]:
+    """The bytes of a framed msgpack stream (:mod:`runbroker.wire`) of ``records``.
 
     An error while producing them is sent as an error record (the status line is gone by
     then), so the client raises it rather than taking the records before it as all.
     """
+    n = 0
+    try:
+        for tag, payload in records:
+            yield wire.frame(tag, payload)
+            n += 1
+    except RunbrokerError as err:
+        yield wire.frame("error", err.to_dict())
+        return
+    yield wire.end(n)
 
-    def produce() -> Iterator[bytes]:
-        n = 0
-        try:
-            for tag, payload in records:
-                yield wire.frame(tag, payload)
-                n += 1
-        except RunbrokerError as err:
-            yield wire.frame("error", err.to_dict())
-            return
-        yield wire.end(n)
 
-    return StreamingResponse(produce(), media_type=wire.MSGPACK)
+def framed(records: Iterable[tuple[str, Any]]) -> StreamingResponse:
+    """:func:`frames` of ``records`` as an answer, sent as they come."""
+    return StreamingResponse(frames(records), media_type=wire.MSGPACK)

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import RequestError, RunNotFoundError
+from ..errors import RequestError, RunbrokerError, RunNotFoundError
 from ..filler import FieldEvents
 from ..queries import Query as RunQuery
 from ..store.base import PageInfo, RunRecord
@@ -196,10 +196,31 @@ def datums(request: Request, uid: str, args: DatumsBody, ctx: Ctx) -> Response:
         }
     },
 )
-async def insert(request: Request, ctx: Writer) -> Response:
+async def insert(request: Request, ctx: Writer, atomic: bool = True) -> Response:
+    """``atomic=true`` stores all the pairs or none (``Store.ingest``); ``atomic=false``
+    stores them one by one and stops at the first refused, whose error names its place in the
+    batch (a client's batch of single inserts: what came before it stays stored)."""
     pairs = _pairs(await body(request))
-    n = await run_in_threadpool(ctx.store.ingest, pairs)
+    if atomic:
+        n = await run_in_threadpool(ctx.store.ingest, pairs)
+    else:
+        n = await run_in_threadpool(_insert_each, ctx.store, pairs)
     return reply(request, {"count": n})
+
+
+def _insert_each(store: Any, pairs: list[tuple[str, dict]]) -> int:
+    for i, (name, doc) in enumerate(pairs):
+        try:
+            store.insert(name, doc)
+        except RunbrokerError as err:
+            if len(pairs) > 1:
+                err.args = (
+                    f"{err} (document {i + 1} of a batch of {len(pairs)}; the "
+                    f"{i} before it were stored)",
+                )
+            raise
+    store.flush()
+    return len(pairs)
 
 
 def _pairs(data: Any) -> list[tuple[str, dict]]:

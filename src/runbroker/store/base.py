@@ -69,6 +69,13 @@ its folder again every ``refresh_interval``, 2 s).
 document identical to a stored one is a no-op; a different document under a stored uid
 raises :class:`~runbroker.errors.ConflictError`.
 
+**Refusals come from the call that sent the document, or from the next flush.** A store
+that sends events and datums in batches (the HTTP client: one request per batch, not per
+event) learns that one was refused only when its batch is sent: the error is then raised by
+the next ``insert`` or by ``flush`` (which always raises what is pending), the documents
+before it in the batch are stored and those after it are not -- what a writer that stopped at
+the refused document would have left. Every other document is refused by its own ``insert``.
+
 **Threads and processes.** A store may be used from many threads at once. Pickled (to send
 it to a dask worker), a store reduces to a function that reopens the same catalog read-only in
 the receiving process, once per process (``__reduce__`` -> ``_reader_for(uri)``): it carries

@@ -550,7 +550,9 @@ class StoreContract:
             store.insert("start", {**docs[0][1], "sample": "b"})
         event = _of(docs, "event")[1]
         with pytest.raises(ConflictError):
+            # a store sending events in batches raises at the flush at the latest
             store.insert("event", {**event, "data": {**event["data"], "x": -1.0}})
+            store.flush()
         assert store.get_run(_uid(docs)).start["sample"] == "a"
 
     # -- processes, capabilities, closing ----------------------------------------------------

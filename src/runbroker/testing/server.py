@@ -77,7 +77,7 @@ class Catalogs:
 
                 if not self.postgres:
                     raise LookupError("this test server has no PostgreSQL database")
-                cat = runbroker.open(new_schema(self.postgres, name.replace("-", "_")))
+                cat = runbroker.open(new_schema(self.postgres, "s" + name[3:].replace("-", "_")))
             else:
                 (self.root / name).mkdir(exist_ok=True)
                 cat = runbroker.open(self.root / name / "runs.db", create=True)
