@@ -36,6 +36,16 @@ def _store_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "_openers", dict(registry._openers))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _client_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What the remote client caches goes to a folder of the test run (and the commands the
+    tests start), never to the user's cache folder."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RUNBROKER_CACHE_DIR", str(tmp_path_factory.mktemp("client-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL database: the test cluster (started once) or $RUNBROKER_TEST_POSTGRES."""
@@ -58,23 +68,17 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from runbroker.testing.server import ServerProcess
 
     server = ServerProcess(tmp_path_factory.mktemp("served")).start()
-    # Tests reopen a catalog by its URL (catalog.store.uri) as they would a local one; what
-    # the client caches goes to a folder of the test run, not the user's cache folder.
-    env = {
-        "RUNBROKER_API_KEY": server.api_key,
-        "RUNBROKER_CACHE_DIR": str(tmp_path_factory.mktemp("client-cache")),
-    }
-    previous = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
+    # Tests reopen a catalog by its URL (catalog.store.uri) as they would a local one.
+    previous = os.environ.get("RUNBROKER_API_KEY")
+    os.environ["RUNBROKER_API_KEY"] = server.api_key
     try:
         yield server
     finally:
         server.stop()
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        if previous is None:
+            os.environ.pop("RUNBROKER_API_KEY", None)
+        else:
+            os.environ["RUNBROKER_API_KEY"] = previous
 
 
 @pytest.fixture(scope="session")

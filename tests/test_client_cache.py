@@ -7,7 +7,6 @@ test's own where the test stops it.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import multiprocessing
 import os
@@ -26,7 +25,7 @@ from ophyd.sim import SynSignal, det, motor
 import runbroker
 from runbroker.client import HTTPStore
 from runbroker.client.cache import CachedStore, OfflineWarning, server_caches
-from runbroker.errors import ConflictError, PageGone, ServerUnreachableError
+from runbroker.errors import PageGone, ServerUnreachableError
 from runbroker.store.base import Store
 from runbroker.store.sql import SQLStore
 from runbroker.testing.conformance import StoreContract, scan_run
@@ -52,24 +51,6 @@ class TestCachedHTTPStore(StoreContract):
         server = request.getfixturevalue("http_server")
         inner = HTTPStore(_url(server), api_key=server.api_key)
         return CachedStore(inner, root=path / "cache")
-
-    # Two rules the HTTP store itself does not keep yet (the same tests fail over a bare
-    # HTTPStore): strict, so that they are seen passing once it does.
-    @pytest.mark.xfail(
-        strict=True, reason="HTTPStore: the server's not-found message names its own store"
-    )
-    def test_every_per_run_call_raises_run_not_found_for_an_unknown_run(self, store):
-        super().test_every_per_run_call_raises_run_not_found_for_an_unknown_run(store)
-
-    @pytest.mark.xfail(
-        strict=True, reason="HTTPStore: a batched event's conflict is raised by the next call"
-    )
-    def test_a_different_document_under_a_stored_uid_conflicts(self, store):
-        try:
-            super().test_a_different_document_under_a_stored_uid_conflicts(store)
-        finally:
-            with contextlib.suppress(ConflictError):
-                store.flush()  # the deferred conflict, so that closing the store is clean
 
 
 @pytest.fixture
