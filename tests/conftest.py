@@ -36,6 +36,16 @@ def _store_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "_openers", dict(registry._openers))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _client_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What the remote client caches goes to a folder of the test run (and the commands the
+    tests start), never to the user's cache folder."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RUNBROKER_CACHE_DIR", str(tmp_path_factory.mktemp("client-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL database: the test cluster (started once) or $RUNBROKER_TEST_POSTGRES."""

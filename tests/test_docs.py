@@ -76,10 +76,11 @@ SUBSTITUTIONS: dict[str, dict[str, str]] = {
     "docs/export.md": {"3f2a9c1e-...": "{uids[0]}"},
     "docs/http-api.md": {"http://127.0.0.1:8000": "{url}", "3f2a9c1e-...": "{uids[0]}"},
     "docs/live.md": {"http://localhost:8000": "{server}"},
+    "docs/remote.md": {"http://127.0.0.1:8000": "{url}"},
 }
 # Pages whose examples talk to ``runbroker serve runs.db --api-key KEY`` (page -> KEY): the
 # page's runs.db is served by uvicorn in a thread, on a free port, at ``{url}``.
-SERVED = {"docs/http-api.md": "s3cret"}
+SERVED = {"docs/http-api.md": "s3cret", "docs/remote.md": "s3cret"}
 # Pages whose ``pymongo.MongoClient`` is a mongomock client holding runs of a real RunEngine.
 MONGO_PAGES = {"docs/import.md"}
 # Pages whose PostgreSQL catalog starts with the runs of runs.db.
@@ -180,6 +181,7 @@ def _environment(folder: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
         path.mkdir(parents=True)
         monkeypatch.setenv(name, str(path))
     monkeypatch.delenv("RUNBROKER_CATALOGS", raising=False)
+    monkeypatch.delenv("RUNBROKER_CACHE_DIR", raising=False)  # the page's own cache folder
     bin_dir = str(Path(sys.executable).parent)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     src = str(ROOT / "src")

@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import open as open_catalog
 from .catalog import Catalog, Run
+from .cli_cache import add_commands as add_cache_commands
 from .errors import CatalogNotFoundError, NotACatalogError, NotFoundError
 from .mongoquery import is_query_form, parse_query
 from .opening import check_sqlite_path
@@ -598,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cr = cats_sub.add_parser("remove", help="forget a name added with `catalogs add`")
     cr.add_argument("name")
     cr.set_defaults(func=_catalogs_remove)
+    add_cache_commands(sub)
     args = parser.parse_args(argv)
     # Every URL the command was given (a catalog, --into, a source and a destination): their
     # passwords are kept out of whatever it prints, drivers' messages included.

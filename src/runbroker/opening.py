@@ -280,6 +280,7 @@ def open(
     api_key: str | None = None,
     timeout: float | None = None,
     cache: str | os.PathLike | bool | None = None,
+    cache_size: int | str | None = None,
 ) -> Catalog:
     """Open a catalog (or create one, where that is plainly what was asked for).
 
@@ -311,7 +312,8 @@ def open(
 
     A runbroker server (``http://host:8000``, see ``docs/server.md``): ``api_key`` (default
     ``$RUNBROKER_API_KEY``), ``timeout`` in seconds, and ``cache``: where downloaded data is
-    kept (a folder; ``False`` keeps none; default: the user's cache folder).
+    kept (a folder; ``False`` keeps none; default: the user's cache folder) and ``cache_size``,
+    its limit (bytes, or ``"500MB"``; default 2 GB): see ``docs/remote.md``.
 
     Example:
         >>> import runbroker, tempfile, os
@@ -329,7 +331,7 @@ def open(
     if opener is None:
         raise UnknownSchemeError(_unknown_scheme(text, scheme))
     handler_registry = Registry(handlers, readers)  # bad handler names fail before any opening
-    remote = {"api_key": api_key, "timeout": timeout, "cache": cache}
+    remote = {"api_key": api_key, "timeout": timeout, "cache": cache, "cache_size": cache_size}
     remote = {k: v for k, v in remote.items() if v is not None}
     if remote and scheme not in ("http", "https"):
         raise ValueError(
