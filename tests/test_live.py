@@ -27,6 +27,7 @@ from ophyd.sim import det, motor
 import runbroker
 from runbroker.catalog import Catalog
 from runbroker.client import HTTPStore
+from runbroker.client.cache import CachedStore
 from runbroker.errors import NoStreamError, PageGone, RequestError, RunNotFoundError
 from runbroker.follow import Cursor, newer
 from runbroker.store.base import Follows, NewEvents
@@ -231,8 +232,10 @@ def test_follow_across_a_second_descriptor(catalog: Catalog) -> None:
 
 
 def test_the_remote_store_waits_on_its_server(catalog: Catalog) -> None:
-    """Only the HTTP store can wait by itself; every other store is polled."""
-    assert isinstance(catalog.store, Follows) == isinstance(catalog.store, HTTPStore)
+    """Only the HTTP store (and the cache over it) can wait by itself; every other store is
+    polled."""
+    remote = isinstance(catalog.store, HTTPStore | CachedStore)
+    assert isinstance(catalog.store, Follows) == remote
 
 
 # ---------------------------------------------------------------- pieces

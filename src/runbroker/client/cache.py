@@ -43,7 +43,8 @@ import platformdirs
 from ..errors import PageGone, ServerUnreachableError
 from ..filler import FieldEvents, Filler, Fills
 from ..queries import Query
-from ..store.base import Columns, PageInfo, RunRecord, Store
+from ..store.base import Columns, NewEvents, PageInfo, RunRecord, Store
+from .store import HTTPStore
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -187,7 +188,7 @@ class CachedStore:
 
     def __init__(
         self,
-        inner: Store,
+        inner: HTTPStore,
         folder: str | os.PathLike | None = None,
         *,
         root: str | os.PathLike | None = None,
@@ -210,12 +211,10 @@ class CachedStore:
     def __repr__(self) -> str:
         return f"CachedStore({self.inner!r}, folder={str(self.folder)!r})"
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names this class lacks: the inner store's own (its transport, its
-        # capabilities), so isinstance(store, SomeCapability) answers as for the inner store.
-        if name.startswith("__") or name in ("inner", "cache", "_finished", "_run_of"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    @property
+    def transport(self) -> Any:
+        """The server's transport (its ``requests`` count: what the cache saved)."""
+        return self.inner.transport
 
     def __reduce__(self) -> tuple:
         # dask workers reopen the inner store (read-only) and share this folder on disk
@@ -274,16 +273,35 @@ class CachedStore:
         offset: int = 0,
         limit: int | None = None,
         before: tuple[float, str] | None = None,
+        oldest_first: bool = False,
     ) -> list[RunRecord]:
-        key = ("search", _query_key(query), offset, limit, before)
+        key = ("search", _query_key(query), offset, limit, before, oldest_first)
         found = self._asked(
-            key, lambda: self.inner.search(query, offset=offset, limit=limit, before=before)
+            key,
+            lambda: self.inner.search(
+                query, offset=offset, limit=limit, before=before, oldest_first=oldest_first
+            ),
         )
         self._keep_records(found)
         return found
 
     def count(self, query: Query | None) -> int:
         return self._asked(("count", _query_key(query)), lambda: self.inner.count(query))
+
+    def distinct(self, key: str, query: Query | None, limit: int) -> list[tuple[Any, int]]:
+        ask = ("distinct", key, _query_key(query), limit)
+        return self._asked(ask, lambda: self.inner.distinct(key, query, limit))
+
+    def wait_events(
+        self,
+        run_uid: str,
+        stream: str,
+        after: int | None,
+        fields: list[str] | None,
+        timeout: float,
+    ) -> NewEvents:
+        # live data: never kept
+        return self.inner.wait_events(run_uid, stream, after, fields, timeout)
 
     def _asked(self, key: tuple, ask: Callable[[], T]) -> T:
         """``ask()`` of the server, its answer kept; the kept one (with a warning) when the
