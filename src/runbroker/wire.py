@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -32,11 +33,15 @@ import numpy as np
 from .errors import TruncatedStreamError, from_dict
 
 __all__ = [
+    "FRAMES",
     "MSGPACK",
     "end",
     "frame",
     "pack",
+    "parts",
+    "read_parts",
     "records",
+    "stream_end",
     "unpack",
 ]
 
@@ -137,6 +142,129 @@ def records(chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
                 raise from_dict(payload)
             seen += 1
             yield tag, payload
+    raise TruncatedStreamError(
+        f"the answer stopped after {seen} records without its end (the server stopped "
+        "mid-answer); nothing of it was used"
+    )
+
+
+# -- framed streams with arrays outside the msgpack ------------------------------------------
+#
+# The protocol's long answers (a stream's pages, a run's documents, detector data) carry large
+# arrays. In msgpack each would be copied into the packed bytes on the server and out of them
+# twice on the client; in this framing a record is a 4-byte length, a msgpack header in which
+# each array is a placeholder (dtype, shape), then the arrays' raw bytes in order. The server
+# hands the arrays' own memory to the socket; the client reads each straight into the numpy
+# array it returns. Records, end and error records are as in :func:`records`.
+
+FRAMES = "application/vnd.runbroker.frames"
+
+_EXT_BUFFER = 3
+_LENGTH = struct.Struct("<I")
+
+
+def parts(tag: str, payload: Any) -> list[Any]:
+    """One record of a raw-buffer stream, as bytes-like pieces to send in order.
+
+    Example:
+        >>> pieces = parts("page", {"x": np.arange(2.0)})
+        >>> len(pieces), bytes(pieces[1])[:8] == np.arange(2.0).tobytes()[:8]
+        (2, True)
+    """
+    buffers: list[Any] = []
+
+    def outside(value: Any) -> Any:
+        if isinstance(value, np.ndarray) and value.dtype.kind not in "OV":
+            arr = np.ascontiguousarray(value)
+            buffers.append(memoryview(arr).cast("B") if arr.nbytes else b"")
+            return msgpack.ExtType(_EXT_BUFFER, msgpack.packb([arr.dtype.str, list(arr.shape)]))
+        return _encode(value)
+
+    head = msgpack.packb([tag, payload], default=outside, use_bin_type=True)
+    return [_LENGTH.pack(len(head)) + head, *buffers]
+
+
+def stream_end(count: int) -> list[Any]:
+    """The end record of a raw-buffer stream of ``count`` records."""
+    return parts("end", count)
+
+
+class _Chunks:
+    """Exact reads over an iterator of byte chunks (an HTTP answer as it arrives)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buf = memoryview(b"")
+
+    def _more(self) -> bool:
+        for chunk in self._chunks:
+            if chunk:
+                self._buf = memoryview(bytes(self._buf) + chunk) if self._buf else memoryview(chunk)
+                return True
+        return False
+
+    def at_end(self) -> bool:
+        return not self._buf and not self._more()
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            if not self._more():
+                raise EOFError
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return bytes(out)
+
+    def read_into(self, out: memoryview) -> None:
+        filled = 0
+        while filled < len(out):
+            if not self._buf and not self._more():
+                raise EOFError
+            take = min(len(self._buf), len(out) - filled)
+            out[filled : filled + take] = self._buf[:take]
+            self._buf = self._buf[take:]
+            filled += take
+
+
+def read_parts(chunks: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
+    """The ``(tag, payload)`` records of a raw-buffer stream (see :func:`parts`), as
+    :func:`records` reads a msgpack one: errors sent mid-stream are raised, a stream cut
+    short raises :class:`~runbroker.errors.TruncatedStreamError`.
+
+    Example:
+        >>> pieces = [*parts("page", {"x": np.arange(3)}), *stream_end(1)]
+        >>> [(tag, p["x"].tolist()) for tag, p in read_parts([b"".join(map(bytes, pieces))])]
+        [('page', [0, 1, 2])]
+    """
+    reader = _Chunks(chunks)
+    seen = 0
+    arrays: list[np.ndarray] = []
+
+    def placeholder(code: int, data: bytes) -> Any:
+        if code != _EXT_BUFFER:
+            return _decode_ext(code, data)
+        dtype, shape = msgpack.unpackb(data)
+        arrays.append(np.empty(shape, dtype=np.dtype(dtype)))
+        return arrays[-1]
+
+    try:
+        while not reader.at_end():
+            (length,) = _LENGTH.unpack(reader.read(_LENGTH.size))
+            arrays.clear()
+            tag, payload = msgpack.unpackb(
+                reader.read(length), ext_hook=placeholder, raw=False, strict_map_key=False
+            )
+            for arr in arrays:  # filled in place: the payload holds these very arrays
+                if arr.nbytes:
+                    reader.read_into(memoryview(arr).cast("B"))
+            if tag == "end":
+                if payload != seen:
+                    raise TruncatedStreamError(f"the answer held {seen} records of {payload}")
+                return
+            if tag == "error":
+                raise from_dict(payload)
+            seen += 1
+            yield tag, payload
+    except EOFError:
+        pass
     raise TruncatedStreamError(
         f"the answer stopped after {seen} records without its end (the server stopped "
         "mid-answer); nothing of it was used"

@@ -145,7 +145,7 @@ class Transport:
                 if response.status_code >= 400:
                     response.read()
                     self._check(response)
-                return list(wire.records(response.iter_bytes()))
+                return list(wire.read_parts(response.iter_bytes()))
 
         return self._attempts(whole, method, path)
 
@@ -158,7 +158,7 @@ class Transport:
                 if response.status_code >= 400:
                     response.read()
                     self._check(response)
-                yield from wire.records(response.iter_bytes())
+                yield from wire.read_parts(response.iter_bytes())
         except httpx.ConnectError as err:
             raise self._unreachable(err) from None
         except httpx.TransportError as err:

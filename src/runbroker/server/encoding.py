@@ -96,3 +96,21 @@ def frames(records: Iterable[tuple[str, Any]]) -> Iterator[bytes]:
 def framed(records: Iterable[tuple[str, Any]]) -> StreamingResponse:
     """:func:`frames` of ``records`` as an answer, sent as they come."""
     return StreamingResponse(frames(records), media_type=wire.MSGPACK)
+
+
+def streamed(records: Iterable[tuple[str, Any]]) -> StreamingResponse:
+    """``records`` as a raw-buffer stream (:func:`runbroker.wire.parts`): what the Python
+    client reads, arrays sent from their own memory. Errors mid-stream as in :func:`frames`."""
+
+    def pieces() -> Iterator[Any]:
+        n = 0
+        try:
+            for tag, payload in records:
+                yield from wire.parts(tag, payload)
+                n += 1
+        except RunbrokerError as err:
+            yield from wire.parts("error", err.to_dict())
+            return
+        yield from wire.stream_end(n)
+
+    return StreamingResponse(pieces(), media_type=wire.FRAMES)

@@ -24,16 +24,17 @@ from ..filler import FieldEvents
 from ..queries import Query as RunQuery
 from ..store.base import PageInfo, RunRecord, distinct_values
 from .context import Context, Ctx, Writer
-from .encoding import body, framed, reply
+from .encoding import body, reply, streamed
 
 __all__ = ["parse_query", "record", "router"]
 
 router = APIRouter(prefix="/api/v1", tags=["store"])
 
 # Pages read per store call while streaming a read: bounds the memory one answer holds.
-_PAGES_PER_READ = 16
-# Detector data filled per store call while streaming a fill (bytes, roughly).
-_FILL_BYTES = 64 * 2**20
+_PAGES_PER_READ = 4
+# Detector data filled per store call while streaming a fill (bytes, roughly): blocks stay
+# under glibc's threshold for reusing freed memory, so each is not written to fresh pages.
+_FILL_BYTES = 8 * 2**20
 
 
 def record(run: RunRecord, keys: list[str] | None = None) -> dict[str, Any]:
@@ -143,20 +144,22 @@ class ReadBody(BaseModel):
     columns: list[str] | None = None
 
 
-@router.post("/runs/{uid}/read", summary="Columns of pages (a framed msgpack stream)")
+@router.post(
+    "/runs/{uid}/read", summary="Columns of pages (a raw-buffer stream: runbroker.wire.parts)"
+)
 def read_pages(uid: str, args: ReadBody, ctx: Ctx) -> Response:
     store, ids = ctx.store, args.pages
-    # The first block is read before the answer starts: an unknown run is a 404, not an
-    # error record inside a 200.
-    first = store.read_pages(uid, ids[:_PAGES_PER_READ], args.columns)
+    # The first page is read before the answer starts: an unknown run is a 404, not an
+    # error record inside a 200; alone, so the client decodes it while the rest is read.
+    first = store.read_pages(uid, ids[:1], args.columns)
 
     def produce() -> Iterator[tuple[str, Any]]:
         yield from (("page", cols) for cols in first)
-        for i in range(_PAGES_PER_READ, len(ids), _PAGES_PER_READ):
+        for i in range(1, len(ids), _PAGES_PER_READ):
             block = store.read_pages(uid, ids[i : i + _PAGES_PER_READ], args.columns)
             yield from (("page", cols) for cols in block)
 
-    return framed(produce())
+    return streamed(produce())
 
 
 def _flag(value: str) -> bool | str:
@@ -167,7 +170,7 @@ def _flag(value: str) -> bool | str:
     return value
 
 
-@router.get("/runs/{uid}/documents", summary="Replay a run's documents (framed msgpack)")
+@router.get("/runs/{uid}/documents", summary="Replay a run's documents (a raw-buffer stream)")
 def documents(
     uid: str,
     ctx: Ctx,
@@ -182,7 +185,7 @@ def documents(
             yield "doc", first
             yield from (("doc", pair) for pair in replay)
 
-    return framed(produce())
+    return streamed(produce())
 
 
 @router.get("/runs/{uid}/assets", summary="A run's resource and stream documents")
@@ -262,7 +265,7 @@ def _pairs(data: Any) -> list[tuple[str, dict]]:
 
 @router.post(
     "/runs/{uid}/fill",
-    summary="Detector data of a file-backed field (framed msgpack)",
+    summary="Detector data of a file-backed field (a raw-buffer stream)",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -305,4 +308,4 @@ async def fill(request: Request, uid: str, ctx: Ctx) -> Response:
             for lo in range(max(a, 1), b, step):
                 yield "block", filler.fill(events[lo : min(b, lo + step)])
 
-    return framed(produce())
+    return streamed(produce())
