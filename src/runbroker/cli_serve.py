@@ -29,9 +29,7 @@ def add_serve(sub: Any) -> None:
     sv.add_argument("catalog", help="catalog file, folder, URL or name")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
-    sv.add_argument(
-        "--workers", type=int, default=1, help="server processes sharing the port (1)"
-    )
+    sv.add_argument("--workers", type=int, default=1, help="server processes sharing the port (1)")
     sv.add_argument(
         "--api-key",
         help="the key every request must carry (default: $RUNBROKER_API_KEY, else a new "
@@ -144,7 +142,13 @@ def serve(args: argparse.Namespace) -> int:
         os.environ[_METRICS_DIR] = metrics_dir
     try:
         uvicorn.run(
-            "runbroker.server.app:app_from_env", factory=True, workers=args.workers, **common
+            "runbroker.server.app:app_from_env",
+            factory=True,
+            workers=args.workers,
+            # A worker starting on a busy machine (imports, opening the catalog) is not dead:
+            # uvicorn's default of 5 s would kill and restart it over and over.
+            timeout_worker_healthcheck=60,
+            **common,
         )
     finally:
         if metrics_dir is not None:

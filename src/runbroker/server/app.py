@@ -108,13 +108,25 @@ async def _invalid_request(request: Request, err: Exception) -> Response:
     assert isinstance(err, RequestValidationError)
     problems = []
     for e in err.errors():
+        if e.get("type") == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", "JSON decode error")
+            at = e.get("loc", ("body", "?"))[-1]
+            problems.append(f"the request body is not valid JSON: {reason} (at character {at})")
+            continue
         where = ".".join(str(p) for p in e.get("loc", ()))
         problems.append(f"{where}: {e.get('msg', 'invalid')}")
+    kind = request.headers.get("content-type", "")
+    if "json" not in kind and "msgpack" not in kind and request.method in ("POST", "PUT"):
+        problems.append(f"send the body as Content-Type: application/json (not {kind!r})")
     return _error(request, RequestError("bad request: " + "; ".join(problems)))
 
 
 async def _http_error(request: Request, err: Exception) -> Response:
     assert isinstance(err, StarletteHTTPException)
+    cause = err.__cause__
+    if err.status_code == 400 and cause is not None:  # FastAPI could not parse the body
+        reason = f"{type(cause).__name__}: {cause}"
+        return _error(request, RequestError(f"the request body could not be read ({reason})"))
     body: dict[str, Any] = {"code": f"http_{err.status_code}", "message": str(err.detail)}
     body["detail"] = {}
     return reply(request, {"error": body}, err.status_code)

@@ -206,5 +206,6 @@ def _record(
             "bytes": size,
             "caller": caller,
             "client": client[0] if client else None,
+            "pid": os.getpid(),  # which worker, when several share the port
         }
         access_log.info(json.dumps(line))
