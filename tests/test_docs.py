@@ -73,6 +73,7 @@ SUBSTITUTIONS: dict[str, dict[str, str]] = {
         "77b0c1d2-...": "{uids[1]}",
     },
     "docs/export.md": {"3f2a9c1e-...": "{uids[0]}"},
+    "docs/server.md": {"8000": "{port}"},
 }
 # Pages whose ``pymongo.MongoClient`` is a mongomock client holding runs of a real RunEngine.
 MONGO_PAGES = {"docs/import.md"}
@@ -118,6 +119,7 @@ class Material:
     folder: Path
     postgres: str
     uids: list[str]
+    port: int = 0  # a free port, for a page that starts a server
 
 
 def _ids(page: Path) -> str:
@@ -263,7 +265,10 @@ def page_folder(
             uids = list(cat.keys())
         if page in MONGO_PAGES:
             _mongo(monkeypatch, recorded)
-        return Material(tmp_path, postgres, uids), _environment(tmp_path, monkeypatch)
+        from runbroker.testing.server import free_port
+
+        material = Material(tmp_path, postgres, uids, free_port())
+        return material, _environment(tmp_path, monkeypatch)
 
     yield prepare
 

@@ -94,7 +94,11 @@ class ServeCommand:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        wait_until_up(self.url, timeout=120, process=self.process)
+        try:
+            wait_until_up(self.url, timeout=120, process=self.process)
+        except BaseException:
+            self.kill()  # a server that did not come up is not left running
+            raise
         return self
 
     def output(self) -> str:
