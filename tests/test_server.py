@@ -316,14 +316,20 @@ def test_readyz_is_503_while_the_database_is_down() -> None:
         data = str(cluster.folder / "data")
         with ThreadServer(build_app(cat, Settings(api_key=KEY))) as served:
             assert httpx.get(served.url + "/readyz").json() == {"status": "ready"}
-            cluster._run(_binary("pg_ctl"), "-D", data, "-m", "immediate", "stop")
+            cluster._run(_binary("pg_ctl"), "-D", data, "-m", "fast", "stop")
             down = httpx.get(served.url + "/readyz", timeout=30)
             assert down.status_code == 503 and down.json()["status"] == "unavailable"
             assert httpx.get(served.url + "/healthz").status_code == 200
             cluster._run(_binary("pg_ctl"), "-D", data, "-l", str(cluster.folder / "log"), "-w",
                          "-o", f"-p {cluster.port} -k {cluster.socket_dir}", "start")  # fmt: skip
             # the pool drops the broken connections and connects again
-            assert _eventually(lambda: httpx.get(served.url + "/readyz").status_code == 200)
+            answers: list[str] = []
+
+            def ready() -> bool:
+                answers.append(httpx.get(served.url + "/readyz").text)
+                return answers[-1] == '{"status":"ready"}'
+
+            assert _eventually(ready), answers[-3:]
         cat.close()
     finally:
         cluster.stop()

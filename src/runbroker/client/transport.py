@@ -204,7 +204,7 @@ class Transport:
             self._check(response)
 
 
-class _Busy(Exception):
+class _Busy(RunbrokerError):
     """A 502, 503 or 504 answer: worth sending the request again."""
 
     def __init__(self, response: httpx.Response) -> None:
