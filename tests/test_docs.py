@@ -77,6 +77,7 @@ SUBSTITUTIONS: dict[str, dict[str, str]] = {
     "docs/http-api.md": {"http://127.0.0.1:8000": "{url}", "3f2a9c1e-...": "{uids[0]}"},
     "docs/live.md": {"http://localhost:8000": "{server}"},
     "docs/remote.md": {"http://127.0.0.1:8000": "{url}"},
+    "docs/server.md": {"8000": "{port}"},
 }
 # Pages whose examples talk to ``runbroker serve runs.db --api-key KEY`` (page -> KEY): the
 # page's runs.db is served by uvicorn in a thread, on a free port, at ``{url}``.
@@ -127,6 +128,7 @@ class Material:
     uids: list[str]
     url: str = ""
     server: str = ""
+    port: int = 0  # a free port, for a page that starts a server
 
 
 def _ids(page: Path) -> str:
@@ -278,7 +280,9 @@ def page_folder(
         if page in MONGO_PAGES:
             _mongo(monkeypatch, recorded)
         url = _serve(tmp_path / "runs.db", SERVED[page], servers) if page in SERVED else ""
-        material = Material(tmp_path, postgres, uids, url, server)
+        from runbroker.testing.server import free_port
+
+        material = Material(tmp_path, postgres, uids, url, server, free_port())
         return material, _environment(tmp_path, monkeypatch)
 
     servers: list[Any] = []

@@ -10,6 +10,7 @@ Example:
     $ runbroker pack runs.db beamtime/ --all
     $ runbroker verify beamtime/
     $ runbroker unpack beamtime/ --name beamtime
+    $ runbroker serve runs.db --port 8000
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import open as open_catalog
 from .catalog import Catalog, Run
 from .cli_cache import add_commands as add_cache_commands
+from .cli_serve import add_serve
 from .errors import CatalogNotFoundError, NotACatalogError, NotFoundError
 from .mongoquery import is_query_form, parse_query
 from .opening import check_sqlite_path
@@ -383,16 +385,14 @@ def _open(uri: str, *, readonly: bool = False, create: bool = False) -> Catalog:
         ...
         runbroker.errors.CatalogNotFoundError: no catalog at '/no/such/catalog.db' (opening ...
     """
-    from .config import NamedCatalogs
+    from .config import resolve
 
     options: dict[str, Any] = {"readonly": readonly, "create": create}
-    if "://" not in uri and not Path(uri).expanduser().exists():
-        entry = NamedCatalogs().entries().get(uri)
-        if entry is not None:
-            named = dict(entry.options)
-            if readonly:  # indexes are the catalog's business, not a reader's
-                named.pop("indexes", None)
-            uri, options = entry.uri, {**named, **{k: v for k, v in options.items() if v}}
+    uri, named = resolve(uri)
+    if named:
+        if readonly:  # indexes are the catalog's business, not a reader's
+            named.pop("indexes", None)
+        options = {**named, **{k: v for k, v in options.items() if v}}
     try:
         return open_catalog(uri, **options)
     except (CatalogNotFoundError, NotACatalogError) as err:
@@ -600,6 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cr.add_argument("name")
     cr.set_defaults(func=_catalogs_remove)
     add_cache_commands(sub)
+    add_serve(sub)
     args = parser.parse_args(argv)
     # Every URL the command was given (a catalog, --into, a source and a destination): their
     # passwords are kept out of whatever it prints, drivers' messages included.

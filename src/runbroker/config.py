@@ -7,6 +7,11 @@ Each named catalog is a small YAML file::
       uri: /data/45id/runs.db          # SQLite file, folder, postgresql://..., http://...
       root_map: {/nsls2/data: /mnt/45id}
       indexes: [sample, proposal_id]
+    beamline-server:
+      uri: https://runs.example.org/45id   # a runbroker server
+      api_key: ...                     # or leave it out: $RUNBROKER_API_KEY
+      timeout: 60                      # seconds
+      cache: false                     # a folder, or false: keep no downloads
 
 A file may define several catalogs. Files are looked for, first match of a name winning, in:
 
@@ -47,6 +52,7 @@ __all__ = [
     "ConfigWarning",
     "NamedCatalog",
     "NamedCatalogs",
+    "resolve",
     "search_path",
 ]
 
@@ -64,8 +70,11 @@ OPTIONS = frozenset(
         "flush_interval",
         "pool_size",
         "max_overflow",
+        *("api_key", "timeout", "cache"),
     }
 )
+#: Options only a runbroker server (an ``http://`` or ``https://`` uri) takes.
+SERVER_OPTIONS = frozenset({"api_key", "timeout", "cache"})
 
 
 class ConfigWarning(UserWarning):
@@ -93,6 +102,22 @@ class NamedCatalog:
         from .opening import open as open_catalog
 
         return open_catalog(self.uri, **self.options)
+
+
+def resolve(text: str) -> tuple[str, dict[str, Any]]:
+    """The URI and options ``text`` means: itself when it is a URL or a file or folder that
+    exists, else the configured catalog of that name (with its options), else itself (so
+    that opening it says what is missing there).
+
+    Example:
+        >>> resolve("postgresql://host/runs")
+        ('postgresql://host/runs', {})
+    """
+    if "://" not in text and not Path(text).expanduser().exists():
+        entry = NamedCatalogs().entries().get(text)
+        if entry is not None:
+            return entry.uri, dict(entry.options)
+    return text, {}
 
 
 def search_path() -> list[Path]:
@@ -170,6 +195,12 @@ def _entry(path: Path, name: str, entry: Any, line: int | None) -> NamedCatalog:
             f"known: uri, {', '.join(sorted(OPTIONS))}"
         )
     options = {k: v for k, v in entry.items() if k != "uri"}
+    misplaced = sorted(set(options) & SERVER_OPTIONS)
+    if misplaced and not str(entry["uri"]).lower().startswith(("http://", "https://")):
+        raise CatalogConfigError(
+            f"{where}: catalog {name!r} has option(s) {', '.join(misplaced)}, which only a "
+            "runbroker server (an http:// or https:// uri) takes"
+        )
     if "root_map" in options:
         options["root_map"] = {
             old: _relative_to(path, str(new)) for old, new in dict(options["root_map"]).items()

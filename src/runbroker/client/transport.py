@@ -81,29 +81,54 @@ class Transport:
     # -- one request, retried
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return self._attempts(lambda: self.client.request(method, path, **kwargs), method, path)
+        def send() -> httpx.Response:
+            response = self.client.request(method, path, **kwargs)
+            if response.status_code in _RETRY_STATUS:
+                raise _Busy(response)
+            return response
 
-    def _attempts(self, send: Any, method: str, path: str) -> Any:
+        return self._attempts(send)
+
+    def _attempts(self, send: Any) -> Any:
+        """``send()``'s answer, sent again after a connection error, a cut answer or a
+        502/503/504 (every runbroker request may be repeated: reads change nothing, and
+        storing a document twice stores it once)."""
         for attempt in range(self.retries + 1):
+            last = attempt == self.retries
             self.requests += 1
+            wait = None
             try:
-                response = send()
+                return send()
             except (httpx.TransportError, TruncatedStreamError) as err:
-                if attempt == self.retries:
+                if last:
                     raise self._unreachable(err) from None
-            else:
-                status = getattr(response, "status_code", None)
-                if status not in _RETRY_STATUS or attempt == self.retries:
-                    return response
-            time.sleep(self.backoff * 2**attempt * (0.5 + random.random()))
+            except _Busy as busy:
+                if last:
+                    self._check(busy.response)
+                wait = _retry_after(busy.response)
+            time.sleep(self._delay(attempt, wait))
         raise AssertionError("unreachable")
+
+    def _delay(self, attempt: int, asked: float | None) -> float:
+        """Seconds to wait before retry ``attempt + 1``: what the server asked for
+        (``Retry-After``, up to a minute), else exponential backoff with jitter."""
+        if asked is not None:
+            return min(asked, 60.0)
+        return self.backoff * 2**attempt * (0.5 + random.random())
 
     def _unreachable(self, err: Exception) -> RunbrokerError:
         if isinstance(err, TruncatedStreamError):
             return err
+        tried = f"tried {self.retries + 1} times"
+        if isinstance(err, httpx.TimeoutException):
+            return ServerUnreachableError(
+                f"the runbroker server at {self.url} did not answer within {self.timeout} s "
+                f"({type(err).__name__}); {tried}. A slow answer needs a longer timeout: "
+                "runbroker.open(URL, timeout=...)"
+            )
         return ServerUnreachableError(
             f"cannot reach the runbroker server at {self.url} ({type(err).__name__}: {err}); "
-            f"tried {self.retries + 1} times. Is it running, and is the URL right?"
+            f"{tried}. Is it running, and is the URL right?"
         )
 
     @staticmethod
@@ -142,26 +167,70 @@ class Transport:
 
         def whole() -> list[tuple[str, Any]]:
             with self.client.stream(method, path, **kwargs) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    self._check(response)
+                self._check_streamed(response)
                 return list(wire.read_parts(response.iter_bytes()))
 
-        return self._attempts(whole, method, path)
+        return self._attempts(whole)
 
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
-        """The records of a framed answer as they arrive (a replay of documents): a cut
-        answer raises :class:`~runbroker.errors.TruncatedStreamError` where it stops."""
-        self.requests += 1
+        """The records of a framed answer as they arrive (a replay of documents). Until the
+        answer starts, failures are retried as for any request; after that, a cut answer
+        raises :class:`~runbroker.errors.TruncatedStreamError` where it stops (the records
+        before it have been taken already)."""
+        started = False
+
+        def opened() -> Any:
+            context = self.client.stream(method, path, **kwargs)
+            response = context.__enter__()
+            try:
+                self._check_streamed(response)
+            except BaseException:
+                context.__exit__(None, None, None)
+                raise
+            return context, response
+
+        context, response = self._attempts(opened)
         try:
-            with self.client.stream(method, path, **kwargs) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    self._check(response)
-                yield from wire.read_parts(response.iter_bytes())
-        except httpx.ConnectError as err:
-            raise self._unreachable(err) from None
+            for item in wire.read_parts(response.iter_bytes()):
+                started = True
+                yield item
         except httpx.TransportError as err:
+            where = "mid-way" if started else "before its first record"
             raise TruncatedStreamError(
-                f"the answer from {self.url} stopped mid-way ({type(err).__name__}: {err})"
+                f"the answer from {self.url} stopped {where} ({type(err).__name__}: {err})"
             ) from None
+        finally:
+            context.__exit__(None, None, None)
+
+    def _check_streamed(self, response: httpx.Response) -> None:
+        """Raise the error a streamed answer's status says (:class:`_Busy` for one worth
+        asking again), having read its body."""
+        if response.status_code >= 400:
+            response.read()
+            if response.status_code in _RETRY_STATUS:
+                raise _Busy(response)
+            self._check(response)
+
+
+class _Busy(RunbrokerError):
+    """A 502, 503 or 504 answer: worth sending the request again."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The seconds a ``Retry-After`` header asks to wait (None without one, or with a date).
+
+    Example:
+        >>> _retry_after(httpx.Response(503, headers={"retry-after": "2"}))
+        2.0
+        >>> _retry_after(httpx.Response(503)) is None
+        True
+    """
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

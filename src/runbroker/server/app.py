@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,11 +26,15 @@ from . import live, ops, protocol, resources
 from .compression import Compression
 from .context import Service
 from .encoding import reply
+from .limits import BodyLimit
 from .settings import Settings
 
-__all__ = ["build_app"]
+__all__ = ["ENV_CATALOG", "app_from_env", "build_app"]
 
 log = logging.getLogger("runbroker.server")
+
+#: The environment variable naming the catalog :func:`app_from_env` serves.
+ENV_CATALOG = "RUNBROKER_SERVE_CATALOG"
 
 
 def build_app(catalog: Catalog, settings: Settings | None = None) -> FastAPI:
@@ -53,12 +58,39 @@ def build_app(catalog: Catalog, settings: Settings | None = None) -> FastAPI:
     app.state.service = Service(catalog, settings)
     for module in (protocol, resources, live, ops):
         app.include_router(module.router)
-    ops.instrument(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body)
     app.add_middleware(Compression)
+    ops.instrument(app)  # added last, so outermost: refused bodies and compressed bytes count
     app.add_exception_handler(RunbrokerError, _our_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of a worker process of ``runbroker serve --workers N`` (a uvicorn factory:
+    ``uvicorn --factory runbroker.server.app:app_from_env``): it serves the catalog named by
+    ``$RUNBROKER_SERVE_CATALOG`` (a path, URL or catalog name, as ``runbroker serve`` takes)
+    with the settings of :meth:`Settings.from_env`. Each worker opens the catalog itself and
+    keeps nothing another worker needs.
+
+    Example:
+        >>> os.environ.update({ENV_CATALOG: str(tmp_path / "runs.db"), "RUNBROKER_API_KEY": "k"})
+        >>> "/api/v1/search" in app_from_env().openapi()["paths"]
+        True
+        >>> del os.environ[ENV_CATALOG], os.environ["RUNBROKER_API_KEY"]
+    """
+    from ..config import resolve
+    from ..opening import open as open_catalog
+
+    where = os.environ.get(ENV_CATALOG)
+    if not where:
+        raise RuntimeError(f"${ENV_CATALOG} must name the catalog to serve")
+    uri, options = resolve(where)
+    catalog = open_catalog(uri, **options)
+    app = build_app(catalog, Settings.from_env())
+    app.router.on_shutdown.append(catalog.close)
     return app
 
 
@@ -78,13 +110,25 @@ async def _invalid_request(request: Request, err: Exception) -> Response:
     assert isinstance(err, RequestValidationError)
     problems = []
     for e in err.errors():
+        if e.get("type") == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", "JSON decode error")
+            at = e.get("loc", ("body", "?"))[-1]
+            problems.append(f"the request body is not valid JSON: {reason} (at character {at})")
+            continue
         where = ".".join(str(p) for p in e.get("loc", ()))
         problems.append(f"{where}: {e.get('msg', 'invalid')}")
+    kind = request.headers.get("content-type", "")
+    if "json" not in kind and "msgpack" not in kind and request.method in ("POST", "PUT"):
+        problems.append(f"send the body as Content-Type: application/json (not {kind!r})")
     return _error(request, RequestError("bad request: " + "; ".join(problems)))
 
 
 async def _http_error(request: Request, err: Exception) -> Response:
     assert isinstance(err, StarletteHTTPException)
+    cause = err.__cause__
+    if err.status_code == 400 and cause is not None:  # FastAPI could not parse the body
+        reason = f"{type(cause).__name__}: {cause}"
+        return _error(request, RequestError(f"the request body could not be read ({reason})"))
     body: dict[str, Any] = {"code": f"http_{err.status_code}", "message": str(err.detail)}
     body["detail"] = {}
     return reply(request, {"error": body}, err.status_code)

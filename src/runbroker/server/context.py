@@ -23,7 +23,10 @@ from ..errors import NotAuthenticatedError
 from ..store.base import Store
 from .settings import Settings
 
-__all__ = ["Caller", "Context", "Ctx", "Service", "Writer", "context", "writer"]
+__all__ = ["CALLER", "Caller", "Context", "Ctx", "Service", "Writer", "context", "writer"]
+
+#: Where the caller's name is left in the request's state, for the access log.
+CALLER = "runbroker_caller"
 
 READ = frozenset({"read:metadata", "read:data"})
 WRITE = frozenset({"write:runs"})
@@ -75,6 +78,12 @@ def _presented_key(request: Request) -> str | None:
 
 def context(request: Request) -> Context:
     """Authenticate the request: a :class:`Context`, or 401 naming what was missing."""
+    ctx = _authenticate(request)
+    setattr(request.state, CALLER, ctx.caller.name)
+    return ctx
+
+
+def _authenticate(request: Request) -> Context:
     service: Service = request.app.state.service
     settings = service.settings
     key = _presented_key(request)

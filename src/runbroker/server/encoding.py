@@ -35,6 +35,8 @@ def to_json(value: Any) -> bytes:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):  # of objects (datum ids, ...): orjson takes only numbers
+        return value.tolist()
     if isinstance(value, bytes):
         return value.decode("ascii", "replace")
     if isinstance(value, set | frozenset | tuple):

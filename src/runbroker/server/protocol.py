@@ -289,7 +289,7 @@ async def fill(request: Request, uid: str, ctx: Ctx) -> Response:
             args.get("refs"),
             np.asarray(args["seq_nums"], dtype=np.int64),
         )
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise RequestError(f"the fill request lacks or mangles {err}") from None
     filler = ctx.catalog.filler
     if args["op"] == "cuts":

@@ -10,13 +10,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import secrets
 
-__all__ = ["ENV_KEY", "Settings", "new_key"]
+__all__ = ["ENV_KEY", "ENV_SETTINGS", "Settings", "new_key"]
 
 #: The environment variable both ``runbroker serve`` and the client read the API key from.
 ENV_KEY = "RUNBROKER_API_KEY"
+#: The environment variable holding the other settings (JSON), for worker processes.
+ENV_SETTINGS = "RUNBROKER_SERVER_SETTINGS"
 
 
 def new_key() -> str:
@@ -51,7 +54,31 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """Settings with ``api_key`` from ``$RUNBROKER_API_KEY`` unless given."""
-        if overrides.get("api_key") is None and os.environ.get(ENV_KEY):
-            overrides["api_key"] = os.environ[ENV_KEY]
-        return cls(**overrides)  # type: ignore[arg-type]
+        """Settings from the environment (:meth:`to_env`'s variables) unless given:
+        ``api_key`` from ``$RUNBROKER_API_KEY``, the others from ``$RUNBROKER_SERVER_SETTINGS``.
+
+        Example:
+            >>> env = Settings(api_key="k", public=True, max_page=50).to_env()
+            >>> os.environ.update(env)
+            >>> Settings.from_env() == Settings(api_key="k", public=True, max_page=50)
+            True
+            >>> for name in env: del os.environ[name]
+        """
+        known = {f.name for f in dataclasses.fields(cls)} - {"api_key"}
+        stored = json.loads(os.environ.get(ENV_SETTINGS) or "{}")
+        unknown = sorted(set(stored) - known)
+        if unknown:
+            raise ValueError(f"${ENV_SETTINGS} names unknown settings: {', '.join(unknown)}")
+        values = {**stored, **{k: v for k, v in overrides.items() if v is not None}}
+        if values.get("api_key") is None and os.environ.get(ENV_KEY):
+            values["api_key"] = os.environ[ENV_KEY]
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that give these settings to :meth:`from_env` in another
+        process (a worker of ``runbroker serve --workers N``)."""
+        others = {k: v for k, v in dataclasses.asdict(self).items() if k != "api_key"}
+        env = {ENV_SETTINGS: json.dumps(others)}
+        if self.api_key is not None:
+            env[ENV_KEY] = self.api_key
+        return env
