@@ -59,7 +59,9 @@ class Flaky:
             await send({"type": "http.response.body", "body": body})
             return
         if scope["path"].endswith("/framed"):
-            body = b"".join(wire.frame("n", i) for i in range(3)) + wire.end(3)
+            body = b"".join(bytes(p) for i in range(3) for p in wire.parts("n", i)) + b"".join(
+                bytes(p) for p in wire.stream_end(3)
+            )
         else:
             body = wire.pack(7)
         await send({"type": "http.response.start", "status": 200, "headers": []})

@@ -189,14 +189,37 @@ def test_a_page_past_max_page_is_400(server: ThreadServer) -> None:
     assert client(server).post("/search", json={"limit": 50}).status_code == 200
 
 
-def test_a_query_too_deep_is_400(server: ThreadServer) -> None:
-    query: dict = {"type": "key_present", "key": "sample"}
-    for _ in range(5):
-        query = {"type": "and", "queries": [query]}
-    assert (
-        "nests deeper"
-        in error(client(server).post("/count", json={"query": query}), 400)["message"]
-    )
+@pytest.mark.parametrize("combination", ["and", "not"])
+def test_a_query_too_deep_is_400(server: ThreadServer, combination: str) -> None:
+    def nested(levels: int) -> dict:
+        query: dict = {"type": "key_present", "key": "sample"}
+        for _ in range(levels - 1):
+            if combination == "and":
+                query = {"type": "and", "queries": [query]}
+            else:
+                query = {"type": "not", "query": query}
+        return query
+
+    deepest = LIMITS["max_query_depth"]
+    assert client(server).post("/count", json={"query": nested(deepest)}).status_code == 200
+    refused = client(server).post("/count", json={"query": nested(deepest + 1)})
+    assert "nests deeper" in error(refused, 400)["message"]
+
+
+def test_a_list_nested_without_end_is_400_not_a_crash(server: ThreadServer) -> None:
+    values: list = [1]
+    for _ in range(200):
+        values = [values]
+    query = {"type": "in", "key": "sample", "values": values}
+    assert error(client(server).post("/count", json={"query": query}), 400)["code"]
+
+
+def test_a_bad_sort_is_400_naming_it(server: ThreadServer) -> None:
+    message = error(client(server).post("/search", json={"sort": "sample"}), 400)["message"]
+    assert "sort" in message
+    oldest = client(server).post("/search", json={"sort": "time"})
+    newest = client(server).post("/search", json={"sort": "-time"})
+    assert oldest.json() == newest.json()[::-1]
 
 
 def test_a_body_past_max_body_is_413(server: ThreadServer) -> None:
@@ -285,7 +308,9 @@ def test_metrics_count_routes_statuses_and_bytes(
     assert grew("runbroker_http_errors_total", route=route, status="404") == 1
     assert grew("runbroker_http_request_duration_seconds_count", route=route) == 3
     documents = route + "/documents"
-    assert grew("runbroker_http_response_bytes_total", route=documents) == len(replay.content)
+    # the bytes sent: compressed, when the answer was
+    sent = replay.num_bytes_downloaded
+    assert grew("runbroker_http_response_bytes_total", route=documents) == sent
 
 
 def test_one_json_access_log_line_per_request(
@@ -298,7 +323,7 @@ def test_one_json_access_log_line_per_request(
     assert len(lines) == 2
     first, second = lines
     assert first["method"] == "POST" and first["route"] == "/api/v1/search"
-    assert first["status"] == 200 and first["bytes"] == len(response.content)
+    assert first["status"] == 200 and first["bytes"] == response.num_bytes_downloaded
     assert first["caller"] == "api-key" and first["duration_ms"] > 0
     assert KEY not in json.dumps(lines)  # the key of the query string stays out of logs
     assert second["status"] == 401 and second["caller"] is None

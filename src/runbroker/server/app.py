@@ -103,6 +103,11 @@ def _error(request: Request, err: RunbrokerError) -> Response:
 
 async def _our_error(request: Request, err: Exception) -> Response:
     assert isinstance(err, RunbrokerError)
+    # Where the catalog lives on the server (a file path, a database URL) is not the caller's
+    # business: messages name it "this catalog".
+    served = request.app.state.service.catalog.store.uri
+    if served and len(err.args) == 1 and served in str(err):
+        err.args = (str(err).replace(served, "this catalog"),)
     return _error(request, err)
 
 

@@ -46,12 +46,20 @@ def record(run: RunRecord, keys: list[str] | None = None) -> dict[str, Any]:
     return {"uid": run.uid, "start": start, "stop": run.stop}
 
 
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def _depth(value: Any) -> tuple[int, int]:
+    """How deeply ``value`` nests: in dicts (a query's levels: each query is one) and in
+    dicts and lists together. Counted without recursion, so no input can exhaust the stack."""
+    deepest = (0, 0)
+    todo = [(value, 0, 0)]
+    while todo:
+        item, dicts, both = todo.pop()
+        if isinstance(item, dict) and item:
+            todo.extend((v, dicts + 1, both + 1) for v in item.values())
+        elif isinstance(item, list) and item:
+            todo.extend((v, dicts, both + 1) for v in item)
+        else:
+            deepest = (max(deepest[0], dicts), max(deepest[1], both))
+    return deepest
 
 
 def parse_query(ctx: Context, data: Any) -> RunQuery | None:
@@ -60,7 +68,8 @@ def parse_query(ctx: Context, data: Any) -> RunQuery | None:
     if data is None:
         return None
     limit = ctx.service.settings.max_query_depth
-    if _depth(data) > 2 * limit:
+    dicts, both = _depth(data)
+    if dicts > limit or both > 3 * limit:
         raise RequestError(f"the query nests deeper than the {limit} levels this server takes")
     return RunQuery.from_dict(data)
 
@@ -291,6 +300,15 @@ async def fill(request: Request, uid: str, ctx: Ctx) -> Response:
         )
     except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise RequestError(f"the fill request lacks or mangles {err}") from None
+    refs = events.refs
+    if refs is not None and len(refs) and all(isinstance(r, str) for r in refs):
+        # datum ids: only the run's own are read (what the events of the run name)
+        known = await run_in_threadpool(ctx.store.datums, uid, list(set(refs)))
+        unknown = sorted(set(refs) - known.keys())
+        if unknown:
+            raise RequestError(
+                f"field {events.field!r}: {unknown[0]!r} is not a datum of run {uid!r}"
+            )
     filler = ctx.catalog.filler
     if args["op"] == "cuts":
         return reply(request, await run_in_threadpool(filler.cuts, events))
