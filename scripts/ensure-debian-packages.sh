@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the tests need from Debian: the PostgreSQL server binaries (the tests start their own
-# cluster with initdb and pg_ctl) and rsync (a pack's transfer list is run through it).
+# cluster with initdb and pg_ctl), rsync (a pack's transfer list is run through it) and curl
+# (the documentation's examples of the HTTP server run as tests).
 # Missing ones are installed as root; as another user, say what to run.
 set -euo pipefail
 missing=()
@@ -11,6 +12,9 @@ if [ -z "${RUNBROKER_TEST_POSTGRES:-}" ] \
 fi
 if ! command -v rsync >/dev/null 2>&1; then
   missing+=(rsync)
+fi
+if ! command -v curl >/dev/null 2>&1; then
+  missing+=(curl)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
