@@ -75,7 +75,7 @@ def test_unknown_schemes_are_refused_naming_those_known():
         runbroker.open("gopher://host/runs")
     assert str(info.value) == (
         "cannot open 'gopher://host/runs': unknown scheme 'gopher'. runbroker opens sqlite://, "
-        "postgresql://, file:// URLs, file paths and folders"
+        "postgresql://, file://, http://, https:// URLs, file paths and folders"
     )
 
 

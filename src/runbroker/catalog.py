@@ -228,7 +228,7 @@ class Catalog:
 
         Example:
             >>> cat.distinct("plan_name")
-            [('scan', 1)]
+            [('count', 1), ('scan', 1)]
         """
         return distinct_values(self.store, key, self._view, limit)
 

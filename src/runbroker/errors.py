@@ -13,8 +13,8 @@ Example:
     ... except runbroker.UnknownSchemeError as err:
     ...     print(err)
     cannot open 'mongodb://host/db': unknown scheme 'mongodb'. runbroker opens sqlite://,
-    postgresql://, file:// URLs, file paths and folders (to copy runs out of a databroker MongoDB,
-    use: runbroker import mongodb://... runs.db)
+    postgresql://, file://, http://, https:// URLs, file paths and folders (to copy runs out of
+    a databroker MongoDB, use: runbroker import mongodb://... runs.db)
     >>> err = AmbiguousUIDError("ab", ["ab12", "ab34"])
     >>> err.status, err.to_dict()["code"], err.to_dict()["detail"]
     (409, 'ambiguous_uid', {'prefix': 'ab', 'candidates': ['ab12', 'ab34']})

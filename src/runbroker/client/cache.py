@@ -15,8 +15,6 @@ Everything lives in one folder per server URL below the cache root
 limit with the least-recently-used entries evicted first.
 
 Example:
-    >>> from runbroker.client import HTTPStore
-    >>> store = CachedStore(HTTPStore("http://127.0.0.1:8000"))  # doctest: +SKIP
     >>> folder_for("http://127.0.0.1:8000/c/demo", "/tmp/rb").name
     '127.0.0.1_8000_c_demo-e95b6744b1'
 """
@@ -181,9 +179,12 @@ class CachedStore:
     used answers going first. Anything the Store protocol does not name (``transport``, a
     capability of the inner store) is the inner store's.
 
-    Example (needs a server):
-        >>> store = CachedStore(HTTPStore(url), size_limit="500MB")  # doctest: +SKIP
-        >>> cat = runbroker.Catalog(store)                            # doctest: +SKIP
+    Example (no request is sent until the store is used):
+        >>> store = CachedStore(HTTPStore("http://127.0.0.1:8000"), root=tmp_path,
+        ...                     size_limit="500MB")
+        >>> store.size_limit, store.folder.parent == tmp_path
+        (500000000, True)
+        >>> store.close()
     """
 
     def __init__(

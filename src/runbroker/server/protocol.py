@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
@@ -149,7 +149,9 @@ def pages(request: Request, uid: str, args: PagesBody, ctx: Ctx) -> Response:
 
 
 class ReadBody(BaseModel):
-    pages: list[int] = Field(description="page ids, as /pages gave them")
+    pages: list[Annotated[int, Field(ge=-(2**63), lt=2**63)]] = Field(
+        description="page ids, as /pages gave them"
+    )
     columns: list[str] | None = None
 
 

@@ -125,9 +125,12 @@ async def _plain(send: Any, status: int, text: bytes) -> None:
 class ServerProcess:
     """A test server in a process of its own, serving the catalogs of :class:`Catalogs`.
 
-    Example (not run here: it starts a process):
-        >>> server = ServerProcess(tmp_path).start()    # doctest: +SKIP
-        >>> cat = runbroker.open(server.catalog_url("t1"), api_key=server.api_key)  # doctest: +SKIP
+    Example:
+        >>> server = ServerProcess(tmp_path).start()
+        >>> cat = runbroker.open(server.catalog_url("t1"), api_key=server.api_key, cache=False)
+        >>> len(cat)
+        0
+        >>> server.stop()
     """
 
     def __init__(

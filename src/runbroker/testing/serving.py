@@ -65,10 +65,12 @@ class ServeCommand:
     """``runbroker serve ARGS --port PORT`` run in ``folder`` (``env`` added to this
     process's environment), started at once; its output goes to :attr:`out`.
 
-    Example (not run here: it starts a process):
-        >>> served = ServeCommand(tmp_path, "runs.db", "--api-key", "k")  # doctest: +SKIP
-        >>> runbroker.open(served.url, api_key="k")                        # doctest: +SKIP
-        >>> served.stop()                                                   # doctest: +SKIP
+    Example:
+        >>> runbroker.open(tmp_path / "runs.db").close()
+        >>> served = ServeCommand(tmp_path, "runs.db", "--api-key", "k")
+        >>> len(runbroker.open(served.url, api_key="k", cache=False))
+        0
+        >>> served.stop()
     """
 
     def __init__(
