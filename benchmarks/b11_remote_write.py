@@ -202,7 +202,7 @@ def bench_cached(url: str, folder: Path) -> list[Result]:
         )
         return []
     local, uid, _, _ = build_columns(folder, CACHED_EVENTS)
-    with runbroker.open(url, api_key=API_KEY) as writer:
+    with runbroker.open(url, api_key=API_KEY, cache=False) as writer:
         writer.ingest(local[uid].documents(arrays=True))
     cached = runbroker.open(url, api_key=API_KEY, cache=folder / "cache")
     run, l_run = cached[uid], local[uid]
@@ -241,7 +241,7 @@ def run() -> list[Result]:
         db = folder / "served.db"
         runbroker.open(db, create=True).close()
         with Served(db) as server:
-            remote = runbroker.open(server.url, api_key=API_KEY)
+            remote = runbroker.open(server.url, api_key=API_KEY, cache=False)
             try:
                 results = [
                     bench_small_runs(remote, folder),

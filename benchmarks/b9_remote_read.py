@@ -5,10 +5,10 @@ One SQLite catalog holds a run of 1,000,000 events x 6 float fields and one of 1
 (both ingested as ``event_page`` documents of 1,000, as B2 does) and a run of 1,000 512x512
 uint16 frames in one AD_HDF5 file (B5's detector). A real uvicorn server
 (:class:`benchmarks.service.Served`, one worker) serves that file on loopback; the client is
-``runbroker.open(url, api_key=...)``. Each figure is timed warm, the remote and local reads
-alternating so that a change in the machine's load hits both alike. The frames are filled on
-the server (the client never opens the HDF5 file); their baseline is the local read of the
-same run, and h5py reading the dataset.
+``runbroker.open(url, api_key=..., cache=False)`` (B11 measures the cache). Each figure is
+timed warm, the remote and local reads alternating so that a change in the machine's load
+hits both alike. The frames are filled on the server (the client never opens the HDF5 file);
+their baseline is the local read of the same run, and h5py reading the dataset.
 
 Run alone with ``python -m benchmarks b9``.
 """
@@ -160,7 +160,7 @@ def run() -> list[Result]:
         db, large_uid, small_uid, frames_uid = _catalog(folder)
         file = next((folder / "frames").rglob("*.h5"))
         with Served(db) as server, runbroker.open(db) as local:
-            remote = runbroker.open(server.url, api_key=API_KEY)
+            remote = runbroker.open(server.url, api_key=API_KEY, cache=False)  # B11 has the cache
             try:
                 return [
                     _columns(remote, local, large_uid, LARGE),
