@@ -52,6 +52,42 @@ for where in (str(folder / "runs.db"), str(folder / "runs") + "/"):
 print("runbroker", runbroker.__version__, "works with", sys.argv[1])
 '
 
+# The server and the remote client, with the server extra: a catalog served by uvicorn on
+# loopback, read through runbroker.open(URL).
+served='
+import socket, tempfile, pathlib, threading, time
+import uvicorn, runbroker
+from event_model import compose_run
+from runbroker.server import Settings, build_app
+
+cat = runbroker.open(pathlib.Path(tempfile.mkdtemp()) / "runs.db")
+run = compose_run()
+cat.insert("start", run.start_doc)
+cat.insert("stop", run.compose_stop())
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+app = build_app(cat, Settings(api_key="k"))
+server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+threading.Thread(target=server.run, daemon=True).start()
+while not server.started:
+    time.sleep(0.05)
+remote = runbroker.open(f"http://127.0.0.1:{port}", api_key="k", cache=False)
+assert remote[-1].uid == run.start_doc["uid"]
+server.should_exit = True
+print("the server and its client work")
+'
+# Without the client extra, a URL is refused naming the extra to install.
+no_client='
+import runbroker
+try:
+    runbroker.open("http://127.0.0.1:1")
+except runbroker.MissingDependencyError as err:
+    assert "runbroker[client]" in str(err), err
+else:
+    raise SystemExit("opening a URL without httpx did not say what to install")
+'
+
 for extra in "${extras[@]}"; do
     t0=$SECONDS
     venv="$work/venv-$extra"
@@ -67,6 +103,13 @@ for extra in "${extras[@]}"; do
     (cd "$work" && "$venv/bin/python" -W error::DeprecationWarning:runbroker -c "$smoke" "$extra")
     if [ "$extra" = postgres ] || [ "$extra" = all ]; then
         "$venv/bin/python" -c "import psycopg"
+    fi
+    if [ "$extra" = server ] || [ "$extra" = all ]; then
+        (cd "$work" && "$venv/bin/python" -c "$served")
+    elif [ "$extra" = client ]; then
+        "$venv/bin/python" -c "import runbroker.client, runbroker.cli_cache"
+    elif [ "$extra" = core ]; then
+        "$venv/bin/python" -c "$no_client"
     fi
     rm -rf "$venv"
     echo "check-extras: $extra in $((SECONDS - t0)) s"
