@@ -1,6 +1,7 @@
 """runbroker demo: real bluesky plans with ophyd's simulated devices into an embedded catalog.
 
-Run with ``make demo``. It writes ``demo-output/runs.db`` and ``demo-output/scan.png``.
+Run with ``make demo``. It writes ``demo-output/runs.db`` and ``demo-output/scan.png``, then
+serves the catalog on loopback and reads it back through the remote client and its cache.
 """
 
 from __future__ import annotations
@@ -104,7 +105,41 @@ def main() -> None:
         f"{bool((again == images).all())}"
     )
     home.close()
+    served(cat, raw.uid)
     cat.close()
+
+
+def served(cat: runbroker.Catalog, uid: str) -> None:
+    """The same catalog through a server on this machine (what `runbroker serve` runs): the
+    same API, the images filled on the server, a second read answered by the local cache."""
+    import threading
+
+    import uvicorn
+
+    from runbroker.server import Settings, build_app
+    from runbroker.testing.server import free_port
+
+    port = free_port()
+    app = build_app(cat, Settings(api_key="demo-key"))
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    print(f"\nServed at http://127.0.0.1:{port} (an API key is required):")
+    remote = runbroker.open(
+        f"http://127.0.0.1:{port}", api_key="demo-key", cache=OUT / "client-cache"
+    )
+    images = remote[uid].primary.read()["cam_image"]
+    before = remote.store.transport.requests
+    remote[uid].primary.read()
+    asked = remote.store.transport.requests - before
+    print(
+        f"  runbroker.open(url): {len(remote)} runs; images "
+        f"{dict(images.sizes)} read through the server; a second read sent "
+        f"{asked} requests (the local cache)"
+    )
+    remote.close()
+    server.should_exit = True
 
 
 if __name__ == "__main__":
