@@ -319,7 +319,15 @@ def test_one_json_access_log_line_per_request(
     with caplog.at_level(logging.INFO, logger="runbroker.server.access"):
         response = httpx.post(f"{server.url}/api/v1/search?api_key={KEY}", json={"limit": 1})
         httpx.post(f"{server.url}/api/v1/count", json={})
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name.endswith("access")]
+        # the server logs a request after its answer has gone: wait for the second line
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lines = [
+                json.loads(r.getMessage()) for r in caplog.records if r.name.endswith("access")
+            ]
+            if len(lines) >= 2:
+                break
+            time.sleep(0.02)
     assert len(lines) == 2
     first, second = lines
     assert first["method"] == "POST" and first["route"] == "/api/v1/search"
@@ -423,14 +431,20 @@ def test_serve_with_two_workers_adds_up_their_metrics(
         for _ in range(30):
             # a new connection each: the workers take turns accepting them
             httpx.post(served.url + "/api/v1/count", json={})
-        assert len(cat) == 2
-        lines = [json.loads(x) for x in served.output().splitlines() if x.startswith("{")]
+        assert len(cat) == 2  # the 31st request to /count
+        # A worker writes a request's log line after its answer has gone: wait for the last.
+        deadline = time.monotonic() + 10
+        while True:
+            lines = [json.loads(x) for x in served.output().splitlines() if x.startswith("{")]
+            counted = sum(1 for line in lines if line["route"] == "/api/v1/count")
+            if counted >= 31 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert counted == 31
         assert len({line["pid"] for line in lines}) == 2
         text = httpx.get(served.url + "/metrics").text
         # every request counted once, whichever worker answered it
-        assert _metric(text, "runbroker_http_requests_total", route="/api/v1/count") == sum(
-            1 for line in lines if line["route"] == "/api/v1/count"
-        )
+        assert _metric(text, "runbroker_http_requests_total", route="/api/v1/count") == 31
         assert _metric(text, "runbroker_http_requests_total", status="401") == 30
     finally:
         served.stop()
