@@ -195,7 +195,7 @@ class HTTPStore:
         oldest_first: bool = False,
     ) -> list[RunRecord]:
         self._send_pending()
-        wanted = query.to_dict() if query is not None else None
+        wanted = _wire(query)
         found: list[RunRecord] = []
         while True:
             ask = _SEARCH_PAGE if limit is None else min(_SEARCH_PAGE, limit - len(found))
