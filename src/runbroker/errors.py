@@ -404,6 +404,14 @@ class NotAuthenticatedError(RunbrokerError, PermissionError):
     status, code = 401, "not_authenticated"
 
 
+class AccessDeniedError(RunbrokerError, PermissionError):
+    """An authenticated caller asked for what it may not do: a route needing a scope its key
+    or token lacks, or a write into a run whose access tags it does not hold. (A run it may
+    not *see* is never this error: it is absent, :class:`RunNotFoundError`.)"""
+
+    status, code = 403, "access_denied"
+
+
 class RequestError(RunbrokerError, ValueError):
     """A request a server cannot take as sent: a malformed body, a parameter of the wrong
     type or out of range, an unknown format."""
