@@ -1,114 +1,220 @@
 """The one dependency every route takes: who is calling, and the catalog as they may see it.
 
-Every route gets a :class:`Context` from :func:`context` (or :func:`writer` for routes that
-write), and reaches runs only through ``ctx.catalog`` / ``ctx.store``. Authentication lives
-here and nowhere else, so access rules (per proposal and beamtime) slot in by narrowing the
-catalog this function hands out: no route can forget them.
+A route names what it needs by the type of its context parameter -- :data:`Metadata`,
+:data:`Data`, :data:`Writer` or :data:`Caller` -- and nothing else: the scope it requires is
+part of that type (a FastAPI ``Security`` dependency), so the whole app's scopes can be listed
+from its routes (:func:`route_scopes`), and a route cannot reach runs except through
+``ctx.catalog``, which is the catalog narrowed to the caller's runs. A run the caller may not
+see is absent from it: 404, as for a run that does not exist.
 
-A key is looked for in the ``Authorization: Bearer`` header, or (for links a browser
-follows to download a file) in an ``api_key`` query parameter; it is compared in constant
-time.
+Credentials, in the order they are looked for:
+
+* ``Authorization: Bearer <secret>``: the server's own key (``runbroker serve --api-key``,
+  an admin), an API key of the identity directory (``rbk_...``), or an OIDC token (a JWT);
+* the browser login's session cookie, for reading (GET and HEAD) only, so that a page of
+  another site cannot make a logged-in browser write;
+* ``?token=``: a short-lived download token for one path (a link a browser follows);
+* nothing: the anonymous caller, on a server that serves public runs to anyone.
+
+Secrets are compared in constant time, never logged, and never repeated in an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Request, Security
+from fastapi.routing import APIRoute
+from fastapi.security import SecurityScopes
 
 from ..catalog import Catalog
-from ..errors import NotAuthenticatedError
+from ..errors import AccessDeniedError, NotAuthenticatedError
 from ..store.base import Store
 from .settings import Settings
 
-__all__ = ["CALLER", "Caller", "Context", "Ctx", "Service", "Writer", "context", "writer"]
+__all__ = [
+    "CALLER",
+    "Caller",
+    "Context",
+    "Data",
+    "Metadata",
+    "Service",
+    "Writer",
+    "context",
+    "route_scopes",
+]
 
 #: Where the caller's name is left in the request's state, for the access log.
 CALLER = "runbroker_caller"
-
-READ = frozenset({"read:metadata", "read:data"})
-WRITE = frozenset({"write:runs"})
-
-
-@dataclasses.dataclass(frozen=True)
-class Caller:
-    """Who sent a request: a name (``"api-key"`` or ``"anonymous"``) and what they may do."""
-
-    name: str
-    scopes: frozenset[str]
-
-    @property
-    def can_write(self) -> bool:
-        return not WRITE - self.scopes
+#: The name of the browser login's cookie.
+SESSION_COOKIE = "runbroker_session"
 
 
 @dataclasses.dataclass
 class Service:
-    """What a server process holds: the catalog it serves and its settings (nothing a second
-    process would need: state shared between processes lives in the catalog's database)."""
+    """What a server process holds: the catalog it serves, its settings, and its access
+    control (None: one key, or public reading, and every caller sees every run). State
+    shared between processes lives in databases, not here."""
 
     catalog: Catalog
     settings: Settings
+    access: Any = None  # runbroker.auth.access.AccessControl
+    limiter: Any = None  # runbroker.server.security.FailedAuthLimiter
+    download_secret: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    """One request's caller and the catalog they see."""
+    """One request's caller (a :class:`~runbroker.auth.Principal`), the catalog they see,
+    and where the request came from (for the audit log)."""
 
-    caller: Caller
+    principal: Any
     catalog: Catalog
     service: Service
+    client: str = ""
 
     @property
     def store(self) -> Store:
         return self.catalog.store
 
+    @property
+    def caller(self) -> Any:
+        return self.principal
 
-def _presented_key(request: Request) -> str | None:
+
+def _principals() -> Any:
+    from ..auth import principal
+
+    return principal
+
+
+def _server_key_caller() -> Any:
+    p = _principals()
+    return p.Principal(
+        "server-key", kind="service", scopes=p.ALL_SCOPES, admin=True, via="server-key"
+    )
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization")
-    if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise NotAuthenticatedError("the Authorization header must read 'Bearer <API key>'")
-        return token.strip()
-    return request.query_params.get("api_key")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NotAuthenticatedError("the Authorization header must read 'Bearer <key or token>'")
+    return token.strip()
 
 
-def context(request: Request) -> Context:
-    """Authenticate the request: a :class:`Context`, or 401 naming what was missing."""
-    ctx = _authenticate(request)
-    setattr(request.state, CALLER, ctx.caller.name)
-    return ctx
-
-
-def _authenticate(request: Request) -> Context:
-    service: Service = request.app.state.service
-    settings = service.settings
-    key = _presented_key(request)
-    if key is not None and settings.api_key is not None:
-        if hmac.compare_digest(key.encode(), settings.api_key.encode()):
-            return Context(Caller("api-key", READ | WRITE), service.catalog, service)
+def _from_secret(service: Service, secret: str) -> Any:
+    settings, access = service.settings, service.access
+    if settings.api_key is not None and hmac.compare_digest(
+        secret.encode(), settings.api_key.encode()
+    ):
+        return _server_key_caller()
+    if access is None:
         raise NotAuthenticatedError("the API key given is not this server's")
-    if settings.public:
-        return Context(Caller("anonymous", READ), service.catalog, service)
+    from ..auth.oidc import looks_like_jwt
+
+    if access.oidc is not None and looks_like_jwt(secret):
+        return access.from_token(secret)
+    return access.from_key(secret)
+
+
+def _from_download_token(service: Service, request: Request, token: str) -> Any:
+    from .security import check_download_token
+
+    name = check_download_token(service.download_secret, token, request.url.path)
+    if service.access is None:
+        return _server_key_caller()
+    return service.access.named(name)
+
+
+def _authenticate(request: Request) -> Any:
+    service: Service = request.app.state.service
+    client = _client(request)
+    secret = _bearer(request)
+    safe = request.method in ("GET", "HEAD")
+    if secret is None and safe:
+        secret = request.cookies.get(SESSION_COOKIE) or None
+    if secret is not None:
+        return _checked(service, client, lambda: _from_secret(service, secret))
+    token = request.query_params.get("token")
+    if token is not None and safe:
+        return _checked(service, client, lambda: _from_download_token(service, request, token))
+    if service.access is not None:
+        return service.access.anonymous_caller()
+    if service.settings.public:
+        return _principals().ANONYMOUS
     raise NotAuthenticatedError(
         "this server needs an API key: send 'Authorization: Bearer <key>', or open it with "
         "runbroker.open(URL, api_key=...) or $RUNBROKER_API_KEY"
     )
 
 
-def writer(ctx: Annotated[Context, Depends(context)]) -> Context:
-    """:func:`context`, for routes that write: anonymous callers are refused."""
-    if not ctx.caller.can_write:
-        raise NotAuthenticatedError(
-            "writing to this server needs its API key (it serves reads anonymously)"
+def _checked(service: Service, client: str, prove: Any) -> Any:
+    limiter = service.limiter
+    if limiter is not None:
+        limiter.check(client)
+    try:
+        principal = prove()
+    except NotAuthenticatedError:
+        if limiter is not None:
+            limiter.failed(client)
+        raise
+    return principal
+
+
+def context(request: Request, security_scopes: SecurityScopes) -> Context:
+    """Authenticate the request and check it holds the route's scopes: a :class:`Context`,
+    or 401 naming what was missing (403 naming the scope, for a known caller without it)."""
+    principal = _authenticate(request)
+    setattr(request.state, CALLER, principal.name)
+    missing = [s for s in security_scopes.scopes if not principal.holds(s)]
+    if missing:
+        if principal.via == "anonymous":
+            raise NotAuthenticatedError(
+                f"this needs credentials with the {missing[0]} scope (it serves only "
+                "reading to callers without any)"
+            )
+        raise AccessDeniedError(
+            f"{request.method} {request.url.path} needs the {' and '.join(missing)} scope; "
+            f"{principal.name}'s credentials give {', '.join(sorted(principal.scopes)) or 'none'}"
         )
-    return ctx
+    service: Service = request.app.state.service
+    catalog = service.catalog
+    if service.access is not None and not principal.admin:
+        catalog = service.access.catalog_for(catalog, principal)
+    return Context(principal, catalog, service, _client(request))
 
 
-#: A route parameter that is the caller's context (``def route(ctx: Ctx)``).
-Ctx = Annotated[Context, Depends(context)]
-#: The same, for routes that write.
-Writer = Annotated[Context, Depends(writer)]
+def route_scopes(route: APIRoute) -> list[str] | None:
+    """The scopes ``route`` requires, or None when it takes no caller at all (health,
+    metrics, the login pages)."""
+    found: list[str] | None = None
+    for dependant in _walk(route.dependant):
+        if dependant.call is context:
+            found = sorted({*(found or []), *dependant.security_scopes})
+    return found
+
+
+def _walk(dependant: Any) -> Iterator[Any]:
+    yield dependant
+    for sub in dependant.dependencies:
+        yield from _walk(sub)
+
+
+#: A route parameter: the caller, who may read runs' metadata (``def route(ctx: Metadata)``).
+Metadata = Annotated[Context, Security(context, scopes=["read:metadata"])]
+#: The same, for routes that hand out event data, detector data, documents or exports.
+Data = Annotated[Context, Security(context, scopes=["read:data"])]
+#: The same, for routes that write runs.
+Writer = Annotated[Context, Security(context, scopes=["write:runs"])]
+#: Any authenticated caller, whatever its scopes (``whoami``, one's own keys).
+Caller = Annotated[Context, Security(context, scopes=[])]

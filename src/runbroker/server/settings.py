@@ -42,6 +42,8 @@ class Settings:
     it. ``max_body``: the largest request body taken, in bytes (413 past it); ``max_page``:
     the most runs one search answer holds; ``max_query_depth``: how deeply queries may nest.
     ``poll_interval``: how often a held request (live following) looks for new data.
+    ``access``: an access configuration file (principals, groups, API keys, OIDC: see
+    ``docs/access.md``); without one, every caller with the key sees every run.
     """
 
     api_key: str | None = None
@@ -51,6 +53,7 @@ class Settings:
     max_query_depth: int = 32
     poll_interval: float = 0.05
     max_wait: float = 60.0
+    access: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
