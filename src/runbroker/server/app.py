@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..catalog import Catalog
 from ..errors import NotAuthenticatedError, RequestError, RunbrokerError
-from . import live, ops, protocol, resources
+from . import accounts, live, ops, protocol, resources
 from .compression import Compression
 from .context import Service
 from .encoding import reply
@@ -69,7 +69,7 @@ def build_app(
         description="Bluesky runs: search them, read their data, replay their documents.",
     )
     app.state.service = Service(catalog, settings, access)
-    for module in (protocol, resources, live, ops):
+    for module in (protocol, resources, live, ops, accounts):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=settings.max_body)
     app.add_middleware(Compression)

@@ -23,6 +23,7 @@ from ..errors import RequestError, RunbrokerError, RunNotFoundError
 from ..filler import FieldEvents
 from ..queries import Query as RunQuery
 from ..store.base import PageInfo, RunRecord, distinct_values
+from .accounts import audit
 from .context import Context, Data, Metadata, Writer
 from .encoding import body, reply, streamed
 
@@ -232,11 +233,32 @@ async def insert(request: Request, ctx: Writer, atomic: bool = True) -> Response
     stores them one by one and stops at the first refused, whose error names its place in the
     batch (a client's batch of single inserts: what came before it stays stored)."""
     pairs = _pairs(await body(request))
-    if atomic:
-        n = await run_in_threadpool(ctx.store.ingest, pairs)
-    else:
-        n = await run_in_threadpool(_insert_each, ctx.store, pairs)
+    try:
+        if atomic:
+            n = await run_in_threadpool(ctx.store.ingest, pairs)
+        else:
+            n = await run_in_threadpool(_insert_each, ctx.store, pairs)
+    except RunbrokerError as err:
+        await run_in_threadpool(audit, ctx, "runs.insert.refused", *_written(pairs, str(err)))
+        raise
+    await run_in_threadpool(audit, ctx, "runs.insert", *_written(pairs))
     return reply(request, {"count": n})
+
+
+def _written(pairs: list[tuple[str, dict]], error: str = "") -> tuple[str, dict[str, Any]]:
+    """What a batch wrote, for the audit log: the runs it names, and its documents by kind."""
+    named = (d.get("uid" if name == "start" else "run_start") for name, d in pairs)
+    runs = sorted({str(uid) for uid in named if uid is not None})
+    kinds: dict[str, int] = {}
+    for name, _ in pairs:
+        kinds[name] = kinds.get(name, 0) + 1
+    detail: dict[str, Any] = {"documents": len(pairs), "kinds": kinds}
+    descriptors = sorted({str(d["descriptor"]) for _, d in pairs if "descriptor" in d})
+    if descriptors:
+        detail["descriptors"] = descriptors
+    if error:
+        detail["error"] = error[:500]
+    return ", ".join(runs), detail
 
 
 def _insert_each(store: Any, pairs: list[tuple[str, dict]]) -> int:
