@@ -120,8 +120,7 @@ class OIDCConfig:
                 raise ValueError(
                     f"oidc: unknown setting {key!r} (the settings are: {', '.join(fields)})"
                 )
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
-        missing = [m for m in missing if m in ("issuer", "audience")]
+        missing = [name for name in ("issuer", "audience") if name not in data]
         if missing:
             raise ValueError(f"oidc: missing setting(s): {', '.join(missing)}")
         return cls(**data)
@@ -154,7 +153,7 @@ class OIDCVerifier:
         self._provider: Provider | None = None
         self._jwks: jwt.PyJWKClient | None = None
         self._lock = threading.Lock()
-        self._refresh_lock = threading.Lock()
+        self._keys_lock = threading.Lock()
         self._last_forced = float("-inf")
 
     # -- the provider
@@ -201,17 +200,16 @@ class OIDCVerifier:
     def _signing_key(self, kid: str | None) -> jwt.PyJWK:
         self.provider()
         assert self._jwks is not None
+        # One lookup at a time: threads arriving at an empty or stale cache share one fetch.
         try:
-            key = self._jwks.match_kid(self._jwks.get_signing_keys(), kid or "")
-            if key is None:
-                # A key not seen: the provider may have rotated. Fetch again, at most once per
-                # cooldown, so tokens naming made-up keys cannot flood the provider.
-                with self._refresh_lock:
-                    now = time.monotonic()
-                    if now - self._last_forced >= self.config.jwks_cooldown:
-                        self._last_forced = now
-                        keys = self._jwks.get_signing_keys(refresh=True)
-                        key = self._jwks.match_kid(keys, kid or "")
+            with self._keys_lock:
+                key = self._jwks.match_kid(self._jwks.get_signing_keys(), kid or "")
+                now = time.monotonic()
+                if key is None and now - self._last_forced >= self.config.jwks_cooldown:
+                    # A key not seen: the provider may have rotated. Fetch again, at most once
+                    # per cooldown, so tokens naming made-up keys cannot flood the provider.
+                    self._last_forced = now
+                    key = self._jwks.match_kid(self._jwks.get_signing_keys(refresh=True), kid or "")
         except jwt.PyJWKClientConnectionError:
             raise ServerUnreachableError(
                 f"the identity provider's keys could not be fetched from {self._jwks.uri}; "
