@@ -98,7 +98,8 @@ def login_router(config: OIDCConfig, verifier: OIDCVerifier, session_secret: byt
             raise RunbrokerError("the identity provider names no authorization endpoint")
         pkce = secrets.token_urlsafe(64)
         state = secrets.token_urlsafe(32)
-        redirect_uri = str(request.base_url).rstrip("/") + config.redirect_path
+        here = request.url
+        redirect_uri = f"{here.scheme}://{here.netloc}{_root(request)}{config.redirect_path}"
         params = {
             "response_type": "code",
             "client_id": config.client_id,
