@@ -293,3 +293,29 @@ def test_a_garbled_token_is_refused_without_a_fetch(idp):
         "the token is not a JWT that can be read"
     )
     assert idp.jwks_fetches == 0
+
+
+def test_malformed_tokens_are_refused_as_such(idp):
+    """Tokens of a JWT's shape that are not JWTs, or carry odd headers and payloads, are a
+    401 naming the problem, never another error."""
+    import base64
+    import json
+
+    def part(value) -> str:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    verifier = OIDCVerifier(idp.config())
+    good_head, good_body, good_sig = idp.token("alice").split(".")
+    head = {"alg": "RS256", "kid": idp.kid}
+    for token in [
+        f"{part(b'not json')}.{good_body}.{good_sig}",
+        f"{part([1, 2])}.{good_body}.{good_sig}",
+        f"{part({'alg': ['RS256']})}.{good_body}.{good_sig}",
+        f"{part({**head, 'kid': 7})}.{good_body}.{good_sig}",
+        f"{part(head)}.{part(b'not json')}.{good_sig}",
+        f"{part(head)}.{part([1])}.{good_sig}",
+        f"{good_head}.{good_body}.{good_sig[:-8]}",
+        f"{good_head}.{good_body}.AAAA",
+    ]:
+        refused(verifier, token)

@@ -261,7 +261,10 @@ class OIDCVerifier:
 
     def _reason(self, token: str, err: jwt.InvalidTokenError) -> str:
         # Claims are read unverified only to word the message; nothing else trusts them.
-        claims = jwt.decode(token, options={"verify_signature": False})
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.InvalidTokenError:
+            claims = {}
         if isinstance(err, jwt.ExpiredSignatureError):
             return "the token has expired: log in again or get a new token"
         if isinstance(err, jwt.ImmatureSignatureError):
