@@ -265,3 +265,37 @@ def test_the_router_needs_a_client_and_a_secret(idp):
         login_router(idp.config(client_id=None), OIDCVerifier(config), SECRET)
     with pytest.raises(ValueError, match="at least 16 bytes"):
         login_router(config, OIDCVerifier(config), b"short")
+
+
+def test_the_provider_gives_a_code_once_to_its_client_at_its_redirect(idp, site):
+    with httpx.Client() as browser:
+        back = to_provider(browser, site.url)
+        started = browser.cookies[LOGIN_COOKIE].split(".")[0]
+    payload = json.loads(base64.urlsafe_b64decode(started + "=" * (-len(started) % 4)))
+    form = {
+        "grant_type": "authorization_code",
+        "code": parse_qs(urlsplit(back).query)["code"][0],
+        "client_id": "runbroker",
+        "redirect_uri": site.url + "/auth/callback",
+        "code_verifier": payload["pkce"],
+    }
+    for change, error in [
+        ({"client_id": "grafana"}, "invalid_client"),
+        ({"redirect_uri": "http://127.0.0.1:1/auth/callback"}, "invalid_grant"),
+    ]:
+        assert httpx.post(idp.url + "/token", data={**form, **change}).json()["error"] == error
+    # the refused redirect spent the code: codes are good once
+    assert httpx.post(idp.url + "/token", data=form).json()["error"] == "invalid_grant"
+
+
+def test_a_confidential_client_sends_its_secret():
+    with IdentityProvider(client_secret="client-s3cret") as idp:
+        idp.login_as("bob")
+        with ThreadServer(make_app(idp)) as good, httpx.Client() as browser:
+            step(browser, to_provider(browser, good.url), 303)
+            assert browser.get(good.url + "/whoami").json()["name"] == "bob"
+        with ThreadServer(make_app(idp, client_secret="x-9f2c")) as bad, httpx.Client() as browser:
+            answer = browser.get(to_provider(browser, bad.url))
+            assert answer.status_code == 401
+            assert "refused the login code (invalid_client" in answer.json()["error"]["message"]
+            assert "x-9f2c" not in answer.text

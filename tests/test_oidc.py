@@ -151,6 +151,18 @@ def test_rotation_keeping_the_old_key_verifies_both(idp):
     assert verifier.verify(before)["sub"] == "alice"
 
 
+def test_an_es256_key_after_rotation(idp):
+    verifier = OIDCVerifier(idp.config(jwks_cooldown=0))
+    assert verifier.verify(idp.token("alice"))
+    idp.rotate(algorithm="ES256")
+    token = idp.token("bob")
+    assert jwt.get_unverified_header(token)["alg"] == "ES256"
+    assert verifier.verify(token)["sub"] == "bob"
+    assert refused(verifier, idp.forge("bob")) == "the token's signature does not verify"
+    only_rsa = OIDCVerifier(idp.config(algorithms=("RS256",)))
+    assert "algorithm 'ES256'; this server takes RS256" in refused(only_rsa, token)
+
+
 def test_unknown_keys_refetch_at_most_once_per_cooldown(idp):
     verifier = OIDCVerifier(idp.config(jwks_cooldown=60))
     assert verifier.verify(idp.token("alice"))

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
@@ -40,20 +40,29 @@ __all__ = ["IdentityProvider", "SigningKey"]
 
 @dataclasses.dataclass(frozen=True)
 class SigningKey:
-    """An RSA private key and the key id (``kid``) tokens signed with it name."""
+    """A private key, the key id (``kid``) tokens signed with it name, and its algorithm
+    (``RS256``: RSA 2048; ``ES256``: EC P-256)."""
 
     kid: str
-    private: rsa.RSAPrivateKey
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    algorithm: str = "RS256"
 
     @classmethod
-    def generate(cls) -> SigningKey:
-        """A fresh 2048-bit key with a random kid."""
-        return cls(secrets.token_hex(8), rsa.generate_private_key(65537, 2048))
+    def generate(cls, algorithm: str = "RS256") -> SigningKey:
+        """A fresh key with a random kid."""
+        if algorithm == "ES256":
+            return cls(secrets.token_hex(8), ec.generate_private_key(ec.SECP256R1()), algorithm)
+        if algorithm == "RS256":
+            return cls(secrets.token_hex(8), rsa.generate_private_key(65537, 2048), algorithm)
+        raise ValueError(f"the test provider signs with RS256 or ES256, not {algorithm!r}")
 
     def jwk(self) -> dict[str, Any]:
         """The public half as a JWK, as a JWKS lists it."""
-        jwk = jwt.algorithms.RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
-        return {**jwk, "kid": self.kid, "use": "sig", "alg": "RS256"}
+        kind = (
+            jwt.algorithms.ECAlgorithm if self.algorithm == "ES256" else jwt.algorithms.RSAAlgorithm
+        )
+        jwk = kind.to_jwk(self.private.public_key(), as_dict=True)
+        return {**jwk, "kid": self.kid, "use": "sig", "alg": self.algorithm}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,17 +163,18 @@ class IdentityProvider:
             else:
                 claims[name] = value
         key = key or self.key
-        return jwt.encode(claims, key.private, algorithm="RS256", headers={"kid": key.kid})
+        return jwt.encode(claims, key.private, algorithm=key.algorithm, headers={"kid": key.kid})
 
     def forge(self, sub: str, **claims: Any) -> str:
         """A token like :meth:`token`'s, naming the current kid but signed with a key this
         provider never published: its signature cannot verify."""
-        return self.token(sub, key=SigningKey(self.kid, SigningKey.generate().private), **claims)
+        stranger = SigningKey.generate(self.key.algorithm)
+        return self.token(sub, key=dataclasses.replace(stranger, kid=self.kid), **claims)
 
-    def rotate(self, keep_old: bool = False) -> SigningKey:
-        """Sign with a new key (a new kid) from now on; the old key leaves the JWKS unless
-        ``keep_old``. Returns the old key."""
-        old, self.key = self.key, SigningKey.generate()
+    def rotate(self, keep_old: bool = False, algorithm: str = "RS256") -> SigningKey:
+        """Sign with a new key (a new kid; ``algorithm`` RS256 or ES256) from now on; the old
+        key leaves the JWKS unless ``keep_old``. Returns the old key."""
+        old, self.key = self.key, SigningKey.generate(algorithm)
         with self._lock:
             self.published = [*(self.published if keep_old else []), self.key]
         return old
@@ -193,7 +203,7 @@ class IdentityProvider:
             "jwks_uri": self.url + "/jwks",
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256"],
+            "id_token_signing_alg_values_supported": ["RS256", "ES256"],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["client_secret_post"],
         }
