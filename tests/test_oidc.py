@@ -215,8 +215,7 @@ def test_a_provider_that_is_down_gives_a_clear_error():
     assert token not in message and info.value.status == 503
 
 
-def test_a_provider_going_down_after_discovery_gives_a_clear_error():
-    idp = IdentityProvider().__enter__()
+def test_a_provider_going_down_after_discovery_gives_a_clear_error(idp):
     verifier = OIDCVerifier(idp.config(jwks_ttl=0.2, timeout=2))
     token = idp.token("alice")
     assert verifier.verify(token)
