@@ -21,8 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..catalog import Catalog
-from ..errors import NotAuthenticatedError, RequestError, RunbrokerError
-from . import live, ops, protocol, resources
+from ..errors import RequestError, RunbrokerError
+from . import live, ops, protocol, resources, security
 from .compression import Compression
 from .context import Service
 from .encoding import reply
@@ -54,11 +54,13 @@ def build_app(catalog: Catalog, settings: Settings | None = None) -> FastAPI:
         title="runbroker",
         version=__version__,
         description="Bluesky runs: search them, read their data, replay their documents.",
+        redoc_url=None,  # /docs is the one page: the security policy allows its CDN only
     )
     app.state.service = Service(catalog, settings)
     for module in (protocol, resources, live, ops):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=settings.max_body)
+    security.install(app, settings)  # inside compression: it reads the pages it sends
     app.add_middleware(Compression)
     ops.instrument(app)  # added last, so outermost: refused bodies and compressed bytes count
     app.add_exception_handler(RunbrokerError, _our_error)
@@ -96,8 +98,7 @@ def app_from_env() -> FastAPI:
 
 def _error(request: Request, err: RunbrokerError) -> Response:
     response = reply(request, {"error": err.to_dict()}, err.status)
-    if isinstance(err, NotAuthenticatedError):
-        response.headers["WWW-Authenticate"] = "Bearer"
+    response.headers.update(err.headers)  # WWW-Authenticate, Retry-After ...
     return response
 
 
