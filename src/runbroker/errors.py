@@ -419,9 +419,10 @@ class NotAuthenticatedError(RunbrokerError, PermissionError):
         return {"WWW-Authenticate": "Bearer"}
 
 
-class TooManyRequestsError(RunbrokerError, PermissionError):
+class TooManyRequestsError(RunbrokerError):
     """Too many failed authentications came from one address: its requests are refused for
-    ``retry_after`` seconds (sent as the ``Retry-After`` header too)."""
+    ``retry_after`` seconds (sent as the ``Retry-After`` header too). Not a PermissionError:
+    the address is refused, not a credential."""
 
     status, code, detail = 429, "too_many_requests", ("retry_after",)
 
