@@ -108,13 +108,19 @@ class Clock:
         return self.now
 
 
+def _fail_admitted(
+    gate: FailedAuthLimiter, clock: Clock, client: str, times: int, every: float
+) -> None:
+    """``client`` is admitted and fails ``times`` times, ``every`` seconds."""
+    for _ in range(times):
+        gate.check(client)
+        gate.failed(client)
+        clock.now += every
+
+
 def test_an_address_is_refused_after_its_limit_of_failures_until_the_window_slides() -> None:
-    clock = Clock()
-    gate = FailedAuthLimiter(limit=3, window=60, clock=clock)
-    for _ in range(3):
-        gate.check("10.0.0.1")
-        gate.failed("10.0.0.1")
-        clock.now += 10
+    gate = FailedAuthLimiter(limit=3, window=60, clock=(clock := Clock()))
+    _fail_admitted(gate, clock, "10.0.0.1", times=3, every=10)
     # failures at 1000, 1010, 1020; now 1030: the first leaves the window at 1060
     with pytest.raises(TooManyRequestsError) as refused:
         gate.check("10.0.0.1")
@@ -131,12 +137,8 @@ def test_an_address_is_refused_after_its_limit_of_failures_until_the_window_slid
 
 
 def test_failures_spread_wider_than_the_window_never_block_and_a_success_forgets() -> None:
-    clock = Clock()
-    gate = FailedAuthLimiter(limit=2, window=5, clock=clock)
-    for _ in range(20):
-        gate.check("a")
-        gate.failed("a")
-        clock.now += 5.01
+    gate = FailedAuthLimiter(limit=2, window=5, clock=(clock := Clock()))
+    _fail_admitted(gate, clock, "a", times=20, every=5.01)
     gate.failed("a")
     gate.failed("a")  # two within the window
     with pytest.raises(TooManyRequestsError):

@@ -318,21 +318,22 @@ class SecureHeaders:
                     headers.setdefault(name, value)
                 if scope.get("scheme") == "https":
                     headers.setdefault("Strict-Transport-Security", _HSTS)
-                message = {**message, "headers": headers.raw}
-                if headers.get("content-type", "").startswith("text/html"):
-                    if docs_page:
-                        held.append(message)
-                        return
+                html = headers.get("content-type", "").startswith("text/html")
+                if html and not docs_page:
                     headers.setdefault("Content-Security-Policy", _PAGE_POLICY)
+                message = {**message, "headers": headers.raw}
+                if html and docs_page:  # its policy needs its whole body: hold it
+                    held.append(message)
+                    return
             elif held and message["type"] == "http.response.body":
                 held.append(message)
                 if message.get("more_body"):
                     return
                 start, *parts = held
                 page = b"".join(part.get("body", b"") for part in parts)
-                headers = MutableHeaders(raw=start["headers"])
+                headers = MutableHeaders(raw=list(start["headers"]))
                 headers.setdefault("Content-Security-Policy", docs_policy(page))
-                await send(start)
+                await send({**start, "headers": headers.raw})
                 message = {"type": "http.response.body", "body": page}
             await send(message)
 
