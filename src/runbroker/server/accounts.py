@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import AccessDeniedError, RequestError
 from .context import Caller, Context, context
 from .encoding import reply
+from .security import issue_download_token
 
 __all__ = ["audit", "router"]
 
@@ -181,3 +182,8 @@ async def audit_log(
             for e in entries
         ],
     )
+
+
+router.post("/download-token", summary="A short-lived link to download one file")(
+    issue_download_token
+)

@@ -21,8 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..catalog import Catalog
-from ..errors import NotAuthenticatedError, RequestError, RunbrokerError
-from . import accounts, live, ops, protocol, resources
+from ..errors import RequestError, RunbrokerError
+from . import accounts, live, ops, protocol, resources, security
 from .compression import Compression
 from .context import Service
 from .encoding import reply
@@ -67,11 +67,17 @@ def build_app(
         title="runbroker",
         version=__version__,
         description="Bluesky runs: search them, read their data, replay their documents.",
+        redoc_url=None,  # /docs is the one page: the security policy allows its CDN only
     )
     app.state.service = Service(catalog, settings, access)
     for module in (protocol, resources, live, ops, accounts):
         app.include_router(module.router)
+    if access is not None and access.oidc is not None and access.oidc.config.client_id:
+        from .login import login_router
+
+        app.include_router(login_router(access.oidc.config, access.oidc, settings.secret))
     app.add_middleware(BodyLimit, limit=settings.max_body)
+    security.install(app, settings)  # inside compression: it reads the pages it sends
     app.add_middleware(Compression)
     ops.instrument(app)  # added last, so outermost: refused bodies and compressed bytes count
     app.add_exception_handler(RunbrokerError, _our_error)
@@ -109,8 +115,7 @@ def app_from_env() -> FastAPI:
 
 def _error(request: Request, err: RunbrokerError) -> Response:
     response = reply(request, {"error": err.to_dict()}, err.status)
-    if isinstance(err, NotAuthenticatedError):
-        response.headers["WWW-Authenticate"] = "Bearer"
+    response.headers.update(err.headers)  # WWW-Authenticate, Retry-After ...
     return response
 
 

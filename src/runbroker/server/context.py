@@ -49,8 +49,6 @@ __all__ = [
 
 #: Where the caller's name is left in the request's state, for the access log.
 CALLER = "runbroker_caller"
-#: The name of the browser login's cookie.
-SESSION_COOKIE = "runbroker_session"
 
 
 @dataclasses.dataclass
@@ -62,8 +60,6 @@ class Service:
     catalog: Catalog
     settings: Settings
     access: Any = None  # runbroker.auth.access.AccessControl
-    limiter: Any = None  # runbroker.server.security.FailedAuthLimiter
-    download_secret: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +98,14 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+def session_token(request: Request) -> str | None:
+    """The browser login's token, from its cookie (GET and HEAD only: see
+    :mod:`runbroker.server.login`)."""
+    from .login import session_token as from_cookie
+
+    return from_cookie(request)
+
+
 def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization")
     if not header:
@@ -127,27 +131,29 @@ def _from_secret(service: Service, secret: str) -> Any:
     return access.from_key(secret)
 
 
-def _from_download_token(service: Service, request: Request, token: str) -> Any:
-    from .security import check_download_token
-
-    name = check_download_token(service.download_secret, token, request.url.path)
+def _from_download_token(service: Service, name: str) -> Any:
+    p = _principals()
     if service.access is None:
-        return _server_key_caller()
-    return service.access.named(name)
+        who = _server_key_caller()
+    else:
+        who = service.access.named(name)
+    # A link lets a browser read one file: it reads, whatever else its maker may do.
+    return dataclasses.replace(who, scopes=who.scopes & p.READ_SCOPES, via="download-token")
 
 
 def _authenticate(request: Request) -> Any:
+    from .security import counting_failures, download_principal
+
     service: Service = request.app.state.service
-    client = _client(request)
     secret = _bearer(request)
-    safe = request.method in ("GET", "HEAD")
-    if secret is None and safe:
-        secret = request.cookies.get(SESSION_COOKIE) or None
-    if secret is not None:
-        return _checked(service, client, lambda: _from_secret(service, secret))
-    token = request.query_params.get("token")
-    if token is not None and safe:
-        return _checked(service, client, lambda: _from_download_token(service, request, token))
+    if secret is None and request.method in ("GET", "HEAD"):
+        secret = session_token(request)
+    with counting_failures(request):
+        if secret is not None:
+            return _from_secret(service, secret)
+        name = download_principal(request, service.settings.secret)
+        if name is not None:
+            return _from_download_token(service, name)
     if service.access is not None:
         return service.access.anonymous_caller()
     if service.settings.public:
@@ -156,19 +162,6 @@ def _authenticate(request: Request) -> Any:
         "this server needs an API key: send 'Authorization: Bearer <key>', or open it with "
         "runbroker.open(URL, api_key=...) or $RUNBROKER_API_KEY"
     )
-
-
-def _checked(service: Service, client: str, prove: Any) -> Any:
-    limiter = service.limiter
-    if limiter is not None:
-        limiter.check(client)
-    try:
-        principal = prove()
-    except NotAuthenticatedError:
-        if limiter is not None:
-            limiter.failed(client)
-        raise
-    return principal
 
 
 def context(request: Request, security_scopes: SecurityScopes) -> Context:
