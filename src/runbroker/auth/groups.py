@@ -384,7 +384,7 @@ def group_source(spec: Mapping[str, Any], directory: Directory | None) -> GroupS
         return ClaimGroups(str(spec.get("claim", "groups")))
     (needed,) = _SETTINGS[kind]
     if not spec.get(needed):
-        raise CatalogConfigError(f"group source {kind!r}: name its {needed}")
+        raise CatalogConfigError(f"group source {kind!r}: give its {needed!r} setting")
     source: GroupSource = (
         YAMLGroups(spec["file"]) if kind == "yaml" else EntryPointGroups(str(spec["name"]))
     )
