@@ -187,6 +187,13 @@ def _stamp(when: datetime | float | None) -> float | None:
     return when.timestamp()
 
 
+def _found(row: Row | None, missing: str) -> Row:
+    """``row``, or :class:`NotFoundError` saying what is ``missing``."""
+    if row is None:
+        raise NotFoundError(missing)
+    return row
+
+
 def _scopes_text(scopes: Iterable[str]) -> str:
     return ",".join(sorted(scopes))
 
@@ -327,10 +334,7 @@ class Directory:
         return conn.execute(select(principals_t).where(principals_t.c.name == name)).first()
 
     def _require_principal(self, conn: Connection, name: str) -> Row:
-        row = self._principal_row(conn, name)
-        if row is None:
-            raise NotFoundError(f"no principal named {name!r}")
-        return row
+        return _found(self._principal_row(conn, name), f"no principal named {name!r}")
 
     @staticmethod
     def _principal_info(row: Row) -> PrincipalInfo:
@@ -485,11 +489,8 @@ class Directory:
         ).first()
 
     def _require_group(self, conn: Connection, kind: str, name: str) -> Row:
-        row = self._group_row(conn, kind, name)
-        if row is None:
-            hint = " (add it with its proposal first)" if kind == "beamtime" else ""
-            raise NotFoundError(f"no {kind} named {name!r}{hint}")
-        return row
+        hint = " (add it with its proposal first)" if kind == "beamtime" else ""
+        return _found(self._group_row(conn, kind, name), f"no {kind} named {name!r}{hint}")
 
     def _ensure_group(self, conn: Connection, kind: str, name: str) -> None:
         if self._group_row(conn, kind, name) is None:
@@ -624,9 +625,7 @@ class Directory:
 
     def _require_key(self, conn: Connection, key_id: str) -> Row:
         row = conn.execute(select(keys_t).where(keys_t.c.id == key_id)).first()
-        if row is None:
-            raise NotFoundError(f"no API key with id {key_id!r}")
-        return row
+        return _found(row, f"no API key with id {key_id!r}")
 
     @staticmethod
     def _key_info(row: Row) -> KeyInfo:
