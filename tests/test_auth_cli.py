@@ -18,7 +18,7 @@ from ophyd.sim import det
 import runbroker
 from runbroker.auth.directory import Directory
 from runbroker.cli import main
-from runbroker.cli_auth import directory_for
+from runbroker.auth.directory import directory_for
 
 ME = f"local:{getpass.getuser()}"
 

@@ -29,6 +29,7 @@ from fastapi.responses import HTMLResponse
 import runbroker
 from runbroker.errors import NotAuthenticatedError, TooManyRequestsError, from_dict
 from runbroker.server import Settings, build_app
+from runbroker.server.accounts import issue_download_token
 from runbroker.server.security import (
     MAX_TTL,
     FailedAuthLimiter,
@@ -36,7 +37,6 @@ from runbroker.server.security import (
     counting_failures,
     download_principal,
     download_token,
-    issue_download_token,
 )
 from runbroker.server.settings import ENV_SESSION_SECRET
 from runbroker.testing.server import free_port
@@ -532,9 +532,9 @@ def test_a_download_link_issued_over_http_works_for_get_of_its_path_only(
     left = datetime.datetime.fromisoformat(link["expires"]) - datetime.datetime.now(datetime.UTC)
     assert 29 <= left.total_seconds() <= 31
     secret = Settings(session_secret="module-secret").secret
-    assert check_download_token(secret, link["token"], path) == "api-key"
+    assert check_download_token(secret, link["token"], path) == "server-key"
     # followed as a browser does: no Authorization header
-    assert httpx.get(server.url + link["url"]).json() == {"principal": "api-key"}
+    assert httpx.get(server.url + link["url"]).json() == {"principal": "server-key"}
     other = httpx.get(server.url + DOWNLOAD.format(name="b.csv"), params={"token": link["token"]})
     assert other.status_code == 401 and "for another file" in other.text
     posted = httpx.post(server.url + link["url"])
@@ -643,7 +643,7 @@ def test_no_secret_in_any_log_line_or_error_body(caplog: pytest.LogCaptureFixtur
             assert secret not in response.text, (response.request.url, secret)
             assert secret not in str(response.headers.raw)
     # the log does name the requests, their paths and callers: the test looks at real lines
-    assert '"path": "/api/v1/count"' in logged and '"caller": "api-key"' in logged
+    assert '"path": "/api/v1/count"' in logged and '"caller": "server-key"' in logged
 
 
 def test_runbroker_serve_logs_no_secret(tmp_path: Path) -> None:

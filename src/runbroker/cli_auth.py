@@ -21,64 +21,21 @@ import getpass
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from .auth.audit import entries_json, format_entries, format_table, format_time, parse_since
-from .auth.directory import Directory
+from .auth.directory import Directory, directory_for
 from .auth.keys import parse_duration
 from .auth.principal import GROUP_KEYS, KINDS
 from .errors import RunbrokerError
-from .store.urls import redact, scheme_of
+from .store.urls import redact
 
 __all__ = ["ENV", "add_commands", "directory_for"]
 
 #: The environment variable naming the directory when ``--auth`` is not given.
 ENV = "RUNBROKER_AUTH"
-
-
-def directory_for(target: str) -> Directory:
-    """The directory ``target`` names: a SQLAlchemy URL (``sqlite:///auth.db``,
-    ``postgresql://host/db``), an SQLite file (a SQL catalog's holds its directory beside its
-    runs; a new file is made), a folder catalog (its ``.runbroker/auth.db``), or a catalog's
-    configured name.
-
-    Example:
-        >>> directory_for(str(tmp_path))
-        Directory('sqlite:///.../.runbroker/auth.db')
-        >>> directory_for("http://host:8000")
-        Traceback (most recent call last):
-        ...
-        ValueError: --auth 'http://host:8000': a directory is a database (sqlite:// or ...
-    """
-    from .config import resolve
-
-    text, _ = resolve(target)
-    if "://" in text:
-        scheme = scheme_of(text)
-        if scheme in ("sqlite", "postgresql"):
-            return Directory(text)
-        if scheme != "file":
-            raise ValueError(
-                f"--auth {redact(text)!r}: a directory is a database (sqlite:// or "
-                "postgresql:// URL), an SQLite file or a folder catalog, not a server's URL"
-            )
-        text = url2pathname(urlsplit(text).path)
-    path = Path(text).expanduser().resolve()
-    if path.is_dir():
-        (path / ".runbroker").mkdir(exist_ok=True)
-        return Directory(f"sqlite:///{path / '.runbroker' / 'auth.db'}")
-    if path.exists():
-        with path.open("rb") as f:
-            if path.stat().st_size and f.read(16) != b"SQLite format 3\x00":
-                raise ValueError(f"--auth {target!r}: {path} is not an SQLite database")
-    elif not path.parent.is_dir():
-        raise ValueError(f"--auth {target!r}: the folder {path.parent} does not exist")
-    return Directory(f"sqlite:///{path}")
 
 
 def _who() -> str:

@@ -43,7 +43,7 @@ import yaml
 
 from ..catalog import Catalog
 from ..errors import CatalogConfigError, NotAuthenticatedError
-from .directory import Directory
+from .directory import Directory, directory_for
 from .groups import ClaimGroups, CombinedGroups, DirectoryGroups, GroupSource, group_source
 from .policy import AccessPolicy
 from .principal import ANONYMOUS, USER_SCOPES, Principal
@@ -89,8 +89,6 @@ class AccessControl:
                 f"{where}: unknown setting(s) {', '.join(unknown)}; "
                 f"the settings are {', '.join(sorted(_KNOWN))}"
             )
-        from ..cli_auth import directory_for
-
         target = config.get("directory") or catalog
         if not target:
             raise CatalogConfigError(f"{where}: name the directory's database (directory: URL)")

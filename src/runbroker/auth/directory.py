@@ -24,7 +24,10 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from sqlalchemy import (
     Boolean,
@@ -52,7 +55,7 @@ from . import keys as keyfmt
 from .keys import KeyInfo
 from .principal import ADMIN_SCOPES, KINDS, USER_SCOPES, Principal, parse_scopes
 
-__all__ = ["AuditEntry", "Directory", "GroupInfo", "KeyInfo", "PrincipalInfo"]
+__all__ = ["AuditEntry", "Directory", "GroupInfo", "KeyInfo", "PrincipalInfo", "directory_for"]
 
 #: A key's ``last_used`` is written at most this often (seconds): not once per request.
 LAST_USED_EVERY = 60.0
@@ -702,3 +705,44 @@ class Directory:
                 )
                 for r in conn.execute(query)
             ]
+
+
+def directory_for(target: str) -> Directory:
+    """The directory ``target`` names: a SQLAlchemy URL (``sqlite:///auth.db``,
+    ``postgresql://host/db``), an SQLite file (a SQL catalog's holds its directory beside its
+    runs; a new file is made), a folder catalog (its ``.runbroker/auth.db``), or a catalog's
+    configured name.
+
+    Example:
+        >>> directory_for(str(tmp_path))
+        Directory('sqlite:///.../.runbroker/auth.db')
+        >>> directory_for("http://host:8000")
+        Traceback (most recent call last):
+        ...
+        ValueError: --auth 'http://host:8000': a directory is a database (sqlite:// or ...
+    """
+    from ..config import resolve
+    from ..store.urls import scheme_of
+
+    text, _ = resolve(target)
+    if "://" in text:
+        scheme = scheme_of(text)
+        if scheme in ("sqlite", "postgresql"):
+            return Directory(text)
+        if scheme != "file":
+            raise ValueError(
+                f"--auth {redact(text)!r}: a directory is a database (sqlite:// or "
+                "postgresql:// URL), an SQLite file or a folder catalog, not a server's URL"
+            )
+        text = url2pathname(urlsplit(text).path)
+    path = Path(text).expanduser().resolve()
+    if path.is_dir():
+        (path / ".runbroker").mkdir(exist_ok=True)
+        return Directory(f"sqlite:///{path / '.runbroker' / 'auth.db'}")
+    if path.exists():
+        with path.open("rb") as f:
+            if path.stat().st_size and f.read(16) != b"SQLite format 3\x00":
+                raise ValueError(f"--auth {target!r}: {path} is not an SQLite database")
+    elif not path.parent.is_dir():
+        raise ValueError(f"--auth {target!r}: the folder {path.parent} does not exist")
+    return Directory(f"sqlite:///{path}")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+import math
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Security
@@ -22,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import AccessDeniedError, RequestError
 from .context import Caller, Context, context
 from .encoding import reply
-from .security import issue_download_token
+from .security import MAX_TTL, TOKEN_PARAM, answers_get, download_token
 
 __all__ = ["audit", "router"]
 
@@ -184,6 +186,18 @@ async def audit_log(
     )
 
 
-router.post("/download-token", summary="A short-lived link to download one file")(
-    issue_download_token
-)
+@router.post("/download-token", summary="A short-lived link to download one file")
+def issue_download_token(
+    request: Request,
+    ctx: Caller,
+    path: Annotated[str, Query(description="The path of the file, /api/v1/...")],
+    ttl: Annotated[int, Query(ge=1, le=MAX_TTL, description="Seconds the link works")] = 60,
+) -> Response:
+    """A download link for ``path`` (a GET route of this server) as the caller: ``{"token",
+    "url", "expires"}``; ``url`` is the path with its token, for a browser to follow."""
+    if not any(answers_get(route, path) for route in request.app.routes):
+        raise RequestError(f"path: {path!r} is not a route of this server that GET answers")
+    token = download_token(ctx.service.settings.secret, ctx.caller.name, path, ttl)
+    expires = datetime.fromtimestamp(math.ceil(time.time()) + ttl, UTC)
+    url = f"{request.scope.get('root_path', '')}{path}?{TOKEN_PARAM}={token}"
+    return reply(request, {"token": token, "url": url, "expires": expires.isoformat()})

@@ -50,20 +50,16 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import Response
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Match
 
-from ..errors import NotAuthenticatedError, RequestError, TooManyRequestsError
-from .context import Caller
-from .encoding import reply
+from ..errors import NotAuthenticatedError, TooManyRequestsError
 from .settings import Settings
 
 __all__ = [
@@ -71,13 +67,13 @@ __all__ = [
     "TOKEN_PARAM",
     "FailedAuthLimiter",
     "SecureHeaders",
+    "answers_get",
     "check_download_token",
     "client_address",
     "counting_failures",
     "download_principal",
     "download_token",
     "install",
-    "issue_download_token",
     "limiter",
 ]
 
@@ -443,23 +439,7 @@ def download_principal(request: Request, secret: bytes) -> str | None:
     return check_download_token(secret, token, _route_path(request.scope))
 
 
-def issue_download_token(
-    request: Request,
-    ctx: Caller,
-    path: Annotated[str, Query(description="The path of the file, /api/v1/...")],
-    ttl: Annotated[int, Query(ge=1, le=MAX_TTL, description="Seconds the link works")] = 60,
-) -> Response:
-    """A download link for ``path`` (a GET route of this server) as the caller: ``{"token",
-    "url", "expires"}``; ``url`` is the path with its token, for a browser to follow."""
-    if not any(_answers_get(route, path) for route in request.app.routes):
-        raise RequestError(f"path: {path!r} is not a route of this server that GET answers")
-    token = download_token(ctx.service.settings.secret, ctx.caller.name, path, ttl)
-    expires = datetime.fromtimestamp(math.ceil(time.time()) + ttl, UTC)
-    url = f"{request.scope.get('root_path', '')}{path}?{TOKEN_PARAM}={token}"
-    return reply(request, {"token": token, "url": url, "expires": expires.isoformat()})
-
-
-def _answers_get(route: Any, path: str) -> bool:
+def answers_get(route: Any, path: str) -> bool:
     if not path.startswith("/api/") or any(c in path for c in "?#\\") or "/../" in path:
         return False
     probe = {"type": "http", "path": path, "root_path": "", "method": "GET"}
