@@ -16,6 +16,7 @@ needs, an unknown key timed against a known one; and the write rules over HTTP.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import statistics
 import time
@@ -83,14 +84,22 @@ def expected_to_see(name: str, tags: dict[str, Any]) -> bool:
     return any((kind, str(tags[key])) in held for kind, key in GROUP_KEYS.items() if key in tags)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
     from bluesky import RunEngine
     from bluesky.plans import count, scan
     from ophyd.sim import det, motor
 
     root = tmp_path_factory.mktemp("access")
-    catalog = runbroker.open(root / "runs.db", create=True)
+    if request.param == "sqlite":
+        catalog = runbroker.open(root / "runs.db", create=True)
+    else:
+        from runbroker.testing.postgres import new_schema
+
+        url = new_schema(request.getfixturevalue("postgres_url"), f"access_{os.getpid()}")
+        catalog = runbroker.open(url)
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(catalog.insert)
     tags_of: dict[str, dict[str, Any]] = {}
@@ -101,7 +110,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             tags_of[uid] = tags
     catalog.flush()
 
-    directory_url = f"sqlite:///{root / 'auth.db'}"
+    # SQLite: a directory file of its own; PostgreSQL: the catalog's own database holds it
+    directory_url = f"sqlite:///{root / 'auth.db'}" if request.param == "sqlite" else url
     access = AccessControl.from_config(
         {"directory": directory_url, "anonymous": True}, catalog.store.uri
     )

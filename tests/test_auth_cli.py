@@ -16,9 +16,8 @@ from bluesky.plans import count
 from ophyd.sim import det
 
 import runbroker
-from runbroker.auth.directory import Directory
+from runbroker.auth.directory import Directory, directory_for
 from runbroker.cli import main
-from runbroker.auth.directory import directory_for
 
 ME = f"local:{getpass.getuser()}"
 

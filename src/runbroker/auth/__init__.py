@@ -15,6 +15,10 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 from ..catalog import Catalog
 from .guard import GuardedStore, WriteRules
 from .policy import ACCESS_KEYS, AccessPolicy, scope_for
@@ -28,6 +32,7 @@ __all__ = [
     "GuardedStore",
     "Principal",
     "WriteRules",
+    "open_as",
     "parse_scopes",
     "restrict",
     "scope_for",
@@ -43,3 +48,24 @@ def restrict(catalog: Catalog, principal: Principal, policy: AccessPolicy | None
     policy = policy if policy is not None else AccessPolicy()
     guard = GuardedStore(catalog.store, policy.scope(principal), policy.rules(principal))
     return Catalog(guard, catalog.query, scope=catalog.scope, assets=catalog.assets)
+
+
+def open_as(
+    uri: str | Path, principal: str, access: str | Path | Mapping[str, Any], **options: Any
+) -> Catalog:
+    """The catalog at ``uri`` as ``principal`` sees it under the access configuration
+    ``access`` (the server's YAML file, or its mapping): the same runs, the same write rules
+    as over HTTP. For Python code acting for a user it has authenticated itself, such as a
+    facility's notebook service. ``options`` go to :func:`runbroker.open`.
+
+    Example:
+        >>> cat = open_as(tmp_path / "runs.db", "alice", {"directory": "sqlite://"}, create=True)
+        >>> cat.store.scope
+        Key('public') == True
+    """
+    from ..opening import open as open_catalog
+    from .access import AccessControl
+
+    catalog = open_catalog(uri, **options)
+    control = AccessControl.from_config(access, catalog.store.uri)
+    return control.catalog_for(catalog, control.named(principal))
