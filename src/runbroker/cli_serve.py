@@ -47,6 +47,13 @@ def add_serve(sub: Any) -> None:
         "(docs/access.md); each caller sees its groups' runs only",
     )
     sv.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="a web origin (https://app.example.org) whose pages may call this server from "
+        "a browser; repeat for more (none by default)",
+    )
+    sv.add_argument(
         "--no-access-log", action="store_true", help="no JSON line per request on stdout"
     )
     sv.set_defaults(func=serve)
@@ -120,7 +127,10 @@ def serve(args: argparse.Namespace) -> int:
     # With access control, callers bring their own keys: no server key is made up.
     made_up = key is None and access is None
     settings = Settings.from_env(
-        api_key=key or (new_key() if made_up else None), public=args.public, access=access
+        api_key=key or (new_key() if made_up else None),
+        public=args.public,
+        access=access,
+        cors_origins=tuple(args.cors_origin) if args.cors_origin else None,
     )
     uri, options = resolve(args.catalog)
     catalog = open_catalog(uri, **options)  # here too with workers: a bad catalog fails now
