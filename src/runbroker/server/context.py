@@ -24,9 +24,9 @@ from __future__ import annotations
 import dataclasses
 import hmac
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, get_origin, get_type_hints
 
-from fastapi import Request, Security
+from fastapi import Request, Security, params
 from fastapi.routing import APIRoute
 from fastapi.security import SecurityScopes
 
@@ -43,6 +43,7 @@ __all__ = [
     "Metadata",
     "Service",
     "Writer",
+    "api_routes",
     "context",
     "route_scopes",
 ]
@@ -193,19 +194,45 @@ def context(request: Request, security_scopes: SecurityScopes) -> Context:
 
 
 def route_scopes(route: APIRoute) -> list[str] | None:
-    """The scopes ``route`` requires, or None when it takes no caller at all (health,
-    metrics, the login pages)."""
-    found: list[str] | None = None
-    for dependant in _walk(route.dependant):
-        if dependant.call is context:
-            found = sorted({*(found or []), *dependant.security_scopes})
-    return found
+    """The scopes ``route`` requires (from the type of its context parameter), or None when
+    it takes no caller at all (health, metrics, the login pages).
+
+    Example:
+        >>> from runbroker.server import protocol
+        >>> search = next(r for r in protocol.router.routes if r.name == "search")
+        >>> route_scopes(search)
+        ['read:metadata']
+    """
+    for hint in get_type_hints(route.endpoint, include_extras=True).values():
+        if get_origin(hint) is Annotated:
+            for meta in hint.__metadata__:
+                if isinstance(meta, params.Security) and meta.dependency is context:
+                    return sorted(meta.scopes or [])
+    return None
 
 
-def _walk(dependant: Any) -> Iterator[Any]:
-    yield dependant
-    for sub in dependant.dependencies:
-        yield from _walk(sub)
+def api_routes(app: Any) -> list[tuple[str, APIRoute]]:
+    """Every API route of ``app`` with its full path, through included routers.
+
+    Example:
+        >>> import runbroker
+        >>> from runbroker.server import Settings, build_app
+        >>> app = build_app(runbroker.temp(), Settings(api_key="k"))
+        >>> "/api/v1/runs/{uid}/export/{format}" in dict(api_routes(app))
+        True
+    """
+    return list(_flatten(app.routes, ""))
+
+
+def _flatten(routes: Any, prefix: str) -> Iterator[tuple[str, APIRoute]]:
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield prefix + route.path, route
+            continue
+        # FastAPI 0.16x keeps an included router whole (older versions copy its routes in)
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flatten(inner.routes, prefix + route.include_context.prefix)
 
 
 #: A route parameter: the caller, who may read runs' metadata (``def route(ctx: Metadata)``).
