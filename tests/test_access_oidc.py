@@ -10,6 +10,7 @@ runs and the public one, whichever way it is presented.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -341,3 +342,24 @@ def test_a_download_link_reads_with_no_more_than_its_maker_may(runs, idp, server
         # the same link's maker may read the metadata: the link does that
         link = download(server, credential, f"/api/v1/runs/{runs.p1[0]}").json()["url"]
         assert httpx.get(server.url + link).status_code == 200
+
+
+# -- docs/access.md's table of routes
+
+
+def test_the_docs_table_of_routes_and_scopes_is_the_apps(idp, access):
+    from runbroker.server.context import api_routes, route_scopes
+
+    app = build_app(runbroker.temp(), Settings(), access)  # oidc with a client_id: the login too
+    expected = {}
+    for path, route in api_routes(app):
+        scopes = route_scopes(route)
+        need = "none" if scopes is None else " and ".join(f"`{s}`" for s in scopes) or "any"
+        for method in route.methods:
+            expected[f"{method} {path}"] = need
+    page = (Path(__file__).parents[1] / "docs" / "access.md").read_text()
+    rows = re.findall(r"^\| `([A-Z]+ /[^`]*)` \| ([^|]*?) \|$", page, re.M)
+    # "any (another principal's: `admin:keys`)": the route checks that itself
+    documented = {route: need.split(" (")[0] for route, need in rows}
+    table = "\n".join(f"| `{r}` | {n} |" for r, n in sorted(expected.items()))
+    assert documented == expected, f"docs/access.md's table should list:\n{table}"
