@@ -79,6 +79,7 @@ SUBSTITUTIONS: dict[str, dict[str, str]] = {
     "docs/remote.md": {"http://127.0.0.1:8000": "{url}"},
     "docs/server.md": {"8000": "{port}"},
     "README.md": {"8000": "{port}"},
+    "docs/access.md": {"8000": "{port}"},
 }
 # Pages whose examples talk to ``runbroker serve runs.db --api-key KEY`` (page -> KEY): the
 # page's runs.db is served by uvicorn in a thread, on a free port, at ``{url}``.

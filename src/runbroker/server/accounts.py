@@ -197,7 +197,19 @@ def issue_download_token(
     "url", "expires"}``; ``url`` is the path with its token, for a browser to follow."""
     if not any(answers_get(route, path) for route in request.app.routes):
         raise RequestError(f"path: {path!r} is not a route of this server that GET answers")
-    token = download_token(ctx.service.settings.secret, ctx.caller.name, path, ttl)
+    from ..auth.principal import READ_SCOPES
+
+    caller = ctx.principal
+    # The link carries what its maker holds now: its groups may come from a token's claims,
+    # which the link's follower does not send; its scopes, only the reading ones.
+    token = download_token(
+        ctx.service.settings.secret,
+        caller.name,
+        path,
+        ttl,
+        scopes=caller.scopes & READ_SCOPES,
+        groups=caller.groups,
+    )
     expires = datetime.fromtimestamp(math.ceil(time.time()) + ttl, UTC)
     url = f"{request.scope.get('root_path', '')}{path}?{TOKEN_PARAM}={token}"
     return reply(request, {"token": token, "url": url, "expires": expires.isoformat()})

@@ -132,18 +132,23 @@ def _from_secret(service: Service, secret: str) -> Any:
     return access.from_key(secret)
 
 
-def _from_download_token(service: Service, name: str) -> Any:
-    p = _principals()
+def _from_download_token(service: Service, grant: Any) -> Any:
     if service.access is None:
         who = _server_key_caller()
     else:
-        who = service.access.named(name)
-    # A link lets a browser read one file: it reads, whatever else its maker may do.
-    return dataclasses.replace(who, scopes=who.scopes & p.READ_SCOPES, via="download-token")
+        who = service.access.named(grant.principal)
+    # A link reads one file as its maker could when it asked: the groups it had then (a
+    # token's claims among them) and its reading scopes, narrowed by what it may do now.
+    return dataclasses.replace(
+        who,
+        groups=who.groups | grant.groups,
+        scopes=who.scopes & grant.scopes,
+        via="download-token",
+    )
 
 
 def _authenticate(request: Request) -> Any:
-    from .security import counting_failures, download_principal
+    from .security import counting_failures, download_grant
 
     service: Service = request.app.state.service
     secret = _bearer(request)
@@ -152,9 +157,9 @@ def _authenticate(request: Request) -> Any:
     with counting_failures(request):
         if secret is not None:
             return _from_secret(service, secret)
-        name = download_principal(request, service.settings.secret)
-        if name is not None:
-            return _from_download_token(service, name)
+        grant = download_grant(request, service.settings.secret)
+        if grant is not None:
+            return _from_download_token(service, grant)
     if service.access is not None:
         return service.access.anonymous_caller()
     if service.settings.public:

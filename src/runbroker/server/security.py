@@ -19,7 +19,9 @@ Download links. Keys and tokens never travel in URLs, where browser history, pro
 the header, for a token for that one path (:func:`issue_download_token`, mounted as
 ``POST /api/v1/download-token?path=/api/v1/...``). The answer's ``url`` is the path with
 ``?token=...``: a link that works for 60 seconds, for GET of that path only, as that
-principal. The context dependency recognises it with :func:`download_principal`. Tokens are
+principal with the groups it had and no more than the reading scopes it held when it asked
+(a token's group claims are not to be found again without the token). The context dependency
+recognises it with :func:`download_grant`. Tokens are
 signed with ``Settings.secret`` (``$RUNBROKER_SESSION_SECRET``): processes behind one load
 balancer need the same one; ``runbroker serve --workers N`` hands its own to its workers.
 
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import inspect
@@ -48,7 +51,7 @@ import re
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,16 +68,19 @@ from .settings import Settings
 __all__ = [
     "MAX_TTL",
     "TOKEN_PARAM",
+    "DownloadGrant",
     "FailedAuthLimiter",
     "SecureHeaders",
     "answers_get",
     "check_download_token",
     "client_address",
     "counting_failures",
+    "download_grant",
     "download_principal",
     "download_token",
     "install",
     "limiter",
+    "read_download_token",
 ]
 
 #: The query parameter a download link carries its token in.
@@ -378,13 +384,30 @@ def _is_origin(text: str) -> bool:
 # -- download links -----------------------------------------------------------------------
 
 # Says what the MAC is for, so no other signature made with the same secret passes as a token.
-_PURPOSE = b"runbroker download link v1\0"
+_PURPOSE = b"runbroker download link v2\0"
 
 
-def download_token(secret: bytes, principal: str, path: str, ttl: int = 60) -> str:
+@dataclasses.dataclass(frozen=True)
+class DownloadGrant:
+    """What a download token lets its bearer do: read as ``principal``, with at most
+    ``scopes``, as a member of ``groups`` (what the principal held when it asked)."""
+
+    principal: str
+    scopes: frozenset[str] = frozenset()
+    groups: frozenset[tuple[str, str]] = frozenset()
+
+
+def download_token(
+    secret: bytes,
+    principal: str,
+    path: str,
+    ttl: int = 60,
+    scopes: Iterable[str] = (),
+    groups: Iterable[tuple[str, str]] = (),
+) -> str:
     """A token letting ``principal`` GET ``path`` for ``ttl`` seconds (at most
-    :data:`MAX_TTL`): the principal, path and expiry, signed with HMAC-SHA256 by ``secret``,
-    URL-safe (letters, digits, ``-_.``).
+    :data:`MAX_TTL`) with at most ``scopes``, as a member of ``groups``: all of it signed with
+    HMAC-SHA256 by ``secret``, URL-safe (letters, digits, ``-_.``).
 
     Example:
         >>> token = download_token(b"k" * 32, "alice", "/api/v1/runs/ab12/export/csv")
@@ -396,8 +419,39 @@ def download_token(secret: bytes, principal: str, path: str, ttl: int = 60) -> s
     if not 0 < ttl <= MAX_TTL:
         raise ValueError(f"download_token: ttl={ttl}: give 1 to {MAX_TTL} seconds")
     expires = math.ceil(time.time()) + int(ttl)
-    payload = _b64(json.dumps([principal, path, expires], separators=(",", ":")).encode())
+    grant = [principal, path, expires, sorted(scopes), sorted([k, n] for k, n in groups)]
+    payload = _b64(json.dumps(grant, separators=(",", ":")).encode())
     return f"{payload}.{_b64(_mac(secret, payload))}"
+
+
+def read_download_token(secret: bytes, token: str, path: str) -> DownloadGrant:
+    """The :class:`DownloadGrant` of a :func:`download_token`, if it is for ``path`` and has
+    not expired; else :class:`~runbroker.errors.NotAuthenticatedError` saying which.
+
+    Example:
+        >>> token = download_token(b"k" * 32, "alice", "/f", scopes=["read:data"],
+        ...                        groups=[("proposal", "p1")])
+        >>> read_download_token(b"k" * 32, token, "/f")  # doctest: +NORMALIZE_WHITESPACE
+        DownloadGrant(principal='alice', scopes=frozenset({'read:data'}),
+                      groups=frozenset({('proposal', 'p1')}))
+    """
+    payload, _, mac = token.partition(".")
+    try:
+        if not hmac.compare_digest(_unb64(mac), _mac(secret, payload)):
+            raise ValueError("not signed by this server")
+        principal, for_path, expires, scopes, groups = json.loads(_unb64(payload))
+        granted = DownloadGrant(
+            str(principal), frozenset(scopes), frozenset((k, n) for k, n in groups)
+        )
+    except (ValueError, TypeError, binascii.Error):
+        raise NotAuthenticatedError(
+            "the download link is not valid: it was altered, or not issued by this server"
+        ) from None
+    if for_path != path:
+        raise NotAuthenticatedError("the download link is for another file")
+    if time.time() >= expires:
+        raise NotAuthenticatedError("the download link has expired: ask for a new one")
+    return granted
 
 
 def check_download_token(secret: bytes, token: str, path: str) -> str:
@@ -411,32 +465,24 @@ def check_download_token(secret: bytes, token: str, path: str) -> str:
         ...
         runbroker.errors.NotAuthenticatedError: the download link is for another file
     """
-    payload, _, mac = token.partition(".")
-    try:
-        signed = hmac.compare_digest(_unb64(mac), _mac(secret, payload))
-        principal, for_path, expires = json.loads(_unb64(payload)) if signed else (0, 0, 0)
-    except (ValueError, TypeError, binascii.Error):
-        signed = False
-    if not signed:
-        raise NotAuthenticatedError(
-            "the download link is not valid: it was altered, or not issued by this server"
-        )
-    if for_path != path:
-        raise NotAuthenticatedError("the download link is for another file")
-    if time.time() >= expires:
-        raise NotAuthenticatedError("the download link has expired: ask for a new one")
-    return str(principal)
+    return read_download_token(secret, token, path).principal
 
 
-def download_principal(request: Request, secret: bytes) -> str | None:
-    """For the context dependency: the principal a request's download token names, None when
-    it carries none; a bad token, or one on a request other than GET/HEAD, is refused."""
+def download_grant(request: Request, secret: bytes) -> DownloadGrant | None:
+    """For the context dependency: what a request's download token grants, None when it
+    carries none; a bad token, or one on a request other than GET/HEAD, is refused."""
     token = request.query_params.get(TOKEN_PARAM)
     if token is None:
         return None
     if request.method not in ("GET", "HEAD"):
         raise NotAuthenticatedError(f"a download link is for GET requests, not {request.method}")
-    return check_download_token(secret, token, _route_path(request.scope))
+    return read_download_token(secret, token, _route_path(request.scope))
+
+
+def download_principal(request: Request, secret: bytes) -> str | None:
+    """The principal a request's download token names (see :func:`download_grant`)."""
+    grant = download_grant(request, secret)
+    return None if grant is None else grant.principal
 
 
 def answers_get(route: Any, path: str) -> bool:
