@@ -101,6 +101,8 @@ def _command(action: str) -> Callable[[Command], Callable[[argparse.Namespace], 
                     return code
                 finally:
                     directory.close()
+            except BrokenPipeError:
+                raise  # the reader went away (`... | head`): the main command stops quietly
             except (RunbrokerError, ValueError, LookupError, OSError, SQLAlchemyError) as err:
                 text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
                 if isinstance(err, SQLAlchemyError):
