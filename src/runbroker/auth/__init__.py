@@ -21,7 +21,7 @@ from typing import Any
 
 from ..catalog import Catalog
 from .guard import GuardedStore, WriteRules
-from .policy import ACCESS_KEYS, AccessPolicy, scope_for
+from .policy import ACCESS_KEYS, AccessPolicy, restrict, scope_for
 from .principal import ANONYMOUS, SCOPES, Principal, parse_scopes
 
 __all__ = [
@@ -37,17 +37,6 @@ __all__ = [
     "restrict",
     "scope_for",
 ]
-
-
-def restrict(catalog: Catalog, principal: Principal, policy: AccessPolicy | None = None) -> Catalog:
-    """``catalog`` as ``principal`` sees it: only the runs of its groups (and public ones),
-    the others absent; writes admitted by ``policy``'s rules (default :class:`AccessPolicy`).
-    An admin sees ``catalog`` itself."""
-    if principal.admin:
-        return catalog
-    policy = policy if policy is not None else AccessPolicy()
-    guard = GuardedStore(catalog.store, policy.scope(principal), policy.rules(principal))
-    return Catalog(guard, catalog.query, scope=catalog.scope, assets=catalog.assets)
 
 
 def open_as(

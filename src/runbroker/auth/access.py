@@ -45,7 +45,7 @@ from ..catalog import Catalog
 from ..errors import CatalogConfigError, NotAuthenticatedError
 from .directory import Directory, directory_for
 from .groups import ClaimGroups, CombinedGroups, DirectoryGroups, GroupSource, group_source
-from .policy import AccessPolicy
+from .policy import AccessPolicy, restrict
 from .principal import ANONYMOUS, USER_SCOPES, Principal
 
 __all__ = ["AccessControl"]
@@ -200,6 +200,4 @@ class AccessControl:
 
     def catalog_for(self, catalog: Catalog, principal: Principal) -> Catalog:
         """``catalog`` as ``principal`` sees it (see :func:`runbroker.auth.restrict`)."""
-        from . import restrict
-
         return restrict(catalog, principal, self.policy)

@@ -25,12 +25,13 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..catalog import Catalog
 from ..errors import AccessDeniedError
 from ..queries import In, Key, Or, Query, ScanIDRange
-from .guard import WriteRules
+from .guard import GuardedStore, WriteRules
 from .principal import GROUP_KEYS, Principal
 
-__all__ = ["ACCESS_KEYS", "AccessPolicy", "scope_for"]
+__all__ = ["ACCESS_KEYS", "AccessPolicy", "restrict", "scope_for"]
 
 #: The start-document keys that tag a run for access, by default.
 ACCESS_KEYS = tuple(GROUP_KEYS.values())
@@ -174,3 +175,14 @@ def _holds(held: Mapping[str, frozenset[str]], key: str, value: Any) -> bool:
 def _list(values: Iterable[str] | None) -> str:
     names = sorted(values or ())
     return ", ".join(repr(v) for v in names) if names else "none"
+
+
+def restrict(catalog: Catalog, principal: Principal, policy: AccessPolicy | None = None) -> Catalog:
+    """``catalog`` as ``principal`` sees it: only the runs of its groups (and public ones),
+    the others absent; writes admitted by ``policy``'s rules (default :class:`AccessPolicy`).
+    An admin sees ``catalog`` itself."""
+    if principal.admin:
+        return catalog
+    policy = policy if policy is not None else AccessPolicy()
+    guard = GuardedStore(catalog.store, policy.scope(principal), policy.rules(principal))
+    return Catalog(guard, catalog.query, scope=catalog.scope, assets=catalog.assets)
