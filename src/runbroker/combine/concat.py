@@ -21,6 +21,8 @@ __all__ = ["concat"]
 
 #: Names concat gives its own coordinates and variables; a field or metadata key cannot take them.
 RESERVED = ("run", "event", "time", "seq_num", "mask", "uid")
+# Values per lazy piece of padding (dask cannot size object pieces by itself).
+_FILL_CHUNK = 2**22
 
 
 def concat(
@@ -181,16 +183,29 @@ def _combine(
     out = []
     for arr, n in zip(arrays, lengths, strict=True):
         if arr is None or not n:
-            data = xp.full((n, *shape), fill, dtype=dtype)
+            data = _full(xp, n, shape, fill, dtype)
         else:
             data = arr.data.astype(dtype, copy=False)
         if how == "pad" and n < longest:
-            data = xp.concatenate([data, xp.full((longest - n, *shape), fill, dtype=dtype)])
+            data = xp.concatenate([data, _full(xp, longest - n, shape, fill, dtype)])
         out.append(data)
-    dims = first.dims[1:]
-    if how == "pad":
-        return xr.Variable(("run", "event", *dims), xp.stack(out), attrs=first.attrs)
-    return xr.Variable(("time", *dims), xp.concatenate(out), attrs=first.attrs)
+    dims = ("run", "event", *first.dims[1:]) if how == "pad" else ("time", *first.dims[1:])
+    data = xp.stack(out) if how == "pad" else xp.concatenate(out)
+    return _kept(dims, data, first.attrs)
+
+
+def _full(xp: Any, n: int, shape: tuple[int, ...], fill: Any, dtype: np.dtype) -> Any:
+    """``n`` missing events; lazily in pieces of about ``_FILL_CHUNK`` values."""
+    if xp is np:
+        return np.full((n, *shape), fill, dtype=dtype)
+    rows = max(1, _FILL_CHUNK // max(1, int(np.prod(shape))))
+    return xp.full((n, *shape), fill, dtype=dtype, chunks=(rows, *shape))
+
+
+def _kept(dims: tuple[str, ...], data: Any, attrs: dict | None = None) -> xr.Variable:
+    """A variable of exactly ``data``: xarray (with pandas >= 3) would otherwise turn the None
+    of a string column into NaN."""
+    return xr.Variable(dims, data, attrs=attrs, fastpath=True)
 
 
 def _is_dask(data: Any) -> bool:
@@ -249,7 +264,7 @@ def _padded(
         "uid": ("run", np.array(uids, dtype=object)),
         "time": (("run", "event"), time),
         "seq_num": (("run", "event"), seq),
-        **{key: ("run", values) for key, values in meta.items()},
+        **{key: _kept(("run",), values) for key, values in meta.items()},
     }
     return xr.Dataset(
         {**data_vars, "mask": (("run", "event"), mask)},
@@ -272,6 +287,6 @@ def _stacked(
         "seq_num": ("time", np.concatenate([p["seq_num"].values for p in parts]).astype(np.int64)),
         "run": ("time", per_event),
         "uid": ("time", per_event),
-        **{key: ("time", np.repeat(values, lengths)) for key, values in meta.items()},
+        **{key: _kept(("time",), np.repeat(values, lengths)) for key, values in meta.items()},
     }
     return xr.Dataset(data_vars, coords=coords, attrs={"stream": stream, "how": "stack"})
