@@ -69,13 +69,14 @@ def unstack_events(
     n = ds.sizes["time"]
     series = {f: _series(ds[f]) for f in names}
     lengths = _lengths(series, n)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
     points = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
     record: dict[str, Any] = {"dim": dim, "time_field": time_field, "fields": {}}
     out_vars: dict[str, xr.Variable] = {}
     for f, (data, ragged) in series.items():
         var = ds[f].variable
-        record["fields"][f] = {"dims": list(var.dims[1:]), "ragged": ragged}
+        width = None if ragged else int(data.shape[1])  # kept: zero events still have a width
+        record["fields"][f] = {"dims": list(var.dims[1:]), "width": width}
         rest = var.dims[2:] if not ragged else _rest_dims(f, data)
         out_vars[f] = xr.Variable(("time", *rest), _flatten(data, ragged), attrs=var.attrs)
     coords: dict[str, Any] = {}
@@ -122,7 +123,7 @@ def stack_events(ds: xr.Dataset) -> xr.Dataset:
         if name not in ds.coords:
             raise ValueError(f"stack_events: coordinate {name!r} of unstack_events is missing")
     lengths = _event_lengths(ds["event"].values, ds[dim].values)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
     out_vars: dict[str, Any] = {}
     coords: dict[str, Any] = {}
     fields = dict(record["fields"])
@@ -140,8 +141,15 @@ def stack_events(ds: xr.Dataset) -> xr.Dataset:
     for f in fields:
         var = out_vars.pop(f) if f == time_field else ds[f].variable
         spec = fields[f]
-        data = _unflatten(var.data, lengths, spec["ragged"])
-        dims = ("time", *spec["dims"]) if not spec["ragged"] else ("time",)
+        short = np.flatnonzero(lengths != spec["width"]) if spec["width"] is not None else []
+        if len(short):
+            i = int(short[0])
+            raise ValueError(
+                f"stack_events: event {i} has {lengths[i]} rows but each event of {f!r} held "
+                f"{spec['width']} points; keep whole events"
+            )
+        data = _unflatten(var.data, lengths, spec["width"])
+        dims = ("time", *spec["dims"])
         out_vars[f] = xr.Variable(dims, data, attrs=var.attrs)
     coords["time"] = xr.Variable("time", np.asarray(time.data)[starts], attrs=time.attrs)
     attrs = {k: v for k, v in ds.attrs.items() if k != RECORD}
@@ -152,11 +160,7 @@ def _fields(ds: xr.Dataset, fields: Sequence[str] | str | None, time_field: str 
     if isinstance(fields, str):
         fields = [fields]
     if fields is None:
-        fields = [
-            str(f)
-            for f, v in ds.data_vars.items()
-            if v.dims[:1] == ("time",) and (v.ndim > 1 or v.dtype == object) and f != time_field
-        ]
+        fields = [str(f) for f, v in ds.data_vars.items() if _holds_arrays(v) and f != time_field]
         if not fields:
             raise ValueError("unstack_events: no field of the Dataset holds an array per event")
     names = list(dict.fromkeys([*fields, *([time_field] if time_field else [])]))
@@ -172,6 +176,15 @@ def _fields(ds: xr.Dataset, fields: Sequence[str] | str | None, time_field: str 
                 f"(dims {var.dims})"
             )
     return names
+
+
+def _holds_arrays(var: xr.DataArray) -> bool:
+    """Whether a variable holds an array per event (a column of several dims, or of arrays)."""
+    if var.dims[:1] != ("time",):
+        return False
+    if var.ndim > 1:
+        return True
+    return var.dtype == object and all(isinstance(x, np.ndarray) for x in np.asarray(var.data))
 
 
 def _series(var: xr.DataArray) -> tuple[Any, bool]:
@@ -231,9 +244,8 @@ def _flatten(data: Any, ragged: bool) -> Any:
     return data.reshape((-1, *data.shape[2:]))
 
 
-def _unflatten(data: Any, lengths: np.ndarray, ragged: bool) -> Any:
-    if not ragged:
-        width = int(lengths[0]) if len(lengths) else 0
+def _unflatten(data: Any, lengths: np.ndarray, width: int | None) -> Any:
+    if width is not None:
         return data.reshape((len(lengths), width, *data.shape[1:]))
     data = np.asarray(data)
     out = np.empty(len(lengths), dtype=object)
@@ -259,7 +271,7 @@ def _event_lengths(event: np.ndarray, point: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     n = int(event.max()) + 1
     lengths = np.bincount(event, minlength=n).astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    starts = np.cumsum(lengths) - lengths
     expected = np.arange(len(event)) - np.repeat(starts, lengths)
     if not (np.array_equal(event, np.repeat(np.arange(n), lengths)) and lengths.all()) or (
         not np.array_equal(point, expected)
