@@ -81,9 +81,9 @@ def concat(
     }
     uids = [run.uid for run in picked]
     meta = {key: _metadata(key, picked) for key in metadata}
-    if how == "pad":
-        return _padded(data_vars, parts, lengths, uids, meta, stream)
-    return _stacked(data_vars, parts, lengths, uids, meta, stream)
+    layout = _grid_coords if how == "pad" else _line_coords
+    coords, extra = layout(parts, lengths, uids, meta)
+    return xr.Dataset({**data_vars, **extra}, coords=coords, attrs={"stream": stream, "how": how})
 
 
 def _runs(runs: Iterable[Run] | Catalog) -> list[Run]:
@@ -241,14 +241,10 @@ def _lookup(doc: dict, key: str) -> Any:
     return value
 
 
-def _padded(
-    data_vars: dict[str, xr.Variable],
-    parts: list[xr.Dataset],
-    lengths: list[int],
-    uids: list[str],
-    meta: dict[str, np.ndarray],
-    stream: str,
-) -> xr.Dataset:
+def _grid_coords(
+    parts: list[xr.Dataset], lengths: list[int], uids: list[str], meta: dict[str, np.ndarray]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Coordinates of the run x event grid, and its mask."""
     longest = max(lengths)
     mask = np.arange(longest) < np.array(lengths)[:, None]
     time = np.full(mask.shape, np.nan)
@@ -266,21 +262,13 @@ def _padded(
         "seq_num": (("run", "event"), seq),
         **{key: _kept(("run",), values) for key, values in meta.items()},
     }
-    return xr.Dataset(
-        {**data_vars, "mask": (("run", "event"), mask)},
-        coords=coords,
-        attrs={"stream": stream, "how": "pad"},
-    )
+    return coords, {"mask": (("run", "event"), mask)}
 
 
-def _stacked(
-    data_vars: dict[str, xr.Variable],
-    parts: list[xr.Dataset],
-    lengths: list[int],
-    uids: list[str],
-    meta: dict[str, np.ndarray],
-    stream: str,
-) -> xr.Dataset:
+def _line_coords(
+    parts: list[xr.Dataset], lengths: list[int], uids: list[str], meta: dict[str, np.ndarray]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Coordinates of every event along one time dimension (nothing to mask)."""
     per_event = np.repeat(np.array(uids, dtype=object), lengths)
     coords = {
         "time": np.concatenate([p["time"].values for p in parts]).astype("float64"),
@@ -289,4 +277,4 @@ def _stacked(
         "uid": ("time", per_event),
         **{key: _kept(("time",), np.repeat(values, lengths)) for key, values in meta.items()},
     }
-    return xr.Dataset(data_vars, coords=coords, attrs={"stream": stream, "how": "stack"})
+    return coords, {}
