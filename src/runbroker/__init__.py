@@ -19,6 +19,7 @@ from . import export  # runbroker.export.live(...) without a second import
 from ._version import __version__ as __version__
 from .assets import register_handler, register_reader
 from .catalog import Catalog, Run
+from .combine import align
 from .config import NamedCatalogs
 from .derived import derived_from
 from .errors import (
@@ -63,6 +64,7 @@ __all__ = [
     "UnknownParentError",
     "UnknownSchemeError",
     "UnsafePathError",
+    "align",
     "catalog",
     "derived_from",
     "export",
