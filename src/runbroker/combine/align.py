@@ -134,7 +134,8 @@ def _missing_fill(dtype: np.dtype) -> tuple[np.dtype, Any]:
         return dtype, np.nan
     if dtype.kind in "iub":
         return np.dtype(np.float64), np.nan
-    return np.dtype(object), None  # strings and objects: None
+    # Strings and objects: NaN, as xarray makes of None anyway (pandas.isna finds it).
+    return np.dtype(object), np.nan
 
 
 def _fill_block(block: np.ndarray, found: np.ndarray, dtype: np.dtype, fill: Any) -> np.ndarray:
