@@ -254,7 +254,11 @@ def test_baseline_before_until_after(cat: runbroker.Catalog) -> None:
 def test_images_are_picked_whole_and_not_interpolated(cat: runbroker.Catalog) -> None:
     frames = [[[float(k)] * 3] * 2 for k in range(3)]
     run = record(
-        cat, {"primary": ([0.0, 1.0, 2.6], {"det": [0.0] * 3}), "cam": ([0.5, 1.5, 2.5], {"img": frames})}
+        cat,
+        {
+            "primary": ([0.0, 1.0, 2.6], {"det": [0.0] * 3}),
+            "cam": ([0.5, 1.5, 2.5], {"img": frames}),
+        },
     )
     ds = runbroker.align(run, ["cam"])
     assert ds["img"].shape == (3, 2, 3)

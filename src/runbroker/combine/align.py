@@ -197,7 +197,9 @@ def _read(
         names = item.fields if fields is None else fields
         ds = item.to_dask(names) if lazy else item.read(names)
         return ds, names
-    return item if fields is None else item[fields], list(item.data_vars) if fields is None else fields
+    return item if fields is None else item[fields], list(
+        item.data_vars
+    ) if fields is None else fields
 
 
 def _available(source: Source, name: str) -> list[str]:
@@ -223,7 +225,9 @@ def _pick_fields(
             s: list(fields[s]) if s in fields else None for s in names
         }
         bad = {
-            s: [f for f in fs if f not in available[s]] for s, fs in picked.items() if fs is not None
+            s: [f for f in fs if f not in available[s]]
+            for s, fs in picked.items()
+            if fs is not None
         }
         bad = {s: fs for s, fs in bad.items() if fs}
         if bad:
@@ -252,8 +256,9 @@ def output_names(fields: Mapping[str, Sequence[str]], on: str) -> dict[tuple[str
     ``<stream>_<field>`` when any other aligned stream also has a field of that name.
 
     Example:
-        >>> output_names({"primary": ["det", "I0"], "mon": ["I0", "T"]}, "primary")
-        {('primary', 'det'): 'det', ('primary', 'I0'): 'I0', ('mon', 'I0'): 'mon_I0', ('mon', 'T'): 'T'}
+        >>> names = output_names({"primary": ["det", "I0"], "mon": ["I0", "T"]}, "primary")
+        >>> [names[key] for key in [("primary", "I0"), ("mon", "I0"), ("mon", "T")]]
+        ['I0', 'mon_I0', 'T']
     """
     counts = Counter(f for fs in fields.values() for f in fs)
     out = {}
