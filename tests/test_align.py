@@ -316,6 +316,8 @@ def test_lazy_with_dask_datasets_given() -> None:
     ds = runbroker.align(source, on="primary", lazy=True)
     assert isinstance(ds["v"].data, da.Array)
     assert ds["v"].values.tolist() == np.arange(0.0, 1000.0, 10.0).tolist()
+    picked = runbroker.align(source, on="primary", fields={"m": ["v"]}, method="nearest")
+    assert picked["v"].values.tolist() == np.arange(0.0, 1000.0, 10.0).tolist()  # ties: earlier
 
 
 def test_unknown_names_are_named_with_what_exists(cat: runbroker.Catalog) -> None:

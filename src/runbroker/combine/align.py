@@ -11,19 +11,32 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import xarray as xr
 
 from ..errors import NoStreamError, NotFoundError
-from ..stream import Stream
 
 __all__ = ["align"]
 
 Method = Literal["asof", "nearest", "interpolate"]
 METHODS = ("asof", "nearest", "interpolate")
-Source = Mapping[str, "Stream | xr.Dataset"]
+
+
+class Readable(Protocol):
+    """What align reads a stream through (:class:`runbroker.Stream` is one; naming it here
+    would make runbroker.stream, whose ``resample`` uses this package, a cycle)."""
+
+    @property
+    def fields(self) -> list[str]: ...
+
+    def read(self, fields: Sequence[str] | None = None) -> xr.Dataset: ...
+
+    def to_dask(self, fields: Sequence[str] | None = None) -> xr.Dataset: ...
+
+
+Source = Mapping[str, "Readable | xr.Dataset"]
 
 
 @dataclass(frozen=True)
@@ -193,18 +206,17 @@ def _read(
     source: Source, name: str, fields: list[str] | None, lazy: bool
 ) -> tuple[xr.Dataset, list[str]]:
     item = source[name]
-    if isinstance(item, Stream):
-        names = item.fields if fields is None else fields
-        ds = item.to_dask(names) if lazy else item.read(names)
-        return ds, names
-    return item if fields is None else item[fields], list(
-        item.data_vars
-    ) if fields is None else fields
+    if isinstance(item, xr.Dataset):
+        if fields is None:
+            return item, [str(k) for k in item.data_vars]
+        return item[fields].assign_coords(item.coords), fields
+    names = item.fields if fields is None else fields
+    return (item.to_dask(names) if lazy else item.read(names)), names
 
 
 def _available(source: Source, name: str) -> list[str]:
     item = source[name]
-    return item.fields if isinstance(item, Stream) else [str(k) for k in item.data_vars]
+    return [str(k) for k in item.data_vars] if isinstance(item, xr.Dataset) else item.fields
 
 
 def _pick_fields(
