@@ -19,7 +19,7 @@ from . import export  # runbroker.export.live(...) without a second import
 from ._version import __version__ as __version__
 from .assets import register_handler, register_reader
 from .catalog import Catalog, Run
-from .combine import concat
+from .combine import align, concat
 from .config import NamedCatalogs
 from .derived import derived_from
 from .errors import (
@@ -64,6 +64,7 @@ __all__ = [
     "UnknownParentError",
     "UnknownSchemeError",
     "UnsafePathError",
+    "align",
     "catalog",
     "concat",
     "derived_from",

@@ -490,6 +490,30 @@ class Stream:
             f"follow(start={start!r}): start is 'beginning', 'new' or a seq_num to follow after"
         )
 
+    def resample(
+        self,
+        period: float | str,
+        how: Literal["mean", "last", "first", "min", "max", "sum", "count"] = "mean",
+        origin: float | None = None,
+        fields: Sequence[str] | str | None = None,
+        lazy: bool = False,
+    ) -> xr.Dataset:
+        """The stream in bins of ``period`` seconds (or ``"1s"``, ``"500ms"``), one value per bin.
+
+        Indexed by bin start (``time``), with ``count``, the events in each bin. Empty bins are
+        kept, NaN with ``count`` 0. ``lazy=True`` reduces :meth:`to_dask`'s arrays lazily.
+        :func:`runbroker.combine.resample` and docs/align.md state the rules.
+
+        Example:
+            >>> out = run.primary.resample(3600.0, how="max", fields=["det"])
+            >>> out["count"].values.sum(), out.attrs["how"]
+            (np.int64(5), 'max')
+        """
+        from .combine.resample import resample
+
+        ds = self.to_dask(fields) if lazy else self.read(fields)
+        return resample(ds, period, how, origin)
+
     def iter_chunks(
         self, fields: Sequence[str] | str | None = None, size: int = 100_000
     ) -> Iterator[xr.Dataset]:
