@@ -1,0 +1,353 @@
+"""B12 -- access control at facility scale: a user's searches against the admin's.
+
+A catalog of ``RUNBROKER_BENCH_B12_RUNS`` runs (default 100,000; B3's shape: start,
+descriptor, one ``event_page`` of 5 events, stop) tagged as a facility tags them:
+``proposal_id`` among 1,000 proposals ``p0000``..``p0999`` (about 100 runs each), a
+``beamtime_id`` (3 per proposal) and a ``beamline_id`` (30 beamlines); 0.5% of the runs are
+also ``public: true`` and 1% carry no access tag at all (only an admin sees those).
+
+The user holds 10 of the 1,000 proposals: their scope is
+``scope_for({"proposal_id": [10 proposals]})``, that is ``Or(In("proposal_id", ...),
+Key("public") == True)``, some 1.5% of the runs. Store-level, as every route and the Python
+API reach runs: the admin searches the store itself, the user a fresh
+:class:`~runbroker.auth.guard.GuardedStore` over it (one per call, as the server makes one
+per request). Each figure is the user's median time, its baseline the admin's median of the
+same call measured interleaved with it in the same run; target: ratio <= 1.3.
+
+* page 1: the 100 newest runs (``search(query, limit=100)``);
+* page N: the 100 runs before a cursor (``before=(time, uid)`` of the catalog's median run,
+  the same cursor for both);
+* both again with an extra query, ``Key("plan_name") == "scan"`` (about 27% of the runs);
+* ``cat[uid]``: ``Catalog(store)[uid]`` against ``Catalog(GuardedStore(store, scope))[uid]``
+  over runs the user may see.
+
+The access keys (``proposal_id``, ``beamtime_id``, ``data_session``, ``beamline_id``) and
+``public`` have indexes of their own (``store.create_index``): made when missing and stated
+in the output. The SQLite catalog is built once and cached under
+``$TMPDIR/runbroker-bench/`` (``RUNBROKER_BENCH_REBUILD=1`` rebuilds it); PostgreSQL is a
+throwaway cluster (or ``$RUNBROKER_TEST_POSTGRES``) loaded with COPY by
+:mod:`benchmarks.b7_build` (about a minute), then ``VACUUM (ANALYZE)``d.
+``RUNBROKER_BENCH_B12_ENGINES=sqlite`` measures SQLite alone.
+
+Run alone with ``python -m benchmarks b12``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+import runbroker
+from runbroker.auth.guard import GuardedStore
+from runbroker.auth.policy import ACCESS_KEYS, scope_for
+from runbroker.catalog import Catalog
+from runbroker.errors import RunNotFoundError
+from runbroker.queries import Key, Query
+from runbroker.store.schema import SCHEMA_VERSION
+
+from . import b7_build
+from .b3_search import PLANS
+from .b7_postgres import postgres
+from .common import Result, median, new_run, print_result, section
+
+N_RUNS = int(os.environ.get("RUNBROKER_BENCH_B12_RUNS", "100000"))
+VERSION = f"v1-{N_RUNS}runs-schema{SCHEMA_VERSION}"
+ENGINES = os.environ.get("RUNBROKER_BENCH_B12_ENGINES", "sqlite,postgresql").split(",")
+BATCH = 2_000
+N_PROPOSALS = 1_000
+USER_PROPOSALS = 10
+BEAMTIMES = 3  # per proposal
+BEAMLINES = 30
+PUBLIC = 0.005  # share of runs marked public
+UNTAGGED = 0.01  # share of runs with no access tag
+PAGE = 100
+REPEATS = 40  # timed calls per figure (median), admin and user interleaved
+LOOKUPS = 40  # distinct uids for cat[uid]
+WARMUP = 8
+TARGET_RATIO = 1.3
+# Indexes of their own for the access keys and the public flag (store.create_index).
+INDEXED = (*ACCESS_KEYS, "public")
+EXTRA = Key("plan_name") == "scan"
+T0 = 1_672_531_200.0  # 2023-01-01 UTC
+SPAN = 2 * 365 * 86_400.0
+
+
+@dataclass(frozen=True)
+class Rec:
+    """What the checks need of a run's start document."""
+
+    time: float
+    uid: str
+    proposal: str | None
+    public: bool
+    plan: str
+
+
+def proposals() -> list[str]:
+    """The 1,000 proposals of the facility."""
+    return [f"p{i:04d}" for i in range(N_PROPOSALS)]
+
+
+def user_proposals() -> list[str]:
+    """The 10 proposals the user belongs to (fixed, spread over the range)."""
+    return sorted(random.Random(12).sample(proposals(), USER_PROPOSALS))
+
+
+def _generate(n: int, seed: int = 12) -> Iterator[list[tuple[str, dict]]]:
+    """Documents of ``n`` tagged runs, one list per run, oldest first."""
+    rng = random.Random(seed)
+    names = proposals()
+    for i in range(n):
+        md: dict[str, Any] = {
+            "plan_name": rng.choices(PLANS, [5, 3, 2, 1, 1])[0],
+            "scan_id": i + 1,
+            "detectors": ["det"],
+        }
+        if rng.random() >= UNTAGGED:
+            k = rng.randrange(N_PROPOSALS)
+            md["proposal_id"] = names[k]
+            md["beamtime_id"] = f"bt-{names[k]}-{rng.randrange(BEAMTIMES)}"
+            md["beamline_id"] = f"bl{k % BEAMLINES:02d}"
+            if rng.random() < PUBLIC / (1 - UNTAGGED):
+                md["public"] = True
+        start_time = T0 + SPAN * (i + rng.random()) / n
+        run, desc = new_run(md, ("det",), time_=start_time)
+        times = [start_time + 0.1 * s for s in range(1, 6)]
+        page = desc.compose_event_page(
+            data={"det": [1.0, 2.0, 3.0, 4.0, 5.0]},
+            timestamps={"det": times},
+            seq_num=[1, 2, 3, 4, 5],
+            time=times,
+            validate=False,
+        )
+        stop = run.compose_stop(time=start_time + 1.0, validate=False)
+        yield [
+            ("start", run.start_doc),
+            ("descriptor", desc.descriptor_doc),
+            ("event_page", page),
+            ("stop", stop),
+        ]
+
+
+def _rec(start: dict) -> Rec:
+    return Rec(
+        start["time"],
+        start["uid"],
+        start.get("proposal_id"),
+        start.get("public") is True,
+        start["plan_name"],
+    )
+
+
+def _recorded(runs: Iterator[list[tuple[str, dict]]], into: list[Rec]) -> Iterator[list]:
+    """``runs``, each run's record appended to ``into`` as it passes, with progress."""
+    for i, docs in enumerate(runs, 1):
+        into.append(_rec(docs[0][1]))
+        if i % max(BATCH, N_RUNS // 10) == 0:
+            print(f"    {i:>9,} / {N_RUNS:,} runs", flush=True)
+        yield docs
+
+
+# -- the catalogs ------------------------------------------------------------------------------
+
+
+def _sqlite_catalog() -> tuple[Path, list[Rec]]:
+    """The cached SQLite catalog (built if missing) and its runs' records."""
+    folder = Path(os.environ.get("RUNBROKER_BENCH_CACHE") or tempfile.gettempdir())
+    folder = folder / "runbroker-bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    db, starts = folder / f"b12-{VERSION}.db", folder / f"b12-{VERSION}.starts.jsonl"
+    if not os.environ.get("RUNBROKER_BENCH_REBUILD") and db.exists() and starts.exists():
+        with open(starts) as f:
+            recs = [Rec(**json.loads(line)) for line in f]
+        if len(recs) == N_RUNS:
+            print(f"  SQLite: using cached catalog {db}", flush=True)
+            return db, recs
+    print(f"  SQLite: building {N_RUNS:,} runs into {db} (cached for later runs) ...")
+    scratch = db.with_suffix(".building")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{scratch}{suffix}").unlink(missing_ok=True)
+    recs: list[Rec] = []
+    seconds = b7_build.build_sqlite(scratch, _recorded(_generate(N_RUNS), recs), BATCH)
+    os.replace(scratch, db)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{scratch}{suffix}").unlink(missing_ok=True)
+    with open(starts.with_suffix(".building"), "w") as f:
+        for r in recs:
+            f.write(json.dumps(r.__dict__) + "\n")
+    os.replace(starts.with_suffix(".building"), starts)
+    print(f"  built in {seconds:.0f} s", flush=True)
+    return db, recs
+
+
+def _postgres_catalog(url: str) -> list[Rec]:
+    """Load the tagged runs into the empty PostgreSQL catalog at ``url``; their records."""
+    print(f"  PostgreSQL: loading {N_RUNS:,} runs with COPY ...", flush=True)
+    recs: list[Rec] = []
+    _, seconds = b7_build.load(url, _recorded(_generate(N_RUNS), recs))
+    print(f"  loaded in {seconds:.0f} s", flush=True)
+    return recs
+
+
+def _with_indexes(cat: runbroker.Catalog, engine: str) -> None:
+    made = cat.store.create_index(*INDEXED)
+    state = f"created now: {made}" if made else "already there"
+    print(f"  {engine}: indexes of their own on {list(INDEXED)}: {state}", flush=True)
+
+
+def _vacuum(url: str) -> None:
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        conn.autocommit = True
+        conn.execute("VACUUM (ANALYZE)")
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+def _pair(
+    admin: Callable[[Any], Any], user: Callable[[Any], Any], args: list[Any]
+) -> tuple[float, float]:
+    """Median seconds of ``admin(arg)`` and ``user(arg)``, called in turn over ``args``
+    (which goes first alternates), after a warmup."""
+    import time
+
+    for arg in args[:WARMUP]:
+        admin(arg), user(arg)
+    times: dict[str, list[float]] = {"admin": [], "user": []}
+    for i, arg in enumerate(args[WARMUP:]):
+        order = (("admin", admin), ("user", user))
+        for name, fn in order if i % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            fn(arg)
+            times[name].append(time.perf_counter() - t0)
+    return median(times["admin"]), median(times["user"])
+
+
+def _result(engine: str, label: str, admin_s: float, user_s: float, note: str) -> Result:
+    return print_result(
+        Result(
+            "B12",
+            f"{engine} {label}: user in {USER_PROPOSALS} of {N_PROPOSALS:,} proposals",
+            user_s * 1e3,
+            "ms",
+            admin_s * 1e3,
+            "admin",
+            target=TARGET_RATIO,
+            target_on="ratio",
+            higher_is_better=False,
+            note=note,
+        )
+    )
+
+
+def measure(engine: str, cat: runbroker.Catalog, recs: list[Rec]) -> list[Result]:
+    """The figures of one engine: search pages and ``cat[uid]``, user against admin."""
+    store = cat.store
+    mine = set(user_proposals())
+    scope = scope_for({"proposal_id": sorted(mine)})
+    newest = sorted(recs, key=lambda r: (r.time, r.uid), reverse=True)
+    visible = [r for r in newest if r.proposal in mine or r.public]
+    mid = newest[len(newest) // 2]
+    cursor = (mid.time, mid.uid)
+    print(
+        f"  {engine}: the user sees {len(visible):,} of {len(recs):,} runs "
+        f"({100 * len(visible) / len(recs):.1f}%); scope {scope!r}",
+        flush=True,
+    )
+
+    def expect(pool: list[Rec], query: Query | None, before: tuple | None) -> list[str]:
+        out = [
+            r.uid
+            for r in pool
+            if (query is None or r.plan == "scan") and (before is None or (r.time, r.uid) < before)
+        ]
+        return out[:PAGE]
+
+    results = []
+    n_calls = WARMUP + REPEATS
+    for label, query, before in (
+        ("page 1 (100 newest)", None, None),
+        ("page N (100 before the median run)", None, cursor),
+        ("page 1 with Key('plan_name') == 'scan'", EXTRA, None),
+        ("page N with Key('plan_name') == 'scan'", EXTRA, cursor),
+    ):
+        got_admin = store.search(query, limit=PAGE, before=before)
+        got_user = GuardedStore(store, scope).search(query, limit=PAGE, before=before)
+        assert [r.uid for r in got_admin] == expect(newest, query, before), (engine, label)
+        assert [r.uid for r in got_user] == expect(visible, query, before), (engine, label)
+
+        def admin(_: Any, q: Any = query, b: Any = before) -> Any:
+            return store.search(q, limit=PAGE, before=b)
+
+        def user(_: Any, q: Any = query, b: Any = before) -> Any:
+            return GuardedStore(store, scope).search(q, limit=PAGE, before=b)
+
+        admin_s, user_s = _pair(admin, user, list(range(n_calls)))
+        note = f"store.search against a fresh GuardedStore's; median of {REPEATS}, interleaved"
+        results.append(_result(engine, label, admin_s, user_s, note))
+
+    uids = [r.uid for r in random.Random(7).sample(visible, WARMUP + LOOKUPS)]
+    assert Catalog(GuardedStore(store, scope))[uids[0]].uid == uids[0]
+    hidden = next(r.uid for r in newest if not (r.proposal in mine or r.public))
+    try:
+        Catalog(GuardedStore(store, scope))[hidden]
+    except RunNotFoundError:
+        pass
+    else:
+        raise AssertionError(f"{engine}: the user can see run {hidden}, outside their scope")
+
+    def admin_get(uid: str) -> Any:
+        return Catalog(store)[uid]
+
+    def user_get(uid: str) -> Any:
+        return Catalog(GuardedStore(store, scope))[uid]
+
+    admin_s, user_s = _pair(admin_get, user_get, uids)
+    # What the guard's two statements (is it visible? then get_run) cost on their own.
+    floor = _pair(
+        lambda u: store.get_run(u),
+        lambda u: store.search(scope & (Key("uid") == u), limit=1),
+        uids,
+    )
+    note = (
+        f"Catalog(store)[uid] against Catalog(GuardedStore(store, scope))[uid], a fresh guard "
+        f"each; median over {LOOKUPS} distinct visible uids; the guard asks the database twice "
+        f"(its visibility search {floor[1] * 1e3:.2f} ms, then get_run {floor[0] * 1e3:.2f} ms)"
+    )
+    results.append(_result(engine, "cat[uid]", admin_s, user_s, note))
+    return results
+
+
+def run() -> list[Result]:
+    section(f"B12 access control: a user in {USER_PROPOSALS} of {N_PROPOSALS:,} proposals")
+    results: list[Result] = []
+    if "sqlite" in ENGINES:
+        db, recs = _sqlite_catalog()
+        with runbroker.open(db) as cat:
+            _with_indexes(cat, "SQLite")
+            results.extend(measure("SQLite", cat, recs))
+    if "postgresql" in ENGINES:
+        with postgres() as (url, external):
+            if external:
+                url = b7_build_schema(url)
+            recs = _postgres_catalog(url)
+            with runbroker.open(url) as cat:
+                _with_indexes(cat, "PostgreSQL")
+                _vacuum(url)
+                results.extend(measure("PostgreSQL", cat, recs))
+    return results
+
+
+def b7_build_schema(url: str) -> str:
+    """A fresh schema of its own on an external PostgreSQL server."""
+    from runbroker.testing.postgres import new_schema
+
+    return new_schema(url, f"rb_bench_b12_{os.getpid()}")
