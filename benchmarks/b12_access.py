@@ -38,12 +38,15 @@ import json
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from sqlalchemy import event
 
 import runbroker
 from runbroker.auth.guard import GuardedStore
@@ -52,6 +55,7 @@ from runbroker.catalog import Catalog
 from runbroker.errors import RunNotFoundError
 from runbroker.queries import Key, Query
 from runbroker.store.schema import SCHEMA_VERSION
+from runbroker.testing.postgres import new_schema
 
 from . import b7_build
 from .b3_search import PLANS
@@ -217,8 +221,6 @@ def _pair(
 ) -> tuple[float, float]:
     """Median seconds of ``admin(arg)`` and ``user(arg)``, called in turn over ``args``
     (which goes first alternates), after a warmup."""
-    import time
-
     for arg in args[:WARMUP]:
         admin(arg), user(arg)
     times: dict[str, list[float]] = {"admin": [], "user": []}
@@ -244,6 +246,100 @@ def _result(engine: str, label: str, admin_s: float, user_s: float, note: str) -
             target_on="ratio",
             higher_is_better=False,
             note=note,
+        )
+    )
+
+
+@contextmanager
+def _statements(store: Any) -> Iterator[list[tuple[str, Any]]]:
+    """The SQL statements (with parameters) ``store`` runs inside the block."""
+    seen: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        seen.append((sql, params))
+
+    event.listen(store._engine, "before_cursor_execute", grab)
+    try:
+        yield seen
+    finally:
+        event.remove(store._engine, "before_cursor_execute", grab)
+
+
+def _database_share(engine: str, label: str, store: Any, admin: Callable, user: Callable) -> Result:
+    """The page's statement alone, run on a connection of the store's (no query building,
+    no decoding): what the database itself spends on the user's page and on the admin's."""
+    timed = {}
+    for name, fn in (("admin", admin), ("user", user)):
+        with _statements(store) as seen:
+            fn(None)
+        timed[name] = seen[-1]  # the page's (a count of a test's runs comes first)
+    with store._engine.connect() as conn:
+
+        def run(name: str) -> None:
+            conn.exec_driver_sql(*timed[name]).all()
+
+        admin_s, user_s = _pair(lambda _: run("admin"), lambda _: run("user"), [0] * 48)
+    return print_result(
+        Result(
+            "B12",
+            f"{engine} {label}: the page's SQL statement alone",
+            user_s * 1e3,
+            "ms",
+            admin_s * 1e3,
+            "admin's",
+            note=(
+                "no target: the database's share of the figure above; the user's statement "
+                "reads the scope's runs from the access keys' indexes and looks each up by id "
+                "for its time (the admin's reads 100 entries of the time index)"
+            ),
+        )
+    )
+
+
+def _time_ordered_bound(engine: str, store: Any, mine: list[str]) -> Result:
+    """What a schema change would give: the user's page ids from a table of access tags that
+    also holds each run's (time, uid), indexed in that order (which the catalog does not
+    have; built here as a temporary table), one index range per tag merged by time. Against
+    the admin's page ids from the time index, on one connection."""
+    tags = "('start.proposal_id', 'start.public')"
+    arm = "SELECT run_id, time, uid FROM acc WHERE key = '{key}' AND typ = '{typ}' AND {test}"
+    arms = [arm.format(key="start.proposal_id", typ="s", test=f"txt = '{p}'") for p in mine]
+    arms.append(arm.format(key="start.public", typ="b", test="num = 1"))
+    order = " ORDER BY time DESC, uid DESC LIMIT 100"
+    user_sql = " UNION ALL ".join(arms) + order
+    admin_sql = "SELECT id, time, uid FROM runs" + order
+    with store._engine.connect() as conn:
+        conn.exec_driver_sql(
+            "CREATE TEMPORARY TABLE acc AS SELECT m.key, m.typ, m.txt, m.num, r.time, r.uid, "
+            f"m.run_id FROM meta m JOIN runs r ON r.id = m.run_id WHERE m.key IN {tags} "
+            "AND NOT m.elem"
+        )
+        for column in ("txt", "num"):
+            conn.exec_driver_sql(
+                f"CREATE INDEX acc_{column} ON acc (key, {column}, typ, time, uid, run_id)"
+            )
+        conn.exec_driver_sql("ANALYZE acc")
+        assert len(conn.exec_driver_sql(user_sql).all()) == PAGE
+
+        def run(sql: str) -> None:
+            conn.exec_driver_sql(sql).all()
+
+        admin_s, user_s = _pair(lambda _: run(admin_sql), lambda _: run(user_sql), [0] * 48)
+        conn.exec_driver_sql("DROP TABLE acc")
+        conn.commit()
+    return print_result(
+        Result(
+            "B12",
+            f"{engine} page 1's ids from a time-ordered access index (a schema the store "
+            "does not have)",
+            user_s * 1e3,
+            "ms",
+            admin_s * 1e3,
+            "admin's page ids",
+            note=(
+                "no target: the bound a table of (access key, value, time, uid, run id) "
+                "would lift, one index range per tag merged by time"
+            ),
         )
     )
 
@@ -293,6 +389,8 @@ def measure(engine: str, cat: runbroker.Catalog, recs: list[Rec]) -> list[Result
         admin_s, user_s = _pair(admin, user, list(range(n_calls)))
         note = f"store.search against a fresh GuardedStore's; median of {REPEATS}, interleaved"
         results.append(_result(engine, label, admin_s, user_s, note))
+        if before is None:
+            results.append(_database_share(engine, label, store, admin, user))
 
     uids = [r.uid for r in random.Random(7).sample(visible, WARMUP + LOOKUPS)]
     assert Catalog(GuardedStore(store, scope))[uids[0]].uid == uids[0]
@@ -323,6 +421,7 @@ def measure(engine: str, cat: runbroker.Catalog, recs: list[Rec]) -> list[Result
         f"(its visibility search {floor[1] * 1e3:.2f} ms, then get_run {floor[0] * 1e3:.2f} ms)"
     )
     results.append(_result(engine, "cat[uid]", admin_s, user_s, note))
+    results.append(_time_ordered_bound(engine, store, sorted(mine)))
     return results
 
 
@@ -337,17 +436,10 @@ def run() -> list[Result]:
     if "postgresql" in ENGINES:
         with postgres() as (url, external):
             if external:
-                url = b7_build_schema(url)
+                url = new_schema(url, f"rb_bench_b12_{os.getpid()}")
             recs = _postgres_catalog(url)
             with runbroker.open(url) as cat:
                 _with_indexes(cat, "PostgreSQL")
                 _vacuum(url)
                 results.extend(measure("PostgreSQL", cat, recs))
     return results
-
-
-def b7_build_schema(url: str) -> str:
-    """A fresh schema of its own on an external PostgreSQL server."""
-    from runbroker.testing.postgres import new_schema
-
-    return new_schema(url, f"rb_bench_b12_{os.getpid()}")
