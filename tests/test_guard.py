@@ -1,5 +1,5 @@
 """The access guard: a Store wrapper that shows the runs of a scope and hides the others as
-absent, on every store (work in progress for the access-control issue)."""
+absent, on every store."""
 
 from __future__ import annotations
 
@@ -9,19 +9,24 @@ import pytest
 from event_model import compose_run
 
 import runbroker
-from runbroker.auth import GuardedStore, scope_for
+from runbroker.auth import GuardedStore, WriteRules, scope_for
 from runbroker.errors import RunNotFoundError
 from runbroker.queries import Key, KeyPresent, Not
 from runbroker.store.base import Store
 from runbroker.store.sql import SQLStore
 from runbroker.testing.conformance import StoreContract
 
+# Write rules that admit everything: the contract's writes, through the guard's own checks.
+ANY_WRITE = WriteRules(None, lambda doc: doc)
+
 
 class TestGuardedSQLite(StoreContract):
     """The guard passes the Store contract; its scope hides nothing the contract writes."""
 
     def make_store(self, path: Path, request: pytest.FixtureRequest) -> Store:
-        return GuardedStore(SQLStore(f"sqlite:///{path / 'runs.db'}"), Not(KeyPresent("secret")))
+        return GuardedStore(
+            SQLStore(f"sqlite:///{path / 'runs.db'}"), Not(KeyPresent("secret")), ANY_WRITE
+        )
 
     def reopen(self, store: Store) -> Store:
         return GuardedStore(SQLStore(store.uri, readonly=True), Not(KeyPresent("secret")))

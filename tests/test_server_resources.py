@@ -509,5 +509,7 @@ def test_errors_name_what_was_wrong(served: dict, path: str, status: int, words:
 def test_a_key_is_needed(served: dict) -> None:
     path = f"{served['url']}/api/v1/runs/{served['scan'].uid}/streams/primary/data"
     assert httpx.get(path).status_code == 401
-    # For a link a browser follows, the key may be a query parameter.
-    assert httpx.get(path, params={"api_key": KEY, "format": "csv"}).status_code == 200
+    # A key is never taken from the URL (a browser link carries a download token instead).
+    assert httpx.get(path, params={"api_key": KEY, "format": "csv"}).status_code == 401
+    headers = {"authorization": f"Bearer {KEY}"}
+    assert httpx.get(path, params={"format": "csv"}, headers=headers).status_code == 200

@@ -4,6 +4,7 @@ Example:
     $ runbroker serve runs.db --port 8000
     $ runbroker serve postgresql://db/runs --host 0.0.0.0 --workers 4 --api-key "$KEY"
     $ runbroker serve 45id --public
+    $ runbroker serve postgresql://db/runs --access /etc/runbroker/access.yaml
 
 The server's packages (the ``server`` extra) are loaded only when the command runs.
 """
@@ -16,6 +17,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 __all__ = ["add_serve", "log_config", "open_line", "serve"]
@@ -37,6 +39,12 @@ def add_serve(sub: Any) -> None:
     )
     sv.add_argument(
         "--public", action="store_true", help="anyone may read without a key; writes need it"
+    )
+    sv.add_argument(
+        "--access",
+        metavar="FILE",
+        help="access control: principals, groups, API keys and OIDC from this YAML file "
+        "(docs/access.md); each caller sees its groups' runs only",
     )
     sv.add_argument(
         "--no-access-log", action="store_true", help="no JSON line per request on stdout"
@@ -108,13 +116,27 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ValueError(f"--workers {args.workers}: give 1 or more")
     key = args.api_key or os.environ.get(ENV_KEY) or None
-    made_up = key is None
-    settings = Settings.from_env(api_key=key or new_key(), public=args.public)
+    access = str(Path(args.access).resolve()) if args.access else None
+    # With access control, callers bring their own keys: no server key is made up.
+    made_up = key is None and access is None
+    settings = Settings.from_env(
+        api_key=key or (new_key() if made_up else None), public=args.public, access=access
+    )
     uri, options = resolve(args.catalog)
     catalog = open_catalog(uri, **options)  # here too with workers: a bad catalog fails now
-    mode = "read by anyone, written with the key" if args.public else "the key is needed"
+    if access is not None:
+        from .auth.access import AccessControl
+
+        AccessControl.from_config(access, catalog.store.uri)  # a bad file fails now, once
+        mode = f"access control from {args.access}"
+    elif args.public:
+        mode = "read by anyone, written with the key"
+    else:
+        mode = "the key is needed"
     print(f"runbroker: serving {args.catalog} at http://{args.host}:{args.port} ({mode})")
-    if made_up:
+    if access is not None:
+        print("runbroker: callers use their own API keys (runbroker keys create) or tokens")
+    elif made_up:
         print("runbroker: a new API key (shown only now; give --api-key or $RUNBROKER_API_KEY")
         print("           to choose it). Open this catalog with:")
     else:

@@ -59,6 +59,7 @@ __all__ = [
     "SchemaVersionError",
     "ServerUnreachableError",
     "TemplateError",
+    "TooManyRequestsError",
     "TruncatedStreamError",
     "UnknownParentError",
     "UnknownSchemeError",
@@ -103,6 +104,16 @@ class RunbrokerError(Exception):
         """
         detail = {name: _jsonable(getattr(self, name)) for name in self.detail}
         return {"code": self.code, "message": str(self), "detail": detail}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers a server sends with this error (none, unless a class says so).
+
+        Example:
+            >>> TooManyRequestsError(30).headers
+            {'Retry-After': '30'}
+        """
+        return {}
 
 
 _BY_CODE[RunbrokerError.code] = RunbrokerError
@@ -402,6 +413,36 @@ class NotAuthenticatedError(RunbrokerError, PermissionError):
     server that serves reads anonymously)."""
 
     status, code = 401, "not_authenticated"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class TooManyRequestsError(RunbrokerError):
+    """Too many failed authentications came from one address: its requests are refused for
+    ``retry_after`` seconds (sent as the ``Retry-After`` header too). Not a PermissionError:
+    the address is refused, not a credential."""
+
+    status, code, detail = 429, "too_many_requests", ("retry_after",)
+
+    def __init__(self, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(
+            f"too many failed authentications from this address: try again in {retry_after} s"
+        )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class AccessDeniedError(RunbrokerError, PermissionError):
+    """An authenticated caller asked for what it may not do: a route needing a scope its key
+    or token lacks, or a write into a run whose access tags it does not hold. (A run it may
+    not *see* is never this error: it is absent, :class:`RunNotFoundError`.)"""
+
+    status, code = 403, "access_denied"
 
 
 class RequestError(RunbrokerError, ValueError):

@@ -13,6 +13,14 @@ That a run is visible is asked of the database once per run and remembered for t
 guard (a guard is made per request, or per principal's session): the first per-run call costs
 one indexed lookup, the others nothing.
 
+Writing goes through the guard only with :class:`WriteRules` (the access policy's for one
+principal, :meth:`runbroker.auth.AccessPolicy.rules`): a start document is checked (and
+given default tags) by them, and a document added to a run -- a stop, a descriptor, events
+through their descriptor, datums through their resource -- only reaches a run in their write
+scope. A document for a run the caller cannot see is refused as naming an unknown parent;
+one it sees but may not write, with :class:`~runbroker.errors.AccessDeniedError`. Without
+rules the guard is read-only.
+
 Example:
     >>> from runbroker.store.sql import SQLStore
     >>> from runbroker.queries import Key
@@ -24,13 +32,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..errors import AccessDeniedError, UnknownParentError
 from ..queries import And, Key, Query
 from ..store.base import (
     Columns,
+    Locates,
     PageInfo,
     RunRecord,
     Store,
@@ -38,17 +49,44 @@ from ..store.base import (
     run_not_found,
 )
 
-__all__ = ["GuardedStore"]
+__all__ = ["GuardedStore", "WriteRules"]
+
+# The key of each document that names its parent, and the kind of that parent ("run" for
+# the run itself). Events reach their run through their descriptor, datums through theirs.
+_PARENT_KEY = {
+    "stop": ("run_start", "run"),
+    "descriptor": ("run_start", "run"),
+    "resource": ("run_start", "run"),
+    "stream_resource": ("run_start", "run"),
+    "event": ("descriptor", "descriptor"),
+    "event_page": ("descriptor", "descriptor"),
+    "datum": ("resource", "resource"),
+    "datum_page": ("resource", "resource"),
+    "stream_datum": ("stream_resource", "stream_resource"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteRules:
+    """What one caller may write: ``scope``, the query of the runs it may add documents to
+    (None: every run), and ``start``, which checks a start document it sends and returns the
+    one to store (raising :class:`~runbroker.errors.AccessDeniedError`)."""
+
+    scope: Query | None
+    start: Callable[[dict], dict]
 
 
 class GuardedStore:
     """``inner`` as a caller whose runs are those matching ``scope`` sees it."""
 
-    def __init__(self, inner: Store, scope: Query) -> None:
+    def __init__(self, inner: Store, scope: Query | None, rules: WriteRules | None = None) -> None:
         self.inner = inner
         self.scope = scope
+        self.rules = rules
         self.uri = inner.uri
         self._seen: set[str] = set()
+        self._mine: set[str] = set()  # runs found writable
+        self._owners: dict[str, str] = {}  # descriptors, resources written through this guard
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -58,31 +96,98 @@ class GuardedStore:
         # a dask worker gets the inner store's reader under the same scope
         return (GuardedStore, (self.inner, self.scope))
 
-    def _within(self, query: Query | None) -> Query:
-        return self.scope if query is None else And(self.scope, query)
+    def _within(self, query: Query | None, scope: Query | None = None) -> Query | None:
+        scope = self.scope if scope is None else scope
+        if scope is None:
+            return query
+        return scope if query is None else And(scope, query)
 
-    def _visible(self, run_uid: str) -> bool:
-        # Only "visible" is remembered: a run not there yet may be written any moment.
+    def _found(self, run_uid: str, scope: Query | None, known: set[str]) -> bool:
+        # Only "found" is remembered: a run not there yet may be written any moment.
         with self._lock:
-            if run_uid in self._seen:
+            if run_uid in known:
                 return True
-        if not self.inner.search(self._within(Key("uid") == run_uid), limit=1):
+        if scope is not None and not self.inner.search(And(scope, Key("uid") == run_uid), limit=1):
+            return False
+        if scope is None and self.inner.get_run(run_uid) is None:
             return False
         with self._lock:
-            self._seen.add(run_uid)
+            known.add(run_uid)
         return True
+
+    def _visible(self, run_uid: str) -> bool:
+        return self._found(run_uid, self.scope, self._seen)
 
     def _check(self, run_uid: str) -> None:
         if not self._visible(run_uid):
             raise run_not_found(self, run_uid)
 
-    # -- writing (the write rules of the access-control issue come here)
+    # -- writing: each document admitted by the write rules first
 
     def insert(self, name: str, doc: dict) -> None:
-        self.inner.insert(name, doc)
+        self.inner.insert(name, self._admit(name, doc))
 
     def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
-        return self.inner.ingest(pairs)
+        # All admitted before the store starts (it holds its write transaction while it
+        # iterates, and admitting reads the store); a descriptor earlier in the batch vouches
+        # for its events later in it.
+        return self.inner.ingest([(name, self._admit(name, doc)) for name, doc in pairs])
+
+    def _admit(self, name: str, doc: dict) -> dict:
+        rules = self.rules
+        if rules is None:
+            raise AccessDeniedError("this view of the catalog is read-only for its caller")
+        if not isinstance(doc, dict):
+            return doc  # the store names what is wrong with it
+        if name == "start":
+            return self._admit_start(rules, doc)
+        key, kind = _PARENT_KEY.get(name, (None, None))
+        parent = doc.get(key) if key is not None else None
+        if not isinstance(parent, str):
+            return doc  # malformed, or not a document kind: the store refuses it
+        run = parent if kind == "run" else self._run_of(kind, parent)
+        if run is None:
+            return doc  # an unknown parent: the store says so
+        if not self._found(run, rules.scope, self._mine):
+            ident = doc.get("uid", doc.get("datum_id", "?"))
+            if not self._visible(run):
+                raise UnknownParentError.missing(name, ident, key, parent)
+            raise AccessDeniedError(
+                f"{name} document {ident!r}: run {run!r} is not one of your groups' runs "
+                "(you may read it, not add to it)"
+            )
+        if name in ("descriptor", "resource", "stream_resource") and isinstance(
+            doc.get("uid"), str
+        ):
+            with self._lock:
+                self._owners[doc["uid"]] = run
+        return doc
+
+    def _admit_start(self, rules: WriteRules, doc: dict) -> dict:
+        doc = rules.start(doc)
+        uid = doc.get("uid")
+        if not isinstance(uid, str):
+            return doc
+        if self.inner.get_run(uid) is not None and not self._found(uid, rules.scope, self._mine):
+            raise AccessDeniedError(
+                f"start document {uid!r}: a run with this uid exists and is not one of "
+                "your groups' runs; a new run needs a new uid"
+            )
+        with self._lock:
+            self._mine.add(uid)
+        return doc
+
+    def _run_of(self, kind: str, uid: str) -> str | None:
+        with self._lock:
+            run = self._owners.get(uid)
+        if run is not None:
+            return run
+        if not isinstance(self.inner, Locates):
+            raise AccessDeniedError(
+                f"{self.inner.uri} cannot say which run holds {kind} {uid!r}, so a write "
+                "through the access guard cannot be checked"
+            )
+        return self.inner.run_of(kind, uid)
 
     def flush(self) -> None:
         self.inner.flush()
@@ -113,7 +218,7 @@ class GuardedStore:
         return found
 
     def count(self, query: Query | None) -> int:
-        return self.inner.count(self._within(query))
+        return self.inner.count(self._within(query))  # type: ignore[arg-type]
 
     def distinct(self, key: str, query: Query | None, limit: int) -> list[tuple[Any, int]]:
         return distinct_values(self.inner, key, self._within(query), limit)

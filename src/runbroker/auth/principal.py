@@ -24,6 +24,7 @@ __all__ = [
     "ANONYMOUS",
     "GROUP_KEYS",
     "KINDS",
+    "READ_SCOPES",
     "SCOPES",
     "USER_SCOPES",
     "Principal",
@@ -40,6 +41,8 @@ SCOPES: Mapping[str, str] = {
     "admin:principals": "add principals, set their groups; see every run",
 }
 ALL_SCOPES = frozenset(SCOPES)
+#: The scopes of reading.
+READ_SCOPES = frozenset({"read:metadata", "read:data"})
 #: A user's scopes unless told otherwise: read and write, no administration.
 USER_SCOPES = frozenset({"read:metadata", "read:data", "write:runs", "write:annotations"})
 ADMIN_SCOPES = ALL_SCOPES
@@ -108,6 +111,4 @@ class Principal:
 
 
 #: The caller of a public server that sent no credentials: reads public runs only.
-ANONYMOUS = Principal(
-    "anonymous", kind="anonymous", scopes=frozenset({"read:metadata", "read:data"}), via="anonymous"
-)
+ANONYMOUS = Principal("anonymous", kind="anonymous", scopes=READ_SCOPES, via="anonymous")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,13 +21,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..catalog import Catalog
-from ..errors import NotAuthenticatedError, RequestError, RunbrokerError
-from . import live, ops, protocol, resources
+from ..errors import RequestError, RunbrokerError
+from . import accounts, live, ops, protocol, resources, security
 from .compression import Compression
 from .context import Service
 from .encoding import reply
 from .limits import BodyLimit
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from ..auth.access import AccessControl
 
 __all__ = ["ENV_CATALOG", "app_from_env", "build_app"]
 
@@ -37,28 +40,44 @@ log = logging.getLogger("runbroker.server")
 ENV_CATALOG = "RUNBROKER_SERVE_CATALOG"
 
 
-def build_app(catalog: Catalog, settings: Settings | None = None) -> FastAPI:
+def build_app(
+    catalog: Catalog, settings: Settings | None = None, access: AccessControl | None = None
+) -> FastAPI:
     """The ASGI app serving ``catalog`` with ``settings``; run it with any ASGI server
     (``uvicorn.run(app)``), or use ``runbroker serve``.
 
-    A server must either have an API key or be public: one without either would be open to
-    anyone by accident, so it is refused.
+    ``access`` (or ``settings.access``, a configuration file) turns on access control:
+    principals, groups and API keys from its directory, OIDC tokens, and each caller seeing
+    only its groups' runs. Without it, the server's one API key sees everything. A server
+    with no key, no access control and not public would be open to anyone by accident, so it
+    is refused.
     """
     settings = settings if settings is not None else Settings.from_env()
-    if settings.api_key is None and not settings.public:
+    if access is None and settings.access is not None:
+        from ..auth.access import AccessControl
+
+        access = AccessControl.from_config(settings.access, catalog.store.uri)
+    if settings.api_key is None and not settings.public and access is None:
         raise ValueError(
-            "a server needs an API key (Settings(api_key=...), $RUNBROKER_API_KEY) or "
-            "public=True to serve reads anonymously"
+            "a server needs an API key (Settings(api_key=...), $RUNBROKER_API_KEY), an "
+            "access configuration (Settings(access=FILE)) or public=True to serve reads "
+            "anonymously"
         )
     app = FastAPI(
         title="runbroker",
         version=__version__,
         description="Bluesky runs: search them, read their data, replay their documents.",
+        redoc_url=None,  # /docs is the one page: the security policy allows its CDN only
     )
-    app.state.service = Service(catalog, settings)
-    for module in (protocol, resources, live, ops):
+    app.state.service = Service(catalog, settings, access)
+    for module in (protocol, resources, live, ops, accounts):
         app.include_router(module.router)
+    if access is not None and access.oidc is not None and access.oidc.config.client_id:
+        from .login import login_router
+
+        app.include_router(login_router(access.oidc.config, access.oidc, settings.secret))
     app.add_middleware(BodyLimit, limit=settings.max_body)
+    security.install(app, settings)  # inside compression: it reads the pages it sends
     app.add_middleware(Compression)
     ops.instrument(app)  # added last, so outermost: refused bodies and compressed bytes count
     app.add_exception_handler(RunbrokerError, _our_error)
@@ -96,8 +115,7 @@ def app_from_env() -> FastAPI:
 
 def _error(request: Request, err: RunbrokerError) -> Response:
     response = reply(request, {"error": err.to_dict()}, err.status)
-    if isinstance(err, NotAuthenticatedError):
-        response.headers["WWW-Authenticate"] = "Bearer"
+    response.headers.update(err.headers)  # WWW-Authenticate, Retry-After ...
     return response
 
 

@@ -23,7 +23,7 @@ from starlette.background import BackgroundTask
 from ..errors import NotFoundError
 from ..export import FORMATS
 from ..naming import safe_name
-from .context import Ctx
+from .context import Data
 
 __all__ = ["pack_files", "router"]
 
@@ -50,7 +50,7 @@ _MEDIA_TYPES = {
 def export(
     uid: str,
     format: str,
-    ctx: Ctx,
+    ctx: Data,
     archive: Annotated[
         Archive | None, Query(description="pack in an archive (default: zip if several files)")
     ] = None,

@@ -28,7 +28,7 @@ from ..errors import NoStreamError, RequestError
 from ..follow import Cursor, look, newer
 from ..store.base import NewEvents, Store, run_not_found
 from ..store.events import page_from_columns
-from .context import Ctx
+from .context import Data
 from .encoding import reply, to_json
 
 __all__ = ["router"]
@@ -44,7 +44,7 @@ async def events(
     request: Request,
     uid: str,
     stream: str,
-    ctx: Ctx,
+    ctx: Data,
     after: int | None = Query(None, ge=-(2**62), le=2**62, description="last seq_num seen"),
     wait: float = Query(0.0, ge=0, le=3600, description="seconds to hold the request"),
     field: Annotated[list[str] | None, Query(description="fields to send (default: all)")] = None,
@@ -86,7 +86,7 @@ def _check(store: Store, uid: str, stream: str, fields: list[str] | None, found:
 )
 async def feed(
     uid: str,
-    ctx: Ctx,
+    ctx: Data,
     heartbeat: float = Query(15.0, gt=0, le=300, description="seconds between heartbeats"),
 ) -> Response:
     store = ctx.store

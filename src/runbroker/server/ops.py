@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from ..filler import Fills
 from ..store.base import Indexes
-from .context import CALLER, Ctx, Service
+from .context import CALLER, Metadata, Service
 from .encoding import reply
 
 __all__ = ["REGISTRY", "access_log", "instrument", "router"]
@@ -108,14 +108,15 @@ def _exposition() -> bytes:
 
 
 @router.get("/api/v1/info", tags=["store"], summary="What this server serves")
-def info(request: Request, ctx: Ctx) -> Response:
+def info(request: Request, ctx: Metadata) -> Response:
     store = ctx.store
     return reply(
         request,
         {
             "version": __version__,
-            "caller": ctx.caller.name,
-            "writable": ctx.caller.can_write,
+            "caller": ctx.principal.name,
+            "scopes": sorted(ctx.principal.scopes),
+            "writable": ctx.principal.holds("write:runs"),
             "capabilities": {
                 "indexes": isinstance(store, Indexes),
                 "fills": True,

@@ -23,7 +23,8 @@ from ..errors import RequestError, RunbrokerError, RunNotFoundError
 from ..filler import FieldEvents
 from ..queries import Query as RunQuery
 from ..store.base import PageInfo, RunRecord, distinct_values
-from .context import Context, Ctx, Writer
+from .accounts import audit
+from .context import Context, Data, Metadata, Writer
 from .encoding import body, reply, streamed
 
 __all__ = ["parse_query", "record", "router"]
@@ -86,7 +87,7 @@ class SearchBody(BaseModel):
 
 
 @router.post("/search", summary="Runs matching a query, newest first")
-def search(request: Request, args: SearchBody, ctx: Ctx) -> Response:
+def search(request: Request, args: SearchBody, ctx: Metadata) -> Response:
     query = parse_query(ctx, args.query)
     limit = ctx.service.settings.max_page
     if args.limit is not None and args.limit > limit:
@@ -106,7 +107,7 @@ class CountBody(BaseModel):
 
 
 @router.post("/count", summary="How many runs match a query")
-def count(request: Request, args: CountBody, ctx: Ctx) -> Response:
+def count(request: Request, args: CountBody, ctx: Metadata) -> Response:
     return reply(request, ctx.store.count(parse_query(ctx, args.query)))
 
 
@@ -117,13 +118,13 @@ class DistinctBody(BaseModel):
 
 
 @router.post("/distinct", summary="Distinct values of a metadata key, with their run counts")
-def distinct(request: Request, args: DistinctBody, ctx: Ctx) -> Response:
+def distinct(request: Request, args: DistinctBody, ctx: Metadata) -> Response:
     found = distinct_values(ctx.store, args.key, parse_query(ctx, args.query), args.limit)
     return reply(request, [[value, n] for value, n in found])
 
 
 @router.get("/runs/{uid}", summary="One run's start and stop documents")
-def get_run(request: Request, uid: str, ctx: Ctx) -> Response:
+def get_run(request: Request, uid: str, ctx: Metadata) -> Response:
     run = ctx.store.get_run(uid)
     if run is None:
         raise RunNotFoundError(f"no run {uid!r} in this catalog")
@@ -131,7 +132,7 @@ def get_run(request: Request, uid: str, ctx: Ctx) -> Response:
 
 
 @router.get("/runs/{uid}/descriptors", summary="A run's descriptor documents")
-def descriptors(request: Request, uid: str, ctx: Ctx) -> Response:
+def descriptors(request: Request, uid: str, ctx: Metadata) -> Response:
     return reply(request, ctx.store.descriptors(uid))
 
 
@@ -144,7 +145,7 @@ def page_row(page: PageInfo) -> list[Any]:
 
 
 @router.post("/runs/{uid}/pages", summary="Where a run's events are, by descriptor")
-def pages(request: Request, uid: str, args: PagesBody, ctx: Ctx) -> Response:
+def pages(request: Request, uid: str, args: PagesBody, ctx: Metadata) -> Response:
     return reply(request, [page_row(p) for p in ctx.store.pages(uid, args.descriptors)])
 
 
@@ -158,7 +159,7 @@ class ReadBody(BaseModel):
 @router.post(
     "/runs/{uid}/read", summary="Columns of pages (a raw-buffer stream: runbroker.wire.parts)"
 )
-def read_pages(uid: str, args: ReadBody, ctx: Ctx) -> Response:
+def read_pages(uid: str, args: ReadBody, ctx: Data) -> Response:
     store, ids = ctx.store, args.pages
     # The first page is read before the answer starts: an unknown run is a 404, not an
     # error record inside a 200; alone, so the client decodes it while the rest is read.
@@ -184,7 +185,7 @@ def _flag(value: str) -> bool | str:
 @router.get("/runs/{uid}/documents", summary="Replay a run's documents (a raw-buffer stream)")
 def documents(
     uid: str,
-    ctx: Ctx,
+    ctx: Data,
     arrays: bool = False,
     uids: str = Query("true", pattern="^(true|false|bytes)$"),
 ) -> Response:
@@ -200,7 +201,7 @@ def documents(
 
 
 @router.get("/runs/{uid}/assets", summary="A run's resource and stream documents")
-def assets(request: Request, uid: str, ctx: Ctx) -> Response:
+def assets(request: Request, uid: str, ctx: Metadata) -> Response:
     return reply(request, ctx.store.assets(uid))
 
 
@@ -209,7 +210,7 @@ class DatumsBody(BaseModel):
 
 
 @router.post("/runs/{uid}/datums", summary="Datums of a run by id")
-def datums(request: Request, uid: str, args: DatumsBody, ctx: Ctx) -> Response:
+def datums(request: Request, uid: str, args: DatumsBody, ctx: Data) -> Response:
     found = ctx.store.datums(uid, args.ids)
     return reply(request, {k: list(v) for k, v in found.items()})
 
@@ -232,11 +233,32 @@ async def insert(request: Request, ctx: Writer, atomic: bool = True) -> Response
     stores them one by one and stops at the first refused, whose error names its place in the
     batch (a client's batch of single inserts: what came before it stays stored)."""
     pairs = _pairs(await body(request))
-    if atomic:
-        n = await run_in_threadpool(ctx.store.ingest, pairs)
-    else:
-        n = await run_in_threadpool(_insert_each, ctx.store, pairs)
+    try:
+        if atomic:
+            n = await run_in_threadpool(ctx.store.ingest, pairs)
+        else:
+            n = await run_in_threadpool(_insert_each, ctx.store, pairs)
+    except RunbrokerError as err:
+        await run_in_threadpool(audit, ctx, "runs.insert.refused", *_written(pairs, str(err)))
+        raise
+    await run_in_threadpool(audit, ctx, "runs.insert", *_written(pairs))
     return reply(request, {"count": n})
+
+
+def _written(pairs: list[tuple[str, dict]], error: str = "") -> tuple[str, dict[str, Any]]:
+    """What a batch wrote, for the audit log: the runs it names, and its documents by kind."""
+    named = (d.get("uid" if name == "start" else "run_start") for name, d in pairs)
+    runs = sorted({str(uid) for uid in named if uid is not None})
+    kinds: dict[str, int] = {}
+    for name, _ in pairs:
+        kinds[name] = kinds.get(name, 0) + 1
+    detail: dict[str, Any] = {"documents": len(pairs), "kinds": kinds}
+    descriptors = sorted({str(d["descriptor"]) for _, d in pairs if "descriptor" in d})
+    if descriptors:
+        detail["descriptors"] = descriptors
+    if error:
+        detail["error"] = error[:500]
+    return ", ".join(runs), detail
 
 
 def _insert_each(store: Any, pairs: list[tuple[str, dict]]) -> int:
@@ -287,7 +309,7 @@ def _pairs(data: Any) -> list[tuple[str, dict]]:
         }
     },
 )
-async def fill(request: Request, uid: str, ctx: Ctx) -> Response:
+async def fill(request: Request, uid: str, ctx: Data) -> Response:
     """``op`` is ``fill``, ``references`` or ``cuts`` (:class:`runbroker.filler.Filler`)."""
     args = await body(request)
     if not isinstance(args, dict) or args.get("op") not in ("fill", "references", "cuts"):

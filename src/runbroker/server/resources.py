@@ -23,7 +23,7 @@ from ..catalog import Run
 from ..errors import RequestError
 from ..stream import Stream
 from . import exports
-from .context import Context, Ctx
+from .context import Context, Data, Metadata
 from .encoding import framed, reply, to_json
 from .formats import ENCODERS, Block, media_types
 
@@ -59,7 +59,7 @@ def _about(stream: Stream) -> dict[str, Any]:
 
 
 @router.get("/runs/{uid}/summary", summary="A run at a glance: start, stop, streams, fields")
-def run_summary(request: Request, uid: str, ctx: Ctx) -> Response:
+def run_summary(request: Request, uid: str, ctx: Metadata) -> Response:
     run = _run(ctx, uid)
     summary = dict(run.summary)
     when = summary.get("datetime")
@@ -69,17 +69,17 @@ def run_summary(request: Request, uid: str, ctx: Ctx) -> Response:
 
 
 @router.get("/runs/{uid}/streams", summary="The names of a run's streams")
-def stream_names(request: Request, uid: str, ctx: Ctx) -> Response:
+def stream_names(request: Request, uid: str, ctx: Metadata) -> Response:
     return reply(request, list(_run(ctx, uid)))
 
 
 @router.get("/runs/{uid}/streams/{stream}", summary="A stream: its fields and event count")
-def stream_info(request: Request, uid: str, stream: str, ctx: Ctx) -> Response:
+def stream_info(request: Request, uid: str, stream: str, ctx: Metadata) -> Response:
     return reply(request, _about(_stream(ctx, uid, stream)))
 
 
 @router.get("/runs/{uid}/streams/{stream}/descriptors", summary="A stream's descriptors")
-def stream_descriptors(request: Request, uid: str, stream: str, ctx: Ctx) -> Response:
+def stream_descriptors(request: Request, uid: str, stream: str, ctx: Metadata) -> Response:
     return reply(request, _stream(ctx, uid, stream).descriptors)
 
 
@@ -87,7 +87,7 @@ def stream_descriptors(request: Request, uid: str, stream: str, ctx: Ctx) -> Res
     "/runs/{uid}/streams/{stream}/config",
     summary="Configuration readings per device, one value per event",
 )
-def stream_config(request: Request, uid: str, stream: str, ctx: Ctx) -> Response:
+def stream_config(request: Request, uid: str, stream: str, ctx: Metadata) -> Response:
     config = _stream(ctx, uid, stream).config
     return reply(request, {device: ds.to_dict(data="list") for device, ds in config.items()})
 
@@ -101,7 +101,7 @@ def stream_data(
     request: Request,
     uid: str,
     stream: str,
-    ctx: Ctx,
+    ctx: Data,
     fields: Annotated[str | None, Query(description="comma-separated names (default: all)")] = None,
     start: Annotated[int, Query(ge=-_LIMIT, le=_LIMIT, description="first event (from 0)")] = 0,
     stop: Annotated[
@@ -188,7 +188,7 @@ def _block_events(data_keys: Mapping[str, dict], names: list[str]) -> int:
 def run_documents(
     uid: str,
     kind: Literal["json-seq", "msgpack"],
-    ctx: Ctx,
+    ctx: Data,
     fill: Annotated[bool, Query(description="detector data from files in the events")] = False,
     pages: Annotated[bool, Query(description="events as event_page documents")] = True,
 ) -> Response:

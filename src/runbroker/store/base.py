@@ -343,6 +343,18 @@ def distinct_values(
     return [(v, n) for v, n in ranked[:limit]]
 
 
+@runtime_checkable
+class Locates(Protocol):
+    """A store that tells which run holds a stored descriptor, resource or stream_resource, so
+    that a document naming one (an event, a datum) can be checked against its run before it
+    is written (the access guard's write rules)."""
+
+    def run_of(self, kind: str, uid: str) -> str | None:
+        """The uid of the run holding document ``uid`` of ``kind`` (``"descriptor"``,
+        ``"resource"`` or ``"stream_resource"``), written or queued; None when there is none."""
+        ...
+
+
 @dataclass(frozen=True)
 class NewEvents:
     """A stream's events after a seq_num, as :meth:`Follows.wait_events` finds them.

@@ -369,6 +369,13 @@ class FolderWriting:
         txn.touched[run_uid] = writer
         return writer
 
+    def run_of(self, kind: str, uid: str) -> str | None:
+        """The uid of the run holding descriptor, resource or stream_resource ``uid``
+        (see :class:`~runbroker.store.base.Locates`)."""
+        with self._lock:
+            owner = self._owner_of(uid)
+        return owner[1] if owner is not None and owner[0] == kind else None
+
     def _owner_of(self, uid: str) -> tuple[str, str] | None:
         return self._owner.get(uid) or self._index.parent(uid)
 

@@ -438,6 +438,24 @@ class SQLStore(SQLWriting):
             rows = conn.execute(stmt).all()
         return [(_scalar_value(r.typ, r.num, r.txt), r.n) for r in rows]
 
+    def run_of(self, kind: str, uid: str) -> str | None:
+        """The uid of the run holding descriptor, resource or stream_resource ``uid``
+        (see :class:`~runbroker.store.base.Locates`).
+
+        Example:
+            >>> SQLStore("sqlite://").run_of("descriptor", "d1") is None
+            True
+        """
+        state = self._states.get(uid) if kind == "descriptor" else None
+        if state is not None:  # written by this process, perhaps not committed yet
+            return state.run_uid
+        self._flush_if_pending()
+        table = descriptors if kind == "descriptor" else documents
+        where = [table.c.uid == uid] + ([] if kind == "descriptor" else [table.c.kind == kind])
+        stmt = select(runs.c.uid).join(table, table.c.run_id == runs.c.id).where(*where)
+        with self._read() as conn:
+            return conn.execute(stmt).scalar()
+
     def get_run(self, uid: str) -> RunRecord | None:
         """The run with exactly this uid."""
         self._flush_if_pending()
