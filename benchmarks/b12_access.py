@@ -61,9 +61,11 @@ from . import b7_build
 from .b3_search import PLANS
 from .b7_postgres import postgres
 from .common import Result, median, new_run, print_result, section
+from .service import Served
 
 N_RUNS = int(os.environ.get("RUNBROKER_BENCH_B12_RUNS", "100000"))
 VERSION = f"v1-{N_RUNS}runs-schema{SCHEMA_VERSION}"
+HTTP = os.environ.get("RUNBROKER_BENCH_B12_HTTP", "1") != "0"
 ENGINES = os.environ.get("RUNBROKER_BENCH_B12_ENGINES", "sqlite,postgresql").split(",")
 BATCH = 2_000
 N_PROPOSALS = 1_000
@@ -349,85 +351,148 @@ def _time_ordered_bound(engine: str, store: Any, mine: list[str]) -> Result:
     )
 
 
-def measure(engine: str, cat: runbroker.Catalog, recs: list[Rec]) -> list[Result]:
-    """The figures of one engine: search pages and ``cat[uid]``, user against admin."""
-    store = cat.store
+@dataclass(frozen=True)
+class Callers:
+    """How the admin and the user reach the catalog (a fresh store each call, as a server
+    makes a guard per request) and how the figures say so."""
+
+    admin: Callable[[], Any]
+    user: Callable[[], Any]
+    via: str  # "" (store level) or " over HTTP"
+    how: str  # what is compared, for the notes
+
+
+def _cursor_and_visible(recs: list[Rec]) -> tuple[list[Rec], list[Rec], tuple[float, str]]:
+    """Every run newest first, the user's runs newest first, and the median run's cursor."""
     mine = set(user_proposals())
-    scope = scope_for({"proposal_id": sorted(mine)})
     newest = sorted(recs, key=lambda r: (r.time, r.uid), reverse=True)
     visible = [r for r in newest if r.proposal in mine or r.public]
     mid = newest[len(newest) // 2]
-    cursor = (mid.time, mid.uid)
+    return newest, visible, (mid.time, mid.uid)
+
+
+def _expect(pool: list[Rec], query: Query | None, before: tuple | None) -> list[str]:
+    out = [
+        r.uid
+        for r in pool
+        if (query is None or r.plan == "scan") and (before is None or (r.time, r.uid) < before)
+    ]
+    return out[:PAGE]
+
+
+PAGES = (
+    ("page 1 (100 newest)", None, False),
+    ("page N (100 before the median run)", None, True),
+    ("page 1 with Key('plan_name') == 'scan'", EXTRA, False),
+    ("page N with Key('plan_name') == 'scan'", EXTRA, True),
+)
+
+
+def _figures(engine: str, callers: Callers, recs: list[Rec], database: Any = None) -> list[Result]:
+    """Search pages and ``cat[uid]``, the user's against the admin's, each checked against
+    the records; with ``database`` (the SQL store), each page's statement alone too."""
+    newest, visible, cursor = _cursor_and_visible(recs)
+    results = []
+    for label, query, later in PAGES:
+        before = cursor if later else None
+        got_admin = callers.admin().search(query, limit=PAGE, before=before)
+        got_user = callers.user().search(query, limit=PAGE, before=before)
+        assert [r.uid for r in got_admin] == _expect(newest, query, before), (engine, label)
+        assert [r.uid for r in got_user] == _expect(visible, query, before), (engine, label)
+
+        def admin(_: Any, q: Any = query, b: Any = before) -> Any:
+            return callers.admin().search(q, limit=PAGE, before=b)
+
+        def user(_: Any, q: Any = query, b: Any = before) -> Any:
+            return callers.user().search(q, limit=PAGE, before=b)
+
+        admin_s, user_s = _pair(admin, user, list(range(WARMUP + REPEATS)))
+        note = f"{callers.how}: search(); median of {REPEATS}, interleaved"
+        results.append(_result(engine, label + callers.via, admin_s, user_s, note))
+        if database is not None and not later:
+            results.append(_database_share(engine, label, database, admin, user))
+
+    uids = [r.uid for r in random.Random(7).sample(visible, WARMUP + LOOKUPS)]
+    assert Catalog(callers.user())[uids[0]].uid == uids[0]
+    seen = set(visible)
+    hidden = next(r.uid for r in newest if r not in seen)
+    try:
+        Catalog(callers.user())[hidden]
+    except RunNotFoundError:
+        pass
+    else:
+        raise AssertionError(f"{engine}: the user can see run {hidden}, outside their scope")
+    admin_s, user_s = _pair(
+        lambda uid: Catalog(callers.admin())[uid], lambda uid: Catalog(callers.user())[uid], uids
+    )
+    note = f"{callers.how}: Catalog(store)[uid]; median over {LOOKUPS} distinct visible uids"
+    results.append(_result(engine, "cat[uid]" + callers.via, admin_s, user_s, note))
+    return results
+
+
+def measure(engine: str, cat: runbroker.Catalog, recs: list[Rec]) -> list[Result]:
+    """The store-level figures of one engine, the bounds found, and the HTTP figures."""
+    store = cat.store
+    mine = user_proposals()
+    scope = scope_for({"proposal_id": mine})
+    _, visible, _ = _cursor_and_visible(recs)
     print(
         f"  {engine}: the user sees {len(visible):,} of {len(recs):,} runs "
         f"({100 * len(visible) / len(recs):.1f}%); scope {scope!r}",
         flush=True,
     )
-
-    def expect(pool: list[Rec], query: Query | None, before: tuple | None) -> list[str]:
-        out = [
-            r.uid
-            for r in pool
-            if (query is None or r.plan == "scan") and (before is None or (r.time, r.uid) < before)
-        ]
-        return out[:PAGE]
-
-    results = []
-    n_calls = WARMUP + REPEATS
-    for label, query, before in (
-        ("page 1 (100 newest)", None, None),
-        ("page N (100 before the median run)", None, cursor),
-        ("page 1 with Key('plan_name') == 'scan'", EXTRA, None),
-        ("page N with Key('plan_name') == 'scan'", EXTRA, cursor),
-    ):
-        got_admin = store.search(query, limit=PAGE, before=before)
-        got_user = GuardedStore(store, scope).search(query, limit=PAGE, before=before)
-        assert [r.uid for r in got_admin] == expect(newest, query, before), (engine, label)
-        assert [r.uid for r in got_user] == expect(visible, query, before), (engine, label)
-
-        def admin(_: Any, q: Any = query, b: Any = before) -> Any:
-            return store.search(q, limit=PAGE, before=b)
-
-        def user(_: Any, q: Any = query, b: Any = before) -> Any:
-            return GuardedStore(store, scope).search(q, limit=PAGE, before=b)
-
-        admin_s, user_s = _pair(admin, user, list(range(n_calls)))
-        note = f"store.search against a fresh GuardedStore's; median of {REPEATS}, interleaved"
-        results.append(_result(engine, label, admin_s, user_s, note))
-        if before is None:
-            results.append(_database_share(engine, label, store, admin, user))
-
-    uids = [r.uid for r in random.Random(7).sample(visible, WARMUP + LOOKUPS)]
-    assert Catalog(GuardedStore(store, scope))[uids[0]].uid == uids[0]
-    hidden = next(r.uid for r in newest if not (r.proposal in mine or r.public))
-    try:
-        Catalog(GuardedStore(store, scope))[hidden]
-    except RunNotFoundError:
-        pass
-    else:
-        raise AssertionError(f"{engine}: the user can see run {hidden}, outside their scope")
-
-    def admin_get(uid: str) -> Any:
-        return Catalog(store)[uid]
-
-    def user_get(uid: str) -> Any:
-        return Catalog(GuardedStore(store, scope))[uid]
-
-    admin_s, user_s = _pair(admin_get, user_get, uids)
-    # What the guard's two statements (is it visible? then get_run) cost on their own.
-    floor = _pair(
-        lambda u: store.get_run(u),
-        lambda u: store.search(scope & (Key("uid") == u), limit=1),
-        uids,
+    callers = Callers(
+        lambda: store,
+        lambda: GuardedStore(store, scope),
+        "",
+        "the store against a fresh GuardedStore(store, scope) each call",
     )
-    note = (
-        f"Catalog(store)[uid] against Catalog(GuardedStore(store, scope))[uid], a fresh guard "
-        f"each; median over {LOOKUPS} distinct visible uids; the guard asks the database twice "
-        f"(its visibility search {floor[1] * 1e3:.2f} ms, then get_run {floor[0] * 1e3:.2f} ms)"
+    results = _figures(engine, callers, recs, database=store)
+    # The guard's two statements for cat[uid] (is it visible? then get_run), each alone.
+    uids = [r.uid for r in visible[:40]]
+    get_s, visible_s = _pair(
+        lambda u: store.get_run(u), lambda u: store.search(scope & (Key("uid") == u), limit=1), uids
     )
-    results.append(_result(engine, "cat[uid]", admin_s, user_s, note))
-    results.append(_time_ordered_bound(engine, store, sorted(mine)))
+    results[-1].note += (
+        f"; the guard asks the database twice: its visibility search {visible_s * 1e3:.2f} ms, "
+        f"then get_run {get_s * 1e3:.2f} ms (the admin's one call)"
+    )
+    results.append(_time_ordered_bound(engine, store, mine))
+    if HTTP:
+        results.extend(_over_http(engine, store._url, recs))
     return results
+
+
+def _over_http(engine: str, url: str, recs: list[Rec]) -> list[Result]:
+    """The same figures through a server with access control (uvicorn in a process of its
+    own, one worker): an admin's API key against the user's, both from the server's
+    identity directory (a scratch SQLite file), clients without a cache."""
+    from runbroker.auth.directory import Directory
+
+    with tempfile.TemporaryDirectory(prefix="runbroker-b12-") as tmp:
+        directory = Directory(f"sqlite:///{tmp}/auth.db")
+        directory.add_principal("root", admin=True)
+        directory.add_principal("user")
+        for proposal in user_proposals():
+            directory.add_member("user", "proposal", proposal)
+        keys = {name: directory.create_key(name, "read:metadata")[1] for name in ("root", "user")}
+        directory.close()
+        config = Path(tmp) / "access.yaml"
+        config.write_text(json.dumps({"directory": f"sqlite:///{tmp}/auth.db"}))  # YAML too
+        with Served(url, access=config) as server:
+            admin = runbroker.open(server.url, api_key=keys["root"], cache=False)
+            user = runbroker.open(server.url, api_key=keys["user"], cache=False)
+            callers = Callers(
+                lambda: admin.store,
+                lambda: user.store,
+                " over HTTP",
+                "an admin's API key against the user's, one server worker, no client cache",
+            )
+            try:
+                return _figures(engine, callers, recs)
+            finally:
+                admin.close()
+                user.close()
 
 
 def run() -> list[Result]:
