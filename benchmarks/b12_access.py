@@ -40,13 +40,11 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import event
 
 import runbroker
 from runbroker.auth.guard import GuardedStore
@@ -56,11 +54,12 @@ from runbroker.errors import RunNotFoundError
 from runbroker.queries import Key, Query
 from runbroker.store.schema import SCHEMA_VERSION
 from runbroker.testing.postgres import new_schema
+from runbroker.testing.statements import statements
 
 from . import b7_build
 from .b3_search import PLANS
 from .b7_postgres import postgres
-from .common import Result, median, new_run, print_result, section
+from .common import Result, median, paged_run, print_result, section
 from .service import Served
 
 N_RUNS = int(os.environ.get("RUNBROKER_BENCH_B12_RUNS", "100000"))
@@ -125,22 +124,7 @@ def _generate(n: int, seed: int = 12) -> Iterator[list[tuple[str, dict]]]:
             if rng.random() < PUBLIC / (1 - UNTAGGED):
                 md["public"] = True
         start_time = T0 + SPAN * (i + rng.random()) / n
-        run, desc = new_run(md, ("det",), time_=start_time)
-        times = [start_time + 0.1 * s for s in range(1, 6)]
-        page = desc.compose_event_page(
-            data={"det": [1.0, 2.0, 3.0, 4.0, 5.0]},
-            timestamps={"det": times},
-            seq_num=[1, 2, 3, 4, 5],
-            time=times,
-            validate=False,
-        )
-        stop = run.compose_stop(time=start_time + 1.0, validate=False)
-        yield [
-            ("start", run.start_doc),
-            ("descriptor", desc.descriptor_doc),
-            ("event_page", page),
-            ("stop", stop),
-        ]
+        yield paged_run(md, start_time, {"det": [1.0, 2.0, 3.0, 4.0, 5.0]})
 
 
 def _rec(start: dict) -> Rec:
@@ -252,27 +236,12 @@ def _result(engine: str, label: str, admin_s: float, user_s: float, note: str) -
     )
 
 
-@contextmanager
-def _statements(store: Any) -> Iterator[list[tuple[str, Any]]]:
-    """The SQL statements (with parameters) ``store`` runs inside the block."""
-    seen: list[tuple[str, Any]] = []
-
-    def grab(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
-        seen.append((sql, params))
-
-    event.listen(store._engine, "before_cursor_execute", grab)
-    try:
-        yield seen
-    finally:
-        event.remove(store._engine, "before_cursor_execute", grab)
-
-
 def _database_share(engine: str, label: str, store: Any, admin: Callable, user: Callable) -> Result:
     """The page's statement alone, run on a connection of the store's (no query building,
     no decoding): what the database itself spends on the user's page and on the admin's."""
     timed = {}
     for name, fn in (("admin", admin), ("user", user)):
-        with _statements(store) as seen:
+        with statements(store._engine) as seen:
             fn(None)
         timed[name] = seen[-1]  # the page's (a count of a test's runs comes first)
     with store._engine.connect() as conn:
@@ -298,11 +267,11 @@ def _database_share(engine: str, label: str, store: Any, admin: Callable, user: 
     )
 
 
-def _time_ordered_bound(engine: str, store: Any, mine: list[str]) -> Result:
+def _time_ordered_bound(engine: str, store: Any, mine: list[str], want: list[str]) -> Result:
     """What a schema change would give: the user's page ids from a table of access tags that
     also holds each run's (time, uid), indexed in that order (which the catalog does not
     have; built here as a temporary table), one index range per tag merged by time. Against
-    the admin's page ids from the time index, on one connection."""
+    the admin's page ids from the time index, on one connection. ``want``: the user's page."""
     tags = "('start.proposal_id', 'start.public')"
     order = " ORDER BY time DESC, uid DESC LIMIT 100"
     arm = "SELECT run_id, time, uid FROM acc WHERE key = '{}' AND typ = '{}' AND {}"
@@ -326,7 +295,7 @@ def _time_ordered_bound(engine: str, store: Any, mine: list[str]) -> Result:
                 f"CREATE INDEX acc_{column} ON acc (key, {column}, typ, time, uid, run_id)"
             )
         conn.exec_driver_sql("ANALYZE acc")
-        assert len(conn.exec_driver_sql(user_sql).all()) == PAGE
+        assert [r.uid for r in conn.exec_driver_sql(user_sql)] == want, engine
 
         def run(sql: str) -> None:
             conn.exec_driver_sql(sql).all()
@@ -457,7 +426,7 @@ def measure(engine: str, cat: runbroker.Catalog, recs: list[Rec]) -> list[Result
         f"; the guard asks the database twice: its visibility search {visible_s * 1e3:.2f} ms, "
         f"then get_run {get_s * 1e3:.2f} ms (the admin's one call)"
     )
-    results.append(_time_ordered_bound(engine, store, mine))
+    results.append(_time_ordered_bound(engine, store, mine, _expect(visible, None, None)))
     if HTTP:
         results.extend(_over_http(engine, store._url, recs))
     return results

@@ -14,17 +14,16 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from event_model import compose_run
-from sqlalchemy import Engine, event
 
 import runbroker
 from runbroker.auth.guard import GuardedStore
 from runbroker.auth.policy import scope_for
 from runbroker.queries import And, In, Key, Not, Or, PartialUID, Query
 from runbroker.testing.postgres import new_schema
+from runbroker.testing.statements import statements
 
 N_RUNS = 1500
 PROPOSALS = [f"p{i:03d}" for i in range(100)]
@@ -71,21 +70,6 @@ def tagged(request, tmp_path_factory) -> Iterator[tuple[runbroker.Catalog, list[
 
 def _matching(starts: list[dict], query: Query | None) -> list[str]:
     return [s["uid"] for s in starts if query is None or query.matches({"start": s, "stop": None})]
-
-
-@contextmanager
-def _statements() -> Iterator[list[tuple[str, object]]]:
-    """The SQL statements (with their parameters) any engine runs inside the block."""
-    seen: list[tuple[str, object]] = []
-
-    def grab(conn, cursor, statement, parameters, context, executemany) -> None:
-        seen.append((statement, parameters))
-
-    event.listen(Engine, "before_cursor_execute", grab)
-    try:
-        yield seen
-    finally:
-        event.remove(Engine, "before_cursor_execute", grab)
 
 
 def _plan(store, sql: str, params: object) -> str:
@@ -162,7 +146,7 @@ def test_the_scope_is_one_list_of_runs_the_search_starts_from(tagged):
     cat, _ = tagged
     store = cat.store
     GuardedStore(store, SCOPE).search(None, limit=100)  # the scope's size counted once
-    with _statements() as seen:
+    with statements() as seen:
         GuardedStore(store, SCOPE).search(None, limit=100)
     assert len(seen) == 1, seen  # remembered: no count this time
     plan = _plan(store, *seen[0])
@@ -182,7 +166,7 @@ def test_a_lookup_by_uid_asks_the_scope_of_that_run_alone(tagged):
     cat, starts = tagged
     store = cat.store
     uid = _matching(starts, SCOPE)[7]
-    with _statements() as seen:
+    with statements() as seen:
         assert [r.uid for r in store.search(And(SCOPE, Key("uid") == uid), limit=1)] == [uid]
     counts = [s for s, _ in seen if "count(" in s.lower()]
     assert not counts, counts  # one run: no need to know how many the scope holds
