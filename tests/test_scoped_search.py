@@ -43,6 +43,8 @@ def _starts() -> list[tuple[str, dict]]:
             md["public"] = True
         if i % 97 == 0:
             md["public"] = "yes"  # not the boolean true: not public
+        if i in (5, 6):
+            md["big"] = 2**53 + i - 5  # equal as floats, not as integers
         # Some start times repeat: (time, uid) orders them.
         docs.append(("start", compose_run(metadata=md, time=1e9 + i // 3).start_doc))
     return docs
@@ -111,12 +113,13 @@ def test_pages_within_a_scope_are_the_references(tagged, extra):
     [
         In("public", [True, "yes", None, 1.5]),
         In("scan_id", [3, 4.0, "5", False]),
+        In("big", [2**53 + 1, 0.5]),
         Or(Key("public") == "yes", In("proposal_id", MINE), Key("scan_id") > 1490),
         Or(In("proposal_id", []), Key("public") == True),  # noqa: E712 (a query)
         In("proposal_id", []),
         And(SCOPE, Not(SCOPE)),
     ],
-    ids=["mixed-values", "numbers", "or-of-three", "empty-in", "nothing", "contradiction"],
+    ids=["mixed-values", "numbers", "big-integers", "or-of-three", "empty-in", "nothing", "contradiction"],
 )
 def test_metadata_tests_joined_into_one_list_keep_their_meaning(tagged, query):
     cat, starts = tagged

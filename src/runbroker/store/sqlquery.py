@@ -85,15 +85,22 @@ def _any_rows(parts: list[Select], dialect: Dialect) -> ColumnElement[bool]:
 
 def _value_rows(key: str, values: Any, elem: bool) -> list[Select]:
     """Tests of the runs whose ``key`` equals one of ``values`` (``elem``: has it as a list
-    element): one per type of value, each an index range per value."""
-    by_type: dict[str, list[Any]] = {}
+    element): one per type of value, each an index range per value.
+
+    Example:
+        >>> [str(t.whereclause).count(" IN ") for t in _value_rows("x", ["a", "b", 1, 2.5], False)]
+        [1, 0, 0]
+    """
+    by_type: dict[tuple[str, type], list[Any]] = {}
     for value in values:
         typ, num, txt = scalar_row(value)  # type: ignore[misc]
         if typ in "nb" and num is None:  # NaN equals nothing
             continue
-        by_type.setdefault(typ, []).append(txt if typ == "s" else num)
+        # Integers and floats in lists of their own: PostgreSQL compares a list of both as
+        # floats, and 2**53 + 1 would equal 2**53.
+        by_type.setdefault((typ, type(num)), []).append(txt if typ == "s" else num)
     out = []
-    for typ, found in by_type.items():
+    for (typ, _), found in by_type.items():
         conds: list[Any] = [meta.c.elem.is_(elem), meta.c.typ == typ]
         column = "num" if typ in "nb" else "txt"
         if typ in "snb":
