@@ -21,6 +21,7 @@ BENCHMARKS = {
     "b9": "b9_remote_read",
     "b10": "b10_remote_search",
     "b11": "b11_remote_write",
+    "b12": "b12_access",
     "b13": "b13_export",
     "b14": "b14_pack",
     "b14f": "b14_folder",

@@ -34,7 +34,7 @@ import runbroker
 from runbroker.queries import Key, TimeRange
 from runbroker.store.schema import SCHEMA_VERSION
 
-from .common import Result, best, median, new_run, print_result, section, timed, timings
+from .common import Result, best, median, paged_run, print_result, section, timed, timings
 
 N_RUNS = int(os.environ.get("RUNBROKER_BENCH_B3_RUNS", "100000"))
 VERSION = f"v2-{N_RUNS}runs-schema{SCHEMA_VERSION}"
@@ -108,23 +108,9 @@ def _generate(n: int, seed: int = 42) -> Iterator[list[tuple[str, dict]]]:
             "motors": ["motor"],
         }
         start_time = T0 + SPAN * (i + rng.random()) / n
-        run, desc = new_run(md, ("det", "I0", "motor"), time_=start_time)
         seq = [1, 2, 3, 4, 5]
-        times = [start_time + 0.1 * s for s in seq]
-        page = desc.compose_event_page(
-            data={"det": [float(s) for s in seq], "I0": [1.0] * 5, "motor": [0.1 * s for s in seq]},
-            timestamps={k: times for k in ("det", "I0", "motor")},
-            seq_num=seq,
-            time=times,
-            validate=False,
-        )
-        stop = run.compose_stop(time=start_time + 1.0, validate=False)
-        yield [
-            ("start", run.start_doc),
-            ("descriptor", desc.descriptor_doc),
-            ("event_page", page),
-            ("stop", stop),
-        ]
+        data = {"det": [float(s) for s in seq], "I0": [1.0] * 5, "motor": [0.1 * s for s in seq]}
+        yield paged_run(md, start_time, data)
 
 
 def _cache_paths() -> tuple[Path, Path]:

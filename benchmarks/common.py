@@ -35,6 +35,7 @@ __all__ = [
     "machine",
     "median",
     "new_run",
+    "paged_run",
     "parallel_capacity",
     "print_result",
     "print_summary",
@@ -336,6 +337,35 @@ def new_run(
         validate=False,
     )
     return run, desc
+
+
+def paged_run(
+    metadata: dict, start_time: float, data: dict[str, list[float]]
+) -> list[tuple[str, dict]]:
+    """A whole small run: start, ``primary`` descriptor, one ``event_page`` holding ``data``
+    (its events 0.1 s apart from ``start_time``) and a stop 1 s after the start.
+
+    Example:
+        >>> [name for name, _ in paged_run({"plan_name": "count"}, 0.0, {"det": [1.0, 2.0]})]
+        ['start', 'descriptor', 'event_page', 'stop']
+    """
+    run, desc = new_run(metadata, tuple(data), time_=start_time)
+    seq = list(range(1, len(next(iter(data.values()))) + 1))
+    times = [start_time + 0.1 * s for s in seq]
+    page = desc.compose_event_page(
+        data=data,
+        timestamps={k: times for k in data},
+        seq_num=seq,
+        time=times,
+        validate=False,
+    )
+    stop = run.compose_stop(time=start_time + 1.0, validate=False)
+    return [
+        ("start", run.start_doc),
+        ("descriptor", desc.descriptor_doc),
+        ("event_page", page),
+        ("stop", stop),
+    ]
 
 
 def compose_events(desc: Any, n: int, fields: Sequence[str] = FIELDS, seed: int = 0) -> list[dict]:

@@ -34,7 +34,8 @@ def app() -> Any:
     profile = os.environ.get("RUNBROKER_BENCH_PROFILE")
     dump = _profile(Path(profile)) if profile else None
     cat = runbroker.open(os.environ["RUNBROKER_BENCH_DB"])
-    served = build_app(cat, Settings(api_key=API_KEY))
+    access = os.environ.get("RUNBROKER_BENCH_ACCESS")  # an access configuration file
+    served = build_app(cat, Settings(api_key=API_KEY, access=access))
     if dump is not None:
         # At shutdown, not atexit: uvicorn ends by raising the signal it caught again.
         served.router.on_shutdown.append(dump)
@@ -73,11 +74,15 @@ def _profile(folder: Path) -> Callable[[], None]:
 
 
 class Served:
-    """``with Served(db, workers=2) as server: runbroker.open(server.url, api_key=API_KEY)``."""
+    """``with Served(db, workers=2) as server: runbroker.open(server.url, api_key=API_KEY)``.
 
-    def __init__(self, db: Path, workers: int = 1) -> None:
-        self.db = Path(db)
+    ``db``: a catalog's path or URL; ``access``: an access configuration file, which turns
+    on access control (the server's own key still sees everything)."""
+
+    def __init__(self, db: Path | str, workers: int = 1, access: Path | None = None) -> None:
+        self.db = db
         self.workers = workers
+        self.access = access
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -86,6 +91,8 @@ class Served:
         src = str(Path(runbroker.__file__).resolve().parent.parent)
         path = os.pathsep.join([str(_ROOT), src, os.environ.get("PYTHONPATH", "")])
         env = dict(os.environ, RUNBROKER_BENCH_DB=str(self.db), PYTHONPATH=path)
+        if self.access is not None:
+            env["RUNBROKER_BENCH_ACCESS"] = str(self.access)
         args = [
             sys.executable, "-m", "uvicorn", "benchmarks.service:app", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),

@@ -14,11 +14,10 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from event_model import compose_run
-from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy import create_engine, inspect, select, text
 
 import runbroker
 from runbroker.queries import Contains, In, Key, KeyPresent, QueryError, ScanID, TimeRange
@@ -26,6 +25,7 @@ from runbroker.store.keyindex import index_name
 from runbroker.store.schema import runs
 from runbroker.store.sqlquery import compile_query
 from runbroker.testing.postgres import new_schema
+from runbroker.testing.statements import statements
 from runbroker.testing.stores import stores_except
 
 
@@ -93,33 +93,18 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@contextmanager
-def _statements() -> Iterator[list[tuple[str, object]]]:
-    """The SQL statements (with their parameters) any engine runs inside the block."""
-    seen: list[tuple[str, object]] = []
-
-    def grab(conn, cursor, statement, parameters, context, executemany) -> None:
-        seen.append((statement, parameters))
-
-    event.listen(Engine, "before_cursor_execute", grab)
-    try:
-        yield seen
-    finally:
-        event.remove(Engine, "before_cursor_execute", grab)
-
-
 def _plans(catalog, run) -> list[str]:
     """The plans of the metadata statements the store runs for ``run(catalog)``."""
     store = catalog.store
-    with _statements() as seen:
+    with statements() as seen:
         run(catalog)
-    statements = [(sql, params) for sql, params in seen if "FROM meta" in sql]
-    assert statements
+    found = [(sql, params) for sql, params in seen if "FROM meta" in sql]
+    assert found
     explain = "EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN "
     with store._engine.connect() as conn:
         return [
             "\n".join(str(row[-1]) for row in conn.exec_driver_sql(explain + sql, params))
-            for sql, params in statements
+            for sql, params in found
         ]
 
 
@@ -208,7 +193,7 @@ def test_postgresql_generic_plans_use_the_index(indexed_catalog):
     """A statement prepared once and run many times (psycopg prepares after five runs) gets
     a plan made without its parameter values: the key, inlined, still matches the index."""
     store = indexed_catalog.store
-    with _statements() as seen:
+    with statements() as seen:
         len(indexed_catalog.search(Key("sample") == "sample3"))
     sql, params = next((s, p) for s, p in seen if "FROM meta" in s)
     names = list(params)
@@ -230,7 +215,7 @@ def test_open_creates_missing_indexes_once(catalog):
     catalog.close()
     with runbroker.open(uri, indexes=["sample", "proposal_id"]) as cat:
         assert cat.store.indexed_keys() == ["proposal_id", "sample"]
-    with _statements() as seen:
+    with statements() as seen:
         again = runbroker.open(uri, indexes=["proposal_id", "sample"])
     assert not [sql for sql, _ in seen if "CREATE" in sql.upper()]
     assert again.store.create_index("sample") == []

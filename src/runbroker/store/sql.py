@@ -25,6 +25,7 @@ from typing import Any, Literal
 from event_model import unpack_datum_page
 from sqlalchemy import (
     Connection,
+    Select,
     and_,
     bindparam,
     cast,
@@ -67,6 +68,9 @@ __all__ = ["SQLStore", "SchemaVersionError"]
 # SQLStore._common_threshold) is "common": a search for the newest hits then walks runs by
 # time instead of collecting every hit first.
 _COMMON = 2000
+# How long, and for how many tests, SQLStore._is_common remembers its counts.
+_COMMON_SECONDS = 10.0
+_COMMON_REMEMBERED = 1000
 
 # Reads behind stream.read(): one statement per descriptor or page, run on the cursor.
 _DESCRIPTORS_OF_RUN = Prepared(
@@ -173,6 +177,8 @@ class SQLStore(SQLWriting):
         with self._engine.connect() as conn:
             self._indexed = frozenset(keyindex.recorded(conn))
         self._runs_estimated = (0, -1e9)  # (largest run id, when it was read)
+        # Whether a metadata test matched many runs, as last counted: (answer, when).
+        self._common_seen: dict[Any, tuple[bool, float]] = {}
         ref = weakref.ref(self)
         atexit.register(lambda: (s := ref()) is not None and s.close())
 
@@ -334,8 +340,7 @@ class SQLStore(SQLWriting):
             threshold = self._common_threshold(conn, wanted) if wanted is not None else 0
 
             def common(rows: Any) -> bool:
-                probe = select(func.count()).select_from(rows.limit(threshold).subquery())
-                return conn.execute(probe).scalar_one() >= threshold
+                return self._is_common(conn, rows, threshold)
 
             token = is_common.set(common if wanted is not None and wanted <= _COMMON else None)
             try:
@@ -378,6 +383,25 @@ class SQLStore(SQLWriting):
             estimate = conn.execute(select(func.max(runs.c.id))).scalar() or 0
             self._runs_estimated = (estimate, now)
         return max(_COMMON, int(math.sqrt(2 * self._runs_estimated[0] * wanted)))
+
+    def _is_common(self, conn: Connection, rows: Select, threshold: int) -> bool:
+        """Whether at least ``threshold`` runs pass the metadata test ``rows``: counted, and
+        remembered for some seconds, since a caller's scope (or a user's favourite query)
+        comes back with every page they ask for. The answer only picks between two forms of
+        one query (see sqlquery._any_rows): an old one costs speed, never results."""
+        cache_key = rows._generate_cache_key()
+        params = tuple(repr(b.effective_value) for b in cache_key.bindparams)
+        key = (cache_key.key, params, threshold)
+        now = time.monotonic()
+        seen = self._common_seen.get(key)
+        if seen is not None and now - seen[1] < _COMMON_SECONDS:
+            return seen[0]
+        probe = select(func.count()).select_from(rows.limit(threshold).subquery())
+        answer = conn.execute(probe).scalar_one() >= threshold
+        if len(self._common_seen) >= _COMMON_REMEMBERED:
+            self._common_seen.clear()
+        self._common_seen[key] = (answer, now)
+        return answer
 
     def count(self, query: Query | None) -> int:
         """How many runs match ``query``."""

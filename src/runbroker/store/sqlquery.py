@@ -12,7 +12,18 @@ from contextvars import ContextVar
 from functools import singledispatch
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, exists, false, not_, or_, select, true
+from sqlalchemy import (
+    Select,
+    and_,
+    bindparam,
+    exists,
+    false,
+    not_,
+    or_,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from .. import queries as q
@@ -27,22 +38,15 @@ _MAX_CHAR = "\U0010ffff"
 
 
 # Set while compiling a search that wants only its first hits: tells whether a metadata
-# test matches many runs (see _meta_exists).
+# test matches many runs (see _any_rows).
 is_common: ContextVar[Callable[[Select], bool] | None] = ContextVar("is_common", default=None)
 # Set while compiling for a catalog: the meta keys that have an index of their own there.
 indexed: ContextVar[frozenset[str]] = ContextVar("indexed", default=frozenset())
 
 
-def _meta_exists(
-    key: str, *conds: Any, dialect: Dialect = SQLITE, column: str = "txt"
-) -> ColumnElement[bool]:
-    """Runs having a metadata row at ``key`` that satisfies ``conds`` (on ``column``).
-
-    Two equivalent SQL forms, each fast in its own case: ``id IN (index range)`` reads the
-    matching runs straight from the index (rare values, and counting), while a correlated
-    EXISTS lets a newest-first search walk the time index and stop after its first hits
-    (values shared by many runs).
-    """
+def _meta_rows(key: str, *conds: Any, column: str = "txt") -> Select:
+    """The ids of the runs having a metadata row at ``key`` that satisfies ``conds`` (the
+    test is on ``column``, whose per-key index serves it when ``key`` has one)."""
     stored = meta_key(key)
     # The key goes into the SQL as a literal (escaped by SQLAlchemy): only then can the
     # planner match it to a per-key partial index -- a bound parameter matches none in a
@@ -55,25 +59,115 @@ def _meta_exists(
         # SQLite's planner ranks the covering (key, value) index as high as the key's own
         # index, which is smaller: name the latter (other databases ignore the hint).
         rows = rows.with_hint(meta, f"INDEXED BY {index_name(stored, column)}", "sqlite")
+    return rows
+
+
+def _any_rows(parts: list[Select], dialect: Dialect) -> ColumnElement[bool]:
+    """Runs whose id is among those of any of ``parts`` (metadata tests, see _meta_rows).
+
+    Two equivalent SQL forms, each fast in its own case: ``id IN (index ranges)`` reads the
+    matching runs straight from the indexes (rare values, and counting), while correlated
+    EXISTS tests let a newest-first search walk the time index and stop after its first
+    hits (values shared by many runs). Several tests go into one ``IN (... UNION ALL ...)``:
+    one list of ids, from which the planner drives the search (a caller's proposals and the
+    public runs: some hundreds of runs, rather than a walk over every run by time testing
+    each against a dozen lists).
+    """
+    if not parts:
+        return false()
     common = is_common.get()
-    if common is not None and common(rows):
-        return exists(dialect.probe(rows.where(meta.c.run_id == runs.c.id)))
-    return runs.c.id.in_(rows)
+    ids = parts[0] if len(parts) == 1 else union_all(*parts)
+    if common is not None and common(ids):
+        tests = (exists(dialect.probe(p.where(meta.c.run_id == runs.c.id))) for p in parts)
+        return or_(false(), *tests)
+    return runs.c.id.in_(ids)
 
 
-def _value_exists(key: str, value: Any, elem: bool, dialect: Dialect) -> ColumnElement[bool]:
-    """Runs whose ``key`` equals ``value`` (``elem``: has it as a list element)."""
-    typ, num, txt = scalar_row(value)  # type: ignore[misc]
-    conds: list[Any] = [meta.c.elem.is_(elem), meta.c.typ == typ]
-    if typ == "s":
-        conds.append(meta.c.txt == txt)
-    elif typ in "nb":
-        if num is None:  # NaN equals nothing
-            conds = [false()]
-        else:
-            conds.append(meta.c.num == num)
-    column = "num" if typ in "nb" else "txt"
-    return _meta_exists(key, *conds, dialect=dialect, column=column)
+def _value_rows(key: str, values: Any, elem: bool) -> list[Select]:
+    """Tests of the runs whose ``key`` equals one of ``values`` (``elem``: has it as a list
+    element): one per type of value, each an index range per value.
+
+    Example:
+        >>> [str(t.whereclause).count(" IN ") for t in _value_rows("x", ["a", "b", 1, 2.5], False)]
+        [1, 0, 0]
+    """
+    by_type: dict[tuple[str, type], list[Any]] = {}
+    for value in values:
+        typ, num, txt = scalar_row(value)  # type: ignore[misc]
+        if typ in "nb" and num is None:  # NaN equals nothing
+            continue
+        # Integers and floats in lists of their own: PostgreSQL compares a list of both as
+        # floats, and 2**53 + 1 would equal 2**53.
+        by_type.setdefault((typ, type(num)), []).append(txt if typ == "s" else num)
+    out = []
+    for (typ, _), found in by_type.items():
+        conds: list[Any] = [meta.c.elem.is_(elem), meta.c.typ == typ]
+        column = "num" if typ in "nb" else "txt"
+        if typ in "snb":
+            col = meta.c[column]
+            # One value as "=": a prepared statement keeps one shape for every value.
+            conds.append(col == found[0] if len(found) == 1 else col.in_(found))
+        out.append(_meta_rows(key, *conds, column=column))
+    return out
+
+
+def _is_uid(query: Any) -> bool:
+    """Whether ``query`` is ``Key("uid") == a str``: one run at most, found by its uid."""
+    return (
+        isinstance(query, q.Comparison)
+        and query.op == "eq"
+        and isinstance(query.value, str)
+        and meta_key(query.key) == "start.uid"
+    )
+
+
+@singledispatch
+def _rows(query: Any, dialect: Dialect) -> list[Select] | None:
+    """``query`` as metadata tests whose runs it matches (any of them), or None when it is
+    not a test of metadata rows."""
+    return None
+
+
+@_rows.register
+def _(query: q.Comparison, dialect: Dialect) -> list[Select] | None:
+    if query.op == "eq":
+        return None if _is_uid(query) else _value_rows(query.key, [query.value], False)
+    if query.op == "ne":
+        return None
+    typ, num, txt = scalar_row(query.value)  # type: ignore[misc]
+    if typ == "n":
+        column = meta.c.num
+        bound: Any = num
+    elif typ == "s":
+        column, bound = meta.c.txt, txt
+    else:  # ordering is only defined between numbers and between strings
+        return []
+    if bound is None:
+        return []
+    op = {"lt": column < bound, "le": column <= bound, "gt": column > bound, "ge": column >= bound}
+    conds = (meta.c.elem.is_(False), meta.c.typ == typ, op[query.op])
+    return [_meta_rows(query.key, *conds, column=column.name)]
+
+
+@_rows.register
+def _(query: q.In, dialect: Dialect) -> list[Select] | None:
+    return _value_rows(query.key, query.values, False)
+
+
+@_rows.register
+def _(query: q.Contains, dialect: Dialect) -> list[Select] | None:
+    return _value_rows(query.key, [query.value], True)
+
+
+@_rows.register
+def _(query: q.KeyPresent, dialect: Dialect) -> list[Select] | None:
+    return [_meta_rows(query.key, meta.c.elem.is_(False))]
+
+
+@_rows.register
+def _(query: q.Regex, dialect: Dialect) -> list[Select] | None:
+    match = dialect.regex(meta.c.txt, query.pattern, query.case_sensitive)
+    return [_meta_rows(query.key, meta.c.elem.is_(False), meta.c.typ == "s", match)]
 
 
 @singledispatch
@@ -92,38 +186,25 @@ def _(query: None, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     return true()
 
 
+def _metadata_test(query: Any, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
+    rows = _rows(query, dialect)
+    assert rows is not None, query
+    return _any_rows(rows, dialect)
+
+
+for _kind in (q.In, q.Contains, q.KeyPresent, q.Regex):
+    compile_query.register(_kind, _metadata_test)
+
+
 @compile_query.register
 def _(query: q.Comparison, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
-    if query.op == "eq":
-        return _value_exists(query.key, query.value, False, dialect)
+    if _is_uid(query):
+        # The uid column's unique index, not a metadata row: the same run (a run's uid is its
+        # start document's), found first by the planner in any combination.
+        return runs.c.uid == query.value
     if query.op == "ne":
-        return not_(_value_exists(query.key, query.value, False, dialect))
-    typ, num, txt = scalar_row(query.value)  # type: ignore[misc]
-    if typ == "n":
-        column = meta.c.num
-        bound: Any = num
-    elif typ == "s":
-        column, bound = meta.c.txt, txt
-    else:  # ordering is only defined between numbers and between strings
-        return false()
-    if bound is None:
-        return false()
-    op = {"lt": column < bound, "le": column <= bound, "gt": column > bound, "ge": column >= bound}
-    return _meta_exists(
-        query.key,
-        meta.c.elem.is_(False),
-        meta.c.typ == typ,
-        op[query.op],
-        dialect=dialect,
-        column=column.name,
-    )
-
-
-@compile_query.register
-def _(query: q.In, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
-    if not query.values:
-        return false()
-    return or_(*(compile_query(q.Key(query.key) == v, dialect) for v in query.values))
+        return not_(compile_query(q.Key(query.key) == query.value, dialect))
+    return _metadata_test(query, dialect)
 
 
 @compile_query.register
@@ -132,22 +213,15 @@ def _(query: q.NotIn, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
 
 
 @compile_query.register
-def _(query: q.Contains, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
-    return _value_exists(query.key, query.value, True, dialect)
-
-
-@compile_query.register
-def _(query: q.KeyPresent, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
-    return _meta_exists(query.key, meta.c.elem.is_(False), dialect=dialect)
-
-
-@compile_query.register
 def _(query: q.SubDocument, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     leaves = query.leaves()
     conds = [
-        _meta_exists(key, meta.c.elem.is_(False), meta.c.typ == "d", dialect=dialect)
-        if isinstance(value, dict)
-        else _value_exists(key, value, False, dialect)
+        _any_rows(
+            [_meta_rows(key, meta.c.elem.is_(False), meta.c.typ == "d")]
+            if isinstance(value, dict)
+            else _value_rows(key, [value], False),
+            dialect,
+        )
         for key, value in leaves
     ]
     # No field beyond those asked for, at any depth (list elements share their list's key).
@@ -158,14 +232,6 @@ def _(query: q.SubDocument, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
         meta.c.key.not_in([meta_key(key) for key, _ in leaves]),
     )
     return and_(*conds, ~exists(extra))
-
-
-@compile_query.register
-def _(query: q.Regex, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
-    match = dialect.regex(meta.c.txt, query.pattern, query.case_sensitive)
-    return _meta_exists(
-        query.key, meta.c.elem.is_(False), meta.c.typ == "s", match, dialect=dialect
-    )
 
 
 @compile_query.register
@@ -204,12 +270,35 @@ def _(query: q.PartialUID, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
 
 @compile_query.register
 def _(query: q.And, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
-    return and_(true(), *(compile_query(sub, dialect) for sub in query.queries))
+    if not any(_is_uid(sub) for sub in query.queries):
+        return and_(true(), *(compile_query(sub, dialect) for sub in query.queries))
+    # One run at most: the other tests are asked of it alone, each an index probe (neither
+    # a list of all their runs nor a count of them to choose between the two forms).
+    token = is_common.set(_always)
+    try:
+        return and_(true(), *(compile_query(sub, dialect) for sub in query.queries))
+    finally:
+        is_common.reset(token)
+
+
+def _always(rows: Select) -> bool:
+    return True
 
 
 @compile_query.register
 def _(query: q.Or, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
-    return or_(false(), *(compile_query(sub, dialect) for sub in query.queries))
+    # The metadata tests among the alternatives become one test (see _any_rows).
+    tests: list[Select] = []
+    others = []
+    for sub in query.queries:
+        rows = _rows(sub, dialect)
+        if rows is None:
+            others.append(compile_query(sub, dialect))
+        else:
+            tests.extend(rows)
+    if tests:
+        others.append(_any_rows(tests, dialect))
+    return or_(false(), *others)
 
 
 @compile_query.register
