@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "AccessDeniedError",
     "AmbiguousUIDError",
     "BadRunFile",
     "CatalogConfigError",
