@@ -224,7 +224,17 @@ class GuardedStore:
         return distinct_values(self.inner, key, self._within(query), limit)
 
     def get_run(self, uid: str) -> RunRecord | None:
-        return self.inner.get_run(uid) if self._visible(uid) else None
+        with self._lock:
+            known = uid in self._seen
+        if known:
+            return self.inner.get_run(uid)
+        # One statement: the search that says the run is visible also brings its record.
+        found = self.inner.search(self._within(Key("uid") == uid), limit=1)
+        if not found:
+            return None
+        with self._lock:
+            self._seen.add(uid)
+        return found[0]
 
     # -- one run: absent unless visible
 
