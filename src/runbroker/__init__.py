@@ -39,6 +39,7 @@ from .errors import (
     UnknownSchemeError,
     UnsafePathError,
 )
+from .federation import merge
 from .opening import open
 from .stream import Stream
 from .v1 import Broker
@@ -66,6 +67,7 @@ __all__ = [
     "catalog",
     "derived_from",
     "export",
+    "merge",
     "open",
     "register_handler",
     "register_reader",
