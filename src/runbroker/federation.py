@@ -291,6 +291,11 @@ class FederatedStore:
     def get_run(self, uid: str) -> RunRecord | None:
         found = [(i, r) for i, r in self._ask_all(lambda s: s.get_run(uid)) if r is not None]
         if not found:
+            with self._lock:
+                home = self._home.get(uid)
+            if home is not None and self.names[home] in self.unavailable:
+                # read from a source now down: its error, not "no such run"
+                return self.sources[home].get_run(uid)
             return None
         if len(found) > 1:
             self._report(uid, [i for i, _ in found])
