@@ -24,6 +24,7 @@ BENCHMARKS = {
     "b13": "b13_export",
     "b14": "b14_pack",
     "b14f": "b14_folder",
+    "b17": "b17_federated",
 }
 RESULTS = Path(__file__).with_name("results.json")
 
