@@ -26,6 +26,7 @@ BENCHMARKS = {
     "b14": "b14_pack",
     "b14f": "b14_folder",
     "b16": "b16_align",
+    "b17": "b17_federated",
 }
 RESULTS = Path(__file__).with_name("results.json")
 

@@ -119,7 +119,15 @@ def test_pages_within_a_scope_are_the_references(tagged, extra):
         In("proposal_id", []),
         And(SCOPE, Not(SCOPE)),
     ],
-    ids=["mixed-values", "numbers", "big-integers", "or-of-three", "empty-in", "nothing", "contradiction"],
+    ids=[
+        "mixed-values",
+        "numbers",
+        "big-integers",
+        "or-of-three",
+        "empty-in",
+        "nothing",
+        "contradiction",
+    ],
 )
 def test_metadata_tests_joined_into_one_list_keep_their_meaning(tagged, query):
     cat, starts = tagged

@@ -40,6 +40,7 @@ from .errors import (
     UnknownSchemeError,
     UnsafePathError,
 )
+from .federation import merge
 from .opening import open
 from .stream import Stream
 from .v1 import Broker
@@ -69,6 +70,7 @@ __all__ = [
     "concat",
     "derived_from",
     "export",
+    "merge",
     "open",
     "register_handler",
     "register_reader",

@@ -12,6 +12,8 @@ Each named catalog is a small YAML file::
       api_key: ...                     # or leave it out: $RUNBROKER_API_KEY
       timeout: 60                      # seconds
       cache: false                     # a folder, or false: keep no downloads
+    everywhere:
+      sources: [45id, beamline-server]  # other named catalogs, searched as one (merge)
 
 A file may define several catalogs. Files are looked for, first match of a name winning, in:
 
@@ -26,6 +28,10 @@ A relative ``uri`` or ``root_map`` target is taken from the folder of the file t
 so a catalog configuration can travel with its data. Files are read on every look-up, so a
 catalog added by another process is there at once. A broken file is reported (file and line)
 and skipped; the other catalogs still load.
+
+An entry with ``sources:`` (instead of ``uri``) names other catalogs of the configuration and
+opens as :func:`runbroker.merge` of them, in that order (the first wins for a run several
+hold); a name that leads back to itself is refused when it is opened.
 """
 
 from __future__ import annotations
@@ -89,6 +95,8 @@ class NamedCatalog:
     uri: str
     options: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
+    #: Names of the catalogs this one merges (``sources:``); ``uri`` then only describes it.
+    sources: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         # A password in the URL stays out of reprs (and so out of logs and tracebacks).
@@ -98,7 +106,11 @@ class NamedCatalog:
         )
 
     def open(self) -> Catalog:
-        """Open this catalog with its options."""
+        """Open this catalog with its options (a merge of its ``sources``, if it has some)."""
+        if self.sources:
+            from .opening import open_sources
+
+            return open_sources(self.name, NamedCatalogs().entries())
         from .opening import open as open_catalog
 
         return open_catalog(self.uri, **self.options)
@@ -115,6 +127,11 @@ def resolve(text: str) -> tuple[str, dict[str, Any]]:
     """
     if "://" not in text and not Path(text).expanduser().exists():
         entry = NamedCatalogs().entries().get(text)
+        if entry is not None and entry.sources:
+            raise CatalogConfigError(
+                f"catalog {text!r} merges {', '.join(entry.sources)} ({entry.source}): it opens "
+                f"in Python, runbroker.catalog[{text!r}], not as one URI; name one of its sources"
+            )
         if entry is not None:
             return entry.uri, dict(entry.options)
     return text, {}
@@ -186,13 +203,15 @@ def _entry(path: Path, name: str, entry: Any, line: int | None) -> NamedCatalog:
     where = f"{path}, line {line}" if line else str(path)
     if isinstance(entry, str):
         entry = {"uri": entry}
+    if isinstance(entry, Mapping) and "sources" in entry:
+        return _merging(where, path, name, entry)
     if not isinstance(entry, Mapping) or "uri" not in entry:
         raise CatalogConfigError(f"{where}: catalog {name!r} needs a 'uri'")
     unknown = sorted(set(entry) - OPTIONS - {"uri"})
     if unknown:
         raise CatalogConfigError(
             f"{where}: catalog {name!r} has unknown option(s) {', '.join(unknown)}; "
-            f"known: uri, {', '.join(sorted(OPTIONS))}"
+            f"known: uri (or sources), {', '.join(sorted(OPTIONS))}"
         )
     options = {k: v for k, v in entry.items() if k != "uri"}
     misplaced = sorted(set(options) & SERVER_OPTIONS)
@@ -206,6 +225,29 @@ def _entry(path: Path, name: str, entry: Any, line: int | None) -> NamedCatalog:
             old: _relative_to(path, str(new)) for old, new in dict(options["root_map"]).items()
         }
     return NamedCatalog(name, _relative_to(path, str(entry["uri"])), options, path)
+
+
+def _merging(where: str, path: Path, name: str, entry: Mapping[str, Any]) -> NamedCatalog:
+    """An entry with ``sources:``: the names of the catalogs it merges, and nothing else."""
+    others = sorted(set(entry) - {"sources"})
+    if others:
+        raise CatalogConfigError(
+            f"{where}: catalog {name!r} has sources, so it takes no {', '.join(others)}: "
+            "give those to the catalogs it merges"
+        )
+    sources = entry["sources"]
+    if (
+        not isinstance(sources, list)
+        or not sources
+        or not all(isinstance(s, str) and s for s in sources)
+    ):
+        raise CatalogConfigError(
+            f"{where}: catalog {name!r}: sources must be a list of catalog names, "
+            f"e.g. sources: [45id, archive]; got {sources!r}"
+        )
+    if len(set(sources)) != len(sources):
+        raise CatalogConfigError(f"{where}: catalog {name!r} names a source twice: {sources}")
+    return NamedCatalog(name, f"merge({', '.join(sources)})", {}, path, tuple(sources))
 
 
 def _relative_to(config: Path, target: str) -> str:

@@ -26,7 +26,7 @@ import re
 import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from .assets import Assets, Registry
 from .catalog import Catalog
 from .errors import (
+    CatalogConfigError,
     CatalogNotFoundError,
     CatalogUnavailableError,
     CorruptCatalogError,
@@ -52,6 +53,9 @@ from .store.runfile import is_run_file
 from .store.sql import SQLStore
 from .store.urls import driver_url, redact, scheme_of
 
+if TYPE_CHECKING:
+    from .config import NamedCatalog  # config opens catalogs through this module
+
 __all__ = [
     "SQLITE_SUFFIXES",
     "check_folder",
@@ -59,6 +63,7 @@ __all__ = [
     "integrity_check",
     "open",
     "open_path",
+    "open_sources",
     "open_sql",
     "translate",
 ]
@@ -483,6 +488,72 @@ def open_remote(url: str, **options: Any) -> Store:
             "missing): pip install 'runbroker[client]'"
         ) from None
     return open_http(url, **options)
+
+
+# -- a named catalog that merges others (``sources:`` in the catalogs configuration)
+
+
+def open_sources(
+    name: str, entries: Mapping[str, NamedCatalog], chain: tuple[str, ...] = ()
+) -> Catalog:
+    """The configured catalog ``name`` whose entry lists ``sources``: :func:`runbroker.merge`
+    of them, opened in that order (a source that merges others is opened the same way). A
+    name met again on the way is a cycle, refused naming it; a source that cannot be reached
+    is left out with a warning (all of them: the first error).
+
+    Example:
+        >>> from runbroker.config import NamedCatalog
+        >>> entries = {"a": NamedCatalog("a", "merge(b)", sources=("b",)),
+        ...            "b": NamedCatalog("b", "merge(a)", sources=("a",))}
+        >>> open_sources("a", entries)
+        Traceback (most recent call last):
+        ...
+        runbroker.errors.CatalogConfigError: catalog 'a': its sources lead back to 'a' (a -> b ->
+        a); a catalog cannot merge itself
+    """
+    import warnings
+
+    from .federation import FederationWarning, merge
+
+    chain = (*chain, name)
+    entry = entries[name]
+    opened: list[Catalog] = []
+    down: list[BaseException] = []
+    try:
+        for source in entry.sources:
+            if source in chain:
+                raise CatalogConfigError(
+                    f"catalog {chain[0]!r}: its sources lead back to {source!r} "
+                    f"({' -> '.join((*chain, source))}); a catalog cannot merge itself"
+                )
+            other = entries.get(source)
+            if other is None:
+                raise CatalogConfigError(
+                    f"catalog {name!r} ({entry.source}) merges {source!r}, which no catalog "
+                    f"configuration names (known: {', '.join(sorted(entries))})"
+                )
+            try:
+                opened.append(
+                    open_sources(source, entries, chain) if other.sources else other.open()
+                )
+            except OSError as err:  # unreachable: CatalogUnavailableError is one
+                down.append(err)
+                warnings.warn(
+                    FederationWarning(
+                        f"catalog {name!r}: its source {source!r} ({redact(other.uri)}) cannot "
+                        f"be opened and is left out ({type(err).__name__}: {err})"
+                    ),
+                    stacklevel=2,
+                )
+        if not opened:
+            raise down[0]
+    except BaseException:
+        for cat in opened:
+            cat.close()
+        raise
+    merged = merge(*opened)
+    merged.store.close_sources = True  # type: ignore[attr-defined]  # opened here, closed with it
+    return merged
 
 
 for _scheme, _opener in (
