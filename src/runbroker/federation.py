@@ -7,9 +7,11 @@ and reads are the catalog's own code over :class:`FederatedStore`.
 The rules, in order of the Store protocol (:mod:`runbroker.store.base`):
 
 - **Order.** One newest-first ``(time, uid)`` order across the sources. A search asks every
-  source (in parallel) for the first ``offset + limit`` runs after the ``before`` cursor and
-  merges the answers (``heapq.merge``), so a page of the merged catalog costs one query per
-  source, whatever the sources' sizes.
+  source (in parallel) for the first ``offset + limit`` runs after the ``before`` cursor --
+  only their ``(time, uid)`` where the source can list them alone (SQL catalogs) -- merges
+  the answers, and then fetches the documents of the runs kept from their sources: a page of
+  the merged catalog costs one or two queries per source, whatever the sources' sizes, and
+  decodes only the runs it shows.
 - **Duplicates.** A run (a uid) held by several sources is shown once: *the first source
   wins* (the order given to :func:`merge`), its copy is listed and read. Every other holder
   is reported: a :class:`FederationWarning` naming the uid and the sources, once per uid, and
@@ -42,7 +44,6 @@ Example:
 
 from __future__ import annotations
 
-import heapq
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -54,7 +55,7 @@ import numpy as np
 from .errors import ReadOnlyError
 from .filler import FieldEvents, Filler
 from .queries import And, In, Query
-from .store.base import Columns, PageInfo, RunRecord, Store, run_not_found
+from .store.base import Columns, PageInfo, RunRecord, SearchesKeys, Store, run_not_found
 from .store.urls import redact
 
 if TYPE_CHECKING:
@@ -241,31 +242,68 @@ class FederatedStore:
         # The first offset + limit runs of the union are among the first offset + limit of
         # each source: the runs ahead of one in its source are ahead of it in the union.
         window = None if limit is None else offset + limit
-        answers = self._ask_all(
-            lambda s: s.search(query, limit=window, before=before, oldest_first=oldest_first)
-        )
-        merged = self._merged(answers, oldest_first)
+
+        def page(source: Store) -> list[tuple[float, str, RunRecord | None]]:
+            # Keys alone where the source can: only the runs kept are decoded, afterwards.
+            if isinstance(source, SearchesKeys):
+                keys = source.search_keys(
+                    query, limit=window, before=before, oldest_first=oldest_first
+                )
+                return [(t, u, None) for t, u in keys]
+            found = source.search(query, limit=window, before=before, oldest_first=oldest_first)
+            return [(r.start["time"], r.uid, r) for r in found]
+
+        merged = self._merged(self._ask_all(page), oldest_first)
         end = None if limit is None else offset + limit
-        return merged[offset:end]
+        return self._records(merged[offset:end])
+
+    def _records(self, kept: list[tuple[str, int, RunRecord | None]]) -> list[RunRecord]:
+        """The records of the runs kept, fetched from their sources (in parallel) where the
+        page held only their keys."""
+        missing: dict[int, list[str]] = {}
+        for uid, i, record in kept:
+            if record is None:
+                missing.setdefault(i, []).append(uid)
+        fetched: dict[str, RunRecord] = {}
+        if missing:
+            futures = [
+                self._pool.submit(self.sources[i].get_runs, uids)  # type: ignore[attr-defined]
+                for i, uids in missing.items()
+            ]
+            for future in futures:
+                try:
+                    fetched.update((r.uid, r) for r in future.result())
+                except _DOWN:
+                    continue  # down since it answered the page: its runs are left out
+        out = []
+        for uid, _, record in kept:
+            record = record if record is not None else fetched.get(uid)
+            if record is not None:  # a run removed meanwhile is left out
+                out.append(record)
+        return out
 
     def _merged(
-        self, answers: list[tuple[int, list[RunRecord]]], oldest_first: bool
-    ) -> list[RunRecord]:
-        """The sources' runs in one order, each uid once: the copy of the first source."""
-        tagged = [[(r.start["time"], r.uid, i, r) for r in found] for i, found in answers]
-        # heapq.merge is stable: equal (time, uid) copies come in source order.
-        merged = list(heapq.merge(*tagged, key=lambda t: (t[0], t[1]), reverse=not oldest_first))
+        self,
+        answers: list[tuple[int, list[tuple[float, str, RunRecord | None]]]],
+        oldest_first: bool,
+    ) -> list[tuple[str, int, RunRecord | None]]:
+        """The sources' runs in one order, each uid once: the copy of the first source, as
+        ``(uid, source index, record or None)``."""
+        merged = [(t, u, i, r) for i, found in answers for t, u, r in found]
+        # Each source's page is sorted already (timsort merges such runs in linear time), and
+        # the sort is stable: equal (time, uid) copies stay in source order.
+        merged.sort(key=lambda e: (e[0], e[1]), reverse=not oldest_first)
         holders: dict[str, list[int]] = {}
         for _, uid, i, _ in merged:
             holders.setdefault(uid, []).append(i)
-        out: list[RunRecord] = []
+        out: list[tuple[str, int, RunRecord | None]] = []
         homes: dict[str, int] = {}
         for _, uid, i, record in merged:
-            first = min(holders[uid])
-            if i != first or uid in homes:
+            held = holders[uid]
+            if len(held) > 1 and (i != min(held) or uid in homes):
                 continue
             homes[uid] = i
-            out.append(record)
+            out.append((uid, i, record))
         for uid, held in holders.items():
             if len(held) > 1:
                 self._report(uid, held)

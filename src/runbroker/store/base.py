@@ -344,6 +344,30 @@ def distinct_values(
 
 
 @runtime_checkable
+class SearchesKeys(Protocol):
+    """A store that can list the ``(time, uid)`` of a search's runs without their documents,
+    so that a caller merging several stores' pages (a federation) decodes only the runs it
+    keeps."""
+
+    def search_keys(
+        self,
+        query: Query | None,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        before: tuple[float, str] | None = None,
+        oldest_first: bool = False,
+    ) -> list[tuple[float, str]]:
+        """``(start time, uid)`` of the runs ``search`` with the same arguments gives, in
+        the same order."""
+        ...
+
+    def get_runs(self, uids: list[str]) -> list[RunRecord]:
+        """The runs with these uids that it holds (in no particular order)."""
+        ...
+
+
+@runtime_checkable
 class Locates(Protocol):
     """A store that tells which run holds a stored descriptor, resource or stream_resource, so
     that a document naming one (an event, a datum) can be checked against its run before it

@@ -334,6 +334,65 @@ class SQLStore(SQLWriting):
         oldest_first: bool = False,
     ) -> list[RunRecord]:
         """Runs matching ``query``, newest first (or oldest first)."""
+        ids = self._ordered(query, offset, limit, before, oldest_first, runs.c.id)
+        stmt = (
+            select(runs.c.uid, runs.c.start, runs.c.stop)
+            .where(runs.c.id.in_(ids))
+            .order_by(*_order(oldest_first))
+        )
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            RunRecord(uid, _loads(start), _loads(stop) if stop else None)
+            for uid, start, stop in rows
+        ]
+
+    def search_keys(
+        self,
+        query: Query | None,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        before: tuple[float, str] | None = None,
+        oldest_first: bool = False,
+    ) -> list[tuple[float, str]]:
+        """``(time, uid)`` of the runs :meth:`search` gives, without their documents (see
+        :class:`~runbroker.store.base.SearchesKeys`).
+
+        Example:
+            >>> SQLStore("sqlite://").search_keys(None, limit=10)
+            []
+        """
+        stmt = self._ordered(query, offset, limit, before, oldest_first, runs.c.time, runs.c.uid)
+        with self._read() as conn:
+            return [(t, u) for t, u in conn.execute(stmt).all()]
+
+    def get_runs(self, uids: list[str]) -> list[RunRecord]:
+        """The runs with these uids (one statement; those not held are left out).
+
+        Example:
+            >>> SQLStore("sqlite://").get_runs(["no-such-run"])
+            []
+        """
+        self._flush_if_pending()
+        stmt = select(runs.c.uid, runs.c.start, runs.c.stop).where(runs.c.uid.in_(uids))
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            RunRecord(uid, _loads(start), _loads(stop) if stop else None)
+            for uid, start, stop in rows
+        ]
+
+    def _ordered(
+        self,
+        query: Query | None,
+        offset: int,
+        limit: int | None,
+        before: tuple[float, str] | None,
+        oldest_first: bool,
+        *columns: Any,
+    ) -> Select:
+        """``columns`` of the runs matching ``query``, in search order, cut to the page."""
         self._flush_if_pending()
         with self._read() as conn:
             wanted = None if limit is None else offset + limit
@@ -353,23 +412,8 @@ class SQLStore(SQLWriting):
         if before is not None:
             after = key > tuple_(*before) if oldest_first else key < tuple_(*before)
             where = and_(where, after)
-        order = (
-            (runs.c.time.asc(), runs.c.uid.asc())
-            if oldest_first
-            else (runs.c.time.desc(), runs.c.uid.desc())
-        )
-        ids = select(runs.c.id).where(where).order_by(*order).offset(offset)
-        if limit is not None:
-            ids = ids.limit(limit)
-        stmt = (
-            select(runs.c.uid, runs.c.start, runs.c.stop).where(runs.c.id.in_(ids)).order_by(*order)
-        )
-        with self._read() as conn:
-            rows = conn.execute(stmt).all()
-        return [
-            RunRecord(uid, _loads(start), _loads(stop) if stop else None)
-            for uid, start, stop in rows
-        ]
+        stmt = select(*columns).where(where).order_by(*_order(oldest_first)).offset(offset)
+        return stmt if limit is None else stmt.limit(limit)
 
     def _common_threshold(self, conn: Connection, wanted: int) -> int:
         """How many runs must share a value for a search of its newest ``wanted`` hits to
@@ -628,3 +672,9 @@ def _scalar_value(typ: str, num: Any, txt: str | None) -> Any:
     if typ == "z" or num is None:
         return None
     return int(num) if num == int(num) and not isinstance(num, float) else float(num)
+
+
+def _order(oldest_first: bool) -> tuple[Any, Any]:
+    if oldest_first:
+        return (runs.c.time.asc(), runs.c.uid.asc())
+    return (runs.c.time.desc(), runs.c.uid.desc())
