@@ -17,7 +17,7 @@ from ophyd.sim import det, motor
 from sqlalchemy import create_engine, inspect, text
 
 import runbroker
-from runbroker.queries import Key
+from runbroker.queries import In, Key
 from runbroker.store.migrations import downgrade, upgrade
 from runbroker.testing.stores import stores_except
 
@@ -49,7 +49,7 @@ def test_old_catalog_is_refused_upgraded_and_read_back(catalog, RE):
 
     done = _cli("db", "upgrade", uri)
     assert done.returncode == 0, done.stderr
-    assert "0003" in done.stdout
+    assert "0004" in done.stdout
     with engine.connect() as conn:
         stop_times = dict(conn.execute(text("SELECT uid, stop_time FROM runs")).all())
     engine.dispose()
@@ -76,8 +76,8 @@ def test_old_catalog_is_refused_upgraded_and_read_back(catalog, RE):
 def test_upgrading_a_current_catalog_changes_nothing(catalog):
     uri = catalog.store.uri
     catalog.close()
-    assert upgrade(uri) == "0003"
-    assert upgrade(uri) == "0003"
+    assert upgrade(uri) == "0004"
+    assert upgrade(uri) == "0004"
     assert len(runbroker.open(uri)) == 0
 
 
@@ -118,10 +118,42 @@ def test_meta_foreign_key_is_dropped_by_0003_and_restored_by_its_downgrade(catal
         cat.insert("start", run.start_doc)
         cat.insert("stop", run.compose_stop())
         assert [r.start["sample"] for r in cat.values()] == ["Cu", "Ni"]
-    assert upgrade(uri) == "0003"
+    assert upgrade(uri) == "0004"
     if postgres:
         assert meta_keys() == []
     with runbroker.open(uri) as cat:
         assert len(cat.search(Key("sample") == "Cu")) == 1
         assert cat[-1].stop["exit_status"] == "success"
     engine.dispose()
+
+
+@stores_except(
+    "folder", "http", reason="SQL schema migrations (alembic) of a catalog database file"
+)
+def test_0004_keeps_the_indexed_keys_in_time_order_from_then_on(catalog, RE):
+    """A catalog of revision 0003 (no tags table) works as before; upgraded, its indexed
+    keys' rows are copied into tags, new runs reach it through the trigger, and a page of a
+    scope read from it is the one the plain search gives."""
+    for proposal in ("p1", "p2", "p1"):
+        RE(count([det], 1), proposal_id=proposal)
+    catalog.store.create_index("proposal_id")
+    uri = catalog.store.uri
+    catalog.close()
+    assert downgrade(uri, "0003") == "0003"
+    with runbroker.open(uri) as cat:  # 0003: searches as before, writes without tags
+        cat.insert("start", compose_run(metadata={"proposal_id": "p1"}).start_doc)
+        cat.flush()
+        assert len(cat.search(Key("proposal_id") == "p1")) == 3
+    assert upgrade(uri) == "0004"
+    engine = create_engine(uri)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM tags")).scalar() == 4
+    engine.dispose()
+    with runbroker.open(uri) as cat:
+        cat.insert("start", compose_run(metadata={"proposal_id": "p1"}).start_doc)
+        cat.flush()
+        scope = In("proposal_id", ["p1"])
+        everything = [r.uid for r in cat.store.search(scope)]
+        assert len(everything) == 4
+        assert [r.uid for r in cat.store.search(scope, limit=2)] == everything[:2]
+        assert [r.uid for r in cat.store.search(scope, offset=1, limit=2)] == everything[1:3]

@@ -69,6 +69,8 @@ def build_app(
         description="Bluesky runs: search them, read their data, replay their documents.",
         redoc_url=None,  # /docs is the one page: the security policy allows its CDN only
     )
+    if access is not None:
+        _index_access_keys(catalog, access)
     app.state.service = Service(catalog, settings, access)
     for module in (protocol, resources, live, ops, accounts):
         app.include_router(module.router)
@@ -85,6 +87,25 @@ def build_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     return app
+
+
+def _index_access_keys(catalog: Catalog, access: AccessControl) -> None:
+    """Give the access keys (and ``public``) indexes of their own, kept in time order: a
+    caller's page of runs is then read value by value, newest first (``docs/access.md``).
+    Done once per catalog; a catalog opened read-only is served as it is."""
+    from ..store.base import Indexes
+
+    store = catalog.store
+    if not isinstance(store, Indexes):
+        return
+    keys = [*access.policy.keys.values(), "public"]
+    try:
+        made = store.create_index(*keys)
+    except PermissionError as err:  # read-only: searches work, only slower
+        log.warning("access keys not indexed: %s", err)
+        return
+    if made:
+        log.info("indexed the access keys %s", ", ".join(made))
 
 
 def app_from_env() -> FastAPI:

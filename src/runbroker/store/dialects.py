@@ -41,6 +41,7 @@ from .flatten import flatten, fulltext
 from .pgsql import PostgreSQL
 from .prepared import Prepared
 from .schema import meta, pages, runs
+from .tags import DDL as TAG_DDL
 
 if TYPE_CHECKING:
     from .sql import SQLStore
@@ -104,6 +105,7 @@ class SQLite:
     schema_ddl = (
         "CREATE VIRTUAL TABLE IF NOT EXISTS runs_fts USING fts5("
         "content, tokenize='unicode61 remove_diacritics 0')",
+        *TAG_DDL["sqlite"],
     )
 
     def engine(self, uri: str, writer: bool, store: SQLStore) -> Engine:

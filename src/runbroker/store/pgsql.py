@@ -30,6 +30,7 @@ from ..errors import MissingDependencyError
 from . import jsoncodec
 from .flatten import flatten, fulltext
 from .prepared import Prepared, session, sessions
+from .tags import DDL as TAG_DDL
 
 if TYPE_CHECKING:
     from .sql import SQLStore
@@ -62,6 +63,7 @@ class PostgreSQL:
         # Page blobs are numbers that do not compress: spare PostgreSQL from trying.
         "ALTER TABLE pages ALTER COLUMN data SET STORAGE EXTERNAL, "
         "ALTER COLUMN extra SET STORAGE EXTERNAL",
+        *TAG_DDL["postgresql"],
     )
 
     def engine(self, uri: str, writer: bool, store: SQLStore) -> Engine:

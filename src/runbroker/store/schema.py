@@ -156,3 +156,31 @@ meta = Table(
     Index("ix_meta_num", "key", "num", "typ", "elem", "run_id"),
     Index("ix_meta_run", "run_id"),
 )
+
+# Time-ordered postings of the metadata keys that have an index of their own (tag_keys; see
+# runbroker.store.tags): each of their meta rows again, with its run's time and uid, so that
+# the newest runs holding one value (a proposal) are read in order and a page stops after
+# its last run, however rare the value. Filled by a trigger on meta, whoever writes.
+tags = Table(
+    "tags",
+    metadata,
+    Column("run_id", Integer, nullable=False),
+    Column("key", String(512), nullable=False),
+    Column("elem", Boolean, nullable=False),
+    Column("typ", String(1), nullable=False),
+    Column("num", ExactNumber()),
+    Column("txt", OrderedText),
+    Column("time", Float, nullable=False),
+    Column(
+        "uid", String(128).with_variant(String(128, collation="C"), "postgresql"), nullable=False
+    ),
+    Index("ix_tags_txt", "key", "typ", "elem", "txt", "time", "uid", "run_id"),
+    Index("ix_tags_num", "key", "typ", "elem", "num", "time", "uid", "run_id"),
+    Index("ix_tags_run", "run_id"),
+)
+
+tag_keys = Table(
+    "tag_keys",
+    metadata,
+    Column("key", String(512), primary_key=True),
+)

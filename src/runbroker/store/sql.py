@@ -29,6 +29,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    false,
     func,
     insert,
     literal_column,
@@ -40,8 +41,8 @@ from sqlalchemy import (
 
 from ..columns import FILLED, TIME, TIMESTAMP, UID
 from ..errors import NotACatalogError, ReadOnlyError, SchemaVersionError
-from ..queries import Query
-from . import jsoncodec, keyindex, migrations
+from ..queries import And, Query
+from . import jsoncodec, keyindex, migrations, tags
 from . import pages as codec
 from .base import PageGone, PageInfo, RunRecord, run_not_found
 from .dialects import dialect_of
@@ -58,7 +59,7 @@ from .schema import (
     pages,
     runs,
 )
-from .sqlquery import compile_query, indexed, is_common
+from .sqlquery import compile_query, indexed, is_common, is_uid
 from .sqlwrite import RUN_ID, SQLWriting
 from .urls import redact
 
@@ -176,6 +177,7 @@ class SQLStore(SQLWriting):
         self._init_schema()
         with self._engine.connect() as conn:
             self._indexed = frozenset(keyindex.recorded(conn))
+            self._tagged = tags.tagged(conn)
         self._runs_estimated = (0, -1e9)  # (largest run id, when it was read)
         # Whether a metadata test matched many runs, as last counted: (answer, when).
         self._common_seen: dict[Any, tuple[bool, float]] = {}
@@ -270,10 +272,11 @@ class SQLStore(SQLWriting):
             >>> store.indexed_keys()
             ['proposal_id', 'sample']
         """
-        missing = sorted({keyindex.meta_key(k) for k in keys} - self._indexed)
-        if not missing:
+        wanted = {keyindex.meta_key(k) for k in keys}
+        missing = sorted(wanted - self._indexed)
+        if not missing and (self.readonly or wanted <= self._tagged):
             return []
-        if self.readonly:
+        if missing and self.readonly:
             names = " ".join(repr(keyindex.user_key(k)) for k in missing)
             raise ReadOnlyError(
                 f"{self.uri} is opened read-only and has no index on {names}; create it with:  "
@@ -284,7 +287,11 @@ class SQLStore(SQLWriting):
             conn = self._conn()
             try:
                 self._db.lock(conn, 7250105)  # see keyindex.create
-                now = keyindex.create(conn, missing)
+                now = keyindex.create(conn, missing) if missing else sorted(self._indexed)
+                # Indexed keys are kept in time order too (an index made before the tags
+                # table existed gets its rows now).
+                tags.enable(conn, wanted)
+                tagged = tags.tagged(conn)
                 conn.commit()
             except BaseException:
                 if conn.in_transaction():
@@ -293,6 +300,7 @@ class SQLStore(SQLWriting):
             finally:
                 self._dirty_since = None
             self._indexed = frozenset(now)
+            self._tagged = tagged
         return sorted(keyindex.user_key(k) for k in missing)
 
     def _compile(self, query: Query | None) -> Any:
@@ -394,6 +402,10 @@ class SQLStore(SQLWriting):
     ) -> Select:
         """``columns`` of the runs matching ``query``, in search order, cut to the page."""
         self._flush_if_pending()
+        if limit is not None and self._tagged and query is not None:
+            paged = self._tagged_page(query, offset, limit, before, oldest_first)
+            if paged is not None:
+                return select(*columns).where(runs.c.id.in_(paged)).order_by(*_order(oldest_first))
         with self._read() as conn:
             wanted = None if limit is None else offset + limit
             threshold = self._common_threshold(conn, wanted) if wanted is not None else 0
@@ -414,6 +426,40 @@ class SQLStore(SQLWriting):
             where = and_(where, after)
         stmt = select(*columns).where(where).order_by(*_order(oldest_first)).offset(offset)
         return stmt if limit is None else stmt.limit(limit)
+
+    def _tagged_page(
+        self,
+        query: Query,
+        offset: int,
+        limit: int,
+        before: tuple[float, str] | None,
+        oldest_first: bool,
+    ) -> Select | None:
+        """The ids of the page's runs read from ``tags`` (see :mod:`runbroker.store.tags`)
+        when ``query`` requires one of a few values of a key kept there -- a caller's scope
+        -- else None. The rest of the query is tested run by run as each value's runs are
+        read newest first."""
+        parts = _conjuncts(query)
+        if any(is_uid(p) for p in parts):
+            return None  # one run, found by its uid's own index
+        found = ((i, tags.taggable(p, self._tagged)) for i, p in enumerate(parts))
+        i, tests = next(((i, t) for i, t in found if t is not None), (-1, None))
+        if tests is None:
+            return None
+        if not tests:  # In(key, []): nothing
+            return select(runs.c.id).where(false())
+        others = parts[:i] + parts[i + 1 :]
+        rest = None
+        if others:
+            # Each test a correlated probe of this run's rows: no list of every match.
+            token = is_common.set(lambda rows: True)
+            try:
+                rest = self._compile(others[0] if len(others) == 1 else And(*others))
+            finally:
+                is_common.reset(token)
+        merged, run_id, time_, uid = tags.page(tests, rest, offset + limit, before, oldest_first)
+        order = (time_.asc(), uid.asc()) if oldest_first else (time_.desc(), uid.desc())
+        return select(run_id).select_from(merged).order_by(*order).offset(offset).limit(limit)
 
     def _common_threshold(self, conn: Connection, wanted: int) -> int:
         """How many runs must share a value for a search of its newest ``wanted`` hits to
@@ -678,3 +724,10 @@ def _order(oldest_first: bool) -> tuple[Any, Any]:
     if oldest_first:
         return (runs.c.time.asc(), runs.c.uid.asc())
     return (runs.c.time.desc(), runs.c.uid.desc())
+
+
+def _conjuncts(query: Query) -> list[Query]:
+    """The parts of an ``And`` (of nested ones too), or the query itself."""
+    if isinstance(query, And):
+        return [part for sub in query.queries for part in _conjuncts(sub)]
+    return [query]

@@ -32,7 +32,7 @@ from .flatten import scalar_row
 from .keyindex import index_name, meta_key
 from .schema import meta, runs
 
-__all__ = ["compile_query", "indexed", "is_common"]
+__all__ = ["compile_query", "indexed", "is_common", "is_uid"]
 
 _MAX_CHAR = "\U0010ffff"
 
@@ -111,7 +111,7 @@ def _value_rows(key: str, values: Any, elem: bool) -> list[Select]:
     return out
 
 
-def _is_uid(query: Any) -> bool:
+def is_uid(query: Any) -> bool:
     """Whether ``query`` is ``Key("uid") == a str``: one run at most, found by its uid."""
     return (
         isinstance(query, q.Comparison)
@@ -131,7 +131,7 @@ def _rows(query: Any, dialect: Dialect) -> list[Select] | None:
 @_rows.register
 def _(query: q.Comparison, dialect: Dialect) -> list[Select] | None:
     if query.op == "eq":
-        return None if _is_uid(query) else _value_rows(query.key, [query.value], False)
+        return None if is_uid(query) else _value_rows(query.key, [query.value], False)
     if query.op == "ne":
         return None
     typ, num, txt = scalar_row(query.value)  # type: ignore[misc]
@@ -198,7 +198,7 @@ for _kind in (q.In, q.Contains, q.KeyPresent, q.Regex):
 
 @compile_query.register
 def _(query: q.Comparison, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
-    if _is_uid(query):
+    if is_uid(query):
         # The uid column's unique index, not a metadata row: the same run (a run's uid is its
         # start document's), found first by the planner in any combination.
         return runs.c.uid == query.value
@@ -270,7 +270,7 @@ def _(query: q.PartialUID, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
 
 @compile_query.register
 def _(query: q.And, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
-    if not any(_is_uid(sub) for sub in query.queries):
+    if not any(is_uid(sub) for sub in query.queries):
         return and_(true(), *(compile_query(sub, dialect) for sub in query.queries))
     # One run at most: the other tests are asked of it alone, each an index probe (neither
     # a list of all their runs nor a count of them to choose between the two forms).
