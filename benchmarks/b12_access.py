@@ -52,6 +52,7 @@ from runbroker.auth.policy import ACCESS_KEYS, scope_for
 from runbroker.catalog import Catalog
 from runbroker.errors import RunNotFoundError
 from runbroker.queries import Key, Query
+from runbroker.store import migrations
 from runbroker.store.schema import SCHEMA_VERSION
 from runbroker.testing.postgres import new_schema
 from runbroker.testing.statements import statements
@@ -188,6 +189,8 @@ def _postgres_catalog(url: str) -> list[Rec]:
 
 
 def _with_indexes(cat: runbroker.Catalog, engine: str) -> None:
+    # A catalog cached by an older runbroker lacks the tags table (migration 0004): add it.
+    migrations.upgrade(cat.store.uri)
     made = cat.store.create_index(*INDEXED)
     state = f"created now: {made}" if made else "already there"
     print(f"  {engine}: indexes of their own on {list(INDEXED)}: {state}", flush=True)

@@ -434,7 +434,7 @@ class SQLStore(SQLWriting):
         limit: int,
         before: tuple[float, str] | None,
         oldest_first: bool,
-    ) -> Select | None:
+    ) -> Any:
         """The ids of the page's runs read from ``tags`` (see :mod:`runbroker.store.tags`)
         when ``query`` requires one of a few values of a key kept there -- a caller's scope
         -- else None. The rest of the query is tested run by run as each value's runs are
@@ -449,6 +449,8 @@ class SQLStore(SQLWriting):
         if not tests:  # In(key, []): nothing
             return select(runs.c.id).where(false())
         others = parts[:i] + parts[i + 1 :]
+        if not others:
+            return tags.scope_page(tests, offset, limit, before, oldest_first)
         rest = None
         if others:
             # Each test a correlated probe of this run's rows: no list of every match.
