@@ -383,9 +383,8 @@ class SQLStore(SQLWriting):
             []
         """
         self._flush_if_pending()
-        stmt = select(runs.c.uid, runs.c.start, runs.c.stop).where(runs.c.uid.in_(uids))
         with self._read() as conn:
-            rows = conn.execute(stmt).all()
+            rows = conn.execute(_RUNS_BY_UID, {"uids": list(uids)}).all()
         return [
             RunRecord(uid, _loads(start), _loads(stop) if stop else None)
             for uid, start, stop in rows
@@ -733,3 +732,9 @@ def _conjuncts(query: Query) -> list[Query]:
     if isinstance(query, And):
         return [part for sub in query.queries for part in _conjuncts(sub)]
     return [query]
+
+
+# One statement for any number of uids (built once: SQLAlchemy caches its compiled form).
+_RUNS_BY_UID = select(runs.c.uid, runs.c.start, runs.c.stop).where(
+    runs.c.uid.in_(bindparam("uids", expanding=True))
+)
