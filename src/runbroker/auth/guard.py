@@ -9,9 +9,10 @@ catalog over it fills with a local filler that asks the guard for the run's asse
 and following a run polls the guard's page list. A catalog over it (``Catalog(GuardedStore(store,
 scope))``), and a server route reaching runs through it, cannot see past the scope.
 
-That a run is visible is asked of the database once per run and remembered for the life of the
-guard (a guard is made per request, or per principal's session): the first per-run call costs
-one indexed lookup, the others nothing.
+That a run is visible is decided once per run and remembered for the life of the guard (a
+guard is made per request, or per principal's session): the run is fetched by its uid and
+tested against the scope in Python (``Query.matches``), so a lookup costs what it costs
+without a scope.
 
 Writing goes through the guard only with :class:`WriteRules` (the access policy's for one
 principal, :meth:`runbroker.auth.AccessPolicy.rules`): a start document is checked (and
@@ -107,12 +108,24 @@ class GuardedStore:
         with self._lock:
             if run_uid in known:
                 return True
-        if scope is not None and not self.inner.search(And(scope, Key("uid") == run_uid), limit=1):
+        return self._admits(self.inner.get_run(run_uid), scope, known)
+
+    def _admits(self, record: RunRecord | None, scope: Query | None, known: set[str]) -> bool:
+        """Whether ``record`` (a run, or None) is within ``scope``; remembered if so. The
+        run is tested in Python (``Query.matches``, the reference the SQL compiler is tested
+        against): a lookup costs the one statement that fetched the run, as without a
+        scope."""
+        if record is None:
             return False
-        if scope is None and self.inner.get_run(run_uid) is None:
-            return False
+        if scope is not None:
+            try:
+                inside = scope.matches({"start": record.start, "stop": record.stop})
+            except NotImplementedError:  # a query only the database evaluates
+                inside = bool(self.inner.search(And(scope, Key("uid") == record.uid), limit=1))
+            if not inside:
+                return False
         with self._lock:
-            known.add(run_uid)
+            known.add(record.uid)
         return True
 
     def _visible(self, run_uid: str) -> bool:
@@ -224,17 +237,12 @@ class GuardedStore:
         return distinct_values(self.inner, key, self._within(query), limit)
 
     def get_run(self, uid: str) -> RunRecord | None:
+        record = self.inner.get_run(uid)
         with self._lock:
             known = uid in self._seen
-        if known:
-            return self.inner.get_run(uid)
-        # One statement: the search that says the run is visible also brings its record.
-        found = self.inner.search(self._within(Key("uid") == uid), limit=1)
-        if not found:
-            return None
-        with self._lock:
-            self._seen.add(uid)
-        return found[0]
+        if known or self._admits(record, self.scope, self._seen):
+            return record
+        return None
 
     # -- one run: absent unless visible
 
