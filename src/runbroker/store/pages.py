@@ -99,7 +99,7 @@ def encode(columns: Mapping[str, np.ndarray | list]) -> bytes:
             flat = col.reshape(-1)
             # Cheap tests first: most columns differ in their first or last value.
             key = (col.dtype.str, col.shape, flat[0].tobytes(), flat[-1].tobytes())
-            if key in seen and np.array_equal(seen[key][1], col):
+            if key in seen and (seen[key][1] is col or np.array_equal(seen[key][1], col)):
                 header[name] = ["same", col.dtype.str, list(col.shape), seen[key][0], 0]
                 continue
             seen[key] = (name, col)

@@ -50,6 +50,10 @@ _FLUSH_EVENTS = 100_000
 _FLUSH_BYTES = 64 * 2**20
 # A descriptor's pages are merged once this many small ones have piled up (slow live runs).
 _COMPACT_AFTER = 32
+# At a run's stop, only pages below this fraction of a full page are merged: the tiny pages
+# a slow live run leaves since the last compaction (at most _COMPACT_AFTER of them), so the
+# stop costs the same however large the run. Bigger pages cost a read little more than one.
+_TINY_AT_STOP = 128
 
 
 _START_OF = Prepared(select(runs.c.start).where(runs.c.uid == bindparam("uid")))
@@ -552,12 +556,13 @@ class SQLWriting:
         if not self._db.set_stop(conn, run_id, doc):  # a repeat, or another writer's
             row = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
             return _loads(row[0]) if row and row[0] is not None else None
-        # The run is complete: lay each stream it wrote out in as few pages as possible for
-        # reading, and forget what was kept in memory to write it.
+        # The run is complete: merge the tiny pages a slow live run leaves (never the run's
+        # big pages: rewriting them made the stop as slow as the whole run's ingest), and
+        # forget what was kept in memory to write it.
         for uid, state in list(self._states.items()):
             if state.run_id == run_id:
                 if state.pages_written > 1:
-                    self._compact(conn, state, below=state.max_events)
+                    self._compact(conn, state, below=max(2, state.max_events // _TINY_AT_STOP))
                 del self._states[uid]
         self._run_ids.pop(doc["run_start"], None)
         self._ords.pop(run_id, None)
