@@ -69,7 +69,7 @@ def test_the_secret_is_never_stored(directory: Directory, tmp_path: Path) -> Non
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("auth.db*"))
     assert raw  # the file (and any journal) was read
     for secret in secrets:
-        random_part = secret.rsplit("_", 1)[1]
+        random_part = secret.split("_", 2)[2]  # rbk_<id>_<random>: the id has no "_"
         assert secret.encode() not in raw and random_part.encode() not in raw
         assert keyfmt.parse_secret(secret).encode() in raw  # the id is stored: it is no secret
     # What is stored is the HMAC of a per-key salt: equal secrets would not collide.
