@@ -97,11 +97,10 @@ class GuardedStore:
         # a dask worker gets the inner store's reader under the same scope
         return (GuardedStore, (self.inner, self.scope))
 
-    def _within(self, query: Query | None, scope: Query | None = None) -> Query | None:
-        scope = self.scope if scope is None else scope
-        if scope is None:
+    def _within(self, query: Query | None) -> Query | None:
+        if self.scope is None:
             return query
-        return scope if query is None else And(scope, query)
+        return self.scope if query is None else And(self.scope, query)
 
     def _found(self, run_uid: str, scope: Query | None, known: set[str]) -> bool:
         # Only "found" is remembered: a run not there yet may be written any moment.
@@ -181,7 +180,10 @@ class GuardedStore:
         uid = doc.get("uid")
         if not isinstance(uid, str):
             return doc
-        if self.inner.get_run(uid) is not None and not self._found(uid, rules.scope, self._mine):
+        with self._lock:
+            mine = uid in self._mine
+        record = None if mine else self.inner.get_run(uid)
+        if record is not None and not self._admits(record, rules.scope, self._mine):
             raise AccessDeniedError(
                 f"start document {uid!r}: a run with this uid exists and is not one of "
                 "your groups' runs; a new run needs a new uid"

@@ -30,9 +30,13 @@ from fastapi import Request, Security, params
 from fastapi.routing import APIRoute
 from fastapi.security import SecurityScopes
 
+from ..auth.oidc import looks_like_jwt
+from ..auth.principal import ALL_SCOPES, ANONYMOUS, Principal
 from ..catalog import Catalog
 from ..errors import AccessDeniedError, NotAuthenticatedError
 from ..store.base import Store
+from .login import session_token
+from .security import counting_failures, download_grant
 from .settings import Settings
 
 __all__ = [
@@ -68,7 +72,7 @@ class Context:
     """One request's caller (a :class:`~runbroker.auth.Principal`), the catalog they see,
     and where the request came from (for the audit log)."""
 
-    principal: Any
+    principal: Principal
     catalog: Catalog
     service: Service
     client: str = ""
@@ -77,34 +81,15 @@ class Context:
     def store(self) -> Store:
         return self.catalog.store
 
-    @property
-    def caller(self) -> Any:
-        return self.principal
 
-
-def _principals() -> Any:
-    from ..auth import principal
-
-    return principal
-
-
-def _server_key_caller() -> Any:
-    p = _principals()
-    return p.Principal(
-        "server-key", kind="service", scopes=p.ALL_SCOPES, admin=True, via="server-key"
-    )
+#: The caller holding the server's own key (``runbroker serve --api-key``): an admin.
+SERVER_KEY = Principal(
+    "server-key", kind="service", scopes=ALL_SCOPES, admin=True, via="server-key"
+)
 
 
 def _client(request: Request) -> str:
     return request.client.host if request.client else ""
-
-
-def session_token(request: Request) -> str | None:
-    """The browser login's token, from its cookie (GET and HEAD only: see
-    :mod:`runbroker.server.login`)."""
-    from .login import session_token as from_cookie
-
-    return from_cookie(request)
 
 
 def _bearer(request: Request) -> str | None:
@@ -122,11 +107,9 @@ def _from_secret(service: Service, secret: str) -> Any:
     if settings.api_key is not None and hmac.compare_digest(
         secret.encode(), settings.api_key.encode()
     ):
-        return _server_key_caller()
+        return SERVER_KEY
     if access is None:
         raise NotAuthenticatedError("the API key given is not this server's")
-    from ..auth.oidc import looks_like_jwt
-
     if access.oidc is not None and looks_like_jwt(secret):
         return access.from_token(secret)
     return access.from_key(secret)
@@ -134,7 +117,7 @@ def _from_secret(service: Service, secret: str) -> Any:
 
 def _from_download_token(service: Service, grant: Any) -> Any:
     if service.access is None:
-        who = _server_key_caller()
+        who = SERVER_KEY
     else:
         who = service.access.named(grant.principal)
     # A link reads one file as its maker could when it asked: the groups it had then (a
@@ -148,8 +131,6 @@ def _from_download_token(service: Service, grant: Any) -> Any:
 
 
 def _authenticate(request: Request) -> Any:
-    from .security import counting_failures, download_grant
-
     service: Service = request.app.state.service
     secret = _bearer(request)
     if secret is None and request.method in ("GET", "HEAD"):
@@ -163,7 +144,7 @@ def _authenticate(request: Request) -> Any:
     if service.access is not None:
         return service.access.anonymous_caller()
     if service.settings.public:
-        return _principals().ANONYMOUS
+        return ANONYMOUS
     raise NotAuthenticatedError(
         "this server needs an API key: send 'Authorization: Bearer <key>', or open it with "
         "runbroker.open(URL, api_key=...) or $RUNBROKER_API_KEY"

@@ -450,14 +450,12 @@ class SQLStore(SQLWriting):
         others = parts[:i] + parts[i + 1 :]
         if not others:
             return tags.scope_page(tests, offset, limit, before, oldest_first)
-        rest = None
-        if others:
-            # Each test a correlated probe of this run's rows: no list of every match.
-            token = is_common.set(lambda rows: True)
-            try:
-                rest = self._compile(others[0] if len(others) == 1 else And(*others))
-            finally:
-                is_common.reset(token)
+        # Each test a correlated probe of this run's rows: no list of every match.
+        token = is_common.set(lambda rows: True)
+        try:
+            rest = self._compile(others[0] if len(others) == 1 else And(*others))
+        finally:
+            is_common.reset(token)
         merged, run_id, time_, uid = tags.page(tests, rest, offset + limit, before, oldest_first)
         order = (time_.asc(), uid.asc()) if oldest_first else (time_.desc(), uid.desc())
         return select(run_id).select_from(merged).order_by(*order).offset(offset).limit(limit)

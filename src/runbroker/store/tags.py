@@ -164,7 +164,7 @@ def taggable(query: q.Query, keys: frozenset[str]) -> list[Test] | None:
 
 def page(
     tests: list[Test],
-    rest: ColumnElement[bool] | None,
+    rest: ColumnElement[bool],
     wanted: int,
     before: tuple[float, str] | None,
     oldest_first: bool,
@@ -190,8 +190,7 @@ def page(
         key = tuple_(tags.c.time, tags.c.uid)
         if before is not None:
             conds.append(key > tuple_(*before) if oldest_first else key < tuple_(*before))
-        if rest is not None:
-            conds.append(exists(select(runs.c.id).where(runs.c.id == tags.c.run_id, rest)))
+        conds.append(exists(select(runs.c.id).where(runs.c.id == tags.c.run_id, rest)))
         order = (
             (tags.c.time.asc(), tags.c.uid.asc())
             if oldest_first
