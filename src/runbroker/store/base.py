@@ -94,7 +94,8 @@ does; for any other store the catalog reads the files through a local filler),
 other store is scanned by :func:`distinct_values`) and :class:`Follows` (a store that can
 wait for a run's new events where they are stored: the remote store waits on its server, one
 request per batch; for any other store :meth:`runbroker.stream.Stream.follow` polls
-:meth:`Store.pages`). Annotating runs will be a capability protocol of the same kind.
+:meth:`Store.pages`) and :class:`Annotates` (a store that keeps notes beside its runs:
+annotations, tags and corrections, :mod:`runbroker.notes`).
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ from ..errors import PageGone, RunNotFoundError
 from ..queries import Query
 
 __all__ = [
+    "Annotates",
     "Columns",
     "Distinct",
     "Follows",
@@ -141,11 +143,17 @@ def run_not_found(store: Any, run_uid: str) -> RunNotFoundError:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """A run's header: its uid, start document and stop document (``None`` while running)."""
+    """A run's header: its uid, start document and stop document (``None`` while running).
+
+    A corrected run (:func:`runbroker.notes.corrected`) has the corrected start in ``start``
+    and the start document as it was stored in ``original``; ``original`` is None for a run
+    never corrected.
+    """
 
     uid: str
     start: dict
     stop: dict | None
+    original: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -414,4 +422,31 @@ class Follows(Protocol):
         ``fields`` columns (all when None): at once when there are some or the run has
         stopped, else when some arrive, or empty after ``timeout`` seconds. Raises
         ``RunNotFoundError`` for an unknown run."""
+        ...
+
+
+@runtime_checkable
+class Annotates(Protocol):
+    """A store that keeps notes beside its runs (:mod:`runbroker.notes`): every revision of
+    every annotation, tag and correction, never by rewriting the run's documents.
+
+    The store keeps all notes; who may see one is decided by the caller
+    (:func:`runbroker.notes.visible`: the catalog for its user, the access guard for its
+    principal). Its searches answer the note queries (``Tag``, ``Annotation``) and see the
+    corrected start of a corrected run, as its reads do (:attr:`RunRecord.original`).
+    """
+
+    def notes(self, run_uid: str, history: bool = False) -> list[dict]:
+        """The newest revision of each of the run's notes, deleted ones included, oldest
+        note first (``history``: every revision, in the order stored). Raises
+        ``RunNotFoundError`` for an unknown run."""
+        ...
+
+    def add_notes(self, run_uid: str, notes: list[dict]) -> None:
+        """Store revisions of the run's notes, atomically, each checked by
+        :func:`runbroker.notes.check_note`. A revision must be numbered one above the note's
+        newest stored one (else :class:`~runbroker.errors.ConflictError`: someone else
+        edited it first); repeating a stored revision exactly is a no-op. Raises
+        ``RunNotFoundError`` for an unknown run and ``DocumentError`` for a note of another
+        run."""
         ...
