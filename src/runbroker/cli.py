@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import open as open_catalog
 from .catalog import Catalog, Run
 from .cli_auth import add_commands as add_auth_commands
+from .cli_notes import add_commands as add_note_commands
 from .cli_cache import add_commands as add_cache_commands
 from .cli_serve import add_serve
 from .errors import CatalogNotFoundError, NotACatalogError, NotFoundError
@@ -602,6 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cr.set_defaults(func=_catalogs_remove)
     add_cache_commands(sub)
     add_serve(sub)
+    add_note_commands(sub)
     add_auth_commands(sub)
     args = parser.parse_args(argv)
     # Every URL the command was given (a catalog, --into, a source and a destination): their

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import AccessDeniedError, UnknownParentError
+from ..notes import Viewer, bind, visible
 from ..queries import And, Key, Query
 from ..store.base import (
     Columns,
@@ -46,6 +47,7 @@ from ..store.base import (
     PageInfo,
     RunRecord,
     Store,
+    annotating,
     distinct_values,
     run_not_found,
 )
@@ -77,13 +79,32 @@ class WriteRules:
     start: Callable[[dict], dict]
 
 
-class GuardedStore:
-    """``inner`` as a caller whose runs are those matching ``scope`` sees it."""
+#: The reader of notes a guard made without one is: no name, no group (public notes only).
+NOBODY = Viewer("", frozenset())
 
-    def __init__(self, inner: Store, scope: Query | None, rules: WriteRules | None = None) -> None:
+
+class GuardedStore:
+    """``inner`` as a caller whose runs are those matching ``scope`` sees it.
+
+    ``viewer`` is who reads notes through it (:mod:`runbroker.notes`; by default nobody: public
+    notes only), and ``notes`` the rules its note writes are admitted by
+    (:class:`~runbroker.auth.noterules.NoteRules`; without them it writes none).
+    """
+
+    def __init__(
+        self,
+        inner: Store,
+        scope: Query | None,
+        rules: WriteRules | None = None,
+        *,
+        viewer: Viewer | None = None,
+        notes: Any = None,
+    ) -> None:
         self.inner = inner
         self.scope = scope
         self.rules = rules
+        self._viewer = viewer if viewer is not None else NOBODY
+        self.note_rules = notes
         self.uri = inner.uri
         self._seen: set[str] = set()
         self._mine: set[str] = set()  # runs found writable
@@ -95,9 +116,11 @@ class GuardedStore:
 
     def __reduce__(self) -> tuple:
         # a dask worker gets the inner store's reader under the same scope
-        return (GuardedStore, (self.inner, self.scope))
+        return (_reader, (self.inner, self.scope, self._viewer))
 
     def _within(self, query: Query | None) -> Query | None:
+        # Note queries answer for this guard's reader, whoever the query says it is.
+        query = bind(query, self._viewer) if query is not None else None
         if self.scope is None:
             return query
         return self.scope if query is None else And(self.scope, query)
@@ -275,3 +298,31 @@ class GuardedStore:
     def datums(self, run_uid: str, datum_ids: list[str]) -> dict[str, tuple[str, dict]]:
         self._check(run_uid)
         return self.inner.datums(run_uid, datum_ids)
+
+    # -- notes: the caller's view of them, and its writes admitted by the note rules
+
+    def viewer(self) -> Viewer:
+        """Who reads notes through this guard."""
+        return self._viewer
+
+    def notes(self, run_uid: str, history: bool = False) -> list[dict]:
+        self._check(run_uid)
+        found = annotating(self.inner).notes(run_uid, history)
+        return [n for n in found if visible(n, self._viewer)]
+
+    def add_notes(self, run_uid: str, notes: list[dict]) -> None:
+        if self.note_rules is None:
+            raise AccessDeniedError(
+                "this view of the catalog cannot annotate, tag or correct runs (its caller "
+                "lacks the write:annotations scope)"
+            )
+        record = self.get_run(run_uid)
+        if record is None:
+            raise run_not_found(self, run_uid)
+        store = annotating(self.inner)
+        admitted = self.note_rules.admit(record, store.notes(run_uid), list(notes))
+        store.add_notes(run_uid, admitted)
+
+
+def _reader(inner: Store, scope: Query | None, viewer: Viewer) -> GuardedStore:
+    return GuardedStore(inner, scope, viewer=viewer)

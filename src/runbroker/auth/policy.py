@@ -180,9 +180,16 @@ def _list(values: Iterable[str] | None) -> str:
 def restrict(catalog: Catalog, principal: Principal, policy: AccessPolicy | None = None) -> Catalog:
     """``catalog`` as ``principal`` sees it: only the runs of its groups (and public ones),
     the others absent; writes admitted by ``policy``'s rules (default :class:`AccessPolicy`).
-    An admin sees ``catalog`` itself."""
-    if principal.admin:
-        return catalog
+    An admin sees every run; its notes are its own, as everyone's (:mod:`runbroker.notes`)."""
+    from .noterules import NoteRules, viewer_for
+
     policy = policy if policy is not None else AccessPolicy()
-    guard = GuardedStore(catalog.store, policy.scope(principal), policy.rules(principal))
+    notes = NoteRules(principal, policy) if principal.holds("write:annotations") else None
+    guard = GuardedStore(
+        catalog.store,
+        policy.scope(principal),
+        policy.rules(principal),
+        viewer=viewer_for(principal),
+        notes=notes,
+    )
     return Catalog(guard, catalog.query, scope=catalog.scope, assets=catalog.assets)

@@ -40,6 +40,7 @@ import platformdirs
 
 from ..errors import PageGone, ServerUnreachableError
 from ..filler import FieldEvents, Filler, Fills
+from ..notes import Viewer
 from ..queries import Query
 from ..store.base import Columns, NewEvents, PageInfo, RunRecord, Store
 from .store import HTTPStore
@@ -250,6 +251,19 @@ class CachedStore:
         if isinstance(run, str):
             self.forget(run)
 
+    # -- notes: always the server's (they change at any time); a correction changes the run
+
+    def notes(self, run_uid: str, history: bool = False) -> list[dict]:
+        return self._online(lambda: self.inner.notes(run_uid, history))
+
+    def add_notes(self, run_uid: str, notes: list[dict]) -> None:
+        self._online(lambda: self.inner.add_notes(run_uid, notes))
+        if any(n.get("kind") == "correction" for n in notes):
+            self.forget(run_uid)
+
+    def viewer(self) -> Viewer:
+        return self._online(self.inner.viewer)
+
     def forget(self, run_uid: str) -> None:
         """Drop everything kept about the run (it changed, or its pages were laid out anew)."""
         with self._lock:
@@ -328,7 +342,9 @@ class CachedStore:
         return answer
 
     def _keep_records(self, records: list[RunRecord]) -> None:
-        finished = [r for r in records if r.stop is not None and r.uid not in self._finished]
+        # A record kept differs from the server's answer only when the run was corrected
+        # since: the answer replaces it.
+        finished = [r for r in records if r.stop is not None and self._finished.get(r.uid) != r]
         if not finished:
             return
         with self.cache.transact():

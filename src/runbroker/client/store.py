@@ -31,6 +31,7 @@ from .. import wire
 from ..documents import validate
 from ..errors import ReadOnlyError, RunNotFoundError
 from ..filler import FieldEvents, Filler
+from ..notes import Viewer
 from ..queries import Query
 from ..store.base import Columns, NewEvents, PageInfo, RunRecord, run_not_found
 from .transport import Transport
@@ -79,6 +80,7 @@ class HTTPStore:
         self._timer: threading.Timer | None = None
         # Descriptors (their data keys, the highest seq_num sent) and resources sent from here.
         self._known: dict[str, tuple[frozenset, int]] = {}
+        self._viewer: Viewer | None = None
 
     def __repr__(self) -> str:
         return f"HTTPStore({self.uri!r})"
@@ -298,6 +300,27 @@ class HTTPStore:
         got = self.transport.get(path, **params)
         return NewEvents(got["columns"], got["descriptors"], got["stopped"])
 
+    # -- notes (runbroker.store.base.Annotates): the server keeps them, and shows its caller
+    # the ones it may see
+
+    def notes(self, run_uid: str, history: bool = False) -> list[dict]:
+        with self._about(run_uid):
+            path = _run(run_uid) + "/notes"
+            return self.transport.get(path, history="true" if history else "false")
+
+    def add_notes(self, run_uid: str, notes: list[dict]) -> None:
+        self._refuse_if_readonly()
+        with self._about(run_uid):
+            self.transport.post(_run(run_uid) + "/notes", json=list(notes))
+
+    def viewer(self) -> Viewer:
+        """Who the server takes this client to be when it reads and writes notes (asked
+        once): the principal of its key, or this machine's user on a server of one key. The
+        server shows only the notes that reader may see, so no group limits them here."""
+        if self._viewer is None:
+            self._viewer = Viewer(str(self.transport.get("/auth/whoami")["viewer"]))
+        return self._viewer
+
     # -- filling on the server
 
     def filler(self) -> Filler:
@@ -309,7 +332,7 @@ def _wire(query: Query | None) -> dict | None:
 
 
 def _record(data: dict) -> RunRecord:
-    return RunRecord(data["uid"], data["start"], data["stop"])
+    return RunRecord(data["uid"], data["start"], data["stop"], data.get("original"))
 
 
 class RemoteFiller:

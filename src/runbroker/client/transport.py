@@ -11,6 +11,7 @@ after the retries is a :class:`~runbroker.errors.ServerUnreachableError` naming 
 
 from __future__ import annotations
 
+import getpass
 import random
 import time
 from collections.abc import Iterator
@@ -63,6 +64,8 @@ class Transport:
             "accept": wire.MSGPACK,
             "accept-encoding": "zstd, gzip" if compress else "identity",
             "user-agent": "runbroker-client",
+            # who this client's notes are by, on a server of one shared key (others ignore it)
+            "x-runbroker-user": getpass.getuser(),
         }
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"

@@ -98,6 +98,8 @@ def whoami(request: Request, ctx: Caller) -> Response:
             "admin": p.admin,
             "scopes": sorted(p.scopes),
             "groups": sorted([list(g) for g in p.groups]),
+            # who reads and writes notes: the principal, or a shared key's client's user
+            "viewer": ctx.viewer.name,
         },
     )
 

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..catalog import Catalog
 from ..errors import RequestError, RunbrokerError
-from . import accounts, live, ops, protocol, resources, security
+from . import accounts, live, notes, ops, protocol, resources, security
 from .compression import Compression
 from .context import Service
 from .encoding import reply
@@ -72,7 +72,7 @@ def build_app(
     if access is not None:
         _index_access_keys(catalog, access)
     app.state.service = Service(catalog, settings, access)
-    for module in (protocol, resources, live, ops, accounts):
+    for module in (protocol, notes, resources, live, ops, accounts):
         app.include_router(module.router)
     if access is not None and access.oidc is not None and access.oidc.config.client_id:
         from .login import login_router

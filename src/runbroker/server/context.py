@@ -30,10 +30,12 @@ from fastapi import Request, Security, params
 from fastapi.routing import APIRoute
 from fastapi.security import SecurityScopes
 
+from ..auth.noterules import viewer_for
 from ..auth.oidc import looks_like_jwt
 from ..auth.principal import ALL_SCOPES, ANONYMOUS, Principal
 from ..catalog import Catalog
 from ..errors import AccessDeniedError, NotAuthenticatedError
+from ..notes import Viewer
 from ..store.base import Store
 from .login import session_token
 from .security import counting_failures, download_grant
@@ -41,6 +43,8 @@ from .settings import Settings
 
 __all__ = [
     "CALLER",
+    "USER_HEADER",
+    "Annotator",
     "Caller",
     "Context",
     "Data",
@@ -54,6 +58,8 @@ __all__ = [
 
 #: Where the caller's name is left in the request's state, for the access log.
 CALLER = "runbroker_caller"
+#: The header naming the local user of a client that holds the server's own key.
+USER_HEADER = "x-runbroker-user"
 
 
 @dataclasses.dataclass
@@ -76,10 +82,23 @@ class Context:
     catalog: Catalog
     service: Service
     client: str = ""
+    #: The user a client of the server's own key says it is (``X-Runbroker-User``).
+    user: str = ""
 
     @property
     def store(self) -> Store:
         return self.catalog.store
+
+    @property
+    def viewer(self) -> Viewer:
+        """Who reads and writes notes (:mod:`runbroker.notes`) in this request: the
+        principal, with its groups (none for an admin, whom groups do not limit). The holder
+        of the server's own key is one identity shared by every client: it is taken to be the
+        user each client names in the ``X-Runbroker-User`` header, as on a shared local
+        catalog."""
+        if self.principal is SERVER_KEY:
+            return Viewer(self.user or SERVER_KEY.name)
+        return viewer_for(self.principal)
 
 
 #: The caller holding the server's own key (``runbroker serve --api-key``): an admin.
@@ -169,9 +188,11 @@ def context(request: Request, security_scopes: SecurityScopes) -> Context:
         )
     service: Service = request.app.state.service
     catalog = service.catalog
-    if service.access is not None and not principal.admin:
+    if service.access is not None and principal is not SERVER_KEY:
+        # admins too: the guard then limits nothing, but its notes are the admin's own
         catalog = service.access.catalog_for(catalog, principal)
-    return Context(principal, catalog, service, _client(request))
+    user = request.headers.get(USER_HEADER, "")[:256] if principal is SERVER_KEY else ""
+    return Context(principal, catalog, service, _client(request), user)
 
 
 def route_scopes(route: APIRoute) -> list[str] | None:
@@ -222,5 +243,7 @@ Metadata = Annotated[Context, Security(context, scopes=["read:metadata"])]
 Data = Annotated[Context, Security(context, scopes=["read:data"])]
 #: The same, for routes that write runs.
 Writer = Annotated[Context, Security(context, scopes=["write:runs"])]
+#: The same, for routes that annotate, tag and correct runs.
+Annotator = Annotated[Context, Security(context, scopes=["write:annotations"])]
 #: Any authenticated caller, whatever its scopes (``whoami``, one's own keys).
 Caller = Annotated[Context, Security(context, scopes=[])]

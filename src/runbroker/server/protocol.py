@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import RequestError, RunbrokerError, RunNotFoundError
 from ..filler import FieldEvents
+from ..notes import bind
 from ..queries import Query as RunQuery
 from ..store.base import PageInfo, RunRecord, distinct_values
 from .accounts import audit
@@ -39,12 +40,16 @@ _FILL_BYTES = 8 * 2**20
 
 
 def record(run: RunRecord, keys: list[str] | None = None) -> dict[str, Any]:
-    """A run record as sent: ``{"uid", "start", "stop"}``; ``keys`` keeps only those
-    top-level keys of the start document (and always ``uid`` and ``time``)."""
+    """A run record as sent: ``{"uid", "start", "stop"}`` and, for a corrected run, the start
+    as stored in ``original``; ``keys`` keeps only those top-level keys of the start document
+    (and always ``uid`` and ``time``)."""
     start = run.start
     if keys is not None:
         start = {k: start[k] for k in ("uid", "time", *keys) if k in start}
-    return {"uid": run.uid, "start": start, "stop": run.stop}
+    sent = {"uid": run.uid, "start": start, "stop": run.stop}
+    if run.original is not None and keys is None:
+        sent["original"] = run.original
+    return sent
 
 
 def _depth(value: Any) -> tuple[int, int]:
@@ -65,14 +70,15 @@ def _depth(value: Any) -> tuple[int, int]:
 
 def parse_query(ctx: Context, data: Any) -> RunQuery | None:
     """The query of a request (its JSON form), or None for all runs; a query nested deeper
-    than the server allows is refused before it is built."""
+    than the server allows is refused before it is built. Its note queries answer for the
+    caller (:attr:`Context.viewer`), whoever the query names."""
     if data is None:
         return None
     limit = ctx.service.settings.max_query_depth
     dicts, both = _depth(data)
     if dicts > limit or both > 3 * limit:
         raise RequestError(f"the query nests deeper than the {limit} levels this server takes")
-    return RunQuery.from_dict(data)
+    return bind(RunQuery.from_dict(data), ctx.viewer)
 
 
 class SearchBody(BaseModel):

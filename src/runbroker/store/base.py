@@ -121,6 +121,7 @@ __all__ = [
     "PageInfo",
     "RunRecord",
     "Store",
+    "annotating",
     "distinct_values",
     "indexing",
     "run_not_found",
@@ -450,3 +451,17 @@ class Annotates(Protocol):
         ``RunNotFoundError`` for an unknown run and ``DocumentError`` for a note of another
         run."""
         ...
+
+
+def annotating(store: object) -> Annotates:
+    """``store`` as an :class:`Annotates`, or a ``TypeError`` naming it when it keeps no notes.
+
+    Example:
+        >>> annotating(object())
+        Traceback (most recent call last):
+        ...
+        TypeError: <object object at ...> keeps no notes (annotations, tags, corrections)
+    """
+    if not isinstance(store, Annotates):
+        raise TypeError(f"{store!r} keeps no notes (annotations, tags, corrections)")
+    return store
