@@ -32,8 +32,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import open as open_catalog
 from .catalog import Catalog, Run
 from .cli_auth import add_commands as add_auth_commands
-from .cli_notes import add_commands as add_note_commands
 from .cli_cache import add_commands as add_cache_commands
+from .cli_notes import add_commands as add_note_commands
 from .cli_serve import add_serve
 from .errors import CatalogNotFoundError, NotACatalogError, NotFoundError
 from .mongoquery import is_query_form, parse_query
