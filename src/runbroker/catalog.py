@@ -15,6 +15,7 @@ analysis runs must not hide their raw parents).
 from __future__ import annotations
 
 import html
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
@@ -31,6 +32,7 @@ from .emptysearch import warn_if_unknown
 from .errors import AmbiguousUIDError, NoStreamError, RunNotFoundError
 from .filler import FieldEvents, Filler, Fills
 from .mongoquery import from_mongo
+from .notestream import NOTE, replay_notes, store_notes, without_notes
 from .queries import And, Key, PartialUID, Query, ScanID
 from .store.base import LeavesOut, RunRecord, Store, distinct_values
 from .stream import Stream
@@ -92,22 +94,29 @@ class Catalog:
 
     # -- writing
     def insert(self, name: str, doc: dict) -> None:
-        """Store one document; use as ``RE.subscribe(cat.insert)``.
+        """Store one document; use as ``RE.subscribe(cat.insert)``. A ``("note", revision)``
+        pair is stored as a note of its run (:mod:`runbroker.notestream`).
 
         Example:
             >>> token = RE.subscribe(cat.insert)
         """
-        self.store.insert(name, doc)
+        if name == NOTE:
+            self.ingest([(name, doc)])
+        else:
+            self.store.insert(name, doc)
 
     def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
-        """Store many ``(name, doc)`` pairs in one transaction (all or none).
+        """Store many ``(name, doc)`` pairs in one transaction (all or none). Notes among
+        them (``run.documents(notes=True)``) are stored after the documents, run by run.
 
         Example:
             >>> copy = runbroker.temp()
-            >>> copy.ingest(other_run.documents()) > 0
+            >>> copy.ingest(other_run.documents(notes=True)) > 0
             True
         """
-        return self.store.ingest(pairs)
+        notes: dict[str, list[dict]] = {}
+        n = self.store.ingest(without_notes(pairs, notes))
+        return n + store_notes(self.store, notes) if notes else n
 
     def save_derived(
         self,
@@ -557,9 +566,18 @@ class Run(Mapping[str, Stream]):
         return self["baseline"]
 
     def documents(
-        self, fill: bool | str = False, pages: bool = True, arrays: bool = False
+        self,
+        fill: bool | str = False,
+        pages: bool = True,
+        arrays: bool = False,
+        notes: bool = False,
     ) -> Iterator[tuple[str, dict]]:
         """Replay the run's documents in the order they were stored.
+
+        ``notes=True`` adds the run's notes you may see (annotations, tags, corrections,
+        every revision) at the end as ``("note", revision)`` pairs, which a catalog's
+        ``ingest`` stores as notes again (:mod:`runbroker.notestream`). The start document
+        is always the one stored; a correction is one of the notes.
 
         Events come as ``event_page`` and datums as ``datum_page`` documents unless
         ``pages=False``. Page columns are lists, or numpy arrays in their stored dtype with
@@ -576,7 +594,10 @@ class Run(Mapping[str, Stream]):
             True
         """
         # Checked now, not at the first document: a generator would report it late.
-        return self._replay(fill_flag(fill), pages, arrays)
+        replay = self._replay(fill_flag(fill), pages, arrays)
+        if notes:
+            return itertools.chain(replay, replay_notes(self.store, self.uid, self.catalog.viewer))
+        return replay
 
     def _replay(self, fill: bool, pages: bool, arrays: bool) -> Iterator[tuple[str, dict]]:
         descriptors: dict[str, dict] = {}

@@ -208,14 +208,15 @@ def copy_catalog(
 
 
 def _anchored(run: Run, base: str | None) -> Documents:
-    """The run's documents, relative roots made absolute from ``base`` (if given)."""
+    """The run's documents and notes, relative roots made absolute from ``base`` (if given)."""
     if base is None:
-        return run.documents
+        return lambda: run.documents(notes=True)
 
     def documents() -> Iterable[tuple[str, dict]]:
         from .assets.paths import anchored
 
-        return ((name, dict(anchored(name, doc, base))) for name, doc in run.documents())
+        pairs = run.documents(notes=True)
+        return ((name, dict(anchored(name, doc, base))) for name, doc in pairs)
 
     return documents
 

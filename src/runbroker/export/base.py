@@ -339,10 +339,12 @@ class Exporter:
         return "w" if self.overwrite else "x"
 
     def record(self) -> dict[str, Any]:
-        """What traces a file back to its run: uid, start, stop, descriptors, completeness."""
+        """What traces a file back to its run: uid, start, stop, descriptors, completeness,
+        and the run's notes as they stand (annotations, tags, corrections), if it has any."""
         from .._version import __version__
+        from ..notes import current
 
-        return {
+        record = {
             "uid": self.uid,
             "complete": self.stop_doc is not None,
             "start": self.start_doc,
@@ -350,6 +352,9 @@ class Exporter:
             "descriptors": list(self.descriptors.values()),
             "exported_by": f"runbroker {__version__} ({self.format})",
         }
+        if self.notes:
+            record["notes"] = current(self.notes)
+        return record
 
     def record_json(self, indent: bool = False) -> bytes:
         """``record()`` as JSON (numpy values become lists)."""

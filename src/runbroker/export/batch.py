@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..display import plural
 from ..errors import ExportError
 from ..naming import DEFAULT_TEMPLATE, render
+from ..notestream import replay_notes
 from .formats import check_options, exporter
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ def export_run(
     options.setdefault("assets", run.catalog.assets)
     exp = exporter(format, directory, **options)
     exp.live = False
+    exp.notes = [rev for _, rev in replay_notes(run.store, run.uid, run.catalog.viewer)]
     try:
         # Straight from the store: exporters fill detector data themselves, and formats that
         # never write event uids spare decoding them.

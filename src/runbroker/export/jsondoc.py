@@ -33,6 +33,7 @@ from ..docfiles import (
     read_jsonl,
     read_msgpack,
 )
+from ..notestream import NOTE
 from .base import Exporter, Page
 
 __all__ = [
@@ -119,6 +120,9 @@ class _DocumentStream(DescriptorsHeldBack, Exporter):
     def stop(self, doc: dict[str, Any]) -> None:
         self._release_all()
         self._write("stop", doc)
+        # after the run, as run.documents(notes=True) gives them: ingest stores them again
+        for note in self.notes:
+            self._write(NOTE, note)
 
     def finish(self, complete: bool) -> None:
         if self._file is None:

@@ -339,8 +339,8 @@ class NeXusExporter(H5Exporter):
         record = orjson.loads(self.record_json())
         complete = np.array(self.stop_doc is not None)
         contiguous(docs, "complete", (), complete.dtype, complete)
-        for key in ("start", "stop", "descriptors"):
-            if record[key] is not None:
+        for key in ("start", "stop", "descriptors", "notes"):
+            if record.get(key) is not None:
                 ds = text(docs, key, orjson.dumps(record[key]).decode())
                 set_attrs(ds, {"type": _JSON}, new=True)
 

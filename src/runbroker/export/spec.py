@@ -55,6 +55,27 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _note_lines(notes: list[dict[str, Any]]) -> list[str]:
+    """``#C`` lines for the run's notes as they stand (:mod:`runbroker.notes`).
+
+    Example:
+        >>> from runbroker.notes import new_note
+        >>> _note_lines([new_note("r1", "annotation", author="ada", text="burned", tags=["x"])])
+        ['#C note by ada: burned [tags: x]']
+    """
+    from ..notes import current
+
+    lines = []
+    for n in current(notes):
+        what = n["text"] if n["kind"] == "annotation" else n["kind"]
+        if n["kind"] == "correction":
+            fixed = ", ".join(f"{k} = {v!r}" for k, v in n["correction"]["start"].items())
+            what = f"correction {fixed} ({n['reason']})"
+        tags = f" [tags: {', '.join(n['tags'])}]" if n["tags"] else ""
+        lines.append(_one_line(f"#C note by {n['author']}: {what}{tags}"))
+    return lines
+
+
 def _md_value(value: Any) -> str:
     """Text as it is (SPEC and apstools habit); anything else, or multi-line text, as JSON."""
     if isinstance(value, str) and "\n" not in value and "\r" not in value:
@@ -294,6 +315,7 @@ class SpecExporter(Exporter):
                     + f"; {self._rows} points."
                 )
                 lines += _md_lines(stop.items(), prefix="stop.")
+                lines += _note_lines(self.notes)
             else:
                 lines.append(
                     f"#C {time.ctime()}.  INCOMPLETE: run {self.uid} sent no stop document; "
