@@ -16,17 +16,69 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .errors import DocumentError
 from .notes import Viewer, visible
 from .store.base import annotating
 
-__all__ = ["NOTE", "replay_notes", "store_notes", "without_notes"]
+__all__ = [
+    "NOTE",
+    "NOTES_SUFFIX",
+    "notes_file",
+    "notes_lines",
+    "read_notes",
+    "replay_notes",
+    "store_notes",
+    "without_notes",
+]
 
 #: The name of a note in a stream of ``(name, document)`` pairs.
 NOTE = "note"
+#: A run file's notes lie beside it in a file of this suffix (a folder catalog, a pack).
+NOTES_SUFFIX = ".notes.jsonl"
+
+
+def notes_file(run_file: str | os.PathLike[str]) -> Path:
+    """Where the notes of the run in ``run_file`` are kept: beside it, one revision per line.
+
+    Example:
+        >>> notes_file("runs/2024/scan_7.msgpack").name
+        'scan_7.msgpack.notes.jsonl'
+    """
+    path = Path(run_file)
+    return path.with_name(path.name + NOTES_SUFFIX)
+
+
+def notes_lines(revisions: Iterable[Mapping[str, Any]]) -> bytes:
+    """Revisions as JSON lines (what a notes file holds).
+
+    Example:
+        >>> notes_lines([{"id": "n1"}, {"id": "n2"}])
+        b'{"id":"n1"}\n{"id":"n2"}\n'
+    """
+    return b"".join(orjson.dumps(dict(rev)) + b"\n" for rev in revisions)
+
+
+def read_notes(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict]]:
+    """The ``("note", revision)`` pairs of a notes file; a line that is no JSON object is
+    an error naming the file and line."""
+    with open(path, "rb") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rev = orjson.loads(line)
+            except orjson.JSONDecodeError as err:
+                raise DocumentError(NOTE, None, None, f"{path}, line {i}: {err}") from None
+            if not isinstance(rev, dict):
+                raise DocumentError(NOTE, None, None, f"{path}, line {i}: not a JSON object")
+            yield NOTE, rev
 
 
 def without_notes(

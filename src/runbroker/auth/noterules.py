@@ -62,8 +62,7 @@ class NoteRules:
     def run_groups(self, run: RunRecord) -> list[str]:
         """The groups that tag ``run`` (``kind:value``), from its access keys."""
         kinds = {key: kind for kind, key in self.policy.keys.items()}
-        start = run.original if run.original is not None else run.start
-        return sorted(f"{kinds[k]}:{v}" for k, v in self.policy.tags(start).items())
+        return sorted(f"{kinds[k]}:{v}" for k, v in self.policy.tags(run.start).items())
 
     def admit(
         self, run: RunRecord, stored: list[dict], revisions: list[dict]
@@ -71,6 +70,12 @@ class NoteRules:
         """``revisions`` as this principal may store them on ``run`` (whose notes now are
         ``stored``: the newest revision of each), or an error naming the note and the rule."""
         me, viewer = self.principal, self.viewer
+        scope = self.policy.write_scope(me)
+        if scope is not None and not scope.matches({"start": run.start, "stop": run.stop}):
+            raise AccessDeniedError(
+                f"run {run.uid!r} is not one of your groups' runs: you may read its notes, "
+                "not add to them"
+            )
         newest: dict[str, Mapping[str, Any]] = {n["id"]: n for n in stored}
         out = []
         for sent in revisions:

@@ -17,9 +17,10 @@ See ``docs/pack.md``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -211,8 +212,14 @@ def _writing(folder: Path) -> Iterator[None]:
 
 
 def _documents(run: Any) -> Any:
-    # Straight from the store, columns as arrays: the writers encode arrays fastest.
-    return lambda: run.store.documents(run.uid, arrays=True)
+    # Straight from the store, columns as arrays: the writers encode arrays fastest. The
+    # run's notes follow (the writer keeps them in a file of their own).
+    from ..notestream import replay_notes
+
+    return lambda: itertools.chain(
+        run.store.documents(run.uid, arrays=True),
+        replay_notes(run.store, run.uid, run.catalog.viewer),
+    )
 
 
 def _write_config(folder: Path, manifest: Manifest, external: str) -> None:
@@ -442,7 +449,12 @@ def _ingest(
         if root is not None:
             _copy_tree(folder, manifest, root)
         runs = (
-            (uid, _relocating(read_documents(folder / entry["file"]), root, base))
+            (
+                uid,
+                _with_notes(
+                    _relocating(read_documents(folder / entry["file"]), root, base), folder, entry
+                ),
+            )
             for uid, entry in manifest.runs.items()
         )
         report = PackReport(
@@ -463,6 +475,15 @@ def _ingest(
     finally:
         dest.close()
     return report
+
+
+def _with_notes(documents: Any, folder: Path, entry: Mapping[str, Any]) -> Any:
+    """A packed run's documents, then its notes (from their own file, when it has one)."""
+    if not entry.get("notes"):
+        return documents
+    from ..notestream import read_notes
+
+    return lambda: itertools.chain(documents(), read_notes(folder / entry["notes"]))
 
 
 def _open_destination(uri: str, options: dict[str, Any] | None) -> Catalog:

@@ -77,9 +77,11 @@ class Manifest:
     outside: dict[str, int] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
-    def add_run(self, uid: str, file: str, external: str) -> None:
-        """Record a run packed into ``file``."""
+    def add_run(self, uid: str, file: str, external: str, notes: str | None = None) -> None:
+        """Record a run packed into ``file`` (and its notes into ``notes``, if it has any)."""
         self.runs[uid] = {"file": file, "external": external}
+        if notes is not None:
+            self.runs[uid]["notes"] = notes
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as ``manifest.json`` holds it."""

@@ -35,6 +35,7 @@ from typing import IO, Any
 from ..assets import Assets
 from ..assets.paths import anchored
 from ..export import exporter
+from ..notestream import notes_file, notes_lines, without_notes
 from . import copier
 from .copier import Copiers, CopyError
 from .manifest import WORKERS, FileEntry, Manifest, PackError, sha256_of
@@ -147,13 +148,14 @@ class PackWriter:
         exp.live = False  # nobody reads the file before it is closed: skip per-line flushes
         uid = "?"
         count = 0
+        notes: dict[str, list[dict]] = {}
         headers: list[tuple[str, dict]] = []
         children: list[tuple[str, str]] = []
         resources: dict[str, tuple[str, dict]] = {}
         outside: dict[str, int] = {}
         self._copies, self._needs = set(), set()
         try:
-            for name, doc in documents:
+            for name, doc in without_notes(documents, notes):
                 count += 1
                 if name == "start":
                     uid = doc.get("uid", "?")
@@ -183,9 +185,19 @@ class PackWriter:
         self._backlog.append(written)
         while len(self._backlog) > _BACKLOG:
             wait([self._backlog.popleft()])
-        self._pending.append((uid, self._needs | {rel}))
+        needs = self._needs | {rel}
+        revisions = notes.get(uid, [])
+        if revisions:  # in a file of their own, beside the run's: the folder store reads it
+            notes_rel = notes_file(rel).name
+            staged_notes = str(self._staging / notes_rel)
+            self._files[notes_rel] = self._copiers.write(
+                notes_lines(revisions), staged_notes, os.path.join(self._root, notes_rel)
+            )
+            needs.add(notes_rel)
+            count += len(revisions)
+        self._pending.append((uid, needs))
         self.manifest.outside.update(outside)
-        self.manifest.add_run(uid, rel, self.external)
+        self.manifest.add_run(uid, rel, self.external, notes=notes_rel if revisions else None)
         self.packed.append(_Packed(rel, uid, headers, children))
         return count
 
