@@ -30,7 +30,7 @@ import pytest
 
 import runbroker
 from runbroker.auth.access import AccessControl
-from runbroker.auth.principal import GROUP_KEYS
+from runbroker.auth.principal import GROUP_KEYS, READ_SCOPES
 from runbroker.cli import main as cli
 from runbroker.queries import Key
 from runbroker.server import Settings, build_app
@@ -229,13 +229,17 @@ def _examples(world: dict, uid: str) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/runs/{uid}/documents.{kind}"): {"path": {"kind": "json-seq"}},
         ("GET", "/runs/{uid}/streams/{stream}/events"): {},
         ("GET", "/runs/{uid}/feed"): {},
+        ("GET", "/runs/{uid}/notes"): {},
     }
 
 
 def _run_routes(app: Any) -> list[tuple[str, str]]:
+    """The reading routes that name a run (writing ones are tested with their rules:
+    test_access_writes, test_notes_service)."""
     found = []
     for path, route in api_routes(app):
-        if "{uid}" in path and route_scopes(route) is not None:
+        scopes = route_scopes(route)
+        if "{uid}" in path and scopes is not None and set(scopes) <= READ_SCOPES:
             for method in route.methods:
                 found.append((method, path.removeprefix("/api/v1")))
     return sorted(found)
