@@ -32,8 +32,8 @@ from .emptysearch import warn_if_unknown
 from .errors import AmbiguousUIDError, NoStreamError, RunNotFoundError
 from .filler import FieldEvents, Filler, Fills
 from .mongoquery import from_mongo
-from .notes import Viewer, bind, viewer_of
-from .queries import And, Key, PartialUID, Query, ScanID
+from .notes import Viewer, viewer_of
+from .queries import And, Key, PartialUID, Query, ScanID, bind
 from .store.base import LeavesOut, RunRecord, Store, distinct_values
 from .stream import Stream
 from .v1 import Broker, Header

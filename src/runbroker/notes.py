@@ -39,19 +39,15 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import DocumentError
-
-if TYPE_CHECKING:
-    from .queries import Query
 
 __all__ = [
     "KINDS",
     "VISIBILITIES",
     "HasViewer",
     "Viewer",
-    "bind",
     "check_note",
     "corrected",
     "current",
@@ -300,28 +296,3 @@ def viewer_of(store: object) -> Viewer:
         True
     """
     return store.viewer() if isinstance(store, HasViewer) else local_viewer()
-
-
-def bind(query: Query | None, viewer: Viewer) -> Query | None:
-    """``query`` with every note query in it (``Tag``, ``Annotation``) answering for
-    ``viewer``; the query itself when it holds none.
-
-    Example:
-        >>> from runbroker.queries import Key, Tag
-        >>> bind((Key("a") == 1) & ~Tag("x"), Viewer("ada"))
-        And(Key('a') == 1, Not(Tag('x', Viewer(name='ada', groups=None))))
-    """
-    import dataclasses
-
-    from . import queries as q
-
-    if isinstance(query, q.Tag | q.Annotation):
-        return dataclasses.replace(query, viewer=viewer)
-    if isinstance(query, q.And | q.Or):
-        parts = tuple(bind(part, viewer) for part in query.queries)
-        same = all(a is b for a, b in zip(parts, query.queries, strict=True))
-        return query if same else type(query)(*parts)
-    if isinstance(query, q.Not):
-        inner = bind(query.query, viewer)
-        return query if inner is query.query else q.Not(inner)  # type: ignore[arg-type]
-    return query

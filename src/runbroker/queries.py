@@ -54,7 +54,7 @@ import operator
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING as _NO_DEFAULT
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import date, datetime
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -85,6 +85,7 @@ __all__ = [
     "SubDocument",
     "Tag",
     "TimeRange",
+    "bind",
     "epoch",
     "is_query_form",
     "lookup",
@@ -1076,6 +1077,27 @@ class Annotation(_NoteQuery, tag="annotation"):
         needle = self.text.casefold()
         found = _noted(record, self.viewer, ("annotation",))
         return any(needle in n.get("text", "").casefold() for n in found)
+
+
+def bind(query: Query | None, viewer: Viewer) -> Query | None:
+    """``query`` with every note query in it (``Tag``, ``Annotation``) answering for
+    ``viewer``; the query itself when it holds none.
+
+    Example:
+        >>> from runbroker.notes import Viewer
+        >>> bind((Key("a") == 1) & ~Tag("x"), Viewer("ada"))
+        And(Key('a') == 1, Not(Tag('x', Viewer(name='ada', groups=None))))
+    """
+    if isinstance(query, Tag | Annotation):
+        return replace(query, viewer=viewer)
+    if isinstance(query, And | Or):
+        parts = tuple(bind(part, viewer) for part in query.queries)
+        same = all(a is b for a, b in zip(parts, query.queries, strict=True))
+        return query if same else type(query)(*parts)
+    if isinstance(query, Not):
+        inner = bind(query.query, viewer)
+        return query if inner is query.query else Not(inner)  # type: ignore[arg-type]
+    return query
 
 
 # The kinds of note whose tags Tag finds.
