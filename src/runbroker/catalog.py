@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from event_model import unpack_datum_page, unpack_event_page
 
-from . import annotations as notes_api
+from . import run_notes as notes_api
 from .assets import Assets, LocalFiller, external_kind, fill_flag
 from .derived import derived_from, save_derived
 from .display import duration, plural
@@ -497,7 +497,7 @@ class Run(Mapping[str, Stream]):
             out["start_original"] = self._record.original
         return out
 
-    # -- notes: annotations, tags, corrections (runbroker.annotations does the work)
+    # -- notes: annotations, tags, corrections (runbroker.run_notes does the work)
 
     def annotate(self, text: str, tags: Iterable[str] = (), visibility: str = "group") -> dict:
         """Write an annotation (``visibility``: private, group or public); return the note."""

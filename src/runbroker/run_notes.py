@@ -1,5 +1,6 @@
 """What ``run.annotate``, ``run.tag``, ``run.correct`` and the rest do: the notes of one run,
-as the reader of its catalog (``catalog.viewer``) may see and change them.
+as the reader of its catalog (``catalog.viewer``) may see and change them. (Not
+``runbroker.annotations``: ``from __future__ import annotations`` holds that name.)
 
 Notes are kept by the store (:class:`runbroker.store.base.Annotates`); who may see one is
 :func:`runbroker.notes.visible`. Who may change one:
