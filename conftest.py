@@ -2,6 +2,7 @@
 
 ``cat`` holds two runs recorded by a real RunEngine with ophyd's simulated devices: a
 ``count`` of ``det`` (with a baseline) and a ``scan`` of ``det`` against ``motor``.
+``new_run()`` gives a run of its own, for examples that change it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def _doc_names() -> dict:
     RE(scan([det], motor, -1, 1, 5), sample={"name": "Cu", "temp": 300})
     return dict(
         np=np,
+        new_run=_new_run,
         runbroker=runbroker,
         cat=cat,
         RE=RunEngine({}, call_returns_result=False),
@@ -40,6 +42,16 @@ def _doc_names() -> dict:
         other_run=cat[-2],
         **{name: getattr(queries, name) for name in queries.__all__},
     )
+
+
+def _new_run() -> runbroker.Run:
+    """A run of its own, in a catalog of its own, for examples that change it (notes)."""
+    from event_model import compose_run
+
+    made = compose_run(metadata={"sample": "Nl", "scan_id": 1})
+    cat = runbroker.temp()
+    cat.ingest([("start", made.start_doc), ("stop", made.compose_stop())])
+    return cat[-1]
 
 
 @pytest.fixture(autouse=True)

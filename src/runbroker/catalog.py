@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from event_model import unpack_datum_page, unpack_event_page
 
+from . import run_notes as notes_api
 from .assets import Assets, LocalFiller, external_kind, fill_flag
 from .derived import derived_from, save_derived
 from .display import duration, plural
@@ -32,8 +33,9 @@ from .emptysearch import warn_if_unknown
 from .errors import AmbiguousUIDError, NoStreamError, RunNotFoundError
 from .filler import FieldEvents, Filler, Fills
 from .mongoquery import from_mongo
+from .notes import Viewer, viewer_of
 from .notestream import NOTE, replay_notes, store_notes, without_notes
-from .queries import And, Key, PartialUID, Query, ScanID
+from .queries import And, Key, PartialUID, Query, ScanID, bind
 from .store.base import LeavesOut, RunRecord, Store, distinct_values
 from .stream import Stream
 from .v1 import Broker, Header
@@ -76,12 +78,16 @@ class Catalog:
         scope: Query | None = None,
         assets: Assets | None = None,
         filler: Filler | None = None,
+        viewer: Viewer | None = None,
     ) -> None:
         self.store = store
         self.query = query
         self.scope = scope
-        # What every store call asks: the scope and the user's search together.
-        self._view = query if scope is None else scope if query is None else And(scope, query)
+        self._viewer = viewer
+        # What every store call asks: the scope and the user's search together, its note
+        # queries (Tag, Annotation) answering for this catalog's reader.
+        view = query if scope is None else scope if query is None else And(scope, query)
+        self._view = bind(view, self.viewer) if view is not None else None
         # How detector files are found on this machine (pack, copy and derived data use it
         # too); shared by searches, as is the filler chosen once here.
         self.assets = assets if assets is not None else Assets()
@@ -252,9 +258,27 @@ class Catalog:
         """
         return self if self.query is None else self._within(None)
 
+    @property
+    def viewer(self) -> Viewer:
+        """Who reads (and writes) notes through this catalog: the one it was opened for,
+        else the store's reader (:class:`runbroker.notes.HasViewer`), else the local user.
+
+        Example:
+            >>> cat.viewer.groups is None
+            True
+        """
+        return self._viewer if self._viewer is not None else viewer_of(self.store)
+
     def _within(self, query: Query | None) -> Catalog:
         """The runs of ``query`` within this catalog's scope, read as this catalog reads."""
-        return Catalog(self.store, query, scope=self.scope, assets=self.assets, filler=self.filler)
+        return Catalog(
+            self.store,
+            query,
+            scope=self.scope,
+            assets=self.assets,
+            filler=self.filler,
+            viewer=self._viewer,
+        )
 
     def __len__(self) -> int:
         n = self.store.count(self._view)
@@ -475,8 +499,63 @@ class Run(Mapping[str, Stream]):
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """``{"start": ..., "stop": ..., "summary": ...}``."""
-        return {"start": self.start, "stop": self.stop, "summary": self.summary}
+        """``{"start": ..., "stop": ..., "summary": ...}``, and ``"start_original"`` (the
+        start document as stored) when the run was corrected (``run.correct``)."""
+        out = {"start": self.start, "stop": self.stop, "summary": self.summary}
+        if self._record.original is not None:
+            out["start_original"] = self._record.original
+        return out
+
+    # -- notes: annotations, tags, corrections (runbroker.run_notes does the work)
+
+    def annotate(self, text: str, tags: Iterable[str] = (), visibility: str = "group") -> dict:
+        """Write an annotation (``visibility``: private, group or public); return the note."""
+        return notes_api.annotate(self, text, tags, visibility)
+
+    def tag(self, *tags: str, visibility: str = "group") -> dict:
+        """Tag the run; return the note."""
+        return notes_api.tag(self, *tags, visibility=visibility)
+
+    def untag(self, *tags: str) -> None:
+        """Take tags off the run (any tag you see, whoever put it there)."""
+        notes_api.untag(self, *tags)
+
+    @property
+    def tags(self) -> list[str]:
+        """The run's tags you see, sorted."""
+        return notes_api.tags(self)
+
+    @property
+    def annotations(self) -> list[dict]:
+        """The run's current annotations you see, oldest first."""
+        return notes_api.annotations(self)
+
+    @property
+    def corrections(self) -> list[dict]:
+        """The run's current corrections, oldest first."""
+        return notes_api.corrections(self)
+
+    def edit_note(self, note_id: str, **changes: Any) -> dict:
+        """Revise one of your notes (``text=``, ``tags=``, ``visibility=``...); return it."""
+        return self._noted(notes_api.edit_note(self, note_id, **changes))
+
+    def delete_note(self, note_id: str) -> dict:
+        """Delete one of your notes (its history stays); return the last revision."""
+        return self._noted(notes_api.delete_note(self, note_id))
+
+    def note_history(self, note_id: str | None = None) -> list[dict]:
+        """Every revision of the run's notes you see (of one note if given), oldest first."""
+        return notes_api.note_history(self, note_id)
+
+    def correct(self, start: dict, reason: str) -> dict:
+        """Correct start-document keys; reads and searches see them, the original stays."""
+        return self._noted(notes_api.correct(self, start, reason))
+
+    def _noted(self, note: dict) -> dict:
+        # A correction changes the run's start: read it again.
+        if note["kind"] == "correction":
+            self._record = self.store.get_run(self.uid) or self._record
+        return note
 
     @property
     def summary(self) -> dict[str, Any]:

@@ -46,6 +46,8 @@ __all__ = [
     "NotACatalogError",
     "NotAuthenticatedError",
     "NotFoundError",
+    "NotTheAuthorError",
+    "NotesUnsupportedError",
     "PackCorruptError",
     "PackError",
     "PageGone",
@@ -278,6 +280,21 @@ class ReadOnlyError(RunbrokerError, PermissionError):
     """A write to a catalog opened read-only (``runbroker.open(..., readonly=True)``)."""
 
     status, code = 403, "read_only"
+
+
+class NotTheAuthorError(RunbrokerError, PermissionError):
+    """An edit or deletion of an annotation or correction by someone other than its author
+    (the message names the note and its author). Tags are not this: whoever sees a tag may
+    take it off."""
+
+    status, code = 403, "not_the_author"
+
+
+class NotesUnsupportedError(RunbrokerError, TypeError):
+    """Notes (annotations, tags, corrections) asked of a store that keeps none; the message
+    names the store."""
+
+    status, code = 501, "notes_unsupported"
 
 
 class UnsafePathError(RunbrokerError, ValueError):

@@ -35,17 +35,19 @@ from __future__ import annotations
 
 import copy
 import getpass
+import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import DocumentError
 
 __all__ = [
     "KINDS",
     "VISIBILITIES",
+    "HasViewer",
     "Viewer",
     "check_note",
     "corrected",
@@ -53,6 +55,8 @@ __all__ = [
     "local_viewer",
     "new_note",
     "revise",
+    "user_name",
+    "viewer_of",
     "visible",
 ]
 
@@ -101,7 +105,21 @@ def local_viewer() -> Viewer:
         >>> local_viewer().groups is None
         True
     """
-    return Viewer(getpass.getuser())
+    return Viewer(user_name())
+
+
+def user_name() -> str:
+    """This process's operating-system user name (``uid1000`` where the system knows none,
+    as in some containers).
+
+    Example:
+        >>> bool(user_name())
+        True
+    """
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"
 
 
 def visible(note: Mapping[str, Any], viewer: Viewer) -> bool:
@@ -273,3 +291,24 @@ def corrected(start: Mapping[str, Any], notes: Iterable[Mapping[str, Any]]) -> d
         for key, value in fix["correction"]["start"].items():
             out[key] = copy.deepcopy(value)
     return out
+
+
+@runtime_checkable
+class HasViewer(Protocol):
+    """A store that knows who reads through it (a server's client, the access guard): the
+    catalog shows and searches notes as that reader sees them."""
+
+    def viewer(self) -> Viewer:
+        """Who reads notes through this store."""
+        ...
+
+
+def viewer_of(store: object) -> Viewer:
+    """Who reads notes through ``store``: its own answer (:class:`HasViewer`), else the
+    local user (:func:`local_viewer`).
+
+    Example:
+        >>> viewer_of(object()) == local_viewer()
+        True
+    """
+    return store.viewer() if isinstance(store, HasViewer) else local_viewer()

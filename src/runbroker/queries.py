@@ -54,16 +54,18 @@ import operator
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING as _NO_DEFAULT
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import date, datetime
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import QueryError
+from .notes import Viewer, visible
 
 __all__ = [
     "MISSING",
     "And",
+    "Annotation",
     "Comparison",
     "Contains",
     "EmptySearchWarning",
@@ -81,7 +83,9 @@ __all__ = [
     "ScanID",
     "ScanIDRange",
     "SubDocument",
+    "Tag",
     "TimeRange",
+    "bind",
     "epoch",
     "is_query_form",
     "lookup",
@@ -960,3 +964,141 @@ class Not(Query, tag="not"):
 
     def matches(self, record: Mapping[str, Any]) -> bool:
         return not self.query.matches(record)
+
+
+# --- notes
+
+
+def _note_seen(note: Mapping[str, Any], viewer: Viewer | None) -> bool:
+    """Whether a query bound to ``viewer`` sees ``note``: an unbound query (``viewer`` None)
+    sees the public and group notes, never a private one."""
+    if note.get("deleted"):
+        return False
+    if viewer is None:
+        return note.get("visibility") != "private"
+    return visible(note, viewer)
+
+
+def _noted(record: Mapping[str, Any], viewer: Viewer | None, kinds: tuple[str, ...]) -> list:
+    """The current notes of ``kinds`` in ``record["notes"]`` that ``viewer`` sees."""
+    notes = record.get("notes")
+    if not isinstance(notes, list | tuple):
+        return []
+    return [n for n in notes if n.get("kind") in kinds and _note_seen(n, viewer)]
+
+
+class _NoteQuery(Query):
+    """A query on what was said about runs (``runbroker.notes``): it answers for one reader,
+    its ``viewer``. The JSON form never holds the viewer, and reading one back drops a
+    ``"viewer"`` field: a server binds its own caller (``runbroker.notes.bind``)."""
+
+    viewer: Viewer | None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out.pop("viewer", None)
+        return out
+
+    @classmethod
+    def _decode(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs.pop("viewer", None)
+        return kwargs
+
+
+@dataclass(frozen=True)
+class Tag(_NoteQuery, tag="tag"):
+    """A current tag or annotation its reader may see carries ``tag`` (exactly, after
+    stripping spaces at its ends).
+
+    >>> record = {"start": {}, "stop": None, "notes": [
+    ...     {"kind": "tag", "tags": ["calibration"], "visibility": "group", "author": "ada"}]}
+    >>> Tag("calibration").matches(record), Tag("bad").matches(record)
+    (True, False)
+    >>> Tag("calibration").to_dict()
+    {'type': 'tag', 'tag': 'calibration'}
+    """
+
+    tag: str
+    viewer: Viewer | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tag, str) or not self.tag.strip():
+            raise QueryError(f"Tag needs a non-empty str, got {self.tag!r}")
+        object.__setattr__(self, "tag", self.tag.strip())
+        if self.viewer is not None and not isinstance(self.viewer, Viewer):
+            raise QueryError(f"Tag: viewer must be a runbroker.notes.Viewer, got {self.viewer!r}")
+
+    def __repr__(self) -> str:
+        return f"Tag({self.tag!r})" if self.viewer is None else f"Tag({self.tag!r}, {self.viewer})"
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return any(self.tag in n["tags"] for n in _noted(record, self.viewer, _TAGGED))
+
+
+@dataclass(frozen=True)
+class Annotation(_NoteQuery, tag="annotation"):
+    """A current annotation its reader may see has ``text`` in its text: a case-insensitive
+    substring (``"burn"`` finds "Sample BURNED"; ``"sample burned"`` finds that phrase, not
+    the two words apart -- combine two queries with ``&`` for that).
+    ``Annotation.contains(text)`` makes one.
+
+    >>> record = {"start": {}, "stop": None, "notes": [{"kind": "annotation", "tags": [],
+    ...     "text": "Sample BURNED at 300 K", "visibility": "public", "author": "ada"}]}
+    >>> Annotation.contains("burned").matches(record), Annotation("300 k").matches(record)
+    (True, True)
+    """
+
+    text: str
+    viewer: Viewer | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise QueryError(f"Annotation.contains needs a non-empty str, got {self.text!r}")
+        if self.viewer is not None and not isinstance(self.viewer, Viewer):
+            raise QueryError(
+                f"Annotation: viewer must be a runbroker.notes.Viewer, got {self.viewer!r}"
+            )
+
+    @classmethod
+    def contains(cls, text: str) -> Annotation:
+        """Runs with a visible annotation whose text contains ``text`` (any case).
+
+        >>> Annotation.contains("burned")
+        Annotation(text='burned')
+        """
+        return cls(text)
+
+    def __repr__(self) -> str:
+        if self.viewer is None:
+            return f"Annotation(text={self.text!r})"
+        return f"Annotation(text={self.text!r}, viewer={self.viewer})"
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        needle = self.text.casefold()
+        found = _noted(record, self.viewer, ("annotation",))
+        return any(needle in n.get("text", "").casefold() for n in found)
+
+
+def bind(query: Query | None, viewer: Viewer) -> Query | None:
+    """``query`` with every note query in it (``Tag``, ``Annotation``) answering for
+    ``viewer``; the query itself when it holds none.
+
+    Example:
+        >>> from runbroker.notes import Viewer
+        >>> bind((Key("a") == 1) & ~Tag("x"), Viewer("ada"))
+        And(Key('a') == 1, Not(Tag('x', Viewer(name='ada', groups=None))))
+    """
+    if isinstance(query, Tag | Annotation):
+        return replace(query, viewer=viewer)
+    if isinstance(query, And | Or):
+        parts = tuple(bind(part, viewer) for part in query.queries)
+        same = all(a is b for a, b in zip(parts, query.queries, strict=True))
+        return query if same else type(query)(*parts)
+    if isinstance(query, Not):
+        inner = bind(query.query, viewer)
+        return query if inner is query.query else Not(inner)  # type: ignore[arg-type]
+    return query
+
+
+# The kinds of note whose tags Tag finds.
+_TAGGED = ("tag", "annotation")

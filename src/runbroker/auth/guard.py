@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import AccessDeniedError, UnknownParentError
-from ..notes import Viewer, bind, visible
-from ..queries import And, Key, Query
+from ..notes import Viewer, visible
+from ..queries import And, Key, Query, bind
 from ..store.base import (
     Columns,
     Locates,

@@ -11,7 +11,6 @@ after the retries is a :class:`~runbroker.errors.ServerUnreachableError` naming 
 
 from __future__ import annotations
 
-import getpass
 import random
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import httpx
 
 from .. import wire
 from ..errors import RunbrokerError, ServerUnreachableError, TruncatedStreamError, from_dict
+from ..notes import user_name
 
 __all__ = ["Transport"]
 
@@ -65,7 +65,7 @@ class Transport:
             "accept-encoding": "zstd, gzip" if compress else "identity",
             "user-agent": "runbroker-client",
             # who this client's notes are by, on a server of one shared key (others ignore it)
-            "x-runbroker-user": getpass.getuser(),
+            "x-runbroker-user": user_name(),
         }
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"

@@ -21,8 +21,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import RequestError, RunbrokerError, RunNotFoundError
 from ..filler import FieldEvents
-from ..notes import bind
 from ..queries import Query as RunQuery
+from ..queries import bind
 from ..store.base import PageInfo, RunRecord, distinct_values
 from .accounts import audit
 from .context import Context, Data, Metadata, Writer

@@ -106,7 +106,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import PageGone, RunNotFoundError
+from ..errors import NotesUnsupportedError, PageGone, RunNotFoundError
 from ..queries import Query
 
 __all__ = [
@@ -454,14 +454,18 @@ class Annotates(Protocol):
 
 
 def annotating(store: object) -> Annotates:
-    """``store`` as an :class:`Annotates`, or a ``TypeError`` naming it when it keeps no notes.
+    """``store`` as an :class:`Annotates`, or a
+    :class:`~runbroker.errors.NotesUnsupportedError` (a ``TypeError``) naming it.
 
     Example:
         >>> annotating(object())
         Traceback (most recent call last):
         ...
-        TypeError: <object object at ...> keeps no notes (annotations, tags, corrections)
+        runbroker.errors.NotesUnsupportedError: <object object at ...> keeps no notes ...
     """
     if not isinstance(store, Annotates):
-        raise TypeError(f"{store!r} keeps no notes (annotations, tags, corrections)")
+        raise NotesUnsupportedError(
+            f"{store!r} keeps no notes (annotations, tags, corrections): open the catalog "
+            "from SQLite, PostgreSQL, a folder or a runbroker server"
+        )
     return store

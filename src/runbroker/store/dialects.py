@@ -204,6 +204,11 @@ class SQLite:
         _insert_meta(conn, run_id, "stop", doc)
         return True
 
+    def set_fulltext(self, conn: Connection, run_id: int, content: str) -> None:
+        """Replace the run's full-text row (its start was corrected)."""
+        conn.execute(text("DELETE FROM runs_fts WHERE rowid = :r"), {"r": run_id})
+        _INSERT_FTS5.execute(conn, {"run_id": run_id, "content": content})
+
     def stored_max(self, conn: Connection, descriptor_id: int) -> int:
         """The highest seq_num stored for the descriptor, once no other writer can add one
         until this transaction ends (SQLite: the writer holds the database's lock)."""

@@ -20,6 +20,8 @@ flushed), with ``dtype_numpy`` declared where JSON would lose the dtype (see
 from __future__ import annotations
 
 import atexit
+import fcntl
+import json
 import os
 import threading
 import time
@@ -30,12 +32,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from ..errors import ReadOnlyError
+from ..notes import check_note
 from ..queries import Query
 from . import pages as codec
 from .base import PageGone, PageInfo, RunRecord, run_not_found
-from .folderindex import FolderIndex
+from .folderindex import FolderIndex, read_notes
 from .folderwrite import FolderWriting, undeclared
-from .runfile import ParsedRun, RunCache
+from .runfile import NOTES, ParsedRun, RunCache
 
 __all__ = ["FolderStore", "FolderWarning"]
 
@@ -267,6 +271,55 @@ class FolderStore(FolderWriting):
         stored = self._run(run_uid).datums
         return {i: stored[i] for i in datum_ids if i in stored}
 
+    # -- notes (runbroker.notes) -------------------------------------------------------------
+
+    def notes(self, run_uid: str, history: bool = False) -> list[dict]:
+        """The run's notes, as the index holds them (see
+        :class:`~runbroker.store.base.Annotates`): another process's notes show within
+        ``refresh_interval``.
+
+        Example:
+            >>> _ = run.export("jsonl", tmp_path)
+            >>> FolderStore(tmp_path).notes(run.uid)
+            []
+        """
+        self._refresh_if_due()
+        return self._index.store.notes(run_uid, history)
+
+    def add_notes(self, run_uid: str, notes: list[dict]) -> None:
+        """Store note revisions in the run's notes file, ``<run file>.notes.jsonl`` beside
+        it (the run file is never changed): one JSON record a line, the file replaced whole
+        with one more batch of lines, so a reader sees all of a batch or none of it."""
+        if self.readonly:
+            raise ReadOnlyError(f"{self.uri} is opened read-only")
+        with self._lock:
+            entry = self._index.file_of(run_uid)
+            if entry is None:
+                self.refresh()
+                entry = self._index.file_of(run_uid)
+            if entry is None:
+                raise run_not_found(self, run_uid)
+            name = entry.name + NOTES
+            path = self.folder / name
+            with open(self.folder / entry.name, "rb") as held:
+                # Writers of the run's notes take turns (an advisory lock on its run file,
+                # which readers never take), each checking against the file as it is.
+                fcntl.flock(held, fcntl.LOCK_EX)
+                self._index.note_file(name, run_uid)
+                stored = {(n["id"], n["revision"]) for n in read_notes(path)}
+                try:
+                    self._index.store.add_notes(run_uid, notes)  # checks; nothing written
+                    lines = b"".join(
+                        json.dumps(n, separators=(",", ":")).encode() + b"\n"
+                        for n in (check_note(n) for n in notes)
+                        if (n["id"], n["revision"]) not in stored
+                    )
+                    if lines:
+                        _replace(path, lines)
+                finally:
+                    # The index as the file is now (as it was, if the batch was refused).
+                    self._index.note_file(name, run_uid)
+
     # -- writing -----------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -280,6 +333,21 @@ class FolderStore(FolderWriting):
 
     def __repr__(self) -> str:
         return f"FolderStore({self.uri!r})"
+
+
+def _replace(path: Path, lines: bytes) -> None:
+    """Append ``lines`` to ``path`` by writing the whole new file beside it and renaming it
+    over the old one: atomic for readers, and whole after a crash."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        old = path.read_bytes()
+    except FileNotFoundError:
+        old = b""
+    with open(tmp, "wb") as out:
+        out.write(old + lines)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
 
 
 _readers: dict[str, FolderStore] = {}

@@ -33,13 +33,13 @@ import sqlalchemy.exc
 from ..errors import BadRunFile, DocumentError, NotACatalogError, SchemaVersionError
 from ..naming import safe_name
 from .events import canonical
-from .runfile import ParsedRun, is_run_file, parse
+from .runfile import NOTES, ParsedRun, is_run_file, parse
 from .sql import SQLStore
 
 __all__ = ["Entry", "FolderIndex", "index_path", "run_files"]
 
 #: Bumped when the folder tables change: an index of another version is built again.
-INDEX_VERSION = "2"
+INDEX_VERSION = "3"
 FOLDER = ".runbroker"
 _DDL = (
     "CREATE TABLE IF NOT EXISTS folder_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -53,6 +53,9 @@ _DDL = (
     "CREATE TABLE IF NOT EXISTS folder_parents (uid TEXT PRIMARY KEY, kind TEXT NOT NULL, "
     "run_uid TEXT NOT NULL, declared TEXT)",
     "CREATE INDEX IF NOT EXISTS ix_folder_parents_run ON folder_parents (run_uid)",
+    # Notes files (``<run file>.notes.jsonl``) as last read into the store's notes.
+    "CREATE TABLE IF NOT EXISTS folder_notes (name TEXT PRIMARY KEY, size INTEGER NOT NULL, "
+    "mtime_ns INTEGER NOT NULL, run_uid TEXT NOT NULL)",
 )
 # New files are indexed in batches of this many (one transaction each).
 _BATCH = 500
@@ -118,9 +121,9 @@ def _seed(shipped: Path, path: Path) -> None:
             Path(f"{path}{suffix}.{os.getpid()}.tmp").unlink(missing_ok=True)
 
 
-def run_files(folder: Path) -> dict[str, tuple[int, int]]:
+def run_files(folder: Path, notes: bool = False) -> dict[str, tuple[int, int]]:
     """Name -> (size, mtime_ns) of the run files at the top of ``folder`` (hidden ones left
-    out: files being written under a temporary name are).
+    out: files being written under a temporary name are); of the notes files with ``notes``.
 
     Example:
         >>> _ = run.export("jsonl", tmp_path, template="one")
@@ -131,7 +134,7 @@ def run_files(folder: Path) -> dict[str, tuple[int, int]]:
     with os.scandir(folder) as entries:
         for entry in entries:
             name = entry.name
-            if not is_run_file(name):
+            if not (_is_notes_file(name) if notes else is_run_file(name)):
                 continue
             try:
                 if not entry.is_file():
@@ -277,12 +280,53 @@ class FolderIndex:
                 self._write(lambda db: [self._drop(db, e) for e in removed])
             for i in range(0, len(todo), _BATCH):
                 self._index_files(todo[i : i + _BATCH], known, keep)
+            self._sync_notes()
             entries = sorted(self.entries().values(), key=lambda e: e.name)
         return [
             f"left out of the catalog: {e.problem}" if e.problem else f"partly read: {e.damage}"
             for e in entries
             if e.problem or e.damage
         ]
+
+    def _sync_notes(self) -> None:
+        """Read again the notes files added, changed or removed since last read (and those of
+        runs indexed afresh)."""
+        on_disk = run_files(self.folder, notes=True)
+        known = {
+            name: (size, mtime, uid)
+            for name, size, mtime, uid in self._db.execute(
+                "SELECT name, size, mtime_ns, run_uid FROM folder_notes"
+            )
+        }
+        for name, (_, _, uid) in known.items():
+            if name not in on_disk:
+                self.note_file(name, uid)
+        for name, stat in on_disk.items():
+            if name not in known or known[name][:2] != stat:
+                entry = self._entry_where("name = ? AND problem IS NULL", name[: -len(NOTES)])
+                if entry is not None and entry.uid:
+                    self.note_file(name, entry.uid)
+
+    def note_file(self, name: str, run_uid: str) -> None:
+        """Read the notes file ``name`` of run ``run_uid`` into the store's notes (gone:
+        the run has none), and remember its size and time."""
+        path = self.folder / name
+        size, mtime = _stat(path)
+        revisions = [n for n in read_notes(path) if n["run"] == run_uid]
+        with self._lock:
+            if self.store.get_run(run_uid) is not None:
+                self.store.replace_notes(run_uid, revisions)
+
+            def remember(db: sqlite3.Connection) -> None:
+                db.execute("DELETE FROM folder_notes WHERE name = ?", (name,))
+                if size >= 0:
+                    db.execute(
+                        "INSERT INTO folder_notes (name, size, mtime_ns, run_uid) "
+                        "VALUES (?, ?, ?, ?)",
+                        (name, size, mtime, run_uid),
+                    )
+
+            self._write(remember)
 
     def left_out(self) -> list[str]:
         """Names of the files left out of the catalog (not one valid run each)."""
@@ -329,7 +373,8 @@ class FolderIndex:
             holders[run.uid] = name
             record = self.store.get_run(run.uid)
             if record is not None and run.uid not in forget:
-                same_start = canonical(record.start) == canonical(run.start)
+                stored = record.original if record.original is not None else record.start
+                same_start = canonical(stored) == canonical(run.start)
                 same_stop = record.stop is None or (
                     run.stop is not None and canonical(record.stop) == canonical(run.stop)
                 )
@@ -403,6 +448,8 @@ class FolderIndex:
                 db.execute("DELETE FROM runs_fts WHERE rowid = ?", row)
             db.execute("DELETE FROM runs WHERE id = ?", row)
         db.execute("DELETE FROM folder_parents WHERE run_uid = ?", (uid,))
+        # Its notes are read again if the run comes back (its rows went with it).
+        db.execute("DELETE FROM folder_notes WHERE run_uid = ?", (uid,))
 
     def _tables_with_run_id(self, db: sqlite3.Connection) -> list[str]:
         if self._run_tables is None:
@@ -473,6 +520,28 @@ class FolderIndex:
                 )
 
             self._write(change)
+
+
+def _is_notes_file(name: str) -> bool:
+    return not name.startswith(".") and name.endswith(NOTES)
+
+
+def read_notes(path: Path) -> list[dict]:
+    """The note revisions in a notes file, one JSON record a line (a line cut short by a
+    writer that died is left out; nothing else is written in place)."""
+    from ..notes import check_note
+
+    out = []
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        try:
+            out.append(check_note(json.loads(line)))
+        except (ValueError, DocumentError):
+            continue
+    return out
 
 
 def _stop_uid(run: ParsedRun) -> tuple[str, ...]:

@@ -463,7 +463,8 @@ class FolderWriting:
         stored = writer.start if writer is not None else None
         if stored is None:
             record = self._index.store.get_run(uid)
-            stored = record.start if record is not None else None
+            # The start as stored, not as corrected by notes.
+            stored = (record.original or record.start) if record is not None else None
         if stored is not None:
             return stored
         start = _as_read(doc)

@@ -181,6 +181,11 @@ class PostgreSQL:
         params.update(meta_arrays(flatten("stop", doc)))
         return _SET_STOP.execute(conn, params).fetchone() is not None
 
+    def set_fulltext(self, conn: Connection, run_id: int, content: str) -> None:
+        conn.execute(
+            text("UPDATE runs_fts SET content = :c WHERE run_id = :r"), {"c": content, "r": run_id}
+        )
+
     def stored_max(self, conn: Connection, descriptor_id: int) -> int:
         # Writers of one descriptor take turns (a lock held to the end of the transaction),
         # so the count sees every page. One round trip: the statements run one after the

@@ -47,6 +47,10 @@ __all__ = [
 ]
 
 
+#: The notes of the run in file ``x.jsonl`` are in ``x.jsonl`` + NOTES (see FolderStore).
+NOTES = ".notes.jsonl"
+
+
 def is_run_file(name: str) -> bool:
     """Whether a file named ``name`` in a folder catalog holds a run (hidden files do not:
     files being written carry a hidden temporary name).
@@ -54,8 +58,11 @@ def is_run_file(name: str) -> bool:
     Example:
         >>> is_run_file("scan.jsonl"), is_run_file(".scan.jsonl.tmp"), is_run_file("a.h5")
         (True, False, False)
+        >>> is_run_file("scan.jsonl.notes.jsonl")  # the run's notes (runbroker.notes)
+        False
     """
-    return not name.startswith(".") and name.lower().endswith(SUFFIXES)
+    lower = name.lower()
+    return not name.startswith(".") and lower.endswith(SUFFIXES) and not lower.endswith(NOTES)
 
 
 _ASSETS = ("resource", "stream_resource", "stream_datum")

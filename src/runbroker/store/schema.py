@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 
 # Bumped by each migration in store/migrations/versions that older runbroker versions could
@@ -78,6 +79,9 @@ runs = Table(
     Column("start", LargeBinary, nullable=False),
     Column("stop", LargeBinary),
     Column("stop_time", Float),
+    # The start as corrected by notes (runbroker.notes.corrected), NULL for a run never
+    # corrected: read with ``start``, so searches need no join (migration 0005).
+    Column("corrected", LargeBinary),
     Index("ix_runs_time_uid", "time", "uid"),
     Index("ix_runs_stop_time", "stop_time"),
     Index("ix_runs_scan_id", "scan_id", "time", "uid"),
@@ -183,4 +187,19 @@ tag_keys = Table(
     "tag_keys",
     metadata,
     Column("key", String(512), primary_key=True),
+)
+
+# Every revision of every note on a run (runbroker.notes), one JSON record per row; the
+# current notes' searchable rows are in ``meta`` under keys starting "@" (runbroker.store.notes).
+notes = Table(
+    "notes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, nullable=False),
+    Column("note", String(128), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    # Two writers revising one note at once: the second is refused here at the latest.
+    UniqueConstraint("note", "revision", name="uq_notes_note_revision"),
+    Index("ix_notes_run", "run_id", "id"),
 )

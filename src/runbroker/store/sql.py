@@ -25,10 +25,12 @@ from typing import Any, Literal
 from event_model import unpack_datum_page
 from sqlalchemy import (
     Connection,
+    LargeBinary,
     Select,
     and_,
     bindparam,
     cast,
+    exc,
     false,
     func,
     insert,
@@ -40,9 +42,10 @@ from sqlalchemy import (
 )
 
 from ..columns import FILLED, TIME, TIMESTAMP, UID
-from ..errors import NotACatalogError, ReadOnlyError, SchemaVersionError
+from ..errors import ConflictError, NotACatalogError, ReadOnlyError, SchemaVersionError
 from ..queries import And, Query
 from . import jsoncodec, keyindex, migrations, tags
+from . import notes as notestore
 from . import pages as codec
 from .base import PageGone, PageInfo, RunRecord, run_not_found
 from .dialects import dialect_of
@@ -178,6 +181,11 @@ class SQLStore(SQLWriting):
         with self._engine.connect() as conn:
             self._indexed = frozenset(keyindex.recorded(conn))
             self._tagged = tags.tagged(conn)
+            # A catalog from before migration 0005 keeps no notes: its runs read uncorrected.
+            self._annotates = conn.dialect.has_table(conn, "notes")
+        self._corrected = (
+            runs.c.corrected if self._annotates else cast(null(), LargeBinary).label("corrected")
+        )
         self._runs_estimated = (0, -1e9)  # (largest run id, when it was read)
         # Whether a metadata test matched many runs, as last counted: (answer, when).
         self._common_seen: dict[Any, tuple[bool, float]] = {}
@@ -344,16 +352,13 @@ class SQLStore(SQLWriting):
         """Runs matching ``query``, newest first (or oldest first)."""
         ids = self._ordered(query, offset, limit, before, oldest_first, runs.c.id)
         stmt = (
-            select(runs.c.uid, runs.c.start, runs.c.stop)
+            select(runs.c.uid, runs.c.start, runs.c.stop, self._corrected)
             .where(runs.c.id.in_(ids))
             .order_by(*_order(oldest_first))
         )
         with self._read() as conn:
             rows = conn.execute(stmt).all()
-        return [
-            RunRecord(uid, _loads(start), _loads(stop) if stop else None)
-            for uid, start, stop in rows
-        ]
+        return [_record(*row) for row in rows]
 
     def search_keys(
         self,
@@ -383,12 +388,12 @@ class SQLStore(SQLWriting):
             []
         """
         self._flush_if_pending()
+        stmt = select(runs.c.uid, runs.c.start, runs.c.stop, self._corrected).where(
+            runs.c.uid.in_(bindparam("uids", expanding=True))
+        )
         with self._read() as conn:
-            rows = conn.execute(_RUNS_BY_UID, {"uids": list(uids)}).all()
-        return [
-            RunRecord(uid, _loads(start), _loads(stop) if stop else None)
-            for uid, start, stop in rows
-        ]
+            rows = conn.execute(stmt, {"uids": list(uids)}).all()
+        return [_record(*row) for row in rows]
 
     def _ordered(
         self,
@@ -548,11 +553,89 @@ class SQLStore(SQLWriting):
     def get_run(self, uid: str) -> RunRecord | None:
         """The run with exactly this uid."""
         self._flush_if_pending()
+        stmt = select(runs.c.uid, runs.c.start, runs.c.stop, self._corrected)
         with self._read() as conn:
-            row = conn.execute(select(runs.c.start, runs.c.stop).where(runs.c.uid == uid)).first()
-        if row is None:
-            return None
-        return RunRecord(uid, _loads(row.start), _loads(row.stop) if row.stop else None)
+            row = conn.execute(stmt.where(runs.c.uid == uid)).first()
+        return None if row is None else _record(*row)
+
+    # -- notes (runbroker.notes; see runbroker.store.notes) ------------------------------------
+
+    def notes(self, run_uid: str, history: bool = False) -> list[dict]:
+        """The run's notes: the newest revision of each, deleted ones included, oldest
+        first (``history``: every revision as stored). See
+        :class:`~runbroker.store.base.Annotates`.
+
+        Example:
+            >>> store = SQLStore("sqlite://")
+            >>> store.insert("start", {"uid": "r1", "time": 0.0})
+            >>> store.notes("r1")
+            []
+        """
+        self._flush_if_pending()
+        with self._read() as conn:
+            found = RUN_ID.execute(conn, {"uid": run_uid}).fetchone()
+            if found is None:
+                raise run_not_found(self, run_uid)
+            revisions = notestore.history(conn, found[0]) if self._annotates else []
+        return revisions if history else notestore.newest(revisions)
+
+    def add_notes(self, run_uid: str, notes: list[dict]) -> None:
+        """Store revisions of the run's notes, atomically, and what searches and reads derive
+        from them (see :class:`~runbroker.store.base.Annotates`).
+
+        Example:
+            >>> from runbroker.notes import new_note
+            >>> store = SQLStore("sqlite://")
+            >>> store.insert("start", {"uid": "r1", "time": 0.0})
+            >>> store.add_notes("r1", [new_note("r1", "tag", author="ada", tags=["x"])])
+            >>> [n["tags"] for n in store.notes("r1")]
+            [['x']]
+        """
+        self._write_notes(
+            run_uid, lambda conn, run_id: self._add_notes(conn, run_id, run_uid, notes)
+        )
+
+    def replace_notes(self, run_uid: str, revisions: list[dict]) -> None:
+        """Make ``revisions`` the run's notes, whatever was stored: a folder's index reading
+        a notes file again (the file is what holds them)."""
+        self._write_notes(
+            run_uid, lambda conn, run_id: notestore.replace(conn, self._db, run_id, revisions)
+        )
+
+    def _add_notes(self, conn: Connection, run_id: int, run_uid: str, notes: list[dict]) -> None:
+        fresh = notestore.check(conn, run_id, run_uid, notes)
+        if fresh:
+            notestore.write(conn, run_id, fresh)
+            notestore.refresh(conn, self._db, run_id)
+
+    def _write_notes(self, run_uid: str, change: Any) -> None:
+        """Run ``change(conn, run id)`` in a transaction of its own, committed at once."""
+        if not self._annotates:
+            raise SchemaVersionError(
+                f"{self.uri} keeps no notes yet (catalog schema before revision 0005); "
+                f"upgrade it in place (back it up first) with:  runbroker db upgrade {self.uri}"
+            )
+        with self._lock:
+            conn = self._conn()
+            self._flush_states(conn)
+            savepoint = conn.begin_nested()
+            try:
+                # Writers of notes take turns: each derives a run's rows from all its notes.
+                self._db.lock(conn, 7250106)
+                found = RUN_ID.execute(conn, {"uid": run_uid}).fetchone()
+                if found is None:
+                    raise run_not_found(self, run_uid)
+                change(conn, found[0])
+            except exc.IntegrityError as err:
+                savepoint.rollback()
+                raise ConflictError(
+                    "note", None, "revision", "another writer stored the same revision first"
+                ) from err
+            except BaseException:
+                savepoint.rollback()
+                raise
+            savepoint.commit()
+            self._commit_locked()
 
     def descriptors(self, run_uid: str) -> list[dict]:
         """The run's descriptors in stored order."""
@@ -732,7 +815,9 @@ def _conjuncts(query: Query) -> list[Query]:
     return [query]
 
 
-# One statement for any number of uids (built once: SQLAlchemy caches its compiled form).
-_RUNS_BY_UID = select(runs.c.uid, runs.c.start, runs.c.stop).where(
-    runs.c.uid.in_(bindparam("uids", expanding=True))
-)
+def _record(uid: str, start: bytes, stop: bytes | None, corrected: bytes | None) -> RunRecord:
+    """A run's record from its row: the corrected start, if any, with the stored one kept."""
+    stored = _loads(start)
+    if corrected is None:
+        return RunRecord(uid, stored, _loads(stop) if stop else None)
+    return RunRecord(uid, _loads(corrected), _loads(stop) if stop else None, original=stored)

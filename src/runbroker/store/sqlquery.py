@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from .. import queries as q
+from . import notes as notestore
 from .dialects import SQLITE, Dialect
 from .flatten import scalar_row
 from .keyindex import index_name, meta_key
@@ -304,3 +305,33 @@ def _(query: q.Or, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
 @compile_query.register
 def _(query: q.Not, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     return not_(compile_query(query.query, dialect))
+
+
+# --- notes
+
+
+def _note_rows(prefix: str, viewer: Any, *conds: Any) -> Select:
+    """The ids of the runs with a current note row under ``prefix`` (``@tag``, ``@note``)
+    that ``viewer`` may see and that satisfies ``conds``: one range of meta's (key, txt)
+    index per audience of the viewer (see runbroker.store.notes)."""
+    keys = [f"{prefix}.{audience}" for audience in notestore.audiences_of(viewer)]
+    return select(meta.c.run_id).where(
+        meta.c.key.in_(keys), meta.c.typ == "s", meta.c.elem.is_(False), *conds
+    )
+
+
+@_rows.register
+def _(query: q.Tag, dialect: Dialect) -> list[Select] | None:
+    return [_note_rows(notestore.TAG, query.viewer, meta.c.txt == query.tag)]
+
+
+@_rows.register
+def _(query: q.Annotation, dialect: Dialect) -> list[Select] | None:
+    # Texts are stored case-folded: a substring test of the folded words, within the rows
+    # of annotations alone (never the rest of meta).
+    match = meta.c.txt.contains(query.text.casefold(), autoescape=True)
+    return [_note_rows(notestore.TEXT, query.viewer, match)]
+
+
+for _kind in (q.Tag, q.Annotation):
+    compile_query.register(_kind, _metadata_test)
