@@ -127,7 +127,7 @@ def test_the_cli_tags_annotates_lists_and_corrects(tmp_path, capsys):
     assert run.start["sample"] == "Ni" and run.start["temperature"] == 300
     assert uid in list(runbroker.open(db).search(Annotation.contains("burned")).keys())
     # bad input: a value without KEY=, a missing reason, an empty tag
-    assert cli(["correct", db, "-1", "sample"]) != 0
+    assert cli(["correct", db, "-1", "sample", "--reason", "typo"]) != 0
     assert "KEY=VALUE" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli(["correct", db, "-1", "sample=Ni"])

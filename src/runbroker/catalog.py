@@ -531,6 +531,11 @@ class Run(Mapping[str, Stream]):
         return notes_api.annotations(self)
 
     @property
+    def notes(self) -> list[dict]:
+        """Every current note on the run you see (annotations, tags, corrections)."""
+        return notes_api.notes(self)
+
+    @property
     def corrections(self) -> list[dict]:
         """The run's current corrections, oldest first."""
         return notes_api.corrections(self)

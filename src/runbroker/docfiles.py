@@ -37,6 +37,7 @@ import orjson
 
 from .assets import external_kind
 from .documents import DOCUMENT_NAMES
+from .notestream import NOTE
 from .errors import ExportError
 
 __all__ = [
@@ -423,6 +424,10 @@ def read(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict]]:
     return READERS[suffix](path)
 
 
+# An export holds the run's notes after its documents (runbroker.notestream).
+_NAMES = (*DOCUMENT_NAMES, NOTE)
+
+
 class _Columns:
     """Checks each record and gives event columns numpy arrays of their declared dtypes."""
 
@@ -435,12 +440,12 @@ class _Columns:
         if (
             not isinstance(item, (list, tuple))
             or len(item) != 2
-            or item[0] not in DOCUMENT_NAMES
+            or item[0] not in _NAMES
             or not isinstance(item[1], dict)
         ):
             raise ExportError(
                 f"{self.path}, {where}: expected a [name, document] pair with a document "
-                f"name ({', '.join(DOCUMENT_NAMES)}), found {_short(item)}"
+                f"name ({', '.join(_NAMES)}), found {_short(item)}"
             )
         name, doc = item
         if not self.started:

@@ -96,6 +96,8 @@ class Viewer:
 
     name: str
     groups: frozenset[str] | None = None
+    #: An admin changes anyone's notes (a server's admin principal).
+    admin: bool = False
 
 
 def local_viewer() -> Viewer:

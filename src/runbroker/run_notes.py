@@ -39,6 +39,7 @@ __all__ = [
     "delete_note",
     "edit_note",
     "note_history",
+    "notes",
     "tag",
     "tags",
     "untag",
@@ -57,8 +58,15 @@ def _seen(run: Run, history: bool = False) -> list[dict]:
 def _new(run: Run, kind: str, **fields: Any) -> dict:
     viewer = run.catalog.viewer
     note = new_note(run.uid, kind, author=viewer.name, groups=viewer.groups, **fields)
-    annotating(run.store).add_notes(run.uid, [note])
-    return note
+    return _stored(run, note)
+
+
+def _stored(run: Run, rev: dict) -> dict:
+    """Store ``rev``; return it as stored (a server decides its author and groups)."""
+    store = annotating(run.store)
+    store.add_notes(run.uid, [rev])
+    kept = [n for n in store.notes(run.uid) if n["id"] == rev["id"]]
+    return kept[0] if kept else rev
 
 
 def annotate(run: Run, text: str, tags: Iterable[str] = (), visibility: str = "group") -> dict:
@@ -118,6 +126,19 @@ def tags(run: Run) -> list[str]:
     return sorted({t for n in current(_seen(run)) if n["kind"] != "correction" for t in n["tags"]})
 
 
+def notes(run: Run) -> list[dict]:
+    """Every current note on ``run`` its reader sees (annotations, tags, corrections),
+    oldest first.
+
+    Example:
+        >>> run = new_run()
+        >>> _ = tag(run, "x"); _ = annotate(run, "ok")
+        >>> [n["kind"] for n in notes(run)]
+        ['tag', 'annotation']
+    """
+    return current(_seen(run))
+
+
 def annotations(run: Run) -> list[dict]:
     """The current annotations on ``run`` its reader sees, oldest first.
 
@@ -148,7 +169,7 @@ def _mine(run: Run, note_id: str) -> dict:
     if not found:
         raise NotFoundError(f"no note {note_id!r} on run {run.uid} (or it was deleted)")
     note = found[0]
-    if note["kind"] != "tag" and note["author"] != viewer.name:
+    if note["kind"] != "tag" and note["author"] != viewer.name and not viewer.admin:
         raise NotTheAuthorError(
             f"note {note_id!r} on run {run.uid} is {note['author']!r}'s {note['kind']}: only "
             f"its author may change it, not {viewer.name!r}"
@@ -185,8 +206,7 @@ def edit_note(
     if reason is not _UNSET:
         changes["reason"] = reason
     rev = revise(note, by=run.catalog.viewer.name, **changes)
-    annotating(run.store).add_notes(run.uid, [rev])
-    return rev
+    return _stored(run, rev)
 
 
 def delete_note(run: Run, note_id: str) -> dict:
@@ -199,8 +219,7 @@ def delete_note(run: Run, note_id: str) -> dict:
         True
     """
     rev = revise(_mine(run, note_id), by=run.catalog.viewer.name, deleted=True)
-    annotating(run.store).add_notes(run.uid, [rev])
-    return rev
+    return _stored(run, rev)
 
 
 def note_history(run: Run, note_id: str | None = None) -> list[dict]:

@@ -44,7 +44,7 @@ def viewer_for(principal: Principal) -> Viewer:
         Viewer(name='bob', groups=frozenset({'beamline:45id'}))
     """
     if principal.admin:
-        return Viewer(principal.name)
+        return Viewer(principal.name, admin=True)
     return Viewer(principal.name, frozenset(f"{kind}:{name}" for kind, name in principal.groups))
 
 

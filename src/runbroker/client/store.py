@@ -318,7 +318,8 @@ class HTTPStore:
         once): the principal of its key, or this machine's user on a server of one key. The
         server shows only the notes that reader may see, so no group limits them here."""
         if self._viewer is None:
-            self._viewer = Viewer(str(self.transport.get("/auth/whoami")["viewer"]))
+            me = self.transport.get("/auth/whoami")
+            self._viewer = Viewer(str(me["viewer"]), admin=bool(me["admin"]))
         return self._viewer
 
     # -- filling on the server

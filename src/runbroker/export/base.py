@@ -98,6 +98,9 @@ class Exporter:
         self.assets = assets if assets is not None else Assets()
         self.start_doc: dict[str, Any] = {}
         self.stop_doc: dict[str, Any] | None = None
+        #: The run's notes (runbroker.notes) its reader may see, every revision: set by
+        #: ``export_run`` before the documents come (a live export has none).
+        self.notes: list[dict[str, Any]] = []
         self.descriptors: dict[str, dict[str, Any]] = {}
         self.streams: dict[str, list[dict[str, Any]]] = {}
         self.files: list[Path] = []
