@@ -37,8 +37,8 @@ import orjson
 
 from .assets import external_kind
 from .documents import DOCUMENT_NAMES
-from .notestream import NOTE
 from .errors import ExportError
+from .notestream import NOTE
 
 __all__ = [
     "EVENT_DOCS",
