@@ -121,6 +121,7 @@ __all__ = [
     "PageInfo",
     "RunRecord",
     "Store",
+    "Summarises",
     "distinct_values",
     "indexing",
     "run_not_found",
@@ -449,4 +450,28 @@ class Annotates(Protocol):
         edited it first); repeating a stored revision exactly is a no-op. Raises
         ``RunNotFoundError`` for an unknown run and ``DocumentError`` for a note of another
         run."""
+        ...
+
+
+@runtime_checkable
+class Summarises(Protocol):
+    """A store that keeps per-stream, per-field statistics of its runs
+    (:mod:`runbroker.store.stats`), written when a run stops, and answers ``Field`` queries
+    from them."""
+
+    def stats(self, run_uid: str) -> dict[str, dict[str, dict[str, Any]]] | None:
+        """``{stream: {field: {count, nan, sum, min, max, mean}}}``, or None if the run has
+        none (running, or stored before statistics existed). Raises ``RunNotFoundError``
+        for an unknown run."""
+        ...
+
+    def set_stats(
+        self, run_uid: str, stats: dict[str, dict[str, dict[str, Any]]], filled: bool = False
+    ) -> None:
+        """Replace the run's statistics (``filled``: computed with detector files read)."""
+        ...
+
+    def unsummarised(self, filled: bool = False) -> list[str]:
+        """The uids of stopped runs without statistics (``filled``: without statistics
+        computed with detector files read), oldest first."""
         ...

@@ -31,6 +31,7 @@ from .dialects import SQLITE, Dialect
 from .flatten import scalar_row
 from .keyindex import index_name, meta_key
 from .schema import meta, runs
+from .stats import stat_key
 
 __all__ = ["compile_query", "indexed", "is_common", "is_uid"]
 
@@ -304,3 +305,33 @@ def _(query: q.Or, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
 @compile_query.register
 def _(query: q.Not, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     return not_(compile_query(query.query, dialect))
+
+
+# --- statistics
+
+_STAT_OPS = {
+    "eq": lambda c, v: c == v,
+    "ne": lambda c, v: c != v,
+    "lt": lambda c, v: c < v,
+    "le": lambda c, v: c <= v,
+    "gt": lambda c, v: c > v,
+    "ge": lambda c, v: c >= v,
+}
+
+
+@_rows.register
+def _(query: q.FieldStat, dialect: Dialect) -> list[Select] | None:
+    """The runs whose statistic row (see runbroker.store.stats) satisfies the comparison: a
+    range of the covering (key, num) index, like a numeric metadata test."""
+    key = stat_key(query.stream, query.field, query.stat)
+    _, num, _ = scalar_row(query.value)  # type: ignore[misc]
+    rows = select(meta.c.run_id).where(
+        meta.c.key == bindparam(None, key, type_=meta.c.key.type, literal_execute=True),
+        meta.c.elem.is_(False),
+        meta.c.typ == "n",
+        _STAT_OPS[query.op](meta.c.num, num),
+    )
+    return [rows]
+
+
+compile_query.register(q.FieldStat, _metadata_test)
