@@ -19,7 +19,7 @@ from .base import run_not_found
 from .events import DescriptorState
 from .prepared import Prepared
 from .schema import descriptors, meta, pages, runs
-from .stats import MARKER, Accumulator, numeric_fields, stats_from_rows, stats_rows
+from .stats import MARKER, Accumulator, combine, stats_from_rows, stats_rows
 
 __all__ = ["SQLStatistics", "read_stats", "stop_stats", "summarise", "write_stats"]
 
@@ -48,8 +48,8 @@ def summarise(
     writer's ``states`` where they saw every stored event, else from the stored pages."""
     states = states or {}
     counts = dict(_COUNTS.execute(conn, {"rid": run_id}).fetchall())
-    streams: dict[str, Accumulator] = {}
-    for desc_id, uid, name, body in _DESCRIPTORS.execute(conn, {"rid": run_id}).fetchall():
+    parts = []
+    for desc_id, uid, _name, body in _DESCRIPTORS.execute(conn, {"rid": run_id}).fetchall():
         state = states.get(uid)
         stored = int(counts.get(desc_id) or 0)
         if state is not None and state.stats is not None and state.stats_events == stored:
@@ -58,9 +58,8 @@ def summarise(
             acc = Accumulator()
             for (blob,) in _DATA_OF.execute(conn, {"d": desc_id}).fetchall():
                 acc.add(codec.decode(blob))
-        acc.declare(numeric_fields(jsoncodec.loads(body)))
-        streams.setdefault(name, Accumulator()).merge(acc)
-    return {name: acc.result() for name, acc in streams.items()}
+        parts.append((jsoncodec.loads(body), acc))
+    return combine(parts)
 
 
 def write_stats(

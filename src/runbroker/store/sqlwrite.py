@@ -121,6 +121,9 @@ class SQLWriting:
     _wengine: Engine
 
     def _init_writing(self, uri: str) -> None:
+        # Whether a run's statistics are written at its stop (a folder's index holds headers
+        # only: its folder writes them, see runbroker.store.folderwrite).
+        self.stats_at_stop = True
         self._lock = threading.RLock()
         self._wconn: Connection | None = None
         self._states: dict[str, DescriptorState] = {}
@@ -562,7 +565,8 @@ class SQLWriting:
         if not self._db.set_stop(conn, run_id, doc):  # a repeat, or another writer's
             row = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
             return _loads(row[0]) if row and row[0] is not None else None
-        stop_stats(conn, run_id, self._states)
+        if self.stats_at_stop:
+            stop_stats(conn, run_id, self._states)
         # The run is complete: merge the tiny pages a slow live run leaves (never the run's
         # big pages: rewriting them made the stop as slow as the whole run's ingest), and
         # forget what was kept in memory to write it.

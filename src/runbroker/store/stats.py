@@ -22,7 +22,13 @@ import numpy as np
 from ..columns import DATA
 from ..queries import STATS
 
-__all__ = ["MARKER", "PREFIX", "Accumulator", "stat_key", "stats_from_rows", "stats_rows"]
+__all__ = [
+    "MARKER",
+    "PREFIX",
+    "Accumulator",
+    "combine",
+    "numeric_fields",
+    "summarise_store", "stat_key", "stats_from_rows", "stats_rows"]
 
 PREFIX = "@stat."
 #: The ``meta`` key of the row every run whose statistics were computed has.
@@ -88,6 +94,19 @@ class Accumulator:
                 self.fields.pop(field, None)
             else:
                 self._merge(field, list(summary))
+
+    def add_event(self, data: Mapping[str, Any]) -> None:
+        """Add one event's ``data`` (as :meth:`add` would its one-event page)."""
+        for field, value in data.items():
+            if field in self.other:
+                continue
+            if isinstance(value, float | int) and not isinstance(value, bool):
+                column: Any = np.array([value])
+            elif isinstance(value, np.ndarray | list):
+                column = np.asarray(value)[np.newaxis] if len(value) else None
+            else:
+                column = None
+            self.add({DATA + field: column})
 
     def _merge(self, field: str, part: list) -> None:
         held = self.fields.get(field)
@@ -184,3 +203,40 @@ def stats_from_rows(rows: Iterable[tuple[str, Any]]) -> dict[str, dict[str, dict
         # Decimal), so that every store answers alike.
         values[stat] = int(num) if stat in ("count", "nan") else float(num)
     return out
+
+
+def combine(parts: Iterable[tuple[Mapping[str, Any], Accumulator]]) -> dict[str, dict]:
+    """The statistics ``{stream: {field: {stat: value}}}`` of a run from ``(descriptor,
+    accumulator of its pages)`` pairs; descriptors of one stream name are merged.
+
+    Example:
+        >>> acc = Accumulator()
+        >>> acc.add({"d:x": np.arange(3)})
+        >>> combine([({"name": "primary", "data_keys": {}}, acc)])["primary"]["x"]["max"]
+        2
+    """
+    streams: dict[str, Accumulator] = {}
+    for descriptor, acc in parts:
+        acc.declare(numeric_fields(descriptor))
+        streams.setdefault(descriptor.get("name", "primary"), Accumulator()).merge(acc)
+    return {name: acc.result() for name, acc in streams.items()}
+
+
+def summarise_store(store: Any, run_uid: str, batch: int = 16) -> dict[str, dict]:
+    """The statistics of run ``run_uid`` of any :class:`~runbroker.store.base.Store`,
+    computed from its stored pages (a few at a time).
+
+    Example:
+        >>> summarise_store(cat.store, run.uid)["primary"]["motor"]["count"]
+        5
+    """
+    parts = []
+    for descriptor in store.descriptors(run_uid):
+        acc = Accumulator()
+        ids = [p.id for p in store.pages(run_uid, [descriptor["uid"]])]
+        columns = [DATA + f for f in descriptor.get("data_keys", {})]
+        for i in range(0, len(ids), batch):
+            for page in store.read_pages(run_uid, ids[i : i + batch], columns):
+                acc.add(page)
+        parts.append((descriptor, acc))
+    return combine(parts)
