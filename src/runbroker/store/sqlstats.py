@@ -98,10 +98,8 @@ class SQLStatistics:
         not computed (a running run, or one stored before statistics existed).
 
         Example:
-            >>> SQLStore("sqlite://").stats("no-such-run")
-            Traceback (most recent call last):
-            ...
-            runbroker.errors.RunNotFoundError: ...
+            >>> cat.store.stats(run.uid)["primary"]["motor"]["max"]
+            1.0
         """
         self._flush_if_pending()
         with self._read() as conn:

@@ -28,7 +28,11 @@ __all__ = [
     "Accumulator",
     "combine",
     "numeric_fields",
-    "summarise_store", "stat_key", "stats_from_rows", "stats_rows"]
+    "stat_key",
+    "stats_from_rows",
+    "stats_rows",
+    "summarise_store",
+]
 
 PREFIX = "@stat."
 #: The ``meta`` key of the row every run whose statistics were computed has.
