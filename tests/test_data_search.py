@@ -193,9 +193,9 @@ def test_query_json_form_and_errors():
     with pytest.raises(QueryError, match="unknown statistic 'median'"):
         FieldStat("primary", "x", "median", "gt", 1)
     with pytest.raises(QueryError, match="compare with a number"):
-        Field("primary", "x").min() > "a"
+        _ = Field("primary", "x").min() > "a"
     with pytest.raises(QueryError, match="finite"):
-        Field("primary", "x").min() > math.nan
+        _ = Field("primary", "x").min() > math.nan
     with pytest.raises(QueryError, match="stream must be a non-empty str"):
         Field("", "x")
     with pytest.raises(TypeError, match="no truth value"):
