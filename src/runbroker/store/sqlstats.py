@@ -26,7 +26,14 @@ __all__ = ["SQLStatistics", "read_stats", "stop_stats", "summarise", "write_stat
 # Keys from "@stat" up to (not including) "@stat/": every statistic of a run, and the row
 # MARKER that says they were computed (a run may have no numeric field).
 _IN_PREFIX = (meta.c.key >= MARKER, meta.c.key < MARKER + "/")
-_STATS_OF = select(meta.c.key, meta.c.num).where(meta.c.run_id == bindparam("rid"), *_IN_PREFIX)
+# Found through the run's rows (ix_meta_run), never by a walk over every run's statistics
+# in the key index, which SQLite's planner would otherwise rank as high.
+_STATS_OF = (
+    select(meta.c.key, meta.c.num)
+    .where(meta.c.run_id == bindparam("rid"), *_IN_PREFIX)
+    .with_hint(meta, "INDEXED BY ix_meta_run", "sqlite")
+)
+_INSERT = Prepared(insert(meta), ["run_id", "key", "elem", "typ", "num", "txt"])
 _DESCRIPTORS = Prepared(
     select(descriptors.c.id, descriptors.c.uid, descriptors.c.name, descriptors.c.body).where(
         descriptors.c.run_id == bindparam("rid")
@@ -67,20 +74,28 @@ def write_stats(
     run_id: int,
     stats: Mapping[str, Mapping[str, Mapping[str, Any]]],
     filled: bool = False,
+    replace: bool = True,
 ) -> None:
-    """Replace the run's statistics rows by those of ``stats`` (``filled``: they include
-    fields read from detector files)."""
-    conn.execute(delete(meta).where(meta.c.run_id == run_id, *_IN_PREFIX))
+    """Write the run's statistics rows, replacing any it has (``replace``); ``filled``:
+    they include fields read from detector files."""
+    if replace:
+        conn.execute(
+            delete(meta).where(meta.c.run_id == run_id, meta.c.key.in_(_stat_keys(conn, run_id)))
+        )
     rows = [
         {"run_id": run_id, "key": k, "elem": e, "typ": t, "num": n, "txt": s}
         for k, e, t, n, s in [(MARKER, False, "n", int(filled), None), *stats_rows(stats)]
     ]
-    conn.execute(insert(meta), rows)
+    _INSERT.executemany(conn, rows)
 
 
 def stop_stats(conn: Connection, run_id: int, states: Mapping[str, DescriptorState]) -> None:
-    """Write the statistics of a run that just stopped."""
-    write_stats(conn, run_id, summarise(conn, run_id, states))
+    """Write the statistics of a run that just stopped (it has none yet)."""
+    write_stats(conn, run_id, summarise(conn, run_id, states), replace=False)
+
+
+def _stat_keys(conn: Connection, run_id: int) -> list[str]:
+    return [k for k, _ in conn.execute(_STATS_OF, {"rid": run_id}).all()]
 
 
 def read_stats(conn: Connection, run_id: int) -> dict[str, dict[str, dict[str, Any]]] | None:

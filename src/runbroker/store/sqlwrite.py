@@ -595,7 +595,8 @@ class SQLWriting:
         self._txn_descriptors.add(descriptor_id)
         # Its events come next: know the descriptor without reading it back.
         state = DescriptorState.from_descriptor(descriptor_id, run_id, doc["run_start"], doc, 0)
-        state.stats = Accumulator()  # a new descriptor: this writer sees its events first
+        if self.stats_at_stop:  # a new descriptor: this writer sees its events first
+            state.stats = Accumulator()
         self._states[doc["uid"]] = state
         return None
 

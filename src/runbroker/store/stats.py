@@ -165,7 +165,7 @@ def numeric_fields(descriptor: Mapping[str, Any]) -> list[str]:
     return [
         name
         for name, key in descriptor.get("data_keys", {}).items()
-        if key.get("dtype") in ("number", "integer") and not key.get("external")
+        if key.get("dtype") in ("number", "integer", "array") and not key.get("external")
     ]
 
 
