@@ -319,19 +319,26 @@ _STAT_OPS = {
 }
 
 
-@_rows.register
-def _(query: q.FieldStat, dialect: Dialect) -> list[Select] | None:
-    """The runs whose statistic row (see runbroker.store.stats) satisfies the comparison: a
-    range of the covering (key, num) index, like a numeric metadata test."""
+def _stat_rows(query: q.FieldStat) -> Select:
+    """The ids of the runs whose statistic row (see runbroker.store.stats) satisfies the
+    comparison: a range of the covering (key, num) index, like a numeric metadata test."""
     key = stat_key(query.stream, query.field, query.stat)
     _, num, _ = scalar_row(query.value)  # type: ignore[misc]
-    rows = select(meta.c.run_id).where(
+    return select(meta.c.run_id).where(
         meta.c.key == bindparam(None, key, type_=meta.c.key.type, literal_execute=True),
         meta.c.elem.is_(False),
         meta.c.typ == "n",
         _STAT_OPS[query.op](meta.c.num, num),
     )
-    return [rows]
 
 
-compile_query.register(q.FieldStat, _metadata_test)
+@compile_query.register
+def _(query: q.FieldStat, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
+    rows = _stat_rows(query)
+    common = is_common.get()
+    if common is None or not common(rows):
+        return runs.c.id.in_(rows)  # few runs: straight from the index range
+    # Many runs, newest first: each run walked by time is probed through its own rows.
+    # SQLite would probe the (key, num) range instead, reading every run's row for each.
+    probe = rows.where(meta.c.run_id == runs.c.id)
+    return exists(dialect.probe(probe.with_hint(meta, "INDEXED BY ix_meta_run", "sqlite")))
