@@ -36,7 +36,7 @@ from .mongoquery import from_mongo
 from .notes import Viewer, viewer_of
 from .notestream import NOTE, replay_notes, store_notes, without_notes
 from .queries import And, Key, PartialUID, Query, ScanID, bind
-from .store.base import LeavesOut, RunRecord, Store, distinct_values
+from .store.base import LeavesOut, RunRecord, Store, Summarises, distinct_values
 from .stream import Stream
 from .v1 import Broker, Header
 
@@ -496,6 +496,23 @@ class Run(Mapping[str, Stream]):
             if fresh is not None:
                 self._record = fresh
         return self._record.stop
+
+    @property
+    def stats(self) -> dict[str, dict[str, dict[str, Any]]] | None:
+        """Summary statistics of the run's numeric fields, stored when it stopped:
+        ``{stream: {field: {"count", "nan", "sum", "min", "max", "mean"}}}`` (array fields:
+        over the per-frame sums; see docs/data-search.md), or None when they were not
+        computed (the run has not stopped, or was stored before statistics existed: run
+        ``runbroker db stats``).
+
+        Example:
+            >>> motor = run.stats["primary"]["motor"]
+            >>> motor["count"], motor["min"], motor["max"]
+            (5, -1.0, 1.0)
+        """
+        if not isinstance(self.store, Summarises):
+            raise TypeError(f"{self.store!r} keeps no statistics of its runs")
+        return self.store.stats(self.uid)
 
     @property
     def metadata(self) -> dict[str, Any]:

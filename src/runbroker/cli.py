@@ -35,6 +35,7 @@ from .cli_auth import add_commands as add_auth_commands
 from .cli_cache import add_commands as add_cache_commands
 from .cli_notes import add_commands as add_note_commands
 from .cli_serve import add_serve
+from .cli_stats import add_command as add_stats_command
 from .errors import CatalogNotFoundError, NotACatalogError, NotFoundError
 from .mongoquery import is_query_form, parse_query
 from .opening import check_sqlite_path
@@ -506,6 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ix.add_argument("keys", nargs="*", metavar="KEY", help="query keys: sample, sample.name")
     ix.add_argument("--list", action="store_true", help="list the keys indexed")
     ix.set_defaults(func=_db_index)
+    add_stats_command(db)
     imp = sub.add_parser("import", help="copy runs from a databroker MongoDB (mongodb://host/db)")
     imp.add_argument("source", help="mongodb://host:27017/dbname")
     imp.add_argument("dest", help="catalog file or URL (created if missing)")

@@ -1102,3 +1102,171 @@ def bind(query: Query | None, viewer: Viewer) -> Query | None:
 
 # The kinds of note whose tags Tag finds.
 _TAGGED = ("tag", "annotation")
+# --- statistics
+
+#: The per-field statistics stored when a run stops (see docs/data-search.md).
+STATS = ("count", "min", "max", "mean", "sum", "nan")
+
+
+def _name(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise QueryError(f"Field {what} must be a non-empty str, got {value!r}")
+    return value
+
+
+def stat_of(record: Mapping[str, Any], stream: str, field: str, stat: str) -> Any:
+    """The statistic ``stat`` of ``stream``'s ``field`` in a run record's ``"stats"``, or
+    MISSING (no statistics, or not a finite number).
+
+    >>> stat_of({"stats": {"primary": {"x": {"min": 1.5}}}}, "primary", "x", "min")
+    1.5
+    >>> stat_of({"start": {}}, "primary", "x", "min")
+    MISSING
+    """
+    stats = record.get("stats")
+    value = MISSING
+    if isinstance(stats, Mapping):
+        by_field = stats.get(stream)
+        if isinstance(by_field, Mapping) and isinstance(by_field.get(field), Mapping):
+            value = _plain(by_field[field].get(stat, MISSING))
+    if not _is_number(value) or not math.isfinite(value):
+        return MISSING
+    return value
+
+
+@dataclass(frozen=True)
+class FieldStat(Query, tag="field_stat"):
+    """A statistic of a stream's field compared with a number; built with :class:`Field`.
+
+    ``stat`` is one of count, min, max, mean, sum, nan (see :data:`STATS`). A run matches when
+    it has that statistic for the field and ``stat <op> value`` holds. A run without it (not
+    stopped, statistics not computed, the field not numeric, or ``min`` of only NaN) matches
+    no comparison, ``!=`` included: ``~(f == 1)`` is not ``f != 1``.
+
+    >>> q = Field("primary", "theta").min() > 0
+    >>> q.matches({"stats": {"primary": {"theta": {"min": 0.5}}}})
+    True
+    >>> Query.from_dict(q.to_dict()) == q
+    True
+    """
+
+    stream: str
+    field: str
+    stat: str
+    op: str
+    value: int | float
+
+    def __post_init__(self) -> None:
+        _name("stream", self.stream)
+        _name("field", self.field)
+        where = f"Field({self.stream!r}, {self.field!r})"
+        if self.stat not in STATS:
+            raise QueryError(f"{where}: unknown statistic {self.stat!r}; use one of {STATS}")
+        if self.op not in _OPS:
+            raise QueryError(f"{where}: unknown op {self.op!r}; use one of {list(_OPS)}")
+        value = _scalar(where, self.value)
+        if _kind(value) != "number":
+            raise QueryError(f"{where}.{self.stat}(): compare with a number, got {value!r}")
+        object.__setattr__(self, "value", value)
+
+    def __repr__(self) -> str:
+        field = f"Field({self.stream!r}, {self.field!r}).{self.stat}()"
+        return f"{field} {_OPS[self.op]} {self.value!r}"
+
+    def __bool__(self) -> bool:
+        raise TypeError(f"{self!r} has no truth value; combine queries with & | ~")
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        value = stat_of(record, self.stream, self.field, self.stat)
+        if value is MISSING:
+            return False
+        if self.op in ("eq", "ne"):
+            return (value == self.value) == (self.op == "eq")
+        return _ORDER[self.op](value, self.value)
+
+
+@dataclass(frozen=True)
+class _StatOf:
+    """One statistic of a field, waiting for a comparison (``Field(...).sum() > 10``)."""
+
+    stream: str
+    field: str
+    stat: str
+    __hash__ = None  # type: ignore[assignment]  # == builds a query
+
+    def _cmp(self, op: str, value: Any) -> FieldStat:
+        return FieldStat(self.stream, self.field, self.stat, op, value)
+
+    def __eq__(self, value: Any) -> FieldStat:  # type: ignore[override]
+        return self._cmp("eq", value)
+
+    def __ne__(self, value: Any) -> FieldStat:  # type: ignore[override]
+        return self._cmp("ne", value)
+
+    def __lt__(self, value: Any) -> FieldStat:
+        return self._cmp("lt", value)
+
+    def __le__(self, value: Any) -> FieldStat:
+        return self._cmp("le", value)
+
+    def __gt__(self, value: Any) -> FieldStat:
+        return self._cmp("gt", value)
+
+    def __ge__(self, value: Any) -> FieldStat:
+        return self._cmp("ge", value)
+
+
+@dataclass(frozen=True)
+class Field:
+    """Builder for data-aware queries on a stream's field, answered from the statistics
+    stored when each run stopped (for array fields: over the per-frame sums).
+
+    ``stream`` and ``field`` are plain attributes: ``dataclasses.replace(f, field="th")``
+    gives the same query on another field (each :class:`FieldStat` likewise).
+
+    >>> Field("primary", "theta").between(0, 5)
+    And(Field('primary', 'theta').min() >= 0, Field('primary', 'theta').max() <= 5)
+    >>> Field("primary", "fccd_image").sum() > 1000
+    Field('primary', 'fccd_image').sum() > 1000
+    """
+
+    stream: str
+    field: str
+
+    def __post_init__(self) -> None:
+        _name("stream", self.stream)
+        _name("field", self.field)
+
+    def _stat(self, stat: str) -> _StatOf:
+        return _StatOf(self.stream, self.field, stat)
+
+    def count(self) -> _StatOf:
+        """The number of values (events), NaN included."""
+        return self._stat("count")
+
+    def min(self) -> _StatOf:
+        """The smallest value, NaN left out."""
+        return self._stat("min")
+
+    def max(self) -> _StatOf:
+        """The largest value, NaN left out."""
+        return self._stat("max")
+
+    def mean(self) -> _StatOf:
+        """The mean of the values, NaN left out."""
+        return self._stat("mean")
+
+    def sum(self) -> _StatOf:
+        """The sum of the values, NaN left out."""
+        return self._stat("sum")
+
+    def nan(self) -> _StatOf:
+        """The number of NaN values."""
+        return self._stat("nan")
+
+    def between(self, low: float, high: float) -> Query:
+        """Every (non-NaN) value in [low, high]: ``min >= low`` and ``max <= high``."""
+        return (self.min() >= low) & (self.max() <= high)
+
+
+__all__ += ["STATS", "Field", "FieldStat", "stat_of"]

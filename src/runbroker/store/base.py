@@ -121,6 +121,7 @@ __all__ = [
     "PageInfo",
     "RunRecord",
     "Store",
+    "Summarises",
     "annotating",
     "distinct_values",
     "indexing",
@@ -469,3 +470,27 @@ def annotating(store: object) -> Annotates:
             "from SQLite, PostgreSQL, a folder or a runbroker server"
         )
     return store
+
+
+@runtime_checkable
+class Summarises(Protocol):
+    """A store that keeps per-stream, per-field statistics of its runs
+    (:mod:`runbroker.store.stats`), written when a run stops, and answers ``Field`` queries
+    from them."""
+
+    def stats(self, run_uid: str) -> dict[str, dict[str, dict[str, Any]]] | None:
+        """``{stream: {field: {count, nan, sum, min, max, mean}}}``, or None if the run has
+        none (running, or stored before statistics existed). Raises ``RunNotFoundError``
+        for an unknown run."""
+        ...
+
+    def set_stats(
+        self, run_uid: str, stats: dict[str, dict[str, dict[str, Any]]], filled: bool = False
+    ) -> None:
+        """Replace the run's statistics (``filled``: computed with detector files read)."""
+        ...
+
+    def unsummarised(self, filled: bool = False) -> list[str]:
+        """The uids of stopped runs without statistics (``filled``: without statistics
+        computed with detector files read), oldest first."""
+        ...

@@ -172,6 +172,10 @@ class DescriptorState:
     # uids of single events written through this state: refuses an event uid reused with
     # another seq_num. Held only while the run is being written (dropped at its stop).
     uids: set[str] = field(default_factory=set)
+    # Statistics of the pages this writer stored (runbroker.store.stats.Accumulator), and
+    # how many events they hold; None when it may not have seen them all (see sqlstats).
+    stats: Any = None
+    stats_events: int = 0
 
     @classmethod
     def from_descriptor(

@@ -153,6 +153,23 @@ class FolderStore(FolderWriting):
         """Index metadata keys in the folder's index (derived data: allowed read-only too)."""
         return self._index.store.create_index(*keys)
 
+    # -- statistics (derived data of the index, see runbroker.store.stats) -----------------
+
+    def stats(self, run_uid: str) -> dict[str, dict[str, dict[str, Any]]] | None:
+        """The run's statistics, or None if they were not computed (a run file that this
+        store did not write: ``runbroker db stats`` computes them)."""
+        self._refresh_if_due()
+        return self._index.store.stats(run_uid)
+
+    def set_stats(self, run_uid: str, stats: dict, filled: bool = False) -> None:
+        """Replace the run's statistics in the folder's index (allowed read-only too)."""
+        self._index.store.set_stats(run_uid, stats, filled)
+
+    def unsummarised(self, filled: bool = False) -> list[str]:
+        """The uids of stopped runs without statistics, oldest first."""
+        self._refresh_if_due()
+        return self._index.store.unsummarised(filled)
+
     # -- reading ---------------------------------------------------------------------------
 
     def search(

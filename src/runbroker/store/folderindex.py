@@ -175,6 +175,7 @@ class FolderIndex:
             store = db = None
             try:
                 store = SQLStore(f"sqlite:///{self.path}")
+                store.stats_at_stop = False  # the folder's writer gives them
                 db = sqlite3.connect(
                     self.path, timeout=60, check_same_thread=False, isolation_level=None
                 )

@@ -30,6 +30,7 @@ from . import intake
 from .events import Batch, DescriptorState, canonical
 from .folderindex import FolderIndex
 from .runfile import ParsedRun, RunCache
+from .stats import Accumulator, combine, summarise_store
 
 __all__ = ["FolderWriting", "undeclared"]
 
@@ -335,6 +336,9 @@ class FolderWriting:
             raise
         files = [(name, uid, size, mtime) for name, (uid, size, mtime) in txn.files.items()]
         self._index.record(txn.headers, files, txn.children, txn.declared)
+        for name, doc in txn.headers:
+            if name == "stop":
+                self._write_stats(txn.touched[doc["run_start"]])
         for uid, writer in txn.touched.items():
             if writer.stop is not None:
                 for state in writer.states.values():
@@ -407,7 +411,8 @@ class FolderWriting:
             txn.headers.append(("stop", run.stop))
         elif name == "descriptor":
             run.descriptors[uid] = doc
-            run.states[uid] = DescriptorState.from_descriptor(0, 0, run.uid, doc, 0)
+            state = run.states[uid] = DescriptorState.from_descriptor(0, 0, run.uid, doc, 0)
+            state.stats = Accumulator()  # a new descriptor: its events all come through here
         else:
             run.docs[uid] = (name, _as_read(doc))
         if name in ("descriptor", "resource", "stream_resource"):
@@ -446,10 +451,14 @@ class FolderWriting:
 
     def add_event(self, state: DescriptorState, doc: dict) -> None:
         state.seq_max = max(state.seq_max, doc["seq_num"])
+        if state.stats is not None:
+            state.stats.add_event(doc["data"])
         self._feed(self._writer(self._txn, state.run_uid), "event", doc)
 
     def add_page(self, state: DescriptorState, doc: dict, batch: Batch) -> None:
         state.seq_max = max(state.seq_max, batch.seq_max)
+        if state.stats is not None:
+            state.stats.add(batch.data)
         self._feed(self._writer(self._txn, state.run_uid), "event_page", doc)
 
     def _feed(self, writer: _Writer | None, name: str, doc: dict) -> None:
@@ -512,3 +521,13 @@ class FolderWriting:
         entry = self._index.file_of(writer.uid)
         # A run started in this call is not in the index yet: cached by name meanwhile.
         return self._cache.get(entry.id if entry else ("new", writer.name), path)
+
+    def _write_stats(self, writer: _Writer) -> None:
+        """Give the index the statistics of a run that just stopped: from what this store
+        saw of its events, or from its file if the run was begun elsewhere."""
+        states = writer.states
+        if all(s.stats is not None for s in states.values()):
+            stats = combine((writer.descriptors[u], s.stats) for u, s in states.items())
+        else:
+            stats = summarise_store(self, writer.uid)
+        self._index.store.set_stats(writer.uid, stats)

@@ -63,6 +63,7 @@ from .schema import (
     runs,
 )
 from .sqlquery import compile_query, indexed, is_common, is_uid
+from .sqlstats import SQLStatistics
 from .sqlwrite import RUN_ID, SQLWriting
 from .urls import redact
 
@@ -137,7 +138,7 @@ _RUN_BODIES = Prepared(
 _loads = jsoncodec.loads
 
 
-class SQLStore(SQLWriting):
+class SQLStore(SQLWriting, SQLStatistics):
     """Runs in a SQL database. Use :func:`runbroker.open` rather than this class directly.
 
     ``durability`` sets what a commit promises, the same on SQLite and PostgreSQL:

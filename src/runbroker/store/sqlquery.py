@@ -32,6 +32,7 @@ from .dialects import SQLITE, Dialect
 from .flatten import scalar_row
 from .keyindex import index_name, meta_key
 from .schema import meta, runs
+from .stats import stat_key
 
 __all__ = ["compile_query", "indexed", "is_common", "is_uid"]
 
@@ -335,3 +336,38 @@ def _(query: q.Annotation, dialect: Dialect) -> list[Select] | None:
 
 for _kind in (q.Tag, q.Annotation):
     compile_query.register(_kind, _metadata_test)
+# --- statistics
+
+_STAT_OPS = {
+    "eq": lambda c, v: c == v,
+    "ne": lambda c, v: c != v,
+    "lt": lambda c, v: c < v,
+    "le": lambda c, v: c <= v,
+    "gt": lambda c, v: c > v,
+    "ge": lambda c, v: c >= v,
+}
+
+
+def _stat_rows(query: q.FieldStat) -> Select:
+    """The ids of the runs whose statistic row (see runbroker.store.stats) satisfies the
+    comparison: a range of the covering (key, num) index, like a numeric metadata test."""
+    key = stat_key(query.stream, query.field, query.stat)
+    _, num, _ = scalar_row(query.value)  # type: ignore[misc]
+    return select(meta.c.run_id).where(
+        meta.c.key == bindparam(None, key, type_=meta.c.key.type, literal_execute=True),
+        meta.c.elem.is_(False),
+        meta.c.typ == "n",
+        _STAT_OPS[query.op](meta.c.num, num),
+    )
+
+
+@compile_query.register
+def _(query: q.FieldStat, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
+    rows = _stat_rows(query)
+    common = is_common.get()
+    if common is None or not common(rows):
+        return runs.c.id.in_(rows)  # few runs: straight from the index range
+    # Many runs, newest first: each run walked by time is probed through its own rows.
+    # SQLite would probe the (key, num) range instead, reading every run's row for each.
+    probe = rows.where(meta.c.run_id == runs.c.id)
+    return exists(dialect.probe(probe.with_hint(meta, "INDEXED BY ix_meta_run", "sqlite")))

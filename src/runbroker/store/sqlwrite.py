@@ -34,6 +34,8 @@ from .dialects import Dialect
 from .events import Batch, DescriptorState, canonical, event_from_columns, merge_batches
 from .prepared import Prepared
 from .schema import datums, descriptors, documents, pages, runs
+from .sqlstats import stop_stats
+from .stats import Accumulator
 
 __all__ = ["SQLWriting", "scan_id_column"]
 
@@ -119,6 +121,9 @@ class SQLWriting:
     _wengine: Engine
 
     def _init_writing(self, uri: str) -> None:
+        # Whether a run's statistics are written at its stop (a folder's index holds headers
+        # only: its folder writes them, see runbroker.store.folderwrite).
+        self.stats_at_stop = True
         self._lock = threading.RLock()
         self._wconn: Connection | None = None
         self._states: dict[str, DescriptorState] = {}
@@ -441,6 +446,7 @@ class SQLWriting:
             foreign = state.id not in self._txn_descriptors
             stored_max = self._db.stored_max(conn, state.id) if foreign else 0
             if stored_max > state.flushed_max:
+                state.stats = None  # the stop summarises the stored pages instead
                 # Another writer (process or catalog object) wrote this descriptor meanwhile:
                 # its pages took replay positions this writer has not counted, so the next
                 # one is read again (else two pages share one, and replay may swap them).
@@ -454,6 +460,9 @@ class SQLWriting:
             for batch in batches:
                 state.flushed_max = max(state.flushed_max, batch.seq_max)
                 rows.append(_page_row(state, self._next_ord(conn, state.run_id), batch))
+                if state.stats is not None:
+                    state.stats.add(batch.data)
+                    state.stats_events += batch.n
                 state.pages_written += 1
                 if batch.n < state.max_events // 8:
                     state.small_pages += 1
@@ -556,6 +565,8 @@ class SQLWriting:
         if not self._db.set_stop(conn, run_id, doc):  # a repeat, or another writer's
             row = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
             return _loads(row[0]) if row and row[0] is not None else None
+        if self.stats_at_stop:
+            stop_stats(conn, run_id, self._states)
         # The run is complete: merge the tiny pages a slow live run leaves (never the run's
         # big pages: rewriting them made the stop as slow as the whole run's ingest), and
         # forget what was kept in memory to write it.
@@ -583,9 +594,10 @@ class SQLWriting:
         descriptor_id = row[0]
         self._txn_descriptors.add(descriptor_id)
         # Its events come next: know the descriptor without reading it back.
-        self._states[doc["uid"]] = DescriptorState.from_descriptor(
-            descriptor_id, run_id, doc["run_start"], doc, 0
-        )
+        state = DescriptorState.from_descriptor(descriptor_id, run_id, doc["run_start"], doc, 0)
+        if self.stats_at_stop:  # a new descriptor: this writer sees its events first
+            state.stats = Accumulator()
+        self._states[doc["uid"]] = state
         return None
 
     def _write_document(self, conn: Connection, run_id: int, name: str, doc: dict) -> dict | None:

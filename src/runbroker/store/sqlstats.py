@@ -1,0 +1,154 @@
+"""The statistics of a run in a SQL catalog: written at its stop, read, replaced.
+
+At a run's stop the writer uses what it accumulated while writing each descriptor's pages
+(:class:`~runbroker.store.stats.Accumulator`), when it wrote every event stored for it; a
+descriptor some other writer wrote to (several server workers), or that it forgot meanwhile,
+is summarised from its stored pages instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, func, insert, select
+
+from . import jsoncodec
+from . import pages as codec
+from .base import run_not_found
+from .events import DescriptorState
+from .prepared import Prepared
+from .schema import descriptors, meta, pages, runs
+from .stats import MARKER, Accumulator, combine, stats_from_rows, stats_rows
+
+__all__ = ["SQLStatistics", "read_stats", "stop_stats", "summarise", "write_stats"]
+
+# Keys from "@stat" up to (not including) "@stat/": every statistic of a run, and the row
+# MARKER that says they were computed (a run may have no numeric field).
+_IN_PREFIX = (meta.c.key >= MARKER, meta.c.key < MARKER + "/")
+# Found through the run's rows (ix_meta_run), never by a walk over every run's statistics
+# in the key index, which SQLite's planner would otherwise rank as high.
+_STATS_OF = (
+    select(meta.c.key, meta.c.num)
+    .where(meta.c.run_id == bindparam("rid"), *_IN_PREFIX)
+    .with_hint(meta, "INDEXED BY ix_meta_run", "sqlite")
+)
+_INSERT = Prepared(insert(meta), ["run_id", "key", "elem", "typ", "num", "txt"])
+_DESCRIPTORS = Prepared(
+    select(descriptors.c.id, descriptors.c.uid, descriptors.c.name, descriptors.c.body).where(
+        descriptors.c.run_id == bindparam("rid")
+    )
+)
+_RUN_ID = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
+_COUNTS = Prepared(
+    select(pages.c.descriptor_id, func.sum(pages.c.n))
+    .where(pages.c.run_id == bindparam("rid"))
+    .group_by(pages.c.descriptor_id)
+)
+_DATA_OF = Prepared(select(pages.c.data).where(pages.c.descriptor_id == bindparam("d")))
+
+
+def summarise(
+    conn: Connection, run_id: int, states: Mapping[str, DescriptorState] | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The statistics of run ``run_id``, ``{stream: {field: {stat: value}}}``: from the
+    writer's ``states`` where they saw every stored event, else from the stored pages."""
+    states = states or {}
+    counts = dict(_COUNTS.execute(conn, {"rid": run_id}).fetchall())
+    parts = []
+    for desc_id, uid, _name, body in _DESCRIPTORS.execute(conn, {"rid": run_id}).fetchall():
+        state = states.get(uid)
+        stored = int(counts.get(desc_id) or 0)
+        if state is not None and state.stats is not None and state.stats_events == stored:
+            acc = state.stats
+        else:
+            acc = Accumulator()
+            for (blob,) in _DATA_OF.execute(conn, {"d": desc_id}).fetchall():
+                acc.add(codec.decode(blob))
+        parts.append((jsoncodec.loads(body), acc))
+    return combine(parts)
+
+
+def write_stats(
+    conn: Connection,
+    run_id: int,
+    stats: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    filled: bool = False,
+    replace: bool = True,
+) -> None:
+    """Write the run's statistics rows, replacing any it has (``replace``); ``filled``:
+    they include fields read from detector files."""
+    if replace:
+        conn.execute(
+            delete(meta).where(meta.c.run_id == run_id, meta.c.key.in_(_stat_keys(conn, run_id)))
+        )
+    rows = [
+        {"run_id": run_id, "key": k, "elem": e, "typ": t, "num": n, "txt": s}
+        for k, e, t, n, s in [(MARKER, False, "n", int(filled), None), *stats_rows(stats)]
+    ]
+    _INSERT.executemany(conn, rows)
+
+
+def stop_stats(conn: Connection, run_id: int, states: Mapping[str, DescriptorState]) -> None:
+    """Write the statistics of a run that just stopped (it has none yet)."""
+    write_stats(conn, run_id, summarise(conn, run_id, states), replace=False)
+
+
+def _stat_keys(conn: Connection, run_id: int) -> list[str]:
+    return [k for k, _ in conn.execute(_STATS_OF, {"rid": run_id}).all()]
+
+
+def read_stats(conn: Connection, run_id: int) -> dict[str, dict[str, dict[str, Any]]] | None:
+    """The run's stored statistics, or None if it has none (not computed)."""
+    rows = conn.execute(_STATS_OF, {"rid": run_id}).all()
+    return stats_from_rows(rows) if rows else None
+
+
+class SQLStatistics:
+    """The statistics capability of :class:`~runbroker.store.sql.SQLStore`
+    (:class:`~runbroker.store.base.Summarises`)."""
+
+    def stats(self, run_uid: str) -> dict[str, dict[str, dict[str, Any]]] | None:
+        """The run's statistics ``{stream: {field: {stat: value}}}``, or None if they were
+        not computed (a running run, or one stored before statistics existed).
+
+        Example:
+            >>> cat.store.stats(run.uid)["primary"]["motor"]["max"]
+            1.0
+        """
+        self._flush_if_pending()
+        with self._read() as conn:
+            row = _RUN_ID.execute(conn, {"uid": run_uid}).fetchone()
+            if row is None:
+                raise run_not_found(self, run_uid)
+            return read_stats(conn, row[0])
+
+    def set_stats(
+        self,
+        run_uid: str,
+        stats: Mapping[str, Mapping[str, Mapping[str, Any]]],
+        filled: bool = False,
+    ) -> None:
+        """Replace the run's statistics (``filled``: computed with detector files read)."""
+        with self._lock:
+            conn = self._conn()
+            row = _RUN_ID.execute(conn, {"uid": run_uid}).fetchone()
+            if row is None:
+                raise run_not_found(self, run_uid)
+            write_stats(conn, row[0], stats, filled)
+            self._commit_locked()
+
+    def unsummarised(self, filled: bool = False) -> list[str]:
+        """The uids of stopped runs without statistics (``filled``: without statistics
+        computed with detector files read), oldest first."""
+        self._flush_if_pending()
+        done = select(meta.c.run_id).where(meta.c.key == MARKER)
+        if filled:
+            done = done.where(meta.c.num == 1)
+        stmt = (
+            select(runs.c.uid)
+            .where(runs.c.stop.is_not(None), runs.c.id.not_in(done))
+            .order_by(runs.c.time, runs.c.uid)
+        )
+        with self._read() as conn:
+            return list(conn.execute(stmt).scalars())

@@ -1,0 +1,246 @@
+"""Per-stream, per-field summary statistics of a run, and the ``meta`` rows that hold them.
+
+Statistics are kept for fields whose every stored page is a numeric (integer or float) array:
+count (values, NaN included), nan (NaN values), and the sum, min, max and mean of the other
+values. For a field holding an array per event (an image), the values are the per-frame sums.
+Strings, datum ids of detector files and booleans get none.
+
+They are accumulated page by page while a writer stores a run and written when it stops, as
+rows of ``meta`` under keys beginning with ``@stat.`` (a prefix no document key can take), so
+that ``Field`` queries are index lookups like every metadata query.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..columns import DATA
+from ..queries import STATS
+
+__all__ = [
+    "MARKER",
+    "PREFIX",
+    "Accumulator",
+    "combine",
+    "numeric_fields",
+    "stat_key",
+    "stats_from_rows",
+    "stats_rows",
+    "summarise_store",
+]
+
+PREFIX = "@stat."
+#: The ``meta`` key of the row every run whose statistics were computed has.
+MARKER = "@stat"
+
+
+def stat_key(stream: str, field: str, stat: str) -> str:
+    """The ``meta`` key of one statistic (stream and field names may hold any character).
+
+    Example:
+        >>> stat_key("primary", "theta", "min")
+        '@stat.min.["primary","theta"]'
+    """
+    return f"{PREFIX}{stat}.{json.dumps([stream, field], separators=(',', ':'))}"
+
+
+def _summary(column: Any) -> tuple[int, int, float, Any, Any] | None:
+    """(count, nan, sum, min, max) of a numeric column (frames summed), or None."""
+    if not isinstance(column, np.ndarray) or column.dtype.kind not in "iuf":
+        return None
+    n = len(column)
+    if column.ndim > 1:
+        column = column.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    if column.dtype.kind == "f":
+        bad = np.isnan(column)
+        nan = int(bad.sum())
+        if nan:
+            column = column[~bad]
+    else:
+        nan = 0
+    if len(column) == 0:
+        return n, nan, 0.0, None, None
+    total = float(column.sum(dtype=np.float64))
+    return n, nan, total, column.min().item(), column.max().item()
+
+
+class Accumulator:
+    """Statistics of the fields of one stream, added to page by page.
+
+    Example:
+        >>> acc = Accumulator()
+        >>> acc.add({"d:x": np.array([1.0, np.nan]), "d:s": ["a", "b"]})
+        >>> acc.add({"d:x": np.array([3.0])})
+        >>> acc.result()
+        {'x': {'count': 3, 'nan': 1, 'sum': 4.0, 'min': 1.0, 'max': 3.0, 'mean': 2.0}}
+    """
+
+    def __init__(self) -> None:
+        self.fields: dict[str, list] = {}  # field -> [count, nan, sum, min, max]
+        self.other: set[str] = set()  # fields with a page that is not numeric
+
+    def add(self, data: Mapping[str, Any]) -> None:
+        """Add a page's decoded data columns (``d:<field>`` keys; others are ignored)."""
+        for key, column in data.items():
+            if not key.startswith(DATA):
+                continue
+            field = key[len(DATA) :]
+            if field in self.other:
+                continue
+            summary = _summary(column)
+            if summary is None:
+                self.other.add(field)
+                self.fields.pop(field, None)
+            else:
+                self._merge(field, list(summary))
+
+    def add_event(self, data: Mapping[str, Any]) -> None:
+        """Add one event's ``data`` (as :meth:`add` would its one-event page)."""
+        for field, value in data.items():
+            if field in self.other:
+                continue
+            if isinstance(value, float | int) and not isinstance(value, bool):
+                column: Any = np.array([value])
+            elif isinstance(value, np.ndarray | list):
+                column = np.asarray(value)[np.newaxis] if len(value) else None
+            else:
+                column = None
+            self.add({DATA + field: column})
+
+    def _merge(self, field: str, part: list) -> None:
+        held = self.fields.get(field)
+        if held is None:
+            self.fields[field] = part
+            return
+        held[0] += part[0]
+        held[1] += part[1]
+        held[2] += part[2]
+        for i, pick in ((3, min), (4, max)):
+            if part[i] is not None:
+                held[i] = part[i] if held[i] is None else pick(held[i], part[i])
+
+    def merge(self, other: Accumulator) -> None:
+        """Add another accumulator's pages (another descriptor of the same stream)."""
+        for field in other.other:
+            self.other.add(field)
+            self.fields.pop(field, None)
+        for field, part in other.fields.items():
+            if field not in self.other:
+                self._merge(field, list(part))
+
+    def declare(self, fields: Iterable[str]) -> None:
+        """Give fields that no page held (an empty stream) a count of 0."""
+        for field in fields:
+            if field not in self.other and field not in self.fields:
+                self.fields[field] = [0, 0, 0.0, None, None]
+
+    def result(self) -> dict[str, dict[str, Any]]:
+        """``{field: {count, nan, sum, min, max, mean}}``; unknown values are None."""
+        out = {}
+        for field, (count, nan, total, low, high) in self.fields.items():
+            seen = count - nan
+            out[field] = {
+                "count": count,
+                "nan": nan,
+                "sum": total,
+                "min": low,
+                "max": high,
+                "mean": total / seen if seen else None,
+            }
+        return out
+
+
+def numeric_fields(descriptor: Mapping[str, Any]) -> list[str]:
+    """The fields a descriptor declares as numbers held in its events (not in files).
+
+    Example:
+        >>> numeric_fields({"data_keys": {"x": {"dtype": "number"}, "s": {"dtype": "string"}}})
+        ['x']
+    """
+    return [
+        name
+        for name, key in descriptor.get("data_keys", {}).items()
+        if key.get("dtype") in ("number", "integer", "array") and not key.get("external")
+    ]
+
+
+def stats_rows(stats: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[tuple]:
+    """``meta`` rows ``(key, elem, typ, num, txt)`` of ``{stream: {field: {stat: value}}}``;
+    values that are None or not finite get no row (no comparison matches them).
+
+    Example:
+        >>> stats_rows({"primary": {"x": {"count": 2, "min": None}}})
+        [('@stat.count.["primary","x"]', False, 'n', 2, None)]
+    """
+    rows = []
+    for stream, by_field in stats.items():
+        for field, values in by_field.items():
+            for stat in STATS:
+                value = values.get(stat)
+                if value is None or not math.isfinite(value):
+                    continue
+                rows.append((stat_key(stream, field, stat), False, "n", value, None))
+    return rows
+
+
+def stats_from_rows(rows: Iterable[tuple[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The inverse of :func:`stats_rows` from ``(key, num)`` pairs; a statistic without a
+    row is None; count and nan are ints, the others floats.
+
+    Example:
+        >>> stats_from_rows([('@stat.count.["primary","x"]', 2)])["primary"]["x"]["count"]
+        2
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, num in rows:
+        if key == MARKER:
+            continue
+        stat, _, names = key[len(PREFIX) :].partition(".")
+        stream, field = json.loads(names)
+        values = out.setdefault(stream, {}).setdefault(field, dict.fromkeys(STATS))
+        # Floats whatever the database gave back (SQLite keeps 1.0 as 1, PostgreSQL gives
+        # Decimal), so that every store answers alike.
+        values[stat] = int(num) if stat in ("count", "nan") else float(num)
+    return out
+
+
+def combine(parts: Iterable[tuple[Mapping[str, Any], Accumulator]]) -> dict[str, dict]:
+    """The statistics ``{stream: {field: {stat: value}}}`` of a run from ``(descriptor,
+    accumulator of its pages)`` pairs; descriptors of one stream name are merged.
+
+    Example:
+        >>> acc = Accumulator()
+        >>> acc.add({"d:x": np.arange(3)})
+        >>> combine([({"name": "primary", "data_keys": {}}, acc)])["primary"]["x"]["max"]
+        2
+    """
+    streams: dict[str, Accumulator] = {}
+    for descriptor, acc in parts:
+        acc.declare(numeric_fields(descriptor))
+        streams.setdefault(descriptor.get("name", "primary"), Accumulator()).merge(acc)
+    return {name: acc.result() for name, acc in streams.items()}
+
+
+def summarise_store(store: Any, run_uid: str, batch: int = 16) -> dict[str, dict]:
+    """The statistics of run ``run_uid`` of any :class:`~runbroker.store.base.Store`,
+    computed from its stored pages (a few at a time).
+
+    Example:
+        >>> summarise_store(cat.store, run.uid)["primary"]["motor"]["count"]
+        5
+    """
+    parts = []
+    for descriptor in store.descriptors(run_uid):
+        acc = Accumulator()
+        ids = [p.id for p in store.pages(run_uid, [descriptor["uid"]])]
+        columns = [DATA + f for f in descriptor.get("data_keys", {})]
+        for i in range(0, len(ids), batch):
+            for page in store.read_pages(run_uid, ids[i : i + batch], columns):
+                acc.add(page)
+        parts.append((descriptor, acc))
+    return combine(parts)
