@@ -21,12 +21,7 @@ from runbroker.cli import main
 from runbroker.cli_stats import fill_stats
 from runbroker.queries import Field, FieldStat, Key, Query, QueryError
 from runbroker.testing.detectors import ADHDF5Detector
-
-
-@pytest.fixture(autouse=True)
-def _not_http(store_kind):
-    if store_kind == "http":
-        pytest.skip("statistics over HTTP: done by the lead")
+from runbroker.testing.stores import stores_except
 
 
 def _run(
@@ -133,6 +128,9 @@ def test_field_composes_with_metadata(catalog):
     assert len(catalog.search(Key("sample") == "Ni").search(Field("primary", "x").max() > 5)) == 1
 
 
+@stores_except(
+    "http", reason="db stats computes statistics where runs are stored, not through a server"
+)
 def test_db_stats_for_runs_stored_without_them(catalog, monkeypatch):
     # Runs stored before statistics existed: their stop left none.
     store = catalog.store
@@ -154,6 +152,9 @@ def store_is_folder(catalog) -> bool:
     return type(catalog.store).__name__ == "FolderStore"
 
 
+@stores_except(
+    "http", reason="db stats computes statistics where runs are stored, not through a server"
+)
 def test_fill_gives_file_backed_images_stats(catalog, RE, tmp_path):
     fccd = ADHDF5Detector("fccd", tmp_path / "data", shape=(4, 5))
     RE(count([fccd], 3))
@@ -169,6 +170,9 @@ def test_fill_gives_file_backed_images_stats(catalog, RE, tmp_path):
     assert fill_stats(catalog, fill=True) == 0
 
 
+@stores_except(
+    "http", reason="db stats computes statistics where runs are stored, not through a server"
+)
 def test_cli_db_stats(catalog, capsys):
     if "://" in catalog.store.uri and not catalog.store.uri.startswith("sqlite"):
         uri = catalog.store.uri

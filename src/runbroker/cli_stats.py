@@ -18,7 +18,7 @@ from typing import Any
 
 from .catalog import Catalog, Run
 from .queries import KeyPresent
-from .store.base import Summarises
+from .store.base import KeepsStats
 from .store.stats import Accumulator, summarise_store
 
 __all__ = ["compute_stats", "fill_stats"]
@@ -58,8 +58,11 @@ def fill_stats(
         0
     """
     store = catalog.store
-    if not isinstance(store, Summarises):
-        raise TypeError(f"{store!r} keeps no statistics of its runs")
+    if not isinstance(store, KeepsStats):
+        raise TypeError(
+            f"statistics are computed where runs are stored, not through {store!r}: run "
+            "runbroker db stats on the catalog's database or folder"
+        )
     if recompute:
         uids = list(catalog.search(KeyPresent("stop.uid")))[::-1]
     else:

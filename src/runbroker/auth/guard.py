@@ -47,6 +47,7 @@ from ..store.base import (
     PageInfo,
     RunRecord,
     Store,
+    Summarises,
     annotating,
     distinct_values,
     run_not_found,
@@ -298,6 +299,12 @@ class GuardedStore:
     def datums(self, run_uid: str, datum_ids: list[str]) -> dict[str, tuple[str, dict]]:
         self._check(run_uid)
         return self.inner.datums(run_uid, datum_ids)
+
+    def stats(self, run_uid: str) -> dict[str, dict[str, dict[str, Any]]] | None:
+        self._check(run_uid)
+        if not isinstance(self.inner, Summarises):
+            raise TypeError(f"{self.inner!r} keeps no statistics of its runs")
+        return self.inner.stats(run_uid)
 
     # -- notes: the caller's view of them, and its writes admitted by the note rules
 

@@ -251,6 +251,10 @@ class CachedStore:
         if isinstance(run, str):
             self.forget(run)
 
+    def stats(self, run_uid: str) -> dict[str, dict[str, dict[str, Any]]] | None:
+        # asked each time: `runbroker db stats` may compute them after the run stopped
+        return self._online(lambda: self.inner.stats(run_uid))
+
     # -- notes: always the server's (they change at any time); a correction changes the run
 
     def notes(self, run_uid: str, history: bool = False) -> list[dict]:

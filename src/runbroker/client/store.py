@@ -300,6 +300,10 @@ class HTTPStore:
         got = self.transport.get(path, **params)
         return NewEvents(got["columns"], got["descriptors"], got["stopped"])
 
+    def stats(self, run_uid: str) -> dict[str, dict[str, dict[str, Any]]] | None:
+        with self._about(run_uid):
+            return self.transport.get(_run(run_uid) + "/stats")
+
     # -- notes (runbroker.store.base.Annotates): the server keeps them, and shows its caller
     # the ones it may see
 

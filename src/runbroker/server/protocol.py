@@ -23,7 +23,7 @@ from ..errors import RequestError, RunbrokerError, RunNotFoundError
 from ..filler import FieldEvents
 from ..queries import Query as RunQuery
 from ..queries import bind
-from ..store.base import PageInfo, RunRecord, distinct_values
+from ..store.base import PageInfo, RunRecord, Summarises, distinct_values
 from .accounts import audit
 from .context import Context, Data, Metadata, Writer
 from .encoding import body, reply, streamed
@@ -135,6 +135,13 @@ def get_run(request: Request, uid: str, ctx: Metadata) -> Response:
     if run is None:
         raise RunNotFoundError(f"no run {uid!r} in this catalog")
     return reply(request, record(run))
+
+
+@router.get("/runs/{uid}/stats", summary="A run's per-field statistics (null: none)")
+def run_stats(request: Request, uid: str, ctx: Metadata) -> Response:
+    if not isinstance(ctx.store, Summarises):
+        raise RequestError("this server's catalog keeps no statistics of its runs")
+    return reply(request, ctx.store.stats(uid))
 
 
 @router.get("/runs/{uid}/descriptors", summary="A run's descriptor documents")

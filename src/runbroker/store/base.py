@@ -115,6 +115,7 @@ __all__ = [
     "Distinct",
     "Follows",
     "Indexes",
+    "KeepsStats",
     "LeavesOut",
     "NewEvents",
     "PageGone",
@@ -483,6 +484,12 @@ class Summarises(Protocol):
         none (running, or stored before statistics existed). Raises ``RunNotFoundError``
         for an unknown run."""
         ...
+
+
+@runtime_checkable
+class KeepsStats(Summarises, Protocol):
+    """A :class:`Summarises` store whose statistics can be (re)computed where it lives
+    (``runbroker db stats``): a database or folder, not a server's client."""
 
     def set_stats(
         self, run_uid: str, stats: dict[str, dict[str, dict[str, Any]]], filled: bool = False
