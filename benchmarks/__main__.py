@@ -25,6 +25,7 @@ BENCHMARKS = {
     "b13": "b13_export",
     "b14": "b14_pack",
     "b14f": "b14_folder",
+    "b15": "b15_data_search",
     "b16": "b16_align",
     "b17": "b17_federated",
 }
