@@ -203,3 +203,27 @@ notes = Table(
     UniqueConstraint("note", "revision", name="uq_notes_note_revision"),
     Index("ix_notes_run", "run_id", "id"),
 )
+
+# Per-stream, per-field statistics of each stopped run (runbroker.store.stats), one row per
+# field with a column per statistic (migration 0006): a run's stop writes a few rows, not a
+# metadata row per statistic. ``key`` is the JSON list [stream, field]; the row with key ""
+# marks a run whose statistics were computed (count 1: with detector files read). Found by
+# run (the primary key, which SQLite stores as the table itself) and by value ranges of the
+# statistics a Field query selects on; count, nan and mean are tested run by run.
+field_stats = Table(
+    "field_stats",
+    metadata,
+    Column("run_id", Integer, primary_key=True, autoincrement=False),
+    Column("key", String(512), primary_key=True),
+    # NUMERIC, like meta.num: integer statistics stay exact.
+    Column("count", ExactNumber()),
+    Column("nan", ExactNumber()),
+    Column("sum", ExactNumber()),
+    Column("min", ExactNumber()),
+    Column("max", ExactNumber()),
+    Column("mean", ExactNumber()),
+    Index("ix_field_stats_min", "key", "min", "run_id"),
+    Index("ix_field_stats_max", "key", "max", "run_id"),
+    Index("ix_field_stats_sum", "key", "sum", "run_id"),
+    sqlite_with_rowid=False,
+)

@@ -1,14 +1,16 @@
 """The statistics of a run in a SQL catalog: written at its stop, read, replaced.
 
 At a run's stop the writer uses what it accumulated while writing each descriptor's pages
-(:class:`~runbroker.store.stats.Accumulator`), when it wrote every event stored for it; a
-descriptor some other writer wrote to (several server workers), or that it forgot meanwhile,
-is summarised from its stored pages instead.
+(:class:`~runbroker.store.stats.Accumulator`). When the run began in the writer's open
+transaction, no other writer can have written to it and every descriptor of it is known:
+the statistics come from memory with no query (every small run). Otherwise a descriptor
+some other writer wrote to (several server workers), or that the writer forgot meanwhile,
+is summarised from its stored pages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
@@ -18,22 +20,16 @@ from . import pages as codec
 from .base import run_not_found
 from .events import DescriptorState
 from .prepared import Prepared
-from .schema import descriptors, meta, pages, runs
+from .schema import descriptors, field_stats, pages, runs
 from .stats import MARKER, Accumulator, combine, stats_from_rows, stats_rows
 
 __all__ = ["SQLStatistics", "read_stats", "stop_stats", "summarise", "write_stats"]
 
-# Keys from "@stat" up to (not including) "@stat/": every statistic of a run, and the row
-# MARKER that says they were computed (a run may have no numeric field).
-_IN_PREFIX = (meta.c.key >= MARKER, meta.c.key < MARKER + "/")
-# Found through the run's rows (ix_meta_run), never by a walk over every run's statistics
-# in the key index, which SQLite's planner would otherwise rank as high.
-_STATS_OF = (
-    select(meta.c.key, meta.c.num)
-    .where(meta.c.run_id == bindparam("rid"), *_IN_PREFIX)
-    .with_hint(meta, "INDEXED BY ix_meta_run", "sqlite")
+_COLUMNS = ["key", "count", "nan", "sum", "min", "max", "mean"]
+_STATS_OF = Prepared(
+    select(*(field_stats.c[c] for c in _COLUMNS)).where(field_stats.c.run_id == bindparam("rid"))
 )
-_INSERT = Prepared(insert(meta), ["run_id", "key", "elem", "typ", "num", "txt"])
+_INSERT = Prepared(insert(field_stats), ["run_id", *_COLUMNS])
 _DESCRIPTORS = Prepared(
     select(descriptors.c.id, descriptors.c.uid, descriptors.c.name, descriptors.c.body).where(
         descriptors.c.run_id == bindparam("rid")
@@ -79,28 +75,31 @@ def write_stats(
     """Write the run's statistics rows, replacing any it has (``replace``); ``filled``:
     they include fields read from detector files."""
     if replace:
-        conn.execute(
-            delete(meta).where(meta.c.run_id == run_id, meta.c.key.in_(_stat_keys(conn, run_id)))
-        )
-    rows = [
-        {"run_id": run_id, "key": k, "elem": e, "typ": t, "num": n, "txt": s}
-        for k, e, t, n, s in [(MARKER, False, "n", int(filled), None), *stats_rows(stats)]
-    ]
+        conn.execute(delete(field_stats).where(field_stats.c.run_id == run_id))
+    names = ("run_id", *_COLUMNS)
+    rows = [dict(zip(names, (run_id, *r), strict=True)) for r in stats_rows(stats, filled)]
     _INSERT.executemany(conn, rows)
 
 
-def stop_stats(conn: Connection, run_id: int, states: Mapping[str, DescriptorState]) -> None:
-    """Write the statistics of a run that just stopped (it has none yet)."""
-    write_stats(conn, run_id, summarise(conn, run_id, states), replace=False)
-
-
-def _stat_keys(conn: Connection, run_id: int) -> list[str]:
-    return [k for k, _ in conn.execute(_STATS_OF, {"rid": run_id}).all()]
+def stop_stats(
+    conn: Connection,
+    run_id: int,
+    states: Mapping[str, DescriptorState],
+    known: Iterable[DescriptorState] | None = None,
+) -> None:
+    """Write the statistics of a run that just stopped (it has none yet). ``known``: every
+    descriptor of the run, when the writer wrote all of them and all their events (else
+    the run's descriptors and page counts are read to check what the writer saw)."""
+    if known is not None:
+        stats = combine((state.descriptor, state.stats) for state in known)
+    else:
+        stats = summarise(conn, run_id, states)
+    write_stats(conn, run_id, stats, replace=False)
 
 
 def read_stats(conn: Connection, run_id: int) -> dict[str, dict[str, dict[str, Any]]] | None:
     """The run's stored statistics, or None if it has none (not computed)."""
-    rows = conn.execute(_STATS_OF, {"rid": run_id}).all()
+    rows = _STATS_OF.execute(conn, {"rid": run_id}).fetchall()
     return stats_from_rows(rows) if rows else None
 
 
@@ -142,9 +141,9 @@ class SQLStatistics:
         """The uids of stopped runs without statistics (``filled``: without statistics
         computed with detector files read), oldest first."""
         self._flush_if_pending()
-        done = select(meta.c.run_id).where(meta.c.key == MARKER)
+        done = select(field_stats.c.run_id).where(field_stats.c.key == MARKER)
         if filled:
-            done = done.where(meta.c.num == 1)
+            done = done.where(field_stats.c.count == 1)
         stmt = (
             select(runs.c.uid)
             .where(runs.c.stop.is_not(None), runs.c.id.not_in(done))
