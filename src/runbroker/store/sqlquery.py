@@ -32,7 +32,7 @@ from .dialects import SQLITE, Dialect
 from .flatten import scalar_row
 from .keyindex import index_name, meta_key
 from .schema import field_stats, meta, runs
-from .stats import field_key
+from .stats import field_id
 
 __all__ = ["compile_query", "indexed", "is_common", "is_uid"]
 
@@ -350,13 +350,11 @@ _STAT_OPS = {
 
 def _stat_rows(query: q.FieldStat) -> Select:
     """The ids of the runs whose statistics row (see runbroker.store.stats) satisfies the
-    comparison: a range of the (key, statistic) index where there is one."""
-    key = field_key(query.stream, query.field)
+    comparison."""
+    field, _ = field_id(query.stream, query.field)
     _, num, _ = scalar_row(query.value)  # type: ignore[misc]
     return select(field_stats.c.run_id).where(
-        field_stats.c.key
-        == bindparam(None, key, type_=field_stats.c.key.type, literal_execute=True),
-        _STAT_OPS[query.op](field_stats.c[query.stat], num),
+        field_stats.c.field == field, _STAT_OPS[query.op](field_stats.c[query.stat], num)
     )
 
 
@@ -365,7 +363,7 @@ def _(query: q.FieldStat, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     rows = _stat_rows(query)
     common = is_common.get()
     if common is None or not common(rows):
-        return runs.c.id.in_(rows)  # few runs: straight from the index range
+        return runs.c.id.in_(rows)  # few runs: read from the table
     # Many runs, newest first: each run walked by time is probed by its primary key (run,
-    # key), one row, not the (key, value) range that holds every run's row.
+    # field), one row, until the page is full.
     return exists(dialect.probe(rows.where(field_stats.c.run_id == runs.c.id)))

@@ -21,7 +21,7 @@ from .base import run_not_found
 from .events import DescriptorState
 from .prepared import Prepared
 from .schema import descriptors, field_stats, pages, runs
-from .stats import MARKER, Accumulator, combine, stats_from_rows, stats_rows
+from .stats import Accumulator, combine, stats_from_rows, stats_rows, summary_rows
 
 __all__ = ["SQLStatistics", "read_stats", "stop_stats", "summarise", "write_stats"]
 
@@ -29,7 +29,8 @@ _COLUMNS = ["key", "count", "nan", "sum", "min", "max", "mean"]
 _STATS_OF = Prepared(
     select(*(field_stats.c[c] for c in _COLUMNS)).where(field_stats.c.run_id == bindparam("rid"))
 )
-_INSERT = Prepared(insert(field_stats), ["run_id", *_COLUMNS])
+_NAMES = ("run_id", "field", *_COLUMNS)
+_INSERT = Prepared(insert(field_stats), _NAMES)
 _DESCRIPTORS = Prepared(
     select(descriptors.c.id, descriptors.c.uid, descriptors.c.name, descriptors.c.body).where(
         descriptors.c.run_id == bindparam("rid")
@@ -76,9 +77,11 @@ def write_stats(
     they include fields read from detector files."""
     if replace:
         conn.execute(delete(field_stats).where(field_stats.c.run_id == run_id))
-    names = ("run_id", *_COLUMNS)
-    rows = [dict(zip(names, (run_id, *r), strict=True)) for r in stats_rows(stats, filled)]
-    _INSERT.executemany(conn, rows)
+    _insert(conn, run_id, stats_rows(stats, filled))
+
+
+def _insert(conn: Connection, run_id: int, rows: list[tuple]) -> None:
+    _INSERT.executemany(conn, [dict(zip(_NAMES, (run_id, *r), strict=True)) for r in rows])
 
 
 def stop_stats(
@@ -91,10 +94,9 @@ def stop_stats(
     descriptor of the run, when the writer wrote all of them and all their events (else
     the run's descriptors and page counts are read to check what the writer saw)."""
     if known is not None:
-        stats = combine((state.descriptor, state.stats) for state in known)
+        _insert(conn, run_id, summary_rows((state.descriptor, state.stats) for state in known))
     else:
-        stats = summarise(conn, run_id, states)
-    write_stats(conn, run_id, stats, replace=False)
+        write_stats(conn, run_id, summarise(conn, run_id, states), replace=False)
 
 
 def read_stats(conn: Connection, run_id: int) -> dict[str, dict[str, dict[str, Any]]] | None:
@@ -141,9 +143,11 @@ class SQLStatistics:
         """The uids of stopped runs without statistics (``filled``: without statistics
         computed with detector files read), oldest first."""
         self._flush_if_pending()
-        done = select(field_stats.c.run_id).where(field_stats.c.key == MARKER)
+        # A run with statistics has rows; one computed with files read, a MARKER row
+        # with count 1 (see runbroker.store.stats.stats_rows).
+        done = select(field_stats.c.run_id)
         if filled:
-            done = done.where(field_stats.c.count == 1)
+            done = done.where(field_stats.c.field == 0, field_stats.c.count == 1)
         stmt = (
             select(runs.c.uid)
             .where(runs.c.stop.is_not(None), runs.c.id.not_in(done))

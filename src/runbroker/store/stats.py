@@ -12,6 +12,8 @@ queries are index lookups like every metadata query.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -26,14 +28,16 @@ __all__ = [
     "MARKER",
     "Accumulator",
     "combine",
+    "field_id",
     "field_key",
     "numeric_fields",
     "stats_from_rows",
     "stats_rows",
     "summarise_store",
+    "summary_rows",
 ]
 
-#: The ``field_stats`` key of the row every run whose statistics were computed has.
+#: The ``field_stats`` key of the row marking statistics of no field, or computed with files read.
 MARKER = ""
 
 # Pages up to this many events are summarised on Python lists: for the few events of a
@@ -49,6 +53,20 @@ def field_key(stream: str, field: str) -> str:
         '["primary","theta"]'
     """
     return json.dumps([stream, field], separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4096)  # a beamline's few field names, every run
+def field_id(stream: str, field: str) -> tuple[int, str]:
+    """The ``field_stats`` id of a stream's field (a signed 64-bit hash of its key: the same
+    in every catalog and process, so that writing needs no look-up) and its key.
+
+    Example:
+        >>> field_id("primary", "theta")[1]
+        '["primary","theta"]'
+    """
+    key = field_key(stream, field)
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True) or 1, key
 
 
 def _summary(column: Any) -> tuple[int, int, float, Any, Any] | None:
@@ -187,29 +205,64 @@ def numeric_fields(descriptor: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def stats_rows(
-    stats: Mapping[str, Mapping[str, Mapping[str, Any]]], filled: bool = False
-) -> list[tuple]:
-    """``field_stats`` rows ``(key, count, nan, sum, min, max, mean)`` of ``{stream: {field:
-    {stat: value}}}``, the MARKER row first (``filled``: computed with detector files read);
-    values that are None or not finite are NULL (no comparison matches them).
+def _finite(value: Any) -> Any:
+    return value if value is not None and math.isfinite(value) else None
 
-    Example:
-        >>> stats_rows({"primary": {"x": {"count": 2, "min": None}}})[1]
-        ('["primary","x"]', 2, None, None, None, None, None)
-    """
-    rows = [(MARKER, int(filled), None, None, None, None, None)]
-    for stream, by_field in stats.items():
-        for field, values in by_field.items():
-            row: list[Any] = [field_key(stream, field)]
-            for stat in _COLUMNS:
-                value = values.get(stat)
-                row.append(value if value is not None and math.isfinite(value) else None)
-            rows.append(tuple(row))
+
+def _with_marker(rows: list[tuple], filled: bool) -> list[tuple]:
+    """``rows`` and, when they alone cannot tell the statistics were computed (no field) or
+    how (``filled``), the MARKER row first."""
+    if filled or not rows:
+        rows.insert(0, (0, MARKER, int(filled), None, None, None, None, None))
     return rows
 
 
-# The statistics in the order of the ``field_stats`` columns after ``key``.
+def stats_rows(
+    stats: Mapping[str, Mapping[str, Mapping[str, Any]]], filled: bool = False
+) -> list[tuple]:
+    """``field_stats`` rows ``(field, key, count, nan, sum, min, max, mean)`` of ``{stream: {field:
+    {stat: value}}}``, after a MARKER row when there is no field or ``filled`` (computed with
+    detector files read); values that are None or not finite are NULL (no comparison
+    matches them).
+
+    Example:
+        >>> stats_rows({"primary": {"x": {"count": 2, "min": None}}})[0][1:]
+        ('["primary","x"]', 2, None, None, None, None, None)
+    """
+    rows = [
+        (*field_id(stream, field), *(_finite(values.get(stat)) for stat in _COLUMNS))
+        for stream, by_field in stats.items()
+        for field, values in by_field.items()
+    ]
+    return _with_marker(rows, filled)
+
+
+def summary_rows(parts: Iterable[tuple[Mapping[str, Any], Accumulator]]) -> list[tuple]:
+    """The rows :func:`stats_rows` gives for ``combine(parts)``, straight from the
+    accumulators when each stream has one descriptor (what a run's stop writes).
+
+    Example:
+        >>> acc = Accumulator()
+        >>> acc.add({"d:x": np.arange(3)})
+        >>> summary_rows([({"name": "primary", "data_keys": {}}, acc)])[0][1:]
+        ('["primary","x"]', 3, 0, 3.0, 0, 2, 1.0)
+    """
+    parts = list(parts)
+    names = [descriptor.get("name", "primary") for descriptor, _ in parts]
+    if len(set(names)) < len(names):
+        return stats_rows(combine(parts))
+    rows = []
+    for name, (descriptor, acc) in zip(names, parts, strict=True):
+        acc.declare(numeric_fields(descriptor))
+        for field, (count, nan, total, low, high) in acc.fields.items():
+            seen = count - nan
+            mean = total / seen if seen else None
+            stats = (total, low, high, mean)
+            rows.append((*field_id(name, field), count, nan, *map(_finite, stats)))
+    return _with_marker(rows, False)
+
+
+# The statistics in the order of the ``field_stats`` columns after ``field`` and ``key``.
 _COLUMNS = ("count", "nan", "sum", "min", "max", "mean")
 assert set(_COLUMNS) == set(STATS)
 
