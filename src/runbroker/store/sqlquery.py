@@ -34,7 +34,7 @@ from .keyindex import index_name, meta_key
 from .schema import field_stats, meta, runs
 from .stats import field_id
 
-__all__ = ["compile_query", "indexed", "is_common", "is_uid"]
+__all__ = ["compile_query", "has_stats", "indexed", "is_common", "is_uid"]
 
 _MAX_CHAR = "\U0010ffff"
 
@@ -358,8 +358,14 @@ def _stat_rows(query: q.FieldStat) -> Select:
     )
 
 
+#: Whether the catalog has the statistics table (migration 0006): without, no run matches.
+has_stats: ContextVar[bool] = ContextVar("has_stats", default=True)
+
+
 @compile_query.register
 def _(query: q.FieldStat, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
+    if not has_stats.get():
+        return false()
     rows = _stat_rows(query)
     common = is_common.get()
     if common is None or not common(rows):

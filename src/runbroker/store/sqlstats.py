@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
 
+from ..errors import SchemaVersionError
 from . import jsoncodec
 from . import pages as codec
 from .base import run_not_found
@@ -109,6 +110,16 @@ class SQLStatistics:
     """The statistics capability of :class:`~runbroker.store.sql.SQLStore`
     (:class:`~runbroker.store.base.Summarises`)."""
 
+    uri: str
+    _summarises: bool  # the catalog has the table (migration 0006)
+
+    def _require_stats_table(self) -> None:
+        if not self._summarises:
+            raise SchemaVersionError(
+                f"{self.uri} keeps no statistics yet (catalog schema before revision 0006); "
+                f"upgrade it in place (back it up first) with:  runbroker db upgrade {self.uri}"
+            )
+
     def stats(self, run_uid: str) -> dict[str, dict[str, dict[str, Any]]] | None:
         """The run's statistics ``{stream: {field: {stat: value}}}``, or None if they were
         not computed (a running run, or one stored before statistics existed).
@@ -122,7 +133,7 @@ class SQLStatistics:
             row = _RUN_ID.execute(conn, {"uid": run_uid}).fetchone()
             if row is None:
                 raise run_not_found(self, run_uid)
-            return read_stats(conn, row[0])
+            return read_stats(conn, row[0]) if self._summarises else None
 
     def set_stats(
         self,
@@ -131,6 +142,7 @@ class SQLStatistics:
         filled: bool = False,
     ) -> None:
         """Replace the run's statistics (``filled``: computed with detector files read)."""
+        self._require_stats_table()
         with self._lock:
             conn = self._conn()
             row = _RUN_ID.execute(conn, {"uid": run_uid}).fetchone()
@@ -142,6 +154,7 @@ class SQLStatistics:
     def unsummarised(self, filled: bool = False) -> list[str]:
         """The uids of stopped runs without statistics (``filled``: without statistics
         computed with detector files read), oldest first."""
+        self._require_stats_table()
         self._flush_if_pending()
         # A run with statistics has rows; one computed with files read, a MARKER row
         # with count 1 (see runbroker.store.stats.stats_rows).
