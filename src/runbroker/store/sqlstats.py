@@ -82,7 +82,7 @@ def write_stats(
 
 
 def _insert(conn: Connection, run_id: int, rows: list[tuple]) -> None:
-    _INSERT.executemany(conn, [dict(zip(_NAMES, (run_id, *r), strict=True)) for r in rows])
+    _INSERT.executemany(conn, [(run_id, *r) for r in rows], ordered=True)
 
 
 def stop_stats(

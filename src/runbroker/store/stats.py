@@ -258,7 +258,9 @@ def summary_rows(parts: Iterable[tuple[Mapping[str, Any], Accumulator]]) -> list
             seen = count - nan
             mean = total / seen if seen else None
             stats = (total, low, high, mean)
-            rows.append((*field_id(name, field), count, nan, *map(_finite, stats)))
+            if total - total != 0:  # some value (or the sum) not finite: those are NULL
+                stats = tuple(map(_finite, stats))
+            rows.append((*field_id(name, field), count, nan, *stats))
     return _with_marker(rows, False)
 
 
