@@ -22,9 +22,9 @@ from .base import run_not_found
 from .events import DescriptorState
 from .prepared import Prepared
 from .schema import descriptors, field_stats, pages, runs
-from .stats import Accumulator, combine, stats_from_rows, stats_rows, summary_rows
+from .stats import Accumulator, stats_from_rows, stats_rows, summary_rows
 
-__all__ = ["SQLStatistics", "read_stats", "stop_stats", "summarise", "write_stats"]
+__all__ = ["SQLStatistics", "read_stats", "stop_stats", "write_stats"]
 
 _COLUMNS = ["key", "count", "nan", "sum", "min", "max", "mean"]
 _STATS_OF = Prepared(
@@ -33,10 +33,9 @@ _STATS_OF = Prepared(
 _NAMES = ("run_id", "field", *_COLUMNS)
 _INSERT = Prepared(insert(field_stats), _NAMES)
 _DESCRIPTORS = Prepared(
-    select(descriptors.c.id, descriptors.c.uid, descriptors.c.name, descriptors.c.body).where(
-        descriptors.c.run_id == bindparam("rid")
-    )
+    select(descriptors.c.id, descriptors.c.uid).where(descriptors.c.run_id == bindparam("rid"))
 )
+_BODY = Prepared(select(descriptors.c.body).where(descriptors.c.id == bindparam("d")))
 _RUN_ID = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
 _COUNTS = Prepared(
     select(pages.c.descriptor_id, func.sum(pages.c.n))
@@ -46,25 +45,30 @@ _COUNTS = Prepared(
 _DATA_OF = Prepared(select(pages.c.data).where(pages.c.descriptor_id == bindparam("d")))
 
 
-def summarise(
-    conn: Connection, run_id: int, states: Mapping[str, DescriptorState] | None = None
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """The statistics of run ``run_id``, ``{stream: {field: {stat: value}}}``: from the
-    writer's ``states`` where they saw every stored event, else from the stored pages."""
-    states = states or {}
+def _parts(
+    conn: Connection, run_id: int, states: Mapping[str, DescriptorState]
+) -> list[tuple[Mapping[str, Any], Accumulator]]:
+    """(descriptor, accumulator) of each descriptor of the run: the writer's, where it saw
+    every stored event, else one of the stored pages."""
     counts = dict(_COUNTS.execute(conn, {"rid": run_id}).fetchall())
     parts = []
-    for desc_id, uid, _name, body in _DESCRIPTORS.execute(conn, {"rid": run_id}).fetchall():
+    for desc_id, uid in _DESCRIPTORS.execute(conn, {"rid": run_id}).fetchall():
         state = states.get(uid)
         stored = int(counts.get(desc_id) or 0)
-        if state is not None and state.stats is not None and state.stats_events == stored:
-            acc = state.stats
-        else:
-            acc = Accumulator()
-            for (blob,) in _DATA_OF.execute(conn, {"d": desc_id}).fetchall():
-                acc.add(codec.decode(blob))
+        if (
+            state is not None
+            and state.stats is not None
+            and state.descriptor is not None
+            and state.stats_events == stored
+        ):
+            parts.append((state.descriptor, state.stats))
+            continue
+        acc = Accumulator()
+        for (blob,) in _DATA_OF.execute(conn, {"d": desc_id}).fetchall():
+            acc.add(codec.decode(blob))
+        (body,) = _BODY.execute(conn, {"d": desc_id}).fetchone()
         parts.append((jsoncodec.loads(body), acc))
-    return combine(parts)
+    return parts
 
 
 def write_stats(
@@ -95,9 +99,10 @@ def stop_stats(
     descriptor of the run, when the writer wrote all of them and all their events (else
     the run's descriptors and page counts are read to check what the writer saw)."""
     if known is not None:
-        _insert(conn, run_id, summary_rows((state.descriptor, state.stats) for state in known))
+        parts = [(state.descriptor, state.stats) for state in known]
     else:
-        write_stats(conn, run_id, summarise(conn, run_id, states), replace=False)
+        parts = _parts(conn, run_id, states)
+    _insert(conn, run_id, summary_rows(parts))
 
 
 def read_stats(conn: Connection, run_id: int) -> dict[str, dict[str, dict[str, Any]]] | None:
