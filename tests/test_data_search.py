@@ -220,3 +220,59 @@ def test_stats_survive_reopening(catalog, tmp_path: Path):
     if again is not None:
         assert again[uid].stats == catalog[uid].stats
         again.close()
+
+
+def _events(desc, values: list[float], first: int = 1) -> list[tuple[str, dict]]:
+    return [
+        ("event", desc.compose_event(data={"x": v}, timestamps={"x": 1.0}, seq_num=first + i))
+        for i, v in enumerate(values)
+    ]
+
+
+def test_stats_whatever_the_writer_saw(catalog, store_kind):
+    """A run's stop uses what its writer accumulated when the run began in the open
+    transaction; otherwise it checks that against the stored pages: a run committed before
+    it stopped, events another writer added, two descriptors of one stream."""
+    if store_kind == "folder":
+        pytest.skip("the SQL writer's statistics in memory against other writers")
+    keys = {"x": {"source": "sim", "dtype": "number", "shape": []}}
+    # Committed before it stops.
+    early = compose_run()
+    desc = early.compose_descriptor(name="primary", data_keys=keys)
+    for name, doc in [("start", early.start_doc), ("descriptor", desc.descriptor_doc)]:
+        catalog.insert(name, doc)
+    for name, doc in _events(desc, [1.0, 2.0]):
+        catalog.insert(name, doc)
+    catalog.flush()
+    catalog.insert("stop", early.compose_stop())
+    # Events from another writer between this one's.
+    shared = compose_run()
+    desc2 = shared.compose_descriptor(name="primary", data_keys=keys)
+    for name, doc in [("start", shared.start_doc), ("descriptor", desc2.descriptor_doc)]:
+        catalog.insert(name, doc)
+    for name, doc in _events(desc2, [5.0]):
+        catalog.insert(name, doc)
+    catalog.flush()
+    other = runbroker.open(catalog.store.uri)
+    for name, doc in _events(desc2, [-3.0, 7.0], first=2):
+        other.insert(name, doc)
+    other.close()
+    catalog.insert("stop", shared.compose_stop())
+    # Two descriptors named alike, in one transaction.
+    twice = compose_run()
+    a = twice.compose_descriptor(name="primary", data_keys=keys)
+    b = twice.compose_descriptor(name="primary", data_keys=keys)
+    docs = [("start", twice.start_doc), ("descriptor", a.descriptor_doc)]
+    docs += [("descriptor", b.descriptor_doc), *_events(a, [4.0]), *_events(b, [6.0, 8.0])]
+    for name, doc in [*docs, ("stop", twice.compose_stop())]:
+        catalog.insert(name, doc)
+    catalog.flush()
+
+    def x(run):
+        return catalog.store.stats(run.start_doc["uid"])["primary"]["x"]
+
+    assert x(early) == {"count": 2, "nan": 0, "sum": 3.0, "min": 1.0, "max": 2.0, "mean": 1.5}
+    assert x(shared) == {"count": 3, "nan": 0, "sum": 9.0, "min": -3.0, "max": 7.0, "mean": 3.0}
+    assert x(twice) == {"count": 3, "nan": 0, "sum": 18.0, "min": 4.0, "max": 8.0, "mean": 6.0}
+    hits = catalog.search(Field("primary", "x").min() < 0)
+    assert list(hits) == [shared.start_doc["uid"]]

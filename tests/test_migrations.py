@@ -17,7 +17,7 @@ from ophyd.sim import det, motor
 from sqlalchemy import create_engine, inspect, text
 
 import runbroker
-from runbroker.queries import In, Key
+from runbroker.queries import Field, In, Key
 from runbroker.store.migrations import downgrade, upgrade
 from runbroker.testing.stores import stores_except
 
@@ -49,7 +49,7 @@ def test_old_catalog_is_refused_upgraded_and_read_back(catalog, RE):
 
     done = _cli("db", "upgrade", uri)
     assert done.returncode == 0, done.stderr
-    assert "0005" in done.stdout
+    assert "0006" in done.stdout
     with engine.connect() as conn:
         stop_times = dict(conn.execute(text("SELECT uid, stop_time FROM runs")).all())
     engine.dispose()
@@ -76,8 +76,8 @@ def test_old_catalog_is_refused_upgraded_and_read_back(catalog, RE):
 def test_upgrading_a_current_catalog_changes_nothing(catalog):
     uri = catalog.store.uri
     catalog.close()
-    assert upgrade(uri) == "0005"
-    assert upgrade(uri) == "0005"
+    assert upgrade(uri) == "0006"
+    assert upgrade(uri) == "0006"
     assert len(runbroker.open(uri)) == 0
 
 
@@ -118,7 +118,7 @@ def test_meta_foreign_key_is_dropped_by_0003_and_restored_by_its_downgrade(catal
         cat.insert("start", run.start_doc)
         cat.insert("stop", run.compose_stop())
         assert [r.start["sample"] for r in cat.values()] == ["Cu", "Ni"]
-    assert upgrade(uri) == "0005"
+    assert upgrade(uri) == "0006"
     if postgres:
         assert meta_keys() == []
     with runbroker.open(uri) as cat:
@@ -144,7 +144,7 @@ def test_0004_keeps_the_indexed_keys_in_time_order_from_then_on(catalog, RE):
         cat.insert("start", compose_run(metadata={"proposal_id": "p1"}).start_doc)
         cat.flush()
         assert len(cat.search(Key("proposal_id") == "p1")) == 3
-    assert upgrade(uri) == "0005"
+    assert upgrade(uri) == "0006"
     engine = create_engine(uri)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM tags")).scalar() == 4
@@ -157,3 +157,53 @@ def test_0004_keeps_the_indexed_keys_in_time_order_from_then_on(catalog, RE):
         assert len(everything) == 4
         assert [r.uid for r in cat.store.search(scope, limit=2)] == everything[:2]
         assert [r.uid for r in cat.store.search(scope, offset=1, limit=2)] == everything[1:3]
+
+
+@stores_except(
+    "folder", "http", reason="SQL schema migrations (alembic) of a catalog database file"
+)
+def test_0006_moves_statistics_kept_in_meta_to_their_table(catalog, RE):
+    """A catalog of revision 0005 works without statistics (none written, no Field hit);
+    upgraded, the statistics rows earlier versions kept in ``meta`` are moved over."""
+    RE(scan([det], motor, -1, 1, 5))
+    uri = catalog.store.uri
+    uid = catalog[-1].uid
+    expected = catalog.store.stats(uid)
+    assert expected["primary"]["motor"]["min"] == -1.0
+    catalog.close()
+    assert downgrade(uri, "0005") == "0005"
+    engine = create_engine(uri)
+    with engine.begin() as conn:  # the rows a 0005 catalog's writer gave the run
+        run_id = conn.execute(text("SELECT id FROM runs WHERE uid = :u"), {"u": uid}).scalar()
+        rows = [("@stat", 0)]
+        for field, values in expected["primary"].items():
+            rows += [
+                (f'@stat.{stat}.["primary","{field}"]', value)
+                for stat, value in values.items()
+                if value is not None
+            ]
+        conn.execute(
+            text("INSERT INTO meta (run_id, key, elem, typ, num) VALUES (:r, :k, false, 'n', :n)"),
+            [{"r": run_id, "k": k, "n": n} for k, n in rows],
+        )
+    between = Field("primary", "motor").between(-1, 1)
+    with runbroker.open(uri) as cat:  # 0005: no statistics, runs written as before
+        assert cat.store.stats(uid) is None
+        assert len(cat.search(between)) == 0
+        run = compose_run()
+        cat.insert("start", run.start_doc)
+        cat.insert("stop", run.compose_stop())
+        assert len(cat) == 2
+    assert upgrade(uri) == "0006"
+    with engine.connect() as conn:
+        left = conn.execute(text("SELECT count(*) FROM meta WHERE key LIKE '@stat%'")).scalar()
+    engine.dispose()
+    assert left == 0
+    with runbroker.open(uri) as cat:
+        # PostgreSQL's NUMERIC keeps what a float became there (15 digits when bound as text).
+        moved = cat.store.stats(uid)["primary"]
+        assert moved.keys() == expected["primary"].keys()
+        for field, values in expected["primary"].items():
+            assert moved[field] == pytest.approx(values, rel=1e-12)
+        assert list(cat.search(between)) == [uid]
+        assert cat.store.unsummarised() == [run.start_doc["uid"]]

@@ -176,6 +176,8 @@ class DescriptorState:
     # how many events they hold; None when it may not have seen them all (see sqlstats).
     stats: Any = None
     stats_events: int = 0
+    # What the statistics need of the descriptor (its name and numeric fields), kept with them.
+    descriptor: Any = None
 
     @classmethod
     def from_descriptor(

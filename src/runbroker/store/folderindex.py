@@ -39,7 +39,7 @@ from .sql import SQLStore
 __all__ = ["Entry", "FolderIndex", "index_path", "run_files"]
 
 #: Bumped when the folder tables change: an index of another version is built again.
-INDEX_VERSION = "3"
+INDEX_VERSION = "4"  # 4: statistics in field_stats (migration 0006)
 FOLDER = ".runbroker"
 _DDL = (
     "CREATE TABLE IF NOT EXISTS folder_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)",

@@ -47,6 +47,8 @@ class Prepared:
         self.statement = statement
         self.keys = list(keys) if keys is not None else None
         self._compiled: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {}
+        # dialect -> what turns a tuple in ``keys`` order into the driver's parameters
+        self._from_tuple: dict[str, Callable[[tuple], Any] | None] = {}
 
     def _sql(self, conn: Connection) -> tuple[str, Callable[[dict[str, Any]], Any]]:
         """The SQL for the connection's dialect, and what turns named parameters into the
@@ -56,13 +58,18 @@ class Prepared:
         found = self._compiled.get(dialect.name)
         if found is None:
             compiled = self.statement.compile(dialect=dialect, column_keys=self.keys)
+            order: tuple[str, ...] | None = None
             if dialect.name == "postgresql":
                 sql, names = numbered(compiled.string)
-                found = (sql, _getter(tuple(names)))
+                order = tuple(names)
+                found = (sql, _getter(order))
             elif compiled.positional:
-                found = (compiled.string, _getter(tuple(compiled.positiontup)))
+                order = tuple(compiled.positiontup)
+                found = (compiled.string, _getter(order))
             else:
                 found = (compiled.string, lambda params: params)
+            if self.keys is not None:
+                self._from_tuple[dialect.name] = _reorder(self.keys, order)
             self._compiled[dialect.name] = found
         return found
 
@@ -82,22 +89,39 @@ class Prepared:
         cur.execute(sql, arguments(params))
         return cur
 
-    def executemany(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        """Run once per row of parameters.
+    def executemany(
+        self, conn: Connection, rows: Sequence[dict[str, Any]] | Sequence[tuple], ordered=False
+    ) -> None:
+        """Run once per row of parameters (``ordered``: each row a tuple of the values of
+        ``keys``, in their order, which saves building a dict per row).
 
         On PostgreSQL the rows go with the connection's next round trip (the next statement
         or COMMIT), and an error they cause is raised there.
         """
         raw = conn.connection.driver_connection
         sql, arguments = self._sql(conn)
+        if ordered:
+            arguments = self._from_tuple[conn.dialect.name]
+        params = rows if arguments is None else map(arguments, rows)
         if conn.dialect.name == "postgresql":
             found = session(raw)
-            for r in rows:
-                found.defer(sql, arguments(r))
+            for p in params:
+                found.defer(sql, p)
             return
         cur = raw.cursor()  # type: ignore[union-attr]
-        cur.executemany(sql, map(arguments, rows))
+        cur.executemany(sql, params)
         cur.close()
+
+
+def _reorder(keys: Sequence[str], order: tuple[str, ...] | None) -> Callable[[tuple], Any] | None:
+    """What turns a tuple of values in ``keys`` order into the driver's parameters; None:
+    the tuple itself (the statement takes them in that order)."""
+    if order is None:  # named parameters
+        return lambda row: dict(zip(keys, row, strict=True))
+    if order == tuple(keys):
+        return None
+    where = {key: i for i, key in enumerate(keys)}
+    return _getter(tuple(where[name] for name in order))  # type: ignore[arg-type]
 
 
 def _getter(order: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple]:

@@ -203,3 +203,29 @@ notes = Table(
     UniqueConstraint("note", "revision", name="uq_notes_note_revision"),
     Index("ix_notes_run", "run_id", "id"),
 )
+
+# Per-stream, per-field statistics of each stopped run (runbroker.store.stats), one row per
+# field with a column per statistic (migration 0006): a run's stop writes a few rows, not a
+# metadata row per statistic. ``field`` is a 64-bit hash of ``key``, the JSON list [stream,
+# field] (runbroker.store.stats.field_key); field 0, key "", marks a run with statistics but
+# no field, or computed with detector files read (count 1). The table is its primary key
+# (run, field) alone: a stopping run's rows go at its end, into the page the previous run
+# wrote. Every other index costs each stop its rows again, at places spread over the index
+# (with text keys, several times the insert itself): a Field test probes a run's row by its
+# primary key as the search walks the runs newest first, or, when few runs may match,
+# reads the table.
+field_stats = Table(
+    "field_stats",
+    metadata,
+    Column("run_id", Integer, primary_key=True, autoincrement=False),
+    Column("field", BigInteger, primary_key=True, autoincrement=False),
+    Column("key", String(512), nullable=False),
+    # NUMERIC, like meta.num: integer statistics stay exact.
+    Column("count", ExactNumber()),
+    Column("nan", ExactNumber()),
+    Column("sum", ExactNumber()),
+    Column("min", ExactNumber()),
+    Column("max", ExactNumber()),
+    Column("mean", ExactNumber()),
+    sqlite_with_rowid=False,
+)

@@ -62,7 +62,7 @@ from .schema import (
     pages,
     runs,
 )
-from .sqlquery import compile_query, indexed, is_common, is_uid
+from .sqlquery import compile_query, has_stats, indexed, is_common, is_uid
 from .sqlstats import SQLStatistics
 from .sqlwrite import RUN_ID, SQLWriting
 from .urls import redact
@@ -184,6 +184,11 @@ class SQLStore(SQLWriting, SQLStatistics):
             self._tagged = tags.tagged(conn)
             # A catalog from before migration 0005 keeps no notes: its runs read uncorrected.
             self._annotates = conn.dialect.has_table(conn, "notes")
+            # A catalog from before migration 0006 keeps no statistics: none are written,
+            # and Field queries match no run.
+            self._summarises = conn.dialect.has_table(conn, "field_stats")
+        if not self._summarises:
+            self.stats_at_stop = False
         self._corrected = (
             runs.c.corrected if self._annotates else cast(null(), LargeBinary).label("corrected")
         )
@@ -315,10 +320,12 @@ class SQLStore(SQLWriting, SQLStatistics):
     def _compile(self, query: Query | None) -> Any:
         """``query`` as a condition on ``runs``, using this catalog's per-key indexes."""
         token = indexed.set(self._indexed)
+        summarised = has_stats.set(self._summarises)
         try:
             return compile_query(query, self._db)
         finally:
             indexed.reset(token)
+            has_stats.reset(summarised)
 
     def close(self) -> None:
         """Commit what is pending and release the database."""

@@ -31,10 +31,10 @@ from . import notes as notestore
 from .dialects import SQLITE, Dialect
 from .flatten import scalar_row
 from .keyindex import index_name, meta_key
-from .schema import meta, runs
-from .stats import stat_key
+from .schema import field_stats, meta, runs
+from .stats import field_id
 
-__all__ = ["compile_query", "indexed", "is_common", "is_uid"]
+__all__ = ["compile_query", "has_stats", "indexed", "is_common", "is_uid"]
 
 _MAX_CHAR = "\U0010ffff"
 
@@ -349,25 +349,27 @@ _STAT_OPS = {
 
 
 def _stat_rows(query: q.FieldStat) -> Select:
-    """The ids of the runs whose statistic row (see runbroker.store.stats) satisfies the
-    comparison: a range of the covering (key, num) index, like a numeric metadata test."""
-    key = stat_key(query.stream, query.field, query.stat)
+    """The ids of the runs whose statistics row (see runbroker.store.stats) satisfies the
+    comparison."""
+    field, _ = field_id(query.stream, query.field)
     _, num, _ = scalar_row(query.value)  # type: ignore[misc]
-    return select(meta.c.run_id).where(
-        meta.c.key == bindparam(None, key, type_=meta.c.key.type, literal_execute=True),
-        meta.c.elem.is_(False),
-        meta.c.typ == "n",
-        _STAT_OPS[query.op](meta.c.num, num),
+    return select(field_stats.c.run_id).where(
+        field_stats.c.field == field, _STAT_OPS[query.op](field_stats.c[query.stat], num)
     )
+
+
+#: Whether the catalog has the statistics table (migration 0006): without, no run matches.
+has_stats: ContextVar[bool] = ContextVar("has_stats", default=True)
 
 
 @compile_query.register
 def _(query: q.FieldStat, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
+    if not has_stats.get():
+        return false()
     rows = _stat_rows(query)
     common = is_common.get()
     if common is None or not common(rows):
-        return runs.c.id.in_(rows)  # few runs: straight from the index range
-    # Many runs, newest first: each run walked by time is probed through its own rows.
-    # SQLite would probe the (key, num) range instead, reading every run's row for each.
-    probe = rows.where(meta.c.run_id == runs.c.id)
-    return exists(dialect.probe(probe.with_hint(meta, "INDEXED BY ix_meta_run", "sqlite")))
+        return runs.c.id.in_(rows)  # few runs: read from the table
+    # Many runs, newest first: each run walked by time is probed by its primary key (run,
+    # field), one row, until the page is full.
+    return exists(dialect.probe(rows.where(field_stats.c.run_id == runs.c.id)))

@@ -1,44 +1,41 @@
 """The statistics of a run in a SQL catalog: written at its stop, read, replaced.
 
 At a run's stop the writer uses what it accumulated while writing each descriptor's pages
-(:class:`~runbroker.store.stats.Accumulator`), when it wrote every event stored for it; a
-descriptor some other writer wrote to (several server workers), or that it forgot meanwhile,
-is summarised from its stored pages instead.
+(:class:`~runbroker.store.stats.Accumulator`). When the run began in the writer's open
+transaction, no other writer can have written to it and every descriptor of it is known:
+the statistics come from memory with no query (every small run). Otherwise a descriptor
+some other writer wrote to (several server workers), or that the writer forgot meanwhile,
+is summarised from its stored pages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
 
+from ..errors import SchemaVersionError
 from . import jsoncodec
 from . import pages as codec
 from .base import run_not_found
 from .events import DescriptorState
 from .prepared import Prepared
-from .schema import descriptors, meta, pages, runs
-from .stats import MARKER, Accumulator, combine, stats_from_rows, stats_rows
+from .schema import descriptors, field_stats, pages, runs
+from .stats import Accumulator, stats_from_rows, stats_rows, summary_rows
 
-__all__ = ["SQLStatistics", "read_stats", "stop_stats", "summarise", "write_stats"]
+__all__ = ["SQLStatistics", "read_stats", "stop_stats", "write_stats"]
 
-# Keys from "@stat" up to (not including) "@stat/": every statistic of a run, and the row
-# MARKER that says they were computed (a run may have no numeric field).
-_IN_PREFIX = (meta.c.key >= MARKER, meta.c.key < MARKER + "/")
-# Found through the run's rows (ix_meta_run), never by a walk over every run's statistics
-# in the key index, which SQLite's planner would otherwise rank as high.
-_STATS_OF = (
-    select(meta.c.key, meta.c.num)
-    .where(meta.c.run_id == bindparam("rid"), *_IN_PREFIX)
-    .with_hint(meta, "INDEXED BY ix_meta_run", "sqlite")
+_COLUMNS = ["key", "count", "nan", "sum", "min", "max", "mean"]
+_STATS_OF = Prepared(
+    select(*(field_stats.c[c] for c in _COLUMNS)).where(field_stats.c.run_id == bindparam("rid"))
 )
-_INSERT = Prepared(insert(meta), ["run_id", "key", "elem", "typ", "num", "txt"])
+_NAMES = ("run_id", "field", *_COLUMNS)
+_INSERT = Prepared(insert(field_stats), _NAMES)
 _DESCRIPTORS = Prepared(
-    select(descriptors.c.id, descriptors.c.uid, descriptors.c.name, descriptors.c.body).where(
-        descriptors.c.run_id == bindparam("rid")
-    )
+    select(descriptors.c.id, descriptors.c.uid).where(descriptors.c.run_id == bindparam("rid"))
 )
+_BODY = Prepared(select(descriptors.c.body).where(descriptors.c.id == bindparam("d")))
 _RUN_ID = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
 _COUNTS = Prepared(
     select(pages.c.descriptor_id, func.sum(pages.c.n))
@@ -48,25 +45,30 @@ _COUNTS = Prepared(
 _DATA_OF = Prepared(select(pages.c.data).where(pages.c.descriptor_id == bindparam("d")))
 
 
-def summarise(
-    conn: Connection, run_id: int, states: Mapping[str, DescriptorState] | None = None
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """The statistics of run ``run_id``, ``{stream: {field: {stat: value}}}``: from the
-    writer's ``states`` where they saw every stored event, else from the stored pages."""
-    states = states or {}
+def _parts(
+    conn: Connection, run_id: int, states: Mapping[str, DescriptorState]
+) -> list[tuple[Mapping[str, Any], Accumulator]]:
+    """(descriptor, accumulator) of each descriptor of the run: the writer's, where it saw
+    every stored event, else one of the stored pages."""
     counts = dict(_COUNTS.execute(conn, {"rid": run_id}).fetchall())
     parts = []
-    for desc_id, uid, _name, body in _DESCRIPTORS.execute(conn, {"rid": run_id}).fetchall():
+    for desc_id, uid in _DESCRIPTORS.execute(conn, {"rid": run_id}).fetchall():
         state = states.get(uid)
         stored = int(counts.get(desc_id) or 0)
-        if state is not None and state.stats is not None and state.stats_events == stored:
-            acc = state.stats
-        else:
-            acc = Accumulator()
-            for (blob,) in _DATA_OF.execute(conn, {"d": desc_id}).fetchall():
-                acc.add(codec.decode(blob))
+        if (
+            state is not None
+            and state.stats is not None
+            and state.descriptor is not None
+            and state.stats_events == stored
+        ):
+            parts.append((state.descriptor, state.stats))
+            continue
+        acc = Accumulator()
+        for (blob,) in _DATA_OF.execute(conn, {"d": desc_id}).fetchall():
+            acc.add(codec.decode(blob))
+        (body,) = _BODY.execute(conn, {"d": desc_id}).fetchone()
         parts.append((jsoncodec.loads(body), acc))
-    return combine(parts)
+    return parts
 
 
 def write_stats(
@@ -79,34 +81,49 @@ def write_stats(
     """Write the run's statistics rows, replacing any it has (``replace``); ``filled``:
     they include fields read from detector files."""
     if replace:
-        conn.execute(
-            delete(meta).where(meta.c.run_id == run_id, meta.c.key.in_(_stat_keys(conn, run_id)))
-        )
-    rows = [
-        {"run_id": run_id, "key": k, "elem": e, "typ": t, "num": n, "txt": s}
-        for k, e, t, n, s in [(MARKER, False, "n", int(filled), None), *stats_rows(stats)]
-    ]
-    _INSERT.executemany(conn, rows)
+        conn.execute(delete(field_stats).where(field_stats.c.run_id == run_id))
+    _insert(conn, run_id, stats_rows(stats, filled))
 
 
-def stop_stats(conn: Connection, run_id: int, states: Mapping[str, DescriptorState]) -> None:
-    """Write the statistics of a run that just stopped (it has none yet)."""
-    write_stats(conn, run_id, summarise(conn, run_id, states), replace=False)
+def _insert(conn: Connection, run_id: int, rows: list[tuple]) -> None:
+    _INSERT.executemany(conn, [(run_id, *r) for r in rows], ordered=True)
 
 
-def _stat_keys(conn: Connection, run_id: int) -> list[str]:
-    return [k for k, _ in conn.execute(_STATS_OF, {"rid": run_id}).all()]
+def stop_stats(
+    conn: Connection,
+    run_id: int,
+    states: Mapping[str, DescriptorState],
+    known: Iterable[DescriptorState] | None = None,
+) -> None:
+    """Write the statistics of a run that just stopped (it has none yet). ``known``: every
+    descriptor of the run, when the writer wrote all of them and all their events (else
+    the run's descriptors and page counts are read to check what the writer saw)."""
+    if known is not None:
+        parts = [(state.descriptor, state.stats) for state in known]
+    else:
+        parts = _parts(conn, run_id, states)
+    _insert(conn, run_id, summary_rows(parts))
 
 
 def read_stats(conn: Connection, run_id: int) -> dict[str, dict[str, dict[str, Any]]] | None:
     """The run's stored statistics, or None if it has none (not computed)."""
-    rows = conn.execute(_STATS_OF, {"rid": run_id}).all()
+    rows = _STATS_OF.execute(conn, {"rid": run_id}).fetchall()
     return stats_from_rows(rows) if rows else None
 
 
 class SQLStatistics:
     """The statistics capability of :class:`~runbroker.store.sql.SQLStore`
     (:class:`~runbroker.store.base.Summarises`)."""
+
+    uri: str
+    _summarises: bool  # the catalog has the table (migration 0006)
+
+    def _require_stats_table(self) -> None:
+        if not self._summarises:
+            raise SchemaVersionError(
+                f"{self.uri} keeps no statistics yet (catalog schema before revision 0006); "
+                f"upgrade it in place (back it up first) with:  runbroker db upgrade {self.uri}"
+            )
 
     def stats(self, run_uid: str) -> dict[str, dict[str, dict[str, Any]]] | None:
         """The run's statistics ``{stream: {field: {stat: value}}}``, or None if they were
@@ -121,7 +138,7 @@ class SQLStatistics:
             row = _RUN_ID.execute(conn, {"uid": run_uid}).fetchone()
             if row is None:
                 raise run_not_found(self, run_uid)
-            return read_stats(conn, row[0])
+            return read_stats(conn, row[0]) if self._summarises else None
 
     def set_stats(
         self,
@@ -130,6 +147,7 @@ class SQLStatistics:
         filled: bool = False,
     ) -> None:
         """Replace the run's statistics (``filled``: computed with detector files read)."""
+        self._require_stats_table()
         with self._lock:
             conn = self._conn()
             row = _RUN_ID.execute(conn, {"uid": run_uid}).fetchone()
@@ -141,10 +159,13 @@ class SQLStatistics:
     def unsummarised(self, filled: bool = False) -> list[str]:
         """The uids of stopped runs without statistics (``filled``: without statistics
         computed with detector files read), oldest first."""
+        self._require_stats_table()
         self._flush_if_pending()
-        done = select(meta.c.run_id).where(meta.c.key == MARKER)
+        # A run with statistics has rows; one computed with files read, a MARKER row
+        # with count 1 (see runbroker.store.stats.stats_rows).
+        done = select(field_stats.c.run_id)
         if filled:
-            done = done.where(meta.c.num == 1)
+            done = done.where(field_stats.c.field == 0, field_stats.c.count == 1)
         stmt = (
             select(runs.c.uid)
             .where(runs.c.stop.is_not(None), runs.c.id.not_in(done))

@@ -35,7 +35,7 @@ from .events import Batch, DescriptorState, canonical, event_from_columns, merge
 from .prepared import Prepared
 from .schema import datums, descriptors, documents, pages, runs
 from .sqlstats import stop_stats
-from .stats import Accumulator
+from .stats import Accumulator, numeric_fields
 
 __all__ = ["SQLWriting", "scan_id_column"]
 
@@ -135,6 +135,9 @@ class SQLWriting:
         self._last_queued: DescriptorState | None = None
         self._arrivals = itertools.count(1)
         self._txn_descriptors: set[int] = set()  # descriptors inserted in the open transaction
+        # Runs begun in the open transaction: no other writer can add to them before it ends,
+        # so this writer knows every descriptor and event of each (see sqlstats.stop_stats).
+        self._txn_runs: set[int] = set()
         self._savepoints = 0  # documents written (each under a savepoint) in the open one
         # When the oldest write of the open transaction happened (None: nothing pending).
         self._dirty_since: float | None = None
@@ -168,6 +171,7 @@ class SQLWriting:
                     # Undo this document only; earlier ones in the open transaction stay.
                     self._db.undo(raw)
                     self._ords.clear()
+                    self._txn_runs.clear()
                     raise
                 self._db.release(raw)
             # The committer thread (woken when the transaction began) commits on time; commit
@@ -205,6 +209,7 @@ class SQLWriting:
                 self._states.clear()
                 self._run_ids.clear()
                 self._ords.clear()
+                self._txn_runs.clear()
                 raise
             savepoint.commit()
             self._commit_locked()
@@ -245,6 +250,7 @@ class SQLWriting:
             self._db.commit(conn.connection.driver_connection)
             conn.commit()
             self._txn_descriptors.clear()
+            self._txn_runs.clear()
             self._after_commit()
             self._prune()
             if self._deferred_error is not None:
@@ -254,6 +260,7 @@ class SQLWriting:
             if conn.in_transaction():
                 conn.rollback()
             self._txn_descriptors.clear()
+            self._txn_runs.clear()
             self._states.clear()
             self._run_ids.clear()
             self._ords.clear()
@@ -559,6 +566,7 @@ class SQLWriting:
             return _loads(_START_OF.execute(conn, {"uid": doc["uid"]}).fetchone()[0])
         self._run_ids[doc["uid"]] = run_id
         self._ords[run_id] = 0  # a new run: nothing to look up
+        self._txn_runs.add(run_id)
         return None
 
     def _write_stop(self, conn: Connection, run_id: int, doc: dict) -> dict | None:
@@ -566,7 +574,7 @@ class SQLWriting:
             row = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
             return _loads(row[0]) if row and row[0] is not None else None
         if self.stats_at_stop:
-            stop_stats(conn, run_id, self._states)
+            stop_stats(conn, run_id, self._states, self._known_descriptors(run_id))
         # The run is complete: merge the tiny pages a slow live run leaves (never the run's
         # big pages: rewriting them made the stop as slow as the whole run's ingest), and
         # forget what was kept in memory to write it.
@@ -578,6 +586,16 @@ class SQLWriting:
         self._run_ids.pop(doc["run_start"], None)
         self._ords.pop(run_id, None)
         return None
+
+    def _known_descriptors(self, run_id: int) -> list[DescriptorState] | None:
+        """Every descriptor state of run ``run_id`` with its statistics, if this writer
+        began the run in the open transaction (so wrote each descriptor and event of it)."""
+        if run_id not in self._txn_runs:
+            return None
+        known = [s for s in self._states.values() if s.run_id == run_id]
+        if any(s.stats is None or s.id not in self._txn_descriptors for s in known):
+            return None
+        return known
 
     def _write_descriptor(self, conn: Connection, run_id: int, doc: dict) -> dict | None:
         params = {
@@ -597,6 +615,10 @@ class SQLWriting:
         state = DescriptorState.from_descriptor(descriptor_id, run_id, doc["run_start"], doc, 0)
         if self.stats_at_stop:  # a new descriptor: this writer sees its events first
             state.stats = Accumulator()
+            state.descriptor = {
+                "name": doc.get("name", "primary"),
+                "data_keys": {f: doc["data_keys"][f] for f in numeric_fields(doc)},
+            }
         self._states[doc["uid"]] = state
         return None
 

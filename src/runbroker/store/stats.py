@@ -6,12 +6,14 @@ values. For a field holding an array per event (an image), the values are the pe
 Strings, datum ids of detector files and booleans get none.
 
 They are accumulated page by page while a writer stores a run and written when it stops, as
-rows of ``meta`` under keys beginning with ``@stat.`` (a prefix no document key can take), so
-that ``Field`` queries are index lookups like every metadata query.
+one row per field of the ``field_stats`` table (a column per statistic), so that ``Field``
+queries are index lookups like every metadata query.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -24,29 +26,47 @@ from ..queries import STATS
 
 __all__ = [
     "MARKER",
-    "PREFIX",
     "Accumulator",
     "combine",
+    "field_id",
+    "field_key",
     "numeric_fields",
-    "stat_key",
     "stats_from_rows",
     "stats_rows",
     "summarise_store",
+    "summary_rows",
 ]
 
-PREFIX = "@stat."
-#: The ``meta`` key of the row every run whose statistics were computed has.
-MARKER = "@stat"
+#: The ``field_stats`` key of the row marking statistics of no field, or computed with files read.
+MARKER = ""
+
+# Pages up to this many events are summarised on Python lists: for the few events of a
+# small run that is ten times faster than numpy's reductions, which win on larger pages.
+_SMALL = 64
 
 
-def stat_key(stream: str, field: str, stat: str) -> str:
-    """The ``meta`` key of one statistic (stream and field names may hold any character).
+def field_key(stream: str, field: str) -> str:
+    """The ``field_stats`` key of a stream's field (names may hold any character).
 
     Example:
-        >>> stat_key("primary", "theta", "min")
-        '@stat.min.["primary","theta"]'
+        >>> field_key("primary", "theta")
+        '["primary","theta"]'
     """
-    return f"{PREFIX}{stat}.{json.dumps([stream, field], separators=(',', ':'))}"
+    return json.dumps([stream, field], separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4096)  # a beamline's few field names, every run
+def field_id(stream: str, field: str) -> tuple[int, str]:
+    """The ``field_stats`` id of a stream's field (a signed 64-bit hash of its key: the same
+    in every catalog and process, so that writing needs no look-up) and its key.
+
+    Example:
+        >>> field_id("primary", "theta")[1]
+        '["primary","theta"]'
+    """
+    key = field_key(stream, field)
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True) or 1, key
 
 
 def _summary(column: Any) -> tuple[int, int, float, Any, Any] | None:
@@ -54,6 +74,18 @@ def _summary(column: Any) -> tuple[int, int, float, Any, Any] | None:
     if not isinstance(column, np.ndarray) or column.dtype.kind not in "iuf":
         return None
     n = len(column)
+    if column.ndim == 1 and n:
+        # The common case, no NaN (then the sum is not NaN either), without copies.
+        if n <= _SMALL:
+            values = column.tolist()
+            total = sum(values)
+            if total == total:
+                return n, 0, float(total), min(values), max(values)
+        else:
+            total = np.add.reduce(column, dtype=np.float64)
+            if total == total:
+                low, high = np.minimum.reduce(column), np.maximum.reduce(column)
+                return n, 0, float(total), low.item(), high.item()
     if column.ndim > 1:
         column = column.reshape(n, -1).sum(axis=1, dtype=np.float64)
     if column.dtype.kind == "f":
@@ -86,16 +118,30 @@ class Accumulator:
 
     def add(self, data: Mapping[str, Any]) -> None:
         """Add a page's decoded data columns (``d:<field>`` keys; others are ignored)."""
+        fields, other, n = self.fields, self.other, len(DATA)
         for key, column in data.items():
-            if not key.startswith(DATA):
+            if key[:n] != DATA:
                 continue
-            field = key[len(DATA) :]
-            if field in self.other:
+            field = key[n:]
+            if field in other:
                 continue
+            # Inlined for a small page of plain numbers without NaN (see _summary): the
+            # usual page of a small run costs a few µs a field.
+            if (
+                type(column) is np.ndarray
+                and column.ndim == 1
+                and 0 < len(column) <= _SMALL
+                and column.dtype.kind in "iuf"
+            ):
+                values = column.tolist()
+                total = sum(values)
+                if total == total and field not in fields:
+                    fields[field] = [len(values), 0, float(total), min(values), max(values)]
+                    continue
             summary = _summary(column)
             if summary is None:
-                self.other.add(field)
-                self.fields.pop(field, None)
+                other.add(field)
+                fields.pop(field, None)
             else:
                 self._merge(field, list(summary))
 
@@ -103,6 +149,10 @@ class Accumulator:
         """Add one event's ``data`` (as :meth:`add` would its one-event page)."""
         for field, value in data.items():
             if field in self.other:
+                continue
+            if type(value) is float:  # the usual event: one number, summarised as it is
+                nan = value != value
+                self._merge(field, [1, 1, 0.0, None, None] if nan else [1, 0, value] + [value] * 2)
                 continue
             if isinstance(value, float | int) and not isinstance(value, bool):
                 column: Any = np.array([value])
@@ -169,43 +219,91 @@ def numeric_fields(descriptor: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def stats_rows(stats: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[tuple]:
-    """``meta`` rows ``(key, elem, typ, num, txt)`` of ``{stream: {field: {stat: value}}}``;
-    values that are None or not finite get no row (no comparison matches them).
+def _finite(value: Any) -> Any:
+    return value if value is not None and math.isfinite(value) else None
 
-    Example:
-        >>> stats_rows({"primary": {"x": {"count": 2, "min": None}}})
-        [('@stat.count.["primary","x"]', False, 'n', 2, None)]
-    """
-    rows = []
-    for stream, by_field in stats.items():
-        for field, values in by_field.items():
-            for stat in STATS:
-                value = values.get(stat)
-                if value is None or not math.isfinite(value):
-                    continue
-                rows.append((stat_key(stream, field, stat), False, "n", value, None))
+
+def _with_marker(rows: list[tuple], filled: bool) -> list[tuple]:
+    """``rows`` and, when they alone cannot tell the statistics were computed (no field) or
+    how (``filled``), the MARKER row first."""
+    if filled or not rows:
+        rows.insert(0, (0, MARKER, int(filled), None, None, None, None, None))
     return rows
 
 
-def stats_from_rows(rows: Iterable[tuple[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """The inverse of :func:`stats_rows` from ``(key, num)`` pairs; a statistic without a
-    row is None; count and nan are ints, the others floats.
+def stats_rows(
+    stats: Mapping[str, Mapping[str, Mapping[str, Any]]], filled: bool = False
+) -> list[tuple]:
+    """``field_stats`` rows ``(field, key, count, nan, sum, min, max, mean)`` of ``{stream: {field:
+    {stat: value}}}``, after a MARKER row when there is no field or ``filled`` (computed with
+    detector files read); values that are None or not finite are NULL (no comparison
+    matches them).
 
     Example:
-        >>> stats_from_rows([('@stat.count.["primary","x"]', 2)])["primary"]["x"]["count"]
+        >>> stats_rows({"primary": {"x": {"count": 2, "min": None}}})[0][1:]
+        ('["primary","x"]', 2, None, None, None, None, None)
+    """
+    rows = [
+        (*field_id(stream, field), *(_finite(values.get(stat)) for stat in _COLUMNS))
+        for stream, by_field in stats.items()
+        for field, values in by_field.items()
+    ]
+    return _with_marker(rows, filled)
+
+
+def summary_rows(parts: Iterable[tuple[Mapping[str, Any], Accumulator]]) -> list[tuple]:
+    """The rows :func:`stats_rows` gives for ``combine(parts)``, straight from the
+    accumulators when each stream has one descriptor (what a run's stop writes).
+
+    Example:
+        >>> acc = Accumulator()
+        >>> acc.add({"d:x": np.arange(3)})
+        >>> summary_rows([({"name": "primary", "data_keys": {}}, acc)])[0][1:]
+        ('["primary","x"]', 3, 0, 3.0, 0, 2, 1.0)
+    """
+    parts = list(parts)
+    names = {descriptor.get("name", "primary") for descriptor, _ in parts}
+    if len(names) < len(parts):
+        return stats_rows(combine(parts))
+    rows = []
+    for descriptor, acc in parts:
+        name = descriptor.get("name", "primary")
+        acc.declare(numeric_fields(descriptor))
+        for field, (count, nan, total, low, high) in acc.fields.items():
+            seen = count - nan
+            if seen and total - total == 0:  # a finite sum: every value is finite too
+                rows.append((*field_id(name, field), count, nan, total, low, high, total / seen))
+            else:  # no value, or an infinite one: what is not finite is NULL
+                stats = (total, low, high, total / seen if seen else None)
+                rows.append((*field_id(name, field), count, nan, *map(_finite, stats)))
+    return _with_marker(rows, False)
+
+
+# The statistics in the order of the ``field_stats`` columns after ``field`` and ``key``.
+_COLUMNS = ("count", "nan", "sum", "min", "max", "mean")
+assert set(_COLUMNS) == set(STATS)
+
+
+def stats_from_rows(rows: Iterable[tuple]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The inverse of :func:`stats_rows`; a statistic that is NULL is None; count and nan
+    are ints, the others floats.
+
+    Example:
+        >>> stats_from_rows([('["primary","x"]', 2, 0, 1, 1, 1, 0.5)])["primary"]["x"]["count"]
         2
     """
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for key, num in rows:
+    for key, *nums in rows:
         if key == MARKER:
             continue
-        stat, _, names = key[len(PREFIX) :].partition(".")
-        stream, field = json.loads(names)
-        values = out.setdefault(stream, {}).setdefault(field, dict.fromkeys(STATS))
-        # Floats whatever the database gave back (SQLite keeps 1.0 as 1, PostgreSQL gives
-        # Decimal), so that every store answers alike.
-        values[stat] = int(num) if stat in ("count", "nan") else float(num)
+        stream, field = json.loads(key)
+        values = out.setdefault(stream, {})[field] = {}
+        for stat, num in zip(_COLUMNS, nums, strict=True):
+            # Floats whatever the database gave back (SQLite keeps 1.0 as 1, PostgreSQL
+            # gives Decimal), so that every store answers alike.
+            if num is not None:
+                num = int(num) if stat in ("count", "nan") else float(num)
+            values[stat] = num
     return out
 
 
