@@ -73,6 +73,12 @@ def _summary(column: Any) -> tuple[int, int, float, Any, Any] | None:
     """(count, nan, sum, min, max) of a numeric column (frames summed), or None."""
     if not isinstance(column, np.ndarray) or column.dtype.kind not in "iuf":
         return None
+    # inf + -inf is a NaN sum, and huge frames overflow: values, not warnings to the writer
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _reduce(column)
+
+
+def _reduce(column: np.ndarray) -> tuple[int, int, float, Any, Any]:
     n = len(column)
     if column.ndim == 1 and n:
         # The common case, no NaN (then the sum is not NaN either), without copies.
