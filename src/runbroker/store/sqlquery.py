@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from .. import hardware
 from .. import queries as q
 from .dialects import SQLITE, Dialect
 from .flatten import scalar_row
@@ -304,3 +305,70 @@ def _(query: q.Or, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
 @compile_query.register
 def _(query: q.Not, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     return not_(compile_query(query.query, dialect))
+
+
+# --- hardware
+# Device, Config and DataKey look up the facts each descriptor insert writes into ``meta``
+# (runbroker.store.hardwarerows), under keys of their own: "@device/...", "@config/...",
+# "@datakey/..." (user keys always start with "start." or "stop.").
+
+
+def _fact_rows(stored: str, *conds: Any) -> Select:
+    """The ids of the runs having a fact at ``stored`` (a key of runbroker.hardware)."""
+    key = bindparam(None, stored, type_=meta.c.key.type, literal_execute=True)  # see _meta_rows
+    return select(meta.c.run_id).where(meta.c.key == key, meta.c.elem.is_(False), *conds)
+
+
+def _fact_equal(stored: str, values: Any) -> list[Select]:
+    """Tests of the runs with a fact at ``stored`` equal to one of ``values`` (by type, as
+    in _value_rows)."""
+    out = []
+    for value in values:
+        typ, num, txt = scalar_row(value)  # type: ignore[misc]
+        if typ in "nb" and num is None:
+            continue
+        column = meta.c.txt if typ == "s" else meta.c.num
+        test = column == (txt if typ == "s" else num)
+        out.append(_fact_rows(stored, meta.c.typ == typ, *(() if typ == "z" else (test,))))
+    return out
+
+
+@_rows.register
+def _(query: q.Device, dialect: Dialect) -> list[Select] | None:
+    return _fact_equal(hardware.device_key(query.stream), [query.name])
+
+
+@_rows.register
+def _(query: q.ConfigReading, dialect: Dialect) -> list[Select] | None:
+    if query.op == "ne":
+        return None
+    if query.op in ("eq", "in"):
+        return _fact_equal(query.key, query.value if query.op == "in" else [query.value])
+    typ, num, txt = scalar_row(query.value)  # type: ignore[misc]
+    if typ not in "ns":  # ordering is only defined between numbers and between strings
+        return []
+    column, bound = (meta.c.num, num) if typ == "n" else (meta.c.txt, txt)
+    op = {"lt": column < bound, "le": column <= bound, "gt": column > bound, "ge": column >= bound}
+    return [_fact_rows(query.key, meta.c.typ == typ, op[query.op])]
+
+
+compile_query.register(q.Device, _metadata_test)
+
+
+@compile_query.register
+def _(query: q.ConfigReading, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
+    if query.op == "ne":
+        equal = q.Config(query.device, query.name, query.stream) == query.value
+        return not_(compile_query(equal, dialect))
+    return _metadata_test(query, dialect)
+
+
+@compile_query.register
+def _(query: q.DataKey, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
+    tests = []
+    for stored, wanted in query.tests():
+        if isinstance(wanted, bool):  # external: held (a str) or not (None)
+            tests.append([_fact_rows(stored, meta.c.typ == ("s" if wanted else "z"))])
+        else:
+            tests.append(_fact_equal(stored, [wanted]))
+    return and_(true(), *(_any_rows(rows, dialect) for rows in tests))
