@@ -32,6 +32,7 @@ from .errors import AmbiguousUIDError, NoStreamError, RunNotFoundError
 from .filler import FieldEvents, Filler, Fills
 from .mongoquery import from_mongo
 from .queries import And, Key, PartialUID, Query, ScanID
+from .standard_names import Aliases, resolve_fields
 from .store.base import LeavesOut, RunRecord, Store, distinct_values
 from .stream import Stream
 from .v1 import Broker, Header
@@ -74,8 +75,11 @@ class Catalog:
         scope: Query | None = None,
         assets: Assets | None = None,
         filler: Filler | None = None,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
+        #: Beamline field name -> standard name (see runbroker.standard_names); may be empty.
+        self.aliases = Aliases.of(aliases)
         self.query = query
         self.scope = scope
         # What every store call asks: the scope and the user's search together.
@@ -216,7 +220,9 @@ class Catalog:
             raise TypeError(
                 f"search() takes a runbroker query or a dict query, not {type(query).__name__}"
             )
-        found = self._within(query if self.query is None else And(self.query, query))
+        # Fields named by their standard names are looked up by the beamline names.
+        resolved = resolve_fields(query, self.aliases)
+        found = self._within(resolved if self.query is None else And(self.query, resolved))
         found._searched = (*self._searched, query)
         return found
 
@@ -245,7 +251,14 @@ class Catalog:
 
     def _within(self, query: Query | None) -> Catalog:
         """The runs of ``query`` within this catalog's scope, read as this catalog reads."""
-        return Catalog(self.store, query, scope=self.scope, assets=self.assets, filler=self.filler)
+        return Catalog(
+            self.store,
+            query,
+            scope=self.scope,
+            assets=self.assets,
+            filler=self.filler,
+            aliases=self.aliases,
+        )
 
     def __len__(self) -> int:
         n = self.store.count(self._view)
@@ -506,7 +519,9 @@ class Run(Mapping[str, Stream]):
                 f"run {self.uid[:8]} has no stream {name!r}; its streams are {names}"
             )
         mine = [d for d in descriptors if d.get("name", "primary") == name]
-        return Stream(self.store, self.uid, name, mine, self.catalog.filler)
+        return Stream(
+            self.store, self.uid, name, mine, self.catalog.filler, aliases=self.catalog.aliases
+        )
 
     @property
     def parents(self) -> list[Run]:
