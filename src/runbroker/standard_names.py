@@ -95,9 +95,17 @@ class Aliases(Mapping[str, str]):
         return self._table.get(name, name)
 
     def beamline_names(self, name: str) -> list[str]:
-        """The field names whose standard name is ``name``: those the table maps to it, and
-        ``name`` itself unless the table maps it to another name."""
+        """The field names a query naming ``name`` means: for a standard name of the table,
+        the names the table maps to it and ``name`` itself unless the table maps it to another
+        name; any other name (a beamline name, a name the table does not know) is itself.
+
+        Example:
+            >>> Aliases({"th": "theta"}).beamline_names("theta"), Aliases({}).beamline_names("x")
+            (['th', 'theta'], ['x'])
+        """
         names = list(self._back.get(name, []))
+        if not names:
+            return [name]
         if name not in self._table and name not in names:
             names.append(name)
         return names
