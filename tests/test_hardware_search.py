@@ -13,6 +13,8 @@ from event_model import compose_run
 import runbroker
 from runbroker.errors import QueryError
 from runbroker.queries import And, Config, ConfigReading, DataKey, Device, Key, Not, Or, Query
+from runbroker.store.migrations import downgrade, upgrade
+from runbroker.testing.stores import stores_except
 
 
 @pytest.fixture
@@ -298,3 +300,29 @@ def test_folder_index_built_again_from_the_files(tmp_path: Any) -> None:
     cat = runbroker.open(folder)  # the file changed: read again, facts replaced, not doubled
     assert list(cat.search(DataKey("y", stream="dark") & DataKey("x"))) == ["later"]
     cat.close()
+
+
+@stores_except("folder", "http", reason="SQL schema migrations (alembic) of a catalog database")
+def test_migration_0007_writes_the_facts_of_descriptors_stored_before(
+    catalog: runbroker.Catalog, RE: Any
+) -> None:
+    from bluesky.plans import count, scan
+    from ophyd.sim import det, motor
+
+    RE(count([det], 2))
+    RE(scan([det], motor, -1, 1, 3))
+    uri = catalog.store.uri
+    uids = set(catalog)
+    catalog.close()
+    downgrade(uri, "-1")  # the revision before 0007: no hardware facts
+    with runbroker.open(uri) as old:
+        assert len(old.search(Device("det"))) == 0
+    assert upgrade(uri) == "0007"
+    with runbroker.open(uri) as cat:
+        assert set(cat.search(Device("det"))) == uids
+        assert len(cat.search(Device("motor", stream="primary"))) == 1
+        assert set(cat.search(Config("det", "sigma") == 1)) == uids
+    assert upgrade(uri) == "0007"  # again: nothing doubled
+    with runbroker.open(uri) as cat:
+        assert len(cat.search(~(Config("det", "sigma") == 1))) == 0
+        assert cat.distinct("@device/*") == []  # the facts are no user key

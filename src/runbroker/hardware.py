@@ -11,15 +11,16 @@ so both give the same answer by construction.
 Every fact is kept twice: for any stream (``stream=None``) and for the descriptor's stream.
 
 Configuration names: ophyd prefixes a device's configuration keys with the device's name
-(``det_sigma`` for ``det.sigma``). A reading named ``<device>_<name>`` is therefore found by
-its short name too: ``Config("det", "sigma")`` and ``Config("det", "det_sigma")`` both find
-``det_sigma``.
+(``det_sigma`` for ``det.sigma``). A query for reading ``name`` therefore looks at ``name`` and
+at ``<device>_<name>`` (:func:`config_keys`): ``Config("det", "sigma")`` and
+``Config("det", "det_sigma")`` both find ``det_sigma``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +28,7 @@ from urllib.parse import quote
 __all__ = [
     "DATA_KEY_PROPERTIES",
     "config_key",
+    "config_keys",
     "data_key_key",
     "device_key",
     "facts",
@@ -40,12 +42,17 @@ _MAX_KEY = 500
 _ANY = "*"  # never the quoted form of a stream name, which quotes '*'
 
 
+# Names holding none of these are written as they are (quoting each name costs more).
+_PLAIN = re.compile(r"[A-Za-z0-9_.\-~ :]*")
+
+
+def _quote(name: str) -> str:
+    return name if _PLAIN.fullmatch(name) and name != _ANY else quote(name, safe="")
+
+
 def _key(kind: str, stream: str | None, *parts: str) -> str:
     """``@<kind>/<stream or *>/<part>/...``, each name quoted so none holds a '/'."""
-    names = [
-        _ANY if stream is None else quote(stream, safe=""),
-        *(quote(p, safe="") for p in parts),
-    ]
+    names = [_ANY if stream is None else _quote(stream), *map(_quote, parts)]
     key = "/".join([f"@{kind}", *names])
     if len(key) > _MAX_KEY:
         return f"@{kind}#{hashlib.sha256(key.encode()).hexdigest()}"
@@ -66,21 +73,32 @@ def config_key(stream: str | None, device: str, name: str) -> str:
     """The key of configuration reading ``name`` of ``device`` (the value is the reading).
 
     Example:
-        >>> config_key(None, "det", "sigma")
-        '@config/*/det/sigma'
+        >>> config_key(None, "det", "det_sigma")
+        '@config/*/det/det_sigma'
     """
     return _key("config", stream, device, name)
 
 
-def data_key_key(stream: str | None, field: str, prop: str | None = None) -> str:
-    """The key of data key ``field`` (its value: the field's name) or of one of its
-    properties ``prop`` (the property's value).
+def config_keys(stream: str | None, device: str, name: str) -> list[str]:
+    """The keys a query for reading ``name`` of ``device`` looks at: ``name`` as recorded,
+    and ``<device>_<name>``, as ophyd records it.
 
     Example:
-        >>> data_key_key("primary", "fccd_image"), data_key_key(None, "fccd_image", "shape")
-        ('@datakey/primary/fccd_image', '@datakey/*/fccd_image/shape')
+        >>> config_keys("primary", "det", "sigma")
+        ['@config/primary/det/sigma', '@config/primary/det/det_sigma']
     """
-    return _key("datakey", stream, field) if prop is None else _key("datakey", stream, field, prop)
+    return [config_key(stream, device, name), config_key(stream, device, f"{device}_{name}")]
+
+
+def data_key_key(stream: str | None, field: str, prop: str) -> str:
+    """The key of property ``prop`` of data key ``field`` (the value: the property's). A data
+    key is recorded when its ``dtype`` is (event-model requires it).
+
+    Example:
+        >>> data_key_key("primary", "fccd_image", "dtype")
+        '@datakey/primary/fccd_image/dtype'
+    """
+    return _key("datakey", stream, field, prop)
 
 
 def shape_text(shape: Iterable[Any]) -> str:
@@ -99,12 +117,6 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
 
 
-def _config_names(device: str, name: str) -> list[str]:
-    prefix = f"{device}_"
-    short = name[len(prefix) :] if name.startswith(prefix) and len(name) > len(prefix) else None
-    return [name] if short is None else [name, short]
-
-
 def _one(descriptor: Mapping[str, Any]) -> Iterator[tuple[str | None, str, Any]]:
     """``(kind, parts, value)`` facts of one descriptor, without their stream."""
     configuration = descriptor.get("configuration") or {}
@@ -115,20 +127,14 @@ def _one(descriptor: Mapping[str, Any]) -> Iterator[tuple[str | None, str, Any]]
         data = conf.get("data") if isinstance(conf, Mapping) else None
         for name, value in (data or {}).items():
             if _scalar(value):  # arrays and dicts are not searchable readings
-                for short in _config_names(device, name):
-                    yield "config", (device, short), value
+                yield "config", (device, name), value
     for field, dk in (descriptor.get("data_keys") or {}).items():
-        yield "datakey", (field,), field
         for prop in DATA_KEY_PROPERTIES:
-            if prop == "external":
-                # Always a fact: the key's external value, or None for data in the events.
-                external = dk.get(prop)
-                if external is None or isinstance(external, str):
-                    yield "datakey", (field, prop), external
-            elif prop == "shape" and isinstance(dk.get("shape"), list | tuple):
-                yield "datakey", (field, prop), shape_text(dk["shape"])
-            elif prop != "shape" and isinstance(dk.get(prop), str):
-                yield "datakey", (field, prop), dk[prop]
+            value = dk.get(prop)
+            if prop == "shape" and isinstance(value, list | tuple):
+                yield "datakey", (field, prop), shape_text(value)
+            elif prop != "shape" and isinstance(value, str):
+                yield "datakey", (field, prop), value
 
 
 def facts(descriptors: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
@@ -139,10 +145,10 @@ def facts(descriptors: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
         ...         "configuration": {"det": {"data": {"det_sigma": 1.5}}},
         ...         "data_keys": {"det": {"dtype": "number", "shape": [], "source": "SIM:det"}}}
         >>> found = facts([desc])
-        >>> found["@device/*"], found["@config/primary/det/sigma"]
+        >>> found["@device/*"], found["@config/primary/det/det_sigma"]
         (['det'], [1.5])
-        >>> found["@datakey/*/det/shape"], found["@datakey/*/det/external"]
-        (['[]'], [None])
+        >>> found["@datakey/*/det/shape"], "@datakey/*/det/external" in found
+        (['[]'], False)
     """
     out: dict[str, list[Any]] = {}
     for descriptor in descriptors:

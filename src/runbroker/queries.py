@@ -1109,12 +1109,13 @@ class ConfigReading(Query, tag="config"):
         raise TypeError(f"{self!r} has no truth value; combine queries with & | ~")
 
     @property
-    def key(self) -> str:
-        """The key of the reading's facts (see :mod:`runbroker.hardware`)."""
-        return _hw.config_key(self.stream, self.device, self.name)
+    def keys(self) -> list[str]:
+        """The keys of the reading's facts (see :func:`runbroker.hardware.config_keys`)."""
+        return _hw.config_keys(self.stream, self.device, self.name)
 
     def matches(self, record: Mapping[str, Any]) -> bool:
-        found = _facts(record).get(self.key, [])
+        facts = _facts(record)
+        found = [v for key in self.keys for v in facts.get(key, [])]
         if self.op == "ne":
             return not any(scalar_equal(v, self.value) for v in found)
         wanted = self.value if self.op == "in" else (self.value,)
@@ -1129,8 +1130,8 @@ class DataKey(Query, tag="data_key"):
 
     ``shape`` is a list of ints (``[]`` for a scalar); ``dtype``, ``source`` and
     ``dtype_numpy`` are strs; ``external`` is a str (``"FILESTORE:"``), True (the data is in
-    files) or False (in the events). A run with several descriptors for the stream matches
-    when each property is held by the field in one of them.
+    files) or False (no descriptor says it is). A run with several descriptors for the stream
+    matches when each property is held by the field in one of them.
 
     >>> desc = {"name": "primary", "data_keys": {"img": {
     ...     "dtype": "array", "shape": [5, 5], "source": "PV:img", "external": "FILESTORE:"}}}
@@ -1169,12 +1170,15 @@ class DataKey(Query, tag="data_key"):
         return f"DataKey({', '.join([repr(self.field), *shown])})"
 
     def tests(self) -> list[tuple[str, Any]]:
-        """``(fact key, wanted)`` of every test: the field, then each property given; wanted
-        is a value, or True / False for ``external`` (held / not held)."""
+        """``(fact key, wanted)`` of every test: the field's ``dtype`` (wanted: ``True``, any
+        value, when no dtype is given), then each property given. ``external`` wants True (a
+        value) or False (none), or a value."""
         key = _hw.data_key_key
-        out: list[tuple[str, Any]] = [(key(self.stream, self.field), self.field)]
+        out: list[tuple[str, Any]] = []
         for prop in _hw.DATA_KEY_PROPERTIES:
             value = getattr(self, prop)
+            if prop == "dtype" and value is None:
+                value = True  # the data key is recorded: it has a dtype
             if value is not None:
                 wanted = _hw.shape_text(value) if prop == "shape" else value
                 out.append((key(self.stream, self.field, prop), wanted))
@@ -1184,10 +1188,8 @@ class DataKey(Query, tag="data_key"):
         found = _facts(record)
         for key, wanted in self.tests():
             values = found.get(key, [])
-            if wanted is True:
-                ok = any(isinstance(v, str) for v in values)
-            elif wanted is False:
-                ok = None in values
+            if isinstance(wanted, bool):
+                ok = bool(values) == wanted
             else:
                 ok = any(scalar_equal(v, wanted) for v in values)
             if not ok:

@@ -15,14 +15,17 @@ from sqlalchemy import Connection, insert
 
 from ..hardware import facts
 from .flatten import scalar_row
+from .prepared import Prepared
 from .schema import meta
 
-__all__ = ["PREFIXES", "fact_rows", "write"]
+__all__ = ["PREFIXES", "fact_rows", "meta_rows", "write"]
 
 #: The ``meta`` key prefixes of hardware facts (for deleting a run's facts).
 PREFIXES = tuple(f"@{kind}{sep}" for kind in ("device", "config", "datakey") for sep in "/#")
 
 Row = tuple[str, bool, str, Any, Any]
+_NAMES = ("run_id", "key", "elem", "typ", "num", "txt")
+_INSERT = Prepared(insert(meta), list(_NAMES))
 
 
 def fact_rows(descriptors: Iterable[Mapping[str, Any]]) -> Iterator[Row]:
@@ -40,8 +43,19 @@ def fact_rows(descriptors: Iterable[Mapping[str, Any]]) -> Iterator[Row]:
                 yield (key, False, *row)
 
 
+def meta_rows(run_id: int, descriptors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The ``meta`` rows (as dicts) of the facts of ``descriptors`` of run ``run_id``.
+
+    Example:
+        >>> meta_rows(7, [{"name": "primary", "object_keys": {"det": []}}])[0]["key"]
+        '@device/*'
+    """
+    return [dict(zip(_NAMES, (run_id, *r), strict=True)) for r in fact_rows(descriptors)]
+
+
 def write(conn: Connection, run_id: int, descriptors: Iterable[Mapping[str, Any]]) -> None:
-    """Insert the fact rows of ``descriptors`` (of run ``run_id``) in the caller's transaction.
+    """Insert the fact rows of ``descriptors`` (of run ``run_id``) in the caller's transaction
+    (the store's writing connection: on PostgreSQL the rows go with its next round trip).
 
     Example:
         >>> new = runbroker.temp()
@@ -50,7 +64,6 @@ def write(conn: Connection, run_id: int, descriptors: Iterable[Mapping[str, Any]
         >>> len(new.store.distinct("@device/*", None, 10))  # not a user's key
         0
     """
-    names = ("key", "elem", "typ", "num", "txt")
-    rows = [{"run_id": run_id, **dict(zip(names, r, strict=True))} for r in fact_rows(descriptors)]
+    rows = meta_rows(run_id, descriptors)
     if rows:
-        conn.execute(insert(meta), rows)
+        _INSERT.executemany(conn, rows)

@@ -333,26 +333,29 @@ def _fact_equal(stored: str, values: Any) -> list[Select]:
     return out
 
 
-@_rows.register
-def _(query: q.Device, dialect: Dialect) -> list[Select] | None:
-    return _fact_equal(hardware.device_key(query.stream), [query.name])
+def _fact_test(parts: list[Select], dialect: Dialect) -> ColumnElement[bool]:
+    """Runs having one of the facts ``parts`` (see _any_rows, whose two forms these take).
+
+    Run by run, a probe reads the run's own rows (``ix_meta_run``: a few dozen): a range
+    (``Config(...) > 0.5``) or a presence test on the (key, value) index would scan every run's
+    row of the key for each run walked.
+    """
+    if not parts:
+        return false()
+    common = is_common.get()
+    ids = parts[0] if len(parts) == 1 else union_all(*parts)
+    if common is not None and common(ids):
+        by_run = (
+            p.where(meta.c.run_id == runs.c.id).with_hint(meta, "INDEXED BY ix_meta_run", "sqlite")
+            for p in parts
+        )
+        return or_(false(), *(exists(dialect.probe(p)) for p in by_run))
+    return runs.c.id.in_(ids)
 
 
-@_rows.register
-def _(query: q.ConfigReading, dialect: Dialect) -> list[Select] | None:
-    if query.op == "ne":
-        return None
-    if query.op in ("eq", "in"):
-        return _fact_equal(query.key, query.value if query.op == "in" else [query.value])
-    typ, num, txt = scalar_row(query.value)  # type: ignore[misc]
-    if typ not in "ns":  # ordering is only defined between numbers and between strings
-        return []
-    column, bound = (meta.c.num, num) if typ == "n" else (meta.c.txt, txt)
-    op = {"lt": column < bound, "le": column <= bound, "gt": column > bound, "ge": column >= bound}
-    return [_fact_rows(query.key, meta.c.typ == typ, op[query.op])]
-
-
-compile_query.register(q.Device, _metadata_test)
+@compile_query.register
+def _(query: q.Device, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
+    return _fact_test(_fact_equal(hardware.device_key(query.stream), [query.name]), dialect)
 
 
 @compile_query.register
@@ -360,15 +363,25 @@ def _(query: q.ConfigReading, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     if query.op == "ne":
         equal = q.Config(query.device, query.name, query.stream) == query.value
         return not_(compile_query(equal, dialect))
-    return _metadata_test(query, dialect)
+    if query.op in ("eq", "in"):
+        values = query.value if query.op == "in" else [query.value]
+        return _fact_test([r for key in query.keys for r in _fact_equal(key, values)], dialect)
+    typ, num, txt = scalar_row(query.value)  # type: ignore[misc]
+    if typ not in "ns":  # ordering is only defined between numbers and between strings
+        return false()
+    column, bound = (meta.c.num, num) if typ == "n" else (meta.c.txt, txt)
+    op = {"lt": column < bound, "le": column <= bound, "gt": column > bound, "ge": column >= bound}
+    rows = [_fact_rows(key, meta.c.typ == typ, op[query.op]) for key in query.keys]
+    return _fact_test(rows, dialect)
 
 
 @compile_query.register
 def _(query: q.DataKey, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     tests = []
     for stored, wanted in query.tests():
-        if isinstance(wanted, bool):  # external: held (a str) or not (None)
-            tests.append([_fact_rows(stored, meta.c.typ == ("s" if wanted else "z"))])
+        if isinstance(wanted, bool):  # a property held (any value), or not
+            held = _fact_test([_fact_rows(stored)], dialect)
+            tests.append(held if wanted else not_(held))
         else:
-            tests.append(_fact_equal(stored, [wanted]))
-    return and_(true(), *(_any_rows(rows, dialect) for rows in tests))
+            tests.append(_fact_test(_fact_equal(stored, [wanted]), dialect))
+    return and_(true(), *tests)
