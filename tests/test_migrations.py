@@ -49,7 +49,7 @@ def test_old_catalog_is_refused_upgraded_and_read_back(catalog, RE):
 
     done = _cli("db", "upgrade", uri)
     assert done.returncode == 0, done.stderr
-    assert "0006" in done.stdout
+    assert "0007" in done.stdout
     with engine.connect() as conn:
         stop_times = dict(conn.execute(text("SELECT uid, stop_time FROM runs")).all())
     engine.dispose()
@@ -76,8 +76,8 @@ def test_old_catalog_is_refused_upgraded_and_read_back(catalog, RE):
 def test_upgrading_a_current_catalog_changes_nothing(catalog):
     uri = catalog.store.uri
     catalog.close()
-    assert upgrade(uri) == "0006"
-    assert upgrade(uri) == "0006"
+    assert upgrade(uri) == "0007"
+    assert upgrade(uri) == "0007"
     assert len(runbroker.open(uri)) == 0
 
 
@@ -118,7 +118,7 @@ def test_meta_foreign_key_is_dropped_by_0003_and_restored_by_its_downgrade(catal
         cat.insert("start", run.start_doc)
         cat.insert("stop", run.compose_stop())
         assert [r.start["sample"] for r in cat.values()] == ["Cu", "Ni"]
-    assert upgrade(uri) == "0006"
+    assert upgrade(uri) == "0007"
     if postgres:
         assert meta_keys() == []
     with runbroker.open(uri) as cat:
@@ -144,7 +144,7 @@ def test_0004_keeps_the_indexed_keys_in_time_order_from_then_on(catalog, RE):
         cat.insert("start", compose_run(metadata={"proposal_id": "p1"}).start_doc)
         cat.flush()
         assert len(cat.search(Key("proposal_id") == "p1")) == 3
-    assert upgrade(uri) == "0006"
+    assert upgrade(uri) == "0007"
     engine = create_engine(uri)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM tags")).scalar() == 4
@@ -194,7 +194,7 @@ def test_0006_moves_statistics_kept_in_meta_to_their_table(catalog, RE):
         cat.insert("start", run.start_doc)
         cat.insert("stop", run.compose_stop())
         assert len(cat) == 2
-    assert upgrade(uri) == "0006"
+    assert upgrade(uri) == "0007"
     with engine.connect() as conn:
         left = conn.execute(text("SELECT count(*) FROM meta WHERE key LIKE '@stat%'")).scalar()
     engine.dispose()

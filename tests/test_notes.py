@@ -290,7 +290,7 @@ def test_migration_0005_adds_notes_to_an_older_catalog(catalog):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert upgrade(uri) == "0006"  # the head revision
+    assert upgrade(uri) == "0007"  # the head revision
     with runbroker.open(uri) as new:
         new[uid].tag("calibration", visibility="public")
         assert list(new.search(Tag("calibration"))) == [uid]

@@ -36,6 +36,7 @@ from .mongoquery import from_mongo
 from .notes import Viewer, viewer_of
 from .notestream import NOTE, replay_notes, store_notes, without_notes
 from .queries import And, Key, PartialUID, Query, ScanID, bind
+from .standard_names import Aliases, resolve_fields
 from .store.base import LeavesOut, RunRecord, Store, Summarises, distinct_values
 from .stream import Stream
 from .v1 import Broker, Header
@@ -79,8 +80,11 @@ class Catalog:
         assets: Assets | None = None,
         filler: Filler | None = None,
         viewer: Viewer | None = None,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
+        #: Beamline field name -> standard name (see runbroker.standard_names); may be empty.
+        self.aliases = Aliases.of(aliases)
         self.query = query
         self.scope = scope
         self._viewer = viewer
@@ -231,7 +235,9 @@ class Catalog:
             raise TypeError(
                 f"search() takes a runbroker query or a dict query, not {type(query).__name__}"
             )
-        found = self._within(query if self.query is None else And(self.query, query))
+        # Fields named by their standard names are looked up by the beamline names.
+        resolved = resolve_fields(query, self.aliases)
+        found = self._within(resolved if self.query is None else And(self.query, resolved))
         found._searched = (*self._searched, query)
         return found
 
@@ -278,6 +284,7 @@ class Catalog:
             assets=self.assets,
             filler=self.filler,
             viewer=self._viewer,
+            aliases=self.aliases,
         )
 
     def __len__(self) -> int:
@@ -616,7 +623,9 @@ class Run(Mapping[str, Stream]):
                 f"run {self.uid[:8]} has no stream {name!r}; its streams are {names}"
             )
         mine = [d for d in descriptors if d.get("name", "primary") == name]
-        return Stream(self.store, self.uid, name, mine, self.catalog.filler)
+        return Stream(
+            self.store, self.uid, name, mine, self.catalog.filler, aliases=self.catalog.aliases
+        )
 
     @property
     def parents(self) -> list[Run]:

@@ -7,6 +7,7 @@ Each named catalog is a small YAML file::
       uri: /data/45id/runs.db          # SQLite file, folder, postgresql://..., http://...
       root_map: {/nsls2/data: /mnt/45id}
       indexes: [sample, proposal_id]
+      aliases: {I0: monitor, th: theta}  # beamline name -> standard (NeXus) name
     beamline-server:
       uri: https://runs.example.org/45id   # a runbroker server
       api_key: ...                     # or leave it out: $RUNBROKER_API_KEY
@@ -46,7 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
-from .errors import CatalogConfigError
+from .errors import AliasError, CatalogConfigError
+from .standard_names import Aliases
 from .store.urls import redact
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ OPTIONS = frozenset(
         "flush_interval",
         "pool_size",
         "max_overflow",
+        "aliases",
         *("api_key", "timeout", "cache"),
     }
 )
@@ -220,6 +223,11 @@ def _entry(path: Path, name: str, entry: Any, line: int | None) -> NamedCatalog:
             f"{where}: catalog {name!r} has option(s) {', '.join(misplaced)}, which only a "
             "runbroker server (an http:// or https:// uri) takes"
         )
+    if "aliases" in options:
+        try:
+            Aliases(options["aliases"], where=f"catalog {name!r}: aliases")
+        except AliasError as exc:
+            raise CatalogConfigError(f"{where}: {exc}") from None
     if "root_map" in options:
         options["root_map"] = {
             old: _relative_to(path, str(new)) for old, new in dict(options["root_map"]).items()

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AccessDeniedError",
+    "AliasError",
     "AmbiguousUIDError",
     "BadRunFile",
     "CatalogConfigError",
@@ -376,6 +377,13 @@ class CatalogConfigError(RunbrokerError, ValueError):
     """A catalog configuration file that cannot be used, named with its line."""
 
     code = "catalog_config"
+
+
+class AliasError(RunbrokerError, ValueError):
+    """A standard-names alias table that cannot be used, or that gives two fields of one
+    stream the same standard name."""
+
+    status, code = 400, "bad_aliases"
 
 
 # -- opening a catalog --------------------------------------------------------------------

@@ -45,6 +45,7 @@ from .errors import (
     RunbrokerError,
     UnknownSchemeError,
 )
+from .standard_names import Aliases
 from .store import registry
 from .store.base import Store, indexing
 from .store.files import FolderStore
@@ -286,6 +287,7 @@ def open(
     timeout: float | None = None,
     cache: str | os.PathLike | bool | None = None,
     cache_size: int | str | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> Catalog:
     """Open a catalog (or create one, where that is plainly what was asked for).
 
@@ -320,6 +322,10 @@ def open(
     kept (a folder; ``False`` keeps none; default: the user's cache folder) and ``cache_size``,
     its limit (bytes, or ``"500MB"``; default 2 GB): see ``docs/remote.md``.
 
+    ``aliases`` maps beamline field names to standard (NeXus) names, ``{"I0": "monitor"}``:
+    ``read(names="standard")``, searches and the NeXus export use them (see
+    ``docs/hardware-search.md``).
+
     Example:
         >>> import runbroker, tempfile, os
         >>> cat = runbroker.open(os.path.join(tempfile.mkdtemp(), "runs.db"))
@@ -336,6 +342,7 @@ def open(
     if opener is None:
         raise UnknownSchemeError(_unknown_scheme(text, scheme))
     handler_registry = Registry(handlers, readers)  # bad handler names fail before any opening
+    table = Aliases.of(aliases)  # and a bad alias table
     remote = {"api_key": api_key, "timeout": timeout, "cache": cache, "cache_size": cache_size}
     remote = {k: v for k, v in remote.items() if v is not None}
     if remote and scheme not in ("http", "https"):
@@ -361,7 +368,7 @@ def open(
         except BaseException:
             store.close()
             raise
-    return Catalog(store, assets=assets)
+    return Catalog(store, assets=assets, aliases=table)
 
 
 def _unknown_scheme(text: str, scheme: str) -> str:

@@ -1270,3 +1270,238 @@ class Field:
 
 
 __all__ += ["STATS", "Field", "FieldStat", "stat_of"]
+
+
+# --- hardware
+# Devices, configuration readings and data keys, as the run's descriptors record them (see
+# runbroker.hardware, which turns descriptors into the facts these queries look up).
+
+from . import hardware as _hw  # noqa: E402  (kept with its part of the module)
+
+__all__ += ["Config", "ConfigReading", "DataKey", "Device"]
+
+
+def _hw_name(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise QueryError(f"{what} must be a non-empty str, got {value!r}")
+    return value
+
+
+def _hw_stream(value: Any) -> str | None:
+    return None if value is None else _hw_name("stream", value)
+
+
+def _facts(record: Mapping[str, Any]) -> dict[str, list[Any]]:
+    return _hw.facts(record.get("descriptors") or ())
+
+
+def _compare(op: str, stored: Any, value: Any) -> bool:
+    """``stored <op> value`` as :class:`Comparison` means it (``ne`` is left to the caller)."""
+    stored = _plain(stored)
+    if op == "eq":
+        return scalar_equal(stored, value)
+    kind = _kind(stored)
+    return kind in ("number", "str") and kind == _kind(value) and _ORDER[op](stored, value)
+
+
+@dataclass(frozen=True)
+class Device(Query, tag="device"):
+    """A device (``object_keys`` or ``configuration`` of a descriptor) took part in the run,
+    in stream ``stream`` if given.
+
+    >>> desc = {"name": "primary", "object_keys": {"fccd": ["fccd_image"]}, "data_keys": {}}
+    >>> Device("fccd").matches({"start": {}, "descriptors": [desc]})
+    True
+    >>> Device("fccd", stream="baseline").matches({"start": {}, "descriptors": [desc]})
+    False
+    """
+
+    name: str
+    stream: str | None = None
+
+    def __post_init__(self) -> None:
+        _hw_name("Device name", self.name)
+        _hw_stream(self.stream)
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        found = _facts(record).get(_hw.device_key(self.stream), [])
+        return any(scalar_equal(v, self.name) for v in found)
+
+
+class Config:
+    """Builder of configuration queries: ``Config("fccd", "acquire_time") > 0.5``.
+
+    ``name`` is the reading's key in ``configuration[device]["data"]``, or that key without
+    the ``<device>_`` prefix ophyd gives it (``Config("det", "sigma")`` finds ``det_sigma``).
+    The comparisons mean what they mean for :class:`Key`, tested against each descriptor's
+    reading (of ``stream``, if given): one is enough. ``!=`` is exactly NOT ``==``.
+
+    >>> Config("det", "sigma") > 0.5
+    Config('det', 'sigma') > 0.5
+    >>> Config("det", "mode", stream="primary").in_(["fast", "slow"])
+    Config('det', 'mode', stream='primary').in_(('fast', 'slow'))
+    """
+
+    __slots__ = ("device", "name", "stream")
+    __hash__ = None  # type: ignore[assignment]  # == builds a query
+
+    def __init__(self, device: str, name: str, stream: str | None = None) -> None:
+        self.device = _hw_name("Config device", device)
+        self.name = _hw_name("Config name", name)
+        self.stream = _hw_stream(stream)
+
+    def __repr__(self) -> str:
+        where = "" if self.stream is None else f", stream={self.stream!r}"
+        return f"Config({self.device!r}, {self.name!r}{where})"
+
+    def _test(self, op: str, value: Any) -> ConfigReading:
+        return ConfigReading(self.device, self.name, op, value, self.stream)
+
+    def __eq__(self, value: Any) -> ConfigReading:  # type: ignore[override]
+        return self._test("eq", value)
+
+    def __ne__(self, value: Any) -> ConfigReading:  # type: ignore[override]
+        return self._test("ne", value)
+
+    def __lt__(self, value: Any) -> ConfigReading:
+        return self._test("lt", value)
+
+    def __le__(self, value: Any) -> ConfigReading:
+        return self._test("le", value)
+
+    def __gt__(self, value: Any) -> ConfigReading:
+        return self._test("gt", value)
+
+    def __ge__(self, value: Any) -> ConfigReading:
+        return self._test("ge", value)
+
+    def in_(self, values: Iterable[Any]) -> ConfigReading:
+        """The reading equals one of ``values``."""
+        return self._test("in", values)
+
+
+@dataclass(frozen=True, repr=False)
+class ConfigReading(Query, tag="config"):
+    """A configuration reading ``<op> value`` (op: eq ne lt le gt ge, or ``in`` a list of
+    values); built with :class:`Config`, whose docstring says what it means.
+
+    >>> desc = {"name": "primary", "configuration": {"det": {"data": {"det_sigma": 2.0}}}}
+    >>> (Config("det", "sigma") > 0.5).matches({"start": {}, "descriptors": [desc]})
+    True
+    >>> Query.from_dict((Config("det", "sigma") >= 1).to_dict())
+    Config('det', 'sigma') >= 1
+    """
+
+    device: str
+    name: str
+    op: str
+    value: Any
+    stream: str | None = None
+
+    def __post_init__(self) -> None:
+        Config(self.device, self.name, self.stream)  # checks the names
+        what = f"Config({self.device!r}, {self.name!r})"
+        if self.op == "in":
+            value: Any = _values(what, self.value)
+        elif self.op in _OPS:
+            value = _scalar(what, self.value)
+        else:
+            raise QueryError(f"{what}: unknown op {self.op!r}; use one of {[*_OPS, 'in']}")
+        object.__setattr__(self, "value", value)
+
+    def __repr__(self) -> str:
+        builder = repr(Config(self.device, self.name, self.stream))
+        if self.op == "in":
+            return f"{builder}.in_({self.value!r})"
+        return f"{builder} {_OPS[self.op]} {self.value!r}"
+
+    def __bool__(self) -> bool:
+        raise TypeError(f"{self!r} has no truth value; combine queries with & | ~")
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys of the reading's facts (see :func:`runbroker.hardware.config_keys`)."""
+        return _hw.config_keys(self.stream, self.device, self.name)
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        facts = _facts(record)
+        found = [v for key in self.keys for v in facts.get(key, [])]
+        if self.op == "ne":
+            return not any(scalar_equal(v, self.value) for v in found)
+        wanted = self.value if self.op == "in" else (self.value,)
+        op = "eq" if self.op == "in" else self.op
+        return any(_compare(op, v, w) for v in found for w in wanted)
+
+
+@dataclass(frozen=True, repr=False)
+class DataKey(Query, tag="data_key"):
+    """The run records data key ``field`` (in stream ``stream`` if given) with these
+    properties; only those given are tested.
+
+    ``shape`` is a list of ints (``[]`` for a scalar); ``dtype``, ``source`` and
+    ``dtype_numpy`` are strs; ``external`` is a str (``"FILESTORE:"``), True (the data is in
+    files) or False (no descriptor says it is). A run with several descriptors for the stream
+    matches when each property is held by the field in one of them.
+
+    >>> desc = {"name": "primary", "data_keys": {"img": {
+    ...     "dtype": "array", "shape": [5, 5], "source": "PV:img", "external": "FILESTORE:"}}}
+    >>> record = {"start": {}, "descriptors": [desc]}
+    >>> DataKey("img", shape=[5, 5], external=True).matches(record)
+    True
+    >>> DataKey("img", dtype="number").matches(record)
+    False
+    """
+
+    field: str
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    external: str | bool | None = None
+    source: str | None = None
+    dtype_numpy: str | None = None
+    stream: str | None = None
+
+    def __post_init__(self) -> None:
+        _hw_name("DataKey field", self.field)
+        _hw_stream(self.stream)
+        if self.shape is not None:
+            shape = self.shape
+            if isinstance(shape, str | bytes | Mapping) or not isinstance(shape, Iterable):
+                raise QueryError(f"DataKey {self.field!r}: shape must be a list of ints")
+            object.__setattr__(self, "shape", tuple(_int(s, "a shape's size") for s in shape))
+        for prop in ("dtype", "source", "dtype_numpy"):
+            if getattr(self, prop) is not None:
+                _hw_name(f"DataKey {self.field!r}: {prop}", getattr(self, prop))
+        if self.external is not None and not isinstance(self.external, bool):
+            _hw_name(f"DataKey {self.field!r}: external (a str, True or False)", self.external)
+
+    def __repr__(self) -> str:
+        given = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)[1:]]
+        shown = [g for g in given if not g.endswith("=None")]
+        return f"DataKey({', '.join([repr(self.field), *shown])})"
+
+    def tests(self) -> list[tuple[str, Any]]:
+        """``(fact key, wanted)`` of every test: the field's ``dtype`` (wanted: ``True``, any
+        value, when no dtype is given), then each property given. ``external`` wants True (a
+        value) or False (none), or a value."""
+        key = _hw.data_key_key
+        out: list[tuple[str, Any]] = []
+        for prop in _hw.DATA_KEY_PROPERTIES:
+            value = getattr(self, prop)
+            if prop == "dtype" and value is None:
+                value = True  # the data key is recorded: it has a dtype
+            if value is not None:
+                wanted = _hw.shape_text(value) if prop == "shape" else value
+                out.append((key(self.stream, self.field, prop), wanted))
+        return out
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        found = _facts(record)
+        for key, wanted in self.tests():
+            values = found.get(key, [])
+            if isinstance(wanted, bool):
+                ok = bool(values) == wanted
+            else:
+                ok = any(scalar_equal(v, wanted) for v in values)
+            if not ok:
+                return False
+        return True

@@ -26,6 +26,7 @@ from .columns import as_column, concat_columns
 from .display import plural
 from .filler import FieldEvents, Filler
 from .follow import Cursor, Polling
+from .standard_names import Aliases, check_naming
 from .store.base import Follows, PageGone, PageInfo, Store
 
 __all__ = ["Stream"]
@@ -104,8 +105,11 @@ class Stream:
         name: str,
         descriptors: list[dict] | None,
         filler: Filler,
+        *,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
+        self.aliases = Aliases.of(aliases)
         self.run_uid = run_uid
         self.name = name
         self.filler = filler
@@ -210,6 +214,7 @@ class Stream:
         *,
         events: slice | None = None,
         fill: bool | str = True,
+        names: str = "beamline",
     ) -> xr.Dataset:
         """The stream as an ``xarray.Dataset`` with dimension ``time``.
 
@@ -217,23 +222,39 @@ class Stream:
         data kept in files is read from them; ``fill=False`` gives the references instead
         (datum ids, or ``<stream_resource uid>/<row>``). databroker's ``fill="yes"`` /
         ``"no"`` mean the same; for lazy arrays (its ``"delayed"``) use :meth:`to_dask`.
+        ``names="standard"`` gives the fields the standard names of the catalog's alias
+        table (``fields`` may then use them too); the default ``"beamline"`` keeps theirs.
 
         Example:
             >>> run.primary.read(["det"], events=slice(1, 3)).sizes["time"]
             2
         """
         fill = fill_flag(fill)
-        names = self._check_fields(fields)
+        renaming = self._renaming(names)
+        if renaming is not None and fields is not None:
+            back = {new: old for old, new in renaming.items()}
+            fields = [back.get(f, f) for f in ([fields] if isinstance(fields, str) else fields)]
+        wanted = self._check_fields(fields)
         for attempt in range(3):
             chunks, window = self._select(events)
             try:
-                return self._read_chunks(chunks, names, window, fill)
+                ds = self._read_chunks(chunks, wanted, window, fill)
+                if renaming is None:
+                    return ds
+                return ds.rename_vars({k: v for k, v in renaming.items() if k in ds})
             except PageGone:
                 # The writer merged pages meanwhile (a finished run being laid out): events
                 # keep their positions, so plan again and read.
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _renaming(self, names: str) -> dict[str, str] | None:
+        """Field -> standard name for ``names="standard"`` (None for the fields' own names)."""
+        if check_naming(names) == "beamline":
+            return None
+        where = f"run {self.run_uid[:8]}, stream {self.name!r}"
+        return {k: v for k, v in self.aliases.renaming(self.fields, where).items() if k != v}
 
     def _read_chunks(
         self,

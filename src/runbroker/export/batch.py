@@ -84,6 +84,8 @@ def export_run(
         ['2.jsonl']
     """
     options.setdefault("assets", run.catalog.assets)
+    if options.get("names") == "standard":  # the catalog's alias table says what they are
+        options.setdefault("aliases", run.catalog.aliases)
     exp = exporter(format, directory, **options)
     exp.live = False
     exp.notes = [rev for _, rev in replay_notes(run.store, run.uid, run.catalog.viewer)]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +38,7 @@ import orjson
 
 from ..assets import external_kind
 from ..columns import as_column, concat_columns
+from ..standard_names import Aliases, check_naming
 from .base import ExportError, Page, unique
 from .h5write import STR, H5Exporter, contiguous, grow, iso, link, set_attrs, text
 from .h5write import group as new_group
@@ -64,16 +65,21 @@ def nexus_name(name: str) -> str:
 
 
 class _Names:
-    """Unique NeXus names for the items of one group, stable once given."""
+    """Unique NeXus names for the items of one group, stable once given (``rename`` gives
+    the name each item is written under, before it is made a valid, unique NeXus name)."""
 
-    def __init__(self, reserved: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, reserved: frozenset[str] = frozenset(), rename: Callable[[str], str] | None = None
+    ) -> None:
         self._given: dict[str, str] = {}
         self._taken = set(reserved)
+        self._rename = rename
 
     def __call__(self, name: str) -> str:
         got = self._given.get(name)
         if got is None:
-            got = self._given[name] = unique(nexus_name(name), self._taken)
+            wanted = name if self._rename is None else self._rename(name)
+            got = self._given[name] = unique(nexus_name(wanted), self._taken)
         return got
 
 
@@ -94,6 +100,8 @@ class NeXusExporter(H5Exporter):
       motor).
     - ``compression``: ``"gzip"`` or ``"lzf"`` for per-event arrays (images); default none.
     - ``buffer_bytes`` (default 64 MiB): event data held in memory before it is written out.
+    - ``names``: ``"standard"`` writes each field under its standard name from the catalog's
+      alias table ``aliases`` (its own name stays in ``@long_name``); default ``"beamline"``.
 
     Example:
         >>> import h5py
@@ -119,10 +127,14 @@ class NeXusExporter(H5Exporter):
         directory: str | os.PathLike[str],
         *,
         grid: bool = True,
+        names: str = "beamline",
+        aliases: Mapping[str, str] | None = None,
         **options: Any,
     ) -> None:
         super().__init__(directory, **options)
         self.grid = grid
+        # Fields under their standard names (names="standard"), else their own.
+        self._aliases = Aliases.of(aliases) if check_naming(names) == "standard" else None
         self._written: dict[str, int] = {}  # stream -> events already in the file
         self._stream_names = _Names()
         self._field_names: dict[str, _Names] = {}
@@ -189,7 +201,8 @@ class NeXusExporter(H5Exporter):
             self._groups[stream, "timestamps"] = _group(
                 group, "timestamps", "NXcollection", new=True
             )
-            self._field_names[stream] = _Names(_RESERVED)
+            rename = None if self._aliases is None else self._aliases.standard
+            self._field_names[stream] = _Names(_RESERVED, rename)
             self._columns[stream] = {}
             self._stamps[stream] = {}
             self._kinds[stream] = {}
@@ -206,6 +219,8 @@ class NeXusExporter(H5Exporter):
         stamps = self._groups[stream, "timestamps"]
         names = self._field_names[stream]
         descs = self.streams[stream]
+        if self._aliases is not None:  # two fields of the stream under one name: refused
+            self._aliases.renaming(_merged(descs, "data_keys"), f"stream {stream!r}")
         lengths = [len(p) for p in pages]
         order = _read_order(pages, lengths)
 

@@ -33,13 +33,14 @@ import sqlalchemy.exc
 from ..errors import BadRunFile, DocumentError, NotACatalogError, SchemaVersionError
 from ..naming import safe_name
 from .events import canonical
+from .hardwarerows import PREFIXES, fact_rows
 from .runfile import NOTES, ParsedRun, is_run_file, parse
 from .sql import SQLStore
 
-__all__ = ["Entry", "FolderIndex", "index_path", "run_files"]
+__all__ = ["Entry", "FolderIndex", "index_path", "run_files", "undeclared"]
 
 #: Bumped when the folder tables change: an index of another version is built again.
-INDEX_VERSION = "4"  # 4: statistics in field_stats (migration 0006)
+INDEX_VERSION = "5"  # 4: statistics in field_stats (migration 0006); 5: hardware facts
 FOLDER = ".runbroker"
 _DDL = (
     "CREATE TABLE IF NOT EXISTS folder_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -59,6 +60,11 @@ _DDL = (
 )
 # New files are indexed in batches of this many (one transaction each).
 _BATCH = 500
+# A run's hardware facts (see runbroker.store.hardwarerows), written with the folder tables.
+_INSERT_FACT = "INSERT INTO meta (run_id, key, elem, typ, num, txt) VALUES (?, ?, ?, ?, ?, ?)"
+_DELETE_FACTS = (
+    "DELETE FROM meta WHERE run_id = ? AND (" + " OR ".join(["key GLOB ?"] * len(PREFIXES)) + ")"
+)
 _UPSERT_PARENT = (
     "INSERT INTO folder_parents (uid, kind, run_uid) VALUES (?, ?, ?) "
     "ON CONFLICT (uid) DO UPDATE SET kind = excluded.kind, run_uid = excluded.run_uid"
@@ -101,6 +107,26 @@ def index_path(folder: Path, readonly: bool = False) -> Path:
     cache = Path(platformdirs.user_cache_dir("runbroker")) / "folders"
     cache.mkdir(parents=True, exist_ok=True)
     return cache / f"{safe_name(folder.name)}-{digest}.db"
+
+
+def undeclared(descriptor: dict, declared: dict[str, list[str]]) -> dict:
+    """The descriptor as it was inserted: without the ``dtype_numpy`` the writer added
+    (``declared``: descriptor uid -> those keys). The events in the file were read with the
+    declarations, so their dtypes are kept.
+
+    Example:
+        >>> desc = {"uid": "d1", "data_keys": {"img": {"dtype": "array", "dtype_numpy": "<u2"}}}
+        >>> undeclared(desc, {"d1": ["img"]})["data_keys"]
+        {'img': {'dtype': 'array'}}
+    """
+    keys = declared.get(descriptor["uid"])
+    if not keys:
+        return descriptor
+    data_keys = dict(descriptor["data_keys"])
+    for key in keys:
+        if key in data_keys:
+            data_keys[key] = {k: v for k, v in data_keys[key].items() if k != "dtype_numpy"}
+    return {**descriptor, "data_keys": data_keys}
 
 
 def _seed(shipped: Path, path: Path) -> None:
@@ -414,6 +440,9 @@ class FolderIndex:
                     db.executemany(
                         _UPSERT_PARENT, [(child, kind, uid) for child, kind in run.children()]
                     )
+                    declared = self.declared(uid)
+                    descriptors = [undeclared(d, declared) for d in run.descriptor_docs()]
+                    _put_facts(db, uid, descriptors, replace=True)
                 db.execute("DELETE FROM folder_files WHERE name = ?", (name,))
                 damage = run.damage if run is not None and problem is None else None
                 db.execute(
@@ -489,15 +518,18 @@ class FolderIndex:
         files: Iterable[tuple[str, str, int, int]],
         children: Iterable[tuple[str, str, str]],
         declared: Iterable[tuple[str, list[str]]] = (),
+        descriptors: Iterable[tuple[str, dict]] = (),
     ) -> None:
         """Note what a writer appended: start/stop documents ``headers``, files
-        ``(name, run uid, size, mtime_ns)``, children ``(uid, kind, run uid)`` and
-        ``(descriptor uid, keys)`` whose dtype_numpy it declared."""
+        ``(name, run uid, size, mtime_ns)``, children ``(uid, kind, run uid)``,
+        ``(descriptor uid, keys)`` whose dtype_numpy it declared and ``(run uid,
+        descriptor)`` written (as inserted), whose hardware facts become searchable."""
         with self._lock:
             if headers:
                 self.store.ingest(headers)
             files, children, declared = list(files), list(children), list(declared)
-            if not files and not children and not declared:
+            descriptors = list(descriptors)
+            if not files and not children and not declared and not descriptors:
                 return
 
             def change(db: sqlite3.Connection) -> None:
@@ -519,6 +551,8 @@ class FolderIndex:
                     "UPDATE folder_parents SET declared = ? WHERE uid = ?",
                     [(json.dumps(keys), uid) for uid, keys in declared],
                 )
+                for run_uid, descriptor in descriptors:
+                    _put_facts(db, run_uid, [descriptor], replace=False)
 
             self._write(change)
 
@@ -543,6 +577,19 @@ def read_notes(path: Path) -> list[dict]:
         except (ValueError, DocumentError):
             continue
     return out
+
+
+def _put_facts(
+    db: sqlite3.Connection, run_uid: str, descriptors: list[dict], replace: bool
+) -> None:
+    """Write the hardware facts of these descriptors of a run (``replace``: instead of the
+    run's facts written before, as when its file is read again)."""
+    row = db.execute("SELECT id FROM runs WHERE uid = ?", (run_uid,)).fetchone()
+    if row is None:
+        return
+    if replace:
+        db.execute(_DELETE_FACTS, (row[0], *(f"{p}*" for p in PREFIXES)))
+    db.executemany(_INSERT_FACT, [(row[0], *fact) for fact in fact_rows(descriptors)])
 
 
 def _stop_uid(run: ParsedRun) -> tuple[str, ...]:

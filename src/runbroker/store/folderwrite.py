@@ -28,7 +28,7 @@ from ..errors import ReadOnlyError
 from ..naming import DEFAULT_TEMPLATE, TemplateError, render, safe_name
 from . import intake
 from .events import Batch, DescriptorState, canonical
-from .folderindex import FolderIndex
+from .folderindex import FolderIndex, undeclared
 from .runfile import ParsedRun, RunCache
 from .stats import Accumulator, combine, summarise_store
 
@@ -48,26 +48,6 @@ def _as_read(doc: Any) -> Any:
 
 def _same(stored: Any, doc: Any) -> bool:
     return canonical(_as_read(stored)) == canonical(_as_read(doc))
-
-
-def undeclared(descriptor: dict, declared: dict[str, list[str]]) -> dict:
-    """The descriptor as it was inserted: without the ``dtype_numpy`` the writer added
-    (``declared``: descriptor uid -> those keys). The events in the file were read with the
-    declarations, so their dtypes are kept.
-
-    Example:
-        >>> desc = {"uid": "d1", "data_keys": {"img": {"dtype": "array", "dtype_numpy": "<u2"}}}
-        >>> undeclared(desc, {"d1": ["img"]})["data_keys"]
-        {'img': {'dtype': 'array'}}
-    """
-    keys = declared.get(descriptor["uid"])
-    if not keys:
-        return descriptor
-    data_keys = dict(descriptor["data_keys"])
-    for key in keys:
-        if key in data_keys:
-            data_keys[key] = {k: v for k, v in data_keys[key].items() if k != "dtype_numpy"}
-    return {**descriptor, "data_keys": data_keys}
 
 
 def _same_descriptor(stored: dict, doc: dict) -> bool:
@@ -100,6 +80,8 @@ class _Lines(DescriptorsHeldBack):
         self.stop_doc: dict | None = None
         #: descriptor uid -> data keys whose dtype_numpy this writer declared
         self.declared: dict[str, list[str]] = {}
+        #: descriptors written since take_written(), as given (for the index's hardware facts)
+        self.written: list[dict] = []
         if start is not None:
             self._write("start", start)
 
@@ -122,6 +104,7 @@ class _Lines(DescriptorsHeldBack):
             ]
             if added:
                 self.declared[doc["uid"]] = added
+            self.written.append(self.descriptors[doc["uid"]])
         self._file.write(jsonl_line(name, doc))
 
     def release(self) -> None:
@@ -145,6 +128,11 @@ class _Lines(DescriptorsHeldBack):
     def take_declared(self) -> list[tuple[str, list[str]]]:
         """``(descriptor uid, keys)`` declared since the last call."""
         out, self.declared = list(self.declared.items()), {}
+        return out
+
+    def take_written(self) -> list[dict]:
+        """The descriptors written since the last call."""
+        out, self.written = self.written, []
         return out
 
     def take(self) -> bytes:
@@ -209,6 +197,7 @@ class _Txn:
     sizes: dict[str, int | None] = field(default_factory=dict)
     files: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # name -> uid, stat
     declared: list[tuple[str, list[str]]] = field(default_factory=list)
+    descriptors: list[tuple[str, dict]] = field(default_factory=list)  # (run uid, written)
     last: _Writer | None = None  # the writer given a document last
 
 
@@ -295,12 +284,14 @@ class FolderWriting:
         """Write the descriptors ``writer`` holds back, now."""
         writer.lines.release()
         entry = self._append(writer, writer.lines.take())
-        self._index.record([], [entry], [], writer.lines.take_declared())
+        written = [(writer.uid, d) for d in writer.lines.take_written()]
+        self._index.record([], [entry], [], writer.lines.take_declared(), written)
 
     def _spill(self, txn: _Txn, writer: _Writer) -> None:
         """Append what ``writer`` wrote in this call to its file (undone if the call fails)."""
         data = writer.lines.take()
         txn.declared += writer.lines.take_declared()
+        txn.descriptors += [(writer.uid, d) for d in writer.lines.take_written()]
         if not data and not writer.new:
             return
         if writer.uid not in txn.sizes:
@@ -335,7 +326,7 @@ class FolderWriting:
             self._rollback(txn)
             raise
         files = [(name, uid, size, mtime) for name, (uid, size, mtime) in txn.files.items()]
-        self._index.record(txn.headers, files, txn.children, txn.declared)
+        self._index.record(txn.headers, files, txn.children, txn.declared, txn.descriptors)
         for name, doc in txn.headers:
             if name == "stop":
                 self._write_stats(txn.touched[doc["run_start"]])

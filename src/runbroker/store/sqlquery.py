@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from .. import hardware
 from .. import queries as q
 from . import notes as notestore
 from .dialects import SQLITE, Dialect
@@ -373,3 +374,83 @@ def _(query: q.FieldStat, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     # Many runs, newest first: each run walked by time is probed by its primary key (run,
     # field), one row, until the page is full.
     return exists(dialect.probe(rows.where(field_stats.c.run_id == runs.c.id)))
+
+
+# --- hardware
+# Device, Config and DataKey look up the facts each descriptor insert writes into ``meta``
+# (runbroker.store.hardwarerows), under keys of their own: "@device/...", "@config/...",
+# "@datakey/..." (user keys always start with "start." or "stop.").
+
+
+def _fact_rows(stored: str, *conds: Any) -> Select:
+    """The ids of the runs having a fact at ``stored`` (a key of runbroker.hardware)."""
+    key = bindparam(None, stored, type_=meta.c.key.type, literal_execute=True)  # see _meta_rows
+    return select(meta.c.run_id).where(meta.c.key == key, meta.c.elem.is_(False), *conds)
+
+
+def _fact_equal(stored: str, values: Any) -> list[Select]:
+    """Tests of the runs with a fact at ``stored`` equal to one of ``values`` (by type, as
+    in _value_rows)."""
+    out = []
+    for value in values:
+        typ, num, txt = scalar_row(value)  # type: ignore[misc]
+        if typ in "nb" and num is None:
+            continue
+        column = meta.c.txt if typ == "s" else meta.c.num
+        test = column == (txt if typ == "s" else num)
+        out.append(_fact_rows(stored, meta.c.typ == typ, *(() if typ == "z" else (test,))))
+    return out
+
+
+def _fact_test(parts: list[Select], dialect: Dialect) -> ColumnElement[bool]:
+    """Runs having one of the facts ``parts`` (see _any_rows, whose two forms these take).
+
+    Run by run, a probe reads the run's own rows (``ix_meta_run``: a few dozen): a range
+    (``Config(...) > 0.5``) or a presence test on the (key, value) index would scan every run's
+    row of the key for each run walked.
+    """
+    if not parts:
+        return false()
+    common = is_common.get()
+    ids = parts[0] if len(parts) == 1 else union_all(*parts)
+    if common is not None and common(ids):
+        by_run = (
+            p.where(meta.c.run_id == runs.c.id).with_hint(meta, "INDEXED BY ix_meta_run", "sqlite")
+            for p in parts
+        )
+        return or_(false(), *(exists(dialect.probe(p)) for p in by_run))
+    return runs.c.id.in_(ids)
+
+
+@compile_query.register
+def _(query: q.Device, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
+    return _fact_test(_fact_equal(hardware.device_key(query.stream), [query.name]), dialect)
+
+
+@compile_query.register
+def _(query: q.ConfigReading, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
+    if query.op == "ne":
+        equal = q.Config(query.device, query.name, query.stream) == query.value
+        return not_(compile_query(equal, dialect))
+    if query.op in ("eq", "in"):
+        values = query.value if query.op == "in" else [query.value]
+        return _fact_test([r for key in query.keys for r in _fact_equal(key, values)], dialect)
+    typ, num, txt = scalar_row(query.value)  # type: ignore[misc]
+    if typ not in "ns":  # ordering is only defined between numbers and between strings
+        return false()
+    column, bound = (meta.c.num, num) if typ == "n" else (meta.c.txt, txt)
+    op = {"lt": column < bound, "le": column <= bound, "gt": column > bound, "ge": column >= bound}
+    rows = [_fact_rows(key, meta.c.typ == typ, op[query.op]) for key in query.keys]
+    return _fact_test(rows, dialect)
+
+
+@compile_query.register
+def _(query: q.DataKey, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
+    tests = []
+    for stored, wanted in query.tests():
+        if isinstance(wanted, bool):  # a property held (any value), or not
+            held = _fact_test([_fact_rows(stored)], dialect)
+            tests.append(held if wanted else not_(held))
+        else:
+            tests.append(_fact_test(_fact_equal(stored, [wanted]), dialect))
+    return and_(true(), *tests)

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from ..columns import SEQ_NUM
 from ..documents import ConflictError, validate
 from ..errors import ReadOnlyError
-from . import intake, jsoncodec
+from . import hardwarerows, intake, jsoncodec
 from . import pages as codec
 from .dialects import Dialect
 from .events import Batch, DescriptorState, canonical, event_from_columns, merge_batches
@@ -611,6 +611,7 @@ class SQLWriting:
             return _loads(_DESCRIPTOR_OF.execute(conn, {"uid": doc["uid"]}).fetchone()[0])
         descriptor_id = row[0]
         self._txn_descriptors.add(descriptor_id)
+        hardwarerows.write(conn, run_id, [doc])  # its devices, configuration and data keys
         # Its events come next: know the descriptor without reading it back.
         state = DescriptorState.from_descriptor(descriptor_id, run_id, doc["run_start"], doc, 0)
         if self.stats_at_stop:  # a new descriptor: this writer sees its events first
