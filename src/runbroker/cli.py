@@ -29,14 +29,15 @@ from typing import Any, TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import open as open_catalog
-from .catalog import Catalog, Run
+from .catalog import Catalog
 from .cli_auth import add_commands as add_auth_commands
 from .cli_cache import add_commands as add_cache_commands
 from .cli_notes import add_commands as add_note_commands
+from .cli_open import open_named as _open
+from .cli_open import run_named as _run_named
 from .cli_serve import add_serve
 from .cli_stats import add_command as add_stats_command
-from .errors import CatalogNotFoundError, NotACatalogError, NotFoundError
+from .errors import NotACatalogError, NotFoundError
 from .mongoquery import is_query_form, parse_query
 from .opening import check_sqlite_path
 from .queries import In, Query, QueryError
@@ -70,37 +71,6 @@ def _show(args: argparse.Namespace) -> int:
     for name in run:
         print(run[name].read())
     return 0
-
-
-def _key(text: str) -> int | str:
-    """A run as a shell names it: scan_id, -N (recency), uid or uid prefix.
-
-    Example:
-        >>> _key("554"), _key("-1"), _key("c6b4")
-        (554, -1, 'c6b4')
-    """
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
-def _run_named(cat: Catalog, text: str) -> Run:
-    """The run ``text`` names (see ``_key``); digits that are no scan_id may still begin a
-    uid (``0278``), and are looked up as one before giving up.
-
-    Example:
-        >>> _run_named(cat, run.uid[:8]) == run
-        True
-    """
-    key = _key(text)
-    try:
-        return cat[key]
-    except KeyError:
-        if not (isinstance(key, int) and key >= 0):
-            raise
-        try:
-            return cat[text]
-        except KeyError:
-            pass
-        raise
 
 
 def _uids(cat: Catalog, keys: Sequence[str], flag: str) -> list[str]:
@@ -376,33 +346,6 @@ def _pack(args: argparse.Namespace) -> int:
         source.close()
     print(report)
     return 2 if report.failed else 0
-
-
-def _open(uri: str, *, readonly: bool = False, create: bool = False) -> Catalog:
-    """A catalog by file, folder or URL, or by its configured name (opened with its
-    root_map and handlers, which find detector files that moved) when no such file exists.
-
-    Example:
-        >>> _open("/no/such/catalog.db", readonly=True)
-        Traceback (most recent call last):
-        ...
-        runbroker.errors.CatalogNotFoundError: no catalog at '/no/such/catalog.db' (opening ...
-    """
-    from .config import resolve
-
-    options: dict[str, Any] = {"readonly": readonly, "create": create}
-    uri, named = resolve(uri)
-    if named:
-        if readonly:  # indexes are the catalog's business, not a reader's
-            named.pop("indexes", None)
-        options = {**named, **{k: v for k, v in options.items() if v}}
-    try:
-        return open_catalog(uri, **options)
-    except (CatalogNotFoundError, NotACatalogError) as err:
-        if readonly or "create=True" not in str(err):
-            raise
-        # The library's advice, in this command's words.
-        raise type(err)(f"{err} (on the command line: --create)") from None
 
 
 def _unpack(args: argparse.Namespace) -> int:

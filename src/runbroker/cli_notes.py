@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .cli_open import open_named, run_named
 from .notes import VISIBILITIES
 
 __all__ = ["add_commands", "format_notes"]
@@ -59,9 +60,7 @@ def format_notes(notes: Iterable[Mapping[str, Any]]) -> str:
 
 
 def _run(args: argparse.Namespace, readonly: bool) -> Any:
-    from .cli import _open, _run_named
-
-    return _run_named(_open(args.uri, readonly=readonly), args.run)
+    return run_named(open_named(args.uri, readonly=readonly), args.run)
 
 
 def _tag(args: argparse.Namespace) -> int:
