@@ -59,8 +59,8 @@ def notes_lines(revisions: Iterable[Mapping[str, Any]]) -> bytes:
     """Revisions as JSON lines (what a notes file holds).
 
     Example:
-        >>> notes_lines([{"id": "n1"}, {"id": "n2"}])
-        b'{"id":"n1"}\n{"id":"n2"}\n'
+        >>> notes_lines([{"id": "n1"}, {"id": "n2"}]).splitlines()
+        [b'{"id":"n1"}', b'{"id":"n2"}']
     """
     return b"".join(orjson.dumps(dict(rev)) + b"\n" for rev in revisions)
 
