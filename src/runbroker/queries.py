@@ -1086,7 +1086,7 @@ def bind(query: Query | None, viewer: Viewer) -> Query | None:
     Example:
         >>> from runbroker.notes import Viewer
         >>> bind((Key("a") == 1) & ~Tag("x"), Viewer("ada"))
-        And(Key('a') == 1, Not(Tag('x', Viewer(name='ada', groups=None))))
+        And(Key('a') == 1, Not(Tag('x', Viewer(name='ada', groups=None, admin=False))))
     """
     if isinstance(query, Tag | Annotation):
         return replace(query, viewer=viewer)

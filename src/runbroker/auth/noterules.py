@@ -41,7 +41,7 @@ def viewer_for(principal: Principal) -> Viewer:
 
     Example:
         >>> viewer_for(Principal("bob", groups=frozenset({("beamline", "45id")})))
-        Viewer(name='bob', groups=frozenset({'beamline:45id'}))
+        Viewer(name='bob', groups=frozenset({'beamline:45id'}), admin=False)
     """
     if principal.admin:
         return Viewer(principal.name, admin=True)
