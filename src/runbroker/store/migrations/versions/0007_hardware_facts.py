@@ -17,7 +17,7 @@ from runbroker.store import hardwarerows, jsoncodec
 from runbroker.store.schema import descriptors, meta
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
