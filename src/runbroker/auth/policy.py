@@ -192,4 +192,6 @@ def restrict(catalog: Catalog, principal: Principal, policy: AccessPolicy | None
         viewer=viewer_for(principal),
         notes=notes,
     )
-    return Catalog(guard, catalog.query, scope=catalog.scope, assets=catalog.assets)
+    return Catalog(
+        guard, catalog.query, scope=catalog.scope, assets=catalog.assets, aliases=catalog.aliases
+    )
