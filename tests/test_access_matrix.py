@@ -230,6 +230,7 @@ def _examples(world: dict, uid: str) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/runs/{uid}/streams/{stream}/events"): {},
         ("GET", "/runs/{uid}/feed"): {},
         ("GET", "/runs/{uid}/notes"): {},
+        ("GET", "/runs/{uid}/stats"): {},
     }
 
 

@@ -229,12 +229,11 @@ def _events(desc, values: list[float], first: int = 1) -> list[tuple[str, dict]]
     ]
 
 
+@stores_except("folder", reason="the SQL writer's statistics in memory against other writers")
 def test_stats_whatever_the_writer_saw(catalog, store_kind):
     """A run's stop uses what its writer accumulated when the run began in the open
     transaction; otherwise it checks that against the stored pages: a run committed before
     it stopped, events another writer added, two descriptors of one stream."""
-    if store_kind == "folder":
-        pytest.skip("the SQL writer's statistics in memory against other writers")
     keys = {"x": {"source": "sim", "dtype": "number", "shape": []}}
     # Committed before it stops.
     early = compose_run()
