@@ -966,6 +966,34 @@ class Not(Query, tag="not"):
         return not self.query.matches(record)
 
 
+class _Comparing:
+    """What waits for a comparison to become a query (``Field(...).sum() > 10``,
+    ``Config("det", "exposure") > 0.5``): each operator calls ``_cmp(op, value)``."""
+
+    __hash__ = None  # type: ignore[assignment]  # == builds a query
+
+    def _cmp(self, op: str, value: Any) -> Query:
+        raise NotImplementedError
+
+    def __eq__(self, value: Any) -> Query:  # type: ignore[override]
+        return self._cmp("eq", value)
+
+    def __ne__(self, value: Any) -> Query:  # type: ignore[override]
+        return self._cmp("ne", value)
+
+    def __lt__(self, value: Any) -> Query:
+        return self._cmp("lt", value)
+
+    def __le__(self, value: Any) -> Query:
+        return self._cmp("le", value)
+
+    def __gt__(self, value: Any) -> Query:
+        return self._cmp("gt", value)
+
+    def __ge__(self, value: Any) -> Query:
+        return self._cmp("ge", value)
+
+
 # --- notes
 
 
@@ -1185,35 +1213,16 @@ class FieldStat(Query, tag="field_stat"):
         return _ORDER[self.op](value, self.value)
 
 
-@dataclass(frozen=True)
-class _StatOf:
+@dataclass(frozen=True, eq=False)
+class _StatOf(_Comparing):
     """One statistic of a field, waiting for a comparison (``Field(...).sum() > 10``)."""
 
     stream: str
     field: str
     stat: str
-    __hash__ = None  # type: ignore[assignment]  # == builds a query
 
     def _cmp(self, op: str, value: Any) -> FieldStat:
         return FieldStat(self.stream, self.field, self.stat, op, value)
-
-    def __eq__(self, value: Any) -> FieldStat:  # type: ignore[override]
-        return self._cmp("eq", value)
-
-    def __ne__(self, value: Any) -> FieldStat:  # type: ignore[override]
-        return self._cmp("ne", value)
-
-    def __lt__(self, value: Any) -> FieldStat:
-        return self._cmp("lt", value)
-
-    def __le__(self, value: Any) -> FieldStat:
-        return self._cmp("le", value)
-
-    def __gt__(self, value: Any) -> FieldStat:
-        return self._cmp("gt", value)
-
-    def __ge__(self, value: Any) -> FieldStat:
-        return self._cmp("ge", value)
 
 
 @dataclass(frozen=True)
@@ -1328,7 +1337,7 @@ class Device(Query, tag="device"):
         return any(scalar_equal(v, self.name) for v in found)
 
 
-class Config:
+class Config(_Comparing):
     """Builder of configuration queries: ``Config("fccd", "acquire_time") > 0.5``.
 
     ``name`` is the reading's key in ``configuration[device]["data"]``, or that key without
@@ -1343,7 +1352,6 @@ class Config:
     """
 
     __slots__ = ("device", "name", "stream")
-    __hash__ = None  # type: ignore[assignment]  # == builds a query
 
     def __init__(self, device: str, name: str, stream: str | None = None) -> None:
         self.device = _hw_name("Config device", device)
@@ -1354,30 +1362,12 @@ class Config:
         where = "" if self.stream is None else f", stream={self.stream!r}"
         return f"Config({self.device!r}, {self.name!r}{where})"
 
-    def _test(self, op: str, value: Any) -> ConfigReading:
+    def _cmp(self, op: str, value: Any) -> ConfigReading:
         return ConfigReading(self.device, self.name, op, value, self.stream)
-
-    def __eq__(self, value: Any) -> ConfigReading:  # type: ignore[override]
-        return self._test("eq", value)
-
-    def __ne__(self, value: Any) -> ConfigReading:  # type: ignore[override]
-        return self._test("ne", value)
-
-    def __lt__(self, value: Any) -> ConfigReading:
-        return self._test("lt", value)
-
-    def __le__(self, value: Any) -> ConfigReading:
-        return self._test("le", value)
-
-    def __gt__(self, value: Any) -> ConfigReading:
-        return self._test("gt", value)
-
-    def __ge__(self, value: Any) -> ConfigReading:
-        return self._test("ge", value)
 
     def in_(self, values: Iterable[Any]) -> ConfigReading:
         """The reading equals one of ``values``."""
-        return self._test("in", values)
+        return self._cmp("in", values)
 
 
 @dataclass(frozen=True, repr=False)
