@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, insert
 
 from ..hardware import facts
@@ -64,6 +65,35 @@ def write(conn: Connection, run_id: int, descriptors: Iterable[Mapping[str, Any]
         >>> len(new.store.distinct("@device/*", None, 10))  # not a user's key
         0
     """
-    rows = meta_rows(run_id, descriptors)
+    rows = [(run_id, *row) for desc in descriptors for row in _rows_of(desc)]
     if rows:
-        _INSERT.executemany(conn, rows)
+        _INSERT.executemany(conn, rows, ordered=True)
+
+
+_SEEN: dict[bytes, tuple[Row, ...]] = {}
+_SEEN_MAX = 256
+
+
+def _rows_of(descriptor: Mapping[str, Any]) -> tuple[Row, ...]:
+    """The fact rows of one descriptor, remembered by what decides them: a RunEngine's runs
+    of one plan have descriptors alike but for their uids and times, so the facts of each new
+    run's descriptor are most often found here rather than worked out again."""
+    conf = descriptor.get("configuration") or {}
+    try:
+        key = orjson.dumps(
+            [
+                descriptor.get("name", "primary"),
+                descriptor.get("object_keys"),
+                descriptor.get("data_keys"),
+                {d: c.get("data") if isinstance(c, Mapping) else c for d, c in conf.items()},
+            ],
+            option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS,
+        )
+    except TypeError:  # a value JSON cannot hold: worked out each time
+        return tuple(fact_rows([descriptor]))
+    rows = _SEEN.get(key)
+    if rows is None:
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        rows = _SEEN[key] = tuple(fact_rows([descriptor]))
+    return rows
