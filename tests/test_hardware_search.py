@@ -324,3 +324,25 @@ def test_migration_0007_writes_the_facts_of_descriptors_stored_before(
     with runbroker.open(uri) as cat:
         assert len(cat.search(~(Config("det", "sigma") == 1))) == 0
         assert cat.distinct("@device/*") == []  # the facts are no user key
+
+
+def test_a_plans_runs_share_one_set_of_facts_and_notes_leave_them(
+    catalog: runbroker.Catalog, RE: Any
+) -> None:
+    from bluesky.plans import count
+    from ophyd.sim import det
+
+    for _ in range(3):
+        RE(count([det], 2))
+    uids = set(catalog)
+    assert set(catalog.search(Device("det"))) == uids
+    store = catalog.store
+    if hasattr(store, "_engine"):  # SQL stores: the facts are written once, each run linked
+        with store._engine.connect() as conn:
+            sets = conn.exec_driver_sql("SELECT count(*) FROM fact_sets").scalar()
+            links = conn.exec_driver_sql("SELECT count(*) FROM run_facts").scalar()
+        assert (sets, links) == (1, 3)
+    # Annotating a run rewrites its searchable note rows; its hardware facts stay.
+    run = catalog[sorted(uids)[0]]
+    run.annotate("sample burned", tags=["bad"])
+    assert set(catalog.search(Device("det") & (Config("det", "sigma") == 1))) == uids

@@ -33,14 +33,14 @@ import sqlalchemy.exc
 from ..errors import BadRunFile, DocumentError, NotACatalogError, SchemaVersionError
 from ..naming import safe_name
 from .events import canonical
-from .hardwarerows import PREFIXES, fact_rows
+from .hardwarerows import put_sqlite
 from .runfile import NOTES, ParsedRun, is_run_file, parse
 from .sql import SQLStore
 
 __all__ = ["Entry", "FolderIndex", "index_path", "run_files", "undeclared"]
 
 #: Bumped when the folder tables change: an index of another version is built again.
-INDEX_VERSION = "5"  # 4: statistics in field_stats (migration 0006); 5: hardware facts
+INDEX_VERSION = "6"  # 4: statistics in field_stats (migration 0006); 6: hardware facts
 FOLDER = ".runbroker"
 _DDL = (
     "CREATE TABLE IF NOT EXISTS folder_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -60,11 +60,6 @@ _DDL = (
 )
 # New files are indexed in batches of this many (one transaction each).
 _BATCH = 500
-# A run's hardware facts (see runbroker.store.hardwarerows), written with the folder tables.
-_INSERT_FACT = "INSERT INTO meta (run_id, key, elem, typ, num, txt) VALUES (?, ?, ?, ?, ?, ?)"
-_DELETE_FACTS = (
-    "DELETE FROM meta WHERE run_id = ? AND (" + " OR ".join(["key GLOB ?"] * len(PREFIXES)) + ")"
-)
 _UPSERT_PARENT = (
     "INSERT INTO folder_parents (uid, kind, run_uid) VALUES (?, ?, ?) "
     "ON CONFLICT (uid) DO UPDATE SET kind = excluded.kind, run_uid = excluded.run_uid"
@@ -588,8 +583,8 @@ def _put_facts(
     if row is None:
         return
     if replace:
-        db.execute(_DELETE_FACTS, (row[0], *(f"{p}*" for p in PREFIXES)))
-    db.executemany(_INSERT_FACT, [(row[0], *fact) for fact in fact_rows(descriptors)])
+        db.execute("DELETE FROM run_facts WHERE run_id = ?", row)
+    put_sqlite(db, row[0], descriptors)
 
 
 def _stop_uid(run: ParsedRun) -> tuple[str, ...]:

@@ -229,3 +229,33 @@ field_stats = Table(
     Column("mean", ExactNumber()),
     sqlite_with_rowid=False,
 )
+
+# Hardware facts of descriptors (runbroker.hardware: devices, configuration readings, data-key
+# properties), kept once per distinct set (runbroker.store.hardwarerows). The runs of one plan
+# have the same facts: a set's rows are written by the first descriptor that has them, and
+# each further descriptor adds one row to ``run_facts``. A set's id is a 64-bit hash of its
+# rows, so writers in different processes agree on it without asking each other.
+fact_sets = Table(
+    "fact_sets",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+)
+facts = Table(
+    "facts",
+    metadata,
+    Column("set_id", BigInteger, nullable=False),
+    Column("key", String(512), nullable=False),
+    Column("typ", String(1), nullable=False),
+    Column("num", ExactNumber()),
+    Column("txt", OrderedText),
+    Index("ix_facts_txt", "key", "txt", "typ", "set_id"),
+    Index("ix_facts_num", "key", "num", "typ", "set_id"),
+)
+run_facts = Table(
+    "run_facts",
+    metadata,
+    Column("run_id", Integer, primary_key=True, autoincrement=False),
+    Column("set_id", BigInteger, primary_key=True, autoincrement=False),
+    Index("ix_run_facts_set", "set_id", "run_id"),
+    sqlite_with_rowid=False,
+)

@@ -62,7 +62,7 @@ from .schema import (
     pages,
     runs,
 )
-from .sqlquery import compile_query, has_stats, indexed, is_common, is_uid
+from .sqlquery import compile_query, has_facts, has_stats, indexed, is_common, is_uid
 from .sqlstats import SQLStatistics
 from .sqlwrite import RUN_ID, SQLWriting
 from .urls import redact
@@ -187,8 +187,13 @@ class SQLStore(SQLWriting, SQLStatistics):
             # A catalog from before migration 0006 keeps no statistics: none are written,
             # and Field queries match no run.
             self._summarises = conn.dialect.has_table(conn, "field_stats")
+            # One from before migration 0007 keeps no hardware facts: Device, Config and
+            # DataKey match no run.
+            self._knows_hardware = conn.dialect.has_table(conn, "run_facts")
         if not self._summarises:
             self.stats_at_stop = False
+        if not self._knows_hardware:
+            self._facts = None
         self._corrected = (
             runs.c.corrected if self._annotates else cast(null(), LargeBinary).label("corrected")
         )
@@ -321,11 +326,13 @@ class SQLStore(SQLWriting, SQLStatistics):
         """``query`` as a condition on ``runs``, using this catalog's per-key indexes."""
         token = indexed.set(self._indexed)
         summarised = has_stats.set(self._summarises)
+        hardware = has_facts.set(self._knows_hardware)
         try:
             return compile_query(query, self._db)
         finally:
             indexed.reset(token)
             has_stats.reset(summarised)
+            has_facts.reset(hardware)
 
     def close(self) -> None:
         """Commit what is pending and release the database."""

@@ -32,10 +32,10 @@ from . import notes as notestore
 from .dialects import SQLITE, Dialect
 from .flatten import scalar_row
 from .keyindex import index_name, meta_key
-from .schema import field_stats, meta, runs
+from .schema import facts, field_stats, meta, run_facts, runs
 from .stats import field_id
 
-__all__ = ["compile_query", "has_stats", "indexed", "is_common", "is_uid"]
+__all__ = ["compile_query", "has_facts", "has_stats", "indexed", "is_common", "is_uid"]
 
 _MAX_CHAR = "\U0010ffff"
 
@@ -377,15 +377,19 @@ def _(query: q.FieldStat, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
 
 
 # --- hardware
-# Device, Config and DataKey look up the facts each descriptor insert writes into ``meta``
-# (runbroker.store.hardwarerows), under keys of their own: "@device/...", "@config/...",
-# "@datakey/..." (user keys always start with "start." or "stop.").
+# Device, Config and DataKey look up the sets of facts holding what they test (``facts``, a
+# few rows per distinct set), then the runs linked to those sets (``run_facts``); see
+# runbroker.store.hardwarerows.
+
+#: Whether the catalog has the hardware tables (migration 0007): without, no run matches.
+has_facts: ContextVar[bool] = ContextVar("has_facts", default=True)
 
 
 def _fact_rows(stored: str, *conds: Any) -> Select:
     """The ids of the runs having a fact at ``stored`` (a key of runbroker.hardware)."""
-    key = bindparam(None, stored, type_=meta.c.key.type, literal_execute=True)  # see _meta_rows
-    return select(meta.c.run_id).where(meta.c.key == key, meta.c.elem.is_(False), *conds)
+    key = bindparam(None, stored, type_=facts.c.key.type, literal_execute=True)  # see _meta_rows
+    sets = select(facts.c.set_id).where(facts.c.key == key, *conds)
+    return select(run_facts.c.run_id).where(run_facts.c.set_id.in_(sets))
 
 
 def _fact_equal(stored: str, values: Any) -> list[Select]:
@@ -396,28 +400,24 @@ def _fact_equal(stored: str, values: Any) -> list[Select]:
         typ, num, txt = scalar_row(value)  # type: ignore[misc]
         if typ in "nb" and num is None:
             continue
-        column = meta.c.txt if typ == "s" else meta.c.num
+        column = facts.c.txt if typ == "s" else facts.c.num
         test = column == (txt if typ == "s" else num)
-        out.append(_fact_rows(stored, meta.c.typ == typ, *(() if typ == "z" else (test,))))
+        out.append(_fact_rows(stored, facts.c.typ == typ, *(() if typ == "z" else (test,))))
     return out
 
 
 def _fact_test(parts: list[Select], dialect: Dialect) -> ColumnElement[bool]:
     """Runs having one of the facts ``parts`` (see _any_rows, whose two forms these take).
 
-    Run by run, a probe reads the run's own rows (``ix_meta_run``: a few dozen): a range
-    (``Config(...) > 0.5``) or a presence test on the (key, value) index would scan every run's
-    row of the key for each run walked.
+    Run by run, a probe reads the run's links (``run_facts``' primary key: one per stream)
+    and tests them against the matching sets, found once.
     """
-    if not parts:
+    if not parts or not has_facts.get():
         return false()
     common = is_common.get()
     ids = parts[0] if len(parts) == 1 else union_all(*parts)
     if common is not None and common(ids):
-        by_run = (
-            p.where(meta.c.run_id == runs.c.id).with_hint(meta, "INDEXED BY ix_meta_run", "sqlite")
-            for p in parts
-        )
+        by_run = (p.where(run_facts.c.run_id == runs.c.id) for p in parts)
         return or_(false(), *(exists(dialect.probe(p)) for p in by_run))
     return runs.c.id.in_(ids)
 
@@ -438,9 +438,9 @@ def _(query: q.ConfigReading, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     typ, num, txt = scalar_row(query.value)  # type: ignore[misc]
     if typ not in "ns":  # ordering is only defined between numbers and between strings
         return false()
-    column, bound = (meta.c.num, num) if typ == "n" else (meta.c.txt, txt)
+    column, bound = (facts.c.num, num) if typ == "n" else (facts.c.txt, txt)
     op = {"lt": column < bound, "le": column <= bound, "gt": column > bound, "ge": column >= bound}
-    rows = [_fact_rows(key, meta.c.typ == typ, op[query.op]) for key in query.keys]
+    rows = [_fact_rows(key, facts.c.typ == typ, op[query.op]) for key in query.keys]
     return _fact_test(rows, dialect)
 
 

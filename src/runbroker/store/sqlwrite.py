@@ -138,6 +138,8 @@ class SQLWriting:
         # Runs begun in the open transaction: no other writer can add to them before it ends,
         # so this writer knows every descriptor and event of each (see sqlstats.stop_stats).
         self._txn_runs: set[int] = set()
+        # Hardware facts (None: a catalog from before migration 0007 keeps none).
+        self._facts: hardwarerows.FactWriter | None = hardwarerows.FactWriter()
         self._savepoints = 0  # documents written (each under a savepoint) in the open one
         # When the oldest write of the open transaction happened (None: nothing pending).
         self._dirty_since: float | None = None
@@ -172,6 +174,7 @@ class SQLWriting:
                     self._db.undo(raw)
                     self._ords.clear()
                     self._txn_runs.clear()
+                    self._facts_undone()
                     raise
                 self._db.release(raw)
             # The committer thread (woken when the transaction began) commits on time; commit
@@ -210,6 +213,7 @@ class SQLWriting:
                 self._run_ids.clear()
                 self._ords.clear()
                 self._txn_runs.clear()
+                self._facts_undone()
                 raise
             savepoint.commit()
             self._commit_locked()
@@ -236,6 +240,10 @@ class SQLWriting:
             self._ensure_flusher()
         return self._wconn
 
+    def _facts_undone(self) -> None:
+        if self._facts is not None:
+            self._facts.rolled_back()
+
     def _pending(self) -> bool:
         return (self._wconn is not None and self._wconn.in_transaction()) or any(
             s.queued for s in self._states.values()
@@ -251,6 +259,8 @@ class SQLWriting:
             conn.commit()
             self._txn_descriptors.clear()
             self._txn_runs.clear()
+            if self._facts is not None:
+                self._facts.committed()
             self._after_commit()
             self._prune()
             if self._deferred_error is not None:
@@ -261,6 +271,7 @@ class SQLWriting:
                 conn.rollback()
             self._txn_descriptors.clear()
             self._txn_runs.clear()
+            self._facts_undone()
             self._states.clear()
             self._run_ids.clear()
             self._ords.clear()
@@ -611,7 +622,8 @@ class SQLWriting:
             return _loads(_DESCRIPTOR_OF.execute(conn, {"uid": doc["uid"]}).fetchone()[0])
         descriptor_id = row[0]
         self._txn_descriptors.add(descriptor_id)
-        hardwarerows.write(conn, run_id, [doc])  # its devices, configuration and data keys
+        if self._facts is not None:  # its devices, configuration and data keys
+            self._facts.write(conn, run_id, doc)
         # Its events come next: know the descriptor without reading it back.
         state = DescriptorState.from_descriptor(descriptor_id, run_id, doc["run_start"], doc, 0)
         if self.stats_at_stop:  # a new descriptor: this writer sees its events first

@@ -1,20 +1,20 @@
-"""Hardware facts of the descriptors stored before: ``Device``, ``Config``, ``DataKey`` find them.
+"""Hardware facts: ``Device``, ``Config`` and ``DataKey`` find runs by their descriptors.
 
-Each descriptor insert now writes its devices, configuration readings and data-key properties
-into ``meta`` (:mod:`runbroker.store.hardwarerows`). This writes them for the descriptors
-stored before, a thousand at a time. No table or column changes: the schema version stays 2,
-and a runbroker version without hardware search never looks at these rows. The downgrade
-removes them.
+Adds the tables ``fact_sets``, ``facts`` and ``run_facts`` (runbroker.store.hardwarerows)
+and fills them from the descriptors stored before, a thousand at a time. The schema version
+stays 2: a runbroker version without hardware search never looks at these tables. The
+downgrade drops them.
 
 Revision ID: 0007
-Revises: 0006 (the lead sets this to the migration before it at merge)
+Revises: 0006
 """
 
 from alembic import op
-from sqlalchemy import delete, insert, or_, select
+from sqlalchemy import delete, insert, select
 
-from runbroker.store import hardwarerows, jsoncodec
-from runbroker.store.schema import descriptors, meta
+from runbroker.store import jsoncodec
+from runbroker.store.hardwarerows import fact_set
+from runbroker.store.schema import descriptors, fact_sets, facts, run_facts
 
 revision = "0007"
 down_revision = "0006"
@@ -22,15 +22,16 @@ branch_labels = None
 depends_on = None
 
 _BATCH = 1000
-
-
-def _facts() -> object:
-    return or_(*(meta.c.key.startswith(p, autoescape=True) for p in hardwarerows.PREFIXES))
+_TABLES = (fact_sets, facts, run_facts)
+_FACT = ("key", "typ", "num", "txt")
 
 
 def upgrade() -> None:
     bind = op.get_bind()
-    bind.execute(delete(meta).where(_facts()))  # none yet, unless an upgrade is run again
+    for table in _TABLES:
+        table.create(bind, checkfirst=True)
+    bind.execute(delete(run_facts))  # none yet, unless an upgrade is run again
+    stored = set(bind.execute(select(fact_sets.c.id)).scalars())
     last = 0
     while True:
         rows = bind.execute(
@@ -41,15 +42,21 @@ def upgrade() -> None:
         ).all()
         if not rows:
             return
-        facts = [
-            row
-            for _, run_id, body in rows
-            for row in hardwarerows.meta_rows(run_id, [jsoncodec.loads(body)])
-        ]
-        if facts:
-            bind.execute(insert(meta), facts)
+        links = set()
+        for _, run_id, body in rows:
+            set_id, found = fact_set(jsoncodec.loads(body))
+            if set_id not in stored:
+                stored.add(set_id)
+                bind.execute(insert(fact_sets).values(id=set_id))
+                if found:
+                    facts_of = [dict(zip(_FACT, f, strict=True), set_id=set_id) for f in found]
+                    bind.execute(insert(facts), facts_of)
+            links.add((run_id, set_id))
+        bind.execute(insert(run_facts), [{"run_id": r, "set_id": s} for r, s in sorted(links)])
         last = rows[-1].id
 
 
 def downgrade() -> None:
-    op.get_bind().execute(delete(meta).where(_facts()))
+    bind = op.get_bind()
+    for table in reversed(_TABLES):
+        table.drop(bind, checkfirst=True)
