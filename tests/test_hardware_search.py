@@ -77,6 +77,40 @@ def test_real_runs(cat: runbroker.Catalog, recorded: dict[str, str]) -> None:
     assert _uids(catalog, Device("motor") | (Config("det", "sigma") > 2)) == {scan, wide}
 
 
+@pytest.mark.parametrize("walk", [True, False], ids=["walk-by-time", "by-index"])
+@stores_except("http", reason="the plan chosen is the SQL store's; over HTTP it is the server's")
+def test_both_plans_agree(
+    cat: runbroker.Catalog, recorded: dict[str, str], walk: bool, monkeypatch: Any
+) -> None:
+    """Every run is 'common' (walk the runs by time, probing each run's sets) or none is
+    (collect the runs of the matching sets): both answer as ``matches`` does."""
+    import runbroker.store.sql as sqlstore
+
+    monkeypatch.setattr(sqlstore.SQLStore, "_is_common", lambda *args: walk)
+    records = {uid: cat[uid] for uid in recorded.values()}
+    queries = [
+        Device("det"),
+        Device("motor1", stream="baseline"),
+        Config("det", "sigma") > 2,
+        Config("det", "sigma") == 1,
+        Config("det", "noise") == "none",
+        ~Device("motor") & (Config("det", "sigma") < 2),
+        DataKey("det", dtype="number", shape=[], external=False, stream="primary"),
+        Device("motor") | (Config("det", "sigma") > 2),
+    ]
+    for query in queries:
+        want = {uid for uid, run in records.items() if query.matches(_record(run))}
+        assert _uids(cat, query) == want, query
+
+
+def _record(run: Any) -> dict:
+    return {
+        "start": run.metadata["start"],
+        "stop": run.metadata["stop"],
+        "descriptors": [d for name, d in run.documents() if name == "descriptor"],
+    }
+
+
 def test_json_form_round_trips() -> None:
     queries = [
         Device("fccd"),

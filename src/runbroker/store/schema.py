@@ -248,8 +248,10 @@ facts = Table(
     Column("typ", String(1), nullable=False),
     Column("num", ExactNumber()),
     Column("txt", OrderedText),
-    Index("ix_facts_txt", "key", "txt", "typ", "set_id"),
-    Index("ix_facts_num", "key", "num", "typ", "set_id"),
+    # A fact's sets by value (text facts have no number: their range is at NULL), and a
+    # set's facts, for a search testing run by run.
+    Index("ix_facts_value", "key", "typ", "num", "txt", "set_id"),
+    Index("ix_facts_set", "set_id", "key"),
 )
 run_facts = Table(
     "run_facts",

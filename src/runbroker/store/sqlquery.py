@@ -385,14 +385,21 @@ def _(query: q.FieldStat, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
 has_facts: ContextVar[bool] = ContextVar("has_facts", default=True)
 
 
-def _fact_rows(stored: str, *conds: Any) -> Select:
-    """The ids of the runs having a fact at ``stored`` (a key of runbroker.hardware)."""
+Fact = tuple[str, tuple[Any, ...]]  # a key of runbroker.hardware, tests on its facts' values
+
+
+def _fact(stored: str, *conds: Any) -> Fact:
+    return stored, conds
+
+
+def _fact_sets(fact: Fact) -> Select:
+    """The sets holding ``fact``."""
+    stored, conds = fact
     key = bindparam(None, stored, type_=facts.c.key.type, literal_execute=True)  # see _meta_rows
-    sets = select(facts.c.set_id).where(facts.c.key == key, *conds)
-    return select(run_facts.c.run_id).where(run_facts.c.set_id.in_(sets))
+    return select(facts.c.set_id).where(facts.c.key == key, *conds)
 
 
-def _fact_equal(stored: str, values: Any) -> list[Select]:
+def _fact_equal(stored: str, values: Any) -> list[Fact]:
     """Tests of the runs with a fact at ``stored`` equal to one of ``values`` (by type, as
     in _value_rows)."""
     out = []
@@ -402,24 +409,31 @@ def _fact_equal(stored: str, values: Any) -> list[Select]:
             continue
         column = facts.c.txt if typ == "s" else facts.c.num
         test = column == (txt if typ == "s" else num)
-        out.append(_fact_rows(stored, facts.c.typ == typ, *(() if typ == "z" else (test,))))
+        out.append(_fact(stored, facts.c.typ == typ, *(() if typ == "z" else (test,))))
     return out
 
 
-def _fact_test(parts: list[Select], dialect: Dialect) -> ColumnElement[bool]:
-    """Runs having one of the facts ``parts`` (see _any_rows, whose two forms these take).
-
-    Run by run, a probe reads the run's links (``run_facts``' primary key: one per stream)
-    and tests them against the matching sets, found once.
+def _fact_test(parts: list[Fact], dialect: Dialect) -> ColumnElement[bool]:
+    """Runs having one of the facts ``parts``, in the two forms of _any_rows: the runs of
+    the sets found by value, or, when many runs may match, a probe of each run walked: its
+    links (``run_facts``' primary key, one per stream) and each linked set's facts of the
+    key (``ix_facts_set``). Thousands of sets may hold a common value; the probe never
+    gathers them.
     """
     if not parts or not has_facts.get():
         return false()
     common = is_common.get()
-    ids = parts[0] if len(parts) == 1 else union_all(*parts)
-    if common is not None and common(ids):
-        by_run = (p.where(run_facts.c.run_id == runs.c.id) for p in parts)
-        return or_(false(), *(exists(dialect.probe(p)) for p in by_run))
-    return runs.c.id.in_(ids)
+    found = [select(run_facts.c.run_id).where(run_facts.c.set_id.in_(_fact_sets(p))) for p in parts]
+    ids = found[0] if len(found) == 1 else union_all(*found)
+    if common is None or not common(ids):
+        return runs.c.id.in_(ids)
+    probes = []
+    for part in parts:
+        held = _fact_sets(part).where(facts.c.set_id == run_facts.c.set_id)
+        held = held.with_hint(facts, "INDEXED BY ix_facts_set", "sqlite")
+        linked = select(run_facts.c.run_id).where(run_facts.c.run_id == runs.c.id, exists(held))
+        probes.append(exists(dialect.probe(linked)))
+    return or_(false(), *probes)
 
 
 @compile_query.register
@@ -440,7 +454,7 @@ def _(query: q.ConfigReading, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
         return false()
     column, bound = (facts.c.num, num) if typ == "n" else (facts.c.txt, txt)
     op = {"lt": column < bound, "le": column <= bound, "gt": column > bound, "ge": column >= bound}
-    rows = [_fact_rows(key, facts.c.typ == typ, op[query.op]) for key in query.keys]
+    rows = [_fact(key, facts.c.typ == typ, op[query.op]) for key in query.keys]
     return _fact_test(rows, dialect)
 
 
@@ -449,7 +463,7 @@ def _(query: q.DataKey, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
     tests = []
     for stored, wanted in query.tests():
         if isinstance(wanted, bool):  # a property held (any value), or not
-            held = _fact_test([_fact_rows(stored)], dialect)
+            held = _fact_test([_fact(stored)], dialect)
             tests.append(held if wanted else not_(held))
         else:
             tests.append(_fact_test(_fact_equal(stored, [wanted]), dialect))
