@@ -41,7 +41,7 @@ from runbroker.store.schema import SCHEMA_VERSION
 from .common import Result, median, print_result, section, timings
 
 N_RUNS = int(os.environ.get("RUNBROKER_BENCH_B15_RUNS", "100000"))
-VERSION = f"v1-{N_RUNS}runs-schema{SCHEMA_VERSION}"
+VERSION = f"v2-{N_RUNS}runs-schema{SCHEMA_VERSION}"  # v2: hardware fact sets
 BATCH = 2_000
 REPEATS = 30
 T0 = 1_672_531_200.0
