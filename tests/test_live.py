@@ -205,7 +205,10 @@ def test_an_event_stored_late_comes_in_its_place(catalog: Catalog) -> None:
 
     follower = threading.Thread(target=follow)
     follower.start()
-    time.sleep(0.5)
+    waited = time.monotonic() + 10  # a loaded machine (or HTTP) may take a while to start
+    while not batches and time.monotonic() < waited:
+        time.sleep(0.02)
+    time.sleep(0.3)  # time enough to see 4 given out too early
     assert batches == [[1, 2]]
     catalog.ingest(run_docs.events(3, 5) + run_docs.stop())
     follower.join(20)
