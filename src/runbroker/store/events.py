@@ -286,11 +286,14 @@ class DescriptorState:
         ready, self.ready = self.ready, []
         self.queued = self.queued_bytes = 0
         groups: list[list[Batch]] = []
+        size = 0  # events in the last group (summing it again for every page was quadratic)
         for batch in ready:
-            if groups and sum(b.n for b in groups[-1]) + batch.n <= self.max_events:
+            if groups and size + batch.n <= self.max_events:
                 groups[-1].append(batch)
+                size += batch.n
             else:
                 groups.append([batch])
+                size = batch.n
         return [group[0] if len(group) == 1 else _join(group) for group in groups]
 
     def _columns(self, events: list[dict]) -> Batch:
