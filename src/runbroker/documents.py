@@ -73,8 +73,11 @@ def validate(name: str, doc: Any) -> dict:
     validator = _validator(name)
     if name == "event_page":
         doc_view = _page_skeleton(doc)
-        if doc_view is not None and validator.is_valid(doc_view):
-            return doc  # type: ignore[return-value]
+        try:
+            if doc_view is not None and validator.is_valid(doc_view):
+                return doc  # type: ignore[return-value]
+        except ValueError:
+            pass  # numpy values elsewhere in the page (its filled columns): judged below
     # jsonschema-rs does not know numpy types (it refuses them or calls them invalid), so a
     # document that fails is judged again on JSON views of it: first one that converts only
     # the top two levels, where event pages keep their arrays, then a full one.
@@ -121,14 +124,26 @@ def _page_skeleton(doc: Mapping) -> dict | None:
 
     event-model's schema puts no constraint on the items of those columns (``"items": {}``),
     only that each is an array; their lengths are checked when the page is stored. Judging
-    the skeleton is therefore the same verdict, without walking thousands of values.
+    the skeleton is therefore the same verdict, without walking thousands of values. Other
+    columns given as numpy arrays (``time``, ``seq_num``) become what :func:`_schema_view`
+    makes of them: one value of the JSON type all of theirs have.
+
+    Example:
+        >>> page = {"time": np.zeros(2), "seq_num": np.arange(2), "data": {"x": np.ones(2)}}
+        >>> _page_skeleton(dict(page, timestamps={"x": [0.0, 0.0]}))
+        {'time': [0.0], 'seq_num': [0], 'data': {'x': []}, 'timestamps': {'x': []}}
     """
     view = dict(doc)
     for part in ("data", "timestamps"):
         columns = doc.get(part)
-        if not isinstance(columns, dict) or not all(isinstance(v, list) for v in columns.values()):
+        if not isinstance(columns, dict) or not all(
+            isinstance(v, list) or (isinstance(v, np.ndarray) and v.ndim) for v in columns.values()
+        ):
             return None
         view[part] = {key: [] for key in columns}
+    for key, value in view.items():
+        if isinstance(value, np.ndarray):
+            view[key] = _schema_view(value)
     return view
 
 
@@ -150,8 +165,11 @@ def _schema_view(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         rep = _REPRESENTATIVE.get(value.dtype.kind)
         if rep is not None and value.ndim == 1:
-            if rep == 0.0 and not np.all(np.mod(value, 1) == 0):
-                rep = 0.5  # JSON Schema counts 2.0 as an integer, but not 2.5
+            # JSON Schema counts 2.0 as an integer, but not 2.5. A first value that is not
+            # whole (event times always) decides it without a pass over the array.
+            whole = value.dtype.kind != "f" or not value.size
+            if not whole and not (float(value[0]).is_integer() and np.all(np.mod(value, 1) == 0)):
+                rep = 0.5
             return [rep] if value.size else []
         return value.tolist()
     if isinstance(value, np.generic):

@@ -15,7 +15,7 @@ import orjson
 
 from ..columns import DATA, FILLED, TIMESTAMP, concat_columns, uid_list
 from ..documents import ConflictError, DocumentError, to_builtin
-from .pages import to_column
+from .pages import to_column, uid_column
 
 __all__ = ["Batch", "DescriptorState", "canonical", "event_from_columns", "page_from_columns"]
 
@@ -286,11 +286,14 @@ class DescriptorState:
         ready, self.ready = self.ready, []
         self.queued = self.queued_bytes = 0
         groups: list[list[Batch]] = []
+        size = 0  # events in the last group (summing it again for every page was quadratic)
         for batch in ready:
-            if groups and sum(b.n for b in groups[-1]) + batch.n <= self.max_events:
+            if groups and size + batch.n <= self.max_events:
                 groups[-1].append(batch)
+                size += batch.n
             else:
                 groups.append([batch])
+                size = batch.n
         return [group[0] if len(group) == 1 else _join(group) for group in groups]
 
     def _columns(self, events: list[dict]) -> Batch:
@@ -353,15 +356,20 @@ class DescriptorState:
                 raise DocumentError(
                     "event_page", uids, key, f"has {len(doc[key])} values but the page has {n} uids"
                 )
-        seqs = np.array(doc["seq_num"], dtype=np.int64)
+        seqs = to_column(doc["seq_num"])
+        if not (isinstance(seqs, np.ndarray) and seqs.dtype == np.int64):
+            seqs = np.array(doc["seq_num"], dtype=np.int64)
+        elif seqs is doc["seq_num"]:
+            seqs = seqs.copy()
         # Strictly increasing (the usual case) means no repeats; otherwise look closer.
-        if not (np.diff(seqs) > 0).all() and len(np.unique(seqs)) != n:
+        increasing = bool((seqs[1:] > seqs[:-1]).all())
+        if not increasing and len(np.unique(seqs)) != n:
             raise DocumentError("event_page", uids, "seq_num", "the same seq_num appears twice")
         times = convert(doc["time"])
         if not (isinstance(times, np.ndarray) and times.dtype == np.float64):
             times = np.array(doc["time"], dtype=np.float64)
         data: dict[str, Any] = {"time": times, "seq_num": seqs}
-        extra: dict[str, Any] = {"uid": list(uids)}
+        extra: dict[str, Any] = {"uid": uid_column(uids)}
         for f in self.fields:
             if f in self.stream_fields and f not in doc["data"] and f not in doc["timestamps"]:
                 continue
@@ -373,6 +381,8 @@ class DescriptorState:
                     "event_page", uids, f"filled.{f}", f"has {len(values)} values, not {n}"
                 )
             extra[FILLED + f] = list(values)
+        if increasing:
+            return Batch(n, int(seqs[0]), int(seqs[-1]), data, extra)
         return Batch(n, int(seqs.min()), int(seqs.max()), data, extra)
 
 
@@ -395,15 +405,28 @@ def merge_batches(parts: list[tuple[dict, dict, int]]) -> tuple[dict, dict]:
     """Concatenate the (data, extra) columns of several pages into one page's columns."""
     if len(parts) == 1:  # most runs replay as one page per stream: nothing to join
         return dict(parts[0][0]), dict(parts[0][1])
+    lengths = [p[2] for p in parts]
+    # Columns made of the very same pieces are joined once and stay one array: event-model's
+    # pages share one list between time and every timestamp column (see page_batch), and
+    # the encoder then finds them equal at no cost.
+    joined: dict[tuple[int, ...], tuple[list, Any]] = {}
+
+    def concat(pieces: list) -> Any:
+        key = tuple(map(id, pieces))
+        hit = joined.get(key)
+        if hit is not None:
+            return hit[1]
+        column = concat_columns(pieces, lengths)
+        if isinstance(column, np.ndarray):  # lists (of values, of Nones) are never shared
+            joined[key] = (pieces, column)  # the pieces are held: their ids stay theirs
+        return column
+
     out = []
     for which in (0, 1):
         names: dict[str, None] = {}
         for p in parts:
             names.update(dict.fromkeys(p[which]))
-        lengths = [p[2] for p in parts]
-        out.append(
-            {name: concat_columns([p[which].get(name) for p in parts], lengths) for name in names}
-        )
+        out.append({name: concat([p[which].get(name) for p in parts]) for name in names})
     return out[0], out[1]
 
 

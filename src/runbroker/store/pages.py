@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ import zstandard
 from ..columns import uid_list
 from . import jsoncodec
 
-__all__ = ["decode", "encode", "to_column", "uid_list"]
+__all__ = ["decode", "encode", "to_column", "uid_column", "uid_list"]
 
 _HEADER = struct.Struct("<I")
 # Arrays smaller than this gain too little from compression to pay for it.
@@ -54,6 +55,8 @@ def to_column(values: Sequence[Any]) -> np.ndarray | list:
     Example:
         >>> to_column([1.0, 2.0]).dtype
         dtype('float64')
+        >>> to_column([1, 2]).dtype
+        dtype('int64')
         >>> to_column(["a", "bc"])
         ['a', 'bc']
     """
@@ -67,18 +70,70 @@ def to_column(values: Sequence[Any]) -> np.ndarray | list:
     if isinstance(first, str):
         return list(values)
     if type(first) is float:
-        # The common case (readings are floats): fromiter is the fastest exact conversion.
+        # The common case (readings are floats). struct refuses anything that is not a
+        # number (fromiter would parse strings), so a refusal goes on to fromiter, as before.
+        packed = _packed(values, "d")
+        if packed is not None:
+            return packed
         try:
             return np.fromiter(values, dtype=np.float64, count=len(values))
-        except (TypeError, ValueError):
-            pass  # None, strings or arrays further down: let the general path decide
+        except (TypeError, ValueError, OverflowError):
+            pass  # strings, arrays or huge ints further down: let the general path decide
+    elif type(first) is int:
+        packed = _packed(values, "q")  # a float, or an int beyond 64 bits, falls through
+        if packed is not None:
+            return packed
     try:
         arr = np.asarray(values)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return list(values)
     if arr.dtype.kind in "biufc" and arr.ndim >= 1:
         return arr
     return list(values)
+
+
+@lru_cache(maxsize=64)
+def _packer(count: int, code: str) -> struct.Struct:
+    return struct.Struct(f"{count}{code}")
+
+
+def _packed(values: Sequence[Any], code: str) -> np.ndarray | None:
+    """``values`` as a float64 (``code`` "d") or int64 ("q") array, or None if one of them
+    is not such a number.
+
+    ``struct`` converts a list of Python numbers about twice as fast as ``np.fromiter``:
+    it reads each through the same C conversion, without numpy's per-item dispatch. Floats
+    take ints, bools and numpy scalars as ``float()`` does; ints take what has ``__index__``.
+
+    Example:
+        >>> _packed([1.5, 2], "d").tolist(), _packed([1, 2.5], "q")
+        ([1.5, 2.0], None)
+    """
+    try:
+        raw = _packer(len(values), code).pack(*values)
+    except (struct.error, TypeError, OverflowError):
+        return None
+    return np.frombuffer(raw, dtype=np.float64 if code == "d" else np.int64)
+
+
+def uid_column(uids: Sequence[str] | np.ndarray) -> np.ndarray | list:
+    """A page's event uids as the block :func:`encode` stores (a fixed-width ASCII bytes
+    array, our own copy) when they make one, else as a list.
+
+    Making the block page by page, while the page is in the CPU's cache, costs a third of
+    making it from the joined uids of a whole commit, and the join is then one memcpy.
+
+    Example:
+        >>> uid_column(["e1", "e2"]), uid_column(["e1", "e22"])
+        (array([b'e1', b'e2'], dtype='|S2'), ['e1', 'e22'])
+    """
+    if isinstance(uids, np.ndarray) and uids.dtype.kind == "S":
+        return uids.copy() if uids.dtype.itemsize else uids.tolist()
+    block = _ascii_block(uids)
+    if block is None:
+        return uids.tolist() if isinstance(uids, np.ndarray) else list(uids)
+    buf, dtype = block
+    return np.frombuffer(buf, dtype=dtype)
 
 
 def encode(columns: Mapping[str, np.ndarray | list]) -> bytes:
@@ -191,14 +246,15 @@ def _ascii_block(uids: Sequence[str] | np.ndarray) -> tuple[bytes | memoryview, 
         uids = uids.tolist()
     if not uids or not isinstance(uids[0], str):
         return None
-    width = len(uids[0])
+    width, n = len(uids[0]), len(uids)
     try:
         joined = "".join(uids)
     except TypeError:  # not all strings: the JSON codec refuses or keeps them
         return None
-    if not width or len(joined) != width * len(uids) or not joined.isascii() or "\0" in joined:
+    if not width or len(joined) != width * n or not joined.isascii() or "\0" in joined:
         return None
-    # Equal total length with one value as long as the shortest means all are that long.
-    if min(map(len, uids)) != width:
+    # All are one length when, joined with a NUL (which no value holds), the NULs fall
+    # every width + 1 characters: checked in C, where len() of each value was a Python loop.
+    if n > 1 and "\0".join(uids)[width :: width + 1] != "\0" * (n - 1):
         return None
     return joined.encode("ascii"), f"|S{width}"
