@@ -28,6 +28,7 @@ BENCHMARKS = {
     "b15": "b15_data_search",
     "b16": "b16_align",
     "b17": "b17_federated",
+    "b20": "b20_ingest_race",
 }
 RESULTS = Path(__file__).with_name("results.json")
 
