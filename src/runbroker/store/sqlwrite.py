@@ -78,8 +78,10 @@ _INSERT_DOCUMENT = Prepared(
         "VALUES (:uid, :run_id, :ord, :kind, :body) ON CONFLICT (uid) DO NOTHING"
     )
 )
+# One row per statement, checked before it is written: SQLite's OR FAIL spares the statement
+# journal (see runbroker.store.dialects).
 _INSERT_PAGE = Prepared(
-    insert(pages),
+    insert(pages).prefix_with("OR FAIL", dialect="sqlite"),
     ["descriptor_id", "run_id", "ord", "n", "seq_min", "seq_max", "ordered", "data", "extra"],
 )
 _MAX_ORDS = [
