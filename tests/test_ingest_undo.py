@@ -147,3 +147,69 @@ def test_refused_repeats_undo_nothing_of_what_they_repeat(cat):
     assert run.start["sample"] == "Ni" and run.stop["exit_status"] == "success"
     assert len(cat.search(Key("stop.exit_status") == "success")) == 1
     assert cat.store.stats(bundle.start_doc["uid"])["primary"]["x"]["count"] == 3
+
+
+def _failing_state(monkeypatch):
+    """Make the next descriptor fail after its row and its facts' link are written."""
+
+    def broken(doc):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(sqlwrite, "numeric_fields", broken)
+
+
+def test_a_descriptor_failing_after_its_rows_leaves_nothing(cat, tmp_path, monkeypatch):
+    """Its facts are known (an earlier run had the same): no savepoint, rows deleted."""
+    _run(cat)
+    second = compose_run(metadata={"sample": "Cu"})
+    cat.insert("start", second.start_doc)
+    desc = second.compose_descriptor(name="primary", data_keys=NUMBER)
+    _failing_state(monkeypatch)
+    with pytest.raises(sqlite3.OperationalError):
+        cat.insert("descriptor", desc.descriptor_doc)
+    monkeypatch.undo()
+    cat.flush()
+    path = tmp_path / "runs.db"
+    assert _rows(path, "SELECT count(*) FROM descriptors") == [(1,)]
+    assert _rows(path, "SELECT run_id FROM run_facts") == [(1,)]
+    cat.insert("descriptor", desc.descriptor_doc)
+    cat.insert("event", desc.compose_event(data={"x": 5.0}, timestamps={"x": 0.0}))
+    cat.insert("stop", second.compose_stop())
+    cat.flush()
+    assert _rows(path, "SELECT run_id FROM run_facts ORDER BY run_id") == [(1,), (2,)]
+    assert cat[-1].primary.read()["x"].values.tolist() == [5.0]
+
+
+def test_a_failing_descriptor_keeps_the_link_of_its_runs_other_descriptor(
+    cat, tmp_path, monkeypatch
+):
+    bundle = _run(cat)
+    again = bundle.compose_descriptor(name="primary", data_keys=NUMBER)  # the same facts
+    _failing_state(monkeypatch)
+    with pytest.raises(sqlite3.OperationalError):
+        cat.insert("descriptor", again.descriptor_doc)
+    monkeypatch.undo()
+    cat.flush()
+    path = tmp_path / "runs.db"
+    assert _rows(path, "SELECT count(*) FROM descriptors") == [(1,)]
+    assert _rows(path, "SELECT run_id FROM run_facts") == [(1,)]
+    assert cat[-1].primary.read()["x"].values.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_descriptor_of_new_facts_failing_is_rolled_back_whole(cat, tmp_path, monkeypatch):
+    """New facts are many rows: the descriptor has a savepoint, which undoes them too."""
+    bundle = compose_run(metadata={"sample": "Ni"})
+    cat.insert("start", bundle.start_doc)
+    desc = bundle.compose_descriptor(name="primary", data_keys=NUMBER)
+    _failing_state(monkeypatch)
+    with pytest.raises(sqlite3.OperationalError):
+        cat.insert("descriptor", desc.descriptor_doc)
+    monkeypatch.undo()
+    cat.flush()
+    path = tmp_path / "runs.db"
+    for table in ("descriptors", "run_facts", "fact_sets", "facts"):
+        assert _rows(path, f"SELECT count(*) FROM {table}") == [(0,)], table
+    cat.insert("descriptor", desc.descriptor_doc)
+    cat.flush()
+    assert _rows(path, "SELECT count(*) FROM run_facts") == [(1,)]
+    assert _rows(path, "SELECT count(*) FROM facts")[0][0] > 0

@@ -38,6 +38,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from ..errors import ReadOnlyMediumError, UnknownSchemeError
 from . import jsoncodec
 from .flatten import flatten, fulltext
+from .hardwarerows import fact_set
 from .pgsql import PostgreSQL
 from .prepared import Prepared
 from .schema import meta, pages, runs
@@ -98,6 +99,9 @@ _UNSET_STOP = [
     )
 ]
 _DELETE_STATS = Prepared(text("DELETE FROM field_stats WHERE run_id = :r"))
+_DELETE_DESCRIPTOR = Prepared(text("DELETE FROM descriptors WHERE id = :d"))
+_DESCRIPTOR_BODIES = Prepared(text("SELECT body FROM descriptors WHERE run_id = :r"))
+_DELETE_LINK = Prepared(text("DELETE FROM run_facts WHERE run_id = :r AND set_id = :s"))
 
 
 def _meta_rows(prefix: str, doc: dict) -> list[tuple]:
@@ -132,6 +136,22 @@ def _undo_stop(conn: Connection, run_id: int) -> None:
     _undo(conn, [*_UNSET_STOP, _DELETE_STATS], run_id)
 
 
+def _undo_descriptor(conn: Connection, written: tuple[int, int, dict | None]) -> None:
+    """Delete descriptor ``written[1]`` of run ``written[0]``, and the run's link to the
+    facts of ``written[2]`` (None: it has none) unless another descriptor of the run has the
+    same. Its facts' set was stored before it (see SQLWriting._undo_for): it stays."""
+    run_id, descriptor_id, doc = written
+    if not conn.connection.driver_connection.in_transaction:  # type: ignore[union-attr]
+        return  # SQLite rolled everything back (see _undo)
+    _DELETE_DESCRIPTOR.execute(conn, {"d": descriptor_id}).close()
+    if doc is None:
+        return
+    set_id = fact_set(doc)[0]
+    bodies = _DESCRIPTOR_BODIES.execute(conn, {"r": run_id}).fetchall()
+    if all(fact_set(jsoncodec.loads(body))[0] != set_id for (body,) in bodies):
+        _DELETE_LINK.execute(conn, {"r": run_id, "s": set_id}).close()
+
+
 class SQLiteCompiler(SQLiteBaseCompiler):
     """SQLAlchemy's SQLite compiler, plus table hints (``INDEXED BY``), which it drops."""
 
@@ -153,12 +173,13 @@ class SQLite:
     name = "sqlite"
     #: Documents written per transaction at most (each has a savepoint of its own).
     max_savepoints = math.inf
-    #: Documents written without a savepoint, and how to undo one whose ``run`` row id they
-    #: wrote: a savepoint copies every page the document changes (16 KiB each) into a
-    #: journal, most of a small run's ingest time, while a start's rows (and a stop's, in a
-    #: run begun in the open transaction) are found again by their run. The store decides
-    #: when a document qualifies (:meth:`~runbroker.store.sqlwrite.SQLWriting.insert`).
-    unguarded = {"start": _undo_start, "stop": _undo_stop}
+    #: Documents written without a savepoint, and how to undo one from what the store noted
+    #: it wrote (``SQLWriting._written``): a savepoint copies every page the document changes
+    #: (16 KiB each) into a journal, most of a small run's ingest time, while the rows of a
+    #: start, a descriptor (of known facts) and a stop (in a run begun in the open
+    #: transaction) are found again by their run. The store decides when a document
+    #: qualifies (:meth:`~runbroker.store.sqlwrite.SQLWriting._undo_for`).
+    unguarded = {"start": _undo_start, "descriptor": _undo_descriptor, "stop": _undo_stop}
     #: A database that holds a catalog holds nothing else: other tables mean it is not one.
     owns_database = True
     #: Statements that complete a new catalog's schema.

@@ -65,13 +65,17 @@ RUN_ID = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
 _STOP_OF = Prepared(select(runs.c.stop).where(runs.c.id == bindparam("rid")))
 # Descriptors and documents are stored ON CONFLICT DO NOTHING, as runs are (see dialects).
 _DESCRIPTOR_OF = Prepared(select(descriptors.c.body).where(descriptors.c.uid == bindparam("uid")))
-_INSERT_DESCRIPTOR = Prepared(
-    text(
-        "INSERT INTO descriptors (uid, run_id, ord, name, time, body) "
-        "VALUES (:uid, :run_id, :ord, :name, :time, :body) "
-        "ON CONFLICT (uid) DO NOTHING RETURNING id"
+# By database: SQLite's OR FAIL spares the statement journal (see runbroker.store.dialects).
+_INSERT_DESCRIPTOR = {
+    name: Prepared(
+        text(
+            f"INSERT {fail}INTO descriptors (uid, run_id, ord, name, time, body) "
+            "VALUES (:uid, :run_id, :ord, :name, :time, :body) "
+            "ON CONFLICT (uid) DO NOTHING RETURNING id"
+        )
     )
-)
+    for name, fail in (("sqlite", "OR FAIL "), ("postgresql", ""))
+}
 _INSERT_DOCUMENT = Prepared(
     text(
         "INSERT INTO documents (uid, run_id, ord, kind, body) "
@@ -145,8 +149,9 @@ class SQLWriting:
         # Hardware facts (None: a catalog from before migration 0007 keeps none).
         self._facts: hardwarerows.FactWriter | None = hardwarerows.FactWriter()
         self._savepoints = 0  # documents written (each under a savepoint) in the open one
-        # The run whose rows the document being written wrote, when it has no savepoint.
-        self._written: int | None = None
+        # What the document being written wrote, to undo it without a savepoint: the id of
+        # its run (a start, a stop), or (run id, descriptor id, descriptor) for a descriptor.
+        self._written: Any = None
         # When the oldest write of the open transaction happened (None: nothing pending).
         self._dirty_since: float | None = None
         self._wake = threading.Event()
@@ -184,6 +189,9 @@ class SQLWriting:
                         self._db.undo(raw)
                     elif self._written is not None:
                         undo(conn, self._written)
+                        if name == "descriptor":  # a new one, whose state may be kept
+                            self._txn_descriptors.discard(self._written[1])
+                            self._states.pop(doc["uid"], None)
                     self._run_ids.clear()  # may name a run just undone
                     self._ords.clear()
                     self._txn_runs.clear()
@@ -201,12 +209,16 @@ class SQLWriting:
             ):
                 self._commit_locked()
 
-    def _undo_for(self, name: str, doc: dict) -> Callable[[Connection, int], None] | None:
+    def _undo_for(self, name: str, doc: dict) -> Callable[[Connection, Any], None] | None:
         """How to undo document ``doc`` by deleting what it wrote, or None: it needs a
         savepoint (see the dialect's ``unguarded``)."""
         undo = self._db.unguarded.get(name)
-        if undo is None or name != "stop":
+        if undo is None or name == "start":
             return undo
+        if name == "descriptor":
+            # A new set of facts is many rows, which only a savepoint undoes whole; a known
+            # one costs the descriptor one link row.
+            return undo if self._facts is None or self._facts.knows(doc) else None
         # A stop's statistics are its own, and so deleted with it, if its run began in the
         # open transaction: no other writer, nor a note, can have written any. A stop that
         # merges pages cannot restore them.
@@ -649,10 +661,11 @@ class SQLWriting:
             "time": doc["time"],
             "body": _dumps(doc),
         }
-        row = _INSERT_DESCRIPTOR.execute(conn, params).fetchone()
+        row = _INSERT_DESCRIPTOR[self._db.name].execute(conn, params).fetchone()
         if row is None:  # stored before
             return _loads(_DESCRIPTOR_OF.execute(conn, {"uid": doc["uid"]}).fetchone()[0])
         descriptor_id = row[0]
+        self._written = (run_id, descriptor_id, doc if self._facts is not None else None)
         self._txn_descriptors.add(descriptor_id)
         if self._facts is not None:  # its devices, configuration and data keys
             self._facts.write(conn, run_id, doc)
