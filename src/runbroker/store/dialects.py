@@ -38,6 +38,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from ..errors import ReadOnlyMediumError, UnknownSchemeError
 from . import jsoncodec
 from .flatten import flatten, fulltext
+from .hardwarerows import fact_set
 from .pgsql import PostgreSQL
 from .prepared import Prepared
 from .schema import meta, pages, runs
@@ -51,28 +52,104 @@ __all__ = ["SQLITE", "Dialect", "SQLite", "dialect_of"]
 # "ON CONFLICT DO NOTHING" (the same in SQLite and PostgreSQL): when two writers store the same
 # run at once (a retried RunEngine), the second finds the first's row -- after waiting for its
 # commit -- and compares, instead of failing on the unique index.
+#
+# "OR FAIL": a statement that fails stops where it is instead of undoing itself, so SQLite
+# keeps no statement journal for it (a copy of each 16 KiB page the statement changes, taken
+# anew for every row: a start's metadata rows cost three times their insert). Each such
+# statement writes one row, checked before anything is written, or is undone by the caller
+# (SQLite.insert_start, SQLite.set_stop, SQLite.unguarded) or by a savepoint around it.
 _INSERT_RUN = Prepared(
     text(
-        "INSERT INTO runs (uid, time, scan_id, start) VALUES (:uid, :time, :scan_id, :start) "
-        "ON CONFLICT (uid) DO NOTHING RETURNING id"
+        "INSERT OR FAIL INTO runs (uid, time, scan_id, start) "
+        "VALUES (:uid, :time, :scan_id, :start) ON CONFLICT (uid) DO NOTHING RETURNING id"
     )
 )
-_INSERT_META = Prepared(insert(meta), ["run_id", "key", "elem", "typ", "num", "txt"])
+_INSERT_META = Prepared(
+    insert(meta).prefix_with("OR FAIL"), ["run_id", "key", "elem", "typ", "num", "txt"]
+)
 _SET_STOP = Prepared(
     update(runs)
+    .prefix_with("OR FAIL")
     .where(runs.c.id == bindparam("rid"), runs.c.stop.is_(None))
     .values(stop=bindparam("new_stop"), stop_time=bindparam("new_time"))
 )
 _MAX_SEQ = select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == bindparam("d"))
+_INSERT_FTS5 = Prepared(
+    text("INSERT OR FAIL INTO runs_fts(rowid, content) VALUES (:run_id, :content)")
+)
+
+# Undoing a start or a stop without a savepoint: its rows are found by their run. The
+# metadata rows of indexed keys that the trigger on meta copied into tags go with them.
+_STOP_KEYS = "key >= 'stop.' AND key < 'stop/'"  # '/' follows '.': every key "stop.*"
+_UNDO_START = [
+    Prepared(text(sql))
+    for sql in (
+        "DELETE FROM meta WHERE run_id = :r",
+        "DELETE FROM tags WHERE run_id = :r",
+        "DELETE FROM runs_fts WHERE rowid = :r",
+        "DELETE FROM runs WHERE id = :r",
+    )
+]
+_UNSET_STOP = [
+    Prepared(text(sql))
+    for sql in (
+        "UPDATE runs SET stop = NULL, stop_time = NULL WHERE id = :r",
+        f"DELETE FROM meta WHERE run_id = :r AND {_STOP_KEYS}",
+        f"DELETE FROM tags WHERE run_id = :r AND {_STOP_KEYS}",
+    )
+]
+_DELETE_STATS = Prepared(text("DELETE FROM field_stats WHERE run_id = :r"))
+_DELETE_DESCRIPTOR = Prepared(text("DELETE FROM descriptors WHERE id = :d"))
+_DESCRIPTOR_BODIES = Prepared(text("SELECT body FROM descriptors WHERE run_id = :r"))
+_DELETE_LINK = Prepared(text("DELETE FROM run_facts WHERE run_id = :r AND set_id = :s"))
 
 
-def _insert_meta(conn: Connection, run_id: int, prefix: str, doc: dict) -> None:
-    rows = [
-        {"run_id": run_id, "key": k, "elem": e, "typ": t, "num": n, "txt": s}
-        for k, e, t, n, s in flatten(prefix, doc)
-    ]
+def _meta_rows(prefix: str, doc: dict) -> list[tuple]:
+    """The document's metadata rows without their run id (worked out before anything is
+    written: whatever fails in them fails before the document's first write)."""
+    return list(flatten(prefix, doc))
+
+
+def _insert_meta(conn: Connection, run_id: int, rows: list[tuple]) -> None:
     if rows:
-        _INSERT_META.executemany(conn, rows)
+        _INSERT_META.executemany(conn, [(run_id, *row) for row in rows], ordered=True)
+
+
+def _undo(conn: Connection, statements: list[Prepared], run_id: int) -> None:
+    """Run ``statements`` to undo a document's writes to run ``run_id``, unless SQLite has
+    rolled the whole transaction back (an I/O error, a full disk): the undoing is done then,
+    and writing now would write outside the transaction."""
+    if conn.connection.driver_connection.in_transaction:  # type: ignore[union-attr]
+        for statement in statements:
+            statement.execute(conn, {"r": run_id}).close()
+
+
+def _undo_start(conn: Connection, run_id: int) -> None:
+    """Delete run ``run_id`` and its rows: its start was refused or failed after its run row
+    was written (a run new in this document: every row of it is the start's)."""
+    _undo(conn, _UNDO_START, run_id)
+
+
+def _undo_stop(conn: Connection, run_id: int) -> None:
+    """Undo the stop of run ``run_id`` and its statistics, the run having begun in the open
+    transaction (so no other writer, nor a note, wrote statistics for it)."""
+    _undo(conn, [*_UNSET_STOP, _DELETE_STATS], run_id)
+
+
+def _undo_descriptor(conn: Connection, written: tuple[int, int, dict | None]) -> None:
+    """Delete descriptor ``written[1]`` of run ``written[0]``, and the run's link to the
+    facts of ``written[2]`` (None: it has none) unless another descriptor of the run has the
+    same. Its facts' set was stored before it (see SQLWriting._undo_for): it stays."""
+    run_id, descriptor_id, doc = written
+    if not conn.connection.driver_connection.in_transaction:  # type: ignore[union-attr]
+        return  # SQLite rolled everything back (see _undo)
+    _DELETE_DESCRIPTOR.execute(conn, {"d": descriptor_id}).close()
+    if doc is None:
+        return
+    set_id = fact_set(doc)[0]
+    bodies = _DESCRIPTOR_BODIES.execute(conn, {"r": run_id}).fetchall()
+    if all(fact_set(jsoncodec.loads(body))[0] != set_id for (body,) in bodies):
+        _DELETE_LINK.execute(conn, {"r": run_id, "s": set_id}).close()
 
 
 class SQLiteCompiler(SQLiteBaseCompiler):
@@ -80,9 +157,6 @@ class SQLiteCompiler(SQLiteBaseCompiler):
 
     def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
         return text
-
-
-_INSERT_FTS5 = Prepared(text("INSERT INTO runs_fts(rowid, content) VALUES (:run_id, :content)"))
 
 
 class SQLite:
@@ -99,6 +173,13 @@ class SQLite:
     name = "sqlite"
     #: Documents written per transaction at most (each has a savepoint of its own).
     max_savepoints = math.inf
+    #: Documents written without a savepoint, and how to undo one from what the store noted
+    #: it wrote (``SQLWriting._written``): a savepoint copies every page the document changes
+    #: (16 KiB each) into a journal, most of a small run's ingest time, while the rows of a
+    #: start, a descriptor (of known facts) and a stop (in a run begun in the open
+    #: transaction) are found again by their run. The store decides when a document
+    #: qualifies (:meth:`~runbroker.store.sqlwrite.SQLWriting._undo_for`).
+    unguarded = {"start": _undo_start, "descriptor": _undo_descriptor, "stop": _undo_stop}
     #: A database that holds a catalog holds nothing else: other tables mean it is not one.
     owns_database = True
     #: Statements that complete a new catalog's schema.
@@ -188,20 +269,31 @@ class SQLite:
     def insert_start(self, conn: Connection, params: dict, doc: dict) -> int | None:
         """Insert a run (``params``: its uid, time, scan_id, start) with its metadata and
         full-text rows; return its id, or None if the uid is stored already (a repeat, or
-        another writer at the same moment)."""
+        another writer at the same moment). A failure leaves nothing written."""
+        rows, content = _meta_rows("start", doc), fulltext(doc)
         row = _INSERT_RUN.execute(conn, params).fetchone()
         if row is None:
             return None
-        _insert_meta(conn, row[0], "start", doc)
-        _INSERT_FTS5.execute(conn, {"run_id": row[0], "content": fulltext(doc)})
+        try:
+            _insert_meta(conn, row[0], rows)
+            _INSERT_FTS5.execute(conn, {"run_id": row[0], "content": content})
+        except BaseException:
+            _undo_start(conn, row[0])
+            raise
         return row[0]
 
     def set_stop(self, conn: Connection, run_id: int, doc: dict) -> bool:
-        """Store the run's stop document and its metadata rows; False if it has one."""
+        """Store the run's stop document and its metadata rows; False if it has one. A
+        failure leaves nothing written."""
+        rows = _meta_rows("stop", doc)
         params = {"rid": run_id, "new_stop": jsoncodec.dumps(doc), "new_time": doc["time"]}
         if _SET_STOP.execute(conn, params).rowcount == 0:
             return False
-        _insert_meta(conn, run_id, "stop", doc)
+        try:
+            _insert_meta(conn, run_id, rows)
+        except BaseException:
+            _undo(conn, _UNSET_STOP, run_id)
+            raise
         return True
 
     def set_fulltext(self, conn: Connection, run_id: int, content: str) -> None:

@@ -127,6 +127,12 @@ class FactWriter:
             self._pending.add(set_id)
         _INSERT_LINK.executemany(conn, [(run_id, set_id)], ordered=True)
 
+    def knows(self, descriptor: Mapping[str, Any]) -> bool:
+        """Whether the set of ``descriptor``'s facts is stored (or written in the open
+        transaction): :meth:`write` then writes only the run's link to it."""
+        set_id = fact_set(descriptor)[0]
+        return set_id in self._stored or set_id in self._pending
+
     def committed(self) -> None:
         """The open transaction was committed: its sets are stored."""
         self._stored |= self._pending

@@ -58,9 +58,18 @@ def dumps(value: Any) -> bytes:
         >>> loads(dumps({"a": float("nan"), "b": 2**70}))["b"] == 2**70
         True
     """
+    try:
+        out = orjson.dumps(value, option=_OPTS)
+    except TypeError:  # an integer beyond 64 bits (or a type neither encoder takes)
+        out = None
+    else:
+        # orjson writes NaN and infinities as null: text without one lost nothing, and
+        # walking a document for them costs ten times its encoding.
+        if b"null" not in out:
+            return out
     if _unusual(value):
         return json.dumps(value, default=_plain, allow_nan=True).encode()
-    return orjson.dumps(value, option=_OPTS)
+    return orjson.dumps(value, option=_OPTS) if out is None else out
 
 
 def loads(data: bytes | memoryview | str) -> Any:

@@ -2,8 +2,10 @@
 
 :class:`SQLWriting` is the writing half of :class:`~runbroker.store.sql.SQLStore` (see that
 module for the guarantees). Writes go through one connection guarded by a lock, inside a
-transaction that a background thread commits every quarter ``flush_interval``. Every document
-written by ``insert`` has a savepoint of its own, so a refused one undoes only itself. Events
+transaction that a background thread commits every quarter ``flush_interval``. A refused
+document written by ``insert`` undoes only itself: its writes are rolled back to a savepoint
+of its own, or, for those the dialect writes without one (SQLite's starts and stops),
+deleted by the run they belong to. Events
 are checked against their descriptor, queued per descriptor and written as column pages
 (leaving out events another writer stored meanwhile); the small pages a slow live run leaves
 are merged into few large ones, so that reading a stream stays a handful of blob reads.
@@ -16,7 +18,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,21 +65,27 @@ RUN_ID = Prepared(select(runs.c.id).where(runs.c.uid == bindparam("uid")))
 _STOP_OF = Prepared(select(runs.c.stop).where(runs.c.id == bindparam("rid")))
 # Descriptors and documents are stored ON CONFLICT DO NOTHING, as runs are (see dialects).
 _DESCRIPTOR_OF = Prepared(select(descriptors.c.body).where(descriptors.c.uid == bindparam("uid")))
-_INSERT_DESCRIPTOR = Prepared(
-    text(
-        "INSERT INTO descriptors (uid, run_id, ord, name, time, body) "
-        "VALUES (:uid, :run_id, :ord, :name, :time, :body) "
-        "ON CONFLICT (uid) DO NOTHING RETURNING id"
+# By database: SQLite's OR FAIL spares the statement journal (see runbroker.store.dialects).
+_INSERT_DESCRIPTOR = {
+    name: Prepared(
+        text(
+            f"INSERT {fail}INTO descriptors (uid, run_id, ord, name, time, body) "
+            "VALUES (:uid, :run_id, :ord, :name, :time, :body) "
+            "ON CONFLICT (uid) DO NOTHING RETURNING id"
+        )
     )
-)
+    for name, fail in (("sqlite", "OR FAIL "), ("postgresql", ""))
+}
 _INSERT_DOCUMENT = Prepared(
     text(
         "INSERT INTO documents (uid, run_id, ord, kind, body) "
         "VALUES (:uid, :run_id, :ord, :kind, :body) ON CONFLICT (uid) DO NOTHING"
     )
 )
+# One row per statement, checked before it is written: SQLite's OR FAIL spares the statement
+# journal (see runbroker.store.dialects).
 _INSERT_PAGE = Prepared(
-    insert(pages),
+    insert(pages).prefix_with("OR FAIL", dialect="sqlite"),
     ["descriptor_id", "run_id", "ord", "n", "seq_min", "seq_max", "ordered", "data", "extra"],
 )
 _MAX_ORDS = [
@@ -141,6 +149,9 @@ class SQLWriting:
         # Hardware facts (None: a catalog from before migration 0007 keeps none).
         self._facts: hardwarerows.FactWriter | None = hardwarerows.FactWriter()
         self._savepoints = 0  # documents written (each under a savepoint) in the open one
+        # What the document being written wrote, to undo it without a savepoint: the id of
+        # its run (a start, a stop), or (run id, descriptor id, descriptor) for a descriptor.
+        self._written: Any = None
         # When the oldest write of the open transaction happened (None: nothing pending).
         self._dirty_since: float | None = None
         self._wake = threading.Event()
@@ -164,19 +175,30 @@ class SQLWriting:
             else:
                 self._flush_states(conn)
                 raw = conn.connection.driver_connection  # type: ignore[union-attr]
-                # Where this document's writes begin, so that a refusal undoes only them.
-                self._db.savepoint(raw)
-                self._savepoints += 1
+                undo = self._undo_for(name, doc)
+                if undo is None:
+                    # Where this document's writes begin, so that a refusal undoes only them.
+                    self._db.savepoint(raw)
+                    self._savepoints += 1
+                self._written = None
                 try:
                     intake.apply(self, name, doc)
                 except BaseException:
                     # Undo this document only; earlier ones in the open transaction stay.
-                    self._db.undo(raw)
+                    if undo is None:
+                        self._db.undo(raw)
+                    elif self._written is not None:
+                        undo(conn, self._written)
+                        if name == "descriptor":  # a new one, whose state may be kept
+                            self._txn_descriptors.discard(self._written[1])
+                            self._states.pop(doc["uid"], None)
+                    self._run_ids.clear()  # may name a run just undone
                     self._ords.clear()
                     self._txn_runs.clear()
                     self._facts_undone()
                     raise
-                self._db.release(raw)
+                if undo is None:
+                    self._db.release(raw)
             # The committer thread (woken when the transaction began) commits on time; commit
             # here if it is held up, if durability asks, or if the queue has grown large.
             if (
@@ -186,6 +208,26 @@ class SQLWriting:
                 or self._savepoints >= self._db.max_savepoints
             ):
                 self._commit_locked()
+
+    def _undo_for(self, name: str, doc: dict) -> Callable[[Connection, Any], None] | None:
+        """How to undo document ``doc`` by deleting what it wrote, or None: it needs a
+        savepoint (see the dialect's ``unguarded``)."""
+        undo = self._db.unguarded.get(name)
+        if undo is None or name == "start":
+            return undo
+        if name == "descriptor":
+            # A new set of facts is many rows, which only a savepoint undoes whole; a known
+            # one costs the descriptor one link row.
+            return undo if self._facts is None or self._facts.knows(doc) else None
+        # A stop's statistics are its own, and so deleted with it, if its run began in the
+        # open transaction: no other writer, nor a note, can have written any. A stop that
+        # merges pages cannot restore them.
+        run_id = self._run_ids.get(doc.get("run_start"))  # type: ignore[arg-type]
+        if run_id not in self._txn_runs:
+            return None
+        if any(s.run_id == run_id and _merges_at_stop(s) for s in self._states.values()):
+            return None
+        return undo
 
     def ingest(self, pairs: Iterable[tuple[str, dict]]) -> int:
         """Store many documents at once: all of them, or none if one is refused.
@@ -575,6 +617,7 @@ class SQLWriting:
         run_id = self._db.insert_start(conn, params, doc)
         if run_id is None:  # stored before (a repeat, or another writer at the same time)
             return _loads(_START_OF.execute(conn, {"uid": doc["uid"]}).fetchone()[0])
+        self._written = run_id
         self._run_ids[doc["uid"]] = run_id
         self._ords[run_id] = 0  # a new run: nothing to look up
         self._txn_runs.add(run_id)
@@ -584,6 +627,7 @@ class SQLWriting:
         if not self._db.set_stop(conn, run_id, doc):  # a repeat, or another writer's
             row = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
             return _loads(row[0]) if row and row[0] is not None else None
+        self._written = run_id
         if self.stats_at_stop:
             stop_stats(conn, run_id, self._states, self._known_descriptors(run_id))
         # The run is complete: merge the tiny pages a slow live run leaves (never the run's
@@ -591,7 +635,7 @@ class SQLWriting:
         # forget what was kept in memory to write it.
         for uid, state in list(self._states.items()):
             if state.run_id == run_id:
-                if state.pages_written > 1:
+                if _merges_at_stop(state):
                     self._compact(conn, state, below=max(2, state.max_events // _TINY_AT_STOP))
                 del self._states[uid]
         self._run_ids.pop(doc["run_start"], None)
@@ -617,10 +661,11 @@ class SQLWriting:
             "time": doc["time"],
             "body": _dumps(doc),
         }
-        row = _INSERT_DESCRIPTOR.execute(conn, params).fetchone()
+        row = _INSERT_DESCRIPTOR[self._db.name].execute(conn, params).fetchone()
         if row is None:  # stored before
             return _loads(_DESCRIPTOR_OF.execute(conn, {"uid": doc["uid"]}).fetchone()[0])
         descriptor_id = row[0]
+        self._written = (run_id, descriptor_id, doc if self._facts is not None else None)
         self._txn_descriptors.add(descriptor_id)
         if self._facts is not None:  # its devices, configuration and data keys
             self._facts.write(conn, run_id, doc)
@@ -648,6 +693,11 @@ class SQLWriting:
             return None
         stored = select(documents.c.body).where(documents.c.uid == doc["uid"])
         return _loads(conn.execute(stored).scalar_one())
+
+
+def _merges_at_stop(state: DescriptorState) -> bool:
+    """Whether the run's stop merges the descriptor's small pages (it has several)."""
+    return state.pages_written > 1
 
 
 def _page_row(state: DescriptorState, ord: int, batch: Batch) -> dict[str, Any]:
