@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from event_model import compose_run
+
 import runbroker
 import runbroker.store.dialects as dialects
 import runbroker.store.sqlwrite as sqlwrite
-from event_model import compose_run
 
 
 def _run(n: int) -> list[tuple[str, dict]]:
