@@ -31,7 +31,9 @@ _STATS_OF = Prepared(
     select(*(field_stats.c[c] for c in _COLUMNS)).where(field_stats.c.run_id == bindparam("rid"))
 )
 _NAMES = ("run_id", "field", *_COLUMNS)
-_INSERT = Prepared(insert(field_stats), _NAMES)
+# SQLite's OR FAIL spares the statement journal (see runbroker.store.dialects): a stop's
+# rows are undone with the stop, by its savepoint or by the stop's own undo.
+_INSERT = Prepared(insert(field_stats).prefix_with("OR FAIL", dialect="sqlite"), _NAMES)
 _DESCRIPTORS = Prepared(
     select(descriptors.c.id, descriptors.c.uid).where(descriptors.c.run_id == bindparam("rid"))
 )
