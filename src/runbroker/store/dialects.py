@@ -78,12 +78,13 @@ _INSERT_FTS5 = Prepared(
     text("INSERT OR FAIL INTO runs_fts(rowid, content) VALUES (:run_id, :content)")
 )
 
-# Undoing a start or a stop without a savepoint: its rows are found by their run. The
-# metadata rows of indexed keys that the trigger on meta copied into tags go with them.
 # What a WAL file is cut back to when a checkpoint lets it start over: without a limit it
 # keeps the size of the largest transaction ever written, and the writer, which judges the
 # checkpoint it owes by the file's size, would checkpoint at every commit after a big ingest.
 WAL_KEPT = 64 * 2**20
+
+# Undoing a start or a stop without a savepoint: its rows are found by their run. The
+# metadata rows of indexed keys that the trigger on meta copied into tags go with them.
 _STOP_KEYS = "key >= 'stop.' AND key < 'stop/'"  # '/' follows '.': every key "stop.*"
 _UNDO_START = [
     Prepared(text(sql))

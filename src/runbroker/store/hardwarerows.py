@@ -22,7 +22,7 @@ from ..hardware import facts
 from .flatten import scalar_row
 from .prepared import Prepared
 
-__all__ = ["FactWriter", "fact_rows", "fact_set", "put_sqlite"]
+__all__ = ["FactWriter", "fact_records", "fact_rows", "fact_set", "put_sqlite"]
 
 Row = tuple[str, str, Any, Any]  # key, typ, num, txt
 Set = tuple[int, tuple[Row, ...]]  # id, rows
@@ -51,6 +51,16 @@ def fact_rows(descriptors: Iterable[Mapping[str, Any]]) -> Iterator[Row]:
             row = scalar_row(value)
             if row is not None:
                 yield (key, *row)
+
+
+def fact_records(set_id: int, rows: Iterable[Row]) -> list[dict[str, Any]]:
+    """The ``facts`` rows of set ``set_id``, as dicts of their columns.
+
+    Example:
+        >>> fact_records(7, [("@device/*", "s", None, "det")])[0]["txt"]
+        'det'
+    """
+    return [{"set_id": set_id, "key": k, "typ": t, "num": n, "txt": x} for k, t, n, x in rows]
 
 
 def _set_id(rows: tuple[Row, ...]) -> int:

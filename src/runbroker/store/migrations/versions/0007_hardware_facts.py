@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy import delete, insert, select
 
 from runbroker.store import jsoncodec
-from runbroker.store.hardwarerows import fact_set
+from runbroker.store.hardwarerows import fact_records, fact_set
 from runbroker.store.schema import descriptors, fact_sets, facts, run_facts
 
 revision = "0007"
@@ -23,7 +23,6 @@ depends_on = None
 
 _BATCH = 1000
 _TABLES = (fact_sets, facts, run_facts)
-_FACT = ("key", "typ", "num", "txt")
 
 
 def upgrade() -> None:
@@ -31,6 +30,8 @@ def upgrade() -> None:
     for table in _TABLES:
         table.create(bind, checkfirst=True)
     bind.execute(delete(run_facts))  # none yet, unless an upgrade is run again
+    # Plain statements, not FactWriter: its prepared ones leave PostgreSQL rows for the
+    # writer's next round trip, which a migration's connection never makes.
     stored = set(bind.execute(select(fact_sets.c.id)).scalars())
     last = 0
     while True:
@@ -49,8 +50,7 @@ def upgrade() -> None:
                 stored.add(set_id)
                 bind.execute(insert(fact_sets).values(id=set_id))
                 if found:
-                    facts_of = [dict(zip(_FACT, f, strict=True), set_id=set_id) for f in found]
-                    bind.execute(insert(facts), facts_of)
+                    bind.execute(insert(facts), fact_records(set_id, found))
             links.add((run_id, set_id))
         bind.execute(insert(run_facts), [{"run_id": r, "set_id": s} for r, s in sorted(links)])
         last = rows[-1].id
