@@ -17,7 +17,7 @@ from event_model import compose_run
 
 import runbroker
 from runbroker import ConflictError
-from runbroker.queries import Key
+from runbroker.queries import Field, Key
 from runbroker.store import dialects, sqlwrite
 
 NUMBER = {"x": {"source": "sim:x", "dtype": "number", "shape": []}}
@@ -86,13 +86,11 @@ def test_a_start_failing_after_its_run_row_leaves_nothing(cat, tmp_path, monkeyp
     assert _rows(path, "SELECT count(*) FROM tags WHERE txt = 'Cu'") == [(1,)]
 
 
-@pytest.mark.parametrize("committed_before", [False, True], ids=["same-txn", "committed"])
-def test_a_stop_failing_after_its_row_is_undone(cat, tmp_path, monkeypatch, committed_before):
-    """A stop of a run begun in the open transaction has no savepoint; one of an older run
-    has one. Either way a failure in its statistics leaves the run without a stop."""
+def test_a_stop_failing_after_its_row_is_undone(cat, tmp_path, monkeypatch):
+    """The stop of a run begun in an earlier transaction has its statistics written at
+    once, under its savepoint: a failure there leaves the run without a stop."""
     bundle = _run(cat)
-    if committed_before:
-        cat.flush()
+    cat.flush()
 
     def broken(*args, **kwargs):
         raise sqlite3.OperationalError("disk I/O error")
@@ -113,6 +111,35 @@ def test_a_stop_failing_after_its_row_is_undone(cat, tmp_path, monkeypatch, comm
     cat.flush()
     assert cat[-1].stop["exit_status"] == "success"
     assert cat.store.stats(bundle.start_doc["uid"])["primary"]["x"]["max"] == 3.0
+
+
+def test_statistics_failing_at_the_commit_roll_it_back_whole(cat, tmp_path, monkeypatch):
+    """The statistics of runs begun and stopped in one transaction are written with its
+    commit. Failing there (a full disk), the commit fails: nothing of it is stored, the
+    error is raised, and the same runs go in whole when sent again."""
+    before = _run(cat)
+    cat.insert("stop", before.compose_stop())
+    cat.flush()
+    docs = []
+    bundle = compose_run(metadata={"sample": "Cu"})
+    desc = bundle.compose_descriptor(name="primary", data_keys=NUMBER)
+    docs += [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc)]
+    docs += [("event", desc.compose_event(data={"x": 5.0}, timestamps={"x": 0.0}))]
+    docs += [("stop", bundle.compose_stop())]
+    monkeypatch.setattr(sqlwrite, "write_stopped", _Broken().executemany)
+    for name, doc in docs:
+        cat.insert(name, doc)  # accepted: the statistics wait for the commit
+    with pytest.raises(sqlite3.OperationalError):
+        cat.flush()
+    monkeypatch.undo()
+    path = tmp_path / "runs.db"
+    assert _rows(path, "SELECT uid FROM runs") == [(before.start_doc["uid"],)]
+    assert _rows(path, "SELECT count(*) FROM field_stats") == [(1,)]
+    for name, doc in docs:
+        cat.insert(name, doc)
+    cat.flush()
+    assert cat.store.stats(bundle.start_doc["uid"])["primary"]["x"]["sum"] == 5.0
+    assert len(cat.search(Field("primary", "x").max() > 4)) == 1
 
 
 def test_a_stop_failing_in_its_metadata_rows_leaves_the_run_running(cat, tmp_path, monkeypatch):
@@ -152,10 +179,10 @@ def test_refused_repeats_undo_nothing_of_what_they_repeat(cat):
 def _failing_state(monkeypatch):
     """Make the next descriptor fail after its row and its facts' link are written."""
 
-    def broken(doc):
+    def broken():
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(sqlwrite, "numeric_fields", broken)
+    monkeypatch.setattr(sqlwrite, "Accumulator", broken)
 
 
 def test_a_descriptor_failing_after_its_rows_leaves_nothing(cat, tmp_path, monkeypatch):

@@ -3,9 +3,10 @@
 At a run's stop the writer uses what it accumulated while writing each descriptor's pages
 (:class:`~runbroker.store.stats.Accumulator`). When the run began in the writer's open
 transaction, no other writer can have written to it and every descriptor of it is known:
-the statistics come from memory with no query (every small run). Otherwise a descriptor
-some other writer wrote to (several server workers), or that the writer forgot meanwhile,
-is summarised from its stored pages.
+the statistics come from memory with no query, and are written with those of every other
+such run when the transaction commits (:func:`write_stopped`; every small run). Otherwise
+a descriptor some other writer wrote to (several server workers), or that the writer
+forgot meanwhile, is summarised from its stored pages, and the rows written at the stop.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from .events import DescriptorState
 from .prepared import Prepared
 from .schema import descriptors, field_stats, pages, runs
 from .stats import Accumulator, stats_from_rows, stats_rows, summary_rows
+from .statsbatch import stop_rows
 
-__all__ = ["SQLStatistics", "read_stats", "stop_stats", "write_stats"]
+__all__ = ["SQLStatistics", "read_stats", "stop_stats", "write_stats", "write_stopped"]
 
 _COLUMNS = ["key", "count", "nan", "sum", "min", "max", "mean"]
 _STATS_OF = Prepared(
@@ -91,20 +93,18 @@ def _insert(conn: Connection, run_id: int, rows: list[tuple]) -> None:
     _INSERT.executemany(conn, [(run_id, *r) for r in rows], ordered=True)
 
 
-def stop_stats(
-    conn: Connection,
-    run_id: int,
-    states: Mapping[str, DescriptorState],
-    known: Iterable[DescriptorState] | None = None,
+def stop_stats(conn: Connection, run_id: int, states: Mapping[str, DescriptorState]) -> None:
+    """Write the statistics of a run that just stopped (it has none yet), from the
+    writer's accumulators where the run's stored pages show it saw every event."""
+    _insert(conn, run_id, summary_rows(_parts(conn, run_id, states)))
+
+
+def write_stopped(
+    conn: Connection, stopped: Iterable[tuple[int, list[tuple[Mapping[str, Any], Accumulator]]]]
 ) -> None:
-    """Write the statistics of a run that just stopped (it has none yet). ``known``: every
-    descriptor of the run, when the writer wrote all of them and all their events (else
-    the run's descriptors and page counts are read to check what the writer saw)."""
-    if known is not None:
-        parts = [(state.descriptor, state.stats) for state in known]
-    else:
-        parts = _parts(conn, run_id, states)
-    _insert(conn, run_id, summary_rows(parts))
+    """Write the statistics of runs that stopped (they have none yet), each given as (run
+    id, its descriptors with the accumulators of all their events)."""
+    _INSERT.executemany(conn, stop_rows(stopped), ordered=True)
 
 
 def read_stats(conn: Connection, run_id: int) -> dict[str, dict[str, dict[str, Any]]] | None:
@@ -151,6 +151,8 @@ class SQLStatistics:
         """Replace the run's statistics (``filled``: computed with detector files read)."""
         self._require_stats_table()
         with self._lock:
+            # What is pending first: the run's own statistics may still wait for the commit.
+            self._commit_locked()
             conn = self._conn()
             row = _RUN_ID.execute(conn, {"uid": run_uid}).fetchone()
             if row is None:

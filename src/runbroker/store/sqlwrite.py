@@ -36,8 +36,8 @@ from .dialects import Dialect
 from .events import Batch, DescriptorState, canonical, event_from_columns, merge_batches
 from .prepared import Prepared
 from .schema import datums, descriptors, documents, pages, runs
-from .sqlstats import stop_stats
-from .stats import Accumulator, numeric_fields
+from .sqlstats import stop_stats, write_stopped
+from .stats import Accumulator
 
 __all__ = ["SQLWriting", "scan_id_column"]
 
@@ -52,6 +52,9 @@ _WAL_BLOCKING = 512 * 2**20
 # Queued events are written at the latest when this many (or this many bytes) wait.
 _FLUSH_EVENTS = 100_000
 _FLUSH_BYTES = 64 * 2**20
+# A long ingest() writes the statistics of the runs it stopped this many at a time (each
+# holds its small pages until then).
+_STOPPED_AT_ONCE = 2048
 # A descriptor's pages are merged once this many small ones have piled up (slow live runs).
 _COMPACT_AFTER = 32
 # At a run's stop, only pages below this fraction of a full page are merged: the tiny pages
@@ -146,6 +149,9 @@ class SQLWriting:
         # Runs begun in the open transaction: no other writer can add to them before it ends,
         # so this writer knows every descriptor and event of each (see sqlstats.stop_stats).
         self._txn_runs: set[int] = set()
+        # (run id, its descriptors and accumulators) of runs begun and stopped in the open
+        # transaction: their statistics are written together before it commits.
+        self._stopped: list[tuple[int, list]] = []
         # Hardware facts (None: a catalog from before migration 0007 keeps none).
         self._facts: hardwarerows.FactWriter | None = hardwarerows.FactWriter()
         self._savepoints = 0  # documents written (each under a savepoint) in the open one
@@ -238,6 +244,7 @@ class SQLWriting:
         with self._lock:
             conn = self._conn()
             self._flush_states(conn)
+            self._write_stopped(conn)  # what is queued now is not this call's to roll back
             savepoint = conn.begin_nested()
             try:
                 for name, doc in pairs:
@@ -246,10 +253,13 @@ class SQLWriting:
                     intake.take(self, name, doc)
                     if self._queue_full():
                         self._flush_states(conn)
+                    if len(self._stopped) >= _STOPPED_AT_ONCE:
+                        self._write_stopped(conn)
                     count += 1
                 self._flush_states(conn)
             except BaseException:
                 savepoint.rollback()
+                self._stopped.clear()  # every stop queued was this call's
                 # Cached states may describe what was just rolled back: reload them later.
                 self._states.clear()
                 self._run_ids.clear()
@@ -297,6 +307,7 @@ class SQLWriting:
         conn = self._conn()
         try:
             self._flush_states(conn)
+            self._write_stopped(conn)
             self._db.commit(conn.connection.driver_connection)
             conn.commit()
             self._txn_descriptors.clear()
@@ -313,6 +324,7 @@ class SQLWriting:
                 conn.rollback()
             self._txn_descriptors.clear()
             self._txn_runs.clear()
+            self._stopped.clear()
             self._facts_undone()
             self._states.clear()
             self._run_ids.clear()
@@ -320,6 +332,12 @@ class SQLWriting:
             raise
         finally:
             self._dirty_since = None
+
+    def _write_stopped(self, conn: Connection) -> None:
+        """Write the statistics of the runs queued by their stops."""
+        if self._stopped:
+            stopped, self._stopped = self._stopped, []
+            write_stopped(conn, stopped)
 
     def _queue_full(self) -> bool:
         # Checked against the descriptor last queued to (cheap on every insert); a few
@@ -628,8 +646,9 @@ class SQLWriting:
             row = _STOP_OF.execute(conn, {"rid": run_id}).fetchone()
             return _loads(row[0]) if row and row[0] is not None else None
         self._written = run_id
-        if self.stats_at_stop:
-            stop_stats(conn, run_id, self._states, self._known_descriptors(run_id))
+        known = self._known_descriptors(run_id) if self.stats_at_stop else None
+        if self.stats_at_stop and known is None:
+            stop_stats(conn, run_id, self._states)
         # The run is complete: merge the tiny pages a slow live run leaves (never the run's
         # big pages: rewriting them made the stop as slow as the whole run's ingest), and
         # forget what was kept in memory to write it.
@@ -640,6 +659,8 @@ class SQLWriting:
                 del self._states[uid]
         self._run_ids.pop(doc["run_start"], None)
         self._ords.pop(run_id, None)
+        if known is not None:  # last: nothing after it can fail and leave it queued
+            self._stopped.append((run_id, [(state.descriptor, state.stats) for state in known]))
         return None
 
     def _known_descriptors(self, run_id: int) -> list[DescriptorState] | None:
@@ -673,9 +694,10 @@ class SQLWriting:
         state = DescriptorState.from_descriptor(descriptor_id, run_id, doc["run_start"], doc, 0)
         if self.stats_at_stop:  # a new descriptor: this writer sees its events first
             state.stats = Accumulator()
+            # What the statistics need of it, held apart from the caller's dicts.
             state.descriptor = {
                 "name": doc.get("name", "primary"),
-                "data_keys": {f: doc["data_keys"][f] for f in numeric_fields(doc)},
+                "data_keys": dict(doc["data_keys"]),
             }
         self._states[doc["uid"]] = state
         return None

@@ -27,10 +27,13 @@ from ..queries import STATS
 __all__ = [
     "MARKER",
     "Accumulator",
+    "column_summary",
     "combine",
     "field_id",
     "field_key",
+    "marker_row",
     "numeric_fields",
+    "row_values",
     "stats_from_rows",
     "stats_rows",
     "summarise_store",
@@ -42,7 +45,7 @@ MARKER = ""
 
 # Pages up to this many events are summarised on Python lists: for the few events of a
 # small run that is ten times faster than numpy's reductions, which win on larger pages.
-_SMALL = 64
+SMALL = 64
 
 
 def field_key(stream: str, field: str) -> str:
@@ -69,8 +72,13 @@ def field_id(stream: str, field: str) -> tuple[int, str]:
     return int.from_bytes(digest, "big", signed=True) or 1, key
 
 
-def _summary(column: Any) -> tuple[int, int, float, Any, Any] | None:
-    """(count, nan, sum, min, max) of a numeric column (frames summed), or None."""
+def column_summary(column: Any) -> tuple[int, int, float, Any, Any] | None:
+    """(count, nan, sum, min, max) of a numeric column (frames summed), or None.
+
+    Example:
+        >>> column_summary(np.array([1.0, np.nan, 3.0]))
+        (3, 1, 4.0, 1.0, 3.0)
+    """
     if not isinstance(column, np.ndarray) or column.dtype.kind not in "iuf":
         return None
     # inf + -inf is a NaN sum, and huge frames overflow: values, not warnings to the writer
@@ -82,7 +90,7 @@ def _reduce(column: np.ndarray) -> tuple[int, int, float, Any, Any]:
     n = len(column)
     if column.ndim == 1 and n:
         # The common case, no NaN (then the sum is not NaN either), without copies.
-        if n <= _SMALL:
+        if n <= SMALL:
             values = column.tolist()
             total = sum(values)
             if total == total:
@@ -93,7 +101,8 @@ def _reduce(column: np.ndarray) -> tuple[int, int, float, Any, Any]:
                 low, high = np.minimum.reduce(column), np.maximum.reduce(column)
                 return n, 0, float(total), low.item(), high.item()
     if column.ndim > 1:
-        column = column.reshape(n, -1).sum(axis=1, dtype=np.float64)
+        # (n, frame size), not (n, -1): a page of no frames has no -1 to work out
+        column = column.reshape(n, math.prod(column.shape[1:])).sum(axis=1, dtype=np.float64)
     if column.dtype.kind == "f":
         bad = np.isnan(column)
         nan = int(bad.sum())
@@ -118,25 +127,68 @@ class Accumulator:
         {'x': {'count': 3, 'nan': 1, 'sum': 4.0, 'min': 1.0, 'max': 3.0, 'mean': 2.0}}
     """
 
+    __slots__ = ("_fields", "_first", "_other")
+
     def __init__(self) -> None:
-        self.fields: dict[str, list] = {}  # field -> [count, nan, sum, min, max]
-        self.other: set[str] = set()  # fields with a page that is not numeric
+        self._fields: dict[str, list] = {}  # field -> [count, nan, sum, min, max]
+        self._other: set[str] = set()  # fields with a page that is not numeric
+        # The first page, summarised only when asked: a small run's one page is summarised
+        # with the pages of many other runs at once (runbroker.store.statsbatch).
+        self._first: Mapping[str, Any] | None = None
+
+    @property
+    def fields(self) -> dict[str, list]:
+        """``{field: [count, nan, sum, min, max]}`` of the numeric fields."""
+        self._settle()
+        return self._fields
+
+    @property
+    def other(self) -> set[str]:
+        """The fields with a page that is not numeric (they have no statistics)."""
+        self._settle()
+        return self._other
+
+    def lone_page(self) -> Mapping[str, Any] | None:
+        """The one page added, not yet summarised (``{}`` if none was added), or None once
+        more than one was added or they were summarised.
+
+        Example:
+            >>> acc = Accumulator()
+            >>> acc.add({"d:x": np.arange(3)})
+            >>> sorted(acc.lone_page())
+            ['d:x']
+        """
+        if self._first is not None:
+            return self._first
+        return None if self._fields or self._other else {}
+
+    def _settle(self) -> None:
+        if self._first is not None:
+            page, self._first = self._first, None
+            self._add(page)
 
     def add(self, data: Mapping[str, Any]) -> None:
         """Add a page's decoded data columns (``d:<field>`` keys; others are ignored)."""
-        fields, other, n = self.fields, self.other, len(DATA)
+        if self._first is None and not self._fields and not self._other:
+            self._first = data
+            return
+        self._settle()
+        self._add(data)
+
+    def _add(self, data: Mapping[str, Any]) -> None:
+        fields, other, n = self._fields, self._other, len(DATA)
         for key, column in data.items():
             if key[:n] != DATA:
                 continue
             field = key[n:]
             if field in other:
                 continue
-            # Inlined for a small page of plain numbers without NaN (see _summary): the
+            # Inlined for a small page of plain numbers without NaN (see column_summary): the
             # usual page of a small run costs a few µs a field.
             if (
                 type(column) is np.ndarray
                 and column.ndim == 1
-                and 0 < len(column) <= _SMALL
+                and 0 < len(column) <= SMALL
                 and column.dtype.kind in "iuf"
             ):
                 values = column.tolist()
@@ -144,7 +196,7 @@ class Accumulator:
                 if total == total and field not in fields:
                     fields[field] = [len(values), 0, float(total), min(values), max(values)]
                     continue
-            summary = _summary(column)
+            summary = column_summary(column)
             if summary is None:
                 other.add(field)
                 fields.pop(field, None)
@@ -153,8 +205,9 @@ class Accumulator:
 
     def add_event(self, data: Mapping[str, Any]) -> None:
         """Add one event's ``data`` (as :meth:`add` would its one-event page)."""
+        self._settle()
         for field, value in data.items():
-            if field in self.other:
+            if field in self._other:
                 continue
             if type(value) is float:  # the usual event: one number, summarised as it is
                 nan = value != value
@@ -166,12 +219,12 @@ class Accumulator:
                 column = np.asarray(value)[np.newaxis] if len(value) else None
             else:
                 column = None
-            self.add({DATA + field: column})
+            self._add({DATA + field: column})
 
     def _merge(self, field: str, part: list) -> None:
-        held = self.fields.get(field)
+        held = self._fields.get(field)
         if held is None:
-            self.fields[field] = part
+            self._fields[field] = part
             return
         held[0] += part[0]
         held[1] += part[1]
@@ -182,18 +235,20 @@ class Accumulator:
 
     def merge(self, other: Accumulator) -> None:
         """Add another accumulator's pages (another descriptor of the same stream)."""
+        self._settle()
         for field in other.other:
-            self.other.add(field)
-            self.fields.pop(field, None)
+            self._other.add(field)
+            self._fields.pop(field, None)
         for field, part in other.fields.items():
-            if field not in self.other:
+            if field not in self._other:
                 self._merge(field, list(part))
 
     def declare(self, fields: Iterable[str]) -> None:
         """Give fields that no page held (an empty stream) a count of 0."""
+        self._settle()
         for field in fields:
-            if field not in self.other and field not in self.fields:
-                self.fields[field] = [0, 0, 0.0, None, None]
+            if field not in self._other and field not in self._fields:
+                self._fields[field] = [0, 0, 0.0, None, None]
 
     def result(self) -> dict[str, dict[str, Any]]:
         """``{field: {count, nan, sum, min, max, mean}}``; unknown values are None."""
@@ -229,11 +284,22 @@ def _finite(value: Any) -> Any:
     return value if value is not None and math.isfinite(value) else None
 
 
+def marker_row(filled: bool = False) -> tuple:
+    """The MARKER row: statistics computed for a run with no field, or (``filled``)
+    computed with detector files read.
+
+    Example:
+        >>> marker_row()[:3]
+        (0, '', 0)
+    """
+    return (0, MARKER, int(filled), None, None, None, None, None)
+
+
 def _with_marker(rows: list[tuple], filled: bool) -> list[tuple]:
     """``rows`` and, when they alone cannot tell the statistics were computed (no field) or
     how (``filled``), the MARKER row first."""
     if filled or not rows:
-        rows.insert(0, (0, MARKER, int(filled), None, None, None, None, None))
+        rows.insert(0, marker_row(filled))
     return rows
 
 
@@ -275,14 +341,24 @@ def summary_rows(parts: Iterable[tuple[Mapping[str, Any], Accumulator]]) -> list
     for descriptor, acc in parts:
         name = descriptor.get("name", "primary")
         acc.declare(numeric_fields(descriptor))
-        for field, (count, nan, total, low, high) in acc.fields.items():
-            seen = count - nan
-            if seen and total - total == 0:  # a finite sum: every value is finite too
-                rows.append((*field_id(name, field), count, nan, total, low, high, total / seen))
-            else:  # no value, or an infinite one: what is not finite is NULL
-                stats = (total, low, high, total / seen if seen else None)
-                rows.append((*field_id(name, field), count, nan, *map(_finite, stats)))
+        for field, summary in acc.fields.items():
+            rows.append((*field_id(name, field), *row_values(*summary)))
     return _with_marker(rows, False)
+
+
+def row_values(count: int, nan: int, total: float, low: Any, high: Any) -> tuple:
+    """The statistics columns ``(count, nan, sum, min, max, mean)`` of a field's summary;
+    what is not finite is NULL.
+
+    Example:
+        >>> row_values(2, 0, 3.0, 1.0, 2.0)
+        (2, 0, 3.0, 1.0, 2.0, 1.5)
+    """
+    seen = count - nan
+    if seen and total - total == 0:  # a finite sum: every value is finite too
+        return count, nan, total, low, high, total / seen
+    # no value, or an infinite one
+    return count, nan, *map(_finite, (total, low, high, total / seen if seen else None))
 
 
 # The statistics in the order of the ``field_stats`` columns after ``field`` and ``key``.
