@@ -104,7 +104,7 @@ def write_stopped(
 ) -> None:
     """Write the statistics of runs that stopped (they have none yet), each given as (run
     id, its descriptors with the accumulators of all their events)."""
-    _INSERT.executemany(conn, stop_rows(stopped), ordered=True)
+    _INSERT.insert_rows(conn, stop_rows(stopped))
 
 
 def read_stats(conn: Connection, run_id: int) -> dict[str, dict[str, dict[str, Any]]] | None:
