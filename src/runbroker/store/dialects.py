@@ -73,7 +73,8 @@ _SET_STOP = Prepared(
     .where(runs.c.id == bindparam("rid"), runs.c.stop.is_(None))
     .values(stop=bindparam("new_stop"), stop_time=bindparam("new_time"))
 )
-_MAX_SEQ = select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == bindparam("d"))
+#: The highest seq_num stored for a descriptor.
+MAX_SEQ = Prepared(select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == bindparam("d")))
 _INSERT_FTS5 = Prepared(
     text("INSERT OR FAIL INTO runs_fts(rowid, content) VALUES (:run_id, :content)")
 )
@@ -313,7 +314,7 @@ class SQLite:
     def stored_max(self, conn: Connection, descriptor_id: int) -> int:
         """The highest seq_num stored for the descriptor, once no other writer can add one
         until this transaction ends (SQLite: the writer holds the database's lock)."""
-        return conn.execute(_MAX_SEQ, {"d": descriptor_id}).scalar() or 0
+        return MAX_SEQ.execute(conn, {"d": descriptor_id}).fetchone()[0] or 0
 
     def pages_to_merge(
         self, conn: Connection, descriptor_id: int, below: int

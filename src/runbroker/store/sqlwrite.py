@@ -32,7 +32,7 @@ from ..documents import ConflictError, validate
 from ..errors import ReadOnlyError
 from . import hardwarerows, intake, jsoncodec
 from . import pages as codec
-from .dialects import Dialect
+from .dialects import MAX_SEQ, Dialect
 from .events import Batch, DescriptorState, canonical, event_from_columns, merge_batches
 from .prepared import Prepared
 from .schema import datums, descriptors, documents, pages, runs
@@ -92,9 +92,14 @@ _INSERT_PAGE = Prepared(
     ["descriptor_id", "run_id", "ord", "n", "seq_min", "seq_max", "ordered", "data", "extra"],
 )
 _MAX_ORDS = [
-    select(func.max(t.c.ord)).where(t.c.run_id == bindparam("run_id"))
+    Prepared(select(func.max(t.c.ord)).where(t.c.run_id == bindparam("run_id")))
     for t in (descriptors, pages, documents)
 ]
+_DESCRIPTOR_STATE = Prepared(
+    select(descriptors.c.id, descriptors.c.run_id, descriptors.c.body, runs.c.uid)
+    .join(runs, runs.c.id == descriptors.c.run_id)
+    .where(descriptors.c.uid == bindparam("uid"))
+)
 
 
 def scan_id_column(start: dict) -> int | float | None:
@@ -351,7 +356,8 @@ class SQLWriting:
         """The next position in the run's replay order (kept in memory while writing)."""
         last = self._ords.get(run_id)
         if last is None:
-            last = max(conn.execute(q, {"run_id": run_id}).scalar() or 0 for q in _MAX_ORDS)
+            params = {"run_id": run_id}
+            last = max(q.execute(conn, params).fetchone()[0] or 0 for q in _MAX_ORDS)
         self._ords[run_id] = last + 1
         return last + 1
 
@@ -462,18 +468,13 @@ class SQLWriting:
         if state is not None:
             return state
         conn = self._wconn
-        row = conn.execute(
-            select(descriptors.c.id, descriptors.c.run_id, descriptors.c.body, runs.c.uid)
-            .join(runs, runs.c.id == descriptors.c.run_id)
-            .where(descriptors.c.uid == uid)
-        ).first()
+        row = _DESCRIPTOR_STATE.execute(conn, {"uid": uid}).fetchone()
         if row is None:
             return None
-        seq_max = conn.execute(
-            select(func.max(pages.c.seq_max)).where(pages.c.descriptor_id == row.id)
-        ).scalar()
+        descriptor_id, run_id, body, run_uid = row
+        seq_max = MAX_SEQ.execute(conn, {"d": descriptor_id}).fetchone()[0]
         state = DescriptorState.from_descriptor(
-            row.id, row.run_id, row.uid, _loads(row.body), seq_max or 0
+            descriptor_id, run_id, run_uid, _loads(body), seq_max or 0
         )
         self._states[uid] = state
         return state
