@@ -38,7 +38,7 @@ import zstandard
 from ..columns import uid_list
 from . import jsoncodec
 
-__all__ = ["decode", "encode", "to_column", "uid_column", "uid_list"]
+__all__ = ["decode", "encode", "encode_parts", "to_column", "uid_column", "uid_list"]
 
 _HEADER = struct.Struct("<I")
 # Arrays smaller than this gain too little from compression to pay for it.
@@ -144,6 +144,18 @@ def encode(columns: Mapping[str, np.ndarray | list]) -> bytes:
         >>> decode(blob)["x"].tolist()
         [0.0, 1.0, 2.0]
     """
+    return b"".join(encode_parts(columns))
+
+
+def encode_parts(columns: Mapping[str, np.ndarray | list]) -> list[bytes | memoryview]:
+    """The pieces of :func:`encode`'s blob, in order, not yet joined (a writer may put
+    them in place without the join's copy). Numeric columns are views of the arrays.
+
+    Example:
+        >>> parts = encode_parts({"x": np.arange(3.0)})
+        >>> decode(b"".join(parts))["x"].tolist()
+        [0.0, 1.0, 2.0]
+    """
     header: dict[str, list] = {}
     buffers: list[bytes | memoryview] = []
     offset = 0
@@ -185,7 +197,7 @@ def encode(columns: Mapping[str, np.ndarray | list]) -> bytes:
         buffers.append(buf)
         offset += len(buf)
     head = orjson.dumps(header)
-    return b"".join([_HEADER.pack(len(head)), head, *buffers])
+    return [_HEADER.pack(len(head)), head, *buffers]
 
 
 def decode(

@@ -34,6 +34,7 @@ from . import hardwarerows, intake, jsoncodec
 from . import pages as codec
 from .dialects import MAX_SEQ, Dialect
 from .events import Batch, DescriptorState, canonical, event_from_columns, merge_batches
+from .pagerows import insert_pages
 from .prepared import Prepared
 from .schema import datums, descriptors, documents, pages, runs
 from .sqlstats import stop_stats, write_stopped
@@ -87,10 +88,6 @@ _INSERT_DOCUMENT = Prepared(
 )
 # One row per statement, checked before it is written: SQLite's OR FAIL spares the statement
 # journal (see runbroker.store.dialects).
-_INSERT_PAGE = Prepared(
-    insert(pages).prefix_with("OR FAIL", dialect="sqlite"),
-    ["descriptor_id", "run_id", "ord", "n", "seq_min", "seq_max", "ordered", "data", "extra"],
-)
 _MAX_ORDS = [
     Prepared(select(func.max(t.c.ord)).where(t.c.run_id == bindparam("run_id")))
     for t in (descriptors, pages, documents)
@@ -546,7 +543,7 @@ class SQLWriting:
                 if batch.n < state.max_events // 8:
                     state.small_pages += 1
         if rows:
-            _INSERT_PAGE.executemany(conn, rows)
+            insert_pages(conn, rows)
         for state in self._states.values():
             if state.small_pages >= _COMPACT_AFTER:
                 self._compact(conn, state)
@@ -620,7 +617,7 @@ class SQLWriting:
         # The merged page first: SQLite numbers a new row after the largest id left, and a
         # page id must never come back with other events (a reader may hold the old list).
         # Its position is the group's last: every datum the events need comes before.
-        _INSERT_PAGE.executemany(conn, [_page_row(state, max(r[0] for r in rows), merged)])
+        insert_pages(conn, [_page_row(state, max(r[0] for r in rows), merged)])
         self._db.delete_pages(conn, ids)
 
     # -- writing documents ------------------------------------------------------------------
@@ -723,19 +720,20 @@ def _merges_at_stop(state: DescriptorState) -> bool:
     return state.pages_written > 1
 
 
-def _page_row(state: DescriptorState, ord: int, batch: Batch) -> dict[str, Any]:
-    """The ``pages`` row of ``batch``, events of ``state``'s descriptor."""
-    return {
-        "descriptor_id": state.id,
-        "run_id": state.run_id,
-        "ord": ord,
-        "n": batch.n,
-        "seq_min": batch.seq_min,
-        "seq_max": batch.seq_max,
-        "ordered": batch.ordered,
-        "data": codec.encode(batch.data),
-        "extra": codec.encode(batch.extra),
-    }
+def _page_row(state: DescriptorState, ord: int, batch: Batch) -> tuple:
+    """The ``pages`` row of ``batch``, events of ``state``'s descriptor (see
+    :func:`~runbroker.store.pagerows.insert_pages`)."""
+    return (
+        state.id,
+        state.run_id,
+        ord,
+        batch.n,
+        batch.seq_min,
+        batch.seq_max,
+        batch.ordered,
+        codec.encode_parts(batch.data),
+        codec.encode_parts(batch.extra),
+    )
 
 
 def _flush_loop(ref: weakref.ref) -> None:
