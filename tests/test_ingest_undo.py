@@ -176,13 +176,18 @@ def test_refused_repeats_undo_nothing_of_what_they_repeat(cat):
     assert cat.store.stats(bundle.start_doc["uid"])["primary"]["x"]["count"] == 3
 
 
-def _failing_state(monkeypatch):
-    """Make the next descriptor fail after its row and its facts' link are written."""
+def _refuse_descriptor(cat, monkeypatch, descriptor: dict) -> None:
+    """Insert a descriptor that fails after its row and its facts' link are written (a full
+    disk), and commit what the transaction holds after it."""
 
     def broken():
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(sqlwrite, "Accumulator", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        cat.insert("descriptor", descriptor)
+    monkeypatch.undo()
+    cat.flush()
 
 
 def test_a_descriptor_failing_after_its_rows_leaves_nothing(cat, tmp_path, monkeypatch):
@@ -191,11 +196,7 @@ def test_a_descriptor_failing_after_its_rows_leaves_nothing(cat, tmp_path, monke
     second = compose_run(metadata={"sample": "Cu"})
     cat.insert("start", second.start_doc)
     desc = second.compose_descriptor(name="primary", data_keys=NUMBER)
-    _failing_state(monkeypatch)
-    with pytest.raises(sqlite3.OperationalError):
-        cat.insert("descriptor", desc.descriptor_doc)
-    monkeypatch.undo()
-    cat.flush()
+    _refuse_descriptor(cat, monkeypatch, desc.descriptor_doc)
     path = tmp_path / "runs.db"
     assert _rows(path, "SELECT count(*) FROM descriptors") == [(1,)]
     assert _rows(path, "SELECT run_id FROM run_facts") == [(1,)]
@@ -212,11 +213,7 @@ def test_a_failing_descriptor_keeps_the_link_of_its_runs_other_descriptor(
 ):
     bundle = _run(cat)
     again = bundle.compose_descriptor(name="primary", data_keys=NUMBER)  # the same facts
-    _failing_state(monkeypatch)
-    with pytest.raises(sqlite3.OperationalError):
-        cat.insert("descriptor", again.descriptor_doc)
-    monkeypatch.undo()
-    cat.flush()
+    _refuse_descriptor(cat, monkeypatch, again.descriptor_doc)
     path = tmp_path / "runs.db"
     assert _rows(path, "SELECT count(*) FROM descriptors") == [(1,)]
     assert _rows(path, "SELECT run_id FROM run_facts") == [(1,)]
@@ -228,11 +225,7 @@ def test_a_descriptor_of_new_facts_failing_is_rolled_back_whole(cat, tmp_path, m
     bundle = compose_run(metadata={"sample": "Ni"})
     cat.insert("start", bundle.start_doc)
     desc = bundle.compose_descriptor(name="primary", data_keys=NUMBER)
-    _failing_state(monkeypatch)
-    with pytest.raises(sqlite3.OperationalError):
-        cat.insert("descriptor", desc.descriptor_doc)
-    monkeypatch.undo()
-    cat.flush()
+    _refuse_descriptor(cat, monkeypatch, desc.descriptor_doc)
     path = tmp_path / "runs.db"
     for table in ("descriptors", "run_facts", "fact_sets", "facts"):
         assert _rows(path, f"SELECT count(*) FROM {table}") == [(0,)], table

@@ -47,8 +47,6 @@ _INSERT_ZEROS = Prepared(
     [*PAGE_KEYS[:7], *_SIZES],
 )
 
-Parts = Sequence[bytes | memoryview]
-
 
 def insert_pages(conn: Connection, rows: Sequence[tuple]) -> None:
     """Insert ``pages`` rows: tuples of the values of :data:`PAGE_KEYS`, ``data`` and

@@ -11,7 +11,7 @@ forgot meanwhile, is summarised from its stored pages, and the rows written at t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
@@ -90,7 +90,7 @@ def write_stats(
 
 
 def _insert(conn: Connection, run_id: int, rows: list[tuple]) -> None:
-    _INSERT.executemany(conn, [(run_id, *r) for r in rows], ordered=True)
+    _INSERT.insert_rows(conn, [(run_id, *r) for r in rows])
 
 
 def stop_stats(conn: Connection, run_id: int, states: Mapping[str, DescriptorState]) -> None:
@@ -100,7 +100,7 @@ def stop_stats(conn: Connection, run_id: int, states: Mapping[str, DescriptorSta
 
 
 def write_stopped(
-    conn: Connection, stopped: Iterable[tuple[int, list[tuple[Mapping[str, Any], Accumulator]]]]
+    conn: Connection, stopped: Sequence[tuple[int, list[tuple[Mapping[str, Any], Accumulator]]]]
 ) -> None:
     """Write the statistics of runs that stopped (they have none yet), each given as (run
     id, its descriptors with the accumulators of all their events)."""

@@ -86,8 +86,6 @@ _INSERT_DOCUMENT = Prepared(
         "VALUES (:uid, :run_id, :ord, :kind, :body) ON CONFLICT (uid) DO NOTHING"
     )
 )
-# One row per statement, checked before it is written: SQLite's OR FAIL spares the statement
-# journal (see runbroker.store.dialects).
 _MAX_ORDS = [
     Prepared(select(func.max(t.c.ord)).where(t.c.run_id == bindparam("run_id")))
     for t in (descriptors, pages, documents)

@@ -12,7 +12,7 @@ descriptors of one stream, NaN or infinite values, per-event arrays) is summaris
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
@@ -34,7 +34,7 @@ __all__ = ["stop_rows"]
 Parts = list[tuple[Mapping[str, Any], Accumulator]]
 
 
-def stop_rows(stops: Iterable[tuple[int, Parts]]) -> list[tuple]:
+def stop_rows(stops: Sequence[tuple[int, Parts]]) -> list[tuple]:
     """``field_stats`` rows ``(run_id, field, key, count, nan, sum, min, max, mean)`` of
     runs that stopped, each given as ``(run id, [(descriptor, accumulator of its pages)])``.
 
