@@ -69,10 +69,7 @@ def test_a_start_failing_after_its_run_row_leaves_nothing(cat, tmp_path, monkeyp
     first = _run(cat)  # pending: not committed yet
     second = compose_run(metadata={"sample": "Cu"})
     monkeypatch.setattr(dialects, "_INSERT_FTS5", _Broken())  # after the run and meta rows
-    with pytest.raises(sqlite3.OperationalError):
-        cat.insert("start", second.start_doc)
-    monkeypatch.undo()
-    cat.flush()
+    _fails(cat, monkeypatch, "start", second.start_doc)
     path = tmp_path / "runs.db"
     assert _rows(path, "SELECT uid FROM runs") == [(first.start_doc["uid"],)]
     assert _rows(path, "SELECT count(*) FROM meta WHERE txt = 'Cu'") == [(0,)]
@@ -97,10 +94,7 @@ def test_a_stop_failing_after_its_row_is_undone(cat, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sqlwrite, "stop_stats", broken)
     stop = bundle.compose_stop()
-    with pytest.raises(sqlite3.OperationalError):
-        cat.insert("stop", stop)
-    monkeypatch.undo()
-    cat.flush()
+    _fails(cat, monkeypatch, "stop", stop)
     path = tmp_path / "runs.db"
     assert _rows(path, "SELECT stop, stop_time FROM runs") == [(None, None)]
     assert _rows(path, "SELECT count(*) FROM meta WHERE key LIKE 'stop.%'") == [(0,)]
@@ -146,10 +140,7 @@ def test_a_stop_failing_in_its_metadata_rows_leaves_the_run_running(cat, tmp_pat
     bundle = _run(cat)
     monkeypatch.setattr(dialects, "_INSERT_META", _Broken(dialects._INSERT_META, rows=3))
     stop = bundle.compose_stop()
-    with pytest.raises(sqlite3.OperationalError):
-        cat.insert("stop", stop)
-    monkeypatch.undo()
-    cat.flush()
+    _fails(cat, monkeypatch, "stop", stop)
     path = tmp_path / "runs.db"
     assert _rows(path, "SELECT stop FROM runs") == [(None,)]
     assert _rows(path, "SELECT count(*) FROM meta WHERE key LIKE 'stop.%'") == [(0,)]
@@ -184,8 +175,14 @@ def _refuse_descriptor(cat, monkeypatch, descriptor: dict) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(sqlwrite, "Accumulator", broken)
+    _fails(cat, monkeypatch, "descriptor", descriptor)
+
+
+def _fails(cat, monkeypatch, name: str, doc: dict) -> None:
+    """Insert ``doc``, which the patches in place make fail with an I/O error; take the
+    patches away and commit what the transaction holds after it."""
     with pytest.raises(sqlite3.OperationalError):
-        cat.insert("descriptor", descriptor)
+        cat.insert(name, doc)
     monkeypatch.undo()
     cat.flush()
 
