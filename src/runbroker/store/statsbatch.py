@@ -70,8 +70,8 @@ def stop_rows(stops: Sequence[tuple[int, Parts]]) -> list[tuple]:
             found[1].append(page)
             found[2].append(descriptor)
     for (name, *keys), (ids, pages, descriptors) in layouts.items():
-        fields = [key[_N:] for key in keys if key[:_N] == DATA]
-        held = set(fields)
+        names = [key for key in keys if key[:_N] == DATA]
+        held = {key[_N:] for key in names}
         for run_id, descriptor in zip(ids, descriptors, strict=True):
             if not descriptor["data_keys"].keys() <= held:
                 # declared numbers no event held
@@ -79,24 +79,27 @@ def stop_rows(stops: Sequence[tuple[int, Parts]]) -> list[tuple]:
                     if field not in held:
                         rows.append((run_id, *field_id(name, field), 0, 0, 0.0, None, None, None))
                         counted.add(run_id)
-        # Fields whose every page is a 1-D column of one numeric dtype are joined and reduced
-        # together, the others summarised page by page.
-        joinable: dict[np.dtype, list[tuple[int, str, str]]] = {}
-        for field in fields:
-            columns = [page[DATA + field] for page in pages]
-            fid, key = field_id(name, field)
-            dtype = _joinable(columns)
-            if dtype is not None:
-                joinable.setdefault(dtype, []).append((fid, key, DATA + field))
+        # The fields whose every page is a non-empty 1-D column of one numeric dtype are
+        # joined and reduced together, by dtype (integers stay exact); the others are
+        # summarised page by page. Fields are grouped by their first page's column.
+        by_dtype: dict[np.dtype | None, list[tuple[int, str, str]]] = {}
+        for column in names:
+            by_dtype.setdefault(_numeric(pages[0][column]), []).append(
+                (*field_id(name, column[_N:]), column)
+            )
+        for dtype, fields in by_dtype.items():
+            fields.sort()  # rows in the table's order: by field id within a run
+            columns = [page[column] for page in pages for _, _, column in fields]
+            if dtype is not None and _joinable(columns, dtype):
+                rows.extend(_joined_rows(ids, columns, fields))
                 counted.update(ids)
                 continue
-            for run_id, column in zip(ids, columns, strict=True):
-                summary = column_summary(column)
-                if summary is not None:  # else not numeric: no statistics
-                    rows.append((run_id, fid, key, *row_values(*summary)))
-                    counted.add(run_id)
-        for group in joinable.values():
-            rows.extend(_joined_rows(ids, pages, sorted(group)))
+            for i, (fid, key, _) in enumerate(fields):
+                for run_id, column in zip(ids, columns[i :: len(fields)], strict=True):
+                    summary = column_summary(column)
+                    if summary is not None:  # else not numeric: no statistics
+                        rows.append((run_id, fid, key, *row_values(*summary)))
+                        counted.add(run_id)
     for run_id, _ in stops:
         if run_id not in counted:
             rows.append((run_id, *marker_row()))
@@ -106,29 +109,28 @@ def stop_rows(stops: Sequence[tuple[int, Parts]]) -> list[tuple]:
 _N = len(DATA)
 
 
-def _joinable(columns: list[Any]) -> np.dtype | None:
-    """The dtype of ``columns`` if each is a non-empty 1-D array of that numeric dtype."""
-    if set(map(type, columns)) != {np.ndarray}:
-        return None
-    dtypes = {column.dtype for column in columns}
-    if len(dtypes) != 1 or {column.ndim for column in columns} != {1}:
-        return None
-    dtype = dtypes.pop()
-    if dtype.kind not in "iuf" or not all(map(len, columns)):
-        return None
-    return dtype
+def _numeric(column: Any) -> np.dtype | None:
+    """The dtype of ``column`` if it is a 1-D array of numbers."""
+    if type(column) is np.ndarray and column.ndim == 1 and column.dtype.kind in "iuf":
+        return column.dtype
+    return None
+
+
+def _joinable(columns: list[Any], dtype: np.dtype) -> bool:
+    """Whether each of ``columns`` is a non-empty 1-D array of ``dtype``."""
+    kinds = {(type(c), getattr(c, "dtype", None), getattr(c, "ndim", None)) for c in columns}
+    return kinds == {(np.ndarray, dtype, 1)} and all(map(len, columns))
 
 
 def _joined_rows(
-    ids: list[int], pages: list[Mapping[str, Any]], fields: list[tuple[int, str, str]]
+    ids: list[int], columns: list[np.ndarray], fields: list[tuple[int, str, str]]
 ) -> list[tuple]:
     """The rows of fields of the pages of many runs (``ids``), each field given as its id,
-    key and page column, which in every page is non-empty, 1-D and of one numeric dtype.
+    key and page column; ``columns`` holds, run after run, each field's column, which is
+    non-empty, 1-D and of one numeric dtype.
 
     The rows come in the table's order (run, then field id), which SQLite inserts fastest.
     """
-    names = [column for _, _, column in fields]
-    columns = [page[name] for page in pages for name in names]
     counts = np.fromiter(map(len, columns), dtype=np.int64, count=len(columns))
     starts = np.zeros(len(columns), dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
@@ -137,7 +139,7 @@ def _joined_rows(
         sums = np.add.reduceat(values, starts, dtype=np.float64)
     lows = np.minimum.reduceat(values, starts)
     highs = np.maximum.reduceat(values, starts)
-    run_ids = [run_id for run_id in ids for _ in names]
+    run_ids = [run_id for run_id in ids for _ in fields]
     fids = [fid for fid, _, _ in fields] * len(ids)
     keys = [key for _, key, _ in fields] * len(ids)
     rows: list[tuple] = []
