@@ -123,7 +123,8 @@ class Batch:
     def ordered(self) -> bool:
         """True when seq_nums strictly increase through the batch."""
         seqs = self.data["seq_num"]
-        return bool(len(seqs) < 2 or (np.diff(seqs) > 0).all())
+        # Not np.diff, which costs twice as much on the few events of a small run's page.
+        return bool(len(seqs) < 2 or (seqs[1:] > seqs[:-1]).all())
 
     @property
     def nbytes(self) -> int:
@@ -297,7 +298,10 @@ class DescriptorState:
         return [group[0] if len(group) == 1 else _join(group) for group in groups]
 
     def _columns(self, events: list[dict]) -> Batch:
-        seqs = np.fromiter((e["seq_num"] for e in events), dtype=np.int64, count=len(events))
+        # min and max of the list: numpy's reductions cost more on a small run's few events
+        # and little less on a thousand.
+        seq_list = [e["seq_num"] for e in events]
+        seqs = np.fromiter(seq_list, dtype=np.int64, count=len(events))
         data: dict[str, np.ndarray | list] = {
             "time": np.fromiter((e["time"] for e in events), dtype=np.float64, count=len(events)),
             "seq_num": seqs,
@@ -314,7 +318,7 @@ class DescriptorState:
             fills = [e.get("filled") or {} for e in events]
             for f in {k for fill in fills for k in fill}:
                 extra[FILLED + f] = [fill.get(f) for fill in fills]
-        return Batch(len(events), int(seqs.min()), int(seqs.max()), data, extra)
+        return Batch(len(events), int(min(seq_list)), int(max(seq_list)), data, extra)
 
     def page_batch(self, doc: dict) -> Batch | None:
         """Columns of an event_page document, after checking its columns line up."""
