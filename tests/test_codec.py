@@ -220,3 +220,36 @@ def test_a_small_page_keeps_repeated_and_constant_columns_compact():
     assert header["c"][0] == "const" and header["c"][4] == 8
     # -0.0 is not 0.0 to the bytes: kept as it is, not made a constant.
     assert header["z"][0] == "raw"
+
+
+EVENT_VALUES = st.one_of(
+    st.floats(allow_nan=True),
+    st.integers(-(2**70), 2**70),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+    st.lists(st.floats(allow_nan=False), max_size=2),
+)
+
+
+@given(
+    rows=st.lists(
+        st.dictionaries(st.sampled_from(["a", "b", "c"]), EVENT_VALUES, max_size=3), max_size=6
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_fields_converted_together_equal_fields_converted_one_by_one(rows):
+    """``to_columns`` (the floats of many fields in one conversion) gives each field the
+    column ``to_column`` gives it: same type, dtype and values (missing values, strings,
+    huge integers and lists among floats send a field back to the one-by-one path)."""
+    fields = ["a", "b", "c"]
+    together = codec.to_columns(rows, fields)
+    assert list(together) == fields
+    for f in fields:
+        alone = codec.to_column([row.get(f) for row in rows])
+        got = together[f]
+        assert type(got) is type(alone), f
+        if isinstance(alone, np.ndarray):
+            assert got.dtype == alone.dtype and got.tobytes() == alone.tobytes(), f
+        else:
+            assert got == alone or repr(got) == repr(alone), f

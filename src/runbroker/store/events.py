@@ -15,7 +15,7 @@ import orjson
 
 from ..columns import DATA, FILLED, TIMESTAMP, concat_columns, uid_list
 from ..documents import ConflictError, DocumentError, to_builtin
-from .pages import to_column, uid_column
+from .pages import to_column, to_columns, uid_column
 
 __all__ = ["Batch", "DescriptorState", "canonical", "event_from_columns", "page_from_columns"]
 
@@ -309,11 +309,15 @@ class DescriptorState:
         extra: dict[str, np.ndarray | list] = {"uid": [e["uid"] for e in events]}
         datas = [e["data"] for e in events]
         stamps = [e["timestamps"] for e in events]
-        for f in self.fields:
-            if f in self.stream_fields and not any(f in d for d in datas + stamps):
-                continue
-            data[DATA + f] = to_column([d.get(f) for d in datas])
-            extra[TIMESTAMP + f] = to_column([t.get(f) for t in stamps])
+        fields = [
+            f
+            for f in self.fields
+            if f not in self.stream_fields or any(f in d for d in datas + stamps)
+        ]
+        for f, column in to_columns(datas, fields).items():
+            data[DATA + f] = column
+        for f, column in to_columns(stamps, fields).items():
+            extra[TIMESTAMP + f] = column
         if any("filled" in e for e in events):
             fills = [e.get("filled") or {} for e in events]
             for f in {k for fill in fills for k in fill}:

@@ -38,7 +38,7 @@ import zstandard
 from ..columns import uid_list
 from . import jsoncodec
 
-__all__ = ["decode", "encode", "encode_parts", "to_column", "uid_column", "uid_list"]
+__all__ = ["decode", "encode", "encode_parts", "to_column", "to_columns", "uid_column", "uid_list"]
 
 _HEADER = struct.Struct("<I")
 # Arrays smaller than this gain too little from compression to pay for it.
@@ -92,6 +92,37 @@ def to_column(values: Sequence[Any]) -> np.ndarray | list:
     if arr.dtype.kind in "biufc" and arr.ndim >= 1:
         return arr
     return list(values)
+
+
+def to_columns(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> dict[str, Any]:
+    """:func:`to_column` of each field of per-event dicts (events' ``data`` or
+    ``timestamps``), ``{field: column}`` in the order of ``fields``.
+
+    The fields whose first value is a float are converted together when every event has a
+    number for each of them (the usual event): one ``struct`` call for all of them, each
+    column a view of one table, where a conversion per field cost a small run's page more
+    than twice as much. Anything else is converted field by field, as before.
+
+    Example:
+        >>> cols = to_columns([{"x": 1.0, "s": "a"}, {"x": 2.5, "s": "b"}], ["x", "s"])
+        >>> cols["x"].tolist(), cols["s"]
+        ([1.0, 2.5], ['a', 'b'])
+    """
+    first = rows[0] if rows else {}
+    floats = [f for f in fields if type(first.get(f)) is float]
+    out: dict[str, Any] = {}
+    if floats:
+        try:
+            packed = _packer(len(rows) * len(floats), "d").pack(
+                *[row[f] for f in floats for row in rows]
+            )
+        except (KeyError, struct.error, TypeError, OverflowError):
+            pass  # a missing value, or one that is not a number: field by field
+        else:
+            # field by field: each column a contiguous row of the table
+            table = np.frombuffer(packed, dtype=np.float64).reshape(len(floats), len(rows))
+            out.update(zip(floats, table, strict=True))
+    return {f: out[f] if f in out else to_column([row.get(f) for row in rows]) for f in fields}
 
 
 @lru_cache(maxsize=64)
