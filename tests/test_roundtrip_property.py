@@ -223,7 +223,27 @@ def test_generated_runs_round_trip(open_empty, run):
 # ---------------------------------------------------------------- search agrees with matches()
 
 # Small pools so that generated queries often hit generated metadata.
-POOL = [None, True, False, 0, 1, 1.0, -2.5, 3, "", "Ni", "ni", "Cu foil", "x_y", "1", "Ünï"]
+# "a", "ab", "b": values the generated runs' uids take too (uid keys are searched in runs).
+POOL = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    1.0,
+    -2.5,
+    3,
+    "",
+    "Ni",
+    "ni",
+    "Cu foil",
+    "x_y",
+    "1",
+    "Ünï",
+    "a",
+    "ab",
+    "b",
+]
 pool_value = st.sampled_from(POOL)
 pool_key = st.sampled_from(["a", "b", "c"])
 pool_meta_value = st.recursive(
@@ -245,6 +265,9 @@ QUERY_KEYS = [
     "plan_name",
     "time",
     "uid",
+    "start.uid",
+    "stop.uid",
+    "stop.run_start",
     "stop",
     "start.stop",
 ]

@@ -37,7 +37,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import ReadOnlyMediumError, UnknownSchemeError
 from . import jsoncodec
-from .flatten import flatten, fulltext
+from .flatten import fulltext, meta_rows
 from .hardwarerows import fact_set
 from .pgsql import PostgreSQL
 from .prepared import Prepared
@@ -113,7 +113,7 @@ _DELETE_LINK = Prepared(text("DELETE FROM run_facts WHERE run_id = :r AND set_id
 def _meta_rows(prefix: str, doc: dict) -> list[tuple]:
     """The document's metadata rows without their run id (worked out before anything is
     written: whatever fails in them fails before the document's first write)."""
-    return list(flatten(prefix, doc))
+    return meta_rows(prefix, doc)
 
 
 def _insert_meta(conn: Connection, run_id: int, rows: list[tuple]) -> None:

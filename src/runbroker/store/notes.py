@@ -34,7 +34,7 @@ from ..errors import ConflictError, DocumentError
 from ..notes import Viewer, check_note, corrected, current
 from . import jsoncodec
 from .events import canonical
-from .flatten import flatten, fulltext
+from .flatten import fulltext, meta_rows
 from .schema import meta, notes, runs
 from .schema import tags as tags_table
 from .sqlwrite import scan_id_column
@@ -210,7 +210,7 @@ def refresh(conn: Connection, dialect: Any, run_id: int) -> None:
         )
     start_rows = [
         {"run_id": run_id, "key": k, "elem": e, "typ": t, "num": n, "txt": s}
-        for k, e, t, n, s in flatten("start", view)
+        for k, e, t, n, s in meta_rows("start", view)
     ]
     if start_rows:
         conn.execute(insert(meta), start_rows)

@@ -28,7 +28,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import MissingDependencyError
 from . import jsoncodec
-from .flatten import flatten, fulltext
+from .flatten import fulltext, meta_rows
 from .prepared import Prepared, session, sessions
 from .tags import DDL as TAG_DDL
 
@@ -174,14 +174,14 @@ class PostgreSQL:
 
     def insert_start(self, conn: Connection, params: dict, doc: dict) -> int | None:
         # Run, metadata and full-text rows in one round trip.
-        params.update(meta_arrays(flatten("start", doc)), fulltext=fulltext(doc))
+        params.update(meta_arrays(meta_rows("start", doc)), fulltext=fulltext(doc))
         row = _INSERT_START.execute(conn, params).fetchone()
         return None if row is None else row[0]
 
     def set_stop(self, conn: Connection, run_id: int, doc: dict) -> bool:
         # Stop and metadata rows in one round trip.
         params = {"run_id": run_id, "stop": jsoncodec.dumps(doc), "time": doc["time"]}
-        params.update(meta_arrays(flatten("stop", doc)))
+        params.update(meta_arrays(meta_rows("stop", doc)))
         return _SET_STOP.execute(conn, params).fetchone() is not None
 
     def set_fulltext(self, conn: Connection, run_id: int, content: str) -> None:

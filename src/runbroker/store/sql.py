@@ -50,6 +50,7 @@ from . import pages as codec
 from .base import PageGone, PageInfo, RunRecord, run_not_found
 from .dialects import dialect_of
 from .events import MAX_EVENTS_PER_PAGE, page_from_columns, rechunk
+from .flatten import IN_RUN_COLUMNS
 from .prepared import Prepared
 from .schema import (
     SCHEMA_VERSION,
@@ -530,11 +531,23 @@ class SQLStore(SQLWriting, SQLStatistics):
         """
         self._flush_if_pending()
         n = func.count().label("n")
+        stored = keyindex.meta_key(key)
+        if stored in IN_RUN_COLUMNS:  # the run's uid, in its column (no meta row)
+            stopped = [runs.c.stop.is_not(None)] if stored == "stop.run_start" else []
+            by_uid = (
+                select(runs.c.uid, n)
+                .where(self._compile(query), *stopped)
+                .group_by(runs.c.uid)
+                .order_by(n.desc(), runs.c.uid)
+                .limit(limit)
+            )
+            with self._read() as conn:
+                return [(uid, count) for uid, count in conn.execute(by_uid).all()]
         matching = select(runs.c.id).where(self._compile(query))
         stmt = (
             select(meta.c.typ, meta.c.num, meta.c.txt, n)
             .where(
-                meta.c.key == keyindex.meta_key(key),
+                meta.c.key == stored,
                 meta.c.elem.is_(False),
                 meta.c.typ.in_(("s", "n", "b", "z")),
                 meta.c.run_id.in_(matching),

@@ -18,19 +18,22 @@ from sqlalchemy import (
     bindparam,
     exists,
     false,
+    literal,
     not_,
+    null,
     or_,
     select,
     true,
     union_all,
 )
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import replacement_traverse
 
 from .. import hardware
 from .. import queries as q
 from . import notes as notestore
 from .dialects import SQLITE, Dialect
-from .flatten import scalar_row
+from .flatten import IN_RUN_COLUMNS, scalar_row
 from .keyindex import index_name, meta_key
 from .schema import facts, field_stats, meta, run_facts, runs
 from .stats import field_id
@@ -51,6 +54,8 @@ def _meta_rows(key: str, *conds: Any, column: str = "txt") -> Select:
     """The ids of the runs having a metadata row at ``key`` that satisfies ``conds`` (the
     test is on ``column``, whose per-key index serves it when ``key`` has one)."""
     stored = meta_key(key)
+    if stored in IN_RUN_COLUMNS:
+        return _run_uid_rows(stored, conds)
     # The key goes into the SQL as a literal (escaped by SQLAlchemy): only then can the
     # planner match it to a per-key partial index -- a bound parameter matches none in a
     # PostgreSQL generic plan, nor in SQLite.
@@ -63,6 +68,27 @@ def _meta_rows(key: str, *conds: Any, column: str = "txt") -> Select:
         # index, which is smaller: name the latter (other databases ignore the hint).
         rows = rows.with_hint(meta, f"INDEXED BY {index_name(stored, column)}", "sqlite")
     return rows
+
+
+# The runs a key of IN_RUN_COLUMNS is searched in: its one value, a string, is the run's uid.
+_UID_RUNS = runs.alias("uid_runs")
+
+
+def _run_uid_rows(stored: str, conds: tuple) -> Select:
+    """:func:`_meta_rows` for a key whose value is the run's uid (``start.uid``, and
+    ``stop.run_start`` of a stopped run): the same tests, on ``runs`` as the one ``meta`` row
+    the run would have (a string, not a list element)."""
+    as_row = {
+        id(meta.c.run_id): _UID_RUNS.c.id,
+        id(meta.c.txt): _UID_RUNS.c.uid,
+        id(meta.c.typ): literal("s"),
+        id(meta.c.elem): false(),
+        id(meta.c.num): null(),
+    }
+    tests = [replacement_traverse(c, {}, lambda element: as_row.get(id(element))) for c in conds]
+    if stored == "stop.run_start":
+        tests.append(_UID_RUNS.c.stop.is_not(None))
+    return select(_UID_RUNS.c.id).where(*tests)
 
 
 def _any_rows(parts: list[Select], dialect: Dialect) -> ColumnElement[bool]:
@@ -81,7 +107,7 @@ def _any_rows(parts: list[Select], dialect: Dialect) -> ColumnElement[bool]:
     common = is_common.get()
     ids = parts[0] if len(parts) == 1 else union_all(*parts)
     if common is not None and common(ids):
-        tests = (exists(dialect.probe(p.where(meta.c.run_id == runs.c.id))) for p in parts)
+        tests = (exists(dialect.probe(p.where(p.selected_columns[0] == runs.c.id))) for p in parts)
         return or_(false(), *tests)
     return runs.c.id.in_(ids)
 
@@ -234,7 +260,11 @@ def _(query: q.SubDocument, dialect: Dialect = SQLITE) -> ColumnElement[bool]:
         meta.c.key.startswith(inside, autoescape=True),
         meta.c.key.not_in([meta_key(key) for key, _ in leaves]),
     )
-    return and_(*conds, ~exists(extra))
+    # Nor one whose value lives in a column of runs (no meta row says the run has it).
+    named = {meta_key(key) for key, _ in leaves}
+    unnamed = sorted(k for k in IN_RUN_COLUMNS if k.startswith(inside) and k not in named)
+    absent = [not_(compile_query(q.KeyPresent(k), dialect)) for k in unnamed]
+    return and_(*conds, ~exists(extra), *absent)
 
 
 @compile_query.register

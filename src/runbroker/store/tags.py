@@ -42,7 +42,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import TextualSelect
 
 from .. import queries as q
-from .flatten import scalar_row
+from .flatten import IN_RUN_COLUMNS, scalar_row
 from .keyindex import meta_key
 from .schema import meta, runs, tag_keys, tags
 
@@ -81,7 +81,9 @@ def tagged(conn: Connection) -> frozenset[str]:
     """The ``meta`` keys whose rows ``tags`` holds (none in a catalog without the table)."""
     if not conn.dialect.has_table(conn, "tag_keys"):
         return frozenset()
-    return frozenset(conn.execute(select(tag_keys.c.key)).scalars())
+    # Keys searched in a column of runs have no meta rows to copy (the uid's own index
+    # serves them).
+    return frozenset(conn.execute(select(tag_keys.c.key)).scalars()) - IN_RUN_COLUMNS
 
 
 def enable(conn: Connection, stored_keys: Iterable[str]) -> None:
