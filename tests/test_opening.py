@@ -336,6 +336,48 @@ def test_a_catalog_dropped_without_close_frees_its_files(tmp_path, name):
     assert store() is None
 
 
+_EXIT_AFTER_REMOVING = """
+import shutil, sys, runbroker
+from event_model import compose_run
+folder = sys.argv[1]
+cat = runbroker.open(folder + "/runs.db")
+run = compose_run()
+cat.insert("start", run.start_doc)
+cat.insert("stop", run.compose_stop())
+cat.flush()
+cat.store._engine.dispose()  # no pooled connection left: closing must open a new one
+shutil.rmtree(folder)  # a temporary folder removed before the interpreter exits
+"""
+
+
+def test_a_catalog_whose_folder_is_gone_closes_quietly_at_exit(tmp_path):
+    """The interpreter closes every open catalog at exit; one whose file was removed (with
+    its temporary folder) used to print a traceback from the closing checkpoint, which
+    reopened the missing file."""
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", _EXIT_AFTER_REMOVING, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    assert not folder.exists()
+
+
+def test_closing_a_catalog_whose_file_was_removed_creates_no_file(tmp_path):
+    cat = runbroker.open(tmp_path / "runs.db")
+    _record(cat)
+    cat.flush()
+    cat.store._engine.dispose()  # no pooled connection left: closing must open a new one
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{tmp_path}/runs.db{suffix}").unlink(missing_ok=True)
+    cat.close()
+    assert not (tmp_path / "runs.db").exists()
+
+
 def test_redact_changes_the_password_and_nothing_else():
     """Only where a password stands (user:PASSWORD@, password=PASSWORD) is it replaced: a
     host, port or database name that holds the same characters is shown as it is."""

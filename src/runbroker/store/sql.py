@@ -342,7 +342,11 @@ class SQLStore(SQLWriting, SQLStatistics):
         self.flush()
         self._closed = True
         self._wake.set()
-        if self._wal is not None and not self.readonly:
+        # The checkpoint only spares the next open some of the WAL (which keeps every commit):
+        # not worth re-creating a database file removed meanwhile (a temporary folder deleted
+        # before the interpreter exits, which closes every catalog), nor an error then.
+        database = None if self._wal is None else self._wal.with_name(self._wal.name[:-4])
+        if database is not None and not self.readonly and database.exists():
             self._checkpoint("PASSIVE")
         with self._lock:
             if self._wconn is not None:
