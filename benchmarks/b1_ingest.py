@@ -43,6 +43,7 @@ PAGE_SIZE = 1_000
 N_SMALL_RUNS = 500  # runs of start, descriptor, 5 events, stop per repeat
 REPEATS = 3
 PAIRED_REPEATS = 10  # small runs: rounds with statistics and without, alternating
+STORED_RUNS = 30_000  # small runs into a catalog already holding this many
 
 TARGET_EVENTS = 100_000  # events/s through insert("event")
 TARGET_LATENCY_MS = 100.0
@@ -402,6 +403,38 @@ def bench_small_runs(folder: Path) -> list[Result]:
     ]
 
 
+def bench_small_runs_stored(folder: Path) -> Result:
+    """Small runs into a catalog that already holds ``STORED_RUNS`` (each index then spans
+    many pages, and a run's uid-keyed rows land at random places of them)."""
+    cat = _fresh(folder, "stored")
+    for lo in range(0, STORED_RUNS, 2_000):
+        cat.ingest(pair for i in range(lo, lo + 2_000) for pair in _small_run(i))
+    flat = [pair for i in range(N_SMALL_RUNS) for pair in _small_run(STORED_RUNS + i)]
+    parts = [
+        flat[k * len(flat) // REPEATS : (k + 1) * len(flat) // REPEATS] for k in range(REPEATS)
+    ]
+    elapsed = []
+    insert = cat.insert
+    for part in parts:
+        with timed() as t:
+            for name, doc in part:
+                insert(name, doc)
+            cat.flush()
+        elapsed.append(t[0])
+    assert len(cat) == STORED_RUNS + N_SMALL_RUNS
+    cat.close()
+    return print_result(
+        Result(
+            "B1",
+            f"small runs x {N_SMALL_RUNS} into a catalog of {STORED_RUNS:,} runs",
+            N_SMALL_RUNS / REPEATS / best(elapsed),
+            "runs/s",
+            target=TARGET_RUNS,
+            note=f"best of {REPEATS} parts; the catalog filled by ingest() first (untimed)",
+        )
+    )
+
+
 def run() -> list[Result]:
     section("B1 ingest: a run with 6 numeric fields")
     with tempfile.TemporaryDirectory(prefix="runbroker-b1-") as tmp:
@@ -412,6 +445,7 @@ def run() -> list[Result]:
         results.extend(bench_pages(folder))
         results.extend(bench_pages(folder, numpy=True))
         results.extend(bench_small_runs(folder))  # with and without statistics, alternating
+        results.append(bench_small_runs_stored(folder))
         # The same without per-field statistics, for the issue's "within 5%" comparison.
         results.extend(bench_events(folder, stats=False))
         results.extend(bench_pages(folder, stats=False))
