@@ -110,12 +110,6 @@ _DESCRIPTOR_BODIES = Prepared(text("SELECT body FROM descriptors WHERE run_id = 
 _DELETE_LINK = Prepared(text("DELETE FROM run_facts WHERE run_id = :r AND set_id = :s"))
 
 
-def _meta_rows(prefix: str, doc: dict) -> list[tuple]:
-    """The document's metadata rows without their run id (worked out before anything is
-    written: whatever fails in them fails before the document's first write)."""
-    return meta_rows(prefix, doc)
-
-
 def _insert_meta(conn: Connection, run_id: int, rows: list[tuple]) -> None:
     if rows:
         _INSERT_META.executemany(conn, [(run_id, *row) for row in rows], ordered=True)
@@ -280,7 +274,8 @@ class SQLite:
         """Insert a run (``params``: its uid, time, scan_id, start) with its metadata and
         full-text rows; return its id, or None if the uid is stored already (a repeat, or
         another writer at the same moment). A failure leaves nothing written."""
-        rows, content = _meta_rows("start", doc), fulltext(doc)
+        # The rows first: whatever fails in them fails before the document's first write.
+        rows, content = meta_rows("start", doc), fulltext(doc)
         row = _INSERT_RUN.execute(conn, params).fetchone()
         if row is None:
             return None
@@ -295,7 +290,7 @@ class SQLite:
     def set_stop(self, conn: Connection, run_id: int, doc: dict) -> bool:
         """Store the run's stop document and its metadata rows; False if it has one. A
         failure leaves nothing written."""
-        rows = _meta_rows("stop", doc)
+        rows = meta_rows("stop", doc)  # before the first write, as in insert_start
         params = {"rid": run_id, "new_stop": jsoncodec.dumps(doc), "new_time": doc["time"]}
         if _SET_STOP.execute(conn, params).rowcount == 0:
             return False

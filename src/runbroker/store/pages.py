@@ -192,57 +192,16 @@ def encode_parts(columns: Mapping[str, np.ndarray | list]) -> list[bytes | memor
     header: dict[str, list] = {}
     buffers: list[bytes | memoryview] = []
     offset = 0
+    # (dtype, shape, bytes) of small columns, (dtype, shape, first, last) of large ones ->
+    # (name, column): the columns an equal one may refer to
     seen: dict[tuple, tuple[str, np.ndarray]] = {}
-    small: dict[tuple, str] = {}  # (dtype, shape, bytes) -> name, of small numeric columns
     for name, col in columns.items():
         if isinstance(col, np.ndarray) and col.dtype.kind in "biufc" and col.size:
-            if col.nbytes <= _SMALL_BYTES:
-                # A small run's page: its bytes, compared as bytes, cost a third of the
-                # numpy tests below (each makes numpy scalars); equal bytes are also
-                # exactly equal values, NaN and -0.0 included.
-                buf = col.tobytes()
-                key = (col.dtype.str, col.shape, buf)
-                if key in small:
-                    header[name] = ["same", col.dtype.str, list(col.shape), small[key], 0]
-                    continue
-                small[key] = name
-                size = col.dtype.itemsize
-                if col.ndim == 1 and buf == buf[:size] * len(col):
-                    buf = buf[:size]
-                    header[name] = ["const", col.dtype.str, list(col.shape), offset, size]
-                else:
-                    header[name] = ["raw", col.dtype.str, list(col.shape), offset, len(buf)]
-                buffers.append(buf)
-                offset += len(buf)
+            numeric = _small_numeric if col.nbytes <= _SMALL_BYTES else _large_numeric
+            codec, buf = numeric(name, col, seen)
+            if codec == "same":  # buf: the name of the equal column
+                header[name] = ["same", col.dtype.str, list(col.shape), buf, 0]
                 continue
-            col = np.ascontiguousarray(col)
-            flat = col.reshape(-1)
-            bits = _bits(flat)
-            # Cheap tests first: most columns differ in their first or last value.
-            key = (col.dtype.str, col.shape, flat[0].tobytes(), flat[-1].tobytes())
-            if key in seen and (
-                seen[key][1] is col or np.array_equal(_bits(seen[key][1].reshape(-1)), bits)
-            ):
-                header[name] = ["same", col.dtype.str, list(col.shape), seen[key][0], 0]
-                continue
-            seen[key] = (name, col)
-            if (
-                col.ndim == 1
-                and bits.dtype.itemsize == col.dtype.itemsize
-                and bits[0] == bits[-1]
-                and (bits == bits[0]).all()
-            ):
-                buf: bytes | memoryview = flat[:1].tobytes()
-                header[name] = ["const", col.dtype.str, list(col.shape), offset, len(buf)]
-                buffers.append(buf)
-                offset += len(buf)
-                continue
-            buf = memoryview(col).cast("B")
-            codec = "raw"
-            if col.ndim > 1 and col.nbytes >= _COMPRESS_MIN_BYTES:
-                packed = _zc.compress(buf)
-                if len(packed) < 0.9 * col.nbytes:
-                    buf, codec = packed, "zstd"
             header[name] = [codec, col.dtype.str, list(col.shape), offset, len(buf)]
         elif name == "uid":  # strings, as the schema requires: no need to look for NaN
             block = _ascii_block(col)
@@ -259,6 +218,51 @@ def encode_parts(columns: Mapping[str, np.ndarray | list]) -> list[bytes | memor
         offset += len(buf)
     head = orjson.dumps(header)
     return [_HEADER.pack(len(head)), head, *buffers]
+
+
+def _small_numeric(name: str, col: np.ndarray, seen: dict) -> tuple[str, Any]:
+    """(codec, buffer) of a small numeric column, or ("same", the equal column's name).
+
+    A small run's page: its bytes, compared as bytes, cost a third of the numpy tests of
+    :func:`_large_numeric` (each makes numpy scalars); equal bytes are also exactly equal
+    values, NaN and -0.0 included.
+    """
+    buf = col.tobytes()
+    key = (col.dtype.str, col.shape, buf)
+    if key in seen:
+        return "same", seen[key][0]
+    seen[key] = (name, col)
+    size = col.dtype.itemsize
+    if col.ndim == 1 and buf == buf[:size] * len(col):
+        return "const", buf[:size]
+    return "raw", buf
+
+
+def _large_numeric(name: str, col: np.ndarray, seen: dict) -> tuple[str, Any]:
+    """(codec, buffer) of a numeric column, a view of it where stored raw, or ("same", the
+    equal column's name)."""
+    col = np.ascontiguousarray(col)
+    flat = col.reshape(-1)
+    bits = _bits(flat)
+    # Cheap tests first: most columns differ in their first or last value.
+    key = (col.dtype.str, col.shape, flat[0].tobytes(), flat[-1].tobytes())
+    found = seen.get(key)
+    if found is not None and (found[1] is col or np.array_equal(_bits(found[1].reshape(-1)), bits)):
+        return "same", found[0]
+    seen[key] = (name, col)
+    if (
+        col.ndim == 1
+        and bits.dtype.itemsize == col.dtype.itemsize
+        and bits[0] == bits[-1]
+        and (bits == bits[0]).all()
+    ):
+        return "const", flat[:1].tobytes()
+    buf = memoryview(col).cast("B")
+    if col.ndim > 1 and col.nbytes >= _COMPRESS_MIN_BYTES:
+        packed = _zc.compress(buf)
+        if len(packed) < 0.9 * col.nbytes:
+            return "zstd", packed
+    return "raw", buf
 
 
 def _bits(flat: np.ndarray) -> np.ndarray:

@@ -63,7 +63,15 @@ from .schema import (
     pages,
     runs,
 )
-from .sqlquery import compile_query, has_facts, has_stats, indexed, is_common, is_uid
+from .sqlquery import (
+    compile_query,
+    has_facts,
+    has_stats,
+    indexed,
+    is_common,
+    is_uid,
+    uid_key_held,
+)
 from .sqlstats import SQLStatistics
 from .sqlwrite import RUN_ID, SQLWriting
 from .urls import redact
@@ -537,10 +545,9 @@ class SQLStore(SQLWriting, SQLStatistics):
         n = func.count().label("n")
         stored = keyindex.meta_key(key)
         if stored in IN_RUN_COLUMNS:  # the run's uid, in its column (no meta row)
-            stopped = [runs.c.stop.is_not(None)] if stored == "stop.run_start" else []
             by_uid = (
                 select(runs.c.uid, n)
-                .where(self._compile(query), *stopped)
+                .where(self._compile(query), *uid_key_held(stored))
                 .group_by(runs.c.uid)
                 .order_by(n.desc(), runs.c.uid)
                 .limit(limit)

@@ -38,7 +38,15 @@ from .keyindex import index_name, meta_key
 from .schema import facts, field_stats, meta, run_facts, runs
 from .stats import field_id
 
-__all__ = ["compile_query", "has_facts", "has_stats", "indexed", "is_common", "is_uid"]
+__all__ = [
+    "compile_query",
+    "has_facts",
+    "has_stats",
+    "indexed",
+    "is_common",
+    "is_uid",
+    "uid_key_held",
+]
 
 _MAX_CHAR = "\U0010ffff"
 
@@ -86,9 +94,18 @@ def _run_uid_rows(stored: str, conds: tuple) -> Select:
         id(meta.c.num): null(),
     }
     tests = [replacement_traverse(c, {}, lambda element: as_row.get(id(element))) for c in conds]
-    if stored == "stop.run_start":
-        tests.append(_UID_RUNS.c.stop.is_not(None))
-    return select(_UID_RUNS.c.id).where(*tests)
+    return select(_UID_RUNS.c.id).where(*tests, *uid_key_held(stored, _UID_RUNS))
+
+
+def uid_key_held(stored: str, table: Any = runs) -> list[ColumnElement[bool]]:
+    """When a run (a row of ``table``, ``runs`` or an alias of it) has key ``stored`` of
+    IN_RUN_COLUMNS: always its start's uid; its stop's ``run_start`` once it has a stop.
+
+    Example:
+        >>> [str(c) for c in uid_key_held("stop.run_start")]
+        ['runs.stop IS NOT NULL']
+    """
+    return [table.c.stop.is_not(None)] if stored == "stop.run_start" else []
 
 
 def _any_rows(parts: list[Select], dialect: Dialect) -> ColumnElement[bool]:
