@@ -44,6 +44,8 @@ N_SMALL_RUNS = 500  # runs of start, descriptor, 5 events, stop per repeat
 REPEATS = 3
 PAIRED_REPEATS = 10  # small runs: rounds with statistics and without, alternating
 STORED_RUNS = 30_000  # small runs into a catalog already holding this many
+COST_BLOCK = 50  # statistics' cost: runs per block ...
+COST_ROUNDS = 200  # ... and rounds of one block of each variant, in one catalog
 
 TARGET_EVENTS = 100_000  # events/s through insert("event")
 TARGET_LATENCY_MS = 100.0
@@ -403,6 +405,104 @@ def bench_small_runs(folder: Path) -> list[Result]:
     ]
 
 
+def bench_statistics_cost(folder: Path) -> list[Result]:
+    """What per-field statistics cost a small run, measured in blocks of ``COST_BLOCK`` runs
+    of one catalog: each round times one block without statistics, one with, and one that
+    writes only the statistics rows (the same six per run, precomputed, nothing summarised),
+    in a random order. The figure is the median over rounds of each round's ratio.
+
+    Blocks side by side share the machine's moment and the catalog's size, where whole
+    rounds in fresh catalogs (``bench_small_runs``) moved by up to 15% from one round to
+    the next here, three times the effect measured.
+    """
+    cat = _fresh(folder, "cost")
+    store = cat.store
+    insert = cat.insert
+    rows_alone = _RowsAlone(store)
+    times: dict[str, list[float]] = {"without": [], "with": [], "rows alone": []}
+    rng = np.random.default_rng(0)
+    first = 10**6  # the untimed warm-up's runs: other scan ids than the blocks'
+    for name, doc in (pair for i in range(200) for pair in _small_run(first + i)):
+        insert(name, doc)
+    cat.flush()
+    n = 0
+    for _ in range(COST_ROUNDS):
+        for variant in rng.permutation(list(times)).tolist():
+            docs = [pair for i in range(n, n + COST_BLOCK) for pair in _small_run(i)]
+            n += COST_BLOCK
+            store.stats_at_stop = variant == "with"
+            rows_alone.active = variant == "rows alone"
+            with timed() as t:
+                for name, doc in docs:
+                    insert(name, doc)
+                cat.flush()
+            times[variant].append(t[0])
+    rows_alone.restore()
+    cat.close()
+    base = times["without"]
+    results = []
+    labels = {"with": "with statistics", "rows alone": "statistics rows alone, precomputed"}
+    for variant, target in (("with", 0.95), ("rows alone", None)):
+        ratios = [b / t for b, t in zip(base, times[variant], strict=True)]
+        q1, mid, q3 = np.percentile(ratios, [25, 50, 75]).tolist()
+        results.append(
+            print_result(
+                Result(
+                    "B1",
+                    f"small runs {labels[variant]} / without, blocks of {COST_BLOCK}",
+                    mid,
+                    "x",
+                    target=target,
+                    note=(
+                        f"median of {COST_ROUNDS} rounds' ratios (quartiles {q1:.3f}-{q3:.3f}); "
+                        f"without statistics {COST_BLOCK / float(np.median(base)):,.0f} runs/s; "
+                        "the catalog grows to "
+                        f"{200 + 3 * COST_BLOCK * COST_ROUNDS:,} runs"
+                    ),
+                )
+            )
+        )
+    return results
+
+
+class _RowsAlone:
+    """While ``active``, a store without statistics writes, for each run it stops, the rows
+    its statistics would have (six fields of ``primary``) with fixed values: what the rows
+    themselves cost, apart from summarising the data. Patches the writer; ``restore`` undoes.
+    """
+
+    def __init__(self, store: Any) -> None:
+        from runbroker.store import sqlstats, sqlwrite
+        from runbroker.store.stats import field_id
+
+        from .common import FIELDS
+
+        self.active = False
+        self._module, self._write_stopped = sqlwrite, sqlwrite.write_stopped
+        ids = sorted(field_id("primary", f) for f in FIELDS)
+        rows = [(fid, key, 5, 0, 2.5, 0.1, 0.9, 0.5) for fid, key in ids]
+        write_stop = store._write_stop
+
+        def _write_stop(conn: Any, run_id: int, doc: dict) -> Any:
+            found = write_stop(conn, run_id, doc)
+            if self.active:
+                store._stopped.append((run_id, None))
+            return found
+
+        def _write_stopped(conn: Any, stopped: list) -> None:
+            fixed = [(run_id, *row) for run_id, parts in stopped if parts is None for row in rows]
+            if fixed:
+                sqlstats._INSERT.insert_rows(conn, fixed)
+            else:
+                self._write_stopped(conn, stopped)
+
+        store._write_stop = _write_stop
+        sqlwrite.write_stopped = _write_stopped
+
+    def restore(self) -> None:
+        self._module.write_stopped = self._write_stopped
+
+
 def bench_small_runs_stored(folder: Path) -> Result:
     """Small runs into a catalog that already holds ``STORED_RUNS`` (each index then spans
     many pages, and a run's uid-keyed rows land at random places of them)."""
@@ -445,6 +545,7 @@ def run() -> list[Result]:
         results.extend(bench_pages(folder))
         results.extend(bench_pages(folder, numpy=True))
         results.extend(bench_small_runs(folder))  # with and without statistics, alternating
+        results.extend(bench_statistics_cost(folder))
         results.append(bench_small_runs_stored(folder))
         # The same without per-field statistics, for the issue's "within 5%" comparison.
         results.extend(bench_events(folder, stats=False))

@@ -10,7 +10,12 @@
   against suitcase-jsonl's ``Serializer``, one per run, closed after its stop.
 
 The start and descriptor of a paged run are written before the clock starts, for both. Each
-figure is the best of ``REPEATS``, runbroker and the baseline alternating.
+figure is the best of ``REPEATS``, runbroker and the baselines alternating.
+
+A third figure, the SQLite floor (``benchmarks/sqlite_floor.py``), stores the same documents in
+bare ``sqlite3`` with the least a SQLite catalog must do (columns to bytes, one row per page,
+one commit). Where the floor itself is slower than the appender, the target is bounded by
+SQLite, not by runbroker's code.
 
 Run alone with ``python -m benchmarks b20`` (needs the ``bench`` extra: suitcase-msgpack and
 suitcase-jsonl).
@@ -27,6 +32,7 @@ import runbroker
 
 from .b1_ingest import _small_run
 from .common import Result, best, compose_pages, new_run, print_result, section
+from .sqlite_floor import floor_pages, floor_small_runs
 
 SIZES = (1_000, 10_000, 100_000)
 PAGE = 1_000
@@ -89,12 +95,13 @@ def _jsonl_small(folder: Path, runs: list[list[tuple[str, dict]]]) -> float:
     return time.perf_counter() - t0
 
 
-def _race(ours: Callable[[], float], theirs: Callable[[], float]) -> tuple[float, float]:
-    mine, other = [], []
+def _race(*contenders: Callable[[], float]) -> list[float]:
+    """The best time of each contender, run in turn ``REPEATS`` times."""
+    times: list[list[float]] = [[] for _ in contenders]
     for _ in range(REPEATS):
-        mine.append(ours())
-        other.append(theirs())
-    return best(mine), best(other)
+        for timed_, contender in zip(times, contenders, strict=True):
+            timed_.append(contender())
+    return [best(t) for t in times]
 
 
 def run() -> list[Result]:
@@ -107,9 +114,12 @@ def run() -> list[Result]:
             for n in SIZES:
                 run_, desc = new_run()
                 pages = list(compose_pages(desc, n, PAGE, seed=n, numpy=numpy))
-                ours, theirs = _race(
+                ours, theirs, floor = _race(
                     lambda r=run_, d=desc, p=pages: _runbroker_pages(folder, r, d, p),
                     lambda r=run_, d=desc, p=pages: _msgpack_pages(folder, r, d, p),
+                    lambda r=run_, d=desc, p=pages: floor_pages(
+                        folder, r.start_doc, d.descriptor_doc, p
+                    ),
                 )
                 results.append(
                     print_result(
@@ -122,13 +132,16 @@ def run() -> list[Result]:
                             "suitcase-msgpack",
                             target=1.0,
                             target_on="ratio",
+                            extra_baselines={"SQLite floor": n / floor},
                             note=f"best of {REPEATS}, alternating",
                         )
                     )
                 )
         runs = [_small_run(i) for i in range(SMALL_RUNS)]
-        ours, theirs = _race(
-            lambda: _runbroker_small(folder, runs), lambda: _jsonl_small(folder, runs)
+        ours, theirs, floor = _race(
+            lambda: _runbroker_small(folder, runs),
+            lambda: _jsonl_small(folder, runs),
+            lambda: floor_small_runs(folder, runs),
         )
         results.append(
             print_result(
@@ -141,6 +154,7 @@ def run() -> list[Result]:
                     "suitcase-jsonl",
                     target=1.0,
                     target_on="ratio",
+                    extra_baselines={"SQLite floor": SMALL_RUNS / floor},
                     note=f"best of {REPEATS}, alternating; group commit, one flush() at the end",
                 )
             )
