@@ -6,8 +6,10 @@ This is storage-independent: any store that keeps events column-wise can use it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,13 @@ __all__ = ["Batch", "DescriptorState", "canonical", "event_from_columns", "page_
 
 MAX_EVENTS_PER_PAGE = 131072
 MAX_BYTES_PER_PAGE = 16 * 2**20
+
+# A value an event leaves out (its column holds None there). A plain ``object()``: the
+# garbage collector does not track it, so a queued event holding it can be untracked too.
+_ABSENT: Any = object()
+# The keys of an event other than data, timestamps and filled (the descriptor's uid is the
+# state's own).
+_PLAIN_KEYS = frozenset({"uid", "time", "seq_num", "descriptor", "data", "timestamps", "filled"})
 
 
 def event_is_new(
@@ -143,6 +152,15 @@ class DescriptorState:
     Single events wait in ``pending``; event pages (and pending events that preceded them)
     wait as ready-made batches in ``ready``. ``seq_max`` covers stored and queued events, so
     an event at or below it may repeat an earlier one and must be checked.
+
+    A queued event is kept as a tuple of plain values (see :meth:`_entry`), not as a copy of
+    its dicts: Python's garbage collector stops tracking such tuples by its pass of the
+    middle generation, before they could reach the oldest, while every dict copy stayed
+    tracked until the commit. At 100,000 events a second, the copies
+    alive at each pass were promoted by the thousand, and those promotions are what set off
+    the full collections: each walks every object of the process and holds every thread
+    (the committer's too) for 60-200 ms where a process has imported runbroker's
+    dependencies, beyond the 100 ms in which a document must be visible.
     """
 
     id: int
@@ -152,8 +170,10 @@ class DescriptorState:
     fields: tuple[str, ...]
     seq_max: int
     max_events: int = MAX_EVENTS_PER_PAGE
-    pending: list[dict] = field(default_factory=list)
-    pending_seqs: dict[int, dict] = field(default_factory=dict)
+    pending: list[tuple] = field(default_factory=list)
+    pending_seqs: dict[int, tuple] = field(default_factory=dict)
+    # Some pending event leaves out a declared field (its entry holds _ABSENT there).
+    pending_gaps: bool = False
     ready: list[Batch] = field(default_factory=list)
     queued: int = 0
     queued_bytes: int = 0
@@ -179,6 +199,12 @@ class DescriptorState:
     stats_events: int = 0
     # What the statistics need of the descriptor (its name and numeric fields), kept with them.
     descriptor: Any = None
+    # The values of ``fields`` of an event's data or timestamps, as a tuple (KeyError if one
+    # is left out).
+    values_of: Callable[[Mapping[str, Any]], tuple] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.values_of = _getter(self.fields)
 
     @classmethod
     def from_descriptor(
@@ -231,15 +257,16 @@ class DescriptorState:
     def add(self, doc: dict) -> bool:
         """Queue one event; return False if it is an exact repeat of a queued one."""
         seq = doc["seq_num"]
-        if seq in self.pending_seqs:
-            if canonical(self.pending_seqs[seq]) == canonical(doc):
+        queued = self.pending_seqs.get(seq)
+        if queued is not None:
+            if canonical(self._as_doc(queued)) == canonical(doc):
                 return False
             raise ConflictError(
                 "event",
                 doc["uid"],
                 "seq_num",
                 f"seq_num {seq} of descriptor {self.uid!r} was already given by event "
-                f"{self.pending_seqs[seq]['uid']!r} with different content",
+                f"{queued[0]!r} with different content",
             )
         if doc["uid"] in self.uids:
             raise ConflictError(
@@ -249,17 +276,79 @@ class DescriptorState:
                 f"this uid was already used by another event of descriptor {self.uid!r} "
                 f"(seq_num {seq} is new)",
             )
-        # Keep what the event says now: the caller may change its dicts or arrays later.
-        data = _own(doc["data"]) if self.has_arrays else dict(doc["data"])
-        doc = dict(doc, data=data, timestamps=dict(doc["timestamps"]))
+        entry = self._entry(doc)
         self.uids.add(doc["uid"])  # after the copies, which may fail: all or nothing
         self._touch(1)
-        self.pending.append(doc)
-        self.pending_seqs[seq] = doc
+        self.pending.append(entry)
+        self.pending_seqs[seq] = entry
         self.seq_max = max(self.seq_max, seq)
         if len(self.pending) >= self.max_events:
             self._cut()
         return True
+
+    def queued_event(self, seq_num: int) -> dict | None:
+        """The queued event with ``seq_num`` as a document, or None if none is queued.
+
+        Example:
+            >>> d = {"uid": "d1", "data_keys": {"x": {"shape": [], "dtype": "number"}}}
+            >>> state = DescriptorState.from_descriptor(1, 1, "r1", d, 0)
+            >>> ev = {"uid": "e1", "time": 1.0, "seq_num": 1, "descriptor": "d1",
+            ...       "data": {"x": 2.0}, "timestamps": {"x": 1.0}}
+            >>> state.add(ev)
+            True
+            >>> state.queued_event(1) == ev, state.queued_event(2)
+            (True, None)
+        """
+        entry = self.pending_seqs.get(seq_num)
+        return None if entry is None else self._as_doc(entry)
+
+    def _entry(self, doc: dict) -> tuple:
+        """What is queued of event ``doc``: ``(uid, time, seq_num, data values, timestamp
+        values, filled keys and values in turn or None, other keys' items or None)``, the
+        values in the order of ``fields``. Our own copy: the caller may change its dicts or
+        arrays later."""
+        data, stamps = doc["data"], doc["timestamps"]
+        if self.has_arrays:
+            data = _own(data)
+        try:
+            row, ts = self.values_of(data), self.values_of(stamps)
+        except KeyError:  # a field left out
+            row = tuple(data.get(f, _ABSENT) for f in self.fields)
+            ts = tuple(stamps.get(f, _ABSENT) for f in self.fields)
+            self.pending_gaps = True
+        filled = doc.get("filled")
+        others = None
+        if len(doc) - (filled is not None) > 6:  # keys beyond the usual ones
+            others = tuple((k, v) for k, v in doc.items() if k not in _PLAIN_KEYS)
+        return (
+            doc["uid"],
+            doc["time"],
+            doc["seq_num"],
+            row,
+            ts,
+            # Keys and values in turn: a tuple of pairs would take the collector one more
+            # pass to untrack (and this tuple with it), past the middle generation.
+            None if filled is None else tuple(chain.from_iterable(filled.items())),
+            others,
+        )
+
+    def _as_doc(self, entry: tuple) -> dict:
+        """The event document queued as ``entry`` (see :meth:`_entry`)."""
+        uid, time, seq_num, row, ts, filled, others = entry
+        fields = self.fields
+        doc = {
+            "uid": uid,
+            "time": time,
+            "seq_num": seq_num,
+            "descriptor": self.uid,
+            "data": {f: v for f, v in zip(fields, row, strict=True) if v is not _ABSENT},
+            "timestamps": {f: v for f, v in zip(fields, ts, strict=True) if v is not _ABSENT},
+        }
+        if filled is not None:
+            doc["filled"] = dict(zip(filled[::2], filled[1::2], strict=True))
+        if others:
+            doc.update(others)
+        return doc
 
     def add_batch(self, batch: Batch) -> None:
         """Queue a page's worth of columns, after any single events queued before it."""
@@ -273,8 +362,9 @@ class DescriptorState:
 
     def _cut(self) -> None:
         events, self.pending, self.pending_seqs = self.pending, [], {}
+        gaps, self.pending_gaps = self.pending_gaps, False
         if events:
-            batch = self._columns(events)
+            batch = self._columns(events, gaps)
             self.ready.append(batch)
             self.queued_bytes += batch.nbytes
 
@@ -297,32 +387,43 @@ class DescriptorState:
                 size = batch.n
         return [group[0] if len(group) == 1 else _join(group) for group in groups]
 
-    def _columns(self, events: list[dict]) -> Batch:
-        # min and max of the list: numpy's reductions cost more on a small run's few events
-        # and little less on a thousand.
-        seq_list = [e["seq_num"] for e in events]
-        seqs = np.fromiter(seq_list, dtype=np.int64, count=len(events))
+    def _columns(self, events: list[tuple], gaps: bool) -> Batch:
+        """The batch of queued events (:meth:`_entry`); ``gaps``: some leave out a field."""
+        uids, times, seq_list, rows, stamps, fills, _ = zip(*events, strict=True)
+        n = len(events)
+        seqs = np.fromiter(seq_list, dtype=np.int64, count=n)
         data: dict[str, np.ndarray | list] = {
-            "time": np.fromiter((e["time"] for e in events), dtype=np.float64, count=len(events)),
+            "time": np.fromiter(times, dtype=np.float64, count=n),
             "seq_num": seqs,
         }
-        extra: dict[str, np.ndarray | list] = {"uid": [e["uid"] for e in events]}
-        datas = [e["data"] for e in events]
-        stamps = [e["timestamps"] for e in events]
-        fields = [
-            f
-            for f in self.fields
-            if f not in self.stream_fields or any(f in d for d in datas + stamps)
-        ]
-        for f, column in to_columns(datas, fields).items():
+        extra: dict[str, np.ndarray | list] = {"uid": list(uids)}
+        fields = self.fields
+        data_cols = list(zip(*rows, strict=True)) if fields else []
+        ts_cols = list(zip(*stamps, strict=True)) if fields else []
+        if gaps:
+            # A STREAM: field gets a column only when an event carries it (else replay
+            # would add nulls); a value left out is None in its column.
+            keep = [
+                i
+                for i, f in enumerate(fields)
+                if f not in self.stream_fields
+                or any(v is not _ABSENT for v in data_cols[i])
+                or any(v is not _ABSENT for v in ts_cols[i])
+            ]
+            fields = tuple(fields[i] for i in keep)
+            data_cols, ts_cols = (
+                [[None if v is _ABSENT else v for v in cols[i]] for i in keep]
+                for cols in (data_cols, ts_cols)
+            )
+        for f, column in zip(fields, to_columns(data_cols), strict=True):
             data[DATA + f] = column
-        for f, column in to_columns(stamps, fields).items():
+        for f, column in zip(fields, to_columns(ts_cols), strict=True):
             extra[TIMESTAMP + f] = column
-        if any("filled" in e for e in events):
-            fills = [e.get("filled") or {} for e in events]
-            for f in {k for fill in fills for k in fill}:
-                extra[FILLED + f] = [fill.get(f) for fill in fills]
-        return Batch(len(events), int(min(seq_list)), int(max(seq_list)), data, extra)
+        if any(fills):
+            filled = [dict(zip(kv[::2], kv[1::2], strict=True)) if kv else {} for kv in fills]
+            for f in {k for fill in filled for k in fill}:
+                extra[FILLED + f] = [fill.get(f) for fill in filled]
+        return Batch(n, int(min(seq_list)), int(max(seq_list)), data, extra)
 
     def page_batch(self, doc: dict) -> Batch | None:
         """Columns of an event_page document, after checking its columns line up."""
@@ -396,6 +497,21 @@ class DescriptorState:
 
 def _own(values: dict) -> dict:
     return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in values.items()}
+
+
+def _getter(fields: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple]:
+    """A function giving the values of ``fields`` of a dict as a tuple, in C where it can.
+
+    Example:
+        >>> _getter(("a", "b"))({"b": 2, "a": 1}), _getter(("a",))({"a": 1}), _getter(())({})
+        ((1, 2), (1,), ())
+    """
+    if len(fields) > 1:
+        return itemgetter(*fields)
+    if fields:
+        (only,) = fields
+        return lambda values: (values[only],)
+    return lambda values: ()
 
 
 def _join(batches: list[Batch]) -> Batch:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -94,35 +95,38 @@ def to_column(values: Sequence[Any]) -> np.ndarray | list:
     return list(values)
 
 
-def to_columns(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> dict[str, Any]:
-    """:func:`to_column` of each field of per-event dicts (events' ``data`` or
-    ``timestamps``), ``{field: column}`` in the order of ``fields``.
+def to_columns(columns: Sequence[Sequence[Any]]) -> list[np.ndarray | list]:
+    """:func:`to_column` of each of ``columns`` (each the per-event values of one field, all
+    of one length), in their order.
 
-    The fields whose first value is a float are converted together when every event has a
-    number for each of them (the usual event): one ``struct`` call for all of them, each
-    column a view of one table, where a conversion per field cost a small run's page more
-    than twice as much. Anything else is converted field by field, as before.
+    The columns whose first value is a float are converted together when each of their
+    values is a number (the usual events): one ``struct`` call for all of them, each column a
+    view of one table, where a conversion per field cost a small run's page more than twice
+    as much. Anything else is converted column by column, as before.
 
     Example:
-        >>> cols = to_columns([{"x": 1.0, "s": "a"}, {"x": 2.5, "s": "b"}], ["x", "s"])
-        >>> cols["x"].tolist(), cols["s"]
+        >>> x, s = to_columns([(1.0, 2.5), ("a", "b")])
+        >>> x.tolist(), s
         ([1.0, 2.5], ['a', 'b'])
     """
-    first = rows[0] if rows else {}
-    floats = [f for f in fields if type(first.get(f)) is float]
-    out: dict[str, Any] = {}
+    floats = [i for i, column in enumerate(columns) if column and type(column[0]) is float]
+    out: list[Any] = [None] * len(columns)
     if floats:
+        n = len(columns[floats[0]])
         try:
-            packed = _packer(len(rows) * len(floats), "d").pack(
-                *[row[f] for f in floats for row in rows]
+            packed = _packer(n * len(floats), "d").pack(
+                *chain.from_iterable(columns[i] for i in floats)
             )
-        except (KeyError, struct.error, TypeError, OverflowError):
-            pass  # a missing value, or one that is not a number: field by field
+        except (struct.error, TypeError, OverflowError):
+            pass  # a missing value, or one that is not a number: column by column
         else:
-            # field by field: each column a contiguous row of the table
-            table = np.frombuffer(packed, dtype=np.float64).reshape(len(floats), len(rows))
-            out.update(zip(floats, table, strict=True))
-    return {f: out[f] if f in out else to_column([row.get(f) for row in rows]) for f in fields}
+            table = np.frombuffer(packed, dtype=np.float64).reshape(len(floats), n)
+            for i, row in zip(floats, table, strict=True):
+                out[i] = row
+    return [
+        to_column(values) if done is None else done
+        for done, values in zip(out, columns, strict=True)
+    ]
 
 
 @lru_cache(maxsize=64)

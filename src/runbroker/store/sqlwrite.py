@@ -475,7 +475,7 @@ class SQLWriting:
         return state
 
     def stored_event(self, state: DescriptorState, seq_num: int) -> dict | None:
-        queued = state.pending_seqs.get(seq_num)
+        queued = state.queued_event(seq_num)
         if queued is not None:
             return queued
         # Everything queued must be in the database before we can compare with it.
