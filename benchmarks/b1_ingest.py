@@ -24,8 +24,11 @@ import numpy as np
 
 import runbroker
 from runbroker.documents import to_builtin
+from runbroker.store import sqlstats, sqlwrite
+from runbroker.store.stats import field_id
 
 from .common import (
+    FIELDS,
     Result,
     best,
     compose_events,
@@ -472,13 +475,8 @@ class _RowsAlone:
     """
 
     def __init__(self, store: Any) -> None:
-        from runbroker.store import sqlstats, sqlwrite
-        from runbroker.store.stats import field_id
-
-        from .common import FIELDS
-
         self.active = False
-        self._module, self._write_stopped = sqlwrite, sqlwrite.write_stopped
+        self._write_stopped = sqlwrite.write_stopped
         ids = sorted(field_id("primary", f) for f in FIELDS)
         rows = [(fid, key, 5, 0, 2.5, 0.1, 0.9, 0.5) for fid, key in ids]
         write_stop = store._write_stop
@@ -500,7 +498,7 @@ class _RowsAlone:
         sqlwrite.write_stopped = _write_stopped
 
     def restore(self) -> None:
-        self._module.write_stopped = self._write_stopped
+        sqlwrite.write_stopped = self._write_stopped
 
 
 def bench_small_runs_stored(folder: Path) -> Result:

@@ -27,9 +27,10 @@ MAX_BYTES_PER_PAGE = 16 * 2**20
 # A value an event leaves out (its column holds None there). A plain ``object()``: the
 # garbage collector does not track it, so a queued event holding it can be untracked too.
 _ABSENT: Any = object()
-# The keys of an event other than data, timestamps and filled (the descriptor's uid is the
-# state's own).
+# The keys of an event that its queued entry holds in their own places (the descriptor's uid
+# is the state's own); ``filled`` is optional.
 _PLAIN_KEYS = frozenset({"uid", "time", "seq_num", "descriptor", "data", "timestamps", "filled"})
+_REQUIRED_KEYS = len(_PLAIN_KEYS) - 1
 
 
 def event_is_new(
@@ -156,11 +157,11 @@ class DescriptorState:
     A queued event is kept as a tuple of plain values (see :meth:`_entry`), not as a copy of
     its dicts: Python's garbage collector stops tracking such tuples by its pass of the
     middle generation, before they could reach the oldest, while every dict copy stayed
-    tracked until the commit. At 100,000 events a second, the copies
-    alive at each pass were promoted by the thousand, and those promotions are what set off
-    the full collections: each walks every object of the process and holds every thread
-    (the committer's too) for 60-200 ms where a process has imported runbroker's
-    dependencies, beyond the 100 ms in which a document must be visible.
+    tracked until the commit. At 100,000 events a second, the copies alive at each pass were
+    promoted by the thousand, and those promotions are what set off the full collections:
+    each walks every object of the process and holds every thread (the committer's too) for
+    60-200 ms where a process has imported runbroker's dependencies, beyond the 100 ms in
+    which a document must be visible.
     """
 
     id: int
@@ -318,7 +319,7 @@ class DescriptorState:
             self.pending_gaps = True
         filled = doc.get("filled")
         others = None
-        if len(doc) - (filled is not None) > 6:  # keys beyond the usual ones
+        if len(doc) - (filled is not None) > _REQUIRED_KEYS:  # keys beyond the usual ones
             others = tuple((k, v) for k, v in doc.items() if k not in _PLAIN_KEYS)
         return (
             doc["uid"],
@@ -326,9 +327,7 @@ class DescriptorState:
             doc["seq_num"],
             row,
             ts,
-            # Keys and values in turn: a tuple of pairs would take the collector one more
-            # pass to untrack (and this tuple with it), past the middle generation.
-            None if filled is None else tuple(chain.from_iterable(filled.items())),
+            None if filled is None else _flat(filled),
             others,
         )
 
@@ -345,7 +344,7 @@ class DescriptorState:
             "timestamps": {f: v for f, v in zip(fields, ts, strict=True) if v is not _ABSENT},
         }
         if filled is not None:
-            doc["filled"] = dict(zip(filled[::2], filled[1::2], strict=True))
+            doc["filled"] = _unflat(filled)
         if others:
             doc.update(others)
         return doc
@@ -420,7 +419,7 @@ class DescriptorState:
         for f, column in zip(fields, to_columns(ts_cols), strict=True):
             extra[TIMESTAMP + f] = column
         if any(fills):
-            filled = [dict(zip(kv[::2], kv[1::2], strict=True)) if kv else {} for kv in fills]
+            filled = [_unflat(kv or ()) for kv in fills]
             for f in {k for fill in filled for k in fill}:
                 extra[FILLED + f] = [fill.get(f) for fill in filled]
         return Batch(n, int(min(seq_list)), int(max(seq_list)), data, extra)
@@ -497,6 +496,22 @@ class DescriptorState:
 
 def _own(values: dict) -> dict:
     return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in values.items()}
+
+
+def _flat(pairs: Mapping[str, Any]) -> tuple:
+    """A dict's keys and values in turn, as one tuple: a tuple of pairs would take the
+    garbage collector one more pass to untrack (and the queued event holding it with it).
+
+    Example:
+        >>> _flat({"a": True, "b": False}), _unflat(_flat({"a": True}))
+        (('a', True, 'b', False), {'a': True})
+    """
+    return tuple(chain.from_iterable(pairs.items())) if pairs else ()
+
+
+def _unflat(flat: tuple) -> dict:
+    """The dict :func:`_flat` was made from."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _getter(fields: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple]:
