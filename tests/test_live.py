@@ -155,9 +155,20 @@ def test_follow_fields_and_start_points(catalog: Catalog) -> None:
     run_docs = Documents()
     catalog.ingest(run_docs.start() + run_docs.events(1, 2, 3))
     stream = catalog[-1].primary
+    # "new" is fixed at the follow's first look, which over HTTP on a loaded machine may come
+    # after any fixed sleep: the writer waits for that look instead.
+    looked = threading.Event()
+    follow_after = stream._follow_after
+
+    def marked(start: Any) -> int | None:
+        after = follow_after(start)
+        looked.set()
+        return after
+
+    stream._follow_after = marked  # type: ignore[method-assign]
 
     def later() -> None:
-        time.sleep(0.3)
+        assert looked.wait(20), "the follow never looked at the stream"
         catalog.ingest(run_docs.events(4, 5) + run_docs.stop())
 
     writer = threading.Thread(target=later)
@@ -223,11 +234,19 @@ def test_follow_across_a_second_descriptor(catalog: Catalog) -> None:
     second = [i for i, (name, _) in enumerate(docs) if name == "descriptor"][1]
     catalog.ingest(docs[:second])
     batches: list[xr.Dataset] = []
-    follower = threading.Thread(
-        target=lambda: batches.extend(catalog[-1].primary.follow(timeout=20, poll=0.02))
-    )
+
+    def follow() -> None:
+        for batch in catalog[-1].primary.follow(timeout=20, poll=0.02):
+            batches.append(batch)
+
+    follower = threading.Thread(target=follow)
     follower.start()
-    time.sleep(0.3)
+    # The first batch must be out before the second descriptor is stored, or both come as one
+    # (a remote follower on a loaded machine may take longer than any fixed sleep to start).
+    waited = time.monotonic() + 20
+    while not batches and time.monotonic() < waited:
+        time.sleep(0.02)
+    assert len(batches) == 1, "the follower gave out nothing of the first descriptor's events"
     catalog.ingest(docs[second:])
     follower.join(20)
     assert len(batches) == 2
