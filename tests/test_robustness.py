@@ -292,10 +292,10 @@ def test_refused_document_does_not_hold_the_write_lock(tmp_path):
     bad = {"uid": str(uuid.uuid4()), "run_start": "not-a-run", "time": 1.0, "data_keys": {}}
     with pytest.raises(DocumentError):
         cat.insert("descriptor", bad)
-    time.sleep(0.3)
     # The refused insert opened a write transaction (BEGIN IMMEDIATE) that nothing commits:
     # _dirty_since stayed None. Every other writer now waits 60 s and fails.
-    other = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+    # The committer ends the empty one late under load: wait, but for less than those 60 s
+    other = sqlite3.connect(path, timeout=20, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
         other.execute("ROLLBACK")
@@ -330,7 +330,7 @@ def test_opening_does_not_wait_for_a_writers_transaction(tmp_path, readonly):
     def documents():
         yield "start", compose_run(metadata={"scan_id": 2}).start_doc
         entered.set()
-        release.wait(10)  # e.g. documents arriving from a slow source
+        release.wait(60)  # e.g. documents arriving from a slow source
 
     ingest = threading.Thread(target=lambda: writer.ingest(documents()))
     ingest.start()
@@ -342,10 +342,11 @@ def test_opening_does_not_wait_for_a_writers_transaction(tmp_path, readonly):
         cat.close()
 
     try:
-        assert entered.wait(5)
+        assert entered.wait(20)
         opener = threading.Thread(target=reader, daemon=True)
         opener.start()
-        opener.join(2.0)
+        # Opening can take seconds on a loaded machine; blocked, it would wait out the 60 s
+        opener.join(20)
         # _init_schema runs BEGIN IMMEDIATE on an existing catalog (fixed for readonly=True
         # in e2fc708): opening blocks for as long as any writer holds a transaction
         # (busy_timeout is 60 s), e.g. during another process's ingest().

@@ -599,7 +599,8 @@ def test_documents_replay_equals_what_the_run_engine_sent(slow_count, make_catal
 def test_live_reading_while_a_plan_runs(catalog, RE, det):
     """A reader in another thread sees the run grow while the RunEngine is still going."""
     seen: list[int] = []
-    done = threading.Event()
+    done, partial = threading.Event(), threading.Event()
+    shots: list[int] = []
 
     def watch():
         while not done.is_set():
@@ -607,12 +608,22 @@ def test_live_reading_while_a_plan_runs(catalog, RE, det):
                 run = catalog[-1]
                 if "primary" in run:
                     seen.append(run.primary.read().sizes["time"])
+                    if 0 < seen[-1] < 5:
+                        partial.set()
             time.sleep(0.01)
+
+    def shot(detectors, take_reading=None):
+        yield from bps.one_shot(detectors, take_reading)
+        shots.append(1)
+        # Under load the reader can start or read too late for a short run: wait for its look
+        deadline = time.monotonic() + 20
+        while len(shots) == 2 and not partial.is_set() and time.monotonic() < deadline:
+            yield from bps.sleep(0.02)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        RE(bp.count([det], num=5, delay=0.05))
+        RE(bp.count([det], num=5, delay=0.05, per_shot=shot))
     finally:
         done.set()
         watcher.join()

@@ -433,6 +433,11 @@ def test_serve_with_two_workers_adds_up_their_metrics(
 ) -> None:
     served = ServeCommand(tmp_path, str(runs.store.uri), "--workers", "2", "--api-key", KEY)
     try:
+        # Up means one worker answers; the other can start seconds later on a loaded machine.
+        deadline = time.monotonic() + 60
+        while served.output().count("Application startup complete.") < 2:
+            assert time.monotonic() < deadline, served.output()
+            time.sleep(0.05)
         cat = runbroker.open(served.url, api_key=KEY, cache=False)
         for _ in range(30):
             # a new connection each: the workers take turns accepting them
