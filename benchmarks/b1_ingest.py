@@ -494,10 +494,12 @@ class _RowsAlone:
             else:
                 self._write_stopped(conn, stopped)
 
+        self._store = store
         store._write_stop = _write_stop
         sqlwrite.write_stopped = _write_stopped
 
     def restore(self) -> None:
+        del self._store._write_stop  # the instance's patch: the class's method again
         sqlwrite.write_stopped = self._write_stopped
 
 

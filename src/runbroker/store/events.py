@@ -309,14 +309,14 @@ class DescriptorState:
         values in the order of ``fields``. Our own copy: the caller may change its dicts or
         arrays later."""
         data, stamps = doc["data"], doc["timestamps"]
-        if self.has_arrays:
-            data = _own(data)
         try:
             row, ts = self.values_of(data), self.values_of(stamps)
         except KeyError:  # a field left out
             row = tuple(data.get(f, _ABSENT) for f in self.fields)
             ts = tuple(stamps.get(f, _ABSENT) for f in self.fields)
             self.pending_gaps = True
+        if self.has_arrays:
+            row = _own(row)
         filled = doc.get("filled")
         others = None
         if len(doc) - (filled is not None) > _REQUIRED_KEYS:  # keys beyond the usual ones
@@ -494,8 +494,9 @@ class DescriptorState:
         return Batch(n, int(seqs.min()), int(seqs.max()), data, extra)
 
 
-def _own(values: dict) -> dict:
-    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in values.items()}
+def _own(values: tuple) -> tuple:
+    """``values`` with each array copied (the caller may change its arrays after queueing)."""
+    return tuple(v.copy() if isinstance(v, np.ndarray) else v for v in values)
 
 
 def _flat(pairs: Mapping[str, Any]) -> tuple:
